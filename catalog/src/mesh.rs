@@ -1,0 +1,206 @@
+//! The in-memory mesh: every servable table, resolved from product → output
+//! port → contract → server, plus the platform config and policy sets.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::odcs::LogicalType;
+use crate::platform::PlatformConfig;
+use crate::policy::{MaskSpec, PolicySet, RowFilterSpec};
+
+/// Table formats a port may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Format {
+    Parquet,
+    Delta,
+    Iceberg,
+    Csv,
+    Json,
+}
+
+impl Format {
+    /// Parses an ODCS server `format`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "parquet" => Self::Parquet,
+            "delta" => Self::Delta,
+            "iceberg" => Self::Iceberg,
+            "csv" => Self::Csv,
+            "json" => Self::Json,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Parquet => "parquet",
+            Self::Delta => "delta",
+            Self::Iceberg => "iceberg",
+            Self::Csv => "csv",
+            Self::Json => "json",
+        })
+    }
+}
+
+/// Where a table's data is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local path (absolute; relative contract paths are resolved against
+    /// the contract file's directory).
+    Local(PathBuf),
+    /// An object store URL (`s3://`, `gs://`, `az://`, `abfss://`, …).
+    Url(url::Url),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local(p) => write!(f, "{}", p.display()),
+            Self::Url(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// The data behind a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSource {
+    /// File/table format.
+    pub format: Format,
+    /// Where it is.
+    pub location: Location,
+    /// Contract server name this came from.
+    pub server: String,
+    /// JSON delimiter option (`new_line` or `array`), from the server entry.
+    pub delimiter: Option<String>,
+}
+
+/// One column as the contract declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    /// SQL column name.
+    pub name: String,
+    /// ODCS logical type.
+    pub logical_type: Option<LogicalType>,
+    /// ODCS physical type, as written (e.g. `DECIMAL(12,2)`).
+    pub physical_type: Option<String>,
+    /// `required: true` means NOT NULL.
+    pub required: bool,
+    /// ODCS classification (e.g. `pii`).
+    pub classification: Option<String>,
+    /// ODCS tags.
+    pub tags: Vec<String>,
+    /// Description, shown in listings.
+    pub description: Option<String>,
+    /// Position in the primary key, when part of it.
+    pub primary_key_position: Option<usize>,
+    /// Column mask declared on the column itself.
+    pub mask: Option<MaskSpec>,
+}
+
+/// Policies declared on a table (schema object).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TablePolicy {
+    /// `readRoles`: when set, a principal needs one of them.
+    pub read_roles: Option<Vec<String>>,
+    /// `rowFilters`, ANDed.
+    pub row_filters: Vec<RowFilterSpec>,
+}
+
+/// A servable table: one schema object of a contract, reached through a
+/// product's output port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableDef {
+    /// SQL schema: the product's domain.
+    pub domain: String,
+    /// SQL table name: the schema object's name.
+    pub name: String,
+    /// Product id (ODPS `id`).
+    pub product_id: String,
+    /// Product descriptor file.
+    pub product_file: PathBuf,
+    /// Output port name.
+    pub port: String,
+    /// Contract id (ODCS `id`).
+    pub contract_id: String,
+    /// Contract file.
+    pub contract_file: PathBuf,
+    /// Where and how the data is stored.
+    pub source: TableSource,
+    /// Columns in contract order.
+    pub columns: Vec<ColumnDef>,
+    /// Table description.
+    pub description: Option<String>,
+    /// Table-level policies.
+    pub policy: TablePolicy,
+}
+
+impl TableDef {
+    /// `domain.name`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.domain, self.name)
+    }
+
+    /// Primary key columns in key order.
+    pub fn primary_key(&self) -> Vec<&str> {
+        let mut pk: Vec<_> = self
+            .columns
+            .iter()
+            .filter_map(|c| c.primary_key_position.map(|p| (p, c.name.as_str())))
+            .collect();
+        pk.sort();
+        pk.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Whether any contract-level policy is declared (masks, filters, roles).
+    pub fn has_contract_policies(&self) -> bool {
+        self.policy.read_roles.is_some()
+            || !self.policy.row_filters.is_empty()
+            || self.columns.iter().any(|c| c.mask.is_some())
+    }
+}
+
+/// A loaded policy set with the file it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedPolicySet {
+    /// The set.
+    pub set: PolicySet,
+    /// Its file.
+    pub file: PathBuf,
+}
+
+/// Everything meshq serves from one mesh directory.
+#[derive(Debug, Clone, Default)]
+pub struct Mesh {
+    /// Mesh root directory.
+    pub root: PathBuf,
+    /// `meshq.yaml` (defaults when absent).
+    pub config: PlatformConfig,
+    /// Servable tables, sorted by `domain.name`.
+    pub tables: Vec<Arc<TableDef>>,
+    /// Global policy sets.
+    pub policy_sets: Vec<LoadedPolicySet>,
+}
+
+impl Mesh {
+    /// Looks a table up by domain and name.
+    pub fn table(&self, domain: &str, name: &str) -> Option<&Arc<TableDef>> {
+        self.tables
+            .iter()
+            .find(|t| t.domain == domain && t.name == name)
+    }
+
+    /// Distinct domains, sorted.
+    pub fn domains(&self) -> Vec<&str> {
+        let mut d: Vec<&str> = self.tables.iter().map(|t| t.domain.as_str()).collect();
+        d.dedup();
+        d
+    }
+
+    /// Path of a file for messages: relative to the root when under it.
+    pub fn display_path(&self, path: &Path) -> PathBuf {
+        crate::problem::display_path(&self.root, path)
+    }
+}

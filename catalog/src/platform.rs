@@ -1,0 +1,230 @@
+//! The platform config, `meshq.yaml` at the root of a mesh directory:
+//! object stores, secrets, authentication and principals.
+//!
+//! Credentials and secrets are never literals: they are `{ env: VAR }`
+//! references resolved when used.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+/// File name of the platform config at the mesh root.
+pub const PLATFORM_FILE: &str = "meshq.yaml";
+
+/// Default name of the role allowed to run DDL and `SET`.
+pub const DEFAULT_ADMIN_ROLE: &str = "admin";
+
+/// `meshq.yaml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Object stores by name; a server location matches a store by bucket
+    /// (or container) name, or by the store's explicit `bucket`.
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// Named secrets (e.g. HMAC keys for hash masks).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretRef>,
+    /// How clients authenticate.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Known principals.
+    #[serde(default)]
+    pub principals: Vec<PrincipalConfig>,
+}
+
+/// An object store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[allow(missing_docs)]
+pub enum StoreConfig {
+    /// Amazon S3 or an S3-compatible server.
+    S3 {
+        #[serde(default)]
+        bucket: Option<String>,
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        region: Option<String>,
+        /// Allow plain-http endpoints (local S3 servers).
+        #[serde(default)]
+        allow_http: bool,
+        /// Address buckets as `endpoint/bucket` rather than `bucket.endpoint`.
+        /// Defaults to true when an endpoint is set.
+        #[serde(default)]
+        path_style: Option<bool>,
+        #[serde(default)]
+        access_key_id: Option<SecretRef>,
+        #[serde(default)]
+        secret_access_key: Option<SecretRef>,
+        #[serde(default)]
+        session_token: Option<SecretRef>,
+    },
+    /// Google Cloud Storage.
+    Gcs {
+        #[serde(default)]
+        bucket: Option<String>,
+        #[serde(default)]
+        service_account_key: Option<SecretRef>,
+        #[serde(default)]
+        service_account_path: Option<String>,
+    },
+    /// Azure Blob Storage / ADLS Gen2.
+    Azure {
+        #[serde(default)]
+        account: Option<String>,
+        #[serde(default)]
+        container: Option<String>,
+        #[serde(default)]
+        access_key: Option<SecretRef>,
+        #[serde(default)]
+        sas_token: Option<SecretRef>,
+        #[serde(default)]
+        client_id: Option<SecretRef>,
+        #[serde(default)]
+        client_secret: Option<SecretRef>,
+        #[serde(default)]
+        tenant_id: Option<SecretRef>,
+        #[serde(default)]
+        use_emulator: bool,
+    },
+}
+
+/// A reference to a secret held outside the mesh: `{ env: VAR }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Environment variable holding the value.
+    pub env: String,
+}
+
+impl SecretRef {
+    /// Reads the secret now; the error names the variable, never a value.
+    pub fn resolve(&self) -> Result<String, String> {
+        std::env::var(&self.env)
+            .map_err(|_| format!("environment variable `{}` is not set", self.env))
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            env: String,
+        }
+        let value = serde_yaml_ng::Value::deserialize(d)?;
+        if !value.is_mapping() {
+            return Err(D::Error::custom(
+                "a secret must be an environment variable reference `{ env: VAR }`; literal values are not allowed",
+            ));
+        }
+        let raw: Raw = serde_yaml_ng::from_value(value).map_err(D::Error::custom)?;
+        Ok(Self { env: raw.env })
+    }
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Role that may run DDL, DML and `SET`.
+    #[serde(default = "default_admin_role")]
+    pub admin_role: String,
+    /// Bearer JWT validation.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            admin_role: default_admin_role(),
+            jwt: None,
+        }
+    }
+}
+
+fn default_admin_role() -> String {
+    DEFAULT_ADMIN_ROLE.to_string()
+}
+
+/// JWT settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default)]
+    pub hs256_secret: Option<SecretRef>,
+    /// PEM public key for RS256, from an environment variable.
+    #[serde(default)]
+    pub rs256_public_key: Option<SecretRef>,
+    /// Claim naming the user (default `sub`).
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Claim carrying the role list (default `roles`).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Claims copied into principal attributes.
+    #[serde(default)]
+    pub attribute_claims: Vec<String>,
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+
+/// A principal known to meshq.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Login name.
+    pub name: String,
+    /// Argon2 PHC string; a principal without one cannot log in with a password.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Roles held.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Attributes for `principal_attr('k')`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, AttributeValue>,
+}
+
+/// A principal attribute: one string or a list of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+#[allow(missing_docs)]
+pub enum AttributeValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_must_be_env_references() {
+        let err = serde_yaml_ng::from_str::<PlatformConfig>("secrets: { k: hunter2 }").unwrap_err();
+        assert!(err.to_string().contains("literal values are not allowed"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let cfg: PlatformConfig = serde_yaml_ng::from_str("secrets: { k: { env: K } }").unwrap();
+        assert_eq!(cfg.secrets["k"], SecretRef { env: "K".into() });
+        assert_eq!(cfg.auth.admin_role, "admin");
+    }
+
+    #[test]
+    fn store_types_reject_unknown_keys() {
+        let err = serde_yaml_ng::from_str::<PlatformConfig>(
+            "stores: { a: { type: s3, region: x, regoin: y } }",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `regoin`"), "{err}");
+    }
+}
