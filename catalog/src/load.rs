@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-
-
 use crate::common::{CustomProperty, find_custom};
 use crate::error::{Error, Result};
 use crate::mesh::{
@@ -550,7 +548,8 @@ impl Loader {
                     let Some(location) = self.parse_location(lc, server, &loc_text) else {
                         continue;
                     };
-                    let Some(table) = self.table_def(lp, port, lc, obj, &domain, server, format, location)
+                    let Some(table) =
+                        self.table_def(lp, port, lc, obj, &domain, server, format, location)
                     else {
                         continue;
                     };
@@ -610,7 +609,8 @@ impl Loader {
                     };
                     self.error(
                         &lp.file,
-                        line_of(&lp.text, name),
+                        line_of(&lp.text, &format!("value: {name}"))
+                            .or_else(|| line_of(&lp.text, name)),
                         format!(
                             "output port `{}`: server `{name}` is not defined in contract `{}` ({}); {known}",
                             port.name,
@@ -685,7 +685,11 @@ impl Loader {
             }
         };
         let Some(text) = text else {
-            let key = if s.kind == "local" { "path" } else { "location" };
+            let key = if s.kind == "local" {
+                "path"
+            } else {
+                "location"
+            };
             self.error(
                 &lc.file,
                 line,
@@ -696,12 +700,7 @@ impl Loader {
         Some((format, text))
     }
 
-    fn parse_location(
-        &mut self,
-        lc: &LoadedContract,
-        s: &Server,
-        text: &str,
-    ) -> Option<Location> {
+    fn parse_location(&mut self, lc: &LoadedContract, s: &Server, text: &str) -> Option<Location> {
         let line = line_of(&lc.text, &format!("server: {}", s.server));
         if let Some(rest) = text.strip_prefix("file://") {
             return Some(Location::Local(PathBuf::from(rest)));
@@ -734,7 +733,10 @@ impl Loader {
                     self.error(
                         &lc.file,
                         line,
-                        format!("server `{}`: location `{text}` is not a valid URL: {e}", s.server),
+                        format!(
+                            "server `{}`: location `{text}` is not a valid URL: {e}",
+                            s.server
+                        ),
                     );
                     None
                 }
@@ -911,7 +913,10 @@ impl Loader {
                 self.error(
                     &lc.file,
                     line_of(&lc.text, &f.id),
-                    format!("table `{qualified}`: row filter id `{}` is used twice", f.id),
+                    format!(
+                        "table `{qualified}`: row filter id `{}` is used twice",
+                        f.id
+                    ),
                 );
                 ok = false;
             }
@@ -930,9 +935,11 @@ impl Loader {
     ) {
         for cp in props {
             let lower = cp.property.to_ascii_lowercase();
-            let canonical = [MASK, ROW_FILTERS, READ_ROLES]
-                .into_iter()
-                .find(|c| c.to_ascii_lowercase() == lower || format!("{}s", c.to_ascii_lowercase()) == lower || c.to_ascii_lowercase() == format!("{lower}s"));
+            let canonical = [MASK, ROW_FILTERS, READ_ROLES].into_iter().find(|c| {
+                c.to_ascii_lowercase() == lower
+                    || format!("{}s", c.to_ascii_lowercase()) == lower
+                    || c.to_ascii_lowercase() == format!("{lower}s")
+            });
             let Some(canonical) = canonical else { continue };
             let at = match column {
                 Some(c) => format!("table `{qualified}`, column `{c}`"),
@@ -1020,4 +1027,3 @@ fn normalize(path: &Path) -> PathBuf {
     }
     out
 }
-

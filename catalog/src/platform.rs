@@ -212,7 +212,10 @@ mod tests {
     #[test]
     fn secrets_must_be_env_references() {
         let err = serde_yaml_ng::from_str::<PlatformConfig>("secrets: { k: hunter2 }").unwrap_err();
-        assert!(err.to_string().contains("literal values are not allowed"), "{err}");
+        assert!(
+            err.to_string().contains("literal values are not allowed"),
+            "{err}"
+        );
         assert!(!err.to_string().contains("hunter2"), "{err}");
         let cfg: PlatformConfig = serde_yaml_ng::from_str("secrets: { k: { env: K } }").unwrap();
         assert_eq!(cfg.secrets["k"], SecretRef { env: "K".into() });

@@ -244,7 +244,10 @@ mod tests {
         let err = serde_yaml_ng::from_str::<MaskSpec>("{ kind: nullify, bogus: 1 }").unwrap_err();
         assert!(err.to_string().contains("unknown field `bogus`"), "{err}");
         let err = serde_yaml_ng::from_str::<MaskSpec>("{ kind: scramble }").unwrap_err();
-        assert!(err.to_string().contains("unknown variant `scramble`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown variant `scramble`"),
+            "{err}"
+        );
         let m: MaskSpec = serde_yaml_ng::from_str("{ kind: redact }").unwrap();
         assert_eq!(
             m,

@@ -10,8 +10,12 @@ use meshq_catalog::policy::{MaskSpec, PolicySet};
 use meshq_catalog::{Format, Location, load_mesh, yaml};
 
 fn data(name: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name))
-        .unwrap()
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -34,7 +38,11 @@ fn reference_mesh_resolves_s3_delta_table_with_policies() {
         std::fs::write(dir.path().join(f), data(f)).unwrap();
     }
     std::fs::create_dir(dir.path().join("governance")).unwrap();
-    std::fs::write(dir.path().join("governance/pii.policy.yaml"), data("pii.policy.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("governance/pii.policy.yaml"),
+        data("pii.policy.yaml"),
+    )
+    .unwrap();
     let out = load_mesh(dir.path()).unwrap();
     let errors: Vec<_> = out.problems.iter().filter(|p| p.is_error()).collect();
     assert!(errors.is_empty(), "{errors:?}");

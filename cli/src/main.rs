@@ -1,1 +1,193 @@
-fn main() {}
+//! The `meshq` binary.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use meshq_cli::demo::{DemoScale, demo_exists, write_demo_mesh};
+use meshq_cli::output::OutputFormat;
+use meshq_cli::shell::Shell;
+use meshq_cli::validate;
+use meshq_engine::{Engine, EngineConfig};
+
+/// meshq: SQL over a data mesh, governed by its data contracts.
+#[derive(Debug, Parser)]
+#[command(name = "meshq", version, about, long_about = None)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `meshq_engine=debug`.
+    #[arg(long, env = "MESHQ_LOG", default_value = "warn", global = true)]
+    log_filter: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write the example retail mesh (if absent) and open a shell on it.
+    Demo(DemoArgs),
+    /// Run SQL over a mesh: interactive, or `-c SQL` / `-f FILE`.
+    Shell(ShellArgs),
+    /// Check every file of a mesh and every table it serves; exit 2 on errors.
+    Validate(MeshArgs),
+}
+
+#[derive(Debug, Args)]
+struct MeshArgs {
+    /// Mesh directory: meshq.yaml, *.odps.yaml, *.odcs.yaml, governance/*.policy.yaml.
+    #[arg(long, env = "MESHQ_MESH")]
+    mesh: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    /// Run these SQL statements and exit.
+    #[arg(short = 'c', long = "command", conflicts_with = "file")]
+    command: Option<String>,
+    /// Run the SQL statements in this file and exit.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Result format.
+    #[arg(long, value_enum, env = "MESHQ_FORMAT", default_value = "table")]
+    format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+struct ShellArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Where to write the demo mesh.
+    #[arg(default_value = "meshq-demo", env = "MESHQ_DEMO_DIR")]
+    dir: PathBuf,
+    /// Only write the mesh; do not open the shell.
+    #[arg(long)]
+    no_shell: bool,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+/// Exit codes: 0 ok, 1 runtime/query error, 2 usage or invalid mesh.
+const EXIT_QUERY: u8 = 1;
+const EXIT_INVALID: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log_filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_QUERY);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(EXIT_QUERY)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => {
+            let engine = load(&args.mesh).await?;
+            let mut out = std::io::stdout();
+            let failed = validate::report(&engine, &mut out)?;
+            Ok(if failed {
+                ExitCode::from(EXIT_INVALID)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Shell(args) => {
+            let engine = load(&args.mesh.mesh).await?;
+            report_problems(&engine);
+            shell(engine, args.query).await
+        }
+        Command::Demo(args) => {
+            if demo_exists(&args.dir) {
+                eprintln!("Using the existing demo mesh in {}", args.dir.display());
+            } else {
+                eprintln!("Writing the demo mesh to {} ...", args.dir.display());
+                write_demo_mesh(&args.dir, DemoScale::default()).await?;
+            }
+            if args.no_shell {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let engine = load(&args.dir).await?;
+            report_problems(&engine);
+            if args.query.command.is_none() && args.query.file.is_none() {
+                eprintln!(
+                    "Try: SELECT c.region, sum(o.total_amount) FROM sales.orders o JOIN customers.profiles c USING (customer_id) GROUP BY 1 ORDER BY 1;"
+                );
+            }
+            shell(engine, args.query).await
+        }
+    }
+}
+
+async fn load(mesh: &std::path::Path) -> Result<Engine> {
+    Engine::load(EngineConfig::new(mesh))
+        .await
+        .with_context(|| format!("loading mesh {}", mesh.display()))
+}
+
+/// Shell and demo start even with a broken product; say what is missing.
+fn report_problems(engine: &Engine) {
+    let errors: Vec<_> = engine.problems().iter().filter(|p| p.is_error()).collect();
+    if errors.is_empty() {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "{} problem(s) in the mesh; the rest is served (run `meshq validate` for details):",
+        errors.len()
+    );
+    for p in errors {
+        let _ = writeln!(err, "  {p}");
+    }
+}
+
+async fn shell(engine: Engine, q: QueryArgs) -> Result<ExitCode> {
+    let shell = Shell::new(engine, q.format);
+    let sql = match (&q.command, &q.file) {
+        (Some(c), _) => Some(c.clone()),
+        (None, Some(f)) => {
+            Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?)
+        }
+        (None, None) => None,
+    };
+    match sql {
+        Some(sql) => {
+            let mut out = std::io::stdout();
+            if let Err(e) = shell.run_script(&sql, &mut out).await {
+                eprintln!("Error: {e}");
+                return Ok(ExitCode::from(EXIT_QUERY));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            shell.interactive().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

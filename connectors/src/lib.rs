@@ -1,1 +1,21 @@
-//! placeholder
+//! meshq connectors: a product's output port as a DataFusion
+//! [`TableProvider`](datafusion::datasource::TableProvider).
+//!
+//! Parquet, CSV and JSON ports are DataFusion listing tables; Delta ports are
+//! read with delta-rs. Object stores (S3, GCS, Azure) come from
+//! `meshq.yaml` through [`StoreRegistry`].
+//!
+//! Invariants:
+//! - A table is exposed through its contract: only contract columns, in
+//!   contract order, with the table's own Arrow types once they are checked
+//!   against the contract. A missing column or wrong type refuses the table.
+//! - Errors name the location or the file at fault, never row values.
+
+pub mod contract_table;
+pub mod open;
+pub mod store;
+pub mod types;
+
+pub use contract_table::ContractTableProvider;
+pub use open::{OpenError, OpenedTable, open_table};
+pub use store::StoreRegistry;

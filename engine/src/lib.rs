@@ -1,1 +1,20 @@
-//! placeholder
+//! The meshq engine: DataFusion sessions over a loaded mesh.
+//!
+//! [`Engine::load`] reads the mesh directory, opens every product output port
+//! through `meshq-connectors` and arranges the tables as catalog `mesh`, one
+//! schema per domain, one table per contract schema object, with
+//! `information_schema` on. The shell and the Flight SQL server share it.
+//!
+//! Invariants:
+//! - One broken product never stops the others: it is reported in
+//!   [`Engine::problems`] and left out.
+//! - Domain schemas are read-only from SQL; each session gets its own
+//!   scratch schema.
+//! - A table with policies is never served raw.
+
+pub mod domain_schema;
+pub mod engine;
+pub mod error;
+
+pub use engine::{CATALOG, Engine, EngineConfig, SCRATCH_SCHEMA, ServedTable};
+pub use error::{Error, Result};

@@ -1,1 +1,94 @@
-//! placeholder
+//! Shared fixtures for meshq's SQL logic tests and end-to-end tests.
+//!
+//! [`write_fixture_mesh`] builds a small mesh by code: the demo's three
+//! domains at a small scale (Delta and Parquet) plus an `ops` domain with a
+//! CSV and a JSON product, so the suites cover every file format.
+//! [`SltDb`] runs `.slt` files against an engine session.
+
+pub mod slt;
+
+use std::path::Path;
+
+use anyhow::Result;
+use meshq_cli::demo::{DemoScale, write_demo_mesh};
+
+/// Scale of the fixture's demo domains: small, but enough rows per region
+/// and day for joins and aggregates to mean something.
+pub const FIXTURE_SCALE: DemoScale = DemoScale {
+    customers: 60,
+    orders_per_day: 25,
+    days: 3,
+};
+
+/// Writes the fixture mesh into `dir`.
+pub async fn write_fixture_mesh(dir: &Path) -> Result<()> {
+    write_demo_mesh(dir, FIXTURE_SCALE).await?;
+    let ops = dir.join("ops");
+    std::fs::create_dir_all(ops.join("data/events"))?;
+    std::fs::write(
+        ops.join("data/incidents.csv"),
+        "incident_id,severity,region,opened_at,minutes_to_resolve\n\
+         I-1,high,EMEA,2026-10-01T08:00:00Z,42\n\
+         I-2,low,AMER,2026-10-01T09:30:00Z,5\n\
+         I-3,medium,EMEA,2026-10-02T11:15:00Z,17\n\
+         I-4,high,APAC,2026-10-03T23:59:00Z,120\n",
+    )?;
+    std::fs::write(
+        ops.join("data/events/part-0.json"),
+        "{\"event_id\": 1, \"kind\": \"deploy\", \"service\": \"checkout\", \"ok\": true}\n\
+         {\"event_id\": 2, \"kind\": \"rollback\", \"service\": \"checkout\", \"ok\": false}\n",
+    )?;
+    std::fs::write(
+        ops.join("data/events/part-1.json"),
+        "{\"event_id\": 3, \"kind\": \"deploy\", \"service\": \"search\", \"ok\": true}\n",
+    )?;
+    std::fs::write(ops.join("ops.odps.yaml"), OPS_ODPS)?;
+    std::fs::write(ops.join("incidents.odcs.yaml"), INCIDENTS_ODCS)?;
+    std::fs::write(ops.join("events.odcs.yaml"), EVENTS_ODCS)?;
+    Ok(())
+}
+
+const OPS_ODPS: &str = r#"apiVersion: v1.0.0
+kind: DataProduct
+id: urn:dataproduct:ops:operations
+name: operations
+version: 1.0.0
+status: active
+domain: ops
+outputPorts:
+  - { name: incidents, type: tables, version: 1.0.0, contractId: urn:datacontract:ops:incidents }
+  - { name: events, type: tables, version: 1.0.0, contractId: urn:datacontract:ops:events }
+"#;
+
+const INCIDENTS_ODCS: &str = r#"apiVersion: v3.1.0
+kind: DataContract
+id: urn:datacontract:ops:incidents
+version: 1.0.0
+status: active
+servers:
+  - { server: local, type: local, format: csv, path: ./data/incidents.csv }
+schema:
+  - name: incidents
+    description: Production incidents. The file also has opened_at, which the contract does not publish.
+    properties:
+      - { name: incident_id, logicalType: string, primaryKey: true, description: Incident id. }
+      - { name: severity, logicalType: string, description: "low, medium or high." }
+      - { name: region, logicalType: string, description: Affected region. }
+      - { name: minutes_to_resolve, logicalType: integer, physicalType: BIGINT, description: Time to resolve. }
+"#;
+
+const EVENTS_ODCS: &str = r#"apiVersion: v3.0.2
+kind: DataContract
+id: urn:datacontract:ops:events
+version: 1.0.0
+status: active
+servers:
+  - { server: local, type: local, format: json, path: ./data/events/, delimiter: new_line }
+schema:
+  - name: events
+    properties:
+      - { name: event_id, logicalType: integer, description: Event id. }
+      - { name: kind, logicalType: string, description: deploy or rollback. }
+      - { name: service, logicalType: string, description: Service name. }
+      - { name: ok, logicalType: boolean, description: Whether it succeeded. }
+"#;

@@ -1,0 +1,577 @@
+//! The example retail mesh written by `meshq demo`.
+//!
+//! Three domains with generated, deterministic data (the same seed gives the
+//! same rows on every machine, so docs and tests can quote results):
+//! - `sales.orders`: a Delta table partitioned by `order_date`, one commit per day;
+//! - `customers.profiles`: a Parquet file;
+//! - `payments.transactions`: Parquet files, one per day.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chrono::{Datelike, NaiveDate};
+use parquet::arrow::ArrowWriter;
+
+/// Size of the generated data.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoScale {
+    /// Customers.
+    pub customers: usize,
+    /// Orders per day.
+    pub orders_per_day: usize,
+    /// Days of orders.
+    pub days: u32,
+}
+
+impl Default for DemoScale {
+    fn default() -> Self {
+        Self {
+            customers: 2_000,
+            orders_per_day: 800,
+            days: 14,
+        }
+    }
+}
+
+/// First day of orders.
+pub const FIRST_DAY: (i32, u32, u32) = (2026, 10, 1);
+
+/// Demo principals: (name, password, roles, region).
+pub const DEMO_PRINCIPALS: &[(&str, &str, &[&str], Option<&str>)] = &[
+    ("ana", "ana-demo", &["analyst"], Some("EMEA")),
+    ("ben", "ben-demo", &["analyst"], Some("AMER")),
+    ("gina", "gina-demo", &["analyst", "global-analyst"], None),
+    (
+        "pat",
+        "pat-demo",
+        &["analyst", "global-analyst", "pii-reader"],
+        None,
+    ),
+    ("root", "root-demo", &["admin"], None),
+];
+
+/// SplitMix64: tiny, fast and stable across versions and platforms, which a
+/// library RNG does not promise.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+const FIRST_NAMES: &[&str] = &[
+    "Jana", "Lukas", "Sofia", "Mateo", "Amara", "Kenji", "Priya", "Liam", "Chloe", "Noah", "Elif",
+    "Yuki", "Omar", "Freya", "Diego", "Mei", "Arjun", "Zoe", "Hugo", "Ines",
+];
+const LAST_NAMES: &[&str] = &[
+    "Berg", "Novak", "Rossi", "Garcia", "Okafor", "Tanaka", "Sharma", "Murphy", "Dubois",
+    "Schmidt", "Yilmaz", "Sato", "Haddad", "Larsen", "Silva", "Chen", "Iyer", "Walker", "Martin",
+    "Costa",
+];
+/// (country, region, phone prefix)
+const COUNTRIES: &[(&str, &str, &str)] = &[
+    ("DE", "EMEA", "+49"),
+    ("FR", "EMEA", "+33"),
+    ("NL", "EMEA", "+31"),
+    ("SE", "EMEA", "+46"),
+    ("ES", "EMEA", "+34"),
+    ("US", "AMER", "+1"),
+    ("CA", "AMER", "+1"),
+    ("BR", "AMER", "+55"),
+    ("JP", "APAC", "+81"),
+    ("AU", "APAC", "+61"),
+    ("SG", "APAC", "+65"),
+];
+const TIERS: &[&str] = &["bronze", "bronze", "bronze", "silver", "silver", "gold"];
+const ORDER_STATUS: &[&str] = &[
+    "delivered",
+    "delivered",
+    "delivered",
+    "delivered",
+    "shipped",
+    "shipped",
+    "placed",
+    "cancelled",
+    "returned",
+];
+const METHODS: &[&str] = &["card", "card", "card", "paypal", "bank_transfer", "klarna"];
+
+struct Customer {
+    id: String,
+    name: String,
+    email: String,
+    phone: String,
+    country: &'static str,
+    region: &'static str,
+    signup: i32,
+    tier: &'static str,
+}
+
+fn days_since_epoch(d: NaiveDate) -> i32 {
+    (d - NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default()).num_days() as i32
+}
+
+fn first_day() -> NaiveDate {
+    let (y, m, d) = FIRST_DAY;
+    NaiveDate::from_ymd_opt(y, m, d).unwrap_or_default()
+}
+
+fn customers(rng: &mut Rng, n: usize) -> Vec<Customer> {
+    let start = days_since_epoch(NaiveDate::from_ymd_opt(2023, 1, 1).unwrap_or_default());
+    let span = days_since_epoch(first_day()) - start;
+    (1..=n)
+        .map(|i| {
+            let first = rng.pick(FIRST_NAMES);
+            let last = rng.pick(LAST_NAMES);
+            let (country, region, prefix) = rng.pick(COUNTRIES);
+            Customer {
+                id: format!("C{i:05}"),
+                name: format!("{first} {last}"),
+                email: format!(
+                    "{}.{}{}@example.com",
+                    first.to_lowercase(),
+                    last.to_lowercase(),
+                    i
+                ),
+                phone: format!(
+                    "{prefix} {:03} {:07}",
+                    100 + rng.below(900),
+                    rng.below(10_000_000)
+                ),
+                country,
+                region,
+                signup: start + rng.below(span as u64) as i32,
+                tier: rng.pick(TIERS),
+            }
+        })
+        .collect()
+}
+
+fn utf8(v: Vec<String>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+
+fn strs(v: Vec<&str>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn profiles_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("full_name", DataType::Utf8, false),
+        Field::new("email", DataType::Utf8, false),
+        Field::new("phone", DataType::Utf8, true),
+        Field::new("country", DataType::Utf8, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("signup_date", DataType::Date32, false),
+        Field::new("tier", DataType::Utf8, false),
+    ]))
+}
+
+fn profiles_batch(cs: &[Customer]) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        profiles_schema(),
+        vec![
+            utf8(cs.iter().map(|c| c.id.clone()).collect()),
+            utf8(cs.iter().map(|c| c.name.clone()).collect()),
+            utf8(cs.iter().map(|c| c.email.clone()).collect()),
+            utf8(cs.iter().map(|c| c.phone.clone()).collect()),
+            strs(cs.iter().map(|c| c.country).collect()),
+            strs(cs.iter().map(|c| c.region).collect()),
+            Arc::new(Date32Array::from(
+                cs.iter().map(|c| c.signup).collect::<Vec<_>>(),
+            )),
+            strs(cs.iter().map(|c| c.tier).collect()),
+        ],
+    )?)
+}
+
+fn orders_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("order_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("email", DataType::Utf8, true),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("item_count", DataType::Int32, false),
+        Field::new("total_amount", DataType::Decimal128(12, 2), false),
+        Field::new("created_at", ts_type(), false),
+        Field::new("order_date", DataType::Date32, false),
+    ]))
+}
+
+fn transactions_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("payment_id", DataType::Utf8, false),
+        Field::new("order_id", DataType::Utf8, false),
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("method", DataType::Utf8, false),
+        Field::new("card_number", DataType::Utf8, true),
+        Field::new("amount", DataType::Decimal128(12, 2), false),
+        Field::new("currency", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("paid_at", ts_type(), false),
+    ]))
+}
+
+/// One day of orders and their payments.
+fn day_batches(
+    rng: &mut Rng,
+    cs: &[Customer],
+    day: NaiveDate,
+    per_day: usize,
+    next_order: &mut usize,
+) -> Result<(RecordBatch, RecordBatch)> {
+    let day_num = days_since_epoch(day);
+    let day_start_us = i64::from(day_num) * 86_400_000_000;
+    let mut o = OrderCols::default();
+    let mut p = PaymentCols::default();
+    // Weekends are busier.
+    let weekday = day.weekday().num_days_from_monday();
+    let n = if weekday >= 5 {
+        per_day * 5 / 4
+    } else {
+        per_day
+    };
+    for _ in 0..n {
+        *next_order += 1;
+        let c = &cs[rng.below(cs.len() as u64) as usize];
+        let items = 1 + rng.below(6) as i32;
+        let cents = i128::from(items) * (499 + rng.below(15_000) as i128);
+        let created = day_start_us + rng.below(86_400_000_000) as i64;
+        let status = rng.pick(ORDER_STATUS);
+        let order_id = format!("O{:07}", *next_order);
+        o.order_id.push(order_id.clone());
+        o.customer_id.push(c.id.clone());
+        // Guest checkouts leave no email on the order.
+        o.email.push((rng.below(20) != 0).then(|| c.email.clone()));
+        o.region.push(c.region);
+        o.status.push(status);
+        o.item_count.push(items);
+        o.total.push(cents);
+        o.created.push(created);
+        o.date.push(day_num);
+        if status != "cancelled" {
+            let method = rng.pick(METHODS);
+            p.payment_id.push(format!("P{:07}", *next_order));
+            p.order_id.push(order_id);
+            p.customer_id.push(c.id.clone());
+            p.method.push(method);
+            p.card.push((method == "card").then(|| {
+                format!(
+                    "4{:03} {:04} {:04} {:04}",
+                    rng.below(1000),
+                    rng.below(10_000),
+                    rng.below(10_000),
+                    rng.below(10_000)
+                )
+            }));
+            p.amount.push(cents);
+            p.currency.push(match c.region {
+                "AMER" => "USD",
+                "APAC" => "JPY",
+                _ => "EUR",
+            });
+            p.status.push(if status == "returned" {
+                "refunded"
+            } else if rng.below(50) == 0 {
+                "failed"
+            } else {
+                "settled"
+            });
+            p.paid_at
+                .push(created + 60_000_000 + rng.below(3_600_000_000) as i64);
+        }
+    }
+    let orders = RecordBatch::try_new(
+        orders_schema(),
+        vec![
+            utf8(o.order_id),
+            utf8(o.customer_id),
+            Arc::new(StringArray::from(o.email)),
+            strs(o.region),
+            strs(o.status),
+            Arc::new(Int32Array::from(o.item_count)),
+            Arc::new(Decimal128Array::from(o.total).with_precision_and_scale(12, 2)?),
+            Arc::new(TimestampMicrosecondArray::from(o.created).with_timezone("UTC")),
+            Arc::new(Date32Array::from(o.date)),
+        ],
+    )?;
+    let payments = RecordBatch::try_new(
+        transactions_schema(),
+        vec![
+            utf8(p.payment_id),
+            utf8(p.order_id),
+            utf8(p.customer_id),
+            strs(p.method),
+            Arc::new(StringArray::from(p.card)),
+            Arc::new(Decimal128Array::from(p.amount).with_precision_and_scale(12, 2)?),
+            strs(p.currency),
+            strs(p.status),
+            Arc::new(TimestampMicrosecondArray::from(p.paid_at).with_timezone("UTC")),
+        ],
+    )?;
+    Ok((orders, payments))
+}
+
+#[derive(Default)]
+struct OrderCols {
+    order_id: Vec<String>,
+    customer_id: Vec<String>,
+    email: Vec<Option<String>>,
+    region: Vec<&'static str>,
+    status: Vec<&'static str>,
+    item_count: Vec<i32>,
+    total: Vec<i128>,
+    created: Vec<i64>,
+    date: Vec<i32>,
+}
+
+#[derive(Default)]
+struct PaymentCols {
+    payment_id: Vec<String>,
+    order_id: Vec<String>,
+    customer_id: Vec<String>,
+    method: Vec<&'static str>,
+    card: Vec<Option<String>>,
+    amount: Vec<i128>,
+    currency: Vec<&'static str>,
+    status: Vec<&'static str>,
+    paid_at: Vec<i64>,
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = ArrowWriter::try_new(file, batch.schema(), None)?;
+    w.write(batch)?;
+    w.close()?;
+    Ok(())
+}
+
+/// Whether `dir` already holds a mesh (its platform config).
+pub fn demo_exists(dir: &Path) -> bool {
+    dir.join("meshq.yaml").exists()
+}
+
+/// Writes the demo mesh into `dir` (created if needed).
+pub async fn write_demo_mesh(dir: &Path, scale: DemoScale) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut rng = Rng(0x6d65_7368_715f_6465); // "meshq_de"
+    let cs = customers(&mut rng, scale.customers);
+
+    let profiles_dir = dir.join("customers/data/profiles");
+    std::fs::create_dir_all(&profiles_dir)?;
+    write_parquet(
+        &profiles_dir.join("part-00000.parquet"),
+        &profiles_batch(&cs)?,
+    )?;
+
+    let tx_dir = dir.join("payments/data/transactions");
+    std::fs::create_dir_all(&tx_dir)?;
+    let orders_dir = dir.join("sales/data/orders");
+    std::fs::create_dir_all(&orders_dir)?;
+    let orders_url = url::Url::from_directory_path(orders_dir.canonicalize()?)
+        .map_err(|_| anyhow::anyhow!("bad path {}", orders_dir.display()))?;
+    let mut next_order = 0;
+    // Built, not loaded: the folder holds no table yet and the first write
+    // creates it. One commit per day, as a daily pipeline would.
+    let mut table = deltalake::DeltaTableBuilder::from_url(orders_url)?.build()?;
+    for d in 0..scale.days {
+        let day = first_day() + chrono::Days::new(u64::from(d));
+        let (orders, payments) =
+            day_batches(&mut rng, &cs, day, scale.orders_per_day, &mut next_order)?;
+        write_parquet(&tx_dir.join(format!("{day}.parquet")), &payments)?;
+        table = table
+            .write(vec![orders])
+            .with_partition_columns(["order_date"])
+            .with_save_mode(deltalake::protocol::SaveMode::Append)
+            .await
+            .context("writing demo Delta table")?;
+    }
+
+    let files: &[(&str, &str)] = &[
+        ("sales/orders.odps.yaml", ORDERS_ODPS),
+        ("sales/orders.odcs.yaml", ORDERS_ODCS),
+        ("customers/profiles.odps.yaml", PROFILES_ODPS),
+        ("customers/profiles.odcs.yaml", PROFILES_ODCS),
+        ("payments/transactions.odps.yaml", TRANSACTIONS_ODPS),
+        ("payments/transactions.odcs.yaml", TRANSACTIONS_ODCS),
+    ];
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text)?;
+    }
+    std::fs::write(dir.join("meshq.yaml"), platform_yaml()?)?;
+    Ok(())
+}
+
+fn platform_yaml() -> Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let mut out = String::from(
+        "# Demo platform config. Passwords: <name>-demo (e.g. ana / ana-demo).\n\
+         # Secrets and credentials are { env: VAR } references, never literals.\n\
+         principals:\n",
+    );
+    for (name, password, roles, region) in DEMO_PRINCIPALS {
+        let salt = SaltString::generate(&mut OsRng);
+        let hash = argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| anyhow::anyhow!("hashing demo password: {e}"))?
+            .to_string();
+        out.push_str(&format!(
+            "  - name: {name}\n    password_hash: \"{hash}\"\n    roles: [{}]\n",
+            roles.join(", ")
+        ));
+        if let Some(r) = region {
+            out.push_str(&format!("    attributes: {{ region: {r} }}\n"));
+        }
+    }
+    Ok(out)
+}
+
+const ORDERS_ODPS: &str = r#"apiVersion: v1.0.0
+kind: DataProduct
+id: urn:dataproduct:sales:orders
+name: orders
+version: 1.0.0
+status: active
+domain: sales
+description:
+  purpose: Every webshop order, one row per order, updated daily.
+team: { name: sales-data, members: [ { username: alice@example.com, role: owner } ] }
+outputPorts:
+  - name: orders_delta
+    type: tables
+    version: 1.0.0
+    contractId: urn:datacontract:sales:orders
+    customProperties: [ { property: server, value: local } ]
+"#;
+
+const ORDERS_ODCS: &str = r#"apiVersion: v3.1.0
+kind: DataContract
+id: urn:datacontract:sales:orders
+name: orders
+version: 1.0.0
+status: active
+domain: sales
+servers:
+  - { server: local, type: local, format: delta, path: ./data/orders }
+schema:
+  - name: orders
+    physicalName: orders
+    physicalType: table
+    logicalType: object
+    description: One row per webshop order.
+    properties:
+      - { name: order_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, unique: true, description: Order identifier. }
+      - { name: customer_id, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Customer who ordered. }
+      - { name: email, logicalType: string, physicalType: STRING, classification: pii, tags: [pii], description: Contact email given at checkout; null for guest checkouts. }
+      - { name: region, logicalType: string, physicalType: STRING, required: true, description: "Sales region: EMEA, AMER or APAC." }
+      - { name: status, logicalType: string, physicalType: STRING, required: true, description: "placed, shipped, delivered, cancelled or returned." }
+      - { name: item_count, logicalType: integer, physicalType: INT, required: true, description: Number of items. }
+      - { name: total_amount, logicalType: number, physicalType: "DECIMAL(12,2)", required: true, description: Order total in the region's currency. }
+      - { name: created_at, logicalType: timestamp, physicalType: TIMESTAMP, required: true, description: When the order was placed (UTC). }
+      - { name: order_date, logicalType: date, physicalType: DATE, required: true, partitioned: true, description: Day of created_at; the table's partition column. }
+team: { name: sales-data, members: [ { username: alice@example.com, role: owner } ] }
+"#;
+
+const PROFILES_ODPS: &str = r#"apiVersion: v1.0.0
+kind: DataProduct
+id: urn:dataproduct:customers:profiles
+name: customer profiles
+version: 1.0.0
+status: active
+domain: customers
+outputPorts:
+  - name: profiles_parquet
+    type: tables
+    version: 1.0.0
+    contractId: urn:datacontract:customers:profiles
+    customProperties: [ { property: server, value: local } ]
+"#;
+
+const PROFILES_ODCS: &str = r#"apiVersion: v3.1.0
+kind: DataContract
+id: urn:datacontract:customers:profiles
+name: profiles
+version: 1.0.0
+status: active
+domain: customers
+servers:
+  - { server: local, type: local, format: parquet, path: ./data/profiles/ }
+schema:
+  - name: profiles
+    physicalType: table
+    description: One row per registered customer.
+    properties:
+      - { name: customer_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, classification: pii, tags: [pii], description: Customer identifier. }
+      - { name: full_name, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Name as registered. }
+      - { name: email, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Login email. }
+      - { name: phone, logicalType: string, physicalType: STRING, classification: pii, tags: [pii], description: Phone number with country prefix. }
+      - { name: country, logicalType: string, physicalType: STRING, required: true, description: ISO 3166-1 alpha-2 country code. }
+      - { name: region, logicalType: string, physicalType: STRING, required: true, description: "EMEA, AMER or APAC." }
+      - { name: signup_date, logicalType: date, physicalType: DATE, required: true, description: Day the account was created. }
+      - { name: tier, logicalType: string, physicalType: STRING, required: true, description: "Loyalty tier: bronze, silver or gold." }
+"#;
+
+const TRANSACTIONS_ODPS: &str = r#"apiVersion: v1.0.0
+kind: DataProduct
+id: urn:dataproduct:payments:transactions
+name: payment transactions
+version: 1.0.0
+status: active
+domain: payments
+outputPorts:
+  - name: transactions_parquet
+    type: tables
+    version: 1.0.0
+    contractId: urn:datacontract:payments:transactions
+"#;
+
+const TRANSACTIONS_ODCS: &str = r#"apiVersion: v3.1.0
+kind: DataContract
+id: urn:datacontract:payments:transactions
+name: transactions
+version: 1.0.0
+status: active
+domain: payments
+servers:
+  - { server: local, type: local, format: parquet, path: ./data/transactions/ }
+schema:
+  - name: transactions
+    physicalType: table
+    description: One row per payment attempt; one file per day.
+    properties:
+      - { name: payment_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, description: Payment identifier. }
+      - { name: order_id, logicalType: string, physicalType: STRING, required: true, description: The order paid (sales.orders). }
+      - { name: customer_id, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Paying customer. }
+      - { name: method, logicalType: string, physicalType: STRING, required: true, description: "card, paypal, bank_transfer or klarna." }
+      - { name: card_number, logicalType: string, physicalType: STRING, classification: restricted, tags: [pci], description: Card number for card payments. }
+      - { name: amount, logicalType: number, physicalType: "DECIMAL(12,2)", required: true, description: Amount charged. }
+      - { name: currency, logicalType: string, physicalType: STRING, required: true, description: ISO 4217 currency code. }
+      - { name: status, logicalType: string, physicalType: STRING, required: true, description: "settled, refunded or failed." }
+      - { name: paid_at, logicalType: timestamp, physicalType: TIMESTAMP, required: true, description: When the payment was made (UTC). }
+"#;

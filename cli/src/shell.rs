@@ -1,0 +1,250 @@
+//! `meshq shell`: run SQL over the mesh, interactively or from `-c`/`-f`.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::DFParser;
+use meshq_engine::{CATALOG, Engine};
+
+use crate::output::{OutputFormat, write_stream, write_table};
+
+const HELP: &str = "\
+SQL statements end with `;` and may span lines.
+  \\dt [PATTERN]   list tables (domain, table, format, product)
+  \\dn             list schemas (domains)
+  \\d TABLE        describe a table's columns as its contract declares them
+  \\?              this help
+  \\q              quit (or Ctrl-D)
+Tables are named domain.table, e.g. SELECT * FROM sales.orders LIMIT 5;";
+
+/// A SQL session over an engine.
+pub struct Shell {
+    engine: Engine,
+    ctx: SessionContext,
+    format: OutputFormat,
+}
+
+impl Shell {
+    /// A shell with a fresh session.
+    pub fn new(engine: Engine, format: OutputFormat) -> Self {
+        let ctx = engine.session();
+        Self {
+            engine,
+            ctx,
+            format,
+        }
+    }
+
+    /// Runs every statement in `text` in order; stops at the first error.
+    pub async fn run_sql(&self, text: &str, out: &mut (dyn Write + Send)) -> Result<()> {
+        let statements = DFParser::parse_sql(text)?;
+        for stmt in statements {
+            let state = self.ctx.state();
+            let plan = state.statement_to_plan(stmt).await?;
+            let df = self.ctx.execute_logical_plan(plan).await?;
+            let stream = df.execute_stream().await?;
+            write_stream(stream, self.format, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a script as `-c` and `-f` give it: SQL statements, and backslash
+    /// commands on lines of their own. Stops at the first error.
+    pub async fn run_script(&self, text: &str, out: &mut (dyn Write + Send)) -> Result<()> {
+        let mut sql = String::new();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.starts_with('\\') && sql.trim().is_empty() {
+                sql.clear();
+                if self.run_meta(trimmed, out).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            sql.push_str(line);
+            sql.push('\n');
+            if trimmed.ends_with(';') {
+                self.run_sql(&sql, out).await?;
+                sql.clear();
+            }
+        }
+        if !sql.trim().is_empty() {
+            self.run_sql(&sql, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a backslash command. Returns `true` to quit.
+    pub async fn run_meta(&self, line: &str, out: &mut (dyn Write + Send)) -> Result<bool> {
+        let mut parts = line.split_whitespace();
+        let cmd = parts.next().unwrap_or_default();
+        let arg = parts.next();
+        match cmd {
+            "\\q" => return Ok(true),
+            "\\?" | "\\h" => writeln!(out, "{HELP}")?,
+            "\\dt" => self.list_tables(arg, out).await?,
+            "\\dn" => {
+                self.run_sql(
+                    "SELECT schema_name AS domain FROM information_schema.schemata \
+                     WHERE catalog_name = 'mesh' AND schema_name NOT IN ('information_schema', 'public') \
+                     ORDER BY 1",
+                    out,
+                )
+                .await?
+            }
+            "\\d" => match arg {
+                Some(t) => self.describe(t, out).await?,
+                None => self.list_tables(None, out).await?,
+            },
+            other => return Err(anyhow!("unknown command `{other}`; try \\?")),
+        }
+        Ok(false)
+    }
+
+    async fn list_tables(&self, pattern: Option<&str>, out: &mut (dyn Write + Send)) -> Result<()> {
+        let (mut domains, mut names, mut formats, mut products) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let catalog = self
+            .ctx
+            .catalog(CATALOG)
+            .ok_or_else(|| anyhow!("catalog `{CATALOG}` is missing"))?;
+        let mut schema_names = catalog.schema_names();
+        schema_names.sort();
+        for schema_name in schema_names {
+            let Some(schema) = catalog.schema(&schema_name) else {
+                continue;
+            };
+            let mut tables = schema.table_names();
+            tables.sort();
+            for table in tables {
+                let qualified = format!("{schema_name}.{table}");
+                if pattern.is_some_and(|p| !qualified.contains(p)) {
+                    continue;
+                }
+                let def = self.engine.mesh().table(&schema_name, &table);
+                domains.push(schema_name.clone());
+                names.push(table);
+                formats.push(
+                    def.map(|d| d.source.format.to_string())
+                        .unwrap_or_else(|| "session".into()),
+                );
+                products.push(def.map(|d| d.product_id.clone()).unwrap_or_default());
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("domain", DataType::Utf8, false),
+            Field::new("table", DataType::Utf8, false),
+            Field::new("format", DataType::Utf8, false),
+            Field::new("product", DataType::Utf8, false),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(domains)),
+            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(formats)),
+            Arc::new(StringArray::from(products)),
+        ];
+        let batch = RecordBatch::try_new(Arc::clone(&schema), cols)?;
+        write_table(&schema, &[batch], out)
+    }
+
+    async fn describe(&self, name: &str, out: &mut (dyn Write + Send)) -> Result<()> {
+        let provider = self.ctx.table_provider(name).await?;
+        let (domain, table) = name.split_once('.').unwrap_or(("", name));
+        let def = self.engine.mesh().table(domain, table);
+        let arrow_schema = provider.schema();
+        let mut cols: [Vec<String>; 5] = Default::default();
+        for f in arrow_schema.fields() {
+            let c = def.and_then(|d| d.columns.iter().find(|c| &c.name == f.name()));
+            cols[0].push(f.name().clone());
+            cols[1].push(f.data_type().to_string());
+            cols[2].push(if f.is_nullable() { "YES" } else { "NO" }.into());
+            cols[3].push(c.and_then(|c| c.classification.clone()).unwrap_or_default());
+            cols[4].push(c.and_then(|c| c.description.clone()).unwrap_or_default());
+        }
+        let names = [
+            "column",
+            "type",
+            "nullable",
+            "classification",
+            "description",
+        ];
+        let schema = Arc::new(Schema::new(
+            names
+                .iter()
+                .map(|n| Field::new(*n, DataType::Utf8, false))
+                .collect::<Vec<_>>(),
+        ));
+        let arrays: Vec<ArrayRef> = cols
+            .into_iter()
+            .map(|c| Arc::new(StringArray::from(c)) as ArrayRef)
+            .collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)?;
+        write_table(&schema, &[batch], out)
+    }
+
+    /// The interactive loop with line editing and history.
+    pub async fn interactive(&self) -> Result<()> {
+        use rustyline::error::ReadlineError;
+        let mut editor = rustyline::DefaultEditor::new()?;
+        let history =
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".meshq_history"));
+        if let Some(h) = &history {
+            let _ = editor.load_history(h);
+        }
+        println!(
+            "meshq shell: {} table(s). \\? for help, \\q to quit.",
+            self.engine.served_tables().len()
+        );
+        let mut buffer = String::new();
+        let mut stdout = std::io::stdout();
+        loop {
+            let prompt = if buffer.is_empty() {
+                "meshq> "
+            } else {
+                "    -> "
+            };
+            match editor.readline(prompt) {
+                Ok(line) => {
+                    let trimmed = line.trim();
+                    if buffer.is_empty() && trimmed.starts_with('\\') {
+                        let _ = editor.add_history_entry(trimmed);
+                        match self.run_meta(trimmed, &mut stdout).await {
+                            Ok(true) => break,
+                            Ok(false) => {}
+                            Err(e) => eprintln!("Error: {e}"),
+                        }
+                        continue;
+                    }
+                    if buffer.is_empty() && matches!(trimmed, "quit" | "exit") {
+                        break;
+                    }
+                    if trimmed.is_empty() && buffer.is_empty() {
+                        continue;
+                    }
+                    buffer.push_str(&line);
+                    buffer.push('\n');
+                    if trimmed.ends_with(';') {
+                        let _ = editor.add_history_entry(buffer.trim());
+                        let started = std::time::Instant::now();
+                        match self.run_sql(&buffer, &mut stdout).await {
+                            Ok(()) => println!("({:.3}s)", started.elapsed().as_secs_f64()),
+                            Err(e) => eprintln!("Error: {e}"),
+                        }
+                        buffer.clear();
+                    }
+                }
+                Err(ReadlineError::Interrupted) => buffer.clear(),
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(h) = &history {
+            let _ = editor.save_history(h);
+        }
+        Ok(())
+    }
+}

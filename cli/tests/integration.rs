@@ -1,0 +1,257 @@
+//! End-to-end tests of the `meshq` binary: demo, shell and validate as a
+//! user runs them, with exact output and exit codes.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+fn meshq() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meshq"));
+    c.env_remove("MESHQ_LOG").env_remove("MESHQ_FORMAT");
+    c
+}
+
+/// One demo mesh for the whole binary: writing it is the slow part.
+fn demo_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = meshq()
+            .args(["demo", "--no-shell"])
+            .arg(dir.path().join("mesh"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+    .path()
+}
+
+fn mesh() -> std::path::PathBuf {
+    demo_dir().join("mesh")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+const REVENUE_BY_REGION: &str = "SELECT c.region, sum(o.total_amount) AS revenue, count(*) AS orders \
+     FROM sales.orders o JOIN customers.profiles c USING (customer_id) GROUP BY 1 ORDER BY 1";
+
+#[test]
+fn demo_mesh_is_deterministic_and_valid() {
+    let out = meshq()
+        .args(["validate", "--mesh"])
+        .arg(mesh())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        stdout(&out),
+        "3 table(s) served; 0 error(s), 0 warning(s)\n"
+    );
+
+    // These figures are quoted in the README.
+    let out = meshq()
+        .args(["shell", "--mesh"])
+        .arg(mesh())
+        .args(["-c", REVENUE_BY_REGION])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "+--------+------------+--------+\n\
+         | region | revenue    | orders |\n\
+         +--------+------------+--------+\n\
+         | AMER   | 993679.39  | 3514   |\n\
+         | APAC   | 933239.61  | 3308   |\n\
+         | EMEA   | 1462133.40 | 5178   |\n\
+         +--------+------------+--------+\n"
+    );
+}
+
+#[test]
+fn demo_reuses_an_existing_mesh_and_runs_the_shell_on_stdin() {
+    let mut child = meshq()
+        .arg("demo")
+        .arg(mesh())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT count(*) AS n\n  FROM sales.orders;\n\\dt\n\\q\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Using the existing demo mesh"),
+        "{}",
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("| 12000 |"), "{text}");
+    assert!(
+        text.contains(
+            "| sales     | orders       | delta   | urn:dataproduct:sales:orders          |"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn csv_and_json_formats() {
+    let sql = "SELECT order_id, email, total_amount, created_at FROM sales.orders ORDER BY order_id LIMIT 2";
+    let out = meshq()
+        .args(["shell", "--format", "csv", "--mesh"])
+        .arg(mesh())
+        .args(["-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "order_id,email,total_amount,created_at\n\
+         O0000001,diego.murphy39@example.com,82.20,2026-10-01T04:15:24.445335Z\n\
+         O0000002,yuki.martin1131@example.com,140.12,2026-10-01T00:12:31.065489Z\n"
+    );
+    let out = meshq()
+        .args(["shell", "--format", "json", "--mesh"])
+        .arg(mesh())
+        .args([
+            "-c",
+            "SELECT region, count(*) AS n FROM customers.profiles GROUP BY 1 ORDER BY 1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "[{\"region\":\"AMER\",\"n\":586},{\"region\":\"APAC\",\"n\":559},{\"region\":\"EMEA\",\"n\":855}]\n"
+    );
+    let out = meshq()
+        .args(["shell", "--format", "json", "--mesh"])
+        .arg(mesh())
+        .args(["-c", "SELECT * FROM customers.profiles WHERE false"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "[]\n");
+}
+
+#[test]
+fn script_file_with_several_statements_and_a_meta_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("q.sql");
+    std::fs::write(
+        &script,
+        "-- payments per method\nSELECT method, count(*) AS n\nFROM payments.transactions\nGROUP BY 1 ORDER BY 2 DESC LIMIT 1;\n\\d customers.profiles\n",
+    )
+    .unwrap();
+    let out = meshq()
+        .args(["shell", "--mesh"])
+        .arg(mesh())
+        .arg("-f")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("| card   |"), "{text}");
+    assert!(
+        text.contains("| email       | Utf8View | NO       | pii            | Login email."),
+        "{text}"
+    );
+}
+
+#[test]
+fn query_errors_exit_1_with_a_message() {
+    let out = meshq()
+        .args(["shell", "--mesh"])
+        .arg(mesh())
+        .args(["-c", "SELECT * FROM sales.nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "Error: Error during planning: table 'mesh.sales.nope' not found\n"
+    );
+    let out = meshq()
+        .args(["shell", "--mesh"])
+        .arg(mesh())
+        .args(["-c", "SELEC 1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("Error: SQL error: ParserError"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn validate_lists_problems_file_by_file_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::write(root.join("meshq.yaml"), "principals: []\n").unwrap();
+    std::fs::write(
+        root.join("a/p.odps.yaml"),
+        "apiVersion: v1.0.0\nkind: DataProduct\nid: p\nstatus: active\ndomain: a\noutputPorts:\n  - { name: out, version: '1', contractId: missing }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("a/c.odcs.yaml"),
+        "apiVersion: v3.1.0\nkind: DataContract\nid: c\nversion: '1'\nstatus: active\nowner: me\n",
+    )
+    .unwrap();
+    let out = meshq()
+        .args(["validate", "--mesh"])
+        .arg(root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stdout(&out),
+        "a/c.odcs.yaml\n  \
+         error: line 6: unknown field `owner`, expected one of `version`, `kind`, `apiVersion`, `id`, `status`, `name`, `tenant`, `tags`, `servers`, `dataProduct`, `description`, `domain`, `schema`, `support`, `price`, `team`, `roles`, `slaDefaultElement`, `slaProperties`, `authoritativeDefinitions`, `customProperties`, `contractCreatedTs`\n\
+         a/p.odps.yaml\n  \
+         error: line 7: output port `out`: contractId `missing` does not match any contract in the mesh\n\
+         0 table(s) served; 2 error(s), 0 warning(s)\n"
+    );
+    let out = meshq()
+        .args(["validate", "--mesh"])
+        .arg(root.join("nope"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot open mesh directory"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_explains_flags() {
+    let out = meshq().args(["shell", "--help"]).output().unwrap();
+    let text = stdout(&out);
+    for flag in ["--mesh", "--command", "--file", "--format", "MESHQ_MESH"] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+}

@@ -1,0 +1,130 @@
+//! [`ContractTableProvider`]: a table seen through its contract.
+//!
+//! The contract decides which columns exist: columns of the underlying table
+//! that the contract does not declare are not exposed (a writer adding a
+//! column must not publish it before the contract does), and columns come in
+//! contract order.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::catalog::{ScanArgs, ScanResult};
+use datafusion::common::{Constraints, Statistics};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+
+/// Exposes a subset of an inner provider's columns, reordered.
+#[derive(Debug)]
+pub struct ContractTableProvider {
+    inner: Arc<dyn TableProvider>,
+    schema: SchemaRef,
+    /// For each exposed column, its index in the inner schema.
+    indices: Vec<usize>,
+    constraints: Option<Constraints>,
+}
+
+impl ContractTableProvider {
+    /// `indices[i]` is the inner column behind exposed column `i`.
+    pub fn new(inner: Arc<dyn TableProvider>, indices: Vec<usize>) -> Self {
+        let inner_schema = inner.schema();
+        let fields: Vec<_> = indices
+            .iter()
+            .map(|&i| Arc::clone(&inner_schema.fields()[i]))
+            .collect();
+        let schema = Arc::new(Schema::new_with_metadata(
+            fields,
+            inner_schema.metadata().clone(),
+        ));
+        Self {
+            inner,
+            schema,
+            indices,
+            constraints: None,
+        }
+    }
+
+    /// Declares constraints (e.g. the contract's primary key).
+    pub fn with_constraints(mut self, constraints: Constraints) -> Self {
+        self.constraints = Some(constraints);
+        self
+    }
+
+    /// The wrapped provider.
+    pub fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
+    }
+
+    fn map_projection(&self, projection: Option<&Vec<usize>>) -> Vec<usize> {
+        match projection {
+            Some(p) => p.iter().map(|&i| self.indices[i]).collect(),
+            None => self.indices.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for ContractTableProvider {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        self.constraints.as_ref()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let projection = self.map_projection(projection);
+        self.inner
+            .scan(state, Some(&projection), filters, limit)
+            .await
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn Session,
+        args: ScanArgs<'a>,
+    ) -> Result<ScanResult> {
+        let projection = self.map_projection(args.projection().map(<[usize]>::to_vec).as_ref());
+        let inner_args = ScanArgs::default()
+            .with_projection(Some(&projection))
+            .with_filters(args.filters())
+            .with_limit(args.limit())
+            .with_statistics_requests(args.statistics_requests());
+        self.inner.scan_with_args(state, inner_args).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        let stats = self.inner.statistics()?;
+        let column_statistics = self
+            .indices
+            .iter()
+            .map(|&i| stats.column_statistics.get(i).cloned())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Statistics {
+            num_rows: stats.num_rows,
+            total_byte_size: stats.total_byte_size,
+            column_statistics,
+        })
+    }
+}

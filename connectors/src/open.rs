@@ -1,0 +1,310 @@
+//! Opening a [`TableDef`]'s data as a DataFusion table, checked against its
+//! contract.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::{Constraint, Constraints};
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use futures::TryStreamExt;
+use meshq_catalog::{Format, Location, TableDef};
+use url::Url;
+
+use crate::contract_table::ContractTableProvider;
+use crate::store::StoreRegistry;
+use crate::types::check_type;
+
+/// A table ready to register, plus anything worth a warning.
+#[derive(Debug)]
+pub struct OpenedTable {
+    /// The contract view of the table.
+    pub provider: Arc<dyn TableProvider>,
+    /// Non-fatal findings (hidden extra columns, nullability).
+    pub warnings: Vec<String>,
+}
+
+/// Why a table could not be opened. The message names the location or file
+/// and the cause; the caller adds the table and product.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OpenError(pub String);
+
+fn err(msg: impl Into<String>) -> OpenError {
+    OpenError(msg.into())
+}
+
+/// Opens `def` in `state`: registers its object store, reads the table's
+/// schema, checks it against the contract and wraps it in a
+/// [`ContractTableProvider`].
+pub async fn open_table(
+    state: &dyn Session,
+    stores: &StoreRegistry,
+    def: &TableDef,
+) -> Result<OpenedTable, OpenError> {
+    let url = location_url(&def.source.location, def.source.format)?;
+    if let Some(store) = stores.store_for(&url).map_err(err)? {
+        let root = Url::parse(&format!(
+            "{}://{}",
+            url.scheme(),
+            &url[url::Position::BeforeHost..url::Position::AfterPort]
+        ))
+        .map_err(|e| err(format!("location `{url}`: {e}")))?;
+        state.runtime_env().register_object_store(&root, store);
+    }
+    let inner = match def.source.format {
+        Format::Parquet | Format::Csv | Format::Json => open_listing(state, def, &url).await?,
+        Format::Delta => open_delta(state, &url).await?,
+        Format::Iceberg => {
+            return Err(err(
+                "format iceberg is not supported by this build of meshq yet",
+            ));
+        }
+    };
+    contract_view(def, inner)
+}
+
+/// The URL of a location; a local path must exist.
+fn location_url(location: &Location, format: Format) -> Result<Url, OpenError> {
+    match location {
+        Location::Url(u) => Ok(u.clone()),
+        Location::Local(path) => {
+            let text = path.to_string_lossy();
+            let has_glob = text.contains(['*', '?', '[']);
+            let probe = if has_glob {
+                // The folder before the first glob must exist.
+                let cut = text.find(['*', '?', '[']).unwrap_or(text.len());
+                let prefix = &text[..cut];
+                std::path::PathBuf::from(&prefix[..prefix.rfind('/').unwrap_or(0).max(1)])
+            } else {
+                path.clone()
+            };
+            let meta = std::fs::metadata(&probe).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    err(format!("location `{}` does not exist", probe.display()))
+                }
+                _ => err(format!(
+                    "location `{}` cannot be read: {e}",
+                    probe.display()
+                )),
+            })?;
+            if format == Format::Delta && !meta.is_dir() {
+                return Err(err(format!(
+                    "location `{}` is not a directory; a Delta table is a folder with a _delta_log",
+                    path.display()
+                )));
+            }
+            if has_glob {
+                return Url::parse(&format!("file://{text}"))
+                    .map_err(|e| err(format!("location `{text}`: {e}")));
+            }
+            let url = if meta.is_dir() {
+                Url::from_directory_path(path)
+            } else {
+                Url::from_file_path(path)
+            };
+            url.map_err(|_| {
+                err(format!(
+                    "location `{}` is not an absolute path",
+                    path.display()
+                ))
+            })
+        }
+    }
+}
+
+async fn open_listing(
+    state: &dyn Session,
+    def: &TableDef,
+    url: &Url,
+) -> Result<Arc<dyn TableProvider>, OpenError> {
+    let (format, ext): (Arc<dyn FileFormat>, &str) = match def.source.format {
+        Format::Parquet => (
+            Arc::new(ParquetFormat::default().with_options(state.table_options().parquet.clone())),
+            ".parquet",
+        ),
+        Format::Csv => (
+            Arc::new(
+                CsvFormat::default()
+                    .with_options(state.table_options().csv.clone())
+                    .with_has_header(true),
+            ),
+            ".csv",
+        ),
+        Format::Json => {
+            if def
+                .source
+                .delimiter
+                .as_deref()
+                .is_some_and(|d| d != "new_line")
+            {
+                return Err(err(format!(
+                    "JSON delimiter `{}` is not supported; meshq reads newline-delimited JSON (delimiter: new_line)",
+                    def.source.delimiter.as_deref().unwrap_or_default()
+                )));
+            }
+            (
+                Arc::new(JsonFormat::default().with_options(state.table_options().json.clone())),
+                ".json",
+            )
+        }
+        Format::Delta | Format::Iceberg => unreachable!("not a listing format"),
+    };
+    let table_url =
+        ListingTableUrl::parse(url.as_str()).map_err(|e| err(format!("location `{url}`: {e}")))?;
+    // A single named file is read whatever its extension.
+    let ext = if table_url.is_collection() || url.as_str().contains('*') {
+        ext
+    } else {
+        ""
+    };
+    let options = ListingOptions::new(Arc::clone(&format)).with_file_extension(ext);
+    let config = ListingTableConfig::new(table_url.clone()).with_listing_options(options);
+    let config = config
+        .infer_partitions_from_path(state)
+        .await
+        .map_err(|e| err(format!("cannot list `{url}`: {}", e.find_root())))?;
+    let config = match config.infer_schema(state).await {
+        Ok(c) => c,
+        Err(e) => {
+            let culprit = find_bad_file(state, &table_url, format.as_ref(), ext).await;
+            return Err(err(match culprit {
+                Some(msg) => msg,
+                None => format!(
+                    "cannot read {} data at `{url}`: {}",
+                    def.source.format,
+                    e.find_root()
+                ),
+            }));
+        }
+    };
+    let table = ListingTable::try_new(config)
+        .map_err(|e| err(format!("cannot open `{url}`: {}", e.find_root())))?;
+    Ok(Arc::new(table))
+}
+
+/// After schema inference failed over a folder, reads the files one by one
+/// to name the one that is broken.
+async fn find_bad_file(
+    state: &dyn Session,
+    url: &ListingTableUrl,
+    format: &dyn FileFormat,
+    ext: &str,
+) -> Option<String> {
+    let store = state.runtime_env().object_store(url).ok()?;
+    let files: Vec<_> = url
+        .list_all_files(state, store.as_ref(), ext)
+        .await
+        .ok()?
+        .try_collect()
+        .await
+        .ok()?;
+    for meta in files.into_iter().filter(|m| m.size > 0) {
+        if let Err(e) = format.infer_schema(state, &store, std::slice::from_ref(&meta)).await {
+            return Some(format!(
+                "file `{}` is not valid {}: {}",
+                meta.location,
+                format.get_ext().trim_start_matches('.'),
+                e.find_root()
+            ));
+        }
+    }
+    None
+}
+
+async fn open_delta(state: &dyn Session, url: &Url) -> Result<Arc<dyn TableProvider>, OpenError> {
+    let mut url = url.clone();
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    let mut builder = deltalake::DeltaTableBuilder::from_url(url.clone())
+        .map_err(|e| err(format!("Delta table at `{url}`: {e}")))?;
+    if url.scheme() != "file" {
+        let store_url = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])
+            .map_err(|e| err(format!("Delta table at `{url}`: {e}")))?;
+        let store = state
+            .runtime_env()
+            .object_store(&store_url)
+            .map_err(|e| err(format!("Delta table at `{url}`: {e}")))?;
+        builder = builder.with_storage_backend(store, url.clone());
+    }
+    let table = builder
+        .load()
+        .await
+        .map_err(|e| err(format!("cannot load Delta table at `{url}`: {e}")))?;
+    table
+        .update_datafusion_session(state)
+        .map_err(|e| err(format!("Delta table at `{url}`: {e}")))?;
+    table
+        .table_provider()
+        .await
+        .map_err(|e| err(format!("Delta table at `{url}`: {}", e.find_root())))
+}
+
+/// Checks the actual schema against the contract and builds the view.
+fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<OpenedTable, OpenError> {
+    let schema: SchemaRef = inner.schema();
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let mut indices = Vec::with_capacity(def.columns.len());
+    for col in &def.columns {
+        let Ok(idx) = schema.index_of(&col.name) else {
+            problems.push(format!("column `{}` is missing from the table", col.name));
+            continue;
+        };
+        let field = schema.field(idx);
+        if let Err(expected) = check_type(col, field.data_type()) {
+            problems.push(format!(
+                "column `{}` has type {} in the table but the contract says {expected}",
+                col.name,
+                field.data_type()
+            ));
+            continue;
+        }
+        if col.required && field.is_nullable() {
+            warnings.push(format!(
+                "column `{}` is required by the contract but nullable in the table",
+                col.name
+            ));
+        }
+        indices.push(idx);
+    }
+    if !problems.is_empty() {
+        return Err(err(problems.join("; ")));
+    }
+    let hidden: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| !def.columns.iter().any(|c| &c.name == f.name()))
+        .map(|f| format!("`{}`", f.name()))
+        .collect();
+    if !hidden.is_empty() {
+        warnings.push(format!(
+            "table has columns the contract does not declare; they are not served: {}",
+            hidden.join(", ")
+        ));
+    }
+    let pk: Vec<usize> = def
+        .primary_key()
+        .iter()
+        .filter_map(|name| def.columns.iter().position(|c| c.name == *name))
+        .collect();
+    let mut view = ContractTableProvider::new(inner, indices);
+    if !pk.is_empty() {
+        view = view.with_constraints(Constraints::new_unverified(vec![Constraint::PrimaryKey(
+            pk,
+        )]));
+    }
+    Ok(OpenedTable {
+        provider: Arc::new(view),
+        warnings,
+    })
+}

@@ -1,0 +1,199 @@
+//! Does a table column's Arrow type satisfy the contract's declared type?
+//!
+//! `physicalType` is checked when meshq knows it (SQL/Spark type names);
+//! otherwise the ODCS `logicalType` family is checked.
+
+use arrow::datatypes::DataType;
+use meshq_catalog::ColumnDef;
+use meshq_catalog::odcs::LogicalType;
+
+/// `Err(expected)` when `actual` does not satisfy the contract column.
+pub fn check_type(col: &ColumnDef, actual: &DataType) -> Result<(), String> {
+    let actual = value_type(actual);
+    if let Some(physical) = col.physical_type.as_deref()
+        && let Some(res) = check_physical(physical, actual)
+    {
+        return res.map_err(|_| format!("physicalType {physical}"));
+    }
+    if let Some(logical) = col.logical_type
+        && !logical_matches(logical, actual)
+    {
+        return Err(format!("logicalType {logical}"));
+    }
+    Ok(())
+}
+
+/// Dictionary-encoded columns are checked by their value type.
+fn value_type(t: &DataType) -> &DataType {
+    match t {
+        DataType::Dictionary(_, v) => value_type(v),
+        DataType::RunEndEncoded(_, v) => value_type(v.data_type()),
+        other => other,
+    }
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn is_binary(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::FixedSizeBinary(_)
+    )
+}
+
+fn is_list(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::ListView(_)
+            | DataType::LargeListView(_)
+            | DataType::FixedSizeList(_, _)
+    )
+}
+
+fn is_decimal(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Decimal32(_, _)
+            | DataType::Decimal64(_, _)
+            | DataType::Decimal128(_, _)
+            | DataType::Decimal256(_, _)
+    )
+}
+
+fn decimal_params(t: &DataType) -> Option<(u8, i8)> {
+    match t {
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s) => Some((*p, *s)),
+        _ => None,
+    }
+}
+
+fn logical_matches(logical: LogicalType, t: &DataType) -> bool {
+    match logical {
+        LogicalType::String => is_string(t),
+        LogicalType::Integer => t.is_integer(),
+        LogicalType::Number => t.is_integer() || t.is_floating() || is_decimal(t),
+        LogicalType::Boolean => matches!(t, DataType::Boolean),
+        LogicalType::Date => matches!(t, DataType::Date32 | DataType::Date64),
+        LogicalType::Timestamp => matches!(t, DataType::Timestamp(_, _) | DataType::Date64),
+        LogicalType::Time => matches!(t, DataType::Time32(_) | DataType::Time64(_)),
+        LogicalType::Object => matches!(t, DataType::Struct(_) | DataType::Map(_, _)),
+        LogicalType::Array => is_list(t),
+    }
+}
+
+/// `None` when meshq does not know the physical type name.
+fn check_physical(physical: &str, t: &DataType) -> Option<Result<(), ()>> {
+    let upper = physical.trim().to_ascii_uppercase();
+    let (base, args) = match upper.find(['(', '<']) {
+        Some(i) => (upper[..i].trim(), Some(upper[i..].trim())),
+        None => (upper.as_str(), None),
+    };
+    let ok = match base {
+        "STRING" | "VARCHAR" | "CHAR" | "TEXT" | "NVARCHAR" | "NCHAR" | "CHARACTER VARYING" => {
+            is_string(t)
+        }
+        "BOOLEAN" | "BOOL" => matches!(t, DataType::Boolean),
+        "TINYINT" | "BYTE" | "INT8" => matches!(t, DataType::Int8),
+        "SMALLINT" | "SHORT" | "INT16" => matches!(t, DataType::Int16),
+        "INT" | "INTEGER" | "INT32" => matches!(t, DataType::Int32),
+        "BIGINT" | "LONG" | "INT64" => matches!(t, DataType::Int64),
+        "FLOAT" | "REAL" | "FLOAT32" => matches!(t, DataType::Float32),
+        "DOUBLE" | "DOUBLE PRECISION" | "FLOAT64" => matches!(t, DataType::Float64),
+        "DECIMAL" | "NUMERIC" | "NUMBER" => match (decimal_params(t), args) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some((p, s)), Some(args)) => {
+                let inner = args.trim_start_matches('(').trim_end_matches(')');
+                let mut parts = inner.split(',').map(|x| x.trim().parse::<i64>());
+                match (parts.next(), parts.next()) {
+                    (Some(Ok(ep)), Some(Ok(es))) => ep == p as i64 && es == s as i64,
+                    (Some(Ok(ep)), None) => ep == p as i64 && s == 0,
+                    _ => return None,
+                }
+            }
+        },
+        "DATE" => matches!(t, DataType::Date32 | DataType::Date64),
+        "TIMESTAMP" | "TIMESTAMP_NTZ" | "TIMESTAMP_LTZ" | "TIMESTAMPTZ" | "TIMESTAMP_TZ"
+        | "DATETIME" => matches!(t, DataType::Timestamp(_, _)),
+        "TIME" => matches!(t, DataType::Time32(_) | DataType::Time64(_)),
+        "BINARY" | "VARBINARY" | "BYTES" | "BLOB" => is_binary(t),
+        "ARRAY" | "LIST" => is_list(t),
+        "STRUCT" | "RECORD" | "OBJECT" => matches!(t, DataType::Struct(_)),
+        "MAP" => matches!(t, DataType::Map(_, _)),
+        _ => return None,
+    };
+    Some(if ok { Ok(()) } else { Err(()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::TimeUnit;
+
+    fn col(logical: Option<LogicalType>, physical: Option<&str>) -> ColumnDef {
+        ColumnDef {
+            name: "c".into(),
+            logical_type: logical,
+            physical_type: physical.map(str::to_string),
+            required: false,
+            classification: None,
+            tags: vec![],
+            description: None,
+            primary_key_position: None,
+            mask: None,
+        }
+    }
+
+    #[test]
+    fn physical_types() {
+        let c = col(Some(LogicalType::Number), Some("DECIMAL(12,2)"));
+        assert!(check_type(&c, &DataType::Decimal128(12, 2)).is_ok());
+        assert_eq!(
+            check_type(&c, &DataType::Decimal128(10, 2)),
+            Err("physicalType DECIMAL(12,2)".into())
+        );
+        assert!(check_type(&c, &DataType::Float64).is_err());
+        let c = col(None, Some("string"));
+        assert!(check_type(&c, &DataType::Utf8View).is_ok());
+        assert!(
+            check_type(
+                &c,
+                &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+            )
+            .is_ok()
+        );
+        let c = col(None, Some("TIMESTAMP"));
+        assert!(
+            check_type(
+                &c,
+                &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            )
+            .is_ok()
+        );
+        assert!(check_type(&c, &DataType::Date32).is_err());
+        let c = col(None, Some("BIGINT"));
+        assert!(check_type(&c, &DataType::Int32).is_err());
+    }
+
+    #[test]
+    fn unknown_physical_falls_back_to_logical() {
+        let c = col(Some(LogicalType::Integer), Some("SOMETHING_ODD"));
+        assert!(check_type(&c, &DataType::Int16).is_ok());
+        assert_eq!(
+            check_type(&c, &DataType::Utf8),
+            Err("logicalType integer".into())
+        );
+        let c = col(None, None);
+        assert!(check_type(&c, &DataType::Utf8).is_ok());
+    }
+}

@@ -1,0 +1,114 @@
+//! A `sqllogictest` database over a meshq engine session.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use sqllogictest::{DBOutput, DefaultColumnType};
+
+/// One `.slt` file's connection: a fresh session.
+pub struct SltDb {
+    ctx: Arc<SessionContext>,
+}
+
+impl SltDb {
+    /// Wraps a session.
+    pub fn new(ctx: SessionContext) -> Self {
+        Self { ctx: Arc::new(ctx) }
+    }
+}
+
+/// Errors keep DataFusion's text so `statement error <regex>` can match it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SltError(String);
+
+impl From<DataFusionError> for SltError {
+    fn from(e: DataFusionError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<arrow::error::ArrowError> for SltError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+fn column_type(t: &DataType) -> DefaultColumnType {
+    match t {
+        t if t.is_integer() => DefaultColumnType::Integer,
+        t if t.is_floating() => DefaultColumnType::FloatingPoint,
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => DefaultColumnType::FloatingPoint,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DefaultColumnType::Text,
+        _ => DefaultColumnType::Any,
+    }
+}
+
+/// Renders cells the way DataFusion's own `.slt` suites do: `NULL` for
+/// nulls, `(empty)` for empty strings.
+fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for batch in batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in 0..batch.num_rows() {
+            out.push(
+                formatters
+                    .iter()
+                    .zip(batch.columns())
+                    .map(|(f, col)| {
+                        let s = f.value(row).to_string();
+                        if s.is_empty() && !col.is_null(row) {
+                            "(empty)".to_string()
+                        } else {
+                            s
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait::async_trait]
+impl sqllogictest::AsyncDB for SltDb {
+    type Error = SltError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
+        let df = self.ctx.sql(sql).await?;
+        let schema = df.schema().as_arrow().clone();
+        let batches = df.collect().await?;
+        let types = schema
+            .fields()
+            .iter()
+            .map(|f| column_type(f.data_type()))
+            .collect();
+        Ok(DBOutput::Rows {
+            types,
+            rows: rows(&batches)?,
+        })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "meshq"
+    }
+
+    async fn sleep(dur: std::time::Duration) {
+        tokio::time::sleep(dur).await;
+    }
+}

@@ -1,0 +1,408 @@
+//! Every kind of bad input `meshq validate` must report, with the exact text.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Decimal128Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use meshq_engine::{Engine, EngineConfig};
+use parquet::arrow::ArrowWriter;
+
+const PRODUCT: &str = "\
+apiVersion: v1.0.0
+kind: DataProduct
+id: urn:dataproduct:shop:items
+status: active
+domain: shop
+outputPorts:
+  - name: items
+    version: 1.0.0
+    contractId: urn:datacontract:shop:items
+    customProperties: [ { property: server, value: local } ]
+";
+
+const CONTRACT: &str = "\
+apiVersion: v3.1.0
+kind: DataContract
+id: urn:datacontract:shop:items
+version: 1.0.0
+status: active
+servers:
+  - { server: local, type: local, format: parquet, path: ./data/items/ }
+schema:
+  - name: items
+    properties:
+      - { name: item_id, logicalType: string, physicalType: STRING, description: Id. }
+      - { name: price, logicalType: number, physicalType: \"DECIMAL(10,2)\", description: Price. }
+      - { name: qty, logicalType: integer, physicalType: BIGINT, description: Stock. }
+";
+
+fn write_items_parquet(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("item_id", DataType::Utf8, true),
+        Field::new("price", DataType::Decimal128(10, 2), true),
+        Field::new("qty", DataType::Int64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(
+                Decimal128Array::from(vec![199, 2500])
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+            ),
+            Arc::new(Int64Array::from(vec![3, 0])),
+        ],
+    )
+    .unwrap();
+    let file = std::fs::File::create(dir.join("part-0.parquet")).unwrap();
+    let mut w = ArrowWriter::try_new(file, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// A valid one-product mesh: `shop.items`, Parquet.
+fn base_mesh() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("meshq.yaml"), "principals: []\n").unwrap();
+    std::fs::create_dir_all(root.join("shop")).unwrap();
+    std::fs::write(root.join("shop/items.odps.yaml"), PRODUCT).unwrap();
+    std::fs::write(root.join("shop/items.odcs.yaml"), CONTRACT).unwrap();
+    write_items_parquet(&root.join("shop/data/items"));
+    dir
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+async fn load(root: &Path) -> Engine {
+    Engine::load(EngineConfig::new(root)).await.unwrap()
+}
+
+/// Errors only, as `meshq validate` prints them (`file[:line]: error: …`).
+async fn errors(root: &Path) -> Vec<String> {
+    load(root)
+        .await
+        .problems()
+        .iter()
+        .filter(|p| p.is_error())
+        .map(ToString::to_string)
+        .collect()
+}
+
+async fn served(root: &Path) -> Vec<String> {
+    load(root)
+        .await
+        .served_tables()
+        .iter()
+        .map(|t| t.def.qualified_name())
+        .collect()
+}
+
+#[tokio::test]
+async fn base_mesh_is_clean_and_queryable() {
+    let dir = base_mesh();
+    let engine = load(dir.path()).await;
+    assert!(engine.problems().is_empty(), "{:?}", engine.problems());
+    let batches = engine
+        .session()
+        .sql("SELECT sum(qty), sum(price) FROM shop.items")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    datafusion::assert_batches_eq!(
+        [
+            "+---------------------+-----------------------+",
+            "| sum(shop.items.qty) | sum(shop.items.price) |",
+            "+---------------------+-----------------------+",
+            "| 3                   | 26.99                 |",
+            "+---------------------+-----------------------+",
+        ],
+        &batches
+    );
+}
+
+#[tokio::test]
+async fn yaml_syntax_error_names_file_and_line() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT.replace("status: active", "  status: active"),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "shop/items.odcs.yaml:5: error: mapping values are not allowed in this context",
+            "shop/items.odps.yaml:9: error: output port `items`: contractId `urn:datacontract:shop:items` does not match any contract in the mesh",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn unknown_key_is_an_error() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT.replace("description: Stock.", "descripton: Stock."),
+    );
+    let errs = errors(dir.path()).await;
+    assert_eq!(
+        errs[0],
+        "shop/items.odcs.yaml:13: error: schema[0].properties[2]: unknown field `descripton`, expected one of `name`, `id`, `physicalType`, `description`, `businessName`, `authoritativeDefinitions`, `tags`, `customProperties`, `primaryKey`, `primaryKeyPosition`, `logicalType`, `logicalTypeOptions`, `physicalName`, `required`, `unique`, `partitioned`, `partitionKeyPosition`, `classification`, `encryptedName`, `transformSourceObjects`, `transformLogic`, `transformDescription`, `examples`, `criticalDataElement`, `relationships`, `quality`, `properties`, `items`"
+    );
+}
+
+#[tokio::test]
+async fn wrong_type_and_missing_field() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT.replace("description: Id.", "description: Id., required: maybe"),
+    );
+    assert_eq!(
+        errors(dir.path()).await[0],
+        "shop/items.odcs.yaml:11: error: schema[0].properties[0].required: invalid type: string \"maybe\", expected a boolean"
+    );
+    write(dir.path(), "shop/items.odcs.yaml", CONTRACT);
+    write(
+        dir.path(),
+        "shop/items.odps.yaml",
+        &PRODUCT.replace("status: active\n", ""),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec!["shop/items.odps.yaml:1: error: missing field `status`"]
+    );
+}
+
+#[tokio::test]
+async fn port_naming_a_missing_contract_or_server() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odps.yaml",
+        &PRODUCT.replace(
+            "contractId: urn:datacontract:shop:items",
+            "contractId: urn:datacontract:shop:itemz",
+        ),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "shop/items.odps.yaml:9: error: output port `items`: contractId `urn:datacontract:shop:itemz` does not match any contract in the mesh"
+        ]
+    );
+    write(
+        dir.path(),
+        "shop/items.odps.yaml",
+        &PRODUCT.replace("value: local", "value: prod"),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "shop/items.odps.yaml:10: error: output port `items`: server `prod` is not defined in contract `urn:datacontract:shop:items` (shop/items.odcs.yaml); it has `local`"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn duplicate_table_names_name_both_files() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop2/copy.odps.yaml",
+        &PRODUCT
+            .replace("urn:dataproduct:shop:items", "urn:dataproduct:shop:copy")
+            .replace("urn:datacontract:shop:items", "urn:datacontract:shop:copy"),
+    );
+    write(
+        dir.path(),
+        "shop2/copy.odcs.yaml",
+        &CONTRACT
+            .replace("urn:datacontract:shop:items", "urn:datacontract:shop:copy")
+            .replace("./data/items/", "../shop/data/items/"),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "shop2/copy.odps.yaml:9: error: table `shop.items` is already served by product `urn:dataproduct:shop:items` (shop/items.odps.yaml, contract shop/items.odcs.yaml); rename the schema object or move the product to another domain"
+        ]
+    );
+    assert_eq!(served(dir.path()).await, vec!["shop.items"]);
+}
+
+#[tokio::test]
+async fn missing_location() {
+    let dir = base_mesh();
+    std::fs::remove_dir_all(dir.path().join("shop/data")).unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![format!(
+            "shop/items.odcs.yaml: error: table `shop.items` (product `urn:dataproduct:shop:items`): location `{}/shop/data/items` does not exist; the table is not served",
+            root.display()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn schema_drift_missing_column_and_wrong_type() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT
+            .replace("physicalType: BIGINT", "physicalType: INT")
+            .replace(
+                "      - { name: qty",
+                "      - { name: colour, logicalType: string, description: Colour. }\n      - { name: qty",
+            ),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "shop/items.odcs.yaml: error: table `shop.items` (product `urn:dataproduct:shop:items`): column `colour` is missing from the table; column `qty` has type Int64 in the table but the contract says physicalType INT; the table is not served"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn file_that_is_not_parquet_is_named() {
+    let dir = base_mesh();
+    std::fs::write(
+        dir.path().join("shop/data/items/part-1.parquet"),
+        "item_id,price\nx,1\n",
+    )
+    .unwrap();
+    let errs = errors(dir.path()).await;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let root = dir.path().canonicalize().unwrap();
+    let expected_prefix = format!(
+        "shop/items.odcs.yaml: error: table `shop.items` (product `urn:dataproduct:shop:items`): file `{}/shop/data/items/part-1.parquet` is not valid parquet: ",
+        root.display().to_string().trim_start_matches('/')
+    );
+    assert!(errs[0].starts_with(&expected_prefix), "{}", errs[0]);
+    assert!(
+        errs[0].ends_with("; the table is not served"),
+        "{}",
+        errs[0]
+    );
+}
+
+#[tokio::test]
+async fn broken_delta_log_is_reported_and_others_still_serve() {
+    let dir = base_mesh();
+    let root = dir.path();
+    write(
+        root,
+        "lake/events.odps.yaml",
+        "apiVersion: v1.0.0\nkind: DataProduct\nid: urn:dataproduct:lake:events\nstatus: active\ndomain: lake\noutputPorts:\n  - { name: events, version: 1.0.0, contractId: urn:datacontract:lake:events }\n",
+    );
+    write(
+        root,
+        "lake/events.odcs.yaml",
+        "apiVersion: v3.1.0\nkind: DataContract\nid: urn:datacontract:lake:events\nversion: 1.0.0\nstatus: active\nservers:\n  - { server: local, type: local, format: delta, path: ./events }\nschema:\n  - name: events\n    properties:\n      - { name: id, logicalType: integer, description: Id. }\n",
+    );
+    write(
+        root,
+        "lake/events/_delta_log/00000000000000000000.json",
+        "{ this is not json\n",
+    );
+    let errs = errors(root).await;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("lake/events.odcs.yaml: error: table `lake.events` (product `urn:dataproduct:lake:events`): cannot load Delta table at `file://"),
+        "{}",
+        errs[0]
+    );
+    assert_eq!(served(root).await, vec!["shop.items"]);
+}
+
+#[tokio::test]
+async fn one_broken_product_does_not_stop_the_others() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "broken/bad.odps.yaml",
+        "apiVersion: v1.0.0\nkind: [\n",
+    );
+    write(
+        dir.path(),
+        "broken/bad.odcs.yaml",
+        "apiVersion: v3.1.0\nkind: DataContract\nid: x\nversion: 1\nstatus: active\nextra: 1\n",
+    );
+    let engine = load(dir.path()).await;
+    let errs: Vec<_> = engine
+        .problems()
+        .iter()
+        .filter(|p| p.is_error())
+        .map(|p| p.file.display().to_string())
+        .collect();
+    // Each broken file is reported once.
+    assert_eq!(errs, vec!["broken/bad.odcs.yaml", "broken/bad.odps.yaml"]);
+    let n = engine
+        .session()
+        .sql("SELECT count(*) AS n FROM shop.items")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    datafusion::assert_batches_eq!(["+---+", "| n |", "+---+", "| 2 |", "+---+"], &n);
+}
+
+#[tokio::test]
+async fn warnings_do_not_fail() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT.replace(", description: Stock.", ""),
+    );
+    let engine = load(dir.path()).await;
+    let all: Vec<_> = engine.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        all,
+        vec!["shop/items.odcs.yaml:13: warning: schema `items`: column `qty` has no description"]
+    );
+    assert_eq!(served(dir.path()).await, vec!["shop.items"]);
+}
+
+#[tokio::test]
+async fn policies_are_never_served_raw_before_they_can_be_enforced() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT.replace(
+            "description: Id. }",
+            "description: Id., customProperties: [ { property: mask, value: { kind: nullify } } ] }",
+        ),
+    );
+    assert!(served(dir.path()).await.is_empty());
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT.replace(
+            "description: Id. }",
+            "description: Id., customProperties: [ { property: masks, value: { kind: nullify } } ] }",
+        ),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "shop/items.odcs.yaml:11: error: table `shop.items`, column `item_id`: custom property `masks` is not recognised; did you mean `mask`?"
+        ]
+    );
+}

@@ -1,0 +1,4 @@
+//! Integration tests over the library crates: bad input yields exact,
+//! actionable problems, and a broken product never stops the rest.
+
+mod bad_input;

@@ -1,0 +1,77 @@
+//! Runs every `tests/slt/*.slt` file against a fresh session over the
+//! fixture mesh. `-- --complete` rewrites the expected results in place.
+//! A file name filter may be given: `-- joins`.
+
+use std::path::{Path, PathBuf};
+
+use meshq_engine::{Engine, EngineConfig};
+use meshq_tests::slt::SltDb;
+use meshq_tests::write_fixture_mesh;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let complete = args.iter().any(|a| a == "--complete");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_fixture_mesh(dir.path()).await.expect("fixture mesh");
+    let engine = Engine::load(EngineConfig::new(dir.path()))
+        .await
+        .expect("fixture mesh loads");
+
+    let slt_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("slt");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&slt_dir)
+        .expect("slt dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .filter(|p| {
+            filters.is_empty()
+                || filters
+                    .iter()
+                    .any(|f| p.to_string_lossy().contains(f.as_str()))
+        })
+        .collect();
+    files.sort();
+    let (mut passed, mut failed) = (0, 0);
+    for file in &files {
+        let engine = engine.clone();
+        let mut runner = sqllogictest::Runner::new(move || {
+            let engine = engine.clone();
+            async move { Ok::<_, meshq_tests::slt::SltError>(SltDb::new(engine.session())) }
+        });
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        let result = if complete {
+            runner
+                .update_test_file(
+                    file,
+                    " ",
+                    sqllogictest::default_validator,
+                    sqllogictest::default_normalizer,
+                    sqllogictest::default_column_validator,
+                )
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            runner
+                .run_file_async(file)
+                .await
+                .map_err(|e| e.display(true).to_string())
+        };
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("ok: {name}");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAILED: {name}\n{e}");
+            }
+        }
+    }
+    println!("sqllogictests: {passed} passed, {failed} failed");
+    if failed > 0 || files.is_empty() {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
