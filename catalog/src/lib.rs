@@ -21,10 +21,12 @@ pub mod odcs;
 pub mod odps;
 pub mod platform;
 pub mod policy;
+pub mod principal;
 pub mod problem;
 pub mod yaml;
 
 pub use error::{Error, Result};
 pub use load::{LoadOutcome, load_mesh};
 pub use mesh::{ColumnDef, Format, Location, Mesh, TableDef, TablePolicy, TableSource};
+pub use principal::Principal;
 pub use problem::{Problem, Severity};

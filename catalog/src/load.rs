@@ -213,6 +213,19 @@ impl Loader {
         };
         let mut seen = HashMap::new();
         for p in &config.principals {
+            if let Some(hash) = p.password_hash.as_deref()
+                && let Err(e) = crate::principal::check_password_hash(hash)
+            {
+                let line = line_of(&text, &format!("name: {}", p.name));
+                self.error(
+                    &file,
+                    line,
+                    format!(
+                        "principal `{}`: password_hash is {e}; the principal cannot log in with a password",
+                        p.name
+                    ),
+                );
+            }
             if seen.insert(p.name.clone(), ()).is_some() {
                 let line = line_of(&text, &format!("name: {}", p.name));
                 self.error(

@@ -100,8 +100,17 @@ pub struct SecretRef {
 impl SecretRef {
     /// Reads the secret now; the error names the variable, never a value.
     pub fn resolve(&self) -> Result<String, String> {
+        self.resolve_with(&BTreeMap::new())
+    }
+
+    /// Reads the secret from the process environment, else from `fallback`
+    /// (values a program supplies for variables the environment lacks, e.g.
+    /// the demo's key).
+    pub fn resolve_with(&self, fallback: &BTreeMap<String, String>) -> Result<String, String> {
         std::env::var(&self.env)
-            .map_err(|_| format!("environment variable `{}` is not set", self.env))
+            .ok()
+            .or_else(|| fallback.get(&self.env).cloned())
+            .ok_or_else(|| format!("environment variable `{}` is not set", self.env))
     }
 }
 

@@ -42,6 +42,12 @@ impl Default for DemoScale {
 /// First day of orders.
 pub const FIRST_DAY: (i32, u32, u32) = (2026, 10, 1);
 
+/// Environment variable holding the demo's HMAC key for hash masks.
+pub const DEMO_SECRET_ENV: &str = "MESHQ_DEMO_PII_KEY";
+/// The key `meshq demo` uses when the variable is not set. A demo value:
+/// real meshes keep their keys in the environment only.
+pub const DEMO_SECRET_VALUE: &str = "meshq-demo-pii-key";
+
 /// Demo principals: (name, password, roles, region).
 pub const DEMO_PRINCIPALS: &[(&str, &str, &[&str], Option<&str>)] = &[
     ("ana", "ana-demo", &["analyst"], Some("EMEA")),
@@ -418,9 +424,11 @@ pub async fn write_demo_mesh(dir: &Path, scale: DemoScale) -> Result<()> {
         ("sales/orders.odcs.yaml", ORDERS_ODCS),
         ("customers/profiles.odps.yaml", PROFILES_ODPS),
         ("customers/profiles.odcs.yaml", PROFILES_ODCS),
+        ("governance/pii.policy.yaml", PII_POLICY),
         ("payments/transactions.odps.yaml", TRANSACTIONS_ODPS),
         ("payments/transactions.odcs.yaml", TRANSACTIONS_ODCS),
     ];
+    std::fs::create_dir_all(dir.join("governance"))?;
     for (name, text) in files {
         std::fs::write(dir.join(name), text)?;
     }
@@ -429,18 +437,15 @@ pub async fn write_demo_mesh(dir: &Path, scale: DemoScale) -> Result<()> {
 }
 
 fn platform_yaml() -> Result<String> {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    let mut out = String::from(
+    let mut out = format!(
         "# Demo platform config. Passwords: <name>-demo (e.g. ana / ana-demo).\n\
-         # Secrets and credentials are { env: VAR } references, never literals.\n\
-         principals:\n",
+         # Secrets and credentials are {{ env: VAR }} references, never literals;\n\
+         # `meshq demo` supplies a demo key when {DEMO_SECRET_ENV} is not set.\n\
+         secrets:\n  pii-key: {{ env: {DEMO_SECRET_ENV} }}\n\
+         principals:\n"
     );
     for (name, password, roles, region) in DEMO_PRINCIPALS {
-        let salt = SaltString::generate(&mut OsRng);
-        let hash = argon2::Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| anyhow::anyhow!("hashing demo password: {e}"))?
-            .to_string();
+        let hash = crate::hash_password(password)?;
         out.push_str(&format!(
             "  - name: {name}\n    password_hash: \"{hash}\"\n    roles: [{}]\n",
             roles.join(", ")
@@ -451,6 +456,18 @@ fn platform_yaml() -> Result<String> {
     }
     Ok(out)
 }
+
+const PII_POLICY: &str = r#"apiVersion: v1
+kind: GovernancePolicySet
+id: urn:policy:retail:pii
+description: Every column classified pii is hashed (HMAC-SHA256, joinable) unless the reader holds pii-reader.
+policies:
+  - id: pii-hash-default
+    type: columnMask
+    match: { classification: [pii] }
+    exceptRoles: [pii-reader]
+    mask: { kind: hash, algorithm: hmac-sha256, keyRef: pii-key }
+"#;
 
 const ORDERS_ODPS: &str = r#"apiVersion: v1.0.0
 kind: DataProduct
@@ -485,10 +502,22 @@ schema:
     physicalType: table
     logicalType: object
     description: One row per webshop order.
+    customProperties:
+      - property: readRoles
+        value: [analyst]
+      - property: rowFilters
+        value: [ { id: own_region, expression: "region = principal_attr('region')", exceptRoles: [global-analyst] } ]
     properties:
       - { name: order_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, unique: true, description: Order identifier. }
       - { name: customer_id, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Customer who ordered. }
-      - { name: email, logicalType: string, physicalType: STRING, classification: pii, tags: [pii], description: Contact email given at checkout; null for guest checkouts. }
+      - name: email
+        logicalType: string
+        physicalType: STRING
+        classification: pii
+        tags: [pii]
+        description: Contact email given at checkout; null for guest checkouts.
+        customProperties:
+          - { property: mask, value: { kind: partial, showFirst: 1, padding: "***@***", showLast: 4, exceptRoles: [pii-reader] } }
       - { name: region, logicalType: string, physicalType: STRING, required: true, description: "Sales region: EMEA, AMER or APAC." }
       - { name: status, logicalType: string, physicalType: STRING, required: true, description: "placed, shipped, delivered, cancelled or returned." }
       - { name: item_count, logicalType: integer, physicalType: INT, required: true, description: Number of items. }
@@ -526,14 +555,40 @@ schema:
   - name: profiles
     physicalType: table
     description: One row per registered customer.
+    customProperties:
+      - property: readRoles
+        value: [analyst]
+      - property: rowFilters
+        value: [ { id: own_region, expression: "region = principal_attr('region')", exceptRoles: [global-analyst] } ]
     properties:
       - { name: customer_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, classification: pii, tags: [pii], description: Customer identifier. }
-      - { name: full_name, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Name as registered. }
+      - name: full_name
+        logicalType: string
+        physicalType: STRING
+        required: true
+        classification: pii
+        tags: [pii]
+        description: Name as registered.
+        customProperties:
+          - { property: mask, value: { kind: partial, showFirst: 1, padding: "***", showLast: 0, exceptRoles: [pii-reader] } }
       - { name: email, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Login email. }
-      - { name: phone, logicalType: string, physicalType: STRING, classification: pii, tags: [pii], description: Phone number with country prefix. }
+      - name: phone
+        logicalType: string
+        physicalType: STRING
+        classification: pii
+        tags: [pii]
+        description: Phone number with country prefix.
+        customProperties:
+          - { property: mask, value: { kind: redact, exceptRoles: [pii-reader] } }
       - { name: country, logicalType: string, physicalType: STRING, required: true, description: ISO 3166-1 alpha-2 country code. }
       - { name: region, logicalType: string, physicalType: STRING, required: true, description: "EMEA, AMER or APAC." }
-      - { name: signup_date, logicalType: date, physicalType: DATE, required: true, description: Day the account was created. }
+      - name: signup_date
+        logicalType: date
+        physicalType: DATE
+        required: true
+        description: Day the account was created; the month only, unless the reader holds pii-reader.
+        customProperties:
+          - { property: mask, value: { kind: truncate, unit: month, exceptRoles: [pii-reader] } }
       - { name: tier, logicalType: string, physicalType: STRING, required: true, description: "Loyalty tier: bronze, silver or gold." }
 "#;
 
@@ -564,12 +619,22 @@ schema:
   - name: transactions
     physicalType: table
     description: One row per payment attempt; one file per day.
+    customProperties:
+      - property: readRoles
+        value: [global-analyst, finance]
     properties:
       - { name: payment_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, description: Payment identifier. }
       - { name: order_id, logicalType: string, physicalType: STRING, required: true, description: The order paid (sales.orders). }
       - { name: customer_id, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Paying customer. }
       - { name: method, logicalType: string, physicalType: STRING, required: true, description: "card, paypal, bank_transfer or klarna." }
-      - { name: card_number, logicalType: string, physicalType: STRING, classification: restricted, tags: [pci], description: Card number for card payments. }
+      - name: card_number
+        logicalType: string
+        physicalType: STRING
+        classification: restricted
+        tags: [pci]
+        description: Card number for card payments; only the last four digits are ever shown.
+        customProperties:
+          - { property: mask, value: { kind: sql, expression: "'**** **** **** ' || right(card_number, 4)" } }
       - { name: amount, logicalType: number, physicalType: "DECIMAL(12,2)", required: true, description: Amount charged. }
       - { name: currency, logicalType: string, physicalType: STRING, required: true, description: ISO 4217 currency code. }
       - { name: status, logicalType: string, physicalType: STRING, required: true, description: "settled, refunded or failed." }

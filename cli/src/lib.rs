@@ -7,3 +7,13 @@ pub mod demo;
 pub mod output;
 pub mod shell;
 pub mod validate;
+
+/// An argon2id PHC string for `password`, with a random salt.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
+}

@@ -6,11 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use meshq_cli::demo::{DemoScale, demo_exists, write_demo_mesh};
+use meshq_cli::demo::{
+    DEMO_SECRET_ENV, DEMO_SECRET_VALUE, DemoScale, demo_exists, write_demo_mesh,
+};
 use meshq_cli::output::OutputFormat;
 use meshq_cli::shell::Shell;
 use meshq_cli::validate;
-use meshq_engine::{Engine, EngineConfig};
+use meshq_engine::{Engine, EngineConfig, Principal};
 
 /// meshq: SQL over a data mesh, governed by its data contracts.
 #[derive(Debug, Parser)]
@@ -31,6 +33,8 @@ enum Command {
     Shell(ShellArgs),
     /// Check every file of a mesh and every table it serves; exit 2 on errors.
     Validate(MeshArgs),
+    /// Read a password from stdin and print its argon2 PHC hash for meshq.yaml.
+    HashPassword,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +61,10 @@ struct QueryArgs {
 struct ShellArgs {
     #[command(flatten)]
     mesh: MeshArgs,
+    /// Run as this principal from meshq.yaml, to see what they see. Without
+    /// it the shell is anonymous: no roles, no attributes.
+    #[arg(long = "as", env = "MESHQ_AS", value_name = "NAME")]
+    principal: Option<String>,
     #[command(flatten)]
     query: QueryArgs,
 }
@@ -69,6 +77,9 @@ struct DemoArgs {
     /// Only write the mesh; do not open the shell.
     #[arg(long)]
     no_shell: bool,
+    /// Demo principal to run as (ana, ben, gina, pat or root).
+    #[arg(long = "as", value_name = "NAME", default_value = "gina")]
+    principal: String,
     #[command(flatten)]
     query: QueryArgs,
 }
@@ -107,8 +118,19 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                eprintln!("Error: no password on stdin");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+            println!("{}", meshq_cli::hash_password(password)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate(args) => {
-            let engine = load(&args.mesh).await?;
+            let engine = load(&args.mesh, EngineConfig::new(&args.mesh)).await?;
             let mut out = std::io::stdout();
             let failed = validate::report(&engine, &mut out)?;
             Ok(if failed {
@@ -118,9 +140,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Shell(args) => {
-            let engine = load(&args.mesh.mesh).await?;
+            let engine = load(&args.mesh.mesh, EngineConfig::new(&args.mesh.mesh)).await?;
             report_problems(&engine);
-            shell(engine, args.query).await
+            let Some(principal) = principal(&engine, args.principal.as_deref()) else {
+                return Ok(ExitCode::from(EXIT_INVALID));
+            };
+            shell(engine, &principal, args.query).await
         }
         Command::Demo(args) => {
             if demo_exists(&args.dir) {
@@ -132,20 +157,54 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if args.no_shell {
                 return Ok(ExitCode::SUCCESS);
             }
-            let engine = load(&args.dir).await?;
+            let mut config = EngineConfig::new(&args.dir);
+            config
+                .secret_env_fallback
+                .insert(DEMO_SECRET_ENV.into(), DEMO_SECRET_VALUE.into());
+            let engine = load(&args.dir, config).await?;
             report_problems(&engine);
+            let Some(principal) = principal(&engine, Some(&args.principal)) else {
+                return Ok(ExitCode::from(EXIT_INVALID));
+            };
             if args.query.command.is_none() && args.query.file.is_none() {
                 eprintln!(
                     "Try: SELECT c.region, sum(o.total_amount) FROM sales.orders o JOIN customers.profiles c USING (customer_id) GROUP BY 1 ORDER BY 1;"
                 );
             }
-            shell(engine, args.query).await
+            shell(engine, &principal, args.query).await
         }
     }
 }
 
-async fn load(mesh: &std::path::Path) -> Result<Engine> {
-    Engine::load(EngineConfig::new(mesh))
+/// The principal named by `--as`, or anonymous. `None` (after saying why)
+/// when the name is unknown.
+fn principal(engine: &Engine, name: Option<&str>) -> Option<Principal> {
+    let Some(name) = name else {
+        return Some(Principal::anonymous());
+    };
+    let found = engine.mesh().config.principal(name);
+    if found.is_none() {
+        let known: Vec<_> = engine
+            .mesh()
+            .config
+            .principals
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        eprintln!(
+            "Error: no principal `{name}` in meshq.yaml (known: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
+    found
+}
+
+async fn load(mesh: &std::path::Path, config: EngineConfig) -> Result<Engine> {
+    Engine::load(config)
         .await
         .with_context(|| format!("loading mesh {}", mesh.display()))
 }
@@ -167,8 +226,8 @@ fn report_problems(engine: &Engine) {
     }
 }
 
-async fn shell(engine: Engine, q: QueryArgs) -> Result<ExitCode> {
-    let shell = Shell::new(engine, q.format);
+async fn shell(engine: Engine, principal: &Principal, q: QueryArgs) -> Result<ExitCode> {
+    let shell = Shell::new(engine, principal, q.format);
     let sql = match (&q.command, &q.file) {
         (Some(c), _) => Some(c.clone()),
         (None, Some(f)) => {

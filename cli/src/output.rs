@@ -73,8 +73,15 @@ pub async fn write_stream(
 }
 
 /// Writes batches as an aligned table; the header is shown even with no rows.
-pub fn write_table(schema: &SchemaRef, batches: &[RecordBatch], out: &mut (dyn Write + Send)) -> Result<()> {
-    let text = arrow::util::pretty::pretty_format_batches_with_schema(std::sync::Arc::clone(schema), batches)?;
+pub fn write_table(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
+    let text = arrow::util::pretty::pretty_format_batches_with_schema(
+        std::sync::Arc::clone(schema),
+        batches,
+    )?;
     writeln!(out, "{text}")?;
     Ok(())
 }

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParser;
-use meshq_engine::{CATALOG, Engine};
+use meshq_engine::{CATALOG, Engine, MeshSession, Principal};
 
 use crate::output::{OutputFormat, write_stream, write_table};
 
@@ -24,17 +23,17 @@ Tables are named domain.table, e.g. SELECT * FROM sales.orders LIMIT 5;";
 /// A SQL session over an engine.
 pub struct Shell {
     engine: Engine,
-    ctx: SessionContext,
+    session: MeshSession,
     format: OutputFormat,
 }
 
 impl Shell {
-    /// A shell with a fresh session.
-    pub fn new(engine: Engine, format: OutputFormat) -> Self {
-        let ctx = engine.session();
+    /// A shell with a fresh session for `principal`.
+    pub fn new(engine: Engine, principal: &Principal, format: OutputFormat) -> Self {
+        let session = engine.session(principal);
         Self {
             engine,
-            ctx,
+            session,
             format,
         }
     }
@@ -43,9 +42,7 @@ impl Shell {
     pub async fn run_sql(&self, text: &str, out: &mut (dyn Write + Send)) -> Result<()> {
         let statements = DFParser::parse_sql(text)?;
         for stmt in statements {
-            let state = self.ctx.state();
-            let plan = state.statement_to_plan(stmt).await?;
-            let df = self.ctx.execute_logical_plan(plan).await?;
+            let df = self.session.statement(stmt).await?;
             let stream = df.execute_stream().await?;
             write_stream(stream, self.format, out).await?;
         }
@@ -109,7 +106,8 @@ impl Shell {
         let (mut domains, mut names, mut formats, mut products) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let catalog = self
-            .ctx
+            .session
+            .context()
             .catalog(CATALOG)
             .ok_or_else(|| anyhow!("catalog `{CATALOG}` is missing"))?;
         let mut schema_names = catalog.schema_names();
@@ -152,7 +150,7 @@ impl Shell {
     }
 
     async fn describe(&self, name: &str, out: &mut (dyn Write + Send)) -> Result<()> {
-        let provider = self.ctx.table_provider(name).await?;
+        let provider = self.session.context().table_provider(name).await?;
         let (domain, table) = name.split_once('.').unwrap_or(("", name));
         let def = self.engine.mesh().table(domain, table);
         let arrow_schema = provider.schema();

@@ -8,7 +8,11 @@ use std::sync::OnceLock;
 
 fn meshq() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshq"));
-    c.env_remove("MESHQ_LOG").env_remove("MESHQ_FORMAT");
+    c.env_remove("MESHQ_LOG")
+        .env_remove("MESHQ_FORMAT")
+        .env_remove("MESHQ_AS")
+        // The demo's hash key, as a platform team would export it.
+        .env("MESHQ_DEMO_PII_KEY", "meshq-demo-pii-key");
     c
 }
 
@@ -62,7 +66,7 @@ fn demo_mesh_is_deterministic_and_valid() {
 
     // These figures are quoted in the README.
     let out = meshq()
-        .args(["shell", "--mesh"])
+        .args(["shell", "--as", "pat", "--mesh"])
         .arg(mesh())
         .args(["-c", REVENUE_BY_REGION])
         .output()
@@ -117,7 +121,7 @@ fn demo_reuses_an_existing_mesh_and_runs_the_shell_on_stdin() {
 fn csv_and_json_formats() {
     let sql = "SELECT order_id, email, total_amount, created_at FROM sales.orders ORDER BY order_id LIMIT 2";
     let out = meshq()
-        .args(["shell", "--format", "csv", "--mesh"])
+        .args(["shell", "--as", "pat", "--format", "csv", "--mesh"])
         .arg(mesh())
         .args(["-c", sql])
         .output()
@@ -130,7 +134,7 @@ fn csv_and_json_formats() {
          O0000002,yuki.martin1131@example.com,140.12,2026-10-01T00:12:31.065489Z\n"
     );
     let out = meshq()
-        .args(["shell", "--format", "json", "--mesh"])
+        .args(["shell", "--as", "pat", "--format", "json", "--mesh"])
         .arg(mesh())
         .args([
             "-c",
@@ -144,7 +148,7 @@ fn csv_and_json_formats() {
         "[{\"region\":\"AMER\",\"n\":586},{\"region\":\"APAC\",\"n\":559},{\"region\":\"EMEA\",\"n\":855}]\n"
     );
     let out = meshq()
-        .args(["shell", "--format", "json", "--mesh"])
+        .args(["shell", "--as", "pat", "--format", "json", "--mesh"])
         .arg(mesh())
         .args(["-c", "SELECT * FROM customers.profiles WHERE false"])
         .output()
@@ -162,7 +166,7 @@ fn script_file_with_several_statements_and_a_meta_command() {
     )
     .unwrap();
     let out = meshq()
-        .args(["shell", "--mesh"])
+        .args(["shell", "--as", "pat", "--mesh"])
         .arg(mesh())
         .arg("-f")
         .arg(&script)
@@ -180,7 +184,7 @@ fn script_file_with_several_statements_and_a_meta_command() {
 #[test]
 fn query_errors_exit_1_with_a_message() {
     let out = meshq()
-        .args(["shell", "--mesh"])
+        .args(["shell", "--as", "pat", "--mesh"])
         .arg(mesh())
         .args(["-c", "SELECT * FROM sales.nope"])
         .output()
@@ -191,7 +195,7 @@ fn query_errors_exit_1_with_a_message() {
         "Error: Error during planning: table 'mesh.sales.nope' not found\n"
     );
     let out = meshq()
-        .args(["shell", "--mesh"])
+        .args(["shell", "--as", "pat", "--mesh"])
         .arg(mesh())
         .args(["-c", "SELEC 1"])
         .output()

@@ -20,6 +20,7 @@ use datafusion::physical_plan::ExecutionPlan;
 /// Exposes a subset of an inner provider's columns, reordered.
 #[derive(Debug)]
 pub struct ContractTableProvider {
+    table: String,
     inner: Arc<dyn TableProvider>,
     schema: SchemaRef,
     /// For each exposed column, its index in the inner schema.
@@ -28,8 +29,13 @@ pub struct ContractTableProvider {
 }
 
 impl ContractTableProvider {
-    /// `indices[i]` is the inner column behind exposed column `i`.
-    pub fn new(inner: Arc<dyn TableProvider>, indices: Vec<usize>) -> Self {
+    /// The view of table `table` (`domain.name`); `indices[i]` is the inner
+    /// column behind exposed column `i`.
+    pub fn new(
+        table: impl Into<String>,
+        inner: Arc<dyn TableProvider>,
+        indices: Vec<usize>,
+    ) -> Self {
         let inner_schema = inner.schema();
         let fields: Vec<_> = indices
             .iter()
@@ -40,6 +46,7 @@ impl ContractTableProvider {
             inner_schema.metadata().clone(),
         ));
         Self {
+            table: table.into(),
             inner,
             schema,
             indices,
@@ -51,6 +58,11 @@ impl ContractTableProvider {
     pub fn with_constraints(mut self, constraints: Constraints) -> Self {
         self.constraints = Some(constraints);
         self
+    }
+
+    /// `domain.name` of the mesh table behind this view.
+    pub fn table_name(&self) -> &str {
+        &self.table
     }
 
     /// The wrapped provider.

@@ -208,7 +208,10 @@ async fn find_bad_file(
         .await
         .ok()?;
     for meta in files.into_iter().filter(|m| m.size > 0) {
-        if let Err(e) = format.infer_schema(state, &store, std::slice::from_ref(&meta)).await {
+        if let Err(e) = format
+            .infer_schema(state, &store, std::slice::from_ref(&meta))
+            .await
+        {
             return Some(format!(
                 "file `{}` is not valid {}: {}",
                 meta.location,
@@ -297,7 +300,7 @@ fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<Opened
         .iter()
         .filter_map(|name| def.columns.iter().position(|c| c.name == *name))
         .collect();
-    let mut view = ContractTableProvider::new(inner, indices);
+    let mut view = ContractTableProvider::new(def.qualified_name(), inner, indices);
     if !pk.is_empty() {
         view = view.with_constraints(Constraints::new_unverified(vec![Constraint::PrimaryKey(
             pk,

@@ -9,14 +9,24 @@ use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaPr
 use datafusion::datasource::TableProvider;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::optimizer::analyzer::Analyzer;
+use datafusion::optimizer::{AnalyzerRule, Optimizer, OptimizerRule};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
-use meshq_catalog::{Mesh, Problem, TableDef, load_mesh};
+use meshq_catalog::{Mesh, Principal, Problem, TableDef, load_mesh};
 use meshq_connectors::{StoreRegistry, open_table};
 use tracing::{info, warn};
 
-use crate::domain_schema::DomainSchemaProvider;
+use crate::domain_schema::{DomainSchemaProvider, PrincipalSchemaProvider};
 use crate::error::Result;
+use crate::policy::PolicyError;
+use crate::policy::barrier::MeshQueryPlanner;
+use crate::policy::compile::compile_table;
+use crate::policy::pushdown::PolicyPushdownRule;
+use crate::policy::rule::{PolicyAnalyzerRule, PolicyCatalog, TableGovernance};
+use crate::policy::udf::{PrincipalFn, PrincipalFunction};
+use crate::session::MeshSession;
 
 /// SQL catalog holding every domain.
 pub const CATALOG: &str = "mesh";
@@ -32,6 +42,9 @@ pub struct EngineConfig {
     pub target_partitions: Option<usize>,
     /// How many tables are opened at once while loading.
     pub open_concurrency: usize,
+    /// Values for secret environment variables the process environment
+    /// lacks (the environment wins). `meshq demo` supplies its demo key here.
+    pub secret_env_fallback: BTreeMap<String, String>,
 }
 
 impl EngineConfig {
@@ -41,6 +54,7 @@ impl EngineConfig {
             mesh_dir: mesh_dir.into(),
             target_partitions: None,
             open_concurrency: 16,
+            secret_env_fallback: BTreeMap::new(),
         }
     }
 }
@@ -68,6 +82,7 @@ struct Inner {
     session_config: SessionConfig,
     domains: BTreeMap<String, Arc<DomainSchemaProvider>>,
     served: Vec<ServedTable>,
+    policies: Arc<PolicyCatalog>,
 }
 
 impl Engine {
@@ -95,18 +110,7 @@ impl Engine {
                 .build(),
         );
         let state = opener.state();
-        let candidates: Vec<Arc<TableDef>> = mesh
-            .tables
-            .iter()
-            .filter(|t| match policy_gate(&mesh, t) {
-                Ok(()) => true,
-                Err(p) => {
-                    problems.push(p);
-                    false
-                }
-            })
-            .cloned()
-            .collect();
+        let candidates: Vec<Arc<TableDef>> = mesh.tables.clone();
         let opened: Vec<_> = futures::stream::iter(candidates)
             .map(|def| {
                 let state = &state;
@@ -148,6 +152,13 @@ impl Engine {
                 }
             }
         }
+        let policies = compile_policies(
+            &mesh,
+            &served,
+            &opener,
+            &config.secret_env_fallback,
+            &mut problems,
+        );
         let mut by_domain: BTreeMap<String, BTreeMap<String, Arc<dyn TableProvider>>> =
             BTreeMap::new();
         for t in &served {
@@ -176,6 +187,7 @@ impl Engine {
                 session_config,
                 domains,
                 served,
+                policies: Arc::new(policies),
             }),
         })
     }
@@ -196,46 +208,109 @@ impl Engine {
         &self.inner.served
     }
 
-    /// A new SQL session over the mesh. Each session has its own scratch
-    /// schema `public`; domain schemas are shared and read-only.
-    pub fn session(&self) -> SessionContext {
+    /// A new SQL session for `principal`. Each session has its own scratch
+    /// schema `public`; domain schemas are shared and read-only, and list
+    /// only the tables the principal may read.
+    pub fn session(&self, principal: &Principal) -> MeshSession {
+        let principal = Arc::new(principal.clone());
+        let policy_rule: Arc<dyn AnalyzerRule + Send + Sync> = Arc::new(PolicyAnalyzerRule::new(
+            Arc::clone(&principal),
+            Arc::clone(&self.inner.policies),
+        ));
+        // The policy rule runs first so type coercion also sees its output.
+        let mut analyzer_rules = vec![policy_rule];
+        analyzer_rules.extend(Analyzer::new().rules);
+        let mut optimizer_rules: Vec<Arc<dyn OptimizerRule + Send + Sync>> = Vec::new();
+        for rule in Optimizer::new().rules {
+            let after = rule.name() == "push_down_filter";
+            optimizer_rules.push(rule);
+            if after {
+                optimizer_rules.push(Arc::new(PolicyPushdownRule));
+            }
+        }
         let state = SessionStateBuilder::new()
             .with_config(self.inner.session_config.clone())
             .with_runtime_env(Arc::clone(&self.inner.runtime))
             .with_default_features()
+            .with_analyzer_rules(analyzer_rules)
+            .with_optimizer_rules(optimizer_rules)
+            .with_query_planner(Arc::new(MeshQueryPlanner))
             .build();
         let ctx = SessionContext::new_with_state(state);
+        for f in PrincipalFn::ALL {
+            ctx.register_udf(ScalarUDF::new_from_impl(PrincipalFunction::new(
+                f,
+                Some(&principal),
+            )));
+        }
         let catalog = MemoryCatalogProvider::new();
         for (name, schema) in &self.inner.domains {
-            // Registration into a fresh in-memory catalog cannot fail.
-            let _ = catalog.register_schema(name, Arc::clone(schema) as _);
+            let view = PrincipalSchemaProvider::new(
+                Arc::clone(schema),
+                Arc::clone(&principal),
+                Arc::clone(&self.inner.policies),
+            );
+            // Registered even when nothing in it is visible, so naming a
+            // denied table says "permission denied", not "not found".
+            let _ = catalog.register_schema(name, Arc::new(view));
         }
         let _ = catalog.register_schema(SCRATCH_SCHEMA, Arc::new(MemorySchemaProvider::new()));
         ctx.register_catalog(CATALOG, Arc::new(catalog));
-        ctx
+        MeshSession::new(
+            ctx,
+            principal,
+            self.inner.mesh.config.auth.admin_role.clone(),
+        )
+    }
+
+    /// The compiled policies of a table, if it has any.
+    pub fn governance(&self, table: &str) -> Option<&TableGovernance> {
+        self.inner.policies.get(table)
     }
 }
 
-/// Policies are enforced by the planner rule; until a table's policies can be
-/// enforced the table must not be readable raw.
-fn policy_gate(mesh: &Mesh, def: &TableDef) -> std::result::Result<(), Problem> {
-    let global = def.columns.iter().any(|c| {
-        mesh.policy_sets.iter().any(|s| {
-            s.set
-                .policies
-                .iter()
-                .any(|p| p.matcher.matches(c.classification.as_deref(), &c.tags))
-        })
-    });
-    if def.has_contract_policies() || global {
-        return Err(Problem::error(
-            mesh.display_path(&def.contract_file),
-            format!(
-                "table `{}` (product `{}`) has masks, row filters, read roles or matching global policies, which this build of meshq cannot enforce; the table is not served",
-                def.qualified_name(),
-                def.product_id
-            ),
-        ));
+/// Compiles every served table's policies. A table whose policies cannot be
+/// built stays registered but unreadable, and the problem names the policy.
+fn compile_policies(
+    mesh: &Mesh,
+    served: &[ServedTable],
+    ctx: &SessionContext,
+    secret_env: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> PolicyCatalog {
+    // Typing-only principal functions, so expressions resolve and type-check.
+    for f in PrincipalFn::ALL {
+        ctx.register_udf(ScalarUDF::new_from_impl(PrincipalFunction::new(f, None)));
     }
-    Ok(())
+    let mut catalog = PolicyCatalog::new();
+    for t in served {
+        let key = t.def.qualified_name();
+        match compile_table(mesh, &t.def, &t.provider.schema(), ctx, secret_env) {
+            Ok(p) if p.is_empty() => {}
+            Ok(p) => {
+                catalog.insert(key, TableGovernance::Ready(Arc::new(p)));
+            }
+            Err(errors) => {
+                for e in &errors {
+                    problems.push(Problem::error(
+                        mesh.display_path(&e.file),
+                        format!(
+                            "table `{key}`: {}: {}; the table is unreadable until this is fixed",
+                            e.policy, e.reason
+                        ),
+                    ));
+                }
+                let first = &errors[0];
+                catalog.insert(
+                    key.clone(),
+                    TableGovernance::Broken(PolicyError::Broken {
+                        table: key,
+                        policy: first.policy.clone(),
+                        reason: first.reason.clone(),
+                    }),
+                );
+            }
+        }
+    }
+    catalog
 }

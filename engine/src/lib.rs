@@ -10,11 +10,19 @@
 //!   [`Engine::problems`] and left out.
 //! - Domain schemas are read-only from SQL; each session gets its own
 //!   scratch schema.
-//! - A table with policies is never served raw.
+//! - Every plan of a session is rewritten for its principal by the policy
+//!   analyzer rule; a table whose policies cannot be built is unreadable,
+//!   never readable raw.
+//! - The principal comes from the caller, never from SQL text.
 
 pub mod domain_schema;
 pub mod engine;
 pub mod error;
+pub mod policy;
+pub mod session;
 
 pub use engine::{CATALOG, Engine, EngineConfig, SCRATCH_SCHEMA, ServedTable};
 pub use error::{Error, Result};
+pub use meshq_catalog::Principal;
+pub use policy::{PolicyError, policy_error};
+pub use session::MeshSession;

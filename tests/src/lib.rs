@@ -10,7 +10,18 @@ pub mod slt;
 use std::path::Path;
 
 use anyhow::Result;
-use meshq_cli::demo::{DemoScale, write_demo_mesh};
+use meshq_cli::demo::{DEMO_SECRET_ENV, DEMO_SECRET_VALUE, DemoScale, write_demo_mesh};
+use meshq_engine::EngineConfig;
+
+/// Engine config for the fixture mesh: the demo's hash-mask key is supplied
+/// the way `meshq demo` supplies it.
+pub fn fixture_engine_config(dir: &Path) -> EngineConfig {
+    let mut config = EngineConfig::new(dir);
+    config
+        .secret_env_fallback
+        .insert(DEMO_SECRET_ENV.into(), DEMO_SECRET_VALUE.into());
+    config
+}
 
 /// Scale of the fixture's demo domains: small, but enough rows per region
 /// and day for joins and aggregates to mean something.
@@ -60,7 +71,7 @@ outputPorts:
   - { name: events, type: tables, version: 1.0.0, contractId: urn:datacontract:ops:events }
 "#;
 
-const INCIDENTS_ODCS: &str = r#"apiVersion: v3.1.0
+const INCIDENTS_ODCS: &str = r##"apiVersion: v3.1.0
 kind: DataContract
 id: urn:datacontract:ops:incidents
 version: 1.0.0
@@ -70,12 +81,27 @@ servers:
 schema:
   - name: incidents
     description: Production incidents. The file also has opened_at, which the contract does not publish.
+    # One mask of each remaining kind; pii-reader sees raw values.
     properties:
-      - { name: incident_id, logicalType: string, primaryKey: true, description: Incident id. }
-      - { name: severity, logicalType: string, description: "low, medium or high." }
-      - { name: region, logicalType: string, description: Affected region. }
-      - { name: minutes_to_resolve, logicalType: integer, physicalType: BIGINT, description: Time to resolve. }
-"#;
+      - name: incident_id
+        logicalType: string
+        primaryKey: true
+        description: Incident id.
+        customProperties: [ { property: mask, value: { kind: regexReplace, pattern: "[0-9]+", replacement: "#", exceptRoles: [pii-reader] } } ]
+      - name: severity
+        logicalType: string
+        description: "low, medium or high."
+        customProperties: [ { property: mask, value: { kind: constant, value: hidden, exceptRoles: [pii-reader] } } ]
+      - name: region
+        logicalType: string
+        description: Affected region.
+        customProperties: [ { property: mask, value: { kind: nullify, exceptRoles: [pii-reader] } } ]
+      - name: minutes_to_resolve
+        logicalType: integer
+        physicalType: BIGINT
+        description: Time to resolve.
+        customProperties: [ { property: mask, value: { kind: round, digits: -1, exceptRoles: [pii-reader] } } ]
+"##;
 
 const EVENTS_ODCS: &str = r#"apiVersion: v3.0.2
 kind: DataContract

@@ -6,19 +6,30 @@ use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
-use datafusion::prelude::SessionContext;
+use meshq_engine::MeshSession;
 use sqllogictest::{DBOutput, DefaultColumnType};
 
 /// One `.slt` file's connection: a fresh session.
 pub struct SltDb {
-    ctx: Arc<SessionContext>,
+    session: Arc<MeshSession>,
 }
 
 impl SltDb {
     /// Wraps a session.
-    pub fn new(ctx: SessionContext) -> Self {
-        Self { ctx: Arc::new(ctx) }
+    pub fn new(session: MeshSession) -> Self {
+        Self {
+            session: Arc::new(session),
+        }
     }
+}
+
+/// The principal a `.slt` file runs as: a `# principal: NAME` line among
+/// its first comment lines; anonymous when absent.
+pub fn principal_of(text: &str) -> Option<String> {
+    text.lines()
+        .take_while(|l| l.starts_with('#') || l.trim().is_empty())
+        .find_map(|l| l.strip_prefix("# principal:"))
+        .map(|n| n.trim().to_string())
 }
 
 /// Errors keep DataFusion's text so `statement error <regex>` can match it.
@@ -88,7 +99,7 @@ impl sqllogictest::AsyncDB for SltDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
-        let df = self.ctx.sql(sql).await?;
+        let df = self.session.sql(sql).await?;
         let schema = df.schema().as_arrow().clone();
         let batches = df.collect().await?;
         let types = schema

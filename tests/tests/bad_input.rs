@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::array::{Decimal128Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use meshq_engine::{Engine, EngineConfig};
+use meshq_engine::{Engine, EngineConfig, Principal};
 use parquet::arrow::ArrowWriter;
 
 const PRODUCT: &str = "\
@@ -111,7 +111,7 @@ async fn base_mesh_is_clean_and_queryable() {
     let engine = load(dir.path()).await;
     assert!(engine.problems().is_empty(), "{:?}", engine.problems());
     let batches = engine
-        .session()
+        .session(&Principal::anonymous())
         .sql("SELECT sum(qty), sum(price) FROM shop.items")
         .await
         .unwrap()
@@ -352,7 +352,7 @@ async fn one_broken_product_does_not_stop_the_others() {
     // Each broken file is reported once.
     assert_eq!(errs, vec!["broken/bad.odcs.yaml", "broken/bad.odps.yaml"]);
     let n = engine
-        .session()
+        .session(&Principal::anonymous())
         .sql("SELECT count(*) AS n FROM shop.items")
         .await
         .unwrap()
@@ -380,17 +380,8 @@ async fn warnings_do_not_fail() {
 }
 
 #[tokio::test]
-async fn policies_are_never_served_raw_before_they_can_be_enforced() {
+async fn a_misspelt_policy_property_is_an_error_not_ignored() {
     let dir = base_mesh();
-    write(
-        dir.path(),
-        "shop/items.odcs.yaml",
-        &CONTRACT.replace(
-            "description: Id. }",
-            "description: Id., customProperties: [ { property: mask, value: { kind: nullify } } ] }",
-        ),
-    );
-    assert!(served(dir.path()).await.is_empty());
     write(
         dir.path(),
         "shop/items.odcs.yaml",

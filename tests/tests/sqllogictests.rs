@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use meshq_engine::{Engine, EngineConfig};
-use meshq_tests::slt::SltDb;
-use meshq_tests::write_fixture_mesh;
+use meshq_engine::{Engine, Principal};
+use meshq_tests::slt::{SltDb, principal_of};
+use meshq_tests::{fixture_engine_config, write_fixture_mesh};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -15,7 +15,7 @@ async fn main() -> std::process::ExitCode {
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let dir = tempfile::tempdir().expect("temp dir");
     write_fixture_mesh(dir.path()).await.expect("fixture mesh");
-    let engine = Engine::load(EngineConfig::new(dir.path()))
+    let engine = Engine::load(fixture_engine_config(dir.path()))
         .await
         .expect("fixture mesh loads");
 
@@ -34,12 +34,21 @@ async fn main() -> std::process::ExitCode {
     files.sort();
     let (mut passed, mut failed) = (0, 0);
     for file in &files {
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        let text = std::fs::read_to_string(file).expect("slt file");
+        let principal = match principal_of(&text) {
+            None => Principal::anonymous(),
+            Some(n) => engine
+                .mesh()
+                .config
+                .principal(&n)
+                .unwrap_or_else(|| panic!("{name}: no principal `{n}` in the fixture mesh")),
+        };
         let engine = engine.clone();
         let mut runner = sqllogictest::Runner::new(move || {
-            let engine = engine.clone();
-            async move { Ok::<_, meshq_tests::slt::SltError>(SltDb::new(engine.session())) }
+            let session = engine.session(&principal);
+            async move { Ok::<_, meshq_tests::slt::SltError>(SltDb::new(session)) }
         });
-        let name = file.file_name().unwrap_or_default().to_string_lossy();
         let result = if complete {
             runner
                 .update_test_file(

@@ -1,0 +1,221 @@
+//! The security barrier between a governed table's policy nodes and the
+//! user's query.
+//!
+//! `PolicyBarrier` (logical) and [`PolicyBarrierExec`] (physical) pass rows
+//! through unchanged, but nothing moves across them: the optimizer cannot
+//! push a user predicate below (so it is never evaluated on a row a row
+//! filter hides), physical filter pushdown stops here, and statistics above
+//! the barrier are unknown (so no answer comes from raw file statistics).
+//! Leakproof predicates are moved across deliberately by
+//! [`super::pushdown::PolicyPushdownRule`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::DFSchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+
+/// Logical barrier above a governed table's policy nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+pub struct PolicyBarrier {
+    /// `domain.table`.
+    pub table: String,
+    /// What was applied, for `EXPLAIN` (`email:partial`, `filter:own_region`).
+    pub applied: Vec<String>,
+    /// Columns that pass through unmasked: leakproof predicates on them may
+    /// cross the barrier.
+    pub unmasked: BTreeSet<String>,
+    /// The policy nodes.
+    pub input: LogicalPlan,
+}
+
+impl PolicyBarrier {
+    /// Wraps `input`.
+    pub fn new(
+        table: String,
+        applied: Vec<String>,
+        unmasked: BTreeSet<String>,
+        input: LogicalPlan,
+    ) -> Self {
+        Self {
+            table,
+            applied,
+            unmasked,
+            input,
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for PolicyBarrier {
+    fn name(&self) -> &str {
+        "PolicyBarrier"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        self.input.schema()
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "PolicyBarrier: table={} policies=[{}]",
+            self.table,
+            self.applied.join(", ")
+        )
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
+        let input = inputs
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("PolicyBarrier needs one input".into()))?;
+        Ok(Self {
+            input,
+            ..self.clone()
+        })
+    }
+
+    /// Column pruning may pass through: the barrier outputs its input as is.
+    fn necessary_children_exprs(&self, output_columns: &[usize]) -> Option<Vec<Vec<usize>>> {
+        Some(vec![output_columns.to_vec()])
+    }
+}
+
+/// Physical barrier: passes batches through; blocks filter pushdown and
+/// statistics.
+#[derive(Debug)]
+pub struct PolicyBarrierExec {
+    table: String,
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl PolicyBarrierExec {
+    /// Wraps `input`.
+    pub fn new(table: String, input: Arc<dyn ExecutionPlan>) -> Self {
+        Self { table, input }
+    }
+}
+
+impl DisplayAs for PolicyBarrierExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "PolicyBarrierExec: table={}", self.table)
+    }
+}
+
+impl ExecutionPlan for PolicyBarrierExec {
+    fn name(&self) -> &str {
+        "PolicyBarrierExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("PolicyBarrierExec needs one child".into()))?;
+        Ok(Arc::new(Self::new(self.table.clone(), input)))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+}
+
+/// Plans [`PolicyBarrier`] nodes.
+#[derive(Debug)]
+struct BarrierPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for BarrierPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session_state: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(barrier) = node.as_any().downcast_ref::<PolicyBarrier>() else {
+            return Ok(None);
+        };
+        let [input] = physical_inputs else {
+            return Err(DataFusionError::Internal(
+                "PolicyBarrier needs one input".into(),
+            ));
+        };
+        Ok(Some(Arc::new(PolicyBarrierExec::new(
+            barrier.table.clone(),
+            Arc::clone(input),
+        ))))
+    }
+}
+
+/// The session's query planner: DataFusion's, plus the barrier.
+#[derive(Debug, Default)]
+pub struct MeshQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for MeshQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BarrierPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}

@@ -1,0 +1,42 @@
+//! Which statements a principal may run. Everyone may query; only the admin
+//! role may change anything or look beneath the policies.
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result;
+use datafusion::logical_expr::{LogicalPlan, Statement};
+
+use super::error::PolicyError;
+
+/// Refuses, for a non-admin: DDL (tables, views, external tables, schemas,
+/// functions), DML, `COPY`, `SET`/`RESET` and other session statements, and
+/// `EXPLAIN VERBOSE`/`EXPLAIN ANALYZE` (they print file statistics and row
+/// counts from beneath the policies).
+pub fn check_statement(plan: &LogicalPlan, is_admin: bool, admin_role: &str) -> Result<()> {
+    if is_admin {
+        return Ok(());
+    }
+    let deny = |what: String| -> Result<TreeNodeRecursion> {
+        Err(PolicyError::Lockdown {
+            what,
+            admin_role: admin_role.to_string(),
+        }
+        .into())
+    };
+    plan.apply_with_subqueries(|node| match node {
+        LogicalPlan::Ddl(ddl) => deny(
+            ddl.name()
+                .to_uppercase()
+                .replace("CREATEMEMORYTABLE", "CREATE TABLE"),
+        ),
+        LogicalPlan::Dml(dml) => deny(dml.op.to_string().to_uppercase()),
+        LogicalPlan::Copy(_) => deny("COPY".into()),
+        LogicalPlan::Statement(
+            Statement::Prepare(_) | Statement::Execute(_) | Statement::Deallocate(_),
+        ) => Ok(TreeNodeRecursion::Continue),
+        LogicalPlan::Statement(s) => deny(s.name().to_uppercase()),
+        LogicalPlan::Explain(e) if e.verbose => deny("EXPLAIN VERBOSE".into()),
+        LogicalPlan::Analyze(_) => deny("EXPLAIN ANALYZE".into()),
+        _ => Ok(TreeNodeRecursion::Continue),
+    })
+    .map(|_| ())
+}

@@ -1,0 +1,81 @@
+//! [`MeshSession`]: a SQL session for one principal.
+
+use std::sync::Arc;
+
+use datafusion::dataframe::DataFrame;
+use datafusion::error::Result;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement;
+use meshq_catalog::Principal;
+
+use crate::policy::lockdown::check_statement;
+
+/// A session: a DataFusion context whose every plan is governed for its
+/// principal. The principal is fixed when the session is made and cannot be
+/// changed from SQL.
+#[derive(Clone)]
+pub struct MeshSession {
+    ctx: SessionContext,
+    principal: Arc<Principal>,
+    is_admin: bool,
+    admin_role: String,
+}
+
+impl std::fmt::Debug for MeshSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshSession")
+            .field("principal", &self.principal.display_name())
+            .field("is_admin", &self.is_admin)
+            .finish()
+    }
+}
+
+impl MeshSession {
+    pub(crate) fn new(ctx: SessionContext, principal: Arc<Principal>, admin_role: String) -> Self {
+        let is_admin = principal.has_role(&admin_role);
+        Self {
+            ctx,
+            principal,
+            is_admin,
+            admin_role,
+        }
+    }
+
+    /// The principal queries run as.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Whether the principal holds the admin role.
+    pub fn is_admin(&self) -> bool {
+        self.is_admin
+    }
+
+    /// The underlying context. Plans made through it are still governed
+    /// (the policy rule is part of its analyzer), but statements run
+    /// through [`SessionContext::execute_logical_plan`] directly skip the
+    /// statement lockdown: use [`MeshSession::sql`] or
+    /// [`MeshSession::execute_plan`] for anything a user typed.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Plans and runs one SQL statement.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        self.execute_plan(plan).await
+    }
+
+    /// Plans and runs a parsed statement.
+    pub async fn statement(&self, stmt: Statement) -> Result<DataFrame> {
+        let plan = self.ctx.state().statement_to_plan(stmt).await?;
+        self.execute_plan(plan).await
+    }
+
+    /// Checks that the principal may run `plan`, then runs it.
+    pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<DataFrame> {
+        check_statement(&plan, self.is_admin, &self.admin_role)?;
+        self.ctx.execute_logical_plan(plan).await
+    }
+}
