@@ -17,3 +17,14 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .map(|h| h.to_string())
         .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
 }
+
+/// What to print for an error: a policy denial as itself (without
+/// DataFusion's wrapping), anything else as it is.
+pub fn error_message(e: &anyhow::Error) -> String {
+    if let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>()
+        && let Some(p) = meshq_engine::policy_error(df)
+    {
+        return p.to_string();
+    }
+    e.to_string()
+}

@@ -239,7 +239,7 @@ async fn shell(engine: Engine, principal: &Principal, q: QueryArgs) -> Result<Ex
         Some(sql) => {
             let mut out = std::io::stdout();
             if let Err(e) = shell.run_script(&sql, &mut out).await {
-                eprintln!("Error: {e}");
+                eprintln!("Error: {}", meshq_cli::error_message(&e));
                 return Ok(ExitCode::from(EXIT_QUERY));
             }
             Ok(ExitCode::SUCCESS)

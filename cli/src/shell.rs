@@ -213,7 +213,7 @@ impl Shell {
                         match self.run_meta(trimmed, &mut stdout).await {
                             Ok(true) => break,
                             Ok(false) => {}
-                            Err(e) => eprintln!("Error: {e}"),
+                            Err(e) => eprintln!("Error: {}", crate::error_message(&e)),
                         }
                         continue;
                     }
@@ -230,7 +230,7 @@ impl Shell {
                         let started = std::time::Instant::now();
                         match self.run_sql(&buffer, &mut stdout).await {
                             Ok(()) => println!("({:.3}s)", started.elapsed().as_secs_f64()),
-                            Err(e) => eprintln!("Error: {e}"),
+                            Err(e) => eprintln!("Error: {}", crate::error_message(&e)),
                         }
                         buffer.clear();
                     }

@@ -259,3 +259,99 @@ fn help_explains_flags() {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
     }
 }
+
+#[test]
+fn shell_as_a_principal_sees_what_they_may() {
+    let out = meshq()
+        .args(["shell", "--as", "ana", "--format", "csv", "--mesh"])
+        .arg(mesh())
+        .args(["-c", "SELECT region, count(*) AS n FROM sales.orders GROUP BY 1; SELECT email FROM sales.orders ORDER BY order_id LIMIT 2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "region,n\nEMEA,5178\nemail\nd***@***.com\ns***@***.com\n"
+    );
+
+    let out = meshq()
+        .args(["shell", "--as", "ana", "--mesh"])
+        .arg(mesh())
+        .args(["-c", "SELECT * FROM payments.transactions"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "Error: permission denied: `ana` may not read table `payments.transactions`; it requires one of the roles global-analyst, finance\n"
+    );
+
+    // Without --as the shell is anonymous: no roles, no rows of governed tables.
+    let out = meshq()
+        .args(["shell", "--mesh"])
+        .arg(mesh())
+        .args(["-c", "SELECT count(*) FROM customers.profiles"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`(anonymous)` may not read table `customers.profiles`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = meshq()
+        .args(["shell", "--as", "mallory", "--mesh"])
+        .arg(mesh())
+        .args(["-c", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "Error: no principal `mallory` in meshq.yaml (known: ana, ben, gina, pat, root)\n"
+    );
+}
+
+#[test]
+fn hash_password_prints_a_verifiable_phc_string() {
+    let mut child = meshq()
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let phc = stdout(&out);
+    let phc = phc.trim();
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    let cfg: meshq_catalog::platform::PlatformConfig = serde_yaml_ng::from_str(&format!(
+        "principals: [ {{ name: u, password_hash: '{phc}' }} ]"
+    ))
+    .unwrap();
+    assert!(cfg.authenticate("u", "correct horse").is_some());
+    assert!(cfg.authenticate("u", "correct horse ").is_none());
+}
+
+#[test]
+fn validate_without_the_demo_key_reports_unreadable_tables() {
+    let out = meshq()
+        .env_remove("MESHQ_DEMO_PII_KEY")
+        .args(["validate", "--mesh"])
+        .arg(mesh())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stdout(&out).contains("error: table `sales.orders`: global policy pii-hash-default on column customer_id: secret `pii-key`: environment variable `MESHQ_DEMO_PII_KEY` is not set; the table is unreadable until this is fixed"),
+        "{}",
+        stdout(&out)
+    );
+}

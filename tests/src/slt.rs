@@ -9,6 +9,35 @@ use datafusion::error::DataFusionError;
 use meshq_engine::MeshSession;
 use sqllogictest::{DBOutput, DefaultColumnType};
 
+static FILE_GROUPS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"file_groups=\{.*?\]\]\}").expect("valid regex")
+});
+
+/// EXPLAIN output one plan line per row, as DataFusion's own suites print
+/// it: indentation shown as dashes (runners trim spaces), file lists (temp
+/// paths, Delta's random file names) replaced by a placeholder.
+fn explain_rows(rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for row in rows {
+        let [plan_type, plan] = row.as_slice() else {
+            out.push(row);
+            continue;
+        };
+        let plan = FILE_GROUPS.replace_all(plan, "file_groups={<files>}");
+        for (i, line) in plan.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            let trimmed = line.trim_start();
+            let indent = "-".repeat(line.len() - trimmed.len());
+            let kind = if i == 0 {
+                plan_type.clone()
+            } else {
+                String::new()
+            };
+            out.push(vec![format!("{kind:<14}{indent}{}", trimmed.trim_end())]);
+        }
+    }
+    out
+}
+
 /// One `.slt` file's connection: a fresh session.
 pub struct SltDb {
     session: Arc<MeshSession>,
@@ -107,10 +136,11 @@ impl sqllogictest::AsyncDB for SltDb {
             .iter()
             .map(|f| column_type(f.data_type()))
             .collect();
-        Ok(DBOutput::Rows {
-            types,
-            rows: rows(&batches)?,
-        })
+        let mut rows = rows(&batches)?;
+        if sql.trim_start().to_ascii_uppercase().starts_with("EXPLAIN") {
+            rows = explain_rows(rows);
+        }
+        Ok(DBOutput::Rows { types, rows })
     }
 
     async fn shutdown(&mut self) {}

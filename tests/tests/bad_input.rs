@@ -397,3 +397,107 @@ async fn a_misspelt_policy_property_is_an_error_not_ignored() {
         ]
     );
 }
+
+/// Adds `customProperties` to the `items` schema object.
+fn with_table_policy(policy: &str) -> String {
+    CONTRACT.replace(
+        "  - name: items\n",
+        &format!("  - name: items\n    customProperties:\n{policy}"),
+    )
+}
+
+#[tokio::test]
+async fn bad_row_filter_names_file_table_and_policy_and_fails_closed() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &with_table_policy(
+            "      - { property: rowFilters, value: [ { id: in_stock, expression: \"qtty > 0\" } ] }\n",
+        ),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "shop/items.odcs.yaml: error: table `shop.items`: row filter in_stock: Schema error: No field named qtty. Did you mean 'qty'? Valid fields are item_id, price, qty.; the table is unreadable until this is fixed"
+        ]
+    );
+    let engine = load(dir.path()).await;
+    let err = engine
+        .session(&Principal::anonymous())
+        .sql("SELECT * FROM shop.items")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        meshq_engine::policy_error(&err).unwrap().to_string(),
+        "table `shop.items` is unavailable: its row filter in_stock cannot be evaluated (Schema error: No field named qtty. Did you mean 'qty'? Valid fields are item_id, price, qty.); ask the product's owners to fix the contract"
+    );
+    // Not boolean.
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &with_table_policy(
+            "      - { property: rowFilters, value: [ { id: in_stock, expression: \"qty + 1\" } ] }\n",
+        ),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "shop/items.odcs.yaml: error: table `shop.items`: row filter in_stock: expression is of type Int64, not boolean; the table is unreadable until this is fixed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn mask_that_does_not_fit_the_column_type() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT.replace(
+            "description: Price. }",
+            "description: Price., customProperties: [ { property: mask, value: { kind: partial, showFirst: 1 } } ] }",
+        ),
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "shop/items.odcs.yaml: error: table `shop.items`: mask on column price: a partial mask needs a string column; `price` is Decimal128(10, 2); the table is unreadable until this is fixed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn missing_secret_and_global_policy_errors_name_the_policy_file() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT.replace(
+            "description: Id. }",
+            "description: Id., classification: pii }",
+        ),
+    );
+    write(
+        dir.path(),
+        "governance/pii.policy.yaml",
+        "apiVersion: v1\nkind: GovernancePolicySet\nid: set\npolicies:\n  - { id: pii-hash, type: columnMask, match: { classification: [pii] }, mask: { kind: hash, keyRef: nope } }\n",
+    );
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "governance/pii.policy.yaml: error: table `shop.items`: global policy pii-hash on column item_id: secret `nope` is not defined in meshq.yaml; the table is unreadable until this is fixed"
+        ]
+    );
+    std::fs::write(
+        dir.path().join("meshq.yaml"),
+        "secrets: { nope: { env: MESHQ_TEST_SURELY_UNSET_VAR } }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        errors(dir.path()).await,
+        vec![
+            "governance/pii.policy.yaml: error: table `shop.items`: global policy pii-hash on column item_id: secret `nope`: environment variable `MESHQ_TEST_SURELY_UNSET_VAR` is not set; the table is unreadable until this is fixed"
+        ]
+    );
+}

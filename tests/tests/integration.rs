@@ -2,3 +2,6 @@
 //! actionable problems, and a broken product never stops the rest.
 
 mod bad_input;
+mod bypass;
+mod common;
+mod policy_equivalence;

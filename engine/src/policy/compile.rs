@@ -214,6 +214,10 @@ pub fn compile_table(
             }),
         }
     }
+    for e in &mut errors {
+        // One problem, one line.
+        e.reason = e.reason.replace('\n', " ");
+    }
     if errors.is_empty() {
         Ok(out)
     } else {
@@ -248,10 +252,20 @@ fn analyze(
         .collect())
 }
 
+/// Parses a policy expression. `current_user()` is accepted as DESIGN
+/// writes it, though SQL spells the function without parentheses.
+fn parse_policy_expr(sql: &str, schema: &DFSchema, ctx: &SessionContext) -> Result<Expr, String> {
+    static CURRENT_USER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?i)\bcurrent_user\s*\(\s*\)")
+            .unwrap_or_else(|_| unreachable!("valid regex"))
+    });
+    let sql = CURRENT_USER.replace_all(sql, "current_user");
+    ctx.parse_sql_expr(&sql, schema)
+        .map_err(|e| e.find_root().to_string())
+}
+
 fn compile_filter(sql: &str, schema: &DFSchema, ctx: &SessionContext) -> Result<Expr, String> {
-    let expr = ctx
-        .parse_sql_expr(sql, schema)
-        .map_err(|e| e.find_root().to_string())?;
+    let expr = parse_policy_expr(sql, schema, ctx)?;
     let types = analyze(vec![expr.clone().alias("filter")], schema, ctx)?;
     match types.first() {
         Some(DataType::Boolean) => Ok(expr),
@@ -373,9 +387,7 @@ fn compile_mask(
             MaskBody::Regex(pattern.clone(), replacement.clone(), t.clone())
         }
         MaskSpec::Sql { expression, .. } => {
-            let expr = ctx
-                .parse_sql_expr(expression, schema)
-                .map_err(|e| e.find_root().to_string())?;
+            let expr = parse_policy_expr(expression, schema, ctx)?;
             let expr = if expr.get_type(schema).ok().as_ref() == Some(t) {
                 expr
             } else {

@@ -23,20 +23,45 @@ pub fn check_statement(plan: &LogicalPlan, is_admin: bool, admin_role: &str) -> 
         .into())
     };
     plan.apply_with_subqueries(|node| match node {
-        LogicalPlan::Ddl(ddl) => deny(
-            ddl.name()
-                .to_uppercase()
-                .replace("CREATEMEMORYTABLE", "CREATE TABLE"),
-        ),
+        LogicalPlan::Ddl(ddl) => deny(statement_words(ddl.name())),
         LogicalPlan::Dml(dml) => deny(dml.op.to_string().to_uppercase()),
         LogicalPlan::Copy(_) => deny("COPY".into()),
         LogicalPlan::Statement(
             Statement::Prepare(_) | Statement::Execute(_) | Statement::Deallocate(_),
         ) => Ok(TreeNodeRecursion::Continue),
-        LogicalPlan::Statement(s) => deny(s.name().to_uppercase()),
+        LogicalPlan::Statement(s) => deny(statement_words(s.name())),
         LogicalPlan::Explain(e) if e.verbose => deny("EXPLAIN VERBOSE".into()),
         LogicalPlan::Analyze(_) => deny("EXPLAIN ANALYZE".into()),
         _ => Ok(TreeNodeRecursion::Continue),
     })
     .map(|_| ())
+}
+
+/// `CreateMemoryTable` → `CREATE TABLE`, `SetVariable` → `SET`: statement
+/// names as users type them.
+fn statement_words(name: &str) -> String {
+    let mut words = String::new();
+    for (i, c) in name.char_indices() {
+        if i > 0 && c.is_ascii_uppercase() {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_uppercase());
+    }
+    match words.as_str() {
+        "CREATE MEMORY TABLE" => "CREATE TABLE".into(),
+        "SET VARIABLE" => "SET".into(),
+        "RESET VARIABLE" => "RESET".into(),
+        _ => words,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statement_words() {
+        assert_eq!(super::statement_words("CreateView"), "CREATE VIEW");
+        assert_eq!(super::statement_words("CreateMemoryTable"), "CREATE TABLE");
+        assert_eq!(super::statement_words("SetVariable"), "SET");
+        assert_eq!(super::statement_words("DropTable"), "DROP TABLE");
+    }
 }

@@ -1,0 +1,188 @@
+//! A corpus of attempts to read what a restricted principal may not see.
+//!
+//! As `ana` (EMEA analyst, no pii-reader, no payments access) every query's
+//! output and error text must be free of every raw value she is not allowed:
+//! raw customer ids, emails, names, phones, card numbers, and the ids of
+//! orders outside EMEA. As a control, the same corpus run as `pat` (who may
+//! see raw values) must reveal some, proving the detector can fail.
+
+use std::collections::BTreeSet;
+
+use arrow::array::AsArray;
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+
+use crate::common::{fixture, run, session_as};
+
+/// Values of `column` from `sql` run as pat (who sees raw data).
+async fn raw_values(sql: &str) -> BTreeSet<String> {
+    let pat = session_as("pat").await;
+    let batches = run(&pat, sql).await.unwrap();
+    let mut out = BTreeSet::new();
+    for b in batches {
+        for c in b.columns() {
+            let c = cast(c, &DataType::Utf8).unwrap();
+            for v in c.as_string::<i32>().iter().flatten() {
+                out.insert(v.to_string());
+            }
+        }
+    }
+    out
+}
+
+async fn secrets() -> BTreeSet<String> {
+    let mut s = BTreeSet::new();
+    s.extend(
+        raw_values("SELECT customer_id, email, full_name, phone FROM customers.profiles").await,
+    );
+    s.extend(raw_values("SELECT email FROM sales.orders WHERE email IS NOT NULL").await);
+    s.extend(raw_values("SELECT order_id FROM sales.orders WHERE region <> 'EMEA'").await);
+    s.extend(
+        raw_values("SELECT card_number FROM payments.transactions WHERE card_number IS NOT NULL")
+            .await,
+    );
+    s.extend(raw_values("SELECT payment_id FROM payments.transactions").await);
+    assert!(
+        s.len() > 300,
+        "too few secrets to mean anything: {}",
+        s.len()
+    );
+    s
+}
+
+fn corpus(mesh: &str) -> Vec<String> {
+    let q = [
+        "SELECT * FROM sales.orders",
+        "SELECT * FROM sales.orders WHERE region = 'AMER'",
+        "SELECT order_id FROM sales.orders WHERE region <> 'EMEA'",
+        "SELECT (SELECT max(order_id) FROM sales.orders WHERE region = 'APAC')",
+        "WITH o AS (SELECT * FROM sales.orders) SELECT * FROM o WHERE region = 'AMER'",
+        "SELECT order_id FROM sales.orders UNION SELECT customer_id FROM customers.profiles",
+        "SELECT order_id, lag(email) OVER (ORDER BY order_id), first_value(customer_id) OVER () FROM sales.orders",
+        "SELECT DISTINCT email FROM sales.orders",
+        "SELECT DISTINCT customer_id, full_name FROM customers.profiles",
+        "SELECT o.email, c.email, c.full_name FROM sales.orders o JOIN customers.profiles c ON o.customer_id = c.customer_id",
+        "SELECT * FROM sales.orders WHERE customer_id = 'C00001'",
+        "SELECT * FROM customers.profiles c JOIN sales.orders o ON substr(o.email, 1, 1) = substr(c.email, 1, 1) LIMIT 50",
+        "SELECT * FROM information_schema.columns",
+        "SELECT * FROM information_schema.tables",
+        "SELECT * FROM information_schema.views",
+        "EXPLAIN SELECT * FROM sales.orders WHERE region = 'AMER'",
+        "EXPLAIN ANALYZE SELECT * FROM sales.orders",
+        "EXPLAIN VERBOSE SELECT * FROM sales.orders",
+        "SELECT CAST(email AS INT) FROM sales.orders",
+        "SELECT * FROM sales.orders WHERE CAST(customer_id AS INT) = 1",
+        "SELECT * FROM sales.orders WHERE 1 / (CASE WHEN region = 'AMER' THEN 0 ELSE 1 END) = 1",
+        "SELECT * FROM sales.orders WHERE CAST(CASE WHEN region <> 'EMEA' THEN order_id ELSE '1' END AS INT) = 1",
+        "CREATE VIEW v AS SELECT * FROM sales.orders",
+        &format!(
+            "CREATE EXTERNAL TABLE raw_orders STORED AS PARQUET LOCATION '{mesh}/sales/data/orders/'"
+        ),
+        &format!(
+            "CREATE EXTERNAL TABLE raw_profiles STORED AS PARQUET LOCATION '{mesh}/customers/data/profiles/'"
+        ),
+        "COPY (SELECT * FROM sales.orders) TO '/tmp/meshq-bypass.csv'",
+        &format!("SELECT * FROM read_parquet('{mesh}/customers/data/profiles/part-00000.parquet')"),
+        &format!("SELECT * FROM '{mesh}/customers/data/profiles/part-00000.parquet'"),
+        "SET datafusion.explain.show_statistics = true",
+        "SELECT min(customer_id), max(customer_id), min(email), max(email) FROM sales.orders",
+        "SELECT min(order_id), max(order_id), count(*) FROM sales.orders",
+        "SELECT * FROM payments.transactions",
+        "SELECT * FROM mesh.payments.transactions",
+        "SELECT order_id FROM sales.orders o WHERE EXISTS (SELECT 1 FROM payments.transactions p WHERE p.order_id = o.order_id)",
+        "SELECT email FROM sales.orders WHERE email LIKE 'a%@example.com'",
+        "SELECT email, count(*) FROM sales.orders GROUP BY 1",
+        "SELECT order_id FROM sales.orders ORDER BY email LIMIT 5",
+        "SELECT regexp_replace(email, 'x', 'y'), upper(full_name) FROM customers.profiles",
+        "SELECT substr(full_name, 1, 10), phone, arrow_cast(phone, 'Binary') FROM customers.profiles",
+        "SELECT array_agg(email), string_agg(customer_id, ',') FROM sales.orders",
+        "SELECT * FROM customers.profiles WHERE region = 'APAC'",
+        "PREPARE p(VARCHAR) AS SELECT * FROM sales.orders WHERE region = $1",
+        "DESCRIBE sales.orders",
+        "SHOW TABLES",
+        "SHOW COLUMNS FROM sales.orders",
+        "SELECT * FROM (VALUES (1)) v JOIN sales.orders o ON true WHERE o.region = 'AMER'",
+        "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r, sales.orders o WHERE o.region = 'APAC'",
+        "SELECT * FROM generate_series(1, 3) g, sales.orders o WHERE o.region = 'APAC'",
+        "INSERT INTO sales.orders SELECT * FROM sales.orders",
+        "DROP TABLE sales.orders",
+        "CREATE TABLE copy AS SELECT * FROM sales.orders",
+        "SELECT * FROM sales.orders o FULL JOIN customers.profiles c ON o.customer_id = c.customer_id WHERE c.region = 'AMER' OR o.region = 'AMER'",
+        "SELECT * FROM information_schema.df_settings",
+    ];
+    q.into_iter().map(str::to_string).collect()
+}
+
+/// Runs the corpus as `name`; returns (leaking query, leaked value) pairs and
+/// how many queries returned rows.
+async fn leaks(
+    name: &str,
+    secrets: &BTreeSet<String>,
+    mesh: &str,
+) -> (Vec<(String, String)>, usize) {
+    let session = session_as(name).await;
+    let mut found = Vec::new();
+    let mut answered = 0;
+    let mut queries = corpus(mesh);
+    queries.push("EXECUTE p('AMER')".into());
+    for sql in &queries {
+        let text = match run(&session, sql).await {
+            Ok(batches) => {
+                if batches.iter().any(|b| b.num_rows() > 0) {
+                    answered += 1;
+                }
+                arrow::util::pretty::pretty_format_batches(&batches)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            }
+            Err(e) => e,
+        };
+        if let Some(s) = secrets.iter().find(|s| text.contains(s.as_str())) {
+            found.push((sql.clone(), s.clone()));
+        }
+    }
+    (found, answered)
+}
+
+#[tokio::test]
+async fn restricted_principal_never_sees_a_raw_value() {
+    let (dir, _) = fixture().await;
+    let mesh = dir.path().canonicalize().unwrap().display().to_string();
+    let secrets = secrets().await;
+    assert!(corpus(&mesh).len() >= 40);
+    let (found, answered) = leaks("ana", &secrets, &mesh).await;
+    assert!(found.is_empty(), "leaks as ana: {found:#?}");
+    // The corpus is not vacuous: many of its queries return rows for ana.
+    assert!(answered >= 20, "only {answered} queries answered");
+
+    // Control: pat may see raw values, and the detector sees them.
+    let (found, _) = leaks("pat", &secrets, &mesh).await;
+    assert!(found.len() >= 10, "the detector found only {found:?}");
+}
+
+#[tokio::test]
+async fn dataframe_api_is_governed_too() {
+    let ana = session_as("ana").await;
+    let df = ana.context().table("sales.orders").await.unwrap();
+    let batches = df.collect().await.unwrap();
+    let regions: BTreeSet<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let col = cast(b.column_by_name("region").unwrap(), &DataType::Utf8).unwrap();
+            col.as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(regions, BTreeSet::from(["EMEA".to_string()]));
+    let emails = batches.iter().all(|b| {
+        let col = cast(b.column_by_name("email").unwrap(), &DataType::Utf8).unwrap();
+        col.as_string::<i32>()
+            .iter()
+            .flatten()
+            .all(|e| e.contains("***@***"))
+    });
+    assert!(emails, "raw email through the DataFrame API");
+}
