@@ -83,6 +83,8 @@ struct Inner {
     domains: BTreeMap<String, Arc<DomainSchemaProvider>>,
     served: Vec<ServedTable>,
     policies: Arc<PolicyCatalog>,
+    /// (`domain.table`, location) of every mesh table, for the lockdown.
+    locations: Arc<Vec<(String, String)>>,
 }
 
 impl Engine {
@@ -159,6 +161,12 @@ impl Engine {
             &config.secret_env_fallback,
             &mut problems,
         );
+        let locations = Arc::new(
+            mesh.tables
+                .iter()
+                .map(|t| (t.qualified_name(), t.source.location.to_string()))
+                .collect(),
+        );
         let mut by_domain: BTreeMap<String, BTreeMap<String, Arc<dyn TableProvider>>> =
             BTreeMap::new();
         for t in &served {
@@ -188,6 +196,7 @@ impl Engine {
                 domains,
                 served,
                 policies: Arc::new(policies),
+                locations,
             }),
         })
     }
@@ -260,6 +269,7 @@ impl Engine {
             ctx,
             principal,
             self.inner.mesh.config.auth.admin_role.clone(),
+            Arc::clone(&self.inner.locations),
         )
     }
 

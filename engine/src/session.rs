@@ -20,6 +20,7 @@ pub struct MeshSession {
     principal: Arc<Principal>,
     is_admin: bool,
     admin_role: String,
+    protected: Arc<Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for MeshSession {
@@ -32,13 +33,19 @@ impl std::fmt::Debug for MeshSession {
 }
 
 impl MeshSession {
-    pub(crate) fn new(ctx: SessionContext, principal: Arc<Principal>, admin_role: String) -> Self {
+    pub(crate) fn new(
+        ctx: SessionContext,
+        principal: Arc<Principal>,
+        admin_role: String,
+        protected: Arc<Vec<(String, String)>>,
+    ) -> Self {
         let is_admin = principal.has_role(&admin_role);
         Self {
             ctx,
             principal,
             is_admin,
             admin_role,
+            protected,
         }
     }
 
@@ -75,7 +82,7 @@ impl MeshSession {
 
     /// Checks that the principal may run `plan`, then runs it.
     pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<DataFrame> {
-        check_statement(&plan, self.is_admin, &self.admin_role)?;
+        check_statement(&plan, self.is_admin, &self.admin_role, &self.protected)?;
         self.ctx.execute_logical_plan(plan).await
     }
 }

@@ -19,6 +19,12 @@ async fn main() -> std::process::ExitCode {
         .await
         .expect("fixture mesh loads");
 
+    let mesh_dir = dir
+        .path()
+        .canonicalize()
+        .expect("fixture dir")
+        .display()
+        .to_string();
     let slt_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("slt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&slt_dir)
         .expect("slt dir")
@@ -49,6 +55,7 @@ async fn main() -> std::process::ExitCode {
             let session = engine.session(&principal);
             async move { Ok::<_, meshq_tests::slt::SltError>(SltDb::new(session)) }
         });
+        runner.set_var("MESH".into(), mesh_dir.clone());
         let result = if complete {
             runner
                 .update_test_file(

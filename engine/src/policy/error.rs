@@ -28,6 +28,18 @@ pub enum PolicyError {
         /// Why.
         reason: String,
     },
+    /// A statement that would read or write a mesh table's files directly.
+    #[error(
+        "permission denied: {what} on `{location}` would bypass the contract of mesh table `{table}`"
+    )]
+    ProtectedLocation {
+        /// The statement.
+        what: String,
+        /// The location given.
+        location: String,
+        /// The mesh table whose files it touches.
+        table: String,
+    },
     /// A statement kind only the admin role may run.
     #[error("permission denied: {what} requires the `{admin_role}` role")]
     Lockdown {
