@@ -10,7 +10,7 @@ use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
 use hmac::{Hmac, Mac};
-use meshq_cli::demo::DEMO_SECRET_VALUE;
+use meshq_cli::demo::{DEMO_SECRET_VALUE, Rng};
 use sha2::Sha256;
 
 use crate::common::{run, session_as, sorted_rows};
@@ -64,22 +64,6 @@ fn hand_masked(raw: &[RecordBatch]) -> Vec<RecordBatch> {
             RecordBatch::try_new(schema, columns).unwrap()
         })
         .collect()
-}
-
-/// SplitMix64, for a fixed, reproducible query sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
 }
 
 const COLUMNS: &[&str] = &[
