@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Write the example retail mesh (if absent) and open a shell on it.
     Demo(DemoArgs),
+    /// Serve a mesh over Arrow Flight SQL.
+    Serve(ServeArgs),
     /// Run SQL over a mesh: interactive, or `-c SQL` / `-f FILE`.
     Shell(ShellArgs),
     /// Check every file of a mesh and every table it serves; exit 2 on errors.
@@ -55,6 +57,30 @@ struct QueryArgs {
     /// Result format.
     #[arg(long, value_enum, env = "MESHQ_FORMAT", default_value = "table")]
     format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "MESHQ_BIND", default_value = "127.0.0.1:50051")]
+    bind: std::net::SocketAddr,
+    /// PEM certificate for TLS (with --tls-key); without both the server speaks plaintext.
+    #[arg(long, env = "MESHQ_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "MESHQ_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Write the bound port to this file once listening.
+    #[arg(long, env = "MESHQ_PORT_FILE")]
+    port_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +165,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Serve(args) => {
+            let engine = load(&args.mesh.mesh, EngineConfig::new(&args.mesh.mesh)).await?;
+            report_problems(&engine);
+            serve(engine, args.server, |_| {}).await
+        }
         Command::Shell(args) => {
             let engine = load(&args.mesh.mesh, EngineConfig::new(&args.mesh.mesh)).await?;
             report_problems(&engine);
@@ -174,6 +205,49 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             shell(engine, &principal, args.query).await
         }
     }
+}
+
+/// Serves until ctrl-c or SIGTERM.
+async fn serve(
+    engine: Engine,
+    args: ServerArgs,
+    banner: impl FnOnce(std::net::SocketAddr) + Send,
+) -> Result<ExitCode> {
+    let config = meshq_flight_server::ServerConfig {
+        bind: args.bind,
+        tls: args.tls_cert.zip(args.tls_key),
+        port_file: args.port_file,
+    };
+    let tls = config.tls.is_some();
+    meshq_flight_server::serve(engine, config, shutdown_signal(), move |addr| {
+        let scheme = if tls { "grpc+tls" } else { "grpc" };
+        eprintln!("meshq serving Flight SQL on {scheme}://{addr}");
+        banner(addr);
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("shutting down");
 }
 
 /// The principal named by `--as`, or anonymous. `None` (after saying why)

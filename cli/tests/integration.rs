@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+mod flight;
+
 fn meshq() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshq"));
     c.env_remove("MESHQ_LOG")

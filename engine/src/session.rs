@@ -80,9 +80,14 @@ impl MeshSession {
         self.execute_plan(plan).await
     }
 
+    /// Whether the principal may run `plan` (the statement lockdown).
+    pub fn check(&self, plan: &LogicalPlan) -> Result<()> {
+        check_statement(plan, self.is_admin, &self.admin_role, &self.protected)
+    }
+
     /// Checks that the principal may run `plan`, then runs it.
     pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<DataFrame> {
-        check_statement(&plan, self.is_admin, &self.admin_role, &self.protected)?;
+        self.check(&plan)?;
         self.ctx.execute_logical_plan(plan).await
     }
 }

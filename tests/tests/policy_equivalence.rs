@@ -102,20 +102,20 @@ const AGGREGATES: &[&str] = &[
 
 fn random_query(rng: &mut Rng, table: &str) -> String {
     let mut where_clause = String::new();
-    let n_preds = rng.next() % 3;
+    let n_preds = rng.next_u64() % 3;
     for i in 0..n_preds {
         where_clause.push_str(if i == 0 { " WHERE " } else { " AND " });
         where_clause.push_str(rng.pick(PREDICATES));
     }
-    if rng.next().is_multiple_of(2) {
+    if rng.next_u64().is_multiple_of(2) {
         let mut cols: Vec<&str> = Vec::new();
-        for _ in 0..1 + rng.next() % 4 {
+        for _ in 0..1 + rng.next_u64() % 4 {
             let c = rng.pick(COLUMNS);
             if !cols.contains(&c) {
                 cols.push(c);
             }
         }
-        let distinct = if rng.next().is_multiple_of(3) {
+        let distinct = if rng.next_u64().is_multiple_of(3) {
             "DISTINCT "
         } else {
             ""

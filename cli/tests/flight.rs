@@ -1,0 +1,356 @@
+//! The real `meshq serve` binary on port 0, driven by arrow-rs's Flight SQL
+//! client: authentication, statements, prepared statements, metadata and
+//! error codes, per principal.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::DataType;
+use arrow_flight::FlightInfo;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandGetDbSchemas, CommandGetPrimaryKeys, CommandGetTables, SqlInfo};
+use futures::TryStreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::{mesh, meshq};
+
+/// A spawned server; killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Server {
+    let mut child = meshq()
+        .args(["serve", "--bind", "127.0.0.1:0", "--mesh"])
+        .arg(mesh())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The server announces its address on stderr once listening.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("meshq serving Flight SQL on grpc://") {
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, port }
+}
+
+async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FlightSqlServiceClient::new(channel)
+}
+
+async fn login(server: &Server, user: &str) -> FlightSqlServiceClient<Channel> {
+    let mut c = client(server).await;
+    c.handshake(user, &format!("{user}-demo")).await.unwrap();
+    c
+}
+
+async fn fetch(
+    c: &mut FlightSqlServiceClient<Channel>,
+    info: FlightInfo,
+) -> (arrow::datatypes::SchemaRef, Vec<RecordBatch>) {
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = c.do_get(ticket).await.unwrap();
+    let mut batches = Vec::new();
+    while let Some(b) = stream.try_next().await.unwrap() {
+        batches.push(b);
+    }
+    let schema = stream
+        .schema()
+        .cloned()
+        .expect("stream starts with its schema");
+    (schema, batches)
+}
+
+async fn query(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<RecordBatch> {
+    let info = c.execute(sql.to_string(), None).await.unwrap();
+    let declared = info.clone().try_decode_schema().unwrap();
+    let (schema, batches) = fetch(c, info).await;
+    assert_eq!(
+        *schema, declared,
+        "DoGet schema differs from FlightInfo schema"
+    );
+    batches
+}
+
+fn text(batches: &[RecordBatch]) -> String {
+    arrow::util::pretty::pretty_format_batches(batches)
+        .unwrap()
+        .to_string()
+}
+
+fn status_of(e: arrow_flight::error::FlightError) -> tonic::Status {
+    match e {
+        arrow_flight::error::FlightError::Tonic(s) => *s,
+        other => panic!("not a status: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn principals_see_what_their_contracts_allow() {
+    let server = start();
+    let mut ana = login(&server, "ana").await;
+    let rows = query(
+        &mut ana,
+        "SELECT region, count(*) AS n FROM sales.orders GROUP BY 1",
+    )
+    .await;
+    assert_eq!(
+        text(&rows),
+        "+--------+------+\n| region | n    |\n+--------+------+\n| EMEA   | 5178 |\n+--------+------+"
+    );
+    let mut gina = login(&server, "gina").await;
+    let rows = query(
+        &mut gina,
+        "SELECT order_id, email FROM sales.orders ORDER BY order_id LIMIT 2",
+    )
+    .await;
+    assert_eq!(
+        rows[0].schema().field(1).data_type(),
+        &DataType::Utf8,
+        "no view types on the wire"
+    );
+    assert_eq!(
+        text(&rows),
+        "+----------+--------------+\n| order_id | email        |\n+----------+--------------+\n| O0000001 | d***@***.com |\n| O0000002 | y***@***.com |\n+----------+--------------+"
+    );
+
+    // Denied table, bad SQL, missing table: each its own code, no values.
+    let err = ana
+        .execute("SELECT * FROM payments.transactions".into(), None)
+        .await
+        .unwrap_err();
+    let s = status_of(err);
+    assert_eq!(s.code(), Code::PermissionDenied);
+    assert_eq!(
+        s.message(),
+        "permission denied: `ana` may not read table `payments.transactions`; it requires one of the roles global-analyst, finance"
+    );
+    let s = status_of(ana.execute("SELEC 1".into(), None).await.unwrap_err());
+    assert_eq!(s.code(), Code::InvalidArgument);
+    let s = status_of(
+        ana.execute("SELECT * FROM sales.nope".into(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(s.code(), Code::NotFound);
+    let s = status_of(
+        ana.execute("CREATE VIEW v AS SELECT 1".into(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(s.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn zero_rows_still_carry_the_schema() {
+    let server = start();
+    let mut pat = login(&server, "pat").await;
+    let info = pat
+        .execute(
+            "SELECT order_id, total_amount FROM sales.orders WHERE false".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let (schema, batches) = fetch(&mut pat, info).await;
+    assert_eq!(schema.fields().len(), 2);
+    assert_eq!(schema.field(1).data_type(), &DataType::Decimal128(12, 2));
+    assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+}
+
+#[tokio::test]
+async fn authentication() {
+    let server = start();
+    let mut c = client(&server).await;
+    let err = c.handshake("ana", "wrong").await.unwrap_err();
+    assert!(err.to_string().contains("invalid credentials"), "{err}");
+    let err = c.handshake("nobody", "x").await.unwrap_err();
+    assert!(err.to_string().contains("invalid credentials"), "{err}");
+    // No token: refused.
+    let s = status_of(c.execute("SELECT 1".into(), None).await.unwrap_err());
+    assert_eq!(s.code(), Code::Unauthenticated);
+    // Basic credentials without base64 padding on a plain call ("ben:ben-demo"
+    // is 12 bytes, so its base64 has no padding to drop; "ana:ana-demo" too) —
+    // use a name whose encoding is padded.
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode("root:root-demo");
+    assert!(!encoded.ends_with('='));
+    let padded = base64::engine::general_purpose::STANDARD.encode("root:root-demo");
+    assert!(padded.ends_with('='), "{padded}");
+    let mut c = client(&server).await;
+    c.set_header("authorization", format!("Basic {encoded}"));
+    let rows = query(&mut c, "SELECT current_user AS u").await;
+    assert_eq!(rows[0].column(0).as_string::<i32>().value(0), "root");
+    // Many sessions per user.
+    let mut a1 = login(&server, "ana").await;
+    let mut a2 = login(&server, "ana").await;
+    assert_ne!(a1.token(), a2.token());
+    query(&mut a1, "SELECT 1").await;
+    query(&mut a2, "SELECT 1").await;
+}
+
+#[tokio::test]
+async fn prepared_statements_with_parameters() {
+    let server = start();
+    let mut ana = login(&server, "ana").await;
+    let mut stmt = ana
+        .prepare(
+            "SELECT count(*) AS n FROM sales.orders WHERE status = $1".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stmt.parameter_schema().unwrap().fields().len(), 1);
+    assert_eq!(stmt.dataset_schema().unwrap().field(0).name(), "n");
+    let params =
+        RecordBatch::try_from_iter([("$1", Arc::new(StringArray::from(vec!["placed"])) as _)])
+            .unwrap();
+    stmt.set_parameters(params).unwrap();
+    let info = stmt.execute().await.unwrap();
+    let (_, batches) = fetch(&mut ana, info).await;
+    let n = batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0);
+    // The same count through plain SQL, as ana (EMEA only).
+    let direct = query(
+        &mut ana,
+        "SELECT count(*) AS n FROM sales.orders WHERE status = 'placed'",
+    )
+    .await;
+    assert_eq!(
+        n,
+        direct[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+    );
+    assert!(n > 0);
+    stmt.close().await.unwrap();
+
+    // A prepared update is refused for a non-admin.
+    let err = ana
+        .prepare("DROP TABLE sales.orders".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(err).code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn metadata_rpcs_show_only_what_the_principal_may_see() {
+    let server = start();
+    let mut ana = login(&server, "ana").await;
+    let info = ana.get_catalogs().await.unwrap();
+    let (_, b) = fetch(&mut ana, info).await;
+    assert_eq!(b[0].column(0).as_string::<i32>().value(0), "mesh");
+
+    let info = ana
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: None,
+            db_schema_filter_pattern: Some("s%".into()),
+        })
+        .await
+        .unwrap();
+    let (_, b) = fetch(&mut ana, info).await;
+    let schemas: Vec<_> = b[0].column(1).as_string::<i32>().iter().flatten().collect();
+    assert_eq!(schemas, vec!["sales"]);
+
+    let info = ana
+        .get_tables(CommandGetTables {
+            catalog: Some("mesh".into()),
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: Some("%".into()),
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let (_, b) = fetch(&mut ana, info).await;
+    let tables: Vec<String> = (0..b[0].num_rows())
+        .map(|i| {
+            format!(
+                "{}.{}",
+                b[0].column(1).as_string::<i32>().value(i),
+                b[0].column(2).as_string::<i32>().value(i)
+            )
+        })
+        .collect();
+    assert_eq!(tables, vec!["customers.profiles", "sales.orders"]);
+    // The table schema carries ARROW:FLIGHT:SQL metadata and no view types.
+    let schema_bytes = b[0].column(4).as_binary::<i32>().value(1);
+    let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(schema_bytes).unwrap();
+    let email = schema.field_with_name("email").unwrap();
+    assert_eq!(email.data_type(), &DataType::Utf8);
+    assert_eq!(email.metadata()["ARROW:FLIGHT:SQL:TABLE_NAME"], "orders");
+
+    let info = ana
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog: None,
+            db_schema: Some("sales".into()),
+            table: "orders".into(),
+        })
+        .await
+        .unwrap();
+    let (_, b) = fetch(&mut ana, info).await;
+    assert_eq!(b[0].column(3).as_string::<i32>().value(0), "order_id");
+
+    let info = ana
+        .get_sql_info(vec![
+            SqlInfo::FlightSqlServerName,
+            SqlInfo::FlightSqlServerReadOnly,
+            SqlInfo::SqlIdentifierQuoteChar,
+        ])
+        .await
+        .unwrap();
+    let (_, b) = fetch(&mut ana, info).await;
+    assert_eq!(b[0].num_rows(), 3);
+
+    let info = ana.get_table_types().await.unwrap();
+    let (_, b) = fetch(&mut ana, info).await;
+    assert_eq!(b[0].column(0).len(), 2);
+
+    let info = ana
+        .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .unwrap();
+    let (_, b) = fetch(&mut ana, info).await;
+    assert!(b[0].num_rows() >= 10);
+
+    let info = ana
+        .get_exported_keys(arrow_flight::sql::CommandGetExportedKeys {
+            catalog: None,
+            db_schema: Some("sales".into()),
+            table: "orders".into(),
+        })
+        .await
+        .unwrap();
+    let (schema, b) = fetch(&mut ana, info).await;
+    assert_eq!(schema.fields().len(), 13);
+    assert_eq!(b.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+}

@@ -1,0 +1,872 @@
+//! The Flight SQL service. Thin: authentication, tickets, metadata and
+//! error mapping live beside it.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use meshq_engine::{CATALOG, Engine};
+use prost::Message;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info};
+
+use crate::auth::{Authenticator, ClientSession};
+use crate::error::to_status;
+use crate::metadata::{self, sql_info, wire_schema, xdbc_types};
+use crate::ticket::{PreparedHandle, StatementTicket, params_from_ipc, params_to_ipc};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Bound parameters of prepared statements, by handle id: bounded and
+/// expiring, because clients (flightsql-dbapi) may ignore a new handle
+/// returned from DoPut and keep using the old one.
+struct ParamStore {
+    entries: Mutex<HashMap<String, (Instant, RecordBatch)>>,
+}
+
+const PARAMS_MAX: usize = 10_000;
+const PARAMS_IDLE: Duration = Duration::from_secs(3600);
+
+impl ParamStore {
+    fn put(&self, id: &str, batch: RecordBatch) {
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= PARAMS_MAX {
+            m.retain(|_, (t, _)| t.elapsed() < PARAMS_IDLE);
+        }
+        if m.len() < PARAMS_MAX {
+            m.insert(id.to_string(), (Instant::now(), batch));
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<RecordBatch> {
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (t, b) = m.get_mut(id)?;
+        *t = Instant::now();
+        Some(b.clone())
+    }
+
+    fn remove(&self, id: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+}
+
+/// meshq's `FlightSqlService`.
+pub struct MeshFlightService {
+    auth: Authenticator,
+    params: ParamStore,
+    sql_info: SqlInfoData,
+    xdbc: XdbcTypeInfoData,
+}
+
+fn query_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn schema_ipc(schema: &Schema) -> Result<Vec<u8>, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+    Ok(bytes.to_vec())
+}
+
+/// Parameter values from a one-row batch, in column order (`$1`, `$2`, …).
+fn param_values(batch: &RecordBatch) -> Result<ParamValues, Status> {
+    if batch.num_rows() != 1 {
+        return Err(Status::invalid_argument(format!(
+            "parameters must be bound as exactly one row, got {}",
+            batch.num_rows()
+        )));
+    }
+    let values = batch
+        .columns()
+        .iter()
+        .map(|c| ScalarValue::try_from_array(c, 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(ParamValues::List(
+        values.into_iter().map(Into::into).collect(),
+    ))
+}
+
+fn is_statement(plan: &LogicalPlan) -> bool {
+    matches!(
+        plan,
+        LogicalPlan::Ddl(_)
+            | LogicalPlan::Dml(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+    )
+}
+
+impl MeshFlightService {
+    /// A service over `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self {
+            auth: Authenticator::new(engine),
+            params: ParamStore {
+                entries: Mutex::new(HashMap::new()),
+            },
+            sql_info: sql_info(),
+            xdbc: xdbc_types(),
+        }
+    }
+
+    fn client<T>(&self, req: &Request<T>) -> Result<Arc<ClientSession>, Status> {
+        self.auth.authenticate(req.metadata())
+    }
+
+    /// Plans `sql` for `client` with `params`; the plan's wire schema.
+    async fn plan(
+        &self,
+        client: &ClientSession,
+        sql: &str,
+        params: Option<&RecordBatch>,
+        qid: &str,
+    ) -> Result<LogicalPlan, Status> {
+        let state = client.session.context().state();
+        let mut plan = state
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| to_status(&e, qid))?;
+        if let Some(p) = params {
+            plan = plan
+                .with_param_values(param_values(p)?)
+                .map_err(|e| to_status(&e, qid))?;
+        }
+        Ok(plan)
+    }
+
+    /// Runs `plan` and streams it in wire form, schema first.
+    async fn stream(
+        &self,
+        client: &ClientSession,
+        plan: LogicalPlan,
+        qid: &str,
+    ) -> Result<BoxStream<arrow_flight::FlightData>, Status> {
+        let df = client
+            .session
+            .execute_plan(plan)
+            .await
+            .map_err(|e| to_status(&e, qid))?;
+        let target = wire_schema(df.schema().as_arrow());
+        let stream: SendableRecordBatchStream =
+            df.execute_stream().await.map_err(|e| to_status(&e, qid))?;
+        let qid_owned = qid.to_string();
+        let cast_to = Arc::clone(&target);
+        let batches = stream.map(move |b| {
+            let b = b.map_err(|e| FlightError::Tonic(Box::new(to_status(&e, &qid_owned))))?;
+            cast_batch(&b, &cast_to).map_err(FlightError::Arrow)
+        });
+        let encoded = FlightDataEncoderBuilder::new()
+            .with_schema(target)
+            .build(batches)
+            .map_err(|e| match e {
+                FlightError::Tonic(s) => *s,
+                other => Status::internal(other.to_string()),
+            });
+        Ok(Box::pin(encoded))
+    }
+
+    fn info(
+        &self,
+        schema: &Schema,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+        FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(e.to_string()))
+            .map(|i| i.with_endpoint(endpoint).with_descriptor(descriptor))
+    }
+
+    fn batch_stream(
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> BoxStream<arrow_flight::FlightData> {
+        let stream = futures::stream::iter(batches.into_iter().map(Ok));
+        Box::pin(
+            FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(stream)
+                .map_err(|e| Status::internal(e.to_string())),
+        )
+    }
+
+    /// Tables the principal may see: (schema, table, engine schema).
+    async fn visible_tables(
+        &self,
+        client: &ClientSession,
+    ) -> Vec<(String, String, String, SchemaRef)> {
+        let ctx = client.session.context();
+        let Some(catalog) = ctx.catalog(CATALOG) else {
+            return vec![];
+        };
+        let mut out = Vec::new();
+        let mut schemas = catalog.schema_names();
+        schemas.sort();
+        for s in schemas {
+            let Some(provider) = catalog.schema(&s) else {
+                continue;
+            };
+            let mut names = provider.table_names();
+            names.sort();
+            for t in names {
+                if let Ok(Some(table)) = provider.table(&t).await {
+                    let kind = match table.table_type() {
+                        datafusion::datasource::TableType::View => "VIEW",
+                        _ => "TABLE",
+                    };
+                    out.push((s.clone(), t, kind.to_string(), table.schema()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Casts a batch to the wire schema (views → plain types).
+fn cast_batch(
+    batch: &RecordBatch,
+    target: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema().fields() == target.fields() {
+        return Ok(batch
+            .clone()
+            .with_schema(Arc::clone(target))
+            .unwrap_or_else(|_| batch.clone()));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(Arc::clone(target), columns)
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for MeshFlightService {
+    type FlightService = MeshFlightService;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<BoxStream<HandshakeResponse>>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Status::unauthenticated("send HTTP Basic credentials in the authorization header")
+            })?
+            .to_string();
+        let (token, session) = self.auth.login_basic(&header)?;
+        info!(user = %session.principal.display_name(), "login");
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into(),
+        };
+        let mut resp: Response<BoxStream<HandshakeResponse>> =
+            Response::new(Box::pin(futures::stream::iter(vec![Ok(response)])));
+        let value = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| Status::internal("token is not a valid header value"))?;
+        resp.metadata_mut().insert("authorization", value);
+        Ok(resp)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let client = self.client(&request)?;
+        let qid = query_id();
+        debug!(%qid, sql = %query.query, "get_flight_info_statement");
+        let plan = self.plan(&client, &query.query, None, &qid).await?;
+        let (schema, done) = if is_statement(&plan) {
+            // DDL/SET run once, here; DoGet returns their (empty) result.
+            let df = client
+                .session
+                .execute_plan(plan)
+                .await
+                .map_err(|e| to_status(&e, &qid))?;
+            let schema = wire_schema(df.schema().as_arrow());
+            df.collect().await.map_err(|e| to_status(&e, &qid))?;
+            (schema, true)
+        } else {
+            client
+                .session
+                .check(&plan)
+                .map_err(|e| to_status(&e, &qid))?;
+            (wire_schema(plan.schema().as_arrow()), false)
+        };
+        let handle = StatementTicket {
+            sql: query.query,
+            params: None,
+            done,
+        };
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode().into(),
+        };
+        let info = self.info(
+            &schema,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        let client = self.client(&request)?;
+        let qid = query_id();
+        let t = StatementTicket::decode(&ticket.statement_handle)?;
+        let params = t.params.as_deref().map(params_from_ipc).transpose()?;
+        let plan = self.plan(&client, &t.sql, params.as_ref(), &qid).await?;
+        if t.done {
+            let schema = wire_schema(plan.schema().as_arrow());
+            return Ok(Response::new(Self::batch_stream(schema, vec![])));
+        }
+        info!(%qid, user = %client.principal.display_name(), "do_get");
+        Ok(Response::new(self.stream(&client, plan, &qid).await?))
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let client = self.client(&request)?;
+        let qid = query_id();
+        let plan = self.plan(&client, &query.query, None, &qid).await?;
+        client
+            .session
+            .check(&plan)
+            .map_err(|e| to_status(&e, &qid))?;
+        let dataset = wire_schema(plan.schema().as_arrow());
+        let mut types: Vec<(String, arrow::datatypes::DataType)> = plan
+            .get_parameter_types()
+            .map_err(|e| to_status(&e, &qid))?
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap_or(arrow::datatypes::DataType::Utf8)))
+            .collect();
+        types.sort_by_key(|(k, _)| {
+            k.trim_start_matches('$')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        let param_schema = Schema::new(
+            types
+                .into_iter()
+                .map(|(k, t)| arrow::datatypes::Field::new(k, t, true))
+                .collect::<Vec<_>>(),
+        );
+        let handle = PreparedHandle {
+            id: query_id(),
+            sql: query.query,
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.encode().into(),
+            dataset_schema: schema_ipc(&dataset)?.into(),
+            parameter_schema: schema_ipc(&param_schema)?.into(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        self.client(&request)?;
+        let handle = PreparedHandle::decode(&query.prepared_statement_handle)?;
+        self.params.remove(&handle.id);
+        Ok(())
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        self.client(&request)?;
+        let handle = PreparedHandle::decode(&query.prepared_statement_handle)?;
+        let stream = request.into_inner();
+        let batches: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+                stream.map_err(|s| FlightError::Tonic(Box::new(s))),
+            )
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
+        let batch = match batches.as_slice() {
+            [] => return Err(Status::invalid_argument("no parameter values were sent")),
+            [b] => b.clone(),
+            many => arrow::compute::concat_batches(&many[0].schema(), many)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        };
+        self.params.put(&handle.id, batch);
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.encode().into()),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let client = self.client(&request)?;
+        let qid = query_id();
+        let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
+        let params = self.params.get(&handle.id);
+        let plan = self
+            .plan(&client, &handle.sql, params.as_ref(), &qid)
+            .await?;
+        client
+            .session
+            .check(&plan)
+            .map_err(|e| to_status(&e, &qid))?;
+        let schema = wire_schema(plan.schema().as_arrow());
+        let ticket = TicketStatementQuery {
+            statement_handle: StatementTicket {
+                sql: handle.sql,
+                params: params.as_ref().map(params_to_ipc).transpose()?,
+                done: false,
+            }
+            .encode()
+            .into(),
+        };
+        let info = self.info(
+            &schema,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        let client = self.client(&request)?;
+        let qid = query_id();
+        let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
+        let params = self.params.get(&handle.id);
+        let plan = self
+            .plan(&client, &handle.sql, params.as_ref(), &qid)
+            .await?;
+        Ok(Response::new(self.stream(&client, plan, &qid).await?))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        cmd: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let client = self.client(&request)?;
+        let qid = query_id();
+        let plan = self.plan(&client, &cmd.query, None, &qid).await?;
+        let df = client
+            .session
+            .execute_plan(plan)
+            .await
+            .map_err(|e| to_status(&e, &qid))?;
+        let batches = df.collect().await.map_err(|e| to_status(&e, &qid))?;
+        Ok(affected_rows(&batches))
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        cmd: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let client = self.client(&request)?;
+        let qid = query_id();
+        let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
+        let params = self.params.get(&handle.id);
+        let plan = self
+            .plan(&client, &handle.sql, params.as_ref(), &qid)
+            .await?;
+        let df = client
+            .session
+            .execute_plan(plan)
+            .await
+            .map_err(|e| to_status(&e, &qid))?;
+        let batches = df.collect().await.map_err(|e| to_status(&e, &qid))?;
+        Ok(affected_rows(&batches))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        let schema = query.into_builder().schema();
+        Ok(Response::new(self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        self.client(&request)?;
+        let mut b = query.into_builder();
+        b.append(CATALOG);
+        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::batch_stream(
+            batch.schema(),
+            vec![batch],
+        )))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        let client = self.client(&request)?;
+        let mut b = query.into_builder();
+        if let Some(catalog) = client.session.context().catalog(CATALOG) {
+            let mut names = catalog.schema_names();
+            names.sort();
+            for s in names {
+                b.append(CATALOG, s);
+            }
+        }
+        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::batch_stream(
+            batch.schema(),
+            vec![batch],
+        )))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        let client = self.client(&request)?;
+        let mut b = query.into_builder();
+        for (schema_name, table, kind, schema) in self.visible_tables(&client).await {
+            let s = metadata::table_schema(CATALOG, &schema_name, &table, &schema);
+            b.append(CATALOG, &schema_name, &table, &kind, &s)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::batch_stream(
+            batch.schema(),
+            vec![batch],
+        )))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        let schema = query.into_builder().schema();
+        Ok(Response::new(self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        self.client(&request)?;
+        let mut b = query.into_builder();
+        b.append("TABLE");
+        b.append("VIEW");
+        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::batch_stream(
+            batch.schema(),
+            vec![batch],
+        )))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        Ok(Response::new(self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        self.client(&request)?;
+        let batch = query
+            .into_builder(&self.sql_info)
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::batch_stream(
+            batch.schema(),
+            vec![batch],
+        )))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        Ok(Response::new(self.info(
+            &metadata::primary_keys_schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        let client = self.client(&request)?;
+        let mut rows = Vec::new();
+        let visible = self.visible_tables(&client).await;
+        for (schema_name, table, _, _) in &visible {
+            if query.catalog.as_deref().is_some_and(|c| c != CATALOG)
+                || query.db_schema.as_deref().is_some_and(|s| s != schema_name)
+                || &query.table != table
+            {
+                continue;
+            }
+            if let Some(def) = self.auth_engine_table(schema_name, table) {
+                for (i, col) in def.primary_key().iter().enumerate() {
+                    rows.push(metadata::PrimaryKeyRow {
+                        catalog: CATALOG.to_string(),
+                        schema: schema_name.clone(),
+                        table: table.clone(),
+                        column: col.to_string(),
+                        sequence: i as i32 + 1,
+                    });
+                }
+            }
+        }
+        let batch =
+            metadata::primary_keys_batch(&rows).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::batch_stream(
+            batch.schema(),
+            vec![batch],
+        )))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        Ok(Response::new(self.info(
+            &metadata::foreign_keys_schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        self.client(&request)?;
+        Ok(Response::new(Self::batch_stream(
+            metadata::foreign_keys_schema(),
+            vec![metadata::empty_foreign_keys()],
+        )))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        Ok(Response::new(self.info(
+            &metadata::foreign_keys_schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        self.client(&request)?;
+        Ok(Response::new(Self::batch_stream(
+            metadata::foreign_keys_schema(),
+            vec![metadata::empty_foreign_keys()],
+        )))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        Ok(Response::new(self.info(
+            &metadata::foreign_keys_schema(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        self.client(&request)?;
+        Ok(Response::new(Self::batch_stream(
+            metadata::foreign_keys_schema(),
+            vec![metadata::empty_foreign_keys()],
+        )))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        let schema = query.into_builder(&self.xdbc).schema();
+        Ok(Response::new(self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        self.client(&request)?;
+        let batch = query
+            .into_builder(&self.xdbc)
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Self::batch_stream(
+            batch.schema(),
+            vec![batch],
+        )))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        self.client(&request)?;
+        Err(Status::invalid_argument(format!(
+            "unsupported ticket type {}",
+            message.type_url
+        )))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+impl MeshFlightService {
+    fn auth_engine_table(&self, schema: &str, table: &str) -> Option<Arc<meshq_catalog::TableDef>> {
+        self.auth.engine().mesh().table(schema, table).cloned()
+    }
+}
+
+/// DML results are one row with a `count` column; DDL results are empty.
+fn affected_rows(batches: &[RecordBatch]) -> i64 {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("count"))
+        .filter_map(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())
+        .map(|a| a.iter().flatten().sum::<u64>() as i64)
+        .sum()
+}

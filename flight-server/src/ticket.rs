@@ -1,0 +1,111 @@
+//! What a ticket or prepared-statement handle carries: enough to plan the
+//! query again (SQL and bound parameters), never a principal — `DoGet`
+//! authenticates again and plans as the caller.
+
+use arrow::array::RecordBatch;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+/// The statement behind a `TicketStatementQuery`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatementTicket {
+    /// SQL text.
+    pub sql: String,
+    /// Parameter values as Arrow IPC (one row), for prepared statements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<String>,
+    /// The statement already ran while planning (DDL, SET): DoGet returns
+    /// its (empty) result schema and no rows.
+    #[serde(default)]
+    pub done: bool,
+}
+
+impl StatementTicket {
+    /// Serialises for a ticket.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a ticket.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Status> {
+        serde_json::from_slice(bytes)
+            .map_err(|_| Status::invalid_argument("malformed statement ticket"))
+    }
+}
+
+/// A prepared statement handle: an id for the server-side parameter store,
+/// and the SQL so it can be planned even after the store forgot it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreparedHandle {
+    /// Key of bound parameters on the server.
+    pub id: String,
+    /// SQL text.
+    pub sql: String,
+}
+
+impl PreparedHandle {
+    /// Serialises for the client.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a handle from the client.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Status> {
+        serde_json::from_slice(bytes)
+            .map_err(|_| Status::invalid_argument("malformed prepared statement handle"))
+    }
+}
+
+/// One-row parameter batch → IPC text for a ticket.
+pub fn params_to_ipc(batch: &RecordBatch) -> Result<String, Status> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &batch.schema())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        w.write(batch)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        w.finish().map_err(|e| Status::internal(e.to_string()))?;
+    }
+    Ok(STANDARD.encode(buf))
+}
+
+/// IPC text from a ticket → the parameter batch.
+pub fn params_from_ipc(text: &str) -> Result<RecordBatch, Status> {
+    let bytes = STANDARD
+        .decode(text)
+        .map_err(|_| Status::invalid_argument("malformed parameters in ticket"))?;
+    let mut r = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|_| Status::invalid_argument("malformed parameters in ticket"))?;
+    match r.next() {
+        Some(Ok(b)) => Ok(b),
+        _ => Err(Status::invalid_argument("malformed parameters in ticket")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn round_trips() {
+        let t = StatementTicket {
+            sql: "SELECT 1".into(),
+            params: None,
+            done: false,
+        };
+        assert_eq!(StatementTicket::decode(&t.encode()).unwrap(), t);
+        let batch = RecordBatch::try_from_iter([(
+            "$1",
+            Arc::new(arrow::array::StringArray::from(vec!["EMEA"])) as _,
+        )])
+        .unwrap();
+        assert_eq!(
+            params_from_ipc(&params_to_ipc(&batch).unwrap()).unwrap(),
+            batch
+        );
+        assert!(StatementTicket::decode(b"nope").is_err());
+    }
+}
