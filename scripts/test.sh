@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs meshq's whole test suite: unit, integration, SQL logic (.slt) and
-# end-to-end tests. Needs only the Rust toolchain (pinned in
-# rust-toolchain.toml); later suites install their own tools.
+# Runs meshq's whole test suite: unit, integration, SQL logic (.slt),
+# end-to-end tests against the real binary, and interop tests with real
+# Flight SQL clients. Needs only the Rust toolchain (pinned in
+# rust-toolchain.toml) and python3; the Python clients are installed from
+# PyPI into a venv under ~/.cache/meshq (MESHQ_VENV overrides).
 #
 # Build artefacts go to one shared target dir outside the clone so a warm
 # machine reuses them; override with CARGO_TARGET_DIR.
@@ -28,3 +30,12 @@ cargo test --workspace --no-run
 
 echo "== tests"
 cargo test --workspace
+
+# Real Flight SQL clients from PyPI, in a venv this script owns.
+echo "== interop: Python clients"
+VENV="${MESHQ_VENV:-$HOME/.cache/meshq/venv}"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+MESHQ_BIN="$CARGO_TARGET_DIR/debug/meshq" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python

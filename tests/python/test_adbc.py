@@ -1,0 +1,100 @@
+"""meshq through the ADBC Flight SQL driver, as a Python BI client uses it."""
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import adbc_driver_manager
+import pyarrow as pa
+import pytest
+
+
+def connect(uri, user):
+    return flight_sql.connect(uri, db_kwargs={"username": user, "password": f"{user}-demo"})
+
+
+def test_query_as_a_filtered_principal(server):
+    with connect(server, "ana") as conn, conn.cursor() as cur:
+        cur.execute("SELECT region, count(*) AS n FROM sales.orders GROUP BY 1")
+        assert cur.fetchall() == [("EMEA", 5178)]
+
+
+def test_masked_values_and_plain_utf8(server):
+    with connect(server, "gina") as conn, conn.cursor() as cur:
+        cur.execute("SELECT order_id, email FROM sales.orders ORDER BY order_id LIMIT 2")
+        table = cur.fetch_arrow_table()
+        assert table.schema.field("email").type == pa.string()
+        assert table.to_pylist() == [
+            {"order_id": "O0000001", "email": "d***@***.com"},
+            {"order_id": "O0000002", "email": "y***@***.com"},
+        ]
+
+
+def test_wrong_password_is_refused(server):
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        with flight_sql.connect(server, db_kwargs={"username": "ana", "password": "nope"}) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+    assert "invalid credentials" in str(e.value)
+
+
+def test_denied_table_names_the_table(server):
+    with connect(server, "ana") as conn, conn.cursor() as cur:
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.execute("SELECT * FROM payments.transactions")
+        assert "may not read table `payments.transactions`" in str(e.value)
+
+
+def test_prepared_statement_with_bound_parameters(server):
+    with connect(server, "ana") as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) AS n FROM sales.orders WHERE status = $1", parameters=("placed",))
+        (bound,) = cur.fetchone()
+        cur.execute("SELECT count(*) AS n FROM sales.orders WHERE status = 'placed'")
+        (direct,) = cur.fetchone()
+        assert bound == direct > 0
+
+
+def test_zero_rows_keep_the_schema(server):
+    with connect(server, "pat") as conn, conn.cursor() as cur:
+        cur.execute("SELECT order_id, total_amount FROM sales.orders WHERE false")
+        table = cur.fetch_arrow_table()
+        assert table.num_rows == 0
+        assert table.schema.names == ["order_id", "total_amount"]
+        assert table.schema.field("total_amount").type == pa.decimal128(12, 2)
+
+
+def test_large_result(server):
+    with connect(server, "gina") as conn, conn.cursor() as cur:
+        cur.execute("SELECT value FROM generate_series(1, 1200000)")
+        table = cur.fetch_arrow_table()
+        assert table.num_rows == 1_200_000
+        assert pa.compute.sum(table["value"]).as_py() == 1_200_000 * 1_200_001 // 2
+
+
+def test_get_info_and_objects(server):
+    with connect(server, "ana") as conn:
+        info = conn.adbc_get_info()
+        assert info["vendor_name"] == "meshq"
+        catalogs = conn.adbc_get_objects(depth="catalogs").read_all().to_pylist()
+        assert [c["catalog_name"] for c in catalogs] == ["mesh"]
+        schemas = conn.adbc_get_objects(depth="db_schemas").read_all().to_pylist()
+        names = {s["db_schema_name"] for c in schemas for s in c["catalog_db_schemas"]}
+        assert {"sales", "customers"} <= names
+        tables = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        found = {
+            (s["db_schema_name"], t["table_name"])
+            for c in tables
+            for s in c["catalog_db_schemas"]
+            for t in (s["db_schema_tables"] or [])
+        }
+        assert ("sales", "orders") in found
+        assert ("payments", "transactions") not in found
+        columns = conn.adbc_get_objects(depth="all", db_schema_filter="sales", table_name_filter="orders").read_all().to_pylist()
+        cols = [
+            col["column_name"]
+            for c in columns
+            for s in c["catalog_db_schemas"]
+            for t in (s["db_schema_tables"] or [])
+            for col in (t["table_columns"] or [])
+        ]
+        assert cols[:3] == ["order_id", "customer_id", "email"]
+        schema = conn.adbc_get_table_schema("orders", catalog_filter="mesh", db_schema_filter="sales")
+        assert schema.field("total_amount").type == pa.decimal128(12, 2)
+        assert schema.field("email").type == pa.string()
