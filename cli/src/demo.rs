@@ -381,6 +381,32 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     Ok(())
 }
 
+/// What `meshq demo` prints once it serves: the address, the demo users and
+/// an ADBC snippet that works as printed.
+pub fn connect_banner(dir: &str, tables: usize, addr: std::net::SocketAddr) -> String {
+    let uri = format!("grpc://{addr}");
+    format!(
+        "meshq demo: {tables} tables from {dir}, serving Arrow Flight SQL on {uri}\n\
+         \n\
+         Demo users (password: the name followed by -demo, e.g. gina / gina-demo):\n  \
+         ana   analyst, region EMEA: her region's orders and customers, PII masked\n  \
+         ben   analyst, region AMER\n  \
+         gina  global analyst: every region and payments, PII masked\n  \
+         pat   global analyst and PII reader: raw values\n  \
+         root  admin: DDL and SET, no analyst data\n\
+         \n\
+         Connect from Python (pip install adbc-driver-flightsql pyarrow):\n\
+         \n\
+         import adbc_driver_flightsql.dbapi as flight_sql\n\
+         with flight_sql.connect(\"{uri}\", db_kwargs={{\"username\": \"gina\", \"password\": \"gina-demo\"}}) as conn:\n    \
+             with conn.cursor() as cur:\n        \
+                 cur.execute(\"SELECT region, count(*) AS orders FROM sales.orders GROUP BY 1 ORDER BY 1\")\n        \
+                 print(cur.fetchall())\n\
+         \n\
+         Or run SQL here: meshq demo --shell. Ctrl-C stops the server."
+    )
+}
+
 /// Whether `dir` already holds a mesh (its platform config).
 pub fn demo_exists(dir: &Path) -> bool {
     dir.join("meshq.yaml").exists()

@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write the example retail mesh (if absent) and open a shell on it.
+    /// Write the example retail mesh (if absent) and serve it over Flight SQL
+    /// (or open a shell on it with --shell).
     Demo(DemoArgs),
     /// Serve a mesh over Arrow Flight SQL.
     Serve(ServeArgs),
@@ -100,9 +101,14 @@ struct DemoArgs {
     /// Where to write the demo mesh.
     #[arg(default_value = "meshq-demo", env = "MESHQ_DEMO_DIR")]
     dir: PathBuf,
-    /// Only write the mesh; do not open the shell.
+    /// Only write the mesh; do not serve it or open a shell.
     #[arg(long)]
     no_shell: bool,
+    /// Open the SQL shell instead of serving Flight SQL.
+    #[arg(long, conflicts_with = "no_shell")]
+    shell: bool,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Demo principal to run as (ana, ben, gina, pat or root).
     #[arg(long = "as", value_name = "NAME", default_value = "gina")]
     principal: String,
@@ -197,7 +203,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let Some(principal) = principal(&engine, Some(&args.principal)) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
             };
-            if args.query.command.is_none() && args.query.file.is_none() {
+            let interactive = args.query.command.is_none() && args.query.file.is_none();
+            if interactive && !args.shell {
+                let tables = engine.served_tables().len();
+                let dir = args.dir.display().to_string();
+                return serve(engine, args.server, move |addr| {
+                    println!("{}", meshq_cli::demo::connect_banner(&dir, tables, addr));
+                })
+                .await;
+            }
+            if interactive {
                 eprintln!(
                     "Try: SELECT c.region, sum(o.total_amount) FROM sales.orders o JOIN customers.profiles c USING (customer_id) GROUP BY 1 ORDER BY 1;"
                 );

@@ -89,7 +89,7 @@ fn demo_mesh_is_deterministic_and_valid() {
 #[test]
 fn demo_reuses_an_existing_mesh_and_runs_the_shell_on_stdin() {
     let mut child = meshq()
-        .arg("demo")
+        .args(["demo", "--shell"])
         .arg(mesh())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

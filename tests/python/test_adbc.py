@@ -98,3 +98,35 @@ def test_get_info_and_objects(server):
         schema = conn.adbc_get_table_schema("orders", catalog_filter="mesh", db_schema_filter="sales")
         assert schema.field("total_amount").type == pa.decimal128(12, 2)
         assert schema.field("email").type == pa.string()
+
+
+def test_demo_banner_snippet_runs_verbatim(tmp_path):
+    """`meshq demo` prints an ADBC snippet; run it exactly as printed."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import meshq_binary
+
+    proc = subprocess.Popen(
+        [meshq_binary(), "demo", str(tmp_path / "mesh"), "--bind", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, MESHQ_LOG="warn"),
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Or run SQL here"):
+                break
+        start = next(i for i, l in enumerate(lines) if l.startswith("import adbc_driver_flightsql"))
+        end = next(i for i, l in enumerate(lines) if l.strip() == "" and i > start)
+        snippet = "".join(lines[start:end])
+        out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[('AMER', 3514), ('APAC', 3308), ('EMEA', 5178)]"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
