@@ -354,3 +354,64 @@ async fn metadata_rpcs_show_only_what_the_principal_may_see() {
     assert_eq!(schema.fields().len(), 13);
     assert_eq!(b.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
 }
+
+#[tokio::test]
+async fn session_options_set_the_default_schema() {
+    use arrow_flight::Action;
+    use meshq_flight_server::session_options as so;
+    use prost::Message;
+
+    let server = start();
+    let mut gina = login(&server, "gina").await;
+    let mut req = so::SetSessionOptionsRequest::default();
+    req.session_options
+        .insert("schema".into(), so::string_value("sales"));
+    req.session_options
+        .insert("bogus".into(), so::string_value("x"));
+    let mut results = gina
+        .do_action(Action::new("SetSessionOptions", req.encode_to_vec()))
+        .await
+        .unwrap();
+    let body = results.try_next().await.unwrap().unwrap();
+    let result = so::SetSessionOptionsResult::decode(body.body.as_ref()).unwrap();
+    assert_eq!(result.errors.len(), 1);
+    assert_eq!(result.errors["bogus"].value, so::INVALID_NAME);
+    // Unqualified names now resolve in `sales`, for this session only.
+    let rows = query(&mut gina, "SELECT count(*) AS n FROM orders").await;
+    assert_eq!(
+        rows[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0),
+        12000
+    );
+    let mut results = gina
+        .do_action(Action::new("GetSessionOptions", Vec::new()))
+        .await
+        .unwrap();
+    let body = results.try_next().await.unwrap().unwrap();
+    let got = so::GetSessionOptionsResult::decode(body.body.as_ref()).unwrap();
+    assert_eq!(got.session_options["schema"], so::string_value("sales"));
+    let mut other = login(&server, "gina").await;
+    let s = status_of(
+        other
+            .execute("SELECT count(*) FROM orders".into(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(s.code(), Code::NotFound);
+    // CloseSession ends the token.
+    let mut results = gina
+        .do_action(Action::new("CloseSession", Vec::new()))
+        .await
+        .unwrap();
+    let body = results.try_next().await.unwrap().unwrap();
+    assert_eq!(
+        so::CloseSessionResult::decode(body.body.as_ref())
+            .unwrap()
+            .status,
+        so::CLOSED
+    );
+    let s = status_of(gina.execute("SELECT 1".into(), None).await.unwrap_err());
+    assert_eq!(s.code(), Code::Unauthenticated);
+}

@@ -80,6 +80,28 @@ impl MeshSession {
         self.execute_plan(plan).await
     }
 
+    /// The schema unqualified table names resolve in.
+    pub fn default_schema(&self) -> String {
+        self.ctx
+            .state()
+            .config_options()
+            .catalog
+            .default_schema
+            .clone()
+    }
+
+    /// Resolves unqualified names in `schema` (a client's session option,
+    /// not SQL `SET`, which the lockdown governs).
+    pub fn set_default_schema(&self, schema: &str) {
+        self.ctx
+            .state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .catalog
+            .default_schema = schema.to_string();
+    }
+
     /// Whether the principal may run `plan` (the statement lockdown).
     pub fn check(&self, plan: &LogicalPlan) -> Result<()> {
         check_statement(plan, self.is_admin, &self.admin_role, &self.protected)

@@ -260,6 +260,55 @@ pub fn verify_jwt(cfg: &JwtConfig, token: &str) -> Result<Principal, String> {
 mod tests {
     use super::*;
 
+    fn jwt_config(secret_env: &str) -> JwtConfig {
+        serde_yaml_ng::from_str(&format!(
+            "{{ issuer: idp, audience: meshq, hs256_secret: {{ env: {secret_env} }}, roles_claim: groups, attribute_claims: [region] }}"
+        ))
+        .unwrap()
+    }
+
+    fn token(claims: serde_json::Value, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hs256_jwt_claims_become_a_principal() {
+        // An unset variable: without the secret nothing verifies.
+        let var = "MESHQ_TEST_JWT_SECRET_AUTH_RS";
+        let cfg = jwt_config(var);
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let good = serde_json::json!({"sub": "ana", "iss": "idp", "aud": "meshq", "exp": exp, "groups": ["analyst"], "region": "EMEA"});
+        // The secret comes from the environment; without it nothing verifies.
+        assert!(verify_jwt(&cfg, &token(good.clone(), "s3cret")).is_err());
+        // Tests must not change the environment, so a variable that is always
+        // set stands in for the secret.
+        let cfg_literal: JwtConfig = JwtConfig {
+            hs256_secret: Some(meshq_catalog::platform::SecretRef { env: "PATH".into() }),
+            ..cfg
+        };
+        let path = std::env::var("PATH").unwrap();
+        let p = verify_jwt(&cfg_literal, &token(good.clone(), &path)).unwrap();
+        assert_eq!(p.name.as_deref(), Some("ana"));
+        assert!(p.has_role("analyst"));
+        assert_eq!(p.attribute("region"), Some("EMEA"));
+        // Wrong key, issuer, audience, expired: refused.
+        assert!(verify_jwt(&cfg_literal, &token(good.clone(), "other")).is_err());
+        let mut bad = good.clone();
+        bad["iss"] = "evil".into();
+        assert!(verify_jwt(&cfg_literal, &token(bad, &path)).is_err());
+        let mut bad = good.clone();
+        bad["aud"] = "other".into();
+        assert!(verify_jwt(&cfg_literal, &token(bad, &path)).is_err());
+        let mut bad = good;
+        bad["exp"] = (exp - 7200).into();
+        assert!(verify_jwt(&cfg_literal, &token(bad, &path)).is_err());
+    }
+
     #[test]
     fn basic_with_and_without_padding() {
         // "ana:x" is 5 bytes: padded "YW5hOng=", unpadded "YW5hOng".

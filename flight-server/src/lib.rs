@@ -17,6 +17,7 @@ pub mod auth;
 pub mod error;
 pub mod metadata;
 pub mod service;
+pub mod session_options;
 pub mod ticket;
 
 use std::net::SocketAddr;

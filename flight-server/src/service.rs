@@ -852,6 +852,92 @@ impl FlightSqlService for MeshFlightService {
         )))
     }
 
+    async fn do_action_fallback(
+        &self,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
+        use crate::session_options as so;
+        let action = request.get_ref().r#type.clone();
+        let body: Vec<u8> = match action.as_str() {
+            "SetSessionOptions" => {
+                let client = self.client(&request)?;
+                let req = so::SetSessionOptionsRequest::decode(request.get_ref().body.as_ref())
+                    .map_err(|_| Status::invalid_argument("malformed SetSessionOptionsRequest"))?;
+                let mut result = so::SetSessionOptionsResult::default();
+                for (name, value) in req.session_options {
+                    let text = match &value.option_value {
+                        Some(so::OptionValue::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    };
+                    let error = match (name.as_str(), text) {
+                        ("catalog", Some(c)) if c == CATALOG => None,
+                        ("schema", Some(s)) => {
+                            let exists = client
+                                .session
+                                .context()
+                                .catalog(CATALOG)
+                                .is_some_and(|c| c.schema_names().contains(&s));
+                            if exists {
+                                client.session.set_default_schema(&s);
+                                None
+                            } else {
+                                Some(so::INVALID_VALUE)
+                            }
+                        }
+                        ("catalog" | "schema", _) => Some(so::INVALID_VALUE),
+                        _ => Some(so::INVALID_NAME),
+                    };
+                    if let Some(value) = error {
+                        result
+                            .errors
+                            .insert(name, so::SetSessionOptionError { value });
+                    }
+                }
+                result.encode_to_vec()
+            }
+            "GetSessionOptions" => {
+                let client = self.client(&request)?;
+                let mut result = so::GetSessionOptionsResult::default();
+                result
+                    .session_options
+                    .insert("catalog".into(), so::string_value(CATALOG));
+                result.session_options.insert(
+                    "schema".into(),
+                    so::string_value(client.session.default_schema()),
+                );
+                result.encode_to_vec()
+            }
+            "CloseSession" => {
+                self.client(&request)?;
+                self.auth.logout(request.metadata());
+                so::CloseSessionResult { status: so::CLOSED }.encode_to_vec()
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action `{other}`"
+                )));
+            }
+        };
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(futures::stream::iter(vec![Ok(
+            result,
+        )]))))
+    }
+
+    async fn list_custom_actions(&self) -> Option<Vec<Result<arrow_flight::ActionType, Status>>> {
+        Some(
+            ["SetSessionOptions", "GetSessionOptions", "CloseSession"]
+                .into_iter()
+                .map(|t| {
+                    Ok(arrow_flight::ActionType {
+                        r#type: t.to_string(),
+                        description: format!("Flight {t}"),
+                    })
+                })
+                .collect(),
+        )
+    }
+
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
