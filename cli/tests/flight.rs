@@ -254,6 +254,22 @@ async fn prepared_statements_with_parameters() {
     assert!(n > 0);
     stmt.close().await.unwrap();
 
+    // JDBC-style `?` parameters.
+    let mut stmt = ana
+        .prepare("SELECT count(*) AS n FROM sales.orders WHERE status = ? AND item_count > ?".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(stmt.parameter_schema().unwrap().fields().len(), 2);
+    let params = RecordBatch::try_from_iter([
+        ("$1", Arc::new(StringArray::from(vec!["placed"])) as _),
+        ("$2", Arc::new(arrow::array::Int32Array::from(vec![0])) as _),
+    ])
+    .unwrap();
+    stmt.set_parameters(params).unwrap();
+    let info = stmt.execute().await.unwrap();
+    let (_, batches) = fetch(&mut ana, info).await;
+    assert_eq!(batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0), n);
+
     // A prepared update is refused for a non-admin.
     let err = ana
         .prepare("DROP TABLE sales.orders".into(), None)

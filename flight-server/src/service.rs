@@ -153,8 +153,9 @@ impl MeshFlightService {
         qid: &str,
     ) -> Result<LogicalPlan, Status> {
         let state = client.session.context().state();
+        let sql = number_placeholders(sql);
         let mut plan = state
-            .create_logical_plan(sql)
+            .create_logical_plan(&sql)
             .await
             .map_err(|e| to_status(&e, qid))?;
         if let Some(p) = params {
@@ -947,6 +948,35 @@ impl MeshFlightService {
     }
 }
 
+/// JDBC and ODBC clients write parameters as `?`; DataFusion numbers them
+/// (`$1`, `$2`, …). Rewrites `?` tokens — not those inside strings,
+/// identifiers or comments — in order.
+fn number_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if !sql.contains('?') {
+        return sql.into();
+    }
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return sql.into();
+    };
+    if !tokens.iter().any(|t| matches!(t, Token::Placeholder(p) if p == "?")) {
+        return sql.into();
+    }
+    let mut n = 0;
+    tokens
+        .into_iter()
+        .map(|t| match t {
+            Token::Placeholder(p) if p == "?" => {
+                n += 1;
+                format!("${n}")
+            }
+            other => other.to_string(),
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// DML results are one row with a `count` column; DDL results are empty.
 fn affected_rows(batches: &[RecordBatch]) -> i64 {
     batches
@@ -955,4 +985,22 @@ fn affected_rows(batches: &[RecordBatch]) -> i64 {
         .filter_map(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())
         .map(|a| a.iter().flatten().sum::<u64>() as i64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::number_placeholders;
+
+    #[test]
+    fn question_marks_become_numbered_placeholders() {
+        assert_eq!(
+            number_placeholders("SELECT * FROM t WHERE a = ? AND b > ?"),
+            "SELECT * FROM t WHERE a = $1 AND b > $2"
+        );
+        assert_eq!(
+            number_placeholders("SELECT '?' AS q, \"what?\" FROM t WHERE a = ? -- why?\n"),
+            "SELECT '?' AS q, \"what?\" FROM t WHERE a = $1 -- why?\n"
+        );
+        assert_eq!(number_placeholders("SELECT 1"), "SELECT 1");
+    }
 }
