@@ -256,7 +256,10 @@ async fn prepared_statements_with_parameters() {
 
     // JDBC-style `?` parameters.
     let mut stmt = ana
-        .prepare("SELECT count(*) AS n FROM sales.orders WHERE status = ? AND item_count > ?".into(), None)
+        .prepare(
+            "SELECT count(*) AS n FROM sales.orders WHERE status = ? AND item_count > ?".into(),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(stmt.parameter_schema().unwrap().fields().len(), 2);
@@ -268,7 +271,13 @@ async fn prepared_statements_with_parameters() {
     stmt.set_parameters(params).unwrap();
     let info = stmt.execute().await.unwrap();
     let (_, batches) = fetch(&mut ana, info).await;
-    assert_eq!(batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0), n);
+    assert_eq!(
+        batches[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0),
+        n
+    );
 
     // A prepared update is refused for a non-admin.
     let err = ana
@@ -430,4 +439,52 @@ async fn session_options_set_the_default_schema() {
     );
     let s = status_of(gina.execute("SELECT 1".into(), None).await.unwrap_err());
     assert_eq!(s.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn cancel_flight_info_stops_a_running_query() {
+    use arrow_flight::{Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus};
+    use prost::Message;
+
+    let server = start();
+    let mut gina = login(&server, "gina").await;
+    // Big enough to still be streaming when the cancel arrives.
+    let info = gina
+        .execute(
+            "SELECT value, value * 2 AS twice FROM generate_series(1, 200000000)".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = gina.do_get(ticket).await.unwrap();
+    let first = stream.try_next().await.unwrap();
+    assert!(first.is_some());
+    let req = CancelFlightInfoRequest {
+        info: Some(info.clone()),
+    };
+    let mut results = gina
+        .do_action(Action::new("CancelFlightInfo", req.encode_to_vec()))
+        .await
+        .unwrap();
+    let body = results.try_next().await.unwrap().unwrap();
+    let result = CancelFlightInfoResult::decode(body.body.as_ref()).unwrap();
+    assert_eq!(result.status, CancelStatus::Cancelled as i32);
+    // The stream ends early instead of delivering 200M rows.
+    let mut rows = first.map(|b| b.num_rows()).unwrap_or(0);
+    while let Ok(Some(b)) = stream.try_next().await {
+        rows += b.num_rows();
+    }
+    assert!(rows < 200_000_000, "the query ran to the end");
+    // Nothing is running for that ticket any more.
+    let mut results = gina
+        .do_action(Action::new(
+            "CancelFlightInfo",
+            CancelFlightInfoRequest { info: Some(info) }.encode_to_vec(),
+        ))
+        .await
+        .unwrap();
+    let body = results.try_next().await.unwrap().unwrap();
+    let result = CancelFlightInfoResult::decode(body.body.as_ref()).unwrap();
+    assert_eq!(result.status, CancelStatus::NotCancellable as i32);
 }

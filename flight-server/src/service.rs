@@ -79,10 +79,74 @@ impl ParamStore {
     }
 }
 
+/// Streams in flight, by ticket, so `CancelFlightInfo` can stop them.
+#[derive(Default)]
+struct Running {
+    streams: Mutex<HashMap<Vec<u8>, Vec<RunningStream>>>,
+}
+
+/// One DoGet stream of a ticket: a registration id and its abort handle.
+type RunningStream = (u64, futures::stream::AbortHandle);
+
+impl Running {
+    fn register(
+        self: &Arc<Self>,
+        ticket: Vec<u8>,
+        handle: futures::stream::AbortHandle,
+    ) -> RunningGuard {
+        let id = rand::random::<u64>();
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ticket.clone())
+            .or_default()
+            .push((id, handle));
+        RunningGuard {
+            running: Arc::clone(self),
+            ticket,
+            id,
+        }
+    }
+
+    /// Aborts every stream of `ticket`; how many there were.
+    fn cancel(&self, ticket: &[u8]) -> usize {
+        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let handles = m.remove(ticket).unwrap_or_default();
+        for (_, h) in &handles {
+            h.abort();
+        }
+        handles.len()
+    }
+}
+
+/// Unregisters a stream when it ends or is dropped.
+struct RunningGuard {
+    running: Arc<Running>,
+    ticket: Vec<u8>,
+    id: u64,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let mut m = self
+            .running
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = m.get_mut(&self.ticket) {
+            v.retain(|(id, _)| *id != self.id);
+            if v.is_empty() {
+                m.remove(&self.ticket);
+            }
+        }
+    }
+}
+
 /// meshq's `FlightSqlService`.
 pub struct MeshFlightService {
     auth: Authenticator,
     params: ParamStore,
+    running: Arc<Running>,
     sql_info: SqlInfoData,
     xdbc: XdbcTypeInfoData,
 }
@@ -135,6 +199,7 @@ impl MeshFlightService {
             params: ParamStore {
                 entries: Mutex::new(HashMap::new()),
             },
+            running: Arc::new(Running::default()),
             sql_info: sql_info(),
             xdbc: xdbc_types(),
         }
@@ -172,6 +237,7 @@ impl MeshFlightService {
         client: &ClientSession,
         plan: LogicalPlan,
         qid: &str,
+        ticket: Vec<u8>,
     ) -> Result<BoxStream<arrow_flight::FlightData>, Status> {
         let df = client
             .session
@@ -194,7 +260,15 @@ impl MeshFlightService {
                 FlightError::Tonic(s) => *s,
                 other => Status::internal(other.to_string()),
             });
-        Ok(Box::pin(encoded))
+        // Cancellable by ticket; unregistered when it ends or is dropped
+        // (a client that drops the stream drops DataFusion's tasks with it).
+        let (abortable, handle) = futures::stream::abortable(encoded);
+        let guard = self.running.register(ticket, handle);
+        let stream = abortable.map(move |item| {
+            let _ = &guard;
+            item
+        });
+        Ok(Box::pin(stream))
     }
 
     fn info(
@@ -335,6 +409,7 @@ impl FlightSqlService for MeshFlightService {
             sql: query.query,
             params: None,
             done,
+            nonce: rand::random(),
         };
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode().into(),
@@ -362,7 +437,10 @@ impl FlightSqlService for MeshFlightService {
             return Ok(Response::new(Self::batch_stream(schema, vec![])));
         }
         info!(%qid, user = %client.principal.display_name(), "do_get");
-        Ok(Response::new(self.stream(&client, plan, &qid).await?))
+        Ok(Response::new(
+            self.stream(&client, plan, &qid, request.get_ref().ticket.to_vec())
+                .await?,
+        ))
     }
 
     async fn do_action_create_prepared_statement(
@@ -466,6 +544,7 @@ impl FlightSqlService for MeshFlightService {
                 sql: handle.sql,
                 params: params.as_ref().map(params_to_ipc).transpose()?,
                 done: false,
+                nonce: rand::random(),
             }
             .encode()
             .into(),
@@ -490,7 +569,10 @@ impl FlightSqlService for MeshFlightService {
         let plan = self
             .plan(&client, &handle.sql, params.as_ref(), &qid)
             .await?;
-        Ok(Response::new(self.stream(&client, plan, &qid).await?))
+        Ok(Response::new(
+            self.stream(&client, plan, &qid, request.get_ref().ticket.to_vec())
+                .await?,
+        ))
     }
 
     async fn do_put_statement_update(
@@ -908,6 +990,31 @@ impl FlightSqlService for MeshFlightService {
                 );
                 result.encode_to_vec()
             }
+            "CancelFlightInfo" => {
+                self.client(&request)?;
+                let req =
+                    arrow_flight::CancelFlightInfoRequest::decode(request.get_ref().body.as_ref())
+                        .map_err(|_| {
+                            Status::invalid_argument("malformed CancelFlightInfoRequest")
+                        })?;
+                let tickets: Vec<Vec<u8>> = req
+                    .info
+                    .iter()
+                    .flat_map(|i| i.endpoint.iter())
+                    .filter_map(|e| e.ticket.as_ref().map(|t| t.ticket.to_vec()))
+                    .collect();
+                let cancelled: usize = tickets.iter().map(|t| self.running.cancel(t)).sum();
+                let status = if cancelled > 0 {
+                    arrow_flight::CancelStatus::Cancelled
+                } else {
+                    // Queries run only while their DoGet streams; none is.
+                    arrow_flight::CancelStatus::NotCancellable
+                };
+                arrow_flight::CancelFlightInfoResult {
+                    status: status as i32,
+                }
+                .encode_to_vec()
+            }
             "CloseSession" => {
                 self.client(&request)?;
                 self.auth.logout(request.metadata());
@@ -927,15 +1034,20 @@ impl FlightSqlService for MeshFlightService {
 
     async fn list_custom_actions(&self) -> Option<Vec<Result<arrow_flight::ActionType, Status>>> {
         Some(
-            ["SetSessionOptions", "GetSessionOptions", "CloseSession"]
-                .into_iter()
-                .map(|t| {
-                    Ok(arrow_flight::ActionType {
-                        r#type: t.to_string(),
-                        description: format!("Flight {t}"),
-                    })
+            [
+                "SetSessionOptions",
+                "GetSessionOptions",
+                "CloseSession",
+                "CancelFlightInfo",
+            ]
+            .into_iter()
+            .map(|t| {
+                Ok(arrow_flight::ActionType {
+                    r#type: t.to_string(),
+                    description: format!("Flight {t}"),
                 })
-                .collect(),
+            })
+            .collect(),
         )
     }
 
@@ -960,7 +1072,10 @@ fn number_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
         return sql.into();
     };
-    if !tokens.iter().any(|t| matches!(t, Token::Placeholder(p) if p == "?")) {
+    if !tokens
+        .iter()
+        .any(|t| matches!(t, Token::Placeholder(p) if p == "?"))
+    {
         return sql.into();
     }
     let mut n = 0;

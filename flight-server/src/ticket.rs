@@ -20,6 +20,10 @@ pub struct StatementTicket {
     /// its (empty) result schema and no rows.
     #[serde(default)]
     pub done: bool,
+    /// Makes each GetFlightInfo's ticket unique, so `CancelFlightInfo`
+    /// stops that query and not another client's identical one.
+    #[serde(default)]
+    pub nonce: u64,
 }
 
 impl StatementTicket {
@@ -95,6 +99,7 @@ mod tests {
             sql: "SELECT 1".into(),
             params: None,
             done: false,
+            nonce: 7,
         };
         assert_eq!(StatementTicket::decode(&t.encode()).unwrap(), t);
         let batch = RecordBatch::try_from_iter([(
