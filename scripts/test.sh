@@ -31,6 +31,15 @@ cargo test --workspace --no-run
 echo "== tests"
 cargo test --workspace
 
+# arrow-rs's own Flight SQL command-line client, built once from crates.io.
+TOOLS="${MESHQ_TOOLS:-$HOME/.cache/meshq/tools}"
+if [[ ! -x "$TOOLS/bin/flight_sql_client" ]]; then
+  echo "== building arrow-flight's flight_sql_client"
+  CARGO_TARGET_DIR="$HOME/.cache/meshq/tools-target" cargo install arrow-flight --version 59.3.2 \
+    --features "cli flight-sql tls-ring" --bin flight_sql_client --root "$TOOLS"
+fi
+export MESHQ_FLIGHT_SQL_CLIENT="$TOOLS/bin/flight_sql_client"
+
 # Real Flight SQL clients from PyPI, in a venv this script owns.
 echo "== interop: Python clients"
 VENV="${MESHQ_VENV:-$HOME/.cache/meshq/venv}"

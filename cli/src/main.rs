@@ -82,6 +82,14 @@ struct ServerArgs {
     /// Write the bound port to this file once listening.
     #[arg(long, env = "MESHQ_PORT_FILE")]
     port_file: Option<PathBuf>,
+    /// Seconds in-flight calls may run after SIGTERM/ctrl-c before the server exits.
+    #[arg(
+        long = "shutdown-grace",
+        env = "MESHQ_SHUTDOWN_GRACE",
+        default_value_t = 10,
+        value_name = "SECS"
+    )]
+    shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +240,7 @@ async fn serve(
         bind: args.bind,
         tls: args.tls_cert.zip(args.tls_key),
         port_file: args.port_file,
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
     };
     let tls = config.tls.is_some();
     meshq_flight_server::serve(engine, config, shutdown_signal(), move |addr| {

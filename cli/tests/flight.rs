@@ -31,9 +31,14 @@ impl Drop for Server {
 }
 
 fn start() -> Server {
+    start_with(&[])
+}
+
+fn start_with(extra: &[&str]) -> Server {
     let mut child = meshq()
         .args(["serve", "--bind", "127.0.0.1:0", "--mesh"])
         .arg(mesh())
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -46,7 +51,7 @@ fn start() -> Server {
             .next()
             .expect("server exited before listening")
             .unwrap();
-        if let Some(addr) = line.strip_prefix("meshq serving Flight SQL on grpc://") {
+        if let Some(addr) = line.strip_prefix("meshq serving Flight SQL on ") {
             break addr.rsplit(':').next().unwrap().parse().unwrap();
         }
     };
@@ -487,4 +492,62 @@ async fn cancel_flight_info_stops_a_running_query() {
     let body = results.try_next().await.unwrap().unwrap();
     let result = CancelFlightInfoResult::decode(body.body.as_ref()).unwrap();
     assert_eq!(result.status, CancelStatus::NotCancellable as i32);
+}
+
+#[tokio::test]
+async fn tls_with_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, key.cert.pem()).unwrap();
+    std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+    let server = start_with(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(key.cert.pem()))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", server.port))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = FlightSqlServiceClient::new(channel);
+    c.handshake("pat", "pat-demo").await.unwrap();
+    let rows = query(&mut c, "SELECT count(*) AS n FROM customers.profiles").await;
+    assert_eq!(
+        rows[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0),
+        2000
+    );
+    // A plaintext client cannot talk to it.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let mut c = FlightSqlServiceClient::new(plain);
+        assert!(c.handshake("pat", "pat-demo").await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_gracefully() {
+    let mut server = start_with(&["--shutdown-grace", "1"]);
+    let mut c = login(&server, "gina").await;
+    query(&mut c, "SELECT 1").await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
 }

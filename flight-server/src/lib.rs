@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Write the bound port here once listening (for tests and scripts).
     pub port_file: Option<PathBuf>,
+    /// How long in-flight calls may run after a shutdown signal.
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// Errors starting the server.
@@ -77,6 +79,9 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &config.tls {
+        // Dependencies enable both of rustls' crypto providers; pick one for
+        // the process (a second call is a no-op).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let cert =
             std::fs::read(cert).map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
         let key =
@@ -88,10 +93,28 @@ pub async fn serve(
     }
     info!(%addr, tls = config.tls.is_some(), "serving Flight SQL");
     on_listening(addr);
-    builder
+    // On shutdown, stop accepting and let in-flight calls finish, but no
+    // longer than the grace period: idle clients keep connections open.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let server = builder
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(server);
+    let grace = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(config.shutdown_grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = &mut server => result?,
+        _ = grace => info!("shutdown grace period over; closing remaining connections"),
+    }
     info!("server stopped");
     Ok(())
 }
