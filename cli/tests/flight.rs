@@ -551,3 +551,75 @@ async fn sigterm_stops_the_server_gracefully() {
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn bearer_jwt_logs_in_with_its_claims() {
+    // A small mesh whose meshq.yaml trusts HS256 tokens from issuer `idp`.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("ops/data")).unwrap();
+    std::fs::write(root.join("ops/data/t.csv"), "region,n\nEMEA,1\nAMER,2\n").unwrap();
+    std::fs::write(
+        root.join("ops/t.odps.yaml"),
+        "apiVersion: v1.0.0\nkind: DataProduct\nid: p\nstatus: active\ndomain: ops\noutputPorts:\n  - { name: t, version: '1', contractId: c }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("ops/t.odcs.yaml"),
+        "apiVersion: v3.1.0\nkind: DataContract\nid: c\nversion: '1'\nstatus: active\nservers:\n  - { server: local, type: local, format: csv, path: ./data/t.csv }\nschema:\n  - name: t\n    customProperties:\n      - { property: readRoles, value: [analyst] }\n      - { property: rowFilters, value: [ { id: own, expression: \"region = principal_attr('region')\" } ] }\n    properties:\n      - { name: region, logicalType: string, description: r }\n      - { name: n, logicalType: integer, description: n }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("meshq.yaml"),
+        "auth:\n  jwt: { issuer: idp, audience: meshq, hs256_secret: { env: MESHQ_TEST_JWT_KEY }, roles_claim: groups, attribute_claims: [region] }\n",
+    )
+    .unwrap();
+    let mut child = meshq()
+        .env("MESHQ_TEST_JWT_KEY", "jwt-test-key")
+        .args(["serve", "--bind", "127.0.0.1:0", "--mesh"])
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let port: u16 = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("meshq serving Flight SQL on grpc://") {
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let server = Server { child, port };
+
+    let token = |key: &str, iss: &str, exp_offset: i64| {
+        let exp = jsonwebtoken::get_current_timestamp() as i64 + exp_offset;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"sub": "jo", "iss": iss, "aud": "meshq", "exp": exp, "groups": ["analyst"], "region": "AMER"}),
+            &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    };
+    let mut c = client(&server).await;
+    c.set_token(token("jwt-test-key", "idp", 600));
+    let rows = query(&mut c, "SELECT current_user AS u, region, n FROM ops.t").await;
+    assert_eq!(
+        text(&rows),
+        "+----+--------+---+\n| u  | region | n |\n+----+--------+---+\n| jo | AMER   | 2 |\n+----+--------+---+"
+    );
+    for bad in [
+        token("other-key", "idp", 600),
+        token("jwt-test-key", "evil", 600),
+        token("jwt-test-key", "idp", -3600),
+    ] {
+        let mut c = client(&server).await;
+        c.set_token(bad);
+        let s = status_of(c.execute("SELECT 1".into(), None).await.unwrap_err());
+        assert_eq!(s.code(), Code::Unauthenticated);
+    }
+}
