@@ -35,15 +35,22 @@ fn start() -> Server {
 }
 
 fn start_with(extra: &[&str]) -> Server {
-    let mut child = meshq()
-        .args(["serve", "--bind", "127.0.0.1:0", "--mesh"])
-        .arg(mesh())
+    start_on(&mesh(), extra, &[])
+}
+
+/// Spawns `meshq serve` on port 0 over `mesh` and reads the port it
+/// announces on stderr (no polling, no sleeps).
+fn start_on(mesh: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = meshq();
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--mesh"])
+        .arg(mesh)
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The server announces its address on stderr once listening.
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let port = loop {
@@ -574,27 +581,7 @@ async fn bearer_jwt_logs_in_with_its_claims() {
         "auth:\n  jwt: { issuer: idp, audience: meshq, hs256_secret: { env: MESHQ_TEST_JWT_KEY }, roles_claim: groups, attribute_claims: [region] }\n",
     )
     .unwrap();
-    let mut child = meshq()
-        .env("MESHQ_TEST_JWT_KEY", "jwt-test-key")
-        .args(["serve", "--bind", "127.0.0.1:0", "--mesh"])
-        .arg(root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let port: u16 = loop {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("meshq serving Flight SQL on grpc://") {
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let server = Server { child, port };
+    let server = start_on(root, &[], &[("MESHQ_TEST_JWT_KEY", "jwt-test-key")]);
 
     let token = |key: &str, iss: &str, exp_offset: i64| {
         let exp = jsonwebtoken::get_current_timestamp() as i64 + exp_offset;
