@@ -284,6 +284,22 @@ impl MeshFlightService {
             .map(|i| i.with_endpoint(endpoint).with_descriptor(descriptor))
     }
 
+    /// Authenticates, then announces a metadata result of `schema` whose
+    /// ticket is the command itself.
+    fn metadata_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: &Schema,
+        command: Any,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.client(&request)?;
+        Ok(Response::new(self.info(
+            schema,
+            command.encode_to_vec(),
+            request.into_inner(),
+        )?))
+    }
+
     fn batch_stream(
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
@@ -327,6 +343,17 @@ impl MeshFlightService {
         }
         out
     }
+}
+
+/// A metadata result: one batch, schema first.
+fn one_batch<E: std::fmt::Display>(
+    batch: Result<RecordBatch, E>,
+) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+    let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(MeshFlightService::batch_stream(
+        batch.schema(),
+        vec![batch],
+    )))
 }
 
 /// Casts a batch to the wire schema (views → plain types).
@@ -618,13 +645,8 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
         let schema = query.into_builder().schema();
-        Ok(Response::new(self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, query.as_any())
     }
 
     async fn do_get_catalogs(
@@ -635,11 +657,7 @@ impl FlightSqlService for MeshFlightService {
         self.client(&request)?;
         let mut b = query.into_builder();
         b.append(CATALOG);
-        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::batch_stream(
-            batch.schema(),
-            vec![batch],
-        )))
+        one_batch(b.build())
     }
 
     async fn get_flight_info_schemas(
@@ -647,13 +665,8 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, query.as_any())
     }
 
     async fn do_get_schemas(
@@ -670,11 +683,7 @@ impl FlightSqlService for MeshFlightService {
                 b.append(CATALOG, s);
             }
         }
-        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::batch_stream(
-            batch.schema(),
-            vec![batch],
-        )))
+        one_batch(b.build())
     }
 
     async fn get_flight_info_tables(
@@ -682,13 +691,8 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, query.as_any())
     }
 
     async fn do_get_tables(
@@ -703,11 +707,7 @@ impl FlightSqlService for MeshFlightService {
             b.append(CATALOG, &schema_name, &table, &kind, &s)
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
-        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::batch_stream(
-            batch.schema(),
-            vec![batch],
-        )))
+        one_batch(b.build())
     }
 
     async fn get_flight_info_table_types(
@@ -715,13 +715,8 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
         let schema = query.into_builder().schema();
-        Ok(Response::new(self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, query.as_any())
     }
 
     async fn do_get_table_types(
@@ -733,11 +728,7 @@ impl FlightSqlService for MeshFlightService {
         let mut b = query.into_builder();
         b.append("TABLE");
         b.append("VIEW");
-        let batch = b.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::batch_stream(
-            batch.schema(),
-            vec![batch],
-        )))
+        one_batch(b.build())
     }
 
     async fn get_flight_info_sql_info(
@@ -745,13 +736,8 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
         let schema = query.clone().into_builder(&self.sql_info).schema();
-        Ok(Response::new(self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, query.as_any())
     }
 
     async fn do_get_sql_info(
@@ -760,14 +746,7 @@ impl FlightSqlService for MeshFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         self.client(&request)?;
-        let batch = query
-            .into_builder(&self.sql_info)
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::batch_stream(
-            batch.schema(),
-            vec![batch],
-        )))
+        one_batch(query.into_builder(&self.sql_info).build())
     }
 
     async fn get_flight_info_primary_keys(
@@ -775,12 +754,7 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
-        Ok(Response::new(self.info(
-            &metadata::primary_keys_schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &metadata::primary_keys_schema(), query.as_any())
     }
 
     async fn do_get_primary_keys(
@@ -790,32 +764,33 @@ impl FlightSqlService for MeshFlightService {
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         let client = self.client(&request)?;
         let mut rows = Vec::new();
-        let visible = self.visible_tables(&client).await;
-        for (schema_name, table, _, _) in &visible {
+        for (schema_name, table, _, _) in self.visible_tables(&client).await {
             if query.catalog.as_deref().is_some_and(|c| c != CATALOG)
                 || query.db_schema.as_deref().is_some_and(|s| s != schema_name)
-                || &query.table != table
+                || query.table != table
             {
                 continue;
             }
-            if let Some(def) = self.auth_engine_table(schema_name, table) {
-                for (i, col) in def.primary_key().iter().enumerate() {
-                    rows.push(metadata::PrimaryKeyRow {
-                        catalog: CATALOG.to_string(),
-                        schema: schema_name.clone(),
-                        table: table.clone(),
-                        column: col.to_string(),
-                        sequence: i as i32 + 1,
-                    });
-                }
+            let Some(def) = self
+                .auth
+                .engine()
+                .mesh()
+                .table(&schema_name, &table)
+                .cloned()
+            else {
+                continue;
+            };
+            for (i, col) in def.primary_key().iter().enumerate() {
+                rows.push(metadata::PrimaryKeyRow {
+                    catalog: CATALOG.to_string(),
+                    schema: schema_name.clone(),
+                    table: table.clone(),
+                    column: col.to_string(),
+                    sequence: i as i32 + 1,
+                });
             }
         }
-        let batch =
-            metadata::primary_keys_batch(&rows).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::batch_stream(
-            batch.schema(),
-            vec![batch],
-        )))
+        one_batch(metadata::primary_keys_batch(&rows))
     }
 
     async fn get_flight_info_exported_keys(
@@ -823,12 +798,7 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
-        Ok(Response::new(self.info(
-            &metadata::foreign_keys_schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &metadata::foreign_keys_schema(), query.as_any())
     }
 
     async fn do_get_exported_keys(
@@ -837,10 +807,7 @@ impl FlightSqlService for MeshFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         self.client(&request)?;
-        Ok(Response::new(Self::batch_stream(
-            metadata::foreign_keys_schema(),
-            vec![metadata::empty_foreign_keys()],
-        )))
+        one_batch::<std::convert::Infallible>(Ok(metadata::empty_foreign_keys()))
     }
 
     async fn get_flight_info_imported_keys(
@@ -848,12 +815,7 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
-        Ok(Response::new(self.info(
-            &metadata::foreign_keys_schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &metadata::foreign_keys_schema(), query.as_any())
     }
 
     async fn do_get_imported_keys(
@@ -862,10 +824,7 @@ impl FlightSqlService for MeshFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         self.client(&request)?;
-        Ok(Response::new(Self::batch_stream(
-            metadata::foreign_keys_schema(),
-            vec![metadata::empty_foreign_keys()],
-        )))
+        one_batch::<std::convert::Infallible>(Ok(metadata::empty_foreign_keys()))
     }
 
     async fn get_flight_info_cross_reference(
@@ -873,12 +832,7 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
-        Ok(Response::new(self.info(
-            &metadata::foreign_keys_schema(),
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &metadata::foreign_keys_schema(), query.as_any())
     }
 
     async fn do_get_cross_reference(
@@ -887,10 +841,7 @@ impl FlightSqlService for MeshFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         self.client(&request)?;
-        Ok(Response::new(Self::batch_stream(
-            metadata::foreign_keys_schema(),
-            vec![metadata::empty_foreign_keys()],
-        )))
+        one_batch::<std::convert::Infallible>(Ok(metadata::empty_foreign_keys()))
     }
 
     async fn get_flight_info_xdbc_type_info(
@@ -898,13 +849,8 @@ impl FlightSqlService for MeshFlightService {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.client(&request)?;
         let schema = query.into_builder(&self.xdbc).schema();
-        Ok(Response::new(self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        self.metadata_info(request, &schema, query.as_any())
     }
 
     async fn do_get_xdbc_type_info(
@@ -913,14 +859,7 @@ impl FlightSqlService for MeshFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         self.client(&request)?;
-        let batch = query
-            .into_builder(&self.xdbc)
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(Self::batch_stream(
-            batch.schema(),
-            vec![batch],
-        )))
+        one_batch(query.into_builder(&self.xdbc).build())
     }
 
     async fn do_get_fallback(
@@ -1052,12 +991,6 @@ impl FlightSqlService for MeshFlightService {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
-}
-
-impl MeshFlightService {
-    fn auth_engine_table(&self, schema: &str, table: &str) -> Option<Arc<meshq_catalog::TableDef>> {
-        self.auth.engine().mesh().table(schema, table).cloned()
-    }
 }
 
 /// JDBC and ODBC clients write parameters as `?`; DataFusion numbers them
