@@ -610,3 +610,19 @@ async fn bearer_jwt_logs_in_with_its_claims() {
         assert_eq!(s.code(), Code::Unauthenticated);
     }
 }
+
+#[tokio::test]
+async fn port_file_holds_the_bound_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("port");
+    let server = start_with(&["--port-file", port_file.to_str().unwrap()]);
+    // Written before the server announces itself on stderr.
+    let written: u16 = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(written, server.port);
+    let mut c = login(&server, "pat").await;
+    query(&mut c, "SELECT 1").await;
+}
