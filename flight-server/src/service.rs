@@ -345,6 +345,12 @@ impl MeshFlightService {
     }
 }
 
+/// Bound parameters belong to the principal who bound them: another user
+/// holding the same handle cannot change or use them.
+fn param_key(client: &ClientSession, handle: &PreparedHandle) -> String {
+    format!("{}\u{0}{}", client.principal.display_name(), handle.id)
+}
+
 /// A metadata result: one batch, schema first.
 fn one_batch<E: std::fmt::Display>(
     batch: Result<RecordBatch, E>,
@@ -516,9 +522,9 @@ impl FlightSqlService for MeshFlightService {
         query: ActionClosePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<(), Status> {
-        self.client(&request)?;
+        let client = self.client(&request)?;
         let handle = PreparedHandle::decode(&query.prepared_statement_handle)?;
-        self.params.remove(&handle.id);
+        self.params.remove(&param_key(&client, &handle));
         Ok(())
     }
 
@@ -527,7 +533,7 @@ impl FlightSqlService for MeshFlightService {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        self.client(&request)?;
+        let client = self.client(&request)?;
         let handle = PreparedHandle::decode(&query.prepared_statement_handle)?;
         let stream = request.into_inner();
         let batches: Vec<RecordBatch> =
@@ -543,7 +549,7 @@ impl FlightSqlService for MeshFlightService {
             many => arrow::compute::concat_batches(&many[0].schema(), many)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?,
         };
-        self.params.put(&handle.id, batch);
+        self.params.put(&param_key(&client, &handle), batch);
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handle.encode().into()),
         })
@@ -557,7 +563,7 @@ impl FlightSqlService for MeshFlightService {
         let client = self.client(&request)?;
         let qid = query_id();
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
-        let params = self.params.get(&handle.id);
+        let params = self.params.get(&param_key(&client, &handle));
         let plan = self
             .plan(&client, &handle.sql, params.as_ref(), &qid)
             .await?;
@@ -592,7 +598,7 @@ impl FlightSqlService for MeshFlightService {
         let client = self.client(&request)?;
         let qid = query_id();
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
-        let params = self.params.get(&handle.id);
+        let params = self.params.get(&param_key(&client, &handle));
         let plan = self
             .plan(&client, &handle.sql, params.as_ref(), &qid)
             .await?;
@@ -627,7 +633,7 @@ impl FlightSqlService for MeshFlightService {
         let client = self.client(&request)?;
         let qid = query_id();
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
-        let params = self.params.get(&handle.id);
+        let params = self.params.get(&param_key(&client, &handle));
         let plan = self
             .plan(&client, &handle.sql, params.as_ref(), &qid)
             .await?;
