@@ -42,6 +42,18 @@ fn mesh() -> std::path::PathBuf {
     demo_dir().join("mesh")
 }
 
+/// `meshq shell [extra] --mesh <demo> -c sql`.
+fn shell(extra: &[&str], sql: &str) -> Output {
+    meshq()
+        .arg("shell")
+        .args(extra)
+        .arg("--mesh")
+        .arg(mesh())
+        .args(["-c", sql])
+        .output()
+        .unwrap()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()
 }
@@ -67,12 +79,7 @@ fn demo_mesh_is_deterministic_and_valid() {
     );
 
     // These figures are quoted in the README.
-    let out = meshq()
-        .args(["shell", "--as", "pat", "--mesh"])
-        .arg(mesh())
-        .args(["-c", REVENUE_BY_REGION])
-        .output()
-        .unwrap();
+    let out = shell(&["--as", "pat"], REVENUE_BY_REGION);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
@@ -122,12 +129,7 @@ fn demo_reuses_an_existing_mesh_and_runs_the_shell_on_stdin() {
 #[test]
 fn csv_and_json_formats() {
     let sql = "SELECT order_id, email, total_amount, created_at FROM sales.orders ORDER BY order_id LIMIT 2";
-    let out = meshq()
-        .args(["shell", "--as", "pat", "--format", "csv", "--mesh"])
-        .arg(mesh())
-        .args(["-c", sql])
-        .output()
-        .unwrap();
+    let out = shell(&["--as", "pat", "--format", "csv"], sql);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
@@ -135,26 +137,19 @@ fn csv_and_json_formats() {
          O0000001,diego.murphy39@example.com,82.20,2026-10-01T04:15:24.445335Z\n\
          O0000002,yuki.martin1131@example.com,140.12,2026-10-01T00:12:31.065489Z\n"
     );
-    let out = meshq()
-        .args(["shell", "--as", "pat", "--format", "json", "--mesh"])
-        .arg(mesh())
-        .args([
-            "-c",
-            "SELECT region, count(*) AS n FROM customers.profiles GROUP BY 1 ORDER BY 1",
-        ])
-        .output()
-        .unwrap();
+    let out = shell(
+        &["--as", "pat", "--format", "json"],
+        "SELECT region, count(*) AS n FROM customers.profiles GROUP BY 1 ORDER BY 1",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
         "[{\"region\":\"AMER\",\"n\":586},{\"region\":\"APAC\",\"n\":559},{\"region\":\"EMEA\",\"n\":855}]\n"
     );
-    let out = meshq()
-        .args(["shell", "--as", "pat", "--format", "json", "--mesh"])
-        .arg(mesh())
-        .args(["-c", "SELECT * FROM customers.profiles WHERE false"])
-        .output()
-        .unwrap();
+    let out = shell(
+        &["--as", "pat", "--format", "json"],
+        "SELECT * FROM customers.profiles WHERE false",
+    );
     assert_eq!(stdout(&out), "[]\n");
 }
 
@@ -185,23 +180,13 @@ fn script_file_with_several_statements_and_a_meta_command() {
 
 #[test]
 fn query_errors_exit_1_with_a_message() {
-    let out = meshq()
-        .args(["shell", "--as", "pat", "--mesh"])
-        .arg(mesh())
-        .args(["-c", "SELECT * FROM sales.nope"])
-        .output()
-        .unwrap();
+    let out = shell(&["--as", "pat"], "SELECT * FROM sales.nope");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out),
         "Error: Error during planning: table 'mesh.sales.nope' not found\n"
     );
-    let out = meshq()
-        .args(["shell", "--as", "pat", "--mesh"])
-        .arg(mesh())
-        .args(["-c", "SELEC 1"])
-        .output()
-        .unwrap();
+    let out = shell(&["--as", "pat"], "SELEC 1");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).starts_with("Error: SQL error: ParserError"),
@@ -264,24 +249,17 @@ fn help_explains_flags() {
 
 #[test]
 fn shell_as_a_principal_sees_what_they_may() {
-    let out = meshq()
-        .args(["shell", "--as", "ana", "--format", "csv", "--mesh"])
-        .arg(mesh())
-        .args(["-c", "SELECT region, count(*) AS n FROM sales.orders GROUP BY 1; SELECT email FROM sales.orders ORDER BY order_id LIMIT 2"])
-        .output()
-        .unwrap();
+    let out = shell(
+        &["--as", "ana", "--format", "csv"],
+        "SELECT region, count(*) AS n FROM sales.orders GROUP BY 1; SELECT email FROM sales.orders ORDER BY order_id LIMIT 2",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
         "region,n\nEMEA,5178\nemail\nd***@***.com\ns***@***.com\n"
     );
 
-    let out = meshq()
-        .args(["shell", "--as", "ana", "--mesh"])
-        .arg(mesh())
-        .args(["-c", "SELECT * FROM payments.transactions"])
-        .output()
-        .unwrap();
+    let out = shell(&["--as", "ana"], "SELECT * FROM payments.transactions");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out),
@@ -289,12 +267,7 @@ fn shell_as_a_principal_sees_what_they_may() {
     );
 
     // Without --as the shell is anonymous: no roles, no rows of governed tables.
-    let out = meshq()
-        .args(["shell", "--mesh"])
-        .arg(mesh())
-        .args(["-c", "SELECT count(*) FROM customers.profiles"])
-        .output()
-        .unwrap();
+    let out = shell(&[], "SELECT count(*) FROM customers.profiles");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("`(anonymous)` may not read table `customers.profiles`"),
@@ -302,12 +275,7 @@ fn shell_as_a_principal_sees_what_they_may() {
         stderr(&out)
     );
 
-    let out = meshq()
-        .args(["shell", "--as", "mallory", "--mesh"])
-        .arg(mesh())
-        .args(["-c", "SELECT 1"])
-        .output()
-        .unwrap();
+    let out = shell(&["--as", "mallory"], "SELECT 1");
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),

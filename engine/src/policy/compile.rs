@@ -19,7 +19,7 @@ use meshq_catalog::Mesh;
 use meshq_catalog::TableDef;
 use meshq_catalog::policy::{MaskSpec, TruncateUnit};
 
-use super::udf::{HashMask, PartialMask, RedactMask, RoundMask};
+use super::udf::{RoundMask, StringMask};
 
 /// A mask ready to apply to a column expression.
 #[derive(Debug, Clone)]
@@ -312,7 +312,7 @@ fn compile_mask(
                 return Err(format!("secret `{key_ref}` is empty"));
             }
             MaskBody::Call(Arc::new(
-                datafusion::logical_expr::ScalarUDF::new_from_impl(HashMask::new(&key)),
+                datafusion::logical_expr::ScalarUDF::new_from_impl(StringMask::hash(&key)),
             ))
         }
         MaskSpec::Partial {
@@ -323,7 +323,7 @@ fn compile_mask(
         } => {
             needs(is_string(t), "string")?;
             MaskBody::Call(Arc::new(
-                datafusion::logical_expr::ScalarUDF::new_from_impl(PartialMask::new(
+                datafusion::logical_expr::ScalarUDF::new_from_impl(StringMask::partial(
                     *show_first,
                     padding,
                     *show_last,
@@ -333,7 +333,7 @@ fn compile_mask(
         MaskSpec::Redact { letter, digit, .. } => {
             needs(is_string(t), "string")?;
             MaskBody::Call(Arc::new(
-                datafusion::logical_expr::ScalarUDF::new_from_impl(RedactMask::new(
+                datafusion::logical_expr::ScalarUDF::new_from_impl(StringMask::redact(
                     *letter, *digit,
                 )),
             ))

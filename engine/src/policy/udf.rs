@@ -69,95 +69,87 @@ fn string_type(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
-/// `hash` mask: lowercase hex HMAC-SHA256 of the value's text.
+/// The string masks: each keeps the column's string type and maps every
+/// non-null value to masked text.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct HashMask {
-    key: Vec<u8>,
+pub enum StringMaskKind {
+    /// Lowercase hex HMAC-SHA256 of the value's text, keyed by a secret.
+    Hash {
+        /// The secret's UTF-8 bytes.
+        key: Vec<u8>,
+    },
+    /// First N chars + padding + last M chars. A value of N+M chars or
+    /// fewer becomes the padding alone, so a short value is never shown
+    /// whole.
+    Partial {
+        /// Characters kept at the start.
+        show_first: usize,
+        /// Text in between.
+        padding: String,
+        /// Characters kept at the end.
+        show_last: usize,
+    },
+    /// Letters and digits replaced, other characters kept.
+    Redact {
+        /// Replacement for letters.
+        letter: char,
+        /// Replacement for digits.
+        digit: char,
+    },
+}
+
+/// A string mask UDF (`mask_hash`, `mask_partial`, `mask_redact`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct StringMask {
+    kind: StringMaskKind,
     signature: Signature,
 }
 
-impl fmt::Debug for HashMask {
+impl fmt::Debug for StringMask {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("HashMask { key: <redacted> }")
+        // Never print a hash key.
+        write!(f, "StringMask({})", self.name())
     }
 }
 
-impl HashMask {
-    /// A hash mask keyed by the secret's UTF-8 bytes.
-    pub fn new(key: &str) -> Self {
+impl StringMask {
+    /// A mask of `kind`.
+    pub fn new(kind: StringMaskKind) -> Self {
         Self {
-            key: key.as_bytes().to_vec(),
+            kind,
             signature: Signature::any(1, Volatility::Immutable),
         }
     }
-}
 
-impl ScalarUDFImpl for HashMask {
-    fn name(&self) -> &str {
-        "mask_hash"
+    /// A hash mask keyed by the secret's UTF-8 bytes.
+    pub fn hash(key: &str) -> Self {
+        Self::new(StringMaskKind::Hash {
+            key: key.as_bytes().to_vec(),
+        })
     }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        match arg_types {
-            [t] if string_type(t) => Ok(t.clone()),
-            _ => plan_err!("hash mask fits string columns only"),
-        }
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let array = single_array(&args)?;
-        let mac = Hmac::<Sha256>::new_from_slice(&self.key)
-            .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
-        let out = map_strings(&array, |s, buf| {
-            let digest = mac
-                .clone()
-                .chain_update(s.as_bytes())
-                .finalize()
-                .into_bytes();
-            buf.push_str(&hex::encode(digest));
-        })?;
-        Ok(ColumnarValue::Array(out))
-    }
-}
 
-/// `partial` mask: first N chars + padding + last M chars. A value of N+M
-/// chars or fewer becomes the padding alone, so a short value is never shown
-/// whole.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PartialMask {
-    show_first: usize,
-    padding: String,
-    show_last: usize,
-    signature: Signature,
-}
-
-impl PartialMask {
-    /// The mask's parameters.
-    pub fn new(show_first: usize, padding: &str, show_last: usize) -> Self {
-        Self {
+    /// A partial mask.
+    pub fn partial(show_first: usize, padding: &str, show_last: usize) -> Self {
+        Self::new(StringMaskKind::Partial {
             show_first,
             padding: padding.to_string(),
             show_last,
-            signature: Signature::any(1, Volatility::Immutable),
-        }
+        })
     }
 
-    fn apply(&self, s: &str, buf: &mut String) {
-        let n = s.chars().count();
-        if n > self.show_first + self.show_last {
-            buf.extend(s.chars().take(self.show_first));
-            buf.push_str(&self.padding);
-            buf.extend(s.chars().skip(n - self.show_last));
-        } else {
-            buf.push_str(&self.padding);
-        }
+    /// A redact mask.
+    pub fn redact(letter: char, digit: char) -> Self {
+        Self::new(StringMaskKind::Redact { letter, digit })
     }
 }
 
-impl ScalarUDFImpl for PartialMask {
+impl ScalarUDFImpl for StringMask {
     fn name(&self) -> &str {
-        "mask_partial"
+        match self.kind {
+            StringMaskKind::Hash { .. } => "mask_hash",
+            StringMaskKind::Partial { .. } => "mask_partial",
+            StringMaskKind::Redact { .. } => "mask_redact",
+        }
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -165,62 +157,52 @@ impl ScalarUDFImpl for PartialMask {
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         match arg_types {
             [t] if string_type(t) => Ok(t.clone()),
-            _ => plan_err!("partial mask fits string columns only"),
+            _ => plan_err!("{} fits string columns only", self.name()),
         }
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let array = single_array(&args)?;
-        Ok(ColumnarValue::Array(map_strings(&array, |s, b| {
-            self.apply(s, b)
-        })?))
-    }
-}
-
-/// `redact` mask: letters and digits replaced, other characters kept.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RedactMask {
-    letter: char,
-    digit: char,
-    signature: Signature,
-}
-
-impl RedactMask {
-    /// Replacement characters.
-    pub fn new(letter: char, digit: char) -> Self {
-        Self {
-            letter,
-            digit,
-            signature: Signature::any(1, Volatility::Immutable),
-        }
-    }
-}
-
-impl ScalarUDFImpl for RedactMask {
-    fn name(&self) -> &str {
-        "mask_redact"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        match arg_types {
-            [t] if string_type(t) => Ok(t.clone()),
-            _ => plan_err!("redact mask fits string columns only"),
-        }
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let array = single_array(&args)?;
-        Ok(ColumnarValue::Array(map_strings(&array, |s, b| {
-            b.extend(s.chars().map(|c| {
-                if c.is_alphabetic() {
-                    self.letter
-                } else if c.is_numeric() {
-                    self.digit
+        let out = match &self.kind {
+            StringMaskKind::Hash { key } => {
+                // Keyed once per batch; each value clones the keyed state.
+                let mac = Hmac::<Sha256>::new_from_slice(key)
+                    .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+                map_strings(&array, |s, buf| {
+                    let digest = mac
+                        .clone()
+                        .chain_update(s.as_bytes())
+                        .finalize()
+                        .into_bytes();
+                    buf.push_str(&hex::encode(digest));
+                })?
+            }
+            StringMaskKind::Partial {
+                show_first,
+                padding,
+                show_last,
+            } => map_strings(&array, |s, buf| {
+                let n = s.chars().count();
+                if n > show_first + show_last {
+                    buf.extend(s.chars().take(*show_first));
+                    buf.push_str(padding);
+                    buf.extend(s.chars().skip(n - show_last));
                 } else {
-                    c
+                    buf.push_str(padding);
                 }
-            }))
-        })?))
+            })?,
+            StringMaskKind::Redact { letter, digit } => map_strings(&array, |s, buf| {
+                buf.extend(s.chars().map(|c| {
+                    if c.is_alphabetic() {
+                        *letter
+                    } else if c.is_numeric() {
+                        *digit
+                    } else {
+                        c
+                    }
+                }))
+            })?,
+        };
+        Ok(ColumnarValue::Array(out))
     }
 }
 
@@ -552,7 +534,7 @@ mod tests {
             Some("what do ya want for nothing?"),
             None,
         ]));
-        let out = run(HashMask::new("Jefe"), input);
+        let out = run(StringMask::hash("Jefe"), input);
         assert_eq!(
             strings(&out),
             vec![
@@ -560,7 +542,7 @@ mod tests {
                 None
             ]
         );
-        assert!(!format!("{:?}", HashMask::new("Jefe")).contains("Jefe"));
+        assert!(!format!("{:?}", StringMask::hash("Jefe")).contains("Jefe"));
     }
 
     #[test]
@@ -568,7 +550,7 @@ mod tests {
         let input: ArrayRef =
             Arc::new(StringArray::from(vec!["Jana Berg", "ab", "alice@acme.com"]));
         assert_eq!(
-            strings(&run(PartialMask::new(1, "***", 0), Arc::clone(&input))),
+            strings(&run(StringMask::partial(1, "***", 0), Arc::clone(&input))),
             vec![
                 Some("J***".into()),
                 Some("a***".into()),
@@ -576,7 +558,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            strings(&run(PartialMask::new(1, "***@***", 4), Arc::clone(&input))),
+            strings(&run(
+                StringMask::partial(1, "***@***", 4),
+                Arc::clone(&input)
+            )),
             vec![
                 Some("J***@***Berg".into()),
                 Some("***@***".into()),
@@ -588,7 +573,7 @@ mod tests {
             &DataType::Utf8View,
         )
         .unwrap();
-        let out = run(RedactMask::new('x', '9'), view);
+        let out = run(StringMask::redact('x', '9'), view);
         assert_eq!(out.data_type(), &DataType::Utf8View);
         assert_eq!(strings(&out), vec![Some("+99 999 xx-99".into())]);
     }
