@@ -27,6 +27,8 @@ pub mod yaml;
 
 pub use error::{Error, Result};
 pub use load::{LoadOutcome, load_mesh};
-pub use mesh::{ColumnDef, Format, Location, Mesh, TableDef, TablePolicy, TableSource};
+pub use mesh::{
+    ColumnDef, Format, IcebergSource, Location, Mesh, TableDef, TablePolicy, TableSource,
+};
 pub use principal::Principal;
 pub use problem::{Problem, Severity};

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use crate::common::{CustomProperty, find_custom};
 use crate::error::{Error, Result};
 use crate::mesh::{
-    ColumnDef, Format, LoadedPolicySet, Location, Mesh, TableDef, TablePolicy, TableSource,
+    ColumnDef, Format, IcebergSource, LoadedPolicySet, Location, Mesh, TableDef, TablePolicy,
+    TableSource,
 };
 use crate::odcs::{DataContract, ODCS_API_VERSIONS, SchemaObject, Server};
 use crate::odps::{DataProduct, ODPS_API_VERSIONS, OutputPort};
@@ -68,9 +69,11 @@ pub fn load_mesh(root: &Path) -> Result<LoadOutcome> {
     let mut loader = Loader {
         root: root.clone(),
         problems: Vec::new(),
+        catalogs: Vec::new(),
     };
     let files = discover(&root, &mut loader.problems);
     let config = loader.load_platform();
+    loader.catalogs = config.catalogs.keys().cloned().collect();
     let contracts = loader.load_contracts(&files.contracts);
     let products = loader.load_products(&files.products);
     let policy_sets = loader.load_policy_sets(&files.policies);
@@ -160,6 +163,8 @@ struct LoadedProduct {
 struct Loader {
     root: PathBuf,
     problems: Vec<Problem>,
+    /// Names of the Iceberg catalogs `meshq.yaml` declares.
+    catalogs: Vec<String>,
 }
 
 impl Loader {
@@ -207,10 +212,21 @@ impl Loader {
             );
             return PlatformConfig::default();
         }
-        let Some((config, text)) = self.read_and_parse::<PlatformConfig>(&file) else {
+        let Some((mut config, text)) = self.read_and_parse::<PlatformConfig>(&file) else {
             // A broken platform file must not grant anything: serve with none.
             return PlatformConfig::default();
         };
+        // A SQL catalog given as a relative file path lives beside meshq.yaml.
+        for catalog in config.catalogs.values_mut() {
+            if let crate::platform::CatalogConfig::Sql { uri, .. } = catalog
+                && !uri.contains(':')
+                && Path::new(uri.as_str()).is_relative()
+            {
+                *uri = normalize(&self.root.join(uri.as_str()))
+                    .to_string_lossy()
+                    .into_owned();
+            }
+        }
         let mut seen = HashMap::new();
         for p in &config.principals {
             if let Some(hash) = p.password_hash.as_deref()
@@ -543,7 +559,11 @@ impl Loader {
                     );
                     continue;
                 }
-                if lc.contract.schema.len() > 1 && !location_template.contains("{model}") {
+                let in_catalog = format == Format::Iceberg && server.catalog.is_some();
+                if lc.contract.schema.len() > 1
+                    && !in_catalog
+                    && !location_template.contains("{model}")
+                {
                     self.error(
                         &lc.file,
                         line_of(&lc.text, &format!("server: {}", server.server)),
@@ -557,9 +577,17 @@ impl Loader {
                 }
                 for obj in &lc.contract.schema {
                     let physical = obj.physical_name.as_deref().unwrap_or(&obj.name);
-                    let loc_text = location_template.replace("{model}", physical);
-                    let Some(location) = self.parse_location(lc, server, &loc_text) else {
-                        continue;
+                    let location = if in_catalog {
+                        let Some(location) = self.catalog_location(lc, server, physical) else {
+                            continue;
+                        };
+                        location
+                    } else {
+                        let loc_text = location_template.replace("{model}", physical);
+                        let Some(location) = self.parse_location(lc, server, &loc_text) else {
+                            continue;
+                        };
+                        location
                     };
                     let Some(table) =
                         self.table_def(lp, port, lc, obj, &domain, server, format, location)
@@ -698,6 +726,9 @@ impl Loader {
             }
         };
         let Some(text) = text else {
+            if format == Format::Iceberg && s.catalog.is_some() {
+                return Some((format, String::new()));
+            }
             let key = if s.kind == "local" {
                 "path"
             } else {
@@ -711,6 +742,129 @@ impl Loader {
             return None;
         };
         Some((format, text))
+    }
+
+    /// The location of an Iceberg table named through a catalog:
+    /// `catalog` names a `catalogs` entry, `schema` (or `database`) the
+    /// namespace.
+    fn catalog_location(
+        &mut self,
+        lc: &LoadedContract,
+        s: &Server,
+        table: &str,
+    ) -> Option<Location> {
+        let line = line_of(&lc.text, &format!("server: {}", s.server));
+        let catalog = s.catalog.clone().unwrap_or_default();
+        if !self.catalogs.contains(&catalog) {
+            let known = if self.catalogs.is_empty() {
+                "meshq.yaml declares no `catalogs`".to_string()
+            } else {
+                format!(
+                    "meshq.yaml declares {}",
+                    self.catalogs
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            self.error(
+                &lc.file,
+                line,
+                format!(
+                    "server `{}`: Iceberg catalog `{catalog}` is not defined; {known}",
+                    s.server
+                ),
+            );
+            return None;
+        }
+        let Some(namespace) = s.schema.as_deref().or(s.database.as_deref()) else {
+            self.error(
+                &lc.file,
+                line,
+                format!(
+                    "server `{}`: an Iceberg table in catalog `{catalog}` needs its namespace in `schema`",
+                    s.server
+                ),
+            );
+            return None;
+        };
+        Some(Location::Catalog {
+            catalog,
+            table: format!("{namespace}.{table}"),
+        })
+    }
+
+    /// Iceberg options of a server: namespace and table for catalog tables,
+    /// and the snapshot to read (customProperties `snapshotId` or
+    /// `asOfTimestamp`).
+    fn iceberg_source(
+        &mut self,
+        lc: &LoadedContract,
+        s: &Server,
+        table: &str,
+    ) -> Option<IcebergSource> {
+        let line = line_of(&lc.text, &format!("server: {}", s.server));
+        let mut snapshot_id = None;
+        let mut as_of = None;
+        for p in &s.custom_properties {
+            match p.property.as_str() {
+                "snapshotId" => match p.value.as_i64() {
+                    Some(id) => snapshot_id = Some(id),
+                    None => {
+                        self.error(
+                            &lc.file,
+                            line_of(&lc.text, "property: snapshotId").or(line),
+                            format!(
+                                "server `{}`: customProperty `snapshotId` must be an integer snapshot id",
+                                s.server
+                            ),
+                        );
+                        return None;
+                    }
+                },
+                "asOfTimestamp" => {
+                    let text = p.value.as_str().unwrap_or_default();
+                    if chrono::DateTime::parse_from_rfc3339(text).is_err() {
+                        self.error(
+                            &lc.file,
+                            line_of(&lc.text, "property: asOfTimestamp").or(line),
+                            format!(
+                                "server `{}`: customProperty `asOfTimestamp` must be an RFC 3339 time such as 2026-01-31T00:00:00Z",
+                                s.server
+                            ),
+                        );
+                        return None;
+                    }
+                    as_of = Some(text.to_string());
+                }
+                _ => {}
+            }
+        }
+        if snapshot_id.is_some() && as_of.is_some() {
+            self.error(
+                &lc.file,
+                line,
+                format!(
+                    "server `{}`: give either `snapshotId` or `asOfTimestamp`, not both",
+                    s.server
+                ),
+            );
+            return None;
+        }
+        let namespace = s
+            .schema
+            .as_deref()
+            .or(s.database.as_deref())
+            .map(|n| n.split('.').map(str::to_string).collect())
+            .unwrap_or_default();
+        Some(IcebergSource {
+            catalog: s.catalog.clone(),
+            namespace,
+            table: table.to_string(),
+            snapshot_id,
+            as_of,
+        })
     }
 
     fn parse_location(&mut self, lc: &LoadedContract, s: &Server, text: &str) -> Option<Location> {
@@ -854,6 +1008,12 @@ impl Loader {
                 mask,
             });
         }
+        let iceberg = if format == Format::Iceberg {
+            let physical = obj.physical_name.as_deref().unwrap_or(&obj.name);
+            Some(self.iceberg_source(lc, server, physical)?)
+        } else {
+            None
+        };
         if !ok {
             return None;
         }
@@ -870,6 +1030,7 @@ impl Loader {
                 location,
                 server: server.server.clone(),
                 delimiter: server.delimiter.clone(),
+                iceberg,
             },
             columns,
             description: obj.description.clone(),

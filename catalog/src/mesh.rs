@@ -53,6 +53,14 @@ pub enum Location {
     Local(PathBuf),
     /// An object store URL (`s3://`, `gs://`, `az://`, `abfss://`, …).
     Url(url::Url),
+    /// A table in an Iceberg catalog; its files are wherever the catalog's
+    /// metadata says.
+    Catalog {
+        /// `catalogs` key in `meshq.yaml`.
+        catalog: String,
+        /// `namespace.table`.
+        table: String,
+    },
 }
 
 impl std::fmt::Display for Location {
@@ -60,6 +68,7 @@ impl std::fmt::Display for Location {
         match self {
             Self::Local(p) => write!(f, "{}", p.display()),
             Self::Url(u) => write!(f, "{u}"),
+            Self::Catalog { catalog, table } => write!(f, "catalog `{catalog}` table `{table}`"),
         }
     }
 }
@@ -75,6 +84,24 @@ pub struct TableSource {
     pub server: String,
     /// JSON delimiter option (`new_line` or `array`), from the server entry.
     pub delimiter: Option<String>,
+    /// For `format: iceberg`: how the table is found and which snapshot.
+    pub iceberg: Option<IcebergSource>,
+}
+
+/// How an Iceberg port names its table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcebergSource {
+    /// Catalog (a `catalogs` key in `meshq.yaml`); `None` when the location
+    /// is the table folder or a metadata file.
+    pub catalog: Option<String>,
+    /// Namespace levels (the server's `schema`, split on `.`).
+    pub namespace: Vec<String>,
+    /// Table name in the catalog (the schema object's physical name).
+    pub table: String,
+    /// Time travel: read this snapshot instead of the current one.
+    pub snapshot_id: Option<i64>,
+    /// Time travel: read the snapshot current at this time (RFC 3339).
+    pub as_of: Option<String>,
 }
 
 /// One column as the contract declares it.

@@ -22,6 +22,10 @@ pub struct PlatformConfig {
     /// (or container) name, or by the store's explicit `bucket`.
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
+    /// Iceberg catalogs by name; a contract server with `format: iceberg`
+    /// names one in its `catalog` field.
+    #[serde(default)]
+    pub catalogs: BTreeMap<String, CatalogConfig>,
     /// Named secrets (e.g. HMAC keys for hash masks).
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretRef>,
@@ -87,6 +91,40 @@ pub enum StoreConfig {
         tenant_id: Option<SecretRef>,
         #[serde(default)]
         use_emulator: bool,
+    },
+}
+
+/// An Iceberg catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CatalogConfig {
+    /// A SQL catalog: the `iceberg_tables` layout PyIceberg's `SqlCatalog`
+    /// and Java's `JdbcCatalog` write, here in a SQLite file.
+    Sql {
+        /// `sqlite:` URL or a path to the SQLite file; relative paths are
+        /// resolved against the mesh root.
+        uri: String,
+        /// The `catalog_name` the writer used (PyIceberg: the name given to
+        /// `SqlCatalog(...)`); defaults to this entry's key.
+        #[serde(default)]
+        name: Option<String>,
+        /// Warehouse location (only needed by writers).
+        #[serde(default)]
+        warehouse: Option<String>,
+    },
+    /// An Iceberg REST catalog.
+    Rest {
+        /// Base URL, e.g. `http://127.0.0.1:8181`.
+        uri: String,
+        /// Warehouse identifier sent to the server.
+        #[serde(default)]
+        warehouse: Option<String>,
+        /// Bearer token.
+        #[serde(default)]
+        token: Option<SecretRef>,
+        /// OAuth2 client credential `client_id:client_secret`.
+        #[serde(default)]
+        credential: Option<SecretRef>,
     },
 }
 
@@ -229,6 +267,24 @@ mod tests {
         let cfg: PlatformConfig = serde_yaml_ng::from_str("secrets: { k: { env: K } }").unwrap();
         assert_eq!(cfg.secrets["k"], SecretRef { env: "K".into() });
         assert_eq!(cfg.auth.admin_role, "admin");
+    }
+
+    #[test]
+    fn catalogs_parse_and_reject_unknown_keys() {
+        let cfg: PlatformConfig = serde_yaml_ng::from_str(
+            "catalogs: { lake: { type: sql, uri: catalog.db, name: default }, r: { type: rest, uri: 'http://127.0.0.1:8181', token: { env: T } } }",
+        )
+        .unwrap();
+        assert!(
+            matches!(&cfg.catalogs["lake"], CatalogConfig::Sql { uri, name: Some(n), .. } if uri == "catalog.db" && n == "default")
+        );
+        assert!(
+            matches!(&cfg.catalogs["r"], CatalogConfig::Rest { token: Some(t), .. } if t.env == "T")
+        );
+        let err =
+            serde_yaml_ng::from_str::<PlatformConfig>("catalogs: { lake: { type: hive, uri: x } }")
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `hive`"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! [`TableProvider`](datafusion::datasource::TableProvider).
 //!
 //! Parquet, CSV and JSON ports are DataFusion listing tables; Delta ports are
-//! read with delta-rs. Object stores (S3, GCS, Azure) come from
+//! read with delta-rs; Iceberg ports are planned with the `iceberg` crate and
+//! read with DataFusion's Parquet scan. Object stores (S3, GCS, Azure) come from
 //! `meshq.yaml` through [`StoreRegistry`].
 //!
 //! Invariants:
@@ -12,6 +13,7 @@
 //! - Errors name the location or the file at fault, never row values.
 
 pub mod contract_table;
+pub mod iceberg;
 pub mod open;
 pub mod store;
 pub mod types;

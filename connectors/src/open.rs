@@ -30,6 +30,9 @@ pub struct OpenedTable {
     pub provider: Arc<dyn TableProvider>,
     /// Non-fatal findings (hidden extra columns, nullability).
     pub warnings: Vec<String>,
+    /// Where the table's files are, when only opening the table tells
+    /// (an Iceberg table found through its catalog).
+    pub data_location: Option<String>,
 }
 
 /// Why a table could not be opened. The message names the location or file
@@ -50,6 +53,12 @@ pub async fn open_table(
     stores: &StoreRegistry,
     def: &TableDef,
 ) -> Result<OpenedTable, OpenError> {
+    if def.source.format == Format::Iceberg {
+        let opened = crate::iceberg::open_iceberg(state, stores, def).await?;
+        let mut table = contract_view(def, opened.provider)?;
+        table.data_location = Some(opened.data_location);
+        return Ok(table);
+    }
     let url = location_url(&def.source.location, def.source.format)?;
     if let Some(store) = stores.store_for(&url).map_err(err)? {
         let root = Url::parse(&format!(
@@ -63,11 +72,7 @@ pub async fn open_table(
     let inner = match def.source.format {
         Format::Parquet | Format::Csv | Format::Json => open_listing(state, def, &url).await?,
         Format::Delta => open_delta(state, &url).await?,
-        Format::Iceberg => {
-            return Err(err(
-                "format iceberg is not supported by this build of meshq yet",
-            ));
-        }
+        Format::Iceberg => unreachable!("opened above"),
     };
     contract_view(def, inner)
 }
@@ -76,6 +81,9 @@ pub async fn open_table(
 fn location_url(location: &Location, format: Format) -> Result<Url, OpenError> {
     match location {
         Location::Url(u) => Ok(u.clone()),
+        Location::Catalog { catalog, table } => Err(err(format!(
+            "{format} table `{table}` is in catalog `{catalog}`; only Iceberg tables are found through catalogs"
+        ))),
         Location::Local(path) => {
             let text = path.to_string_lossy();
             let has_glob = text.contains(['*', '?', '[']);
@@ -223,7 +231,49 @@ async fn find_bad_file(
     None
 }
 
+/// delta-rs finds the log store for a URL scheme in a registry its cloud
+/// features fill. meshq hands delta-rs its own object stores (built from
+/// `meshq.yaml`) and only reads, so the default log store serves every
+/// scheme; registering it here avoids compiling the AWS, GCP and Azure SDKs.
+fn register_delta_log_stores() {
+    use deltalake::DeltaResult;
+    use deltalake::logstore::{
+        LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
+    };
+
+    struct ReadLogStoreFactory;
+
+    impl LogStoreFactory for ReadLogStoreFactory {
+        fn with_options(
+            &self,
+            prefixed_store: ObjectStoreRef,
+            root_store: ObjectStoreRef,
+            location: &Url,
+            options: &StorageConfig,
+        ) -> DeltaResult<Arc<dyn LogStore>> {
+            Ok(default_logstore(
+                prefixed_store,
+                root_store,
+                location,
+                options,
+            ))
+        }
+    }
+
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let registry = deltalake::logstore::logstore_factories();
+        for scheme in ["s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "adl"] {
+            let key = Url::parse(&format!("{scheme}://")).expect("valid scheme URL");
+            if !registry.contains_key(&key) {
+                registry.insert(key, Arc::new(ReadLogStoreFactory));
+            }
+        }
+    });
+}
+
 async fn open_delta(state: &dyn Session, url: &Url) -> Result<Arc<dyn TableProvider>, OpenError> {
+    register_delta_log_stores();
     let mut url = url.clone();
     if !url.path().ends_with('/') {
         url.set_path(&format!("{}/", url.path()));
@@ -309,5 +359,6 @@ fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<Opened
     Ok(OpenedTable {
         provider: Arc::new(view),
         warnings,
+        data_location: None,
     })
 }

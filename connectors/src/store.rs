@@ -15,10 +15,13 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use url::Url;
 
+use crate::iceberg::IcebergCatalogs;
+
 /// Builds object stores for table locations.
 #[derive(Debug, Clone, Default)]
 pub struct StoreRegistry {
     stores: BTreeMap<String, StoreConfig>,
+    iceberg: Arc<IcebergCatalogs>,
 }
 
 fn secret(name: &str, s: &Option<SecretRef>) -> Result<Option<String>, String> {
@@ -45,7 +48,13 @@ impl StoreRegistry {
     pub fn new(config: &PlatformConfig) -> Self {
         Self {
             stores: config.stores.clone(),
+            iceberg: Arc::new(IcebergCatalogs::new(config.catalogs.clone())),
         }
+    }
+
+    /// The Iceberg catalogs of `meshq.yaml`, connected on first use.
+    pub fn iceberg_catalogs(&self) -> &IcebergCatalogs {
+        &self.iceberg
     }
 
     fn find(&self, scheme_kind: &str, bucket: &str) -> Option<(&str, &StoreConfig)> {

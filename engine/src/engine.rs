@@ -126,10 +126,22 @@ impl Engine {
             .collect()
             .await;
         let mut served = Vec::new();
+        // Where each table's files are, for the lockdown: the declared
+        // location, plus the data folder found on opening (Iceberg tables
+        // named through a catalog).
+        let mut locations: Vec<(String, String)> = mesh
+            .tables
+            .iter()
+            .filter(|t| !matches!(t.source.location, meshq_catalog::Location::Catalog { .. }))
+            .map(|t| (t.qualified_name(), t.source.location.to_string()))
+            .collect();
         for (def, res) in opened {
             let file = mesh.display_path(&def.contract_file);
             match res {
                 Ok(t) => {
+                    if let Some(data) = &t.data_location {
+                        locations.push((def.qualified_name(), data.clone()));
+                    }
                     for w in t.warnings {
                         problems.push(Problem::warning(
                             file.clone(),
@@ -161,12 +173,7 @@ impl Engine {
             &config.secret_env_fallback,
             &mut problems,
         );
-        let locations = Arc::new(
-            mesh.tables
-                .iter()
-                .map(|t| (t.qualified_name(), t.source.location.to_string()))
-                .collect(),
-        );
+        let locations = Arc::new(locations);
         let mut by_domain: BTreeMap<String, BTreeMap<String, Arc<dyn TableProvider>>> =
             BTreeMap::new();
         for t in &served {

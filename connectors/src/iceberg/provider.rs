@@ -1,0 +1,205 @@
+//! [`IcebergTableProvider`]: an Iceberg snapshot scanned by DataFusion.
+//!
+//! The `iceberg` crate plans the scan (snapshot, manifest list, manifests,
+//! partition and file-statistics pruning with the pushed filters); the data
+//! files are then read by DataFusion's own Parquet scan, so page-index
+//! pruning, filter pushdown, parallel reads and plan serialisation are the
+//! same as for any Parquet table. Columns are matched by field id.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::{Result, Statistics, project_schema};
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use futures::TryStreamExt;
+use iceberg::scan::FileScanTask;
+use iceberg::spec::{DataContentType, DataFileFormat};
+use iceberg::table::Table;
+
+use super::adapter::FieldIdAdapterFactory;
+use super::predicate::to_predicate;
+use super::storage::{location_to_url, store_root};
+
+/// One Iceberg table at one snapshot.
+#[derive(Debug)]
+pub struct IcebergTableProvider {
+    /// `domain.table (product p)`, for error messages.
+    label: String,
+    table: Table,
+    /// `None`: the table has no snapshot yet (no data).
+    snapshot_id: Option<i64>,
+    schema: SchemaRef,
+}
+
+impl IcebergTableProvider {
+    /// A provider over `table` at `snapshot_id`, whose rows have `schema`.
+    pub fn new(
+        label: impl Into<String>,
+        table: Table,
+        snapshot_id: Option<i64>,
+        schema: SchemaRef,
+    ) -> Self {
+        Self {
+            label: label.into(),
+            table,
+            snapshot_id,
+            schema,
+        }
+    }
+
+    /// The snapshot read.
+    pub fn snapshot_id(&self) -> Option<i64> {
+        self.snapshot_id
+    }
+
+    fn external(&self, msg: impl std::fmt::Display) -> DataFusionError {
+        DataFusionError::Execution(format!("Iceberg table {}: {msg}", self.label))
+    }
+
+    async fn plan_files(&self, snapshot_id: i64, filters: &[Expr]) -> Result<Vec<FileScanTask>> {
+        let plan = |predicate: Option<iceberg::expr::Predicate>| async move {
+            let mut builder = self.table.scan().select_all().snapshot_id(snapshot_id);
+            if let Some(p) = predicate {
+                builder = builder.with_filter(p);
+            }
+            let scan = builder.build()?;
+            scan.plan_files().await?.try_collect::<Vec<_>>().await
+        };
+        let predicate = to_predicate(filters);
+        let pruned = predicate.is_some();
+        match plan(predicate).await {
+            Ok(tasks) => Ok(tasks),
+            // Pruning is an optimisation: a filter Iceberg cannot bind (e.g.
+            // a literal of another type) must not fail the query.
+            Err(_) if pruned => plan(None).await.map_err(|e| self.external(e)),
+            Err(e) => Err(self.external(e)),
+        }
+    }
+
+    /// Refuses table features whose rows meshq would get wrong.
+    fn check_task(&self, task: &FileScanTask) -> Result<()> {
+        if task.data_file_format != DataFileFormat::Parquet {
+            return Err(self.external(format!(
+                "data file `{}` is {:?}; meshq reads Parquet data files only",
+                task.data_file_path, task.data_file_format
+            )));
+        }
+        if let Some(delete) = task.deletes.first() {
+            let kind = match delete.file_type {
+                DataContentType::PositionDeletes if delete.file_path.ends_with(".puffin") => {
+                    "deletion vectors"
+                }
+                DataContentType::PositionDeletes => "position delete files",
+                DataContentType::EqualityDeletes => "equality delete files",
+                DataContentType::Data => "delete files",
+            };
+            return Err(self.external(format!(
+                "snapshot {} has {kind} (e.g. `{}` for data file `{}`); meshq does not apply Iceberg row-level deletes yet, so it refuses to read this snapshot rather than return deleted rows. Compact the table (rewrite data files) or use copy-on-write deletes",
+                self.snapshot_id.unwrap_or_default(),
+                delete.file_path,
+                task.data_file_path
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TableProvider for IcebergTableProvider {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Used for pruning and in the Parquet scan; DataFusion still checks
+        // every row.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        None
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(snapshot_id) = self.snapshot_id else {
+            return Ok(Arc::new(EmptyExec::new(project_schema(
+                &self.schema,
+                projection,
+            )?)));
+        };
+        let tasks = self.plan_files(snapshot_id, filters).await?;
+        if tasks.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(project_schema(
+                &self.schema,
+                projection,
+            )?)));
+        }
+        // Files grouped by object store; one store in practice.
+        let mut by_store: BTreeMap<String, Vec<PartitionedFile>> = BTreeMap::new();
+        for task in &tasks {
+            self.check_task(task)?;
+            let url = location_to_url(&task.data_file_path).map_err(|e| self.external(e))?;
+            let path = object_store::path::Path::from_url_path(url.path())
+                .map_err(|e| self.external(format!("data file `{}`: {e}", task.data_file_path)))?;
+            let mut file = PartitionedFile::new(path, task.file_size_in_bytes);
+            if task.start != 0 || task.length != task.file_size_in_bytes {
+                file = file.with_range(task.start as i64, (task.start + task.length) as i64);
+            }
+            by_store
+                .entry(store_root(&url).to_string())
+                .or_default()
+                .push(file);
+        }
+        if by_store.len() > 1 {
+            return Err(self.external(format!(
+                "data files are spread over several stores ({}); meshq reads a table from one store",
+                by_store.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let (root, files) = by_store.into_iter().next().expect("one store");
+        let store_url = ObjectStoreUrl::parse(&root)?;
+        let partitions = state.config().target_partitions().max(1).min(files.len());
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
+        for (i, f) in files.into_iter().enumerate() {
+            groups[i % partitions].push(f);
+        }
+        let parquet_options = state.table_options().parquet.clone();
+        let source = ParquetSource::new(Arc::clone(&self.schema))
+            .with_table_parquet_options(parquet_options.clone());
+        let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .with_expr_adapter(Some(Arc::new(FieldIdAdapterFactory)))
+            .build();
+        ParquetFormat::default()
+            .with_options(parquet_options)
+            .create_physical_plan(state, config)
+            .await
+    }
+}
