@@ -9,10 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meshq_catalog::platform::{PlatformConfig, SecretRef, StoreConfig};
-use object_store::ObjectStore;
+use std::time::Duration;
+
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::iceberg::IcebergCatalogs;
@@ -96,6 +98,8 @@ impl StoreRegistry {
             ("s3", Some((name, cfg))) => Arc::new(build_s3(name, cfg, bucket)?),
             ("s3", None) => Arc::new(
                 AmazonS3Builder::from_env()
+                    .with_retry(retry_config())
+                    .with_client_options(client_options())
                     .with_bucket_name(bucket)
                     .build()
                     .map_err(|e| format!("S3 bucket `{bucket}`: {e}"))?,
@@ -119,6 +123,25 @@ impl StoreRegistry {
     }
 }
 
+/// Retries and timeouts for every store: an unreachable store fails a query
+/// within seconds instead of retrying for minutes, and the next query tries
+/// again.
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(15),
+    }
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions::new().with_connect_timeout(Duration::from_secs(5))
+}
+
 fn build_s3(
     name: &str,
     cfg: &StoreConfig,
@@ -138,6 +161,8 @@ fn build_s3(
         unreachable!("find() matched the store kind")
     };
     let mut b = AmazonS3Builder::new()
+        .with_retry(retry_config())
+        .with_client_options(client_options())
         .with_bucket_name(bucket)
         .with_allow_http(*allow_http)
         .with_region(region.as_deref().unwrap_or("us-east-1"));
@@ -171,7 +196,10 @@ fn build_gcs(
     else {
         unreachable!("find() matched the store kind")
     };
-    let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
+    let mut b = GoogleCloudStorageBuilder::new()
+        .with_retry(retry_config())
+        .with_client_options(client_options())
+        .with_bucket_name(bucket);
     if let Some(k) = secret("service_account_key", service_account_key)? {
         b = b.with_service_account_key(k);
     }
@@ -200,6 +228,8 @@ fn build_azure(
         unreachable!("find() matched the store kind")
     };
     let mut b = MicrosoftAzureBuilder::new()
+        .with_retry(retry_config())
+        .with_client_options(client_options())
         .with_url(url.as_str())
         .with_use_emulator(*use_emulator);
     if let Some(a) = account {

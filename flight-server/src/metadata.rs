@@ -180,7 +180,9 @@ pub fn wire_type(t: &DataType) -> DataType {
         DataType::FixedSizeList(f, n) => DataType::FixedSizeList(wire_field(f), *n),
         DataType::Struct(fields) => DataType::Struct(fields.iter().map(wire_field).collect()),
         DataType::Map(f, sorted) => DataType::Map(wire_field(f), *sorted),
-        DataType::Dictionary(k, v) => DataType::Dictionary(k.clone(), Box::new(wire_type(v))),
+        // The Flight encoder sends dictionary columns as their values
+        // (hydrated), so the advertised schema must say so too.
+        DataType::Dictionary(_, v) => wire_type(v),
         other => other.clone(),
     }
 }

@@ -1,13 +1,19 @@
 //! The Iceberg catalogs `meshq.yaml` declares, connected on first use and
-//! shared by every table that names them.
+//! shared by every table that names them: SQL catalogs (the `iceberg_tables`
+//! layout of PyIceberg's `SqlCatalog` and Java's `JdbcCatalog`, in SQLite)
+//! and REST catalogs (`iceberg-catalog-rest`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use iceberg::{Catalog, CatalogBuilder};
+use std::str::FromStr;
+
+use iceberg::io::FileIOBuilder;
+use iceberg::table::{StaticTable, Table};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableIdent};
 use iceberg_catalog_rest::RestCatalogBuilder;
-use iceberg_catalog_sql::{SqlBindStyle, SqlCatalogBuilder};
 use meshq_catalog::platform::CatalogConfig;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::sync::Mutex;
 
 use super::storage::{MeshStorage, MeshStorageFactory};
@@ -16,7 +22,94 @@ use super::storage::{MeshStorage, MeshStorageFactory};
 #[derive(Debug, Default)]
 pub struct IcebergCatalogs {
     configs: BTreeMap<String, CatalogConfig>,
-    connected: Mutex<HashMap<String, Arc<dyn Catalog>>>,
+    connected: Mutex<HashMap<String, Connected>>,
+}
+
+/// A connected catalog.
+#[derive(Debug, Clone)]
+enum Connected {
+    Sql(SqlCatalogReader),
+    Rest(Arc<dyn Catalog>),
+}
+
+/// Reads a SQL catalog's `iceberg_tables`. The `iceberg-catalog-sql` crate
+/// expects the newer JDBC layout with an `iceberg_type` column, which
+/// PyIceberg's `SqlCatalog` does not write; this reader needs only the
+/// columns both layouts share, and opens the file read-only, so a catalog
+/// is never modified by being served.
+#[derive(Debug, Clone)]
+struct SqlCatalogReader {
+    pool: SqlitePool,
+    /// The `catalog_name` rows are filed under.
+    catalog_name: String,
+    uri: String,
+}
+
+impl SqlCatalogReader {
+    async fn connect(uri: &str, catalog_name: String) -> Result<Self, String> {
+        let options = SqliteConnectOptions::from_str(uri)
+            .map_err(|e| format!("`{uri}` is not a SQLite URL or path: {e}"))?
+            .read_only(true)
+            .create_if_missing(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(|e| format!("cannot open `{uri}`: {e}"))?;
+        Ok(Self {
+            pool,
+            catalog_name,
+            uri: uri.to_string(),
+        })
+    }
+
+    async fn metadata_location(&self, namespace: &str, table: &str) -> Result<String, String> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT metadata_location FROM iceberg_tables \
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?",
+        )
+        .bind(&self.catalog_name)
+        .bind(namespace)
+        .bind(table)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| format!("cannot read `iceberg_tables` in `{}`: {e}", self.uri))?;
+        match row {
+            Some((Some(location),)) => Ok(location),
+            Some((None,)) => Err(format!(
+                "table `{namespace}.{table}` has no metadata location in `{}`",
+                self.uri
+            )),
+            None => {
+                let known: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT table_namespace, table_name FROM iceberg_tables \
+                     WHERE catalog_name = ? ORDER BY 1, 2 LIMIT 20",
+                )
+                .bind(&self.catalog_name)
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+                let known = if known.is_empty() {
+                    format!(
+                        "it has no tables under catalog_name `{}` (is `name` in meshq.yaml the name the writer used?)",
+                        self.catalog_name
+                    )
+                } else {
+                    format!(
+                        "it has {}",
+                        known
+                            .iter()
+                            .map(|(n, t)| format!("`{n}.{t}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                Err(format!(
+                    "table `{namespace}.{table}` is not in the catalog; {known}"
+                ))
+            }
+        }
+    }
 }
 
 impl IcebergCatalogs {
@@ -28,43 +121,29 @@ impl IcebergCatalogs {
         }
     }
 
-    /// The catalog `name`, connecting it the first time. The error names
-    /// the catalog and the cause, never a credential.
-    pub async fn get(&self, name: &str, storage: &MeshStorage) -> Result<Arc<dyn Catalog>, String> {
+    async fn connect(&self, name: &str, storage: &MeshStorage) -> Result<Connected, String> {
         let mut connected = self.connected.lock().await;
         if let Some(c) = connected.get(name) {
-            return Ok(Arc::clone(c));
+            return Ok(c.clone());
         }
         let config = self
             .configs
             .get(name)
             .ok_or_else(|| format!("Iceberg catalog `{name}` is not defined in meshq.yaml"))?;
-        let factory = Arc::new(MeshStorageFactory::new(storage.clone()));
-        let catalog: Arc<dyn Catalog> = match config {
+        let catalog = match config {
             CatalogConfig::Sql {
                 uri,
                 name: catalog_name,
-                warehouse,
+                ..
             } => {
                 let uri = sqlite_uri(uri);
-                let mut props = HashMap::from([
-                    ("uri".to_string(), uri.clone()),
-                    (
-                        "sql_bind_style".to_string(),
-                        SqlBindStyle::QMark.to_string(),
-                    ),
-                ]);
-                if let Some(w) = warehouse {
-                    props.insert("warehouse".to_string(), w.clone());
-                }
-                let catalog = SqlCatalogBuilder::default()
-                    .with_storage_factory(factory)
-                    .load(catalog_name.as_deref().unwrap_or(name), props)
-                    .await
-                    .map_err(|e| {
-                        format!("cannot open Iceberg SQL catalog `{name}` at `{uri}`: {e}")
-                    })?;
-                Arc::new(catalog)
+                let reader = SqlCatalogReader::connect(
+                    &uri,
+                    catalog_name.clone().unwrap_or(name.to_string()),
+                )
+                .await
+                .map_err(|e| format!("Iceberg SQL catalog `{name}`: {e}"))?;
+                Connected::Sql(reader)
             }
             CatalogConfig::Rest {
                 uri,
@@ -88,6 +167,7 @@ impl IcebergCatalogs {
                         .map_err(|e| format!("Iceberg catalog `{name}` credential: {e}"))?;
                     props.insert("credential".to_string(), v);
                 }
+                let factory = Arc::new(MeshStorageFactory::new(storage.clone()));
                 let catalog = RestCatalogBuilder::default()
                     .with_storage_factory(factory)
                     .load(name, props)
@@ -95,11 +175,47 @@ impl IcebergCatalogs {
                     .map_err(|e| {
                         format!("cannot open Iceberg REST catalog `{name}` at `{uri}`: {e}")
                     })?;
-                Arc::new(catalog)
+                Connected::Rest(Arc::new(catalog))
             }
         };
-        connected.insert(name.to_string(), Arc::clone(&catalog));
+        connected.insert(name.to_string(), catalog.clone());
         Ok(catalog)
+    }
+
+    /// Loads table `namespace.table` from catalog `name`. The error names
+    /// the catalog and the cause, never a credential.
+    pub async fn load_table(
+        &self,
+        name: &str,
+        namespace: &[String],
+        table: &str,
+        storage: &MeshStorage,
+    ) -> Result<Table, String> {
+        let qualified = format!("{}.{table}", namespace.join("."));
+        let namespace_ident = NamespaceIdent::from_vec(namespace.to_vec())
+            .map_err(|e| format!("Iceberg namespace of `{qualified}`: {e}"))?;
+        let ident = TableIdent::new(namespace_ident, table.to_string());
+        match self.connect(name, storage).await? {
+            Connected::Sql(reader) => {
+                let location = reader
+                    .metadata_location(&namespace.join("."), table)
+                    .await
+                    .map_err(|e| format!("Iceberg SQL catalog `{name}`: {e}"))?;
+                let file_io =
+                    FileIOBuilder::new(Arc::new(MeshStorageFactory::new(storage.clone()))).build();
+                StaticTable::from_metadata_file(&location, ident, file_io)
+                    .await
+                    .map(StaticTable::into_table)
+                    .map_err(|e| {
+                        format!(
+                            "table `{qualified}` in catalog `{name}`: cannot read metadata `{location}`: {e}"
+                        )
+                    })
+            }
+            Connected::Rest(catalog) => catalog.load_table(&ident).await.map_err(|e| {
+                format!("cannot load table `{qualified}` from Iceberg REST catalog `{name}`: {e}")
+            }),
+        }
     }
 }
 
@@ -109,7 +225,7 @@ fn sqlite_uri(uri: &str) -> String {
     if uri.contains(':') && !uri.starts_with('/') {
         uri.to_string()
     } else {
-        format!("sqlite://{uri}?mode=rw")
+        format!("sqlite://{uri}")
     }
 }
 

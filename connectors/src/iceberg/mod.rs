@@ -20,6 +20,7 @@ use iceberg::io::FileIOBuilder;
 use iceberg::spec::TableMetadata;
 use iceberg::table::StaticTable;
 use iceberg::{NamespaceIdent, TableIdent};
+
 use meshq_catalog::{IcebergSource, Location, TableDef};
 use object_store::ObjectStoreExt;
 
@@ -57,21 +58,11 @@ pub(crate) async fn open_iceberg(
         as_of: None,
     });
     let table = match &def.source.location {
-        Location::Catalog { catalog, table } => {
-            let catalog_handle = stores
-                .iceberg_catalogs()
-                .get(catalog, &storage)
-                .await
-                .map_err(err)?;
-            let namespace = NamespaceIdent::from_vec(source.namespace.clone())
-                .map_err(|e| err(format!("Iceberg namespace of `{table}`: {e}")))?;
-            let ident = TableIdent::new(namespace, source.table.clone());
-            catalog_handle.load_table(&ident).await.map_err(|e| {
-                err(format!(
-                    "cannot load Iceberg table `{table}` from catalog `{catalog}`: {e}"
-                ))
-            })?
-        }
+        Location::Catalog { catalog, .. } => stores
+            .iceberg_catalogs()
+            .load_table(catalog, &source.namespace, &source.table, &storage)
+            .await
+            .map_err(err)?,
         location => {
             let text = match location {
                 Location::Local(p) => p.to_string_lossy().into_owned(),
