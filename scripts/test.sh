@@ -48,3 +48,14 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 MESHQ_BIN="$CARGO_TARGET_DIR/debug/meshq" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python
+
+# The ecosystem's writers (PyIceberg, deltalake, Polars, pyarrow) and an
+# S3-compatible server (moto) on 127.0.0.1, in a second venv: PyIceberg's SQL
+# catalog needs SQLAlchemy 2, flightsql-dbapi above needs 1.4.
+echo "== interop: tables written by the ecosystem, local and on S3"
+INTEROP_VENV="${MESHQ_INTEROP_VENV:-$HOME/.cache/meshq/venv-interop}"
+if [[ ! -x "$INTEROP_VENV/bin/python" ]]; then
+  python3 -m venv "$INTEROP_VENV"
+fi
+"$INTEROP_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+(cd tests/interop && MESHQ_BIN="$CARGO_TARGET_DIR/debug/meshq" "$INTEROP_VENV/bin/python" -m pytest -q -p no:cacheprovider .)

@@ -27,6 +27,7 @@ use crate::policy::pushdown::PolicyPushdownRule;
 use crate::policy::rule::{PolicyAnalyzerRule, PolicyCatalog, TableGovernance};
 use crate::policy::udf::{PrincipalFn, PrincipalFunction};
 use crate::session::MeshSession;
+use crate::storage_error::SourceInfo;
 
 /// SQL catalog holding every domain.
 pub const CATALOG: &str = "mesh";
@@ -85,6 +86,9 @@ struct Inner {
     policies: Arc<PolicyCatalog>,
     /// (`domain.table`, location) of every mesh table, for the lockdown.
     locations: Arc<Vec<(String, String)>>,
+    /// Product and locations of every served table, to name the product
+    /// behind a storage failure.
+    sources: Arc<BTreeMap<String, SourceInfo>>,
 }
 
 impl Engine {
@@ -173,6 +177,20 @@ impl Engine {
             &config.secret_env_fallback,
             &mut problems,
         );
+        let mut sources: BTreeMap<String, SourceInfo> = BTreeMap::new();
+        for t in &served {
+            sources.insert(
+                t.def.qualified_name(),
+                SourceInfo {
+                    product: t.def.product_id.clone(),
+                    locations: locations
+                        .iter()
+                        .filter(|(name, _)| *name == t.def.qualified_name())
+                        .map(|(_, l)| l.clone())
+                        .collect(),
+                },
+            );
+        }
         let locations = Arc::new(locations);
         let mut by_domain: BTreeMap<String, BTreeMap<String, Arc<dyn TableProvider>>> =
             BTreeMap::new();
@@ -204,6 +222,7 @@ impl Engine {
                 served,
                 policies: Arc::new(policies),
                 locations,
+                sources: Arc::new(sources),
             }),
         })
     }
@@ -277,6 +296,7 @@ impl Engine {
             principal,
             self.inner.mesh.config.auth.admin_role.clone(),
             Arc::clone(&self.inner.locations),
+            Arc::clone(&self.inner.sources),
         )
     }
 

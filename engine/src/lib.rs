@@ -20,9 +20,11 @@ pub mod engine;
 pub mod error;
 pub mod policy;
 pub mod session;
+pub mod storage_error;
 
 pub use engine::{CATALOG, Engine, EngineConfig, SCRATCH_SCHEMA, ServedTable};
 pub use error::{Error, Result};
 pub use meshq_catalog::Principal;
 pub use policy::{PolicyError, policy_error};
 pub use session::MeshSession;
+pub use storage_error::{SourceInfo, StorageFailure, StorageFailureKind};

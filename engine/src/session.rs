@@ -9,7 +9,13 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement;
 use meshq_catalog::Principal;
 
+use std::collections::BTreeMap;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::DataFusionError;
+
 use crate::policy::lockdown::check_statement;
+use crate::storage_error::{SourceInfo, StorageFailure, storage_failure};
 
 /// A session: a DataFusion context whose every plan is governed for its
 /// principal. The principal is fixed when the session is made and cannot be
@@ -21,6 +27,7 @@ pub struct MeshSession {
     is_admin: bool,
     admin_role: String,
     protected: Arc<Vec<(String, String)>>,
+    sources: Arc<BTreeMap<String, SourceInfo>>,
 }
 
 impl std::fmt::Debug for MeshSession {
@@ -38,6 +45,7 @@ impl MeshSession {
         principal: Arc<Principal>,
         admin_role: String,
         protected: Arc<Vec<(String, String)>>,
+        sources: Arc<BTreeMap<String, SourceInfo>>,
     ) -> Self {
         let is_admin = principal.has_role(&admin_role);
         Self {
@@ -46,7 +54,35 @@ impl MeshSession {
             is_admin,
             admin_role,
             protected,
+            sources,
         }
+    }
+
+    /// The mesh tables (`domain.table`) `plan` reads.
+    pub fn tables_read(&self, plan: &LogicalPlan) -> Vec<String> {
+        let default_schema = self.default_schema();
+        let mut out = Vec::new();
+        let _ = plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let schema = scan.table_name.schema().unwrap_or(&default_schema);
+                let name = format!("{schema}.{}", scan.table_name.table());
+                if self.sources.contains_key(&name) && !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        out
+    }
+
+    /// When `e` is a storage failure while reading `tables` (from
+    /// [`MeshSession::tables_read`]), a message naming the table and product.
+    pub fn storage_failure(
+        &self,
+        e: &DataFusionError,
+        tables: &[String],
+    ) -> Option<StorageFailure> {
+        storage_failure(e, tables, &self.sources)
     }
 
     /// The principal queries run as.

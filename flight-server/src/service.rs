@@ -27,14 +27,15 @@ use arrow_flight::{
     SchemaAsIpc, Ticket,
 };
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use meshq_engine::{CATALOG, Engine};
+use meshq_engine::{CATALOG, Engine, StorageFailureKind};
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::auth::{Authenticator, ClientSession};
 use crate::error::to_status;
@@ -239,18 +240,33 @@ impl MeshFlightService {
         qid: &str,
         ticket: Vec<u8>,
     ) -> Result<BoxStream<arrow_flight::FlightData>, Status> {
+        // The tables read, to name the product if its storage fails.
+        let tables = client.session.tables_read(&plan);
+        let session = client.session.clone();
+        let status = move |e: &DataFusionError, qid: &str| -> Status {
+            match session.storage_failure(e, &tables) {
+                Some(f) => {
+                    warn!(%qid, error = %e, "storage failure");
+                    match f.kind {
+                        StorageFailureKind::Unavailable => Status::unavailable(f.message),
+                        StorageFailureKind::Corrupt => Status::data_loss(f.message),
+                    }
+                }
+                None => to_status(e, qid),
+            }
+        };
         let df = client
             .session
             .execute_plan(plan)
             .await
-            .map_err(|e| to_status(&e, qid))?;
+            .map_err(|e| status(&e, qid))?;
         let target = wire_schema(df.schema().as_arrow());
         let stream: SendableRecordBatchStream =
-            df.execute_stream().await.map_err(|e| to_status(&e, qid))?;
+            df.execute_stream().await.map_err(|e| status(&e, qid))?;
         let qid_owned = qid.to_string();
         let cast_to = Arc::clone(&target);
         let batches = stream.map(move |b| {
-            let b = b.map_err(|e| FlightError::Tonic(Box::new(to_status(&e, &qid_owned))))?;
+            let b = b.map_err(|e| FlightError::Tonic(Box::new(status(&e, &qid_owned))))?;
             cast_batch(&b, &cast_to).map_err(FlightError::Arrow)
         });
         let encoded = FlightDataEncoderBuilder::new()

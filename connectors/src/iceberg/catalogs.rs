@@ -235,10 +235,7 @@ mod tests {
 
     #[test]
     fn bare_paths_become_sqlite_urls() {
-        assert_eq!(
-            sqlite_uri("/m/catalog.db"),
-            "sqlite:///m/catalog.db?mode=rw"
-        );
+        assert_eq!(sqlite_uri("/m/catalog.db"), "sqlite:///m/catalog.db");
         assert_eq!(sqlite_uri("sqlite:///m/c.db"), "sqlite:///m/c.db");
     }
 }
