@@ -4,18 +4,38 @@
 //! that the contract does not declare are not exposed (a writer adding a
 //! column must not publish it before the contract does), and columns come in
 //! contract order.
+//!
+//! A contract column the table no longer matches (missing, or of another
+//! type) has *drifted*. It stays in the schema, so clients see the contract's
+//! shape, but reading it fails with an error that names the table, product,
+//! column and both types; the other columns keep working.
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::catalog::{ScanArgs, ScanResult};
-use datafusion::common::{Constraints, Statistics};
+use datafusion::common::{ColumnStatistics, Constraints, Statistics};
 use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::DataFusionError;
 use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+
+/// One column of the contract view.
+#[derive(Debug, Clone)]
+pub enum ContractColumn {
+    /// Served from this column of the inner table.
+    Inner(usize),
+    /// Drifted from the contract: listed with `field`, refused when read.
+    Drifted {
+        /// The field shown in the schema.
+        field: FieldRef,
+        /// Why, naming table, product, column and types.
+        reason: String,
+    },
+}
 
 /// Exposes a subset of an inner provider's columns, reordered.
 #[derive(Debug)]
@@ -23,8 +43,8 @@ pub struct ContractTableProvider {
     table: String,
     inner: Arc<dyn TableProvider>,
     schema: SchemaRef,
-    /// For each exposed column, its index in the inner schema.
-    indices: Vec<usize>,
+    /// For each exposed column, where it comes from.
+    columns: Vec<ContractColumn>,
     constraints: Option<Constraints>,
 }
 
@@ -36,10 +56,23 @@ impl ContractTableProvider {
         inner: Arc<dyn TableProvider>,
         indices: Vec<usize>,
     ) -> Self {
+        let columns = indices.into_iter().map(ContractColumn::Inner).collect();
+        Self::with_columns(table, inner, columns)
+    }
+
+    /// The view of table `table` with drifted columns among `columns`.
+    pub fn with_columns(
+        table: impl Into<String>,
+        inner: Arc<dyn TableProvider>,
+        columns: Vec<ContractColumn>,
+    ) -> Self {
         let inner_schema = inner.schema();
-        let fields: Vec<_> = indices
+        let fields: Vec<_> = columns
             .iter()
-            .map(|&i| Arc::clone(&inner_schema.fields()[i]))
+            .map(|c| match c {
+                ContractColumn::Inner(i) => Arc::clone(&inner_schema.fields()[*i]),
+                ContractColumn::Drifted { field, .. } => Arc::clone(field),
+            })
             .collect();
         let schema = Arc::new(Schema::new_with_metadata(
             fields,
@@ -49,7 +82,7 @@ impl ContractTableProvider {
             table: table.into(),
             inner,
             schema,
-            indices,
+            columns,
             constraints: None,
         }
     }
@@ -70,11 +103,26 @@ impl ContractTableProvider {
         &self.inner
     }
 
-    fn map_projection(&self, projection: Option<&Vec<usize>>) -> Vec<usize> {
-        match projection {
-            Some(p) => p.iter().map(|&i| self.indices[i]).collect(),
-            None => self.indices.clone(),
-        }
+    /// The inner columns behind `projection`; an error naming the first
+    /// drifted column it reads.
+    fn map_projection(&self, projection: Option<&Vec<usize>>) -> Result<Vec<usize>> {
+        let all: Vec<usize>;
+        let wanted = match projection {
+            Some(p) => p,
+            None => {
+                all = (0..self.columns.len()).collect();
+                &all
+            }
+        };
+        wanted
+            .iter()
+            .map(|&i| match &self.columns[i] {
+                ContractColumn::Inner(idx) => Ok(*idx),
+                ContractColumn::Drifted { reason, .. } => {
+                    Err(DataFusionError::Plan(reason.clone()))
+                }
+            })
+            .collect()
     }
 }
 
@@ -99,7 +147,7 @@ impl TableProvider for ContractTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let projection = self.map_projection(projection);
+        let projection = self.map_projection(projection)?;
         self.inner
             .scan(state, Some(&projection), filters, limit)
             .await
@@ -110,7 +158,7 @@ impl TableProvider for ContractTableProvider {
         state: &dyn Session,
         args: ScanArgs<'a>,
     ) -> Result<ScanResult> {
-        let projection = self.map_projection(args.projection().map(<[usize]>::to_vec).as_ref());
+        let projection = self.map_projection(args.projection().map(<[usize]>::to_vec).as_ref())?;
         let inner_args = ScanArgs::default()
             .with_projection(Some(&projection))
             .with_filters(args.filters())
@@ -129,9 +177,12 @@ impl TableProvider for ContractTableProvider {
     fn statistics(&self) -> Option<Statistics> {
         let stats = self.inner.statistics()?;
         let column_statistics = self
-            .indices
+            .columns
             .iter()
-            .map(|&i| stats.column_statistics.get(i).cloned())
+            .map(|c| match c {
+                ContractColumn::Inner(i) => stats.column_statistics.get(*i).cloned(),
+                ContractColumn::Drifted { .. } => Some(ColumnStatistics::new_unknown()),
+            })
             .collect::<Option<Vec<_>>>()?;
         Some(Statistics {
             num_rows: stats.num_rows,

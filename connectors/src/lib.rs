@@ -9,7 +9,8 @@
 //! Invariants:
 //! - A table is exposed through its contract: only contract columns, in
 //!   contract order, with the table's own Arrow types once they are checked
-//!   against the contract. A missing column or wrong type refuses the table.
+//!   against the contract. A missing column or wrong type is drift: the
+//!   column is listed but refused when read, the others are served.
 //! - Errors name the location or the file at fault, never row values.
 
 pub mod contract_table;
@@ -18,6 +19,6 @@ pub mod open;
 pub mod store;
 pub mod types;
 
-pub use contract_table::ContractTableProvider;
+pub use contract_table::{ContractColumn, ContractTableProvider};
 pub use open::{OpenError, OpenedTable, open_table};
 pub use store::StoreRegistry;

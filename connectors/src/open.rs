@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, SchemaRef, TimeUnit};
 use datafusion::catalog::Session;
 use datafusion::common::{Constraint, Constraints};
 use datafusion::datasource::TableProvider;
@@ -16,10 +16,10 @@ use datafusion::datasource::listing::{
 };
 use datafusion::execution::object_store::ObjectStoreUrl;
 use futures::TryStreamExt;
-use meshq_catalog::{Format, Location, TableDef};
+use meshq_catalog::{ColumnDef, Format, Location, TableDef};
 use url::Url;
 
-use crate::contract_table::ContractTableProvider;
+use crate::contract_table::{ContractColumn, ContractTableProvider};
 use crate::store::StoreRegistry;
 use crate::types::check_type;
 
@@ -30,6 +30,8 @@ pub struct OpenedTable {
     pub provider: Arc<dyn TableProvider>,
     /// Non-fatal findings (hidden extra columns, nullability).
     pub warnings: Vec<String>,
+    /// Columns that drifted from the contract: served as refusals.
+    pub drift: Vec<String>,
     /// Where the table's files are, when only opening the table tells
     /// (an Iceberg table found through its catalog).
     pub data_location: Option<String>,
@@ -303,23 +305,42 @@ async fn open_delta(state: &dyn Session, url: &Url) -> Result<Arc<dyn TableProvi
 }
 
 /// Checks the actual schema against the contract and builds the view.
+/// Columns that drifted from the contract are kept in the schema but refused
+/// when read (see [`ContractColumn::Drifted`]); each is reported in
+/// [`OpenedTable::drift`].
 fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<OpenedTable, OpenError> {
     let schema: SchemaRef = inner.schema();
-    let mut problems = Vec::new();
     let mut warnings = Vec::new();
-    let mut indices = Vec::with_capacity(def.columns.len());
+    let mut drift = Vec::new();
+    let mut columns = Vec::with_capacity(def.columns.len());
+    let table = def.qualified_name();
+    let refuse = |col: &str, what: &str| {
+        format!(
+            "column `{col}` of table `{table}` (product `{}`) has drifted from its contract: {what}. It cannot be read until the table or the contract is fixed; the table's other columns can be queried",
+            def.product_id
+        )
+    };
     for col in &def.columns {
         let Ok(idx) = schema.index_of(&col.name) else {
-            problems.push(format!("column `{}` is missing from the table", col.name));
+            let what = "the table has no such column";
+            drift.push(format!("column `{}` is missing from the table", col.name));
+            columns.push(ContractColumn::Drifted {
+                field: Arc::new(Field::new(&col.name, contract_arrow_type(col), true)),
+                reason: refuse(&col.name, what),
+            });
             continue;
         };
         let field = schema.field(idx);
         if let Err(expected) = check_type(col, field.data_type()) {
-            problems.push(format!(
-                "column `{}` has type {} in the table but the contract says {expected}",
-                col.name,
+            let what = format!(
+                "the table has type {} but the contract says {expected}",
                 field.data_type()
-            ));
+            );
+            drift.push(format!("column `{}`: {what}", col.name));
+            columns.push(ContractColumn::Drifted {
+                field: Arc::new(field.clone()),
+                reason: refuse(&col.name, &what),
+            });
             continue;
         }
         if col.required && field.is_nullable() {
@@ -328,10 +349,7 @@ fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<Opened
                 col.name
             ));
         }
-        indices.push(idx);
-    }
-    if !problems.is_empty() {
-        return Err(err(problems.join("; ")));
+        columns.push(ContractColumn::Inner(idx));
     }
     let hidden: Vec<_> = schema
         .fields()
@@ -350,7 +368,7 @@ fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<Opened
         .iter()
         .filter_map(|name| def.columns.iter().position(|c| c.name == *name))
         .collect();
-    let mut view = ContractTableProvider::new(def.qualified_name(), inner, indices);
+    let mut view = ContractTableProvider::with_columns(table.clone(), inner, columns);
     if !pk.is_empty() {
         view = view.with_constraints(Constraints::new_unverified(vec![Constraint::PrimaryKey(
             pk,
@@ -359,6 +377,22 @@ fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<Opened
     Ok(OpenedTable {
         provider: Arc::new(view),
         warnings,
+        drift,
         data_location: None,
     })
+}
+
+/// The Arrow type a contract column declares, for a column the table lacks.
+fn contract_arrow_type(col: &ColumnDef) -> DataType {
+    use meshq_catalog::odcs::LogicalType;
+    match col.logical_type {
+        Some(LogicalType::String) => DataType::Utf8,
+        Some(LogicalType::Integer) => DataType::Int64,
+        Some(LogicalType::Number) => DataType::Float64,
+        Some(LogicalType::Boolean) => DataType::Boolean,
+        Some(LogicalType::Date) => DataType::Date32,
+        Some(LogicalType::Timestamp) => DataType::Timestamp(TimeUnit::Microsecond, None),
+        Some(LogicalType::Time) => DataType::Time64(TimeUnit::Microsecond),
+        Some(LogicalType::Object) | Some(LogicalType::Array) | None => DataType::Null,
+    }
 }

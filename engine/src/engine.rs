@@ -146,6 +146,16 @@ impl Engine {
                     if let Some(data) = &t.data_location {
                         locations.push((def.qualified_name(), data.clone()));
                     }
+                    for d in t.drift {
+                        problems.push(Problem::error(
+                            file.clone(),
+                            format!(
+                                "table `{}` (product `{}`): contract drift: {d}; queries reading this column fail, the other columns are served",
+                                def.qualified_name(),
+                                def.product_id
+                            ),
+                        ));
+                    }
                     for w in t.warnings {
                         problems.push(Problem::warning(
                             file.clone(),

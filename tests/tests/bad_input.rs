@@ -257,7 +257,7 @@ async fn missing_location() {
 }
 
 #[tokio::test]
-async fn schema_drift_missing_column_and_wrong_type() {
+async fn schema_drift_refuses_the_drifted_columns_and_serves_the_rest() {
     let dir = base_mesh();
     write(
         dir.path(),
@@ -272,9 +272,71 @@ async fn schema_drift_missing_column_and_wrong_type() {
     assert_eq!(
         errors(dir.path()).await,
         vec![
-            "shop/items.odcs.yaml: error: table `shop.items` (product `urn:dataproduct:shop:items`): column `colour` is missing from the table; column `qty` has type Int64 in the table but the contract says physicalType INT; the table is not served"
+            "shop/items.odcs.yaml: error: table `shop.items` (product `urn:dataproduct:shop:items`): contract drift: column `colour` is missing from the table; queries reading this column fail, the other columns are served",
+            "shop/items.odcs.yaml: error: table `shop.items` (product `urn:dataproduct:shop:items`): contract drift: column `qty`: the table has type Int64 but the contract says physicalType INT; queries reading this column fail, the other columns are served",
         ]
     );
+    let engine = load(dir.path()).await;
+    let session = engine.session(&Principal::anonymous());
+    // The contract's shape is kept: drifted columns are listed.
+    let columns = session
+        .sql("SELECT * FROM shop.items LIMIT 0")
+        .await
+        .unwrap()
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect::<Vec<_>>();
+    assert_eq!(columns, ["item_id", "price", "colour", "qty"]);
+    // Columns that match still answer.
+    let batches = session
+        .sql("SELECT count(*) AS n, sum(price) AS p FROM shop.items")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    datafusion::assert_batches_eq!(
+        [
+            "+---+-------+",
+            "| n | p     |",
+            "+---+-------+",
+            "| 2 | 26.99 |",
+            "+---+-------+",
+        ],
+        &batches
+    );
+    // Reading a drifted column, directly or through `*`, is refused by name.
+    for (sql, col, what) in [
+        (
+            "SELECT colour FROM shop.items",
+            "colour",
+            "the table has no such column",
+        ),
+        (
+            "SELECT * FROM shop.items",
+            "colour",
+            "the table has no such column",
+        ),
+        (
+            "SELECT item_id FROM shop.items WHERE qty > 1",
+            "qty",
+            "the table has type Int64 but the contract says physicalType INT",
+        ),
+    ] {
+        let err = match session.sql(sql).await {
+            Ok(df) => df.collect().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert_eq!(
+            err.find_root().to_string(),
+            format!(
+                "Error during planning: column `{col}` of table `shop.items` (product `urn:dataproduct:shop:items`) has drifted from its contract: {what}. It cannot be read until the table or the contract is fixed; the table's other columns can be queried"
+            ),
+            "{sql}"
+        );
+    }
 }
 
 #[tokio::test]
