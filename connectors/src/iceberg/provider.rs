@@ -88,32 +88,34 @@ impl IcebergTableProvider {
         }
     }
 
-    /// Refuses table features whose rows meshq would get wrong.
-    fn check_task(&self, task: &FileScanTask) -> Result<()> {
-        if task.data_file_format != DataFileFormat::Parquet {
-            return Err(self.external(format!(
-                "data file `{}` is {:?}; meshq reads Parquet data files only",
-                task.data_file_path, task.data_file_format
-            )));
-        }
-        if let Some(delete) = task.deletes.first() {
-            let kind = match delete.file_type {
-                DataContentType::PositionDeletes if delete.file_path.ends_with(".puffin") => {
-                    "deletion vectors"
-                }
-                DataContentType::PositionDeletes => "position delete files",
-                DataContentType::EqualityDeletes => "equality delete files",
-                DataContentType::Data => "delete files",
-            };
-            return Err(self.external(format!(
-                "snapshot {} has {kind} (e.g. `{}` for data file `{}`); meshq does not apply Iceberg row-level deletes yet, so it refuses to read this snapshot rather than return deleted rows. Compact the table (rewrite data files) or use copy-on-write deletes",
-                self.snapshot_id.unwrap_or_default(),
-                delete.file_path,
-                task.data_file_path
-            )));
-        }
-        Ok(())
+}
+
+/// Refuses table features whose rows meshq would get wrong: data files in
+/// other formats than Parquet, and row-level deletes (position and equality
+/// delete files, deletion vectors), which meshq does not apply yet.
+fn check_task(label: &str, snapshot_id: i64, task: &FileScanTask) -> Result<()> {
+    let refuse = |msg: String| DataFusionError::Execution(format!("Iceberg table {label}: {msg}"));
+    if task.data_file_format != DataFileFormat::Parquet {
+        return Err(refuse(format!(
+            "data file `{}` is {:?}; meshq reads Parquet data files only",
+            task.data_file_path, task.data_file_format
+        )));
     }
+    if let Some(delete) = task.deletes.first() {
+        let kind = match delete.file_type {
+            DataContentType::PositionDeletes if delete.file_path.ends_with(".puffin") => {
+                "deletion vectors"
+            }
+            DataContentType::PositionDeletes => "position delete files",
+            DataContentType::EqualityDeletes => "equality delete files",
+            DataContentType::Data => "delete files",
+        };
+        return Err(refuse(format!(
+            "snapshot {snapshot_id} has {kind} (e.g. `{}` for data file `{}`); meshq does not apply Iceberg row-level deletes yet, so it refuses to read this snapshot rather than return deleted rows. Compact the table (rewrite its data files) or write deletes copy-on-write",
+            delete.file_path, task.data_file_path
+        )));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -162,7 +164,7 @@ impl TableProvider for IcebergTableProvider {
         // Files grouped by object store; one store in practice.
         let mut by_store: BTreeMap<String, Vec<PartitionedFile>> = BTreeMap::new();
         for task in &tasks {
-            self.check_task(task)?;
+            check_task(&self.label, snapshot_id, task)?;
             let url = location_to_url(&task.data_file_path).map_err(|e| self.external(e))?;
             let path = object_store::path::Path::from_url_path(url.path())
                 .map_err(|e| self.external(format!("data file `{}`: {e}", task.data_file_path)))?;
@@ -201,5 +203,60 @@ impl TableProvider for IcebergTableProvider {
             .with_options(parquet_options)
             .create_physical_plan(state, config)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iceberg::scan::FileScanTaskDeleteFile;
+    use iceberg::spec::Schema as IcebergSchema;
+
+    use super::*;
+
+    fn task(format: DataFileFormat, deletes: Vec<FileScanTaskDeleteFile>) -> FileScanTask {
+        FileScanTask::builder()
+            .with_file_size_in_bytes(100)
+            .with_start(0)
+            .with_length(100)
+            .with_data_file_path("s3://b/t/data/f.parquet".to_string())
+            .with_data_file_format(format)
+            .with_schema(Arc::new(IcebergSchema::builder().build().unwrap()))
+            .with_project_field_ids(vec![])
+            .with_deletes(deletes)
+            .with_case_sensitive(true)
+            .build()
+    }
+
+    fn delete(path: &str, kind: DataContentType) -> FileScanTaskDeleteFile {
+        FileScanTaskDeleteFile::builder()
+            .with_file_path(path.to_string())
+            .with_file_size_in_bytes(10)
+            .with_file_type(kind)
+            .with_partition_spec_id(0)
+            .build()
+    }
+
+    #[test]
+    fn row_level_deletes_and_other_formats_are_refused_by_name() {
+        let label = "`a.t` (product `urn:p`)";
+        assert!(check_task(label, 7, &task(DataFileFormat::Parquet, vec![])).is_ok());
+        for (file, kind, word) in [
+            ("s3://b/t/data/d.parquet", DataContentType::PositionDeletes, "position delete files"),
+            ("s3://b/t/data/e.parquet", DataContentType::EqualityDeletes, "equality delete files"),
+            ("s3://b/t/data/dv.puffin", DataContentType::PositionDeletes, "deletion vectors"),
+        ] {
+            let err = check_task(label, 7, &task(DataFileFormat::Parquet, vec![delete(file, kind)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("Iceberg table `a.t` (product `urn:p`): snapshot 7 has {word} (e.g. `{file}`")),
+                "{err}"
+            );
+            assert!(err.contains("refuses to read this snapshot"), "{err}");
+        }
+        let err = check_task(label, 7, &task(DataFileFormat::Orc, vec![]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is Orc; meshq reads Parquet data files only"), "{err}");
     }
 }
