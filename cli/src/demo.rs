@@ -4,7 +4,9 @@
 //! same rows on every machine, so docs and tests can quote results):
 //! - `sales.orders`: a Delta table partitioned by `order_date`, one commit per day;
 //! - `customers.profiles`: a Parquet file;
-//! - `payments.transactions`: Parquet files, one per day.
+//! - `payments.transactions`: Parquet files, one per day;
+//! - `logistics.shipments`: an Iceberg table partitioned by region, one
+//!   snapshot per day.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -435,11 +437,19 @@ pub async fn write_demo_mesh(dir: &Path, scale: DemoScale) -> Result<()> {
     // Built, not loaded: the folder holds no table yet and the first write
     // creates it. One commit per day, as a daily pipeline would.
     let mut table = deltalake::DeltaTableBuilder::from_url(orders_url)?.build()?;
+    let mut shipments =
+        crate::demo_iceberg::ShipmentsWriter::create(&dir.join("logistics/data/shipments"))
+            .await
+            .context("creating the demo Iceberg table")?;
     for d in 0..scale.days {
         let day = first_day() + chrono::Days::new(u64::from(d));
         let (orders, payments) =
             day_batches(&mut rng, &cs, day, scale.orders_per_day, &mut next_order)?;
         write_parquet(&tx_dir.join(format!("{day}.parquet")), &payments)?;
+        shipments
+            .append_day(&orders)
+            .await
+            .context("writing the demo Iceberg table")?;
         table = table
             .write(vec![orders])
             .with_partition_columns(["order_date"])
@@ -456,6 +466,8 @@ pub async fn write_demo_mesh(dir: &Path, scale: DemoScale) -> Result<()> {
         ("governance/pii.policy.yaml", PII_POLICY),
         ("payments/transactions.odps.yaml", TRANSACTIONS_ODPS),
         ("payments/transactions.odcs.yaml", TRANSACTIONS_ODCS),
+        ("logistics/shipments.odps.yaml", SHIPMENTS_ODPS),
+        ("logistics/shipments.odcs.yaml", SHIPMENTS_ODCS),
     ];
     std::fs::create_dir_all(dir.join("governance"))?;
     for (name, text) in files {
@@ -554,6 +566,58 @@ schema:
       - { name: created_at, logicalType: timestamp, physicalType: TIMESTAMP, required: true, description: When the order was placed (UTC). }
       - { name: order_date, logicalType: date, physicalType: DATE, required: true, partitioned: true, description: Day of created_at; the table's partition column. }
 team: { name: sales-data, members: [ { username: alice@example.com, role: owner } ] }
+"#;
+
+const SHIPMENTS_ODPS: &str = r#"apiVersion: v1.0.0
+kind: DataProduct
+id: urn:dataproduct:logistics:shipments
+name: shipments
+version: 1.0.0
+status: active
+domain: logistics
+description:
+  purpose: One row per parcel sent for a webshop order, appended daily.
+team: { name: logistics-data, members: [ { username: lee@example.com, role: owner } ] }
+outputPorts:
+  - name: shipments_iceberg
+    type: tables
+    version: 1.0.0
+    contractId: urn:datacontract:logistics:shipments
+"#;
+
+const SHIPMENTS_ODCS: &str = r#"apiVersion: v3.1.0
+kind: DataContract
+id: urn:datacontract:logistics:shipments
+name: shipments
+version: 1.0.0
+status: active
+domain: logistics
+servers:
+  # An Iceberg table addressed by its folder: meshq reads its newest
+  # metadata/*.metadata.json. Tables in a catalog name it instead:
+  # { server: lake, type: local, format: iceberg, catalog: NAME, schema: NAMESPACE }
+  - { server: local, type: local, format: iceberg, path: ./data/shipments }
+schema:
+  - name: shipments
+    physicalName: shipments
+    physicalType: table
+    logicalType: object
+    description: One row per shipment; Iceberg v2, partitioned by region, one snapshot per day.
+    customProperties:
+      - property: readRoles
+        value: [analyst]
+      - property: rowFilters
+        value: [ { id: own_region, expression: "region = principal_attr('region')", exceptRoles: [global-analyst] } ]
+    properties:
+      - { name: shipment_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, description: Shipment identifier. }
+      - { name: order_id, logicalType: string, physicalType: STRING, required: true, description: The order shipped (sales.orders). }
+      - { name: region, logicalType: string, physicalType: STRING, required: true, partitioned: true, description: "Region of the order: EMEA, AMER or APAC." }
+      - { name: carrier, logicalType: string, physicalType: STRING, required: true, description: Parcel carrier. }
+      - { name: status, logicalType: string, physicalType: STRING, required: true, description: "in_transit, delivered or returned." }
+      - { name: shipped_at, logicalType: timestamp, physicalType: TIMESTAMP, required: true, description: When the parcel left the warehouse (UTC). }
+      - { name: delivered_at, logicalType: timestamp, physicalType: TIMESTAMP, description: When it was delivered; null while in transit. }
+      - { name: weight_kg, logicalType: number, physicalType: DOUBLE, required: true, description: Parcel weight in kilograms. }
+team: { name: logistics-data, members: [ { username: lee@example.com, role: owner } ] }
 "#;
 
 const PROFILES_ODPS: &str = r#"apiVersion: v1.0.0

@@ -4,6 +4,7 @@
 //! the shell, the validator and the demo writer directly.
 
 pub mod demo;
+mod demo_iceberg;
 pub mod output;
 pub mod shell;
 pub mod validate;

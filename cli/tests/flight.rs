@@ -338,9 +338,13 @@ async fn metadata_rpcs_show_only_what_the_principal_may_see() {
             )
         })
         .collect();
-    assert_eq!(tables, vec!["customers.profiles", "sales.orders"]);
+    assert_eq!(
+        tables,
+        vec!["customers.profiles", "logistics.shipments", "sales.orders"]
+    );
     // The table schema carries ARROW:FLIGHT:SQL metadata and no view types.
-    let schema_bytes = b[0].column(4).as_binary::<i32>().value(1);
+    let orders = tables.iter().position(|t| t == "sales.orders").unwrap();
+    let schema_bytes = b[0].column(4).as_binary::<i32>().value(orders);
     let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(schema_bytes).unwrap();
     let email = schema.field_with_name("email").unwrap();
     assert_eq!(email.data_type(), &DataType::Utf8);

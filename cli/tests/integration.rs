@@ -75,7 +75,7 @@ fn demo_mesh_is_deterministic_and_valid() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(
         stdout(&out),
-        "3 table(s) served; 0 error(s), 0 warning(s)\n"
+        "4 table(s) served; 0 error(s), 0 warning(s)\n"
     );
 
     // These figures are quoted in the README.

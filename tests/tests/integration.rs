@@ -4,4 +4,5 @@
 mod bad_input;
 mod bypass;
 mod common;
+mod iceberg;
 mod policy_equivalence;

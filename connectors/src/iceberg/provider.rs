@@ -24,6 +24,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use futures::TryStreamExt;
+use iceberg::Runtime;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{DataContentType, DataFileFormat};
 use iceberg::table::Table;
@@ -64,13 +65,46 @@ impl IcebergTableProvider {
         self.snapshot_id
     }
 
+    /// Whether the snapshot's summary counts any data files.
+    fn snapshot_has_data(&self, snapshot_id: i64) -> bool {
+        self.table
+            .metadata()
+            .snapshot_by_id(snapshot_id)
+            .and_then(|s| {
+                s.summary()
+                    .additional_properties
+                    .get("total-data-files")
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .is_some_and(|n| n > 0)
+    }
+
     fn external(&self, msg: impl std::fmt::Display) -> DataFusionError {
         DataFusionError::Execution(format!("Iceberg table {}: {msg}", self.label))
     }
 
+    /// The table bound to the runtime the query runs on. The `iceberg` crate
+    /// plans on the runtime a table was built with; a table kept from an
+    /// earlier runtime (the shell, tests, a reload) would plan on a runtime
+    /// that no longer runs tasks, and its planning would end with no files.
+    fn table_for_scan(&self) -> Result<Table> {
+        let mut builder = Table::builder()
+            .file_io(self.table.file_io().clone())
+            .metadata(self.table.metadata_ref())
+            .identifier(self.table.identifier().clone())
+            .readonly(true)
+            .runtime(Runtime::try_current().map_err(|e| self.external(e))?);
+        if let Some(location) = self.table.metadata_location() {
+            builder = builder.metadata_location(location);
+        }
+        builder.build().map_err(|e| self.external(e))
+    }
+
     async fn plan_files(&self, snapshot_id: i64, filters: &[Expr]) -> Result<Vec<FileScanTask>> {
+        let table = self.table_for_scan()?;
+        let table = &table;
         let plan = |predicate: Option<iceberg::expr::Predicate>| async move {
-            let mut builder = self.table.scan().select_all().snapshot_id(snapshot_id);
+            let mut builder = table.scan().select_all().snapshot_id(snapshot_id);
             if let Some(p) = predicate {
                 builder = builder.with_filter(p);
             }
@@ -87,7 +121,6 @@ impl IcebergTableProvider {
             Err(e) => Err(self.external(e)),
         }
     }
-
 }
 
 /// Refuses table features whose rows meshq would get wrong: data files in
@@ -155,6 +188,13 @@ impl TableProvider for IcebergTableProvider {
             )?)));
         };
         let tasks = self.plan_files(snapshot_id, filters).await?;
+        if tasks.is_empty() && filters.is_empty() && self.snapshot_has_data(snapshot_id) {
+            // Fail closed: an empty plan for a snapshot that has data files
+            // would silently answer "no rows".
+            return Err(self.external(format!(
+                "planning snapshot {snapshot_id} found no data files, but its summary lists some; refusing to answer with no rows"
+            )));
+        }
         if tasks.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(
                 &self.schema,
@@ -241,15 +281,33 @@ mod tests {
         let label = "`a.t` (product `urn:p`)";
         assert!(check_task(label, 7, &task(DataFileFormat::Parquet, vec![])).is_ok());
         for (file, kind, word) in [
-            ("s3://b/t/data/d.parquet", DataContentType::PositionDeletes, "position delete files"),
-            ("s3://b/t/data/e.parquet", DataContentType::EqualityDeletes, "equality delete files"),
-            ("s3://b/t/data/dv.puffin", DataContentType::PositionDeletes, "deletion vectors"),
+            (
+                "s3://b/t/data/d.parquet",
+                DataContentType::PositionDeletes,
+                "position delete files",
+            ),
+            (
+                "s3://b/t/data/e.parquet",
+                DataContentType::EqualityDeletes,
+                "equality delete files",
+            ),
+            (
+                "s3://b/t/data/dv.puffin",
+                DataContentType::PositionDeletes,
+                "deletion vectors",
+            ),
         ] {
-            let err = check_task(label, 7, &task(DataFileFormat::Parquet, vec![delete(file, kind)]))
-                .unwrap_err()
-                .to_string();
+            let err = check_task(
+                label,
+                7,
+                &task(DataFileFormat::Parquet, vec![delete(file, kind)]),
+            )
+            .unwrap_err()
+            .to_string();
             assert!(
-                err.contains(&format!("Iceberg table `a.t` (product `urn:p`): snapshot 7 has {word} (e.g. `{file}`")),
+                err.contains(&format!(
+                    "Iceberg table `a.t` (product `urn:p`): snapshot 7 has {word} (e.g. `{file}`"
+                )),
                 "{err}"
             );
             assert!(err.contains("refuses to read this snapshot"), "{err}");
@@ -257,6 +315,9 @@ mod tests {
         let err = check_task(label, 7, &task(DataFileFormat::Orc, vec![]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("is Orc; meshq reads Parquet data files only"), "{err}");
+        assert!(
+            err.contains("is Orc; meshq reads Parquet data files only"),
+            "{err}"
+        );
     }
 }
