@@ -203,3 +203,51 @@ def test_parquet_on_s3(fixtures, s3, moto, query):
     )
     expected = pq.read_table(f"{writers.BUCKET}/parquet/readings/", filesystem=fs)
     assert_same(query("SELECT * FROM files.readings_s3"), expected, ["seq"])
+
+
+def test_iceberg_through_rest_catalog(fixtures, tmp_path):
+    """The same PyIceberg table, found through an Iceberg REST catalog."""
+    import rest_catalog
+    from conftest import Server
+
+    server, url = rest_catalog.serve(os.path.join(fixtures["data"], "catalog.db"), "default", "rest-token")
+    mesh = str(tmp_path / "mesh")
+    import shutil
+
+    shutil.copytree(fixtures["mesh"], mesh)
+    with open(os.path.join(mesh, "meshq.yaml")) as f:
+        config = f.read()
+    config = config.replace(
+        "catalogs:\n",
+        f"catalogs:\n  rest: {{ type: rest, uri: '{url}', token: {{ env: INTEROP_REST_TOKEN }} }}\n",
+    )
+    with open(os.path.join(mesh, "meshq.yaml"), "w") as f:
+        f.write(config)
+    with open(os.path.join(mesh, "sales", "events_rest.odps.yaml"), "w") as f:
+        f.write(writers.product("sales", "events_rest", "urn:datacontract:sales:events_rest"))
+    with open(os.path.join(mesh, "sales", "events_rest.odcs.yaml"), "w") as f:
+        f.write(
+            writers.contract(
+                "sales",
+                "events_rest",
+                "{ server: rest, type: local, format: iceberg, catalog: rest, schema: sales }",
+                "events_rest",
+                writers.EVENTS_COLUMNS,
+                physical="events",
+            )
+        )
+    srv = Server(
+        mesh,
+        {"INTEROP_S3_KEY": S3_KEY, "INTEROP_S3_SECRET": S3_SECRET, "INTEROP_REST_TOKEN": "rest-token"},
+    )
+    try:
+        conn = srv.connect()
+        with conn.cursor() as cur:
+            cur.execute("SELECT * FROM sales.events_rest")
+            got = cur.fetch_arrow_table()
+        conn.close()
+        expected = local_catalog(fixtures).load_table("sales.events").scan().to_arrow().select(EVENT_COLUMNS)
+        assert_same(got, expected, ["id"])
+    finally:
+        srv.stop()
+        server.shutdown()
