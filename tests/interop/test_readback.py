@@ -99,6 +99,8 @@ def test_iceberg_by_folder_and_by_snapshot(fixtures, query):
     # The first snapshot, with the schema it had then.
     assert_same(got, expected.select(["id", "kind", "amount", "ts"]), ["id"])
     assert sorted(got.column("id").to_pylist()) == list(range(30))
+    # The same snapshot, chosen by time (asOfTimestamp = its commit time).
+    assert_same(query("SELECT * FROM sales.events_asof"), expected.select(["id", "kind", "amount", "ts"]), ["id"])
 
 
 def test_iceberg_second_namespace(fixtures, query):

@@ -155,6 +155,11 @@ def write_iceberg_local(root):
     table = catalog.create_table("sales.events", schema=schema, partition_spec=spec)
     table.append(events_batch(0, 30))
     first = table.current_snapshot().snapshot_id
+    first_ms = table.current_snapshot().timestamp_ms
+    # The next commit must be later than the first on the millisecond clock.
+    import time
+
+    time.sleep(0.01)
     # Evolution: add a column, append with it.
     with table.update_schema() as update:
         update.add_column("note", StringType())
@@ -176,7 +181,11 @@ def write_iceberg_local(root):
     readings = catalog.create_table("ops.readings", schema=readings_batch(0, 1).schema)
     readings.append(readings_batch(0, 50))
     readings.append(readings_batch(50, 50))
-    return {"events_first_snapshot": first, "metadata": table.metadata_location}
+    return {
+        "events_first_snapshot": first,
+        "events_first_time": dt.datetime.fromtimestamp(first_ms / 1000, tz=UTC).isoformat(timespec="milliseconds"),
+        "metadata": table.metadata_location,
+    }
 
 
 def iceberg_catalog_s3(root, s3):
@@ -396,6 +405,17 @@ def write_mesh(mesh, data, s3, password_hash, snapshots):
         ("sales", "events_v1"): (
             "{ server: lake, type: local, format: iceberg, catalog: lake, schema: sales, "
             f"customProperties: [ {{ property: snapshotId, value: {snapshots['events_first_snapshot']} }} ] }}",
+            [
+                "{ name: id, logicalType: integer, physicalType: BIGINT, required: true }",
+                "{ name: kind, logicalType: string }",
+                "{ name: amount, logicalType: integer, physicalType: INT }",
+                "{ name: ts, logicalType: timestamp }",
+            ],
+            "events",
+        ),
+        ("sales", "events_asof"): (
+            "{ server: lake, type: local, format: iceberg, catalog: lake, schema: sales, "
+            f"customProperties: [ {{ property: asOfTimestamp, value: '{snapshots['events_first_time']}' }} ] }}",
             [
                 "{ name: id, logicalType: integer, physicalType: BIGINT, required: true }",
                 "{ name: kind, logicalType: string }",
