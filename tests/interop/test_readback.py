@@ -93,6 +93,10 @@ def test_iceberg_by_folder_and_by_snapshot(fixtures, query):
     table = local_catalog(fixtures).load_table("sales.events")
     by_path = query("SELECT * FROM sales.events_by_path")
     assert_same(by_path, table.scan().to_arrow().select(EVENT_COLUMNS), ["id"])
+    # By the metadata file PyIceberg's last commit wrote.
+    assert table.metadata_location == fixtures["snapshots"]["metadata"]
+    by_file = query("SELECT * FROM sales.events_by_metadata")
+    assert_same(by_file, table.scan().to_arrow().select(EVENT_COLUMNS), ["id"])
     first = fixtures["snapshots"]["events_first_snapshot"]
     expected = table.scan(snapshot_id=first).to_arrow()
     got = query("SELECT * FROM sales.events_v1")

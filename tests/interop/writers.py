@@ -402,6 +402,11 @@ def write_mesh(mesh, data, s3, password_hash, snapshots):
             EVENTS_COLUMNS,
             None,
         ),
+        ("sales", "events_by_metadata"): (
+            f"{{ server: files, type: local, format: iceberg, path: '{snapshots['metadata']}' }}",
+            EVENTS_COLUMNS,
+            None,
+        ),
         ("sales", "events_v1"): (
             "{ server: lake, type: local, format: iceberg, catalog: lake, schema: sales, "
             f"customProperties: [ {{ property: snapshotId, value: {snapshots['events_first_snapshot']} }} ] }}",
