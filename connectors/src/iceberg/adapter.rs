@@ -12,8 +12,11 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
+use std::collections::HashSet;
+
 use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::error::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr_adapter::{
@@ -24,7 +27,23 @@ use super::schema::field_id;
 
 /// Creates [`FieldIdAdapter`]s.
 #[derive(Debug, Clone, Default)]
-pub struct FieldIdAdapterFactory;
+pub struct FieldIdAdapterFactory {
+    /// Field ids of identity-partition source columns. Iceberg lets a data
+    /// file omit them (the value is in the manifest); meshq does not fill
+    /// columns from partition values yet, so such a file is refused rather
+    /// than read as NULLs.
+    identity_sources: Arc<HashSet<i32>>,
+}
+
+impl FieldIdAdapterFactory {
+    /// A factory for a table whose identity partitions have these source
+    /// field ids.
+    pub fn new(identity_sources: HashSet<i32>) -> Self {
+        Self {
+            identity_sources: Arc::new(identity_sources),
+        }
+    }
+}
 
 impl PhysicalExprAdapterFactory for FieldIdAdapterFactory {
     fn create(
@@ -36,6 +55,24 @@ impl PhysicalExprAdapterFactory for FieldIdAdapterFactory {
             .fields()
             .iter()
             .any(|f| field_id(f).is_some());
+        for logical in logical_file_schema.fields() {
+            let Some(id) = field_id(logical).filter(|id| self.identity_sources.contains(id)) else {
+                continue;
+            };
+            let present = physical_file_schema.fields().iter().any(|p| {
+                if has_ids {
+                    field_id(p) == Some(id)
+                } else {
+                    p.name() == logical.name()
+                }
+            });
+            if !present {
+                return Err(DataFusionError::Execution(format!(
+                    "an Iceberg data file lacks the identity-partition column `{}` (as files added with add_files may); meshq does not fill columns from partition values yet, and refuses rather than read them as NULL",
+                    logical.name()
+                )));
+            }
+        }
         if !has_ids {
             // A file written without field ids (e.g. imported Parquet): the
             // Iceberg spec falls back to names.
@@ -133,7 +170,7 @@ mod tests {
             field("name", DataType::Utf8, 2),
             field("id", DataType::Int32, 1),
         ]));
-        let adapter = FieldIdAdapterFactory
+        let adapter = FieldIdAdapterFactory::default()
             .create(Arc::clone(&logical), Arc::clone(&physical))
             .unwrap();
         let batch = RecordBatch::try_new(
@@ -171,5 +208,20 @@ mod tests {
             .unwrap();
         assert!(pred.to_string().contains("name@0"), "{pred}");
         assert!(!pred.to_string().contains("full_name"), "{pred}");
+        // `score` (3) as an identity-partition source the file lacks: refused.
+        let err = FieldIdAdapterFactory::new(HashSet::from([3]))
+            .create(Arc::clone(&logical), Arc::clone(&physical))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("lacks the identity-partition column `score`"),
+            "{err}"
+        );
+        // `id` (1) is in the file: fine.
+        assert!(
+            FieldIdAdapterFactory::new(HashSet::from([1]))
+                .create(logical, physical)
+                .is_ok()
+        );
     }
 }

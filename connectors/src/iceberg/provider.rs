@@ -6,12 +6,13 @@
 //! pruning, filter pushdown, parallel reads and plan serialisation are the
 //! same as for any Parquet table. Columns are matched by field id.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
+use datafusion::common::stats::Precision;
 use datafusion::common::{Result, Statistics, project_schema};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -26,7 +27,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use futures::TryStreamExt;
 use iceberg::Runtime;
 use iceberg::scan::FileScanTask;
-use iceberg::spec::{DataContentType, DataFileFormat};
+use iceberg::spec::{DataContentType, DataFileFormat, Transform};
 use iceberg::table::Table;
 
 use super::adapter::FieldIdAdapterFactory;
@@ -63,6 +64,17 @@ impl IcebergTableProvider {
     /// The snapshot read.
     pub fn snapshot_id(&self) -> Option<i64> {
         self.snapshot_id
+    }
+
+    /// Source field ids of every identity partition field, in any spec.
+    fn identity_sources(&self) -> HashSet<i32> {
+        self.table
+            .metadata()
+            .partition_specs_iter()
+            .flat_map(|spec| spec.fields().iter())
+            .filter(|f| f.transform == Transform::Identity)
+            .map(|f| f.source_id)
+            .collect()
     }
 
     /// Whether the snapshot's summary counts any data files.
@@ -171,7 +183,23 @@ impl TableProvider for IcebergTableProvider {
     }
 
     fn statistics(&self) -> Option<Statistics> {
-        None
+        // From the snapshot summary, for join ordering; inexact, so never
+        // used to answer a query.
+        let summary = &self
+            .table
+            .metadata()
+            .snapshot_by_id(self.snapshot_id?)?
+            .summary()
+            .additional_properties;
+        let number = |key: &str| summary.get(key).and_then(|v| v.parse::<usize>().ok());
+        let mut stats = Statistics::new_unknown(&self.schema);
+        if let Some(rows) = number("total-records") {
+            stats.num_rows = Precision::Inexact(rows);
+        }
+        if let Some(bytes) = number("total-files-size") {
+            stats.total_byte_size = Precision::Inexact(bytes);
+        }
+        Some(stats)
     }
 
     async fn scan(
@@ -237,7 +265,9 @@ impl TableProvider for IcebergTableProvider {
             .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
-            .with_expr_adapter(Some(Arc::new(FieldIdAdapterFactory)))
+            .with_expr_adapter(Some(Arc::new(FieldIdAdapterFactory::new(
+                self.identity_sources(),
+            ))))
             .build();
         ParquetFormat::default()
             .with_options(parquet_options)
