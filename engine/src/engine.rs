@@ -8,6 +8,7 @@ use std::sync::Arc;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::datasource::TableProvider;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::optimizer::analyzer::Analyzer;
@@ -46,6 +47,10 @@ pub struct EngineConfig {
     /// Values for secret environment variables the process environment
     /// lacks (the environment wins). `meshq demo` supplies its demo key here.
     pub secret_env_fallback: BTreeMap<String, String>,
+    /// Memory pool size in bytes, shared by all queries; operators that can
+    /// spill (sorts, joins, aggregations) spill to disk past it. Unbounded
+    /// when unset.
+    pub memory_limit: Option<usize>,
 }
 
 impl EngineConfig {
@@ -56,6 +61,7 @@ impl EngineConfig {
             target_partitions: None,
             open_concurrency: 16,
             secret_env_fallback: BTreeMap::new(),
+            memory_limit: None,
         }
     }
 }
@@ -99,7 +105,11 @@ impl Engine {
         let outcome = load_mesh(&config.mesh_dir)?;
         let mesh = outcome.mesh;
         let mut problems = outcome.problems;
-        let runtime = RuntimeEnvBuilder::new().build_arc()?;
+        let mut runtime = RuntimeEnvBuilder::new();
+        if let Some(limit) = config.memory_limit {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
+        let runtime = runtime.build_arc()?;
         let mut session_config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, SCRATCH_SCHEMA)
             .with_create_default_catalog_and_schema(false)

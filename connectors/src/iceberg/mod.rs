@@ -11,6 +11,7 @@ mod predicate;
 mod provider;
 mod schema;
 mod storage;
+mod write;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub use catalogs::IcebergCatalogs;
 pub use provider::IcebergTableProvider;
 pub use schema::{arrow_schema, field_id};
 pub use storage::{MeshStorage, MeshStorageFactory};
+pub use write::{IcebergWriter, WriteError};
 
 use crate::open::OpenError;
 use crate::store::StoreRegistry;

@@ -1,0 +1,119 @@
+//! Flight SQL measurements: `meshq serve`'s service on loopback, driven by
+//! arrow-rs's Flight SQL client.
+//!
+//! The server runs on its own tokio runtime in its own threads, the client
+//! on the caller's; both share the machine's cores, as a client and server
+//! on one host do.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arrow::array::RecordBatch;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use meshq_engine::Engine;
+use meshq_flight_server::{ServerConfig, serve};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// A server running until dropped.
+pub struct RunningServer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the Flight SQL service for `engine` on 127.0.0.1, with
+/// `worker_threads` runtime threads.
+pub fn start(engine: Engine, worker_threads: usize) -> Result<RunningServer> {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads.max(1))
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        rt.block_on(async move {
+            let config = ServerConfig {
+                bind: "127.0.0.1:0".parse().expect("address"),
+                tls: None,
+                port_file: None,
+                shutdown_grace: Duration::from_secs(1),
+            };
+            let res = serve(
+                engine,
+                config,
+                async move {
+                    let _ = stop_rx.await;
+                },
+                move |addr| {
+                    let _ = addr_tx.send(addr);
+                },
+            )
+            .await;
+            if let Err(e) = res {
+                eprintln!("benchmark server failed: {e}");
+            }
+        });
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("the benchmark server did not start")?;
+    Ok(RunningServer {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// A logged-in client.
+pub async fn client(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<FlightSqlServiceClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut c = FlightSqlServiceClient::new(channel);
+    c.handshake(user, password).await?;
+    Ok(c)
+}
+
+/// Runs `sql` and fetches every endpoint; (rows, Arrow bytes received).
+pub async fn query(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Result<(usize, usize)> {
+    let info = c.execute(sql.to_string(), None).await?;
+    let mut rows = 0;
+    let mut bytes = 0;
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.context("endpoint without ticket")?;
+        let mut stream = c.do_get(ticket).await?;
+        while let Some(b) = stream.try_next().await? {
+            rows += b.num_rows();
+            bytes += batch_bytes(&b);
+        }
+    }
+    Ok((rows, bytes))
+}
+
+/// Bytes of Arrow buffers a batch holds (data, offsets, validity).
+pub fn batch_bytes(b: &RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
+}

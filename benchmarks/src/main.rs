@@ -1,0 +1,437 @@
+//! `meshq-bench`: runs meshq's benchmarks and prints Markdown tables.
+//!
+//! ```sh
+//! cargo run --release -p meshq-benchmarks -- --sf 1
+//! ```
+//!
+//! Data is generated once per scale factor under `--dir` (default
+//! `~/.cache/meshq/bench`) and reused.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use meshq_benchmarks::runners::{self, Runner, fingerprint, rows};
+use meshq_benchmarks::tpch::{Dataset, PASSWORDS};
+use meshq_benchmarks::{QUERIES, Timing, catalog_scale, flight, measure, ms, rss};
+
+#[derive(Debug, Parser)]
+#[command(name = "meshq-bench", about = "meshq benchmarks")]
+struct Args {
+    /// TPC-H scale factor.
+    #[arg(long, default_value_t = 1.0)]
+    sf: f64,
+    /// Measured runs per query (after the warm-up runs).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Unmeasured warm-up runs per query.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Where generated data is kept.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// DataFusion target partitions (default: the number of cores).
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// Measurements to run: policy, format, flight, catalog, memory, peers.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "policy,format,flight,catalog,memory,peers"
+    )]
+    only: Vec<String>,
+    /// Products in the catalog-scale mesh.
+    #[arg(long, default_value_t = 10_000)]
+    products: usize,
+    /// Scale factor of the memory measurement.
+    #[arg(long, default_value_t = 10.0)]
+    memory_sf: f64,
+    /// Memory pool of the memory measurement, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    memory_limit_mib: usize,
+    /// Sequential `SELECT 1` round trips for the latency measurement.
+    #[arg(long, default_value_t = 1000)]
+    latency_queries: usize,
+    /// Also write the report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run(&args))?;
+    print!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report)?;
+    }
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+async fn run(args: &Args) -> Result<String> {
+    let root = args.dir.clone().unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
+            .join(".cache/meshq/bench")
+    });
+    let partitions = args.partitions.unwrap_or_else(cores);
+    let want = |m: &str| args.only.iter().any(|o| o == m);
+    let mut out = String::new();
+    writeln!(
+        out,
+        "# meshq-bench\n\nscale factor {}, {} measured runs after {} warm-up, target partitions {partitions}, {} cores\n",
+        args.sf,
+        args.runs,
+        args.warmup,
+        cores()
+    )?;
+    let ds = Dataset::new(&root, args.sf);
+    if want("policy") || want("format") || want("flight") || want("peers") {
+        let start = Instant::now();
+        ds.ensure(true).await.context("generating TPC-H data")?;
+        eprintln!(
+            "data ready in {:.1}s at {}",
+            start.elapsed().as_secs_f64(),
+            ds.root.display()
+        );
+    }
+    if want("policy") {
+        policy(args, &ds, partitions, &mut out).await?;
+    }
+    if want("format") {
+        format(args, &ds, partitions, &mut out).await?;
+    }
+    if want("flight") {
+        flight_sql(args, &ds, partitions, &mut out).await?;
+    }
+    if want("catalog") {
+        catalog(args, &root, &mut out).await?;
+    }
+    if want("memory") {
+        memory(args, &root, partitions, &mut out).await?;
+    }
+    if want("peers") {
+        peers(args, &ds, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Per-query timings of several runners, in columns.
+async fn run_queries(
+    args: &Args,
+    runners: &[(&str, Runner)],
+) -> Result<Vec<(String, Vec<(Timing, Vec<String>)>)>> {
+    let mut table = Vec::new();
+    for (name, sql) in QUERIES {
+        let mut cells = Vec::new();
+        for (label, r) in runners {
+            let (t, batches) = measure(args.warmup, args.runs, || r.run(sql))
+                .await
+                .with_context(|| format!("{name} on {label}"))?;
+            eprintln!(
+                "{name} {label}: {} ms ({} rows)",
+                ms(t.median()),
+                rows(&batches)
+            );
+            cells.push((t, fingerprint(&batches)));
+        }
+        table.push((name.to_string(), cells));
+    }
+    Ok(table)
+}
+
+fn write_table(
+    out: &mut String,
+    labels: &[&str],
+    table: &[(String, Vec<(Timing, Vec<String>)>)],
+    baseline: usize,
+    same_as_baseline: &[usize],
+) -> Result<()> {
+    write!(out, "| query |")?;
+    for l in labels {
+        write!(out, " {l} median (min–max) ms |")?;
+    }
+    writeln!(out, " same result as {} |", labels[baseline])?;
+    write!(out, "|---|")?;
+    for _ in labels {
+        write!(out, "---:|")?;
+    }
+    writeln!(out, "---|")?;
+    let mut totals = vec![0.0; labels.len()];
+    for (name, cells) in table {
+        write!(out, "| {name} |")?;
+        for (i, (t, _)) in cells.iter().enumerate() {
+            totals[i] += t.median().as_secs_f64() * 1000.0;
+            write!(
+                out,
+                " {} ({}–{}) |",
+                ms(t.median()),
+                ms(t.min()),
+                ms(t.max())
+            )?;
+        }
+        let same: Vec<&str> = same_as_baseline
+            .iter()
+            .map(|&i| {
+                if cells[i].1 == cells[baseline].1 {
+                    labels[i]
+                } else {
+                    "DIFFERS"
+                }
+            })
+            .collect();
+        writeln!(
+            out,
+            " {} |",
+            if same.is_empty() {
+                "-".into()
+            } else {
+                same.join(", ")
+            }
+        )?;
+    }
+    write!(out, "| **total of medians** |")?;
+    for t in &totals {
+        write!(out, " **{t:.1}** |")?;
+    }
+    writeln!(out, " |")?;
+    write!(out, "| **ratio to {}** |", labels[baseline])?;
+    for t in &totals {
+        write!(out, " **{:.3}×** |", t / totals[baseline])?;
+    }
+    writeln!(out, " |\n")?;
+    Ok(())
+}
+
+async fn policy(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
+    let raw = runners::raw_datafusion(ds, partitions).await?;
+    let engine = runners::engine(&ds.mesh_parquet(), partitions).await?;
+    let exempt = runners::session(&engine, "exempt")?;
+    let governed = runners::session(&engine, "regional")?;
+    let labels = ["raw DataFusion", "meshq exempt", "meshq governed"];
+    let table = run_queries(
+        args,
+        &[
+            (labels[0], Runner::Raw(raw)),
+            (labels[1], Runner::Meshq(exempt)),
+            (labels[2], Runner::Meshq(governed)),
+        ],
+    )
+    .await?;
+    writeln!(
+        out,
+        "## 1. Policy overhead (in-process, all tables Parquet, same files)\n\n\
+`regional` has the hash masks on c_phone/c_address and the row filter on customer; \
+its answers differ from raw by design.\n"
+    )?;
+    write_table(out, &labels, &table, 0, &[1])
+}
+
+async fn format(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
+    let parquet = runners::engine(&ds.mesh_parquet(), partitions).await?;
+    let split = runners::engine(&ds.mesh_split(), partitions).await?;
+    let labels = ["all Parquet", "Delta/Parquet/Iceberg"];
+    let table = run_queries(
+        args,
+        &[
+            (
+                labels[0],
+                Runner::Meshq(runners::session(&parquet, "exempt")?),
+            ),
+            (
+                labels[1],
+                Runner::Meshq(runners::session(&split, "exempt")?),
+            ),
+        ],
+    )
+    .await?;
+    writeln!(
+        out,
+        "## 2. Format overhead (meshq in-process, exempt principal)\n\n\
+sales as Delta, customers as Parquet, supply as Iceberg, against every table as Parquet.\n"
+    )?;
+    write_table(out, &labels, &table, 0, &[1])
+}
+
+async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
+    let engine = runners::engine(&ds.mesh_split(), partitions).await?;
+    let in_process = runners::session(&engine, "exempt")?;
+    let server = flight::start(engine, cores())?;
+    let (user, password) = PASSWORDS[0];
+    let client = flight::client(server.addr, user, password).await?;
+    writeln!(
+        out,
+        "## 3. Flight SQL (exempt principal, Delta/Parquet/Iceberg mesh, loopback)\n"
+    )?;
+    writeln!(
+        out,
+        "| query | in-process median (min–max) ms | Flight SQL median (min–max) ms | rows |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|")?;
+    let (mut total_in, mut total_flight) = (0.0, 0.0);
+    for (name, sql) in QUERIES {
+        let (t_in, batches) = measure(args.warmup, args.runs, || async {
+            Ok(in_process.sql(sql).await?.collect().await?)
+        })
+        .await?;
+        let (t_fl, (n, _)) = measure(args.warmup, args.runs, || {
+            let mut c = client.clone();
+            async move { flight::query(&mut c, sql).await }
+        })
+        .await?;
+        anyhow::ensure!(
+            n == rows(&batches),
+            "{name}: Flight returned {n} rows, in-process {}",
+            rows(&batches)
+        );
+        total_in += t_in.median().as_secs_f64() * 1000.0;
+        total_flight += t_fl.median().as_secs_f64() * 1000.0;
+        eprintln!("{name} flight: {} ms", ms(t_fl.median()));
+        writeln!(
+            out,
+            "| {name} | {} ({}–{}) | {} ({}–{}) | {n} |",
+            ms(t_in.median()),
+            ms(t_in.min()),
+            ms(t_in.max()),
+            ms(t_fl.median()),
+            ms(t_fl.min()),
+            ms(t_fl.max())
+        )?;
+    }
+    writeln!(
+        out,
+        "| **total of medians** | **{total_in:.1}** | **{total_flight:.1}** ({:.3}×) | |\n",
+        total_flight / total_in
+    )?;
+    let (t, (n, bytes)) = measure(args.warmup, args.runs, || {
+        let mut c = client.clone();
+        async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
+    })
+    .await?;
+    let mbps = |d: std::time::Duration| bytes as f64 / 1e6 / d.as_secs_f64();
+    writeln!(
+        out,
+        "Full fetch of `SELECT * FROM sales.lineitem`: {n} rows, {:.1} MB of Arrow data; median {} ms = **{:.0} MB/s** (best {:.0}, worst {:.0}).\n",
+        bytes as f64 / 1e6,
+        ms(t.median()),
+        mbps(t.median()),
+        mbps(t.min()),
+        mbps(t.max())
+    )?;
+    let (lat, _) = measure(10, args.latency_queries, || {
+        let mut c = client.clone();
+        async move { flight::query(&mut c, "SELECT 1").await.map(|_| ()) }
+    })
+    .await?;
+    writeln!(
+        out,
+        "`SELECT 1` round trip (GetFlightInfo + DoGet), {} sequential queries: p50 **{} ms**, p99 {} ms, min {} ms, max {} ms.\n",
+        args.latency_queries,
+        ms(lat.percentile(50.0)),
+        ms(lat.percentile(99.0)),
+        ms(lat.min()),
+        ms(lat.max())
+    )?;
+    drop(server);
+    Ok(())
+}
+
+async fn catalog(args: &Args, root: &std::path::Path, out: &mut String) -> Result<()> {
+    let dir = root.join("catalog-scale");
+    let start = Instant::now();
+    catalog_scale::write_mesh(&dir, args.products)?;
+    eprintln!(
+        "catalog mesh ready in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    let r = catalog_scale::run(&dir, args.products, 100).await?;
+    writeln!(
+        out,
+        "## 4. Catalog scale\n\n{} products ({} served): load and open every table **{:.2} s**; RSS growth {:.1} MiB (peak RSS {:.1} MiB); \
+SQL → physical plan of a two-table join, 100 runs: median **{} ms** (min {}, max {}).\n",
+        r.products,
+        r.served,
+        r.load.as_secs_f64(),
+        r.rss_growth as f64 / 1048576.0,
+        r.peak_rss as f64 / 1048576.0,
+        ms(r.plan.median()),
+        ms(r.plan.min()),
+        ms(r.plan.max())
+    )?;
+    Ok(())
+}
+
+async fn memory(
+    args: &Args,
+    root: &std::path::Path,
+    partitions: usize,
+    out: &mut String,
+) -> Result<()> {
+    let ds = Dataset::new(root, args.memory_sf);
+    let start = Instant::now();
+    ds.ensure(false).await?;
+    eprintln!(
+        "SF{} data ready in {:.1}s",
+        args.memory_sf,
+        start.elapsed().as_secs_f64()
+    );
+    let limit = args.memory_limit_mib * 1024 * 1024;
+    let engine = runners::engine_with_limit(&ds.mesh_parquet(), partitions, Some(limit)).await?;
+    let session = runners::session(&engine, "exempt")?;
+    writeln!(
+        out,
+        "## 5. Memory (SF{}, memory pool {} MiB, spilling to the OS temp dir)\n\n| query | time s | rows | outcome |\n|---|---:|---:|---|",
+        args.memory_sf, args.memory_limit_mib
+    )?;
+    let queries: BTreeMap<&str, &str> = QUERIES.into_iter().collect();
+    for name in ["q18", "q21"] {
+        let start = Instant::now();
+        let res =
+            async { Ok::<_, anyhow::Error>(session.sql(queries[name]).await?.collect().await?) }
+                .await;
+        let took = start.elapsed().as_secs_f64();
+        match res {
+            Ok(b) => writeln!(out, "| {name} | {took:.1} | {} | completed |", rows(&b))?,
+            Err(e) => writeln!(
+                out,
+                "| {name} | {took:.1} | - | failed: {} |",
+                e.to_string().replace('|', "/")
+            )?,
+        }
+    }
+    let (_, peak) = rss();
+    writeln!(
+        out,
+        "\nPeak RSS of the benchmark process: {:.0} MiB.\n",
+        peak as f64 / 1048576.0
+    )?;
+    Ok(())
+}
+
+fn peers(args: &Args, ds: &Dataset, out: &mut String) -> Result<()> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/run.sh");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(ds.root.join("data/parquet"))
+        .arg(args.runs.to_string())
+        .arg(args.warmup.to_string())
+        .output()
+        .context("running benchmarks/peers/run.sh")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "peers failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    writeln!(out, "## 6. Peers (in-process, same Parquet files)\n")?;
+    out.push_str(&String::from_utf8_lossy(&output.stdout));
+    out.push('\n');
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The three ways a query runs in-process: raw DataFusion over the Parquet
+//! files, and meshq's engine as the exempt or the governed principal.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use arrow::array::RecordBatch;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use meshq_engine::{Engine, EngineConfig, MeshSession};
+
+use crate::tpch::{Dataset, KEY_ENV, KEY_VALUE, TABLES};
+
+/// Raw DataFusion over the dataset's Parquet files: no meshq code at all,
+/// default settings but for the partition count.
+pub async fn raw_datafusion(ds: &Dataset, target_partitions: usize) -> Result<SessionContext> {
+    let config = SessionConfig::new().with_target_partitions(target_partitions);
+    let ctx = SessionContext::new_with_config(config);
+    for schema in ["sales", "customers", "supply"] {
+        ctx.sql(&format!("CREATE SCHEMA {schema}")).await?;
+    }
+    for (domain, table) in TABLES {
+        let dir = ds.parquet_dir(table);
+        ctx.register_parquet(
+            format!("{domain}.{table}"),
+            format!("{}/", dir.display()),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .with_context(|| format!("registering {table}"))?;
+    }
+    Ok(ctx)
+}
+
+/// meshq's engine over `mesh`, with the benchmark's key supplied.
+pub async fn engine(mesh: &Path, target_partitions: usize) -> Result<Engine> {
+    engine_with_limit(mesh, target_partitions, None).await
+}
+
+/// [`engine`] with a memory pool of `memory_limit` bytes (spilling).
+pub async fn engine_with_limit(
+    mesh: &Path,
+    target_partitions: usize,
+    memory_limit: Option<usize>,
+) -> Result<Engine> {
+    let mut config = EngineConfig::new(mesh);
+    config.target_partitions = Some(target_partitions);
+    config.memory_limit = memory_limit;
+    config.secret_env_fallback = BTreeMap::from([(KEY_ENV.into(), KEY_VALUE.into())]);
+    let engine = Engine::load(config).await?;
+    let errors: Vec<String> = engine
+        .problems()
+        .iter()
+        .filter(|p| p.is_error())
+        .map(ToString::to_string)
+        .collect();
+    anyhow::ensure!(
+        errors.is_empty(),
+        "benchmark mesh has {} errors, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(3)]
+    );
+    Ok(engine)
+}
+
+/// A session of `engine` for principal `name`.
+pub fn session(engine: &Engine, name: &str) -> Result<MeshSession> {
+    let principal = engine
+        .mesh()
+        .config
+        .principal(name)
+        .with_context(|| format!("no principal {name}"))?;
+    Ok(engine.session(&principal))
+}
+
+/// Something that runs SQL and returns batches.
+pub enum Runner {
+    /// Plain DataFusion.
+    Raw(SessionContext),
+    /// meshq, as one principal.
+    Meshq(MeshSession),
+}
+
+impl Runner {
+    /// Runs `sql` to completion.
+    pub async fn run(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        Ok(match self {
+            Self::Raw(ctx) => ctx.sql(sql).await?.collect().await?,
+            Self::Meshq(s) => s.sql(sql).await?.collect().await?,
+        })
+    }
+}
+
+/// Row count of a result.
+pub fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+/// A result as sorted text lines, to compare runners' answers.
+pub fn fingerprint(batches: &[RecordBatch]) -> Vec<String> {
+    let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for b in batches {
+        let formatters: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<_, _>>()
+            .expect("displayable");
+        for row in 0..b.num_rows() {
+            out.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out.sort();
+    out
+}
