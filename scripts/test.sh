@@ -27,9 +27,18 @@ echo "== build"
 # One build of every test target first, so the test runs below do not each
 # wait on the linker in turn.
 cargo test --workspace --no-run
+cargo build -p meshq-benchmarks --bin meshq-bench
 
 echo "== tests"
 cargo test --workspace
+
+# The benchmark harness at a tiny scale factor, so it keeps working. It
+# checks that meshq's answers equal raw DataFusion's; no timing is judged.
+echo "== benchmark smoke run (SF 0.01, debug build)"
+BENCH_DIR="$(mktemp -d)"
+"$CARGO_TARGET_DIR/debug/meshq-bench" --sf 0.01 --runs 1 --warmup 0 --dir "$BENCH_DIR" \
+  --only policy,format,flight,catalog --products 100 --latency-queries 10 --check > "$BENCH_DIR/report.md"
+rm -rf "$BENCH_DIR"
 
 # arrow-rs's own Flight SQL command-line client, built once from crates.io.
 TOOLS="${MESHQ_TOOLS:-$HOME/.cache/meshq/tools}"

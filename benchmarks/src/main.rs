@@ -58,6 +58,10 @@ struct Args {
     /// Also write the report here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Fail if meshq's exempt answers differ from raw DataFusion's, or the
+    /// Delta/Iceberg mesh's from the Parquet mesh's.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> Result<()> {
@@ -103,11 +107,12 @@ async fn run(args: &Args) -> Result<String> {
             ds.root.display()
         );
     }
+    let mut differ = 0;
     if want("policy") {
-        policy(args, &ds, partitions, &mut out).await?;
+        differ += policy(args, &ds, partitions, &mut out).await?;
     }
     if want("format") {
-        format(args, &ds, partitions, &mut out).await?;
+        differ += format(args, &ds, partitions, &mut out).await?;
     }
     if want("flight") {
         flight_sql(args, &ds, partitions, &mut out).await?;
@@ -121,14 +126,18 @@ async fn run(args: &Args) -> Result<String> {
     if want("peers") {
         peers(args, &ds, &mut out)?;
     }
+    if args.check && differ > 0 {
+        eprint!("{out}");
+        anyhow::bail!("{differ} answers differ from their baseline");
+    }
     Ok(out)
 }
 
+/// One query's row: per runner, its timing and its answer's fingerprint.
+type Row = (String, Vec<(Timing, Vec<String>)>);
+
 /// Per-query timings of several runners, in columns.
-async fn run_queries(
-    args: &Args,
-    runners: &[(&str, Runner)],
-) -> Result<Vec<(String, Vec<(Timing, Vec<String>)>)>> {
+async fn run_queries(args: &Args, runners: &[(&str, Runner)]) -> Result<Vec<Row>> {
     let mut table = Vec::new();
     for (name, sql) in QUERIES {
         let mut cells = Vec::new();
@@ -148,13 +157,15 @@ async fn run_queries(
     Ok(table)
 }
 
+/// Writes the table; the number of answers that differ from the baseline.
 fn write_table(
     out: &mut String,
     labels: &[&str],
-    table: &[(String, Vec<(Timing, Vec<String>)>)],
+    table: &[Row],
     baseline: usize,
     same_as_baseline: &[usize],
-) -> Result<()> {
+) -> Result<usize> {
+    let mut differ = 0;
     write!(out, "| query |")?;
     for l in labels {
         write!(out, " {l} median (min–max) ms |")?;
@@ -184,6 +195,7 @@ fn write_table(
                 if cells[i].1 == cells[baseline].1 {
                     labels[i]
                 } else {
+                    differ += 1;
                     "DIFFERS"
                 }
             })
@@ -208,10 +220,10 @@ fn write_table(
         write!(out, " **{:.3}×** |", t / totals[baseline])?;
     }
     writeln!(out, " |\n")?;
-    Ok(())
+    Ok(differ)
 }
 
-async fn policy(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
+async fn policy(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<usize> {
     let raw = runners::raw_datafusion(ds, partitions).await?;
     let engine = runners::engine(&ds.mesh_parquet(), partitions).await?;
     let exempt = runners::session(&engine, "exempt")?;
@@ -235,7 +247,7 @@ its answers differ from raw by design.\n"
     write_table(out, &labels, &table, 0, &[1])
 }
 
-async fn format(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
+async fn format(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<usize> {
     let parquet = runners::engine(&ds.mesh_parquet(), partitions).await?;
     let split = runners::engine(&ds.mesh_split(), partitions).await?;
     let labels = ["all Parquet", "Delta/Parquet/Iceberg"];

@@ -48,7 +48,8 @@ pub struct EngineConfig {
     /// lacks (the environment wins). `meshq demo` supplies its demo key here.
     pub secret_env_fallback: BTreeMap<String, String>,
     /// Memory pool size in bytes, shared by all queries; operators that can
-    /// spill (sorts, joins, aggregations) spill to disk past it. Unbounded
+    /// spill (sorts, sort-merge joins, aggregations) spill to disk past it,
+    /// and joins are planned as sort-merge joins so that they can. Unbounded
     /// when unset.
     pub memory_limit: Option<usize>,
 }
@@ -116,6 +117,12 @@ impl Engine {
             .with_information_schema(true);
         if let Some(n) = config.target_partitions {
             session_config = session_config.with_target_partitions(n);
+        }
+        if config.memory_limit.is_some() {
+            // Under a memory budget, joins must be able to spill: DataFusion's
+            // hash join cannot, its sort-merge join can.
+            session_config =
+                session_config.set_bool("datafusion.optimizer.prefer_hash_join", false);
         }
         let stores = StoreRegistry::new(&mesh.config);
         let opener = SessionContext::new_with_state(

@@ -25,7 +25,6 @@ use std::path::PathBuf;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use meshq_engine::Engine;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 use crate::service::MeshFlightService;
@@ -100,9 +99,13 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping_tx.send(());
     };
-    let server = builder
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let server = builder.add_service(service).serve_with_incoming_shutdown(
+        // No Nagle delay: a Flight SQL call is a few small messages
+        // each way, and Nagle's algorithm with delayed ACKs adds tens of
+        // milliseconds to each round trip.
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        signal,
+    );
     tokio::pin!(server);
     let grace = async move {
         if stopping_rx.await.is_ok() {
