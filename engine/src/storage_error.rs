@@ -40,24 +40,32 @@ pub struct StorageFailure {
 
 fn classify(e: &DataFusionError) -> Option<(StorageFailureKind, String)> {
     use StorageFailureKind::*;
+    fn external(
+        inner: &(dyn std::error::Error + Send + Sync + 'static),
+    ) -> Option<StorageFailureKind> {
+        if inner
+            .downcast_ref::<parquet::errors::ParquetError>()
+            .is_some()
+        {
+            Some(Corrupt)
+        } else if inner.downcast_ref::<object_store::Error>().is_some()
+            || inner.downcast_ref::<std::io::Error>().is_some()
+        {
+            Some(Unavailable)
+        } else {
+            // Anything else carried as External (policy errors among them)
+            // is not a storage failure.
+            None
+        }
+    }
     let root = e.find_root();
     let kind = match root {
         DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => Unavailable,
         DataFusionError::ParquetError(_) => Corrupt,
-        DataFusionError::External(inner) => {
-            if inner
-                .downcast_ref::<parquet::errors::ParquetError>()
-                .is_some()
-            {
-                Corrupt
-            } else {
-                Unavailable
-            }
-        }
+        DataFusionError::External(inner) => external(inner.as_ref())?,
         DataFusionError::ArrowError(arrow_err, _) => match arrow_err.as_ref() {
-            arrow::error::ArrowError::ExternalError(_) | arrow::error::ArrowError::IoError(..) => {
-                Unavailable
-            }
+            arrow::error::ArrowError::ExternalError(inner) => external(inner.as_ref())?,
+            arrow::error::ArrowError::IoError(..) => Unavailable,
             arrow::error::ArrowError::ParquetError(_) => Corrupt,
             _ => return None,
         },
@@ -174,8 +182,22 @@ mod tests {
             "{}",
             f.message
         );
-        // Not a storage error.
+        // Not storage errors: a plan error, and a policy denial (carried as
+        // External like storage errors can be).
         let e = DataFusionError::Plan("nope".into());
         assert!(storage_failure(&e, &["a.x".into()], &sources()).is_none());
+        let denied: DataFusionError = crate::policy::PolicyError::Lockdown {
+            what: "SET".into(),
+            admin_role: "admin".into(),
+        }
+        .into();
+        assert!(storage_failure(&denied, &["a.x".into()], &sources()).is_none());
+        let store = DataFusionError::External(Box::new(object_store::Error::NotFound {
+            path: "bucket/x/f.parquet".into(),
+            source: "gone".into(),
+        }));
+        let f = storage_failure(&store, &["a.x".into(), "b.y".into()], &sources()).unwrap();
+        assert_eq!(f.kind, StorageFailureKind::Unavailable);
+        assert!(f.message.starts_with("table `a.x`"), "{}", f.message);
     }
 }
