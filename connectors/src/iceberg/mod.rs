@@ -194,7 +194,12 @@ async fn find_metadata_file(storage: &MeshStorage, location: &str) -> Result<Str
         let hint = String::from_utf8_lossy(&bytes).trim().to_string();
         if !hint.is_empty() {
             let candidate = format!("{metadata_dir}/v{hint}.metadata.json");
-            if storage.resolve(&candidate).is_ok() {
+            // Only if that file exists; otherwise list, as without a hint.
+            if store
+                .head(&dir.clone().join(format!("v{hint}.metadata.json")))
+                .await
+                .is_ok()
+            {
                 return Ok(candidate);
             }
         }
@@ -220,5 +225,50 @@ async fn find_metadata_file(storage: &MeshStorage, location: &str) -> Result<Str
         None => Err(err(format!(
             "`{location}` is not an Iceberg table: no metadata/*.metadata.json found"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::execution::runtime_env::RuntimeEnv;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn finds_the_newest_metadata_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("t");
+        let meta = table.join("metadata");
+        std::fs::create_dir_all(&meta).unwrap();
+        let storage = MeshStorage::new(Arc::new(RuntimeEnv::default()), StoreRegistry::default());
+        let location = table.to_str().unwrap().to_string();
+        let err = find_metadata_file(&storage, &location).await.unwrap_err();
+        assert!(err.0.contains("is not an Iceberg table"), "{err}");
+        for name in [
+            "00001-a.metadata.json",
+            "00010-b.metadata.json",
+            "00002-c.metadata.json",
+        ] {
+            std::fs::write(meta.join(name), "{}").unwrap();
+        }
+        let found = find_metadata_file(&storage, &location).await.unwrap();
+        assert!(
+            found.ends_with("/metadata/00010-b.metadata.json"),
+            "{found}"
+        );
+        // A version hint wins when its file exists, and is ignored when not.
+        std::fs::write(meta.join("v3.metadata.json"), "{}").unwrap();
+        std::fs::write(meta.join("version-hint.text"), "3\n").unwrap();
+        let found = find_metadata_file(&storage, &location).await.unwrap();
+        assert!(found.ends_with("/metadata/v3.metadata.json"), "{found}");
+        std::fs::write(meta.join("version-hint.text"), "7").unwrap();
+        let found = find_metadata_file(&storage, &location).await.unwrap();
+        assert!(
+            found.ends_with("/metadata/00010-b.metadata.json"),
+            "{found}"
+        );
+        // A metadata file given directly is used as is.
+        let file = format!("{location}/metadata/00002-c.metadata.json");
+        assert_eq!(find_metadata_file(&storage, &file).await.unwrap(), file);
     }
 }
