@@ -204,19 +204,24 @@ impl Engine {
             &config.secret_env_fallback,
             &mut problems,
         );
-        let mut sources: BTreeMap<String, SourceInfo> = BTreeMap::new();
-        for t in &served {
-            sources.insert(
-                t.def.qualified_name(),
-                SourceInfo {
-                    product: t.def.product_id.clone(),
-                    locations: locations
-                        .iter()
-                        .filter(|(name, _)| *name == t.def.qualified_name())
-                        .map(|(_, l)| l.clone())
-                        .collect(),
-                },
-            );
+        // One pass over the locations: a per-table scan of them is quadratic
+        // in the number of tables (seconds at 10,000 products).
+        let mut sources: BTreeMap<String, SourceInfo> = served
+            .iter()
+            .map(|t| {
+                (
+                    t.def.qualified_name(),
+                    SourceInfo {
+                        product: t.def.product_id.clone(),
+                        locations: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        for (name, location) in &locations {
+            if let Some(source) = sources.get_mut(name) {
+                source.locations.push(location.clone());
+            }
         }
         let locations = Arc::new(locations);
         let mut by_domain: BTreeMap<String, BTreeMap<String, Arc<dyn TableProvider>>> =
