@@ -229,19 +229,14 @@ def test_iceberg_through_rest_catalog(fixtures, tmp_path):
     )
     with open(os.path.join(mesh, "meshq.yaml"), "w") as f:
         f.write(config)
-    with open(os.path.join(mesh, "sales", "events_rest.odps.yaml"), "w") as f:
-        f.write(writers.product("sales", "events_rest", "urn:datacontract:sales:events_rest"))
-    with open(os.path.join(mesh, "sales", "events_rest.odcs.yaml"), "w") as f:
-        f.write(
-            writers.contract(
-                "sales",
-                "events_rest",
-                "{ server: rest, type: local, format: iceberg, catalog: rest, schema: sales }",
-                "events_rest",
-                writers.EVENTS_COLUMNS,
-                physical="events",
-            )
-        )
+    writers.write_product(
+        mesh,
+        "sales",
+        "events_rest",
+        "{ server: rest, type: local, format: iceberg, catalog: rest, schema: sales }",
+        writers.EVENTS_COLUMNS,
+        physical="events",
+    )
     srv = Server(
         mesh,
         {"INTEROP_S3_KEY": S3_KEY, "INTEROP_S3_SECRET": S3_SECRET, "INTEROP_REST_TOKEN": "rest-token"},

@@ -65,7 +65,7 @@ def test_s3_outage_fails_only_its_products_and_recovers(fixtures, moto, server):
 
 
 def write_single_table_mesh(mesh, endpoint, bucket, location, password_hash):
-    os.makedirs(os.path.join(mesh, "lake"), exist_ok=True)
+    os.makedirs(mesh, exist_ok=True)
     with open(os.path.join(mesh, "meshq.yaml"), "w") as f:
         f.write(
             textwrap.dedent(
@@ -82,18 +82,13 @@ def write_single_table_mesh(mesh, endpoint, bucket, location, password_hash):
                 """
             )
         )
-    with open(os.path.join(mesh, "lake", "t.odps.yaml"), "w") as f:
-        f.write(writers.product("lake", "t", "urn:datacontract:lake:t"))
-    with open(os.path.join(mesh, "lake", "t.odcs.yaml"), "w") as f:
-        f.write(
-            writers.contract(
-                "lake",
-                "t",
-                f"{{ server: s3, type: s3, format: parquet, location: '{location}' }}",
-                "t",
-                writers.READINGS_COLUMNS,
-            )
-        )
+    writers.write_product(
+        mesh,
+        "lake",
+        "t",
+        f"{{ server: s3, type: s3, format: parquet, location: '{location}' }}",
+        writers.READINGS_COLUMNS,
+    )
 
 
 def validate(mesh, key, secret):

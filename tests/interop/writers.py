@@ -359,6 +359,15 @@ ORDERS_COLUMNS = [
 ]
 
 
+def write_product(mesh, domain, table, server, columns, physical=None):
+    """A product and its contract for table `domain.table` in `mesh`."""
+    os.makedirs(os.path.join(mesh, domain), exist_ok=True)
+    with open(os.path.join(mesh, domain, f"{table}.odps.yaml"), "w") as f:
+        f.write(product(domain, table, f"urn:datacontract:{domain}:{table}"))
+    with open(os.path.join(mesh, domain, f"{table}.odcs.yaml"), "w") as f:
+        f.write(contract(domain, table, server, table, columns, physical))
+
+
 def write_mesh(mesh, data, s3, password_hash, snapshots):
     """Products and contracts for every fixture table, and meshq.yaml."""
 
@@ -485,6 +494,4 @@ def write_mesh(mesh, data, s3, password_hash, snapshots):
         ),
     }
     for (domain, table), (server, columns, physical) in tables.items():
-        cid = f"urn:datacontract:{domain}:{table}"
-        put(f"{domain}/{table}.odps.yaml", product(domain, table, cid))
-        put(f"{domain}/{table}.odcs.yaml", contract(domain, table, server, table, columns, physical))
+        write_product(mesh, domain, table, server, columns, physical)

@@ -76,6 +76,11 @@ fn datum(expr: &Expr) -> Option<Datum> {
     let Expr::Literal(value, _) = expr else {
         return None;
     };
+    scalar_datum(value)
+}
+
+/// A non-null scalar as an Iceberg datum, for the types both sides share.
+pub(crate) fn scalar_datum(value: &ScalarValue) -> Option<Datum> {
     Some(match value {
         ScalarValue::Boolean(Some(v)) => Datum::bool(*v),
         ScalarValue::Int8(Some(v)) => Datum::int(*v),

@@ -209,20 +209,21 @@ impl TableProvider for IcebergTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let Some(snapshot_id) = self.snapshot_id else {
-            return Ok(Arc::new(EmptyExec::new(project_schema(
-                &self.schema,
-                projection,
-            )?)));
+        let tasks = match self.snapshot_id {
+            // No snapshot: the table has never had data.
+            None => Vec::new(),
+            Some(snapshot_id) => {
+                let tasks = self.plan_files(snapshot_id, filters).await?;
+                if tasks.is_empty() && filters.is_empty() && self.snapshot_has_data(snapshot_id) {
+                    // Fail closed: an empty plan for a snapshot that has data
+                    // files would silently answer "no rows".
+                    return Err(self.external(format!(
+                        "planning snapshot {snapshot_id} found no data files, but its summary lists some; refusing to answer with no rows"
+                    )));
+                }
+                tasks
+            }
         };
-        let tasks = self.plan_files(snapshot_id, filters).await?;
-        if tasks.is_empty() && filters.is_empty() && self.snapshot_has_data(snapshot_id) {
-            // Fail closed: an empty plan for a snapshot that has data files
-            // would silently answer "no rows".
-            return Err(self.external(format!(
-                "planning snapshot {snapshot_id} found no data files, but its summary lists some; refusing to answer with no rows"
-            )));
-        }
         if tasks.is_empty() {
             return Ok(Arc::new(EmptyExec::new(project_schema(
                 &self.schema,
@@ -232,7 +233,7 @@ impl TableProvider for IcebergTableProvider {
         // Files grouped by object store; one store in practice.
         let mut by_store: BTreeMap<String, Vec<PartitionedFile>> = BTreeMap::new();
         for task in &tasks {
-            check_task(&self.label, snapshot_id, task)?;
+            check_task(&self.label, self.snapshot_id.unwrap_or_default(), task)?;
             let url = location_to_url(&task.data_file_path).map_err(|e| self.external(e))?;
             let path = object_store::path::Path::from_url_path(url.path())
                 .map_err(|e| self.external(format!("data file `{}`: {e}", task.data_file_path)))?;

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::common::ScalarValue;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
@@ -29,6 +28,7 @@ use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent
 use parquet::arrow::{ArrowWriter, PARQUET_FIELD_ID_META_KEY};
 use parquet::file::properties::WriterProperties;
 
+use super::predicate::scalar_datum;
 use super::storage::{MeshStorage, MeshStorageFactory};
 use crate::store::StoreRegistry;
 
@@ -304,19 +304,6 @@ impl Bounds {
         }
         Ok((lower, upper))
     }
-}
-
-fn scalar_datum(v: &ScalarValue) -> Option<Datum> {
-    Some(match v {
-        ScalarValue::Int32(Some(v)) => Datum::int(*v),
-        ScalarValue::Int64(Some(v)) => Datum::long(*v),
-        ScalarValue::Float64(Some(v)) => Datum::double(*v),
-        ScalarValue::Date32(Some(v)) => Datum::date(*v),
-        ScalarValue::TimestampMicrosecond(Some(v), None) => Datum::timestamp_micros(*v),
-        ScalarValue::TimestampMicrosecond(Some(v), Some(_)) => Datum::timestamptz_micros(*v),
-        ScalarValue::Utf8(Some(v)) | ScalarValue::Utf8View(Some(v)) => Datum::string(v),
-        _ => return None,
-    })
 }
 
 fn single_string_value(batch: &RecordBatch, column: usize) -> Result<String, WriteError> {
