@@ -12,7 +12,11 @@ use anyhow::{Context, Result};
 use arrow::array::RecordBatch;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
-use meshq_engine::Engine;
+use std::sync::Arc;
+
+use meshq_engine::{Engine, EngineConfig, LiveEngine};
+use meshq_flight_server::metrics::Metrics;
+use meshq_flight_server::service::Operations;
 use meshq_flight_server::{ServerConfig, serve};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -51,17 +55,21 @@ pub fn start(engine: Engine, worker_threads: usize) -> Result<RunningServer> {
             let config = ServerConfig {
                 bind: "127.0.0.1:0".parse().expect("address"),
                 tls: None,
-                port_file: None,
                 shutdown_grace: Duration::from_secs(1),
+                metrics_bind: None,
             };
+            // Served as loaded; the benchmark never reloads it.
+            let live = LiveEngine::with_engine(EngineConfig::new(&engine.mesh().root), engine);
+            let ops = Arc::new(Operations::new(Arc::new(Metrics::new()), None));
             let res = serve(
-                engine,
+                live,
+                ops,
                 config,
                 async move {
                     let _ = stop_rx.await;
                 },
-                move |addr| {
-                    let _ = addr_tx.send(addr);
+                move |listening| {
+                    let _ = addr_tx.send(listening.flight);
                 },
             )
             .await;

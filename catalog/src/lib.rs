@@ -15,6 +15,7 @@
 
 pub mod common;
 pub mod error;
+pub mod limits;
 pub mod load;
 pub mod mesh;
 pub mod odcs;

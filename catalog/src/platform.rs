@@ -35,6 +35,9 @@ pub struct PlatformConfig {
     /// Known principals.
     #[serde(default)]
     pub principals: Vec<PrincipalConfig>,
+    /// Resource limits for the server and per principal.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// An object store.

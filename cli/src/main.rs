@@ -12,7 +12,12 @@ use meshq_cli::demo::{
 use meshq_cli::output::OutputFormat;
 use meshq_cli::shell::Shell;
 use meshq_cli::validate;
-use meshq_engine::{Engine, EngineConfig, Principal};
+use std::sync::Arc;
+
+use meshq_engine::{Engine, EngineConfig, LiveEngine, Principal, ReloadOutcome, ReloadResult};
+use meshq_flight_server::audit::AuditLog;
+use meshq_flight_server::metrics::Metrics;
+use meshq_flight_server::service::Operations;
 
 /// meshq: SQL over a data mesh, governed by its data contracts.
 #[derive(Debug, Parser)]
@@ -21,8 +26,24 @@ struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `meshq_engine=debug`.
     #[arg(long, env = "MESHQ_LOG", default_value = "warn", global = true)]
     log_filter: String,
+    /// Log line format on stderr: `text` for people, `json` (one object per
+    /// line) for log collectors.
+    #[arg(
+        long,
+        value_enum,
+        env = "MESHQ_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,7 +100,8 @@ struct ServerArgs {
     /// PEM private key for TLS.
     #[arg(long, env = "MESHQ_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Write the bound port to this file once listening.
+    /// Write the bound port to this file once the mesh is loaded and the
+    /// server answers.
     #[arg(long, env = "MESHQ_PORT_FILE")]
     port_file: Option<PathBuf>,
     /// Seconds in-flight calls may run after SIGTERM/ctrl-c before the server exits.
@@ -90,6 +112,31 @@ struct ServerArgs {
         value_name = "SECS"
     )]
     shutdown_grace_secs: u64,
+    /// Serve Prometheus metrics over HTTP on this address (`/metrics`).
+    #[arg(long, env = "MESHQ_METRICS_BIND")]
+    metrics_bind: Option<std::net::SocketAddr>,
+    /// Append one JSON line per query and per failed login to this file
+    /// (`-` for stdout).
+    #[arg(long, env = "MESHQ_AUDIT_LOG", value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// How often the mesh directory is checked for changes, in seconds
+    /// (SIGHUP reloads at once); 0 turns watching off.
+    #[arg(
+        long,
+        env = "MESHQ_RELOAD_INTERVAL",
+        default_value_t = 2.0,
+        value_name = "SECS"
+    )]
+    reload_interval: f64,
+    /// While some table's storage cannot be opened, try again this often,
+    /// in seconds.
+    #[arg(
+        long,
+        env = "MESHQ_STORAGE_RETRY",
+        default_value_t = 30.0,
+        value_name = "SECS"
+    )]
+    storage_retry: f64,
 }
 
 #[derive(Debug, Args)]
@@ -130,13 +177,15 @@ const EXIT_INVALID: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log_filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -180,9 +229,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Serve(args) => {
-            let engine = load(&args.mesh.mesh, EngineConfig::new(&args.mesh.mesh)).await?;
-            report_problems(&engine);
-            serve(engine, args.server, |_| {}).await
+            let live = LiveEngine::new(EngineConfig::new(&args.mesh.mesh));
+            serve(live, args.server, |_| {}).await
         }
         Command::Shell(args) => {
             let engine = load(&args.mesh.mesh, EngineConfig::new(&args.mesh.mesh)).await?;
@@ -206,7 +254,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             config
                 .secret_env_fallback
                 .insert(DEMO_SECRET_ENV.into(), DEMO_SECRET_VALUE.into());
-            let engine = load(&args.dir, config).await?;
+            let engine = load(&args.dir, config.clone()).await?;
             report_problems(&engine);
             let Some(principal) = principal(&engine, Some(&args.principal)) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
@@ -215,7 +263,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if interactive && !args.shell {
                 let tables = engine.served_tables().len();
                 let dir = args.dir.display().to_string();
-                return serve(engine, args.server, move |addr| {
+                let live = LiveEngine::with_engine(config, engine);
+                return serve(live, args.server, move |addr| {
                     println!("{}", meshq_cli::demo::connect_banner(&dir, tables, addr));
                 })
                 .await;
@@ -230,26 +279,125 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Serves until ctrl-c or SIGTERM.
+/// Serves until ctrl-c or SIGTERM. The server listens at once; the mesh
+/// is loaded (unless `live` already has it), then watched and reloaded on
+/// change and on SIGHUP. `banner` runs once the server is ready.
 async fn serve(
-    engine: Engine,
+    live: Arc<LiveEngine>,
     args: ServerArgs,
-    banner: impl FnOnce(std::net::SocketAddr) + Send,
+    banner: impl FnOnce(std::net::SocketAddr) + Send + 'static,
 ) -> Result<ExitCode> {
+    let audit = match &args.audit_log {
+        Some(path) => Some(
+            AuditLog::open(path)
+                .with_context(|| format!("opening the audit log {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let ops = Arc::new(Operations::new(Arc::new(Metrics::new()), audit));
     let config = meshq_flight_server::ServerConfig {
         bind: args.bind,
         tls: args.tls_cert.zip(args.tls_key),
-        port_file: args.port_file,
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
+        metrics_bind: args.metrics_bind,
     };
     let tls = config.tls.is_some();
-    meshq_flight_server::serve(engine, config, shutdown_signal(), move |addr| {
-        let scheme = if tls { "grpc+tls" } else { "grpc" };
-        eprintln!("meshq serving Flight SQL on {scheme}://{addr}");
-        banner(addr);
+    let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+    let loader = {
+        let live = Arc::clone(&live);
+        let ops = Arc::clone(&ops);
+        let interval = args.reload_interval;
+        let port_file = args.port_file.clone();
+        let retry = std::time::Duration::from_secs_f64(args.storage_retry.max(1.0));
+        tokio::spawn(async move {
+            if !live.is_ready() {
+                let outcome = live.reload().await;
+                ops.metrics.reloaded(outcome.result.label());
+                if let ReloadResult::Rejected(why) = &outcome.result {
+                    let _ = failed_tx.send(why.clone());
+                    return;
+                }
+                if let Some(engine) = live.current() {
+                    report_problems(&engine);
+                }
+            } else {
+                ops.metrics.reloaded("ok");
+            }
+            let Ok(meshq_flight_server::Listening { flight, metrics }) = listening_rx.await else {
+                return;
+            };
+            // Written once the server can answer, so a script that waits for
+            // the file can query at once.
+            if let Some(path) = port_file {
+                let tmp = path.with_extension("tmp");
+                let written = std::fs::write(&tmp, flight.port().to_string())
+                    .and_then(|_| std::fs::rename(&tmp, &path));
+                if let Err(e) = written {
+                    eprintln!("Error: cannot write the port file {}: {e}", path.display());
+                }
+            }
+            let scheme = if tls { "grpc+tls" } else { "grpc" };
+            eprintln!("meshq serving Flight SQL on {scheme}://{flight}");
+            if let Some(m) = metrics {
+                eprintln!("meshq metrics on http://{m}/metrics");
+            }
+            banner(flight);
+            let on_reload = {
+                let ops = Arc::clone(&ops);
+                move |o: &ReloadOutcome| ops.metrics.reloaded(o.result.label())
+            };
+            if interval > 0.0 {
+                meshq_engine::live::watch(
+                    Arc::clone(&live),
+                    std::time::Duration::from_secs_f64(interval),
+                    retry,
+                    on_reload.clone(),
+                );
+            }
+            reload_on_sighup(live, on_reload).await;
+        })
+    };
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            Ok(why) = failed_rx => {
+                eprintln!("Error: cannot load the mesh: {why}");
+            }
+        }
+    };
+    let served = meshq_flight_server::serve(live.clone(), ops, config, shutdown, move |l| {
+        let _ = listening_tx.send(l);
     })
-    .await?;
-    Ok(ExitCode::SUCCESS)
+    .await;
+    loader.abort();
+    served?;
+    Ok(if live.is_ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
+/// Reloads the mesh on each SIGHUP.
+async fn reload_on_sighup(live: Arc<LiveEngine>, on_reload: impl Fn(&ReloadOutcome)) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the mesh");
+            let outcome = live.reload().await;
+            on_reload(&outcome);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (live, on_reload);
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn shutdown_signal() {

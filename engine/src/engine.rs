@@ -50,8 +50,11 @@ pub struct EngineConfig {
     /// Memory pool size in bytes, shared by all queries; operators that can
     /// spill (sorts, sort-merge joins, aggregations) spill to disk past it,
     /// and joins are planned as sort-merge joins so that they can. Unbounded
-    /// when unset.
+    /// when unset. Overrides `limits.memory` in `meshq.yaml`.
     pub memory_limit: Option<usize>,
+    /// Where spill files go; overrides `limits.spill_dir` in `meshq.yaml`.
+    /// The system temp directory when neither is set.
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -63,6 +66,7 @@ impl EngineConfig {
             open_concurrency: 16,
             secret_env_fallback: BTreeMap::new(),
             memory_limit: None,
+            spill_dir: None,
         }
     }
 }
@@ -96,6 +100,13 @@ struct Inner {
     /// Product and locations of every served table, to name the product
     /// behind a storage failure.
     sources: Arc<BTreeMap<String, SourceInfo>>,
+    /// Memory pool size and spill directory the runtime was built with.
+    memory: (Option<usize>, Option<PathBuf>),
+    /// Tables whose storage could not be opened (retried on reload).
+    unopened: usize,
+    /// Tables kept from the previous version because their new version
+    /// has errors.
+    kept: Vec<String>,
 }
 
 impl Engine {
@@ -103,14 +114,72 @@ impl Engine {
     /// unusable; every other problem is in [`Engine::problems`] and only the
     /// tables it concerns are left out.
     pub async fn load(config: EngineConfig) -> Result<Self> {
+        Self::load_after(config, None).await
+    }
+
+    /// Loads the mesh again after `previous` (a reload). Errors in
+    /// `meshq.yaml` or a global policy set reject the whole reload
+    /// ([`Error::ReloadRejected`]): their scope is every table. A table
+    /// whose product or contract now has errors, and whose files still
+    /// exist, keeps its previous version (definition, opened data and
+    /// policies); [`Engine::kept`] lists them. Removed products are gone.
+    pub async fn load_after(config: EngineConfig, previous: Option<&Engine>) -> Result<Self> {
         let outcome = load_mesh(&config.mesh_dir)?;
-        let mesh = outcome.mesh;
+        let mut mesh = outcome.mesh;
         let mut problems = outcome.problems;
-        let mut runtime = RuntimeEnvBuilder::new();
-        if let Some(limit) = config.memory_limit {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        if previous.is_some() {
+            let mesh_wide: Vec<Problem> = problems
+                .iter()
+                .filter(|p| {
+                    p.is_error()
+                        && p.file
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| {
+                                n == meshq_catalog::platform::PLATFORM_FILE
+                                    || n.ends_with(".policy.yaml")
+                            })
+                })
+                .cloned()
+                .collect();
+            if !mesh_wide.is_empty() {
+                return Err(crate::Error::ReloadRejected {
+                    problems: mesh_wide,
+                });
+            }
         }
-        let runtime = runtime.build_arc()?;
+        let memory_limit = config
+            .memory_limit
+            .or(mesh.config.limits.memory.map(|b| b.0 as usize));
+        let spill_dir = config.spill_dir.clone().or_else(|| {
+            mesh.config
+                .limits
+                .spill_dir
+                .as_ref()
+                .map(|d| mesh.root.join(d))
+        });
+        let memory = (memory_limit, spill_dir);
+        let runtime = match previous {
+            // Queries still running on the previous version share the pool.
+            Some(p) if p.inner.memory == memory => Arc::clone(&p.inner.runtime),
+            _ => {
+                let mut runtime = RuntimeEnvBuilder::new();
+                if let Some(limit) = memory.0 {
+                    runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+                }
+                if let Some(dir) = &memory.1 {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        datafusion::error::DataFusionError::Execution(format!(
+                            "cannot create the spill directory {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                    runtime = runtime.with_temp_file_path(dir);
+                }
+                runtime.build_arc()?
+            }
+        };
+        let memory_limit = memory.0;
         let mut session_config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, SCRATCH_SCHEMA)
             .with_create_default_catalog_and_schema(false)
@@ -118,7 +187,7 @@ impl Engine {
         if let Some(n) = config.target_partitions {
             session_config = session_config.with_target_partitions(n);
         }
-        if config.memory_limit.is_some() {
+        if memory_limit.is_some() {
             // Under a memory budget, joins must be able to spill: DataFusion's
             // hash join cannot, its sort-merge join can.
             session_config =
@@ -147,6 +216,7 @@ impl Engine {
             .collect()
             .await;
         let mut served = Vec::new();
+        let mut unopened = 0;
         // Where each table's files are, for the lockdown: the declared
         // location, plus the data folder found on opening (Iceberg tables
         // named through a catalog).
@@ -185,6 +255,7 @@ impl Engine {
                     });
                 }
                 Err(e) => {
+                    unopened += 1;
                     warn!(table = %def.qualified_name(), product = %def.product_id, "table not served");
                     problems.push(Problem::error(
                         file,
@@ -197,13 +268,24 @@ impl Engine {
                 }
             }
         }
-        let policies = compile_policies(
+        let mut policies = compile_policies(
             &mesh,
             &served,
             &opener,
             &config.secret_env_fallback,
             &mut problems,
         );
+        let kept = match previous {
+            Some(prev) => keep_last_good(
+                prev,
+                &mut mesh,
+                &mut served,
+                &mut policies,
+                &mut locations,
+                &mut problems,
+            ),
+            None => Vec::new(),
+        };
         // One pass over the locations: a per-table scan of them is quadratic
         // in the number of tables (seconds at 10,000 products).
         let mut sources: BTreeMap<String, SourceInfo> = served
@@ -242,6 +324,7 @@ impl Engine {
         info!(
             tables = served.len(),
             problems = problems.len(),
+            kept = kept.len(),
             "mesh loaded"
         );
         Ok(Self {
@@ -255,8 +338,33 @@ impl Engine {
                 policies: Arc::new(policies),
                 locations,
                 sources: Arc::new(sources),
+                memory,
+                unopened,
+                kept,
             }),
         })
+    }
+
+    /// Whether `self` and `other` are the same load of the mesh.
+    pub fn same_version(&self, other: &Engine) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Tables kept from the previous version by [`Engine::load_after`].
+    pub fn kept(&self) -> &[String] {
+        &self.inner.kept
+    }
+
+    /// How many tables could not be opened (their storage failed); a reload
+    /// tries them again.
+    pub fn unopened(&self) -> usize {
+        self.inner.unopened
+    }
+
+    /// The runtime shared by every query (memory pool, spill files, object
+    /// stores).
+    pub fn runtime(&self) -> &Arc<RuntimeEnv> {
+        &self.inner.runtime
     }
 
     /// The loaded mesh model.
@@ -273,6 +381,29 @@ impl Engine {
     /// Tables being served, sorted by `domain.name`.
     pub fn served_tables(&self) -> &[ServedTable] {
         &self.inner.served
+    }
+
+    /// A session on this version of the mesh that continues `previous`
+    /// (made from an earlier version) for `principal`: its scratch tables
+    /// and default schema carry over.
+    pub fn continue_session(&self, previous: &MeshSession, principal: &Principal) -> MeshSession {
+        let session = self.session(principal);
+        if let (Some(old), Some(new)) = (
+            previous.context().catalog(CATALOG),
+            session.context().catalog(CATALOG),
+        ) && let Some(scratch) = old.schema(SCRATCH_SCHEMA)
+        {
+            let _ = new.register_schema(SCRATCH_SCHEMA, scratch);
+        }
+        let schema = previous.default_schema();
+        if session
+            .context()
+            .catalog(CATALOG)
+            .is_some_and(|c| c.schema_names().contains(&schema))
+        {
+            session.set_default_schema(&schema);
+        }
+        session
     }
 
     /// A new SQL session for `principal`. Each session has its own scratch
@@ -336,6 +467,136 @@ impl Engine {
     pub fn governance(&self, table: &str) -> Option<&TableGovernance> {
         self.inner.policies.get(table)
     }
+
+    /// The policies a query by `principal` reading `tables` (`domain.table`)
+    /// has applied, for the audit log: names, never values.
+    pub fn applied_policies(&self, principal: &Principal, tables: &[String]) -> AppliedPolicies {
+        let mut out = AppliedPolicies::default();
+        for table in tables {
+            let Some(TableGovernance::Ready(p)) = self.governance(table) else {
+                continue;
+            };
+            for m in &p.masks {
+                if principal.has_any_role(&m.except_roles) {
+                    continue;
+                }
+                out.masks.push(format!("{table}.{}:{}", m.column, m.kind));
+                if let Some(id) = m
+                    .origin
+                    .strip_prefix("global policy ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    && !out.global.iter().any(|g| g == id)
+                {
+                    out.global.push(id.to_string());
+                }
+            }
+            for f in &p.row_filters {
+                if !principal.has_any_role(&f.except_roles) {
+                    out.row_filters.push(format!("{table}:{}", f.id));
+                }
+            }
+        }
+        out
+    }
+
+    /// The product each of `tables` (`domain.table`) belongs to, deduplicated.
+    pub fn products_of(&self, tables: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = tables
+            .iter()
+            .filter_map(|t| self.inner.sources.get(t).map(|s| s.product.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Policies applied to one query, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedPolicies {
+    /// `domain.table.column:kind` of each mask applied.
+    pub masks: Vec<String>,
+    /// `domain.table:filter-id` of each row filter applied.
+    pub row_filters: Vec<String>,
+    /// Ids of the global policies among them.
+    pub global: Vec<String>,
+}
+
+/// After a reload: keeps the previous version of each table that is no
+/// longer served (or whose policies no longer build) because its product or
+/// contract now has errors, as long as those files still exist. Returns the
+/// kept tables' names.
+fn keep_last_good(
+    prev: &Engine,
+    mesh: &mut Mesh,
+    served: &mut Vec<ServedTable>,
+    policies: &mut PolicyCatalog,
+    locations: &mut Vec<(String, String)>,
+    problems: &mut Vec<Problem>,
+) -> Vec<String> {
+    let error_files: std::collections::BTreeSet<PathBuf> = problems
+        .iter()
+        .filter(|p| p.is_error())
+        .map(|p| p.file.clone())
+        .collect();
+    let mut kept = Vec::new();
+    for old in prev.served_tables() {
+        let name = old.def.qualified_name();
+        let files_exist = old.def.product_file.exists() && old.def.contract_file.exists();
+        let product_file = mesh.display_path(&old.def.product_file);
+        let contract_file = mesh.display_path(&old.def.contract_file);
+        let broken = error_files.contains(&product_file) || error_files.contains(&contract_file);
+        if !files_exist || !broken {
+            continue;
+        }
+        let now = served.iter().position(|t| t.def.qualified_name() == name);
+        let old_ready = !matches!(prev.governance(&name), Some(TableGovernance::Broken(_)));
+        let now_broken = matches!(policies.get(&name), Some(TableGovernance::Broken(_)));
+        match now {
+            None => {
+                // Another product may have taken the name meanwhile.
+                if mesh.tables.iter().any(|t| t.qualified_name() == name) {
+                    continue;
+                }
+                served.push(old.clone());
+                mesh.tables.push(Arc::clone(&old.def));
+            }
+            Some(i) if now_broken && old_ready => {
+                served[i] = old.clone();
+                if let Some(t) = mesh.tables.iter_mut().find(|t| t.qualified_name() == name) {
+                    *t = Arc::clone(&old.def);
+                }
+            }
+            Some(_) => continue,
+        }
+        match prev.governance(&name) {
+            Some(g) => {
+                policies.insert(name.clone(), g.clone());
+            }
+            None => {
+                policies.remove(&name);
+            }
+        }
+        locations.retain(|(n, _)| n != &name);
+        locations.extend(
+            prev.inner
+                .locations
+                .iter()
+                .filter(|(n, _)| n == &name)
+                .cloned(),
+        );
+        problems.push(Problem::warning(
+            contract_file,
+            format!(
+                "table `{name}` (product `{}`): the new version has errors; the previous version is still served",
+                old.def.product_id
+            ),
+        ));
+        kept.push(name);
+    }
+    served.sort_by_key(|t| t.def.qualified_name());
+    mesh.tables.sort_by_key(|t| t.qualified_name());
+    kept
 }
 
 /// Compiles every served table's policies. A table whose policies cannot be

@@ -18,13 +18,17 @@
 pub mod domain_schema;
 pub mod engine;
 pub mod error;
+pub mod live;
+pub mod memory;
 pub mod policy;
 pub mod session;
 pub mod storage_error;
 
-pub use engine::{CATALOG, Engine, EngineConfig, SCRATCH_SCHEMA, ServedTable};
+pub use engine::{AppliedPolicies, CATALOG, Engine, EngineConfig, SCRATCH_SCHEMA, ServedTable};
 pub use error::{Error, Result};
+pub use live::{LiveEngine, ReloadOutcome, ReloadResult};
+pub use memory::QueryMemoryPool;
 pub use meshq_catalog::Principal;
 pub use policy::{PolicyError, policy_error};
-pub use session::MeshSession;
+pub use session::{MeshSession, PhysicalQuery};
 pub use storage_error::{SourceInfo, StorageFailure, StorageFailureKind};

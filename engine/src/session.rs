@@ -14,6 +14,12 @@ use std::collections::BTreeMap;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+
+use crate::memory::QueryMemoryPool;
 use crate::policy::lockdown::check_statement;
 use crate::storage_error::{SourceInfo, StorageFailure, storage_failure};
 
@@ -147,5 +153,57 @@ impl MeshSession {
     pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<DataFrame> {
         self.check(&plan)?;
         self.ctx.execute_logical_plan(plan).await
+    }
+
+    /// Checks that the principal may run the query `plan`, then makes its
+    /// physical plan, on a memory pool of its own of `memory_limit` bytes
+    /// (within the server's pool) when set. Statements (DDL, `SET`) go
+    /// through [`MeshSession::execute_plan`].
+    pub async fn physical_plan(
+        &self,
+        plan: LogicalPlan,
+        memory_limit: Option<usize>,
+    ) -> Result<PhysicalQuery> {
+        self.check(&plan)?;
+        let mut state = self.ctx.state();
+        let mut pool = None;
+        if let Some(limit) = memory_limit {
+            let runtime = state.runtime_env();
+            let p = Arc::new(QueryMemoryPool::new(
+                Arc::clone(&runtime.memory_pool),
+                limit,
+            ));
+            let runtime = RuntimeEnvBuilder::from_runtime_env(runtime)
+                .with_memory_pool(Arc::clone(&p) as Arc<dyn MemoryPool>)
+                .build_arc()?;
+            state = SessionStateBuilder::new_from_existing(state)
+                .with_runtime_env(runtime)
+                .build();
+            pool = Some(p);
+        }
+        let physical = state.create_physical_plan(&plan).await?;
+        Ok(PhysicalQuery {
+            plan: physical,
+            task: state.task_ctx(),
+            pool,
+        })
+    }
+}
+
+/// A query ready to run: its physical plan and the context it runs in.
+#[derive(Debug)]
+pub struct PhysicalQuery {
+    /// The plan; after the run its metrics hold what it did (spills).
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// Runtime (memory pool, spill files) and config.
+    pub task: Arc<TaskContext>,
+    /// The query's own memory pool, when it has a limit.
+    pub pool: Option<Arc<QueryMemoryPool>>,
+}
+
+impl PhysicalQuery {
+    /// Starts the query.
+    pub fn execute(&self) -> Result<SendableRecordBatchStream> {
+        datafusion::physical_plan::execute_stream(Arc::clone(&self.plan), Arc::clone(&self.task))
     }
 }

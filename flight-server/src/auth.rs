@@ -6,6 +6,7 @@
 //! wrong; every failure is logged with the user name, never the password.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,8 @@ use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use meshq_catalog::Principal;
-use meshq_catalog::platform::{AttributeValue, JwtConfig, PlatformConfig};
-use meshq_engine::{Engine, MeshSession};
+use meshq_catalog::platform::{AttributeValue, JwtConfig};
+use meshq_engine::{Engine, LiveEngine, MeshSession};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tracing::warn;
@@ -31,31 +32,106 @@ const TOKEN_IDLE: Duration = Duration::from_secs(8 * 3600);
 /// Most tokens kept at once; the least recently used go first.
 const MAX_TOKENS: usize = 10_000;
 
-/// A logged-in client: its principal, its SQL session and options.
+/// How a session's principal was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Login {
+    /// User and password from `meshq.yaml`: looked up again after a
+    /// reload, so changed roles apply and a removed principal is logged out.
+    Password,
+    /// A JWT, checked on every call.
+    Jwt,
+}
+
+/// A logged-in client: its principal, its SQL session and options. After a
+/// reload the session continues on the new mesh version, with its scratch
+/// tables and default schema.
 pub struct ClientSession {
-    /// Who.
-    pub principal: Principal,
-    /// The session queries run in (scratch tables live here).
-    pub session: MeshSession,
+    login: Login,
+    live: Arc<LiveEngine>,
+    state: Mutex<SessionState>,
     last_used: Mutex<Instant>,
 }
 
+struct SessionState {
+    engine: Engine,
+    principal: Principal,
+    session: MeshSession,
+}
+
 impl ClientSession {
-    fn new(engine: &Engine, principal: Principal) -> Self {
+    fn new(live: &Arc<LiveEngine>, engine: Engine, principal: Principal, login: Login) -> Self {
         let session = engine.session(&principal);
         Self {
-            principal,
-            session,
+            login,
+            live: Arc::clone(live),
+            state: Mutex::new(SessionState {
+                engine,
+                principal,
+                session,
+            }),
             last_used: Mutex::new(Instant::now()),
         }
     }
+
+    /// The principal, as of the current mesh version.
+    pub fn principal(&self) -> Principal {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .principal
+            .clone()
+    }
+
+    /// The session and the mesh version a call runs on: taken once per call,
+    /// so one query never sees two versions.
+    pub fn session(&self) -> Result<(Engine, MeshSession), Status> {
+        let current = self.live.current().ok_or_else(loading)?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !state.engine.same_version(&current) {
+            let principal = match self.login {
+                Login::Jwt => state.principal.clone(),
+                Login::Password => {
+                    let name = state.principal.name.clone().unwrap_or_default();
+                    current.mesh().config.principal(&name).ok_or_else(|| {
+                        Status::unauthenticated(format!(
+                            "principal `{name}` no longer exists in meshq.yaml; log in again"
+                        ))
+                    })?
+                }
+            };
+            let session = current.continue_session(&state.session, &principal);
+            *state = SessionState {
+                engine: current,
+                principal,
+                session,
+            };
+        }
+        Ok((state.engine.clone(), state.session.clone()))
+    }
 }
+
+fn loading() -> Status {
+    Status::unavailable("the mesh is still loading; try again in a moment")
+}
+
+/// A failed authentication, for the audit log.
+#[derive(Debug, Clone)]
+pub struct AuthFailure {
+    /// The user name given, or `(token)` / `(jwt)`.
+    pub user: String,
+    /// Why, for the server log and the audit (never the secret).
+    pub reason: String,
+}
+
+/// Sees every failed authentication, with the client's address.
+pub type OnAuthFailure = Box<dyn Fn(&AuthFailure, Option<SocketAddr>) + Send + Sync>;
 
 /// Issues and checks credentials.
 pub struct Authenticator {
-    engine: Engine,
+    live: Arc<LiveEngine>,
     tokens: Mutex<HashMap<String, Arc<ClientSession>>>,
     failures: Mutex<HashMap<String, u32>>,
+    on_failure: OnAuthFailure,
 }
 
 fn unauthenticated() -> Status {
@@ -63,54 +139,81 @@ fn unauthenticated() -> Status {
 }
 
 impl Authenticator {
-    /// For `engine`'s platform config.
-    pub fn new(engine: Engine) -> Self {
+    /// Over the served mesh; `on_failure` sees every failed authentication.
+    pub fn new(live: Arc<LiveEngine>, on_failure: OnAuthFailure) -> Self {
         Self {
-            engine,
+            live,
             tokens: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            on_failure,
         }
     }
 
-    /// The engine sessions are made from.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    /// The mesh version being served.
+    pub fn engine(&self) -> Result<Engine, Status> {
+        self.live.current().ok_or_else(loading)
     }
 
-    fn config(&self) -> &PlatformConfig {
-        &self.engine.mesh().config
+    /// Logged-in sessions.
+    pub fn sessions(&self) -> usize {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    fn note_failure(&self, user: &str, why: &str) {
+    fn note_failure(&self, user: &str, why: &str, peer: Option<SocketAddr>) {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = f.entry(user.to_string()).or_default();
         *n += 1;
         warn!(user, failures = *n, reason = why, "authentication failed");
+        drop(f);
+        (self.on_failure)(
+            &AuthFailure {
+                user: user.to_string(),
+                reason: why.to_string(),
+            },
+            peer,
+        );
     }
 
     /// Checks `Basic` credentials; returns a new bearer token and the session.
-    pub fn login_basic(&self, header: &str) -> Result<(String, Arc<ClientSession>), Status> {
-        let encoded = header
-            .strip_prefix("Basic ")
-            .ok_or_else(unauthenticated)?
-            .trim();
-        let decoded = LENIENT_B64
-            .decode(encoded)
+    pub fn login_basic(
+        &self,
+        header: &str,
+        peer: Option<SocketAddr>,
+    ) -> Result<(String, Arc<ClientSession>), Status> {
+        let engine = self.engine()?;
+        let malformed = |why: &str| {
+            self.note_failure("(malformed)", why, peer);
+            unauthenticated()
+        };
+        let Some(encoded) = header.strip_prefix("Basic ") else {
+            return Err(malformed("not HTTP Basic"));
+        };
+        let Some(decoded) = LENIENT_B64
+            .decode(encoded.trim())
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(unauthenticated)?;
-        let (user, password) = decoded.split_once(':').ok_or_else(unauthenticated)?;
-        let Some(principal) = self.config().authenticate(user, password) else {
-            self.note_failure(user, "wrong user or password");
+        else {
+            return Err(malformed("Basic credentials are not base64 UTF-8"));
+        };
+        let Some((user, password)) = decoded.split_once(':') else {
+            return Err(malformed("Basic credentials lack a `:`"));
+        };
+        let Some(principal) = engine.mesh().config.authenticate(user, password) else {
+            self.note_failure(user, "wrong user or password", peer);
             return Err(unauthenticated());
         };
-        Ok(self.issue(principal))
+        Ok(self.issue(engine, principal))
     }
 
-    fn issue(&self, principal: Principal) -> (String, Arc<ClientSession>) {
+    fn issue(&self, engine: Engine, principal: Principal) -> (String, Arc<ClientSession>) {
         let token =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        let session = Arc::new(ClientSession::new(&self.engine, principal));
+        let session = Arc::new(ClientSession::new(
+            &self.live,
+            engine,
+            principal,
+            Login::Password,
+        ));
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         if tokens.len() >= MAX_TOKENS {
             let now = Instant::now();
@@ -133,19 +236,28 @@ impl Authenticator {
 
     /// The session behind a call's `authorization` header: a token from the
     /// Handshake, a JWT, or Basic credentials.
-    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<ClientSession>, Status> {
-        let header = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("missing authorization header; log in with the Handshake or send a bearer token"))?;
+    pub fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<Arc<ClientSession>, Status> {
+        let Some(header) = metadata.get("authorization").and_then(|v| v.to_str().ok()) else {
+            self.note_failure("(none)", "no authorization header", peer);
+            return Err(Status::unauthenticated(
+                "missing authorization header; log in with the Handshake or send a bearer token",
+            ));
+        };
         if header.starts_with("Basic ") {
-            return self.login_basic(header).map(|(_, s)| s);
+            return self.login_basic(header, peer).map(|(_, s)| s);
         }
-        let token = header
+        let Some(token) = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(unauthenticated)?
-            .trim();
+            .map(str::trim)
+        else {
+            self.note_failure("(malformed)", "neither Basic nor Bearer", peer);
+            return Err(unauthenticated());
+        };
         if let Some(s) = self
             .tokens
             .lock()
@@ -158,17 +270,26 @@ impl Authenticator {
                 return Ok(Arc::clone(s));
             }
         }
-        match &self.config().auth.jwt {
+        let engine = self.engine()?;
+        match &engine.mesh().config.auth.jwt {
             Some(jwt) if token.matches('.').count() == 2 => {
-                let principal = verify_jwt(jwt, token).map_err(|why| {
-                    self.note_failure("(jwt)", &why);
-                    unauthenticated()
-                })?;
+                let principal = match verify_jwt(jwt, token) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        self.note_failure("(jwt)", &why, peer);
+                        return Err(unauthenticated());
+                    }
+                };
                 // A JWT is checked on every call; the session is per call.
-                Ok(Arc::new(ClientSession::new(&self.engine, principal)))
+                Ok(Arc::new(ClientSession::new(
+                    &self.live,
+                    engine,
+                    principal,
+                    Login::Jwt,
+                )))
             }
             _ => {
-                self.note_failure("(token)", "unknown or expired bearer token");
+                self.note_failure("(token)", "unknown or expired bearer token", peer);
                 Err(unauthenticated())
             }
         }

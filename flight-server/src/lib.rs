@@ -13,21 +13,27 @@
 //! - Errors map to gRPC codes in one place ([`error::to_status`]) and never
 //!   carry row values.
 
+pub mod admission;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod metadata;
+pub mod metrics;
 pub mod service;
 pub mod session_options;
 pub mod ticket;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use meshq_engine::Engine;
+use meshq_engine::LiveEngine;
 use tracing::info;
 
-use crate::service::MeshFlightService;
+use crate::metrics::Metrics;
+use crate::service::{MeshFlightService, Operations};
 
 /// Largest message the server accepts (large parameter sets in DoPut).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -39,10 +45,48 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// PEM certificate and key for TLS; plaintext when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// Write the bound port here once listening (for tests and scripts).
-    pub port_file: Option<PathBuf>,
     /// How long in-flight calls may run after a shutdown signal.
     pub shutdown_grace: std::time::Duration,
+    /// Serve Prometheus metrics over HTTP here.
+    pub metrics_bind: Option<SocketAddr>,
+}
+
+/// Where the server listens, once it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// Flight SQL (and `grpc.health.v1`).
+    pub flight: SocketAddr,
+    /// Prometheus metrics, when enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Refreshes the sampled gauges from the server's state.
+fn sample(metrics: &Metrics, live: &LiveEngine, ops: &Operations, sessions: usize) {
+    let (running, queued) = ops.load();
+    metrics.running.set(running as i64);
+    metrics.queued.set(queued as i64);
+    metrics.sessions.set(sessions as i64);
+    metrics.mesh_version.set(live.version() as i64);
+    metrics.ready.set(live.is_ready() as i64);
+    if let Some(at) = live.loaded_at() {
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metrics.mesh_loaded_at.set(secs);
+    }
+    if let Some(engine) = live.current() {
+        let pool = &engine.runtime().memory_pool;
+        metrics.memory_reserved.set(pool.reserved() as i64);
+        let limit = match pool.memory_limit() {
+            datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as i64,
+            _ => 0,
+        };
+        metrics.memory_limit.set(limit);
+        metrics
+            .tables_served
+            .set(engine.served_tables().len() as i64);
+    }
 }
 
 /// Errors starting the server.
@@ -59,23 +103,67 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves `engine` until `shutdown` resolves, then drains in-flight calls.
+/// Serves the mesh in `live` until `shutdown` resolves, then drains
+/// in-flight calls. The server listens at once; until the first load of
+/// `live` completes, calls fail with `UNAVAILABLE` and the health service
+/// says `NOT_SERVING`.
 pub async fn serve(
-    engine: Engine,
+    live: Arc<LiveEngine>,
+    ops: Arc<Operations>,
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    on_listening: impl FnOnce(SocketAddr) + Send,
+    on_listening: impl FnOnce(Listening) + Send,
 ) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
-    if let Some(path) = &config.port_file {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, addr.port().to_string())?;
-        std::fs::rename(&tmp, path)?;
-    }
-    let service = FlightServiceServer::new(MeshFlightService::new(engine))
+    let flight = MeshFlightService::new(Arc::clone(&live), Arc::clone(&ops));
+    let sessions = flight.sessions_counter();
+    let service = FlightServiceServer::new(flight)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // grpc.health.v1: NOT_SERVING until the first load completes.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<FlightServiceServer<MeshFlightService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    {
+        let live = Arc::clone(&live);
+        tokio::spawn(async move {
+            while !live.is_ready() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            health
+                .set_serving::<FlightServiceServer<MeshFlightService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+        });
+    }
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_addr = match config.metrics_bind {
+        Some(bind) => {
+            let listener = tokio::net::TcpListener::bind(bind).await?;
+            let addr = listener.local_addr()?;
+            let (live, ops2) = (Arc::clone(&live), Arc::clone(&ops));
+            let sampler: Arc<dyn Fn(&Metrics) + Send + Sync> =
+                Arc::new(move |m: &Metrics| sample(m, &live, &ops2, sessions()));
+            let metrics = Arc::clone(&ops.metrics);
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = metrics_stopped.await;
+                };
+                if let Err(e) = metrics::serve_metrics(listener, metrics, sampler, stop).await {
+                    tracing::warn!(error = %e, "metrics endpoint stopped");
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &config.tls {
         // Dependencies enable both of rustls' crypto providers; pick one for
@@ -91,7 +179,10 @@ pub async fn serve(
             .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     info!(%addr, tls = config.tls.is_some(), "serving Flight SQL");
-    on_listening(addr);
+    on_listening(Listening {
+        flight: addr,
+        metrics: metrics_addr,
+    });
     // On shutdown, stop accepting and let in-flight calls finish, but no
     // longer than the grace period: idle clients keep connections open.
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -99,13 +190,16 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping_tx.send(());
     };
-    let server = builder.add_service(service).serve_with_incoming_shutdown(
-        // No Nagle delay: a Flight SQL call is a few small messages
-        // each way, and Nagle's algorithm with delayed ACKs adds tens of
-        // milliseconds to each round trip.
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        signal,
-    );
+    let server = builder
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            // No Nagle delay: a Flight SQL call is a few small messages
+            // each way, and Nagle's algorithm with delayed ACKs adds tens of
+            // milliseconds to each round trip.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        );
     tokio::pin!(server);
     let grace = async move {
         if stopping_rx.await.is_ok() {
@@ -118,6 +212,7 @@ pub async fn serve(
         result = &mut server => result?,
         _ = grace => info!("shutdown grace period over; closing remaining connections"),
     }
+    let _ = metrics_stop.send(());
     info!("server stopped");
     Ok(())
 }

@@ -31,15 +31,18 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use meshq_engine::{CATALOG, Engine, StorageFailureKind};
+use meshq_engine::{CATALOG, Engine, LiveEngine, MeshSession, PhysicalQuery, StorageFailureKind};
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use crate::auth::{Authenticator, ClientSession};
+use crate::admission::{Admission, Permit};
+use crate::audit::{self, AuditLog, AuditRecord};
+use crate::auth::{AuthFailure, Authenticator, ClientSession};
 use crate::error::to_status;
 use crate::metadata::{self, sql_info, wire_schema, xdbc_types};
+use crate::metrics::{Metrics, QueryFigures};
 use crate::ticket::{PreparedHandle, StatementTicket, params_from_ipc, params_to_ipc};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -143,9 +146,219 @@ impl Drop for RunningGuard {
     }
 }
 
+/// Server-wide operations state: metrics, the audit log, admission.
+pub struct Operations {
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// The audit log, when configured.
+    pub audit: Option<AuditLog>,
+    admission: std::sync::RwLock<Option<Arc<Admission>>>,
+}
+
+impl Operations {
+    /// With `audit` (none: no audit log).
+    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>) -> Self {
+        Self {
+            metrics,
+            audit,
+            admission: std::sync::RwLock::new(None),
+        }
+    }
+
+    /// The admission state for `engine`'s limits; rebuilt when a reload
+    /// changes them (queries admitted before keep their slots).
+    pub fn admission(&self, engine: &Engine) -> Arc<Admission> {
+        let limits = &engine.mesh().config.limits;
+        if let Some(a) = self
+            .admission
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            && a.same_settings(limits)
+        {
+            return Arc::clone(a);
+        }
+        let mut slot = self.admission.write().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(a) if a.same_settings(limits) => Arc::clone(a),
+            _ => {
+                let a = Arc::new(Admission::new(limits));
+                *slot = Some(Arc::clone(&a));
+                a
+            }
+        }
+    }
+
+    /// Queries (running, queued) now.
+    pub fn load(&self) -> (usize, usize) {
+        self.admission
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|a| (a.running(), a.queued()))
+            .unwrap_or_default()
+    }
+
+    fn audit(&self, record: &AuditRecord) {
+        if let Some(a) = &self.audit {
+            a.write(record);
+        }
+    }
+}
+
+/// One query's audit record and metrics, written exactly once: when it
+/// ends, fails, or is dropped (the client went away: `cancelled`).
+struct QueryTrace {
+    ops: Arc<Operations>,
+    record: AuditRecord,
+    started: Instant,
+    written: bool,
+}
+
+impl QueryTrace {
+    fn new(
+        ops: &Arc<Operations>,
+        principal: &meshq_engine::Principal,
+        peer: Option<std::net::SocketAddr>,
+        qid: &str,
+        call: &'static str,
+        sql: &str,
+        version: u64,
+    ) -> Self {
+        let (shape, hash) = audit::sql_shape(sql);
+        Self {
+            ops: Arc::clone(ops),
+            record: AuditRecord {
+                ts: audit::now(),
+                event: "query",
+                principal: principal.name.clone(),
+                client: peer.map(|p| p.to_string()),
+                query_id: Some(qid.to_string()),
+                call: Some(call),
+                sql_shape: shape,
+                sql_hash: Some(hash),
+                mesh_version: version,
+                ..Default::default()
+            },
+            started: Instant::now(),
+            written: false,
+        }
+    }
+
+    /// Records what `plan` reads and which policies it applies.
+    fn planned(&mut self, engine: &Engine, session: &MeshSession, plan: &LogicalPlan) {
+        self.record.statement = Some(statement_kind(plan));
+        let tables = session.tables_read(plan);
+        let applied = engine.applied_policies(session.principal(), &tables);
+        self.record.products = engine.products_of(&tables);
+        self.record.tables = tables;
+        self.record.masks = applied.masks;
+        self.record.row_filters = applied.row_filters;
+        self.record.global_policies = applied.global;
+    }
+
+    fn finish(&mut self, outcome: Result<(), &Status>) {
+        if self.written {
+            return;
+        }
+        self.written = true;
+        let r = &mut self.record;
+        r.duration_ms = self.started.elapsed().as_millis() as u64;
+        let label = match outcome {
+            Ok(()) => {
+                r.outcome = "ok";
+                "ok"
+            }
+            Err(s) if s.code() == tonic::Code::Cancelled => {
+                r.outcome = "cancelled";
+                "cancelled"
+            }
+            Err(s) => {
+                r.outcome = "error";
+                r.error_code = Some(code_name(s.code()));
+                code_name(s.code())
+            }
+        };
+        self.ops.metrics.query_done(&QueryFigures {
+            kind: r.statement.unwrap_or("unplanned"),
+            outcome: label,
+            seconds: self.started.elapsed().as_secs_f64(),
+            rows: r.rows,
+            bytes: r.bytes,
+            spilled_bytes: r.spilled_bytes,
+            products: &r.products,
+        });
+        self.ops.audit(&self.record);
+    }
+
+    /// Passes `result` through, recording its error.
+    fn check<T>(&mut self, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(e) = &result {
+            self.finish(Err(e));
+        }
+        result
+    }
+}
+
+impl Drop for QueryTrace {
+    fn drop(&mut self) {
+        if !self.written {
+            self.finish(Err(&Status::cancelled("the client went away")));
+        }
+    }
+}
+
+/// gRPC code names as the audit log and metrics write them.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// What kind of statement a plan is, for the audit log and metrics.
+fn statement_kind(plan: &LogicalPlan) -> &'static str {
+    match plan {
+        LogicalPlan::Ddl(_) => "ddl",
+        LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => "dml",
+        LogicalPlan::Statement(datafusion::logical_expr::Statement::SetVariable(_)) => "set",
+        LogicalPlan::Statement(_) => "other",
+        LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => "explain",
+        LogicalPlan::DescribeTable(_) => "describe",
+        _ => "query",
+    }
+}
+
+/// Arrow bytes of a batch, counting only the slices it uses.
+fn batch_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+        .sum()
+}
+
 /// meshq's `FlightSqlService`.
 pub struct MeshFlightService {
-    auth: Authenticator,
+    live: Arc<LiveEngine>,
+    auth: Arc<Authenticator>,
+    ops: Arc<Operations>,
     params: ParamStore,
     running: Arc<Running>,
     sql_info: SqlInfoData,
@@ -192,11 +405,135 @@ fn is_statement(plan: &LogicalPlan) -> bool {
     )
 }
 
+/// The state of a result stream between batches.
+struct ResultStream {
+    inner: SendableRecordBatchStream,
+    query: PhysicalQuery,
+    trace: QueryTrace,
+    cast_to: SchemaRef,
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    max_rows: Option<u64>,
+    max_bytes: Option<u64>,
+    status: Box<dyn Fn(&DataFusionError) -> Status + Send + Sync>,
+    _permit: Permit,
+}
+
+impl ResultStream {
+    async fn next(mut self) -> Option<(Result<RecordBatch, FlightError>, Self)> {
+        let qid = self.trace.record.query_id.clone().unwrap_or_default();
+        let item = match self.deadline {
+            Some((at, limit)) => match tokio::time::timeout_at(at, self.inner.next()).await {
+                Ok(item) => item,
+                Err(_) => Some(Err(DataFusionError::External(Box::new(Timeout(limit))))),
+            },
+            None => self.inner.next().await,
+        };
+        let err = |this: &mut Self, s: Status| {
+            this.trace.finish(Err(&s));
+            Err(FlightError::Tonic(Box::new(s)))
+        };
+        let batch = match item {
+            None => {
+                let (files, bytes) = meshq_engine::memory::spill_totals(&self.query.plan);
+                if files > 0 {
+                    debug!(%qid, files, bytes, "query spilled");
+                }
+                self.trace.record.spilled_bytes = bytes as u64;
+                self.trace.finish(Ok(()));
+                return None;
+            }
+            Some(Err(e)) => {
+                let status = match e.find_root() {
+                    DataFusionError::External(x) if x.is::<Timeout>() => {
+                        let limit = x.downcast_ref::<Timeout>().map(|t| t.0).unwrap_or_default();
+                        Status::deadline_exceeded(format!(
+                            "query {qid} ran longer than its time limit of {:.1} s (limits.query_timeout) and was cancelled",
+                            limit.as_secs_f64()
+                        ))
+                    }
+                    _ => (self.status)(&e),
+                };
+                let r = err(&mut self, status);
+                // End the stream after the error; dropping the state stops
+                // the query and frees its memory.
+                return Some((r, self.ended()));
+            }
+            Some(Ok(b)) => b,
+        };
+        let batch = match cast_batch(&batch, &self.cast_to) {
+            Ok(b) => b,
+            Err(e) => {
+                let r = err(&mut self, Status::internal(e.to_string()));
+                return Some((r, self.ended()));
+            }
+        };
+        let r = &mut self.trace.record;
+        r.rows += batch.num_rows() as u64;
+        r.bytes += batch_bytes(&batch);
+        let over = match (self.max_rows, self.max_bytes) {
+            (Some(max), _) if r.rows > max => Some(format!(
+                "the result has more than {max} rows (limits.max_result_rows); add a filter or a LIMIT"
+            )),
+            (_, Some(max)) if r.bytes > max => Some(format!(
+                "the result is larger than {max} bytes (limits.max_result_bytes); select fewer columns or rows"
+            )),
+            _ => None,
+        };
+        if let Some(msg) = over {
+            let r = err(
+                &mut self,
+                Status::resource_exhausted(format!("query {qid}: {msg}")),
+            );
+            return Some((r, self.ended()));
+        }
+        Some((Ok(batch), self))
+    }
+
+    /// Replaces the query with an empty stream, so the next poll ends.
+    fn ended(mut self) -> Self {
+        let schema = self.inner.schema();
+        self.inner = Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::empty(),
+            ),
+        );
+        self
+    }
+}
+
+/// A query's time limit passed.
+#[derive(Debug)]
+struct Timeout(Duration);
+
+impl std::fmt::Display for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "time limit of {:?} exceeded", self.0)
+    }
+}
+
+impl std::error::Error for Timeout {}
+
 impl MeshFlightService {
-    /// A service over `engine`.
-    pub fn new(engine: Engine) -> Self {
+    /// A service over the served mesh.
+    pub fn new(live: Arc<LiveEngine>, ops: Arc<Operations>) -> Self {
+        let audit_ops = Arc::clone(&ops);
+        let on_failure = Box::new(move |f: &AuthFailure, peer: Option<std::net::SocketAddr>| {
+            audit_ops.metrics.auth_failed();
+            audit_ops.audit(&AuditRecord {
+                ts: audit::now(),
+                event: "auth_failure",
+                user: Some(f.user.clone()),
+                client: peer.map(|p| p.to_string()),
+                outcome: "error",
+                error_code: Some("UNAUTHENTICATED"),
+                ..Default::default()
+            });
+        });
         Self {
-            auth: Authenticator::new(engine),
+            auth: Arc::new(Authenticator::new(Arc::clone(&live), on_failure)),
+            live,
+            ops,
             params: ParamStore {
                 entries: Mutex::new(HashMap::new()),
             },
@@ -206,19 +543,26 @@ impl MeshFlightService {
         }
     }
 
-    fn client<T>(&self, req: &Request<T>) -> Result<Arc<ClientSession>, Status> {
-        self.auth.authenticate(req.metadata())
+    /// Counts logged-in sessions (for metrics), after the service is moved
+    /// into the server.
+    pub fn sessions_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let auth = Arc::clone(&self.auth);
+        move || auth.sessions()
     }
 
-    /// Plans `sql` for `client` with `params`; the plan's wire schema.
+    fn client<T>(&self, req: &Request<T>) -> Result<Arc<ClientSession>, Status> {
+        self.auth.authenticate(req.metadata(), req.remote_addr())
+    }
+
+    /// Plans `sql` in `session` with `params`.
     async fn plan(
         &self,
-        client: &ClientSession,
+        session: &MeshSession,
         sql: &str,
         params: Option<&RecordBatch>,
         qid: &str,
     ) -> Result<LogicalPlan, Status> {
-        let state = client.session.context().state();
+        let state = session.context().state();
         let sql = number_placeholders(sql);
         let mut plan = state
             .create_logical_plan(&sql)
@@ -232,19 +576,88 @@ impl MeshFlightService {
         Ok(plan)
     }
 
-    /// Runs `plan` and streams it in wire form, schema first.
-    async fn stream(
+    /// Runs a statement that is not a query (DDL, DML, `SET`) to the end,
+    /// audited; its result batches.
+    async fn run_statement(
         &self,
         client: &ClientSession,
-        plan: LogicalPlan,
-        qid: &str,
+        peer: Option<std::net::SocketAddr>,
+        call: &'static str,
+        sql: &str,
+        params: Option<&RecordBatch>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+        let qid = query_id();
+        let (engine, session) = client.session()?;
+        let mut trace = QueryTrace::new(
+            &self.ops,
+            session.principal(),
+            peer,
+            &qid,
+            call,
+            sql,
+            self.live.version(),
+        );
+        let plan = trace.check(self.plan(&session, sql, params, &qid).await)?;
+        trace.planned(&engine, &session, &plan);
+        let df = trace.check(
+            session
+                .execute_plan(plan)
+                .await
+                .map_err(|e| to_status(&e, &qid)),
+        )?;
+        let schema = wire_schema(df.schema().as_arrow());
+        let batches = trace.check(df.collect().await.map_err(|e| to_status(&e, &qid)))?;
+        trace.record.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        trace.finish(Ok(()));
+        Ok((schema, batches))
+    }
+
+    /// Plans and runs a query under the principal's limits, streaming it in
+    /// wire form, schema first; audited when the stream ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_query(
+        &self,
+        client: &ClientSession,
+        peer: Option<std::net::SocketAddr>,
+        call: &'static str,
+        sql: &str,
+        params: Option<&RecordBatch>,
         ticket: Vec<u8>,
     ) -> Result<BoxStream<arrow_flight::FlightData>, Status> {
+        let qid = query_id();
+        let (engine, session) = client.session()?;
+        let mut trace = QueryTrace::new(
+            &self.ops,
+            session.principal(),
+            peer,
+            &qid,
+            call,
+            sql,
+            self.live.version(),
+        );
+        let plan = trace.check(self.plan(&session, sql, params, &qid).await)?;
+        trace.planned(&engine, &session, &plan);
+        info!(%qid, user = %session.principal().display_name(), "query");
+        let limits = engine
+            .mesh()
+            .config
+            .limits
+            .for_principal(session.principal());
+        let admission = self.ops.admission(&engine);
+        let permit = trace.check(
+            admission
+                .admit(
+                    session.principal().display_name(),
+                    limits.max_concurrent_queries,
+                )
+                .await,
+        )?;
+        trace.record.queued_ms = permit.queued_for.as_millis() as u64;
         // The tables read, to name the product if its storage fails.
-        let tables = client.session.tables_read(&plan);
-        let session = client.session.clone();
+        let tables = trace.record.tables.clone();
+        let failing = session.clone();
         let status = move |e: &DataFusionError, qid: &str| -> Status {
-            match session.storage_failure(e, &tables) {
+            match failing.storage_failure(e, &tables) {
                 Some(f) => {
                     warn!(%qid, error = %e, "storage failure");
                     match f.kind {
@@ -255,20 +668,30 @@ impl MeshFlightService {
                 None => to_status(e, qid),
             }
         };
-        let df = client
-            .session
-            .execute_plan(plan)
-            .await
-            .map_err(|e| status(&e, qid))?;
-        let target = wire_schema(df.schema().as_arrow());
-        let stream: SendableRecordBatchStream =
-            df.execute_stream().await.map_err(|e| status(&e, qid))?;
-        let qid_owned = qid.to_string();
-        let cast_to = Arc::clone(&target);
-        let batches = stream.map(move |b| {
-            let b = b.map_err(|e| FlightError::Tonic(Box::new(status(&e, &qid_owned))))?;
-            cast_batch(&b, &cast_to).map_err(FlightError::Arrow)
-        });
+        let target = wire_schema(plan.schema().as_arrow());
+        let query = trace.check(
+            session
+                .physical_plan(plan, limits.query_memory.map(|m| m as usize))
+                .await
+                .map_err(|e| status(&e, &qid)),
+        )?;
+        let inner = trace.check(query.execute().map_err(|e| status(&e, &qid)))?;
+        let deadline = limits
+            .query_timeout
+            .map(|t| (tokio::time::Instant::now() + t, t));
+        let qid_owned = qid.clone();
+        let state = ResultStream {
+            inner,
+            query,
+            trace,
+            cast_to: Arc::clone(&target),
+            deadline,
+            max_rows: limits.max_result_rows,
+            max_bytes: limits.max_result_bytes,
+            status: Box::new(move |e| status(e, &qid_owned)),
+            _permit: permit,
+        };
+        let batches = futures::stream::unfold(state, ResultStream::next);
         let encoded = FlightDataEncoderBuilder::new()
             .with_schema(target)
             .build(batches)
@@ -285,6 +708,77 @@ impl MeshFlightService {
             item
         });
         Ok(Box::pin(stream))
+    }
+
+    /// For `GetFlightInfo` of a statement: runs DDL/`SET` at once (audited)
+    /// and says so (`true`); for a query, checks and plans it and gives
+    /// its wire schema.
+    async fn announce(
+        &self,
+        client: &ClientSession,
+        peer: Option<std::net::SocketAddr>,
+        call: &'static str,
+        sql: &str,
+        params: Option<&RecordBatch>,
+    ) -> Result<(SchemaRef, bool), Status> {
+        let qid = query_id();
+        let (_, session) = client.session()?;
+        let plan = match self.plan(&session, sql, params, &qid).await {
+            Ok(p) => p,
+            // Audited as a failed query.
+            Err(_) => return self.announce_query(client, peer, call, sql, params).await,
+        };
+        if is_statement(&plan) {
+            let (schema, _) = self.run_statement(client, peer, call, sql, params).await?;
+            return Ok((schema, true));
+        }
+        self.announce_query(client, peer, call, sql, params).await
+    }
+
+    /// Checks and plans a query for `GetFlightInfo`; a refusal is audited
+    /// (the query will never reach `DoGet`).
+    async fn announce_query(
+        &self,
+        client: &ClientSession,
+        peer: Option<std::net::SocketAddr>,
+        call: &'static str,
+        sql: &str,
+        params: Option<&RecordBatch>,
+    ) -> Result<(SchemaRef, bool), Status> {
+        let qid = query_id();
+        let (engine, session) = client.session()?;
+        let plan = match self.plan(&session, sql, params, &qid).await {
+            Ok(p) => p,
+            Err(e) => {
+                let mut trace = QueryTrace::new(
+                    &self.ops,
+                    session.principal(),
+                    peer,
+                    &qid,
+                    call,
+                    sql,
+                    self.live.version(),
+                );
+                trace.finish(Err(&e));
+                return Err(e);
+            }
+        };
+        if let Err(e) = session.check(&plan) {
+            let status = to_status(&e, &qid);
+            let mut trace = QueryTrace::new(
+                &self.ops,
+                session.principal(),
+                peer,
+                &qid,
+                call,
+                sql,
+                self.live.version(),
+            );
+            trace.planned(&engine, &session, &plan);
+            trace.finish(Err(&status));
+            return Err(status);
+        }
+        Ok((wire_schema(plan.schema().as_arrow()), false))
     }
 
     fn info(
@@ -333,10 +827,11 @@ impl MeshFlightService {
     async fn visible_tables(
         &self,
         client: &ClientSession,
-    ) -> Vec<(String, String, String, SchemaRef)> {
-        let ctx = client.session.context();
+    ) -> Result<Vec<(String, String, String, SchemaRef)>, Status> {
+        let (_, session) = client.session()?;
+        let ctx = session.context();
         let Some(catalog) = ctx.catalog(CATALOG) else {
-            return vec![];
+            return Ok(vec![]);
         };
         let mut out = Vec::new();
         let mut schemas = catalog.schema_names();
@@ -357,14 +852,14 @@ impl MeshFlightService {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
 /// Bound parameters belong to the principal who bound them: another user
 /// holding the same handle cannot change or use them.
 fn param_key(client: &ClientSession, handle: &PreparedHandle) -> String {
-    format!("{}\u{0}{}", client.principal.display_name(), handle.id)
+    format!("{}\u{0}{}", client.principal().display_name(), handle.id)
 }
 
 /// A metadata result: one batch, schema first.
@@ -414,8 +909,8 @@ impl FlightSqlService for MeshFlightService {
                 Status::unauthenticated("send HTTP Basic credentials in the authorization header")
             })?
             .to_string();
-        let (token, session) = self.auth.login_basic(&header)?;
-        info!(user = %session.principal.display_name(), "login");
+        let (token, session) = self.auth.login_basic(&header, request.remote_addr())?;
+        info!(user = %session.principal().display_name(), "login");
         let response = HandshakeResponse {
             protocol_version: 0,
             payload: token.clone().into(),
@@ -435,25 +930,16 @@ impl FlightSqlService for MeshFlightService {
     ) -> Result<Response<FlightInfo>, Status> {
         let client = self.client(&request)?;
         let qid = query_id();
-        debug!(%qid, sql = %query.query, "get_flight_info_statement");
-        let plan = self.plan(&client, &query.query, None, &qid).await?;
-        let (schema, done) = if is_statement(&plan) {
-            // DDL/SET run once, here; DoGet returns their (empty) result.
-            let df = client
-                .session
-                .execute_plan(plan)
-                .await
-                .map_err(|e| to_status(&e, &qid))?;
-            let schema = wire_schema(df.schema().as_arrow());
-            df.collect().await.map_err(|e| to_status(&e, &qid))?;
-            (schema, true)
-        } else {
-            client
-                .session
-                .check(&plan)
-                .map_err(|e| to_status(&e, &qid))?;
-            (wire_schema(plan.schema().as_arrow()), false)
-        };
+        debug!(%qid, "get_flight_info_statement");
+        let (schema, done) = self
+            .announce(
+                &client,
+                request.remote_addr(),
+                "statement",
+                &query.query,
+                None,
+            )
+            .await?;
         let handle = StatementTicket {
             sql: query.query,
             params: None,
@@ -480,15 +966,28 @@ impl FlightSqlService for MeshFlightService {
         let qid = query_id();
         let t = StatementTicket::decode(&ticket.statement_handle)?;
         let params = t.params.as_deref().map(params_from_ipc).transpose()?;
-        let plan = self.plan(&client, &t.sql, params.as_ref(), &qid).await?;
         if t.done {
+            // Ran when it was announced; its (empty) result.
+            let (_, session) = client.session()?;
+            let plan = self.plan(&session, &t.sql, params.as_ref(), &qid).await?;
             let schema = wire_schema(plan.schema().as_arrow());
             return Ok(Response::new(Self::batch_stream(schema, vec![])));
         }
-        info!(%qid, user = %client.principal.display_name(), "do_get");
+        let call = if t.params.is_some() {
+            "prepared"
+        } else {
+            "statement"
+        };
         Ok(Response::new(
-            self.stream(&client, plan, &qid, request.get_ref().ticket.to_vec())
-                .await?,
+            self.run_query(
+                &client,
+                request.remote_addr(),
+                call,
+                &t.sql,
+                params.as_ref(),
+                request.get_ref().ticket.to_vec(),
+            )
+            .await?,
         ))
     }
 
@@ -499,11 +998,9 @@ impl FlightSqlService for MeshFlightService {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let client = self.client(&request)?;
         let qid = query_id();
-        let plan = self.plan(&client, &query.query, None, &qid).await?;
-        client
-            .session
-            .check(&plan)
-            .map_err(|e| to_status(&e, &qid))?;
+        let (_, session) = client.session()?;
+        let plan = self.plan(&session, &query.query, None, &qid).await?;
+        session.check(&plan).map_err(|e| to_status(&e, &qid))?;
         let dataset = wire_schema(plan.schema().as_arrow());
         let mut types: Vec<(String, arrow::datatypes::DataType)> = plan
             .get_parameter_types()
@@ -577,17 +1074,17 @@ impl FlightSqlService for MeshFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let client = self.client(&request)?;
-        let qid = query_id();
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.params.get(&param_key(&client, &handle));
-        let plan = self
-            .plan(&client, &handle.sql, params.as_ref(), &qid)
+        let (schema, _) = self
+            .announce_query(
+                &client,
+                request.remote_addr(),
+                "prepared",
+                &handle.sql,
+                params.as_ref(),
+            )
             .await?;
-        client
-            .session
-            .check(&plan)
-            .map_err(|e| to_status(&e, &qid))?;
-        let schema = wire_schema(plan.schema().as_arrow());
         let ticket = TicketStatementQuery {
             statement_handle: StatementTicket {
                 sql: handle.sql,
@@ -612,15 +1109,18 @@ impl FlightSqlService for MeshFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         let client = self.client(&request)?;
-        let qid = query_id();
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.params.get(&param_key(&client, &handle));
-        let plan = self
-            .plan(&client, &handle.sql, params.as_ref(), &qid)
-            .await?;
         Ok(Response::new(
-            self.stream(&client, plan, &qid, request.get_ref().ticket.to_vec())
-                .await?,
+            self.run_query(
+                &client,
+                request.remote_addr(),
+                "prepared",
+                &handle.sql,
+                params.as_ref(),
+                request.get_ref().ticket.to_vec(),
+            )
+            .await?,
         ))
     }
 
@@ -630,14 +1130,9 @@ impl FlightSqlService for MeshFlightService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let client = self.client(&request)?;
-        let qid = query_id();
-        let plan = self.plan(&client, &cmd.query, None, &qid).await?;
-        let df = client
-            .session
-            .execute_plan(plan)
-            .await
-            .map_err(|e| to_status(&e, &qid))?;
-        let batches = df.collect().await.map_err(|e| to_status(&e, &qid))?;
+        let (_, batches) = self
+            .run_statement(&client, request.remote_addr(), "update", &cmd.query, None)
+            .await?;
         Ok(affected_rows(&batches))
     }
 
@@ -647,18 +1142,17 @@ impl FlightSqlService for MeshFlightService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let client = self.client(&request)?;
-        let qid = query_id();
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.params.get(&param_key(&client, &handle));
-        let plan = self
-            .plan(&client, &handle.sql, params.as_ref(), &qid)
+        let (_, batches) = self
+            .run_statement(
+                &client,
+                request.remote_addr(),
+                "prepared_update",
+                &handle.sql,
+                params.as_ref(),
+            )
             .await?;
-        let df = client
-            .session
-            .execute_plan(plan)
-            .await
-            .map_err(|e| to_status(&e, &qid))?;
-        let batches = df.collect().await.map_err(|e| to_status(&e, &qid))?;
         Ok(affected_rows(&batches))
     }
 
@@ -698,7 +1192,8 @@ impl FlightSqlService for MeshFlightService {
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         let client = self.client(&request)?;
         let mut b = query.into_builder();
-        if let Some(catalog) = client.session.context().catalog(CATALOG) {
+        let (_, session) = client.session()?;
+        if let Some(catalog) = session.context().catalog(CATALOG) {
             let mut names = catalog.schema_names();
             names.sort();
             for s in names {
@@ -724,7 +1219,7 @@ impl FlightSqlService for MeshFlightService {
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         let client = self.client(&request)?;
         let mut b = query.into_builder();
-        for (schema_name, table, kind, schema) in self.visible_tables(&client).await {
+        for (schema_name, table, kind, schema) in self.visible_tables(&client).await? {
             let s = metadata::table_schema(CATALOG, &schema_name, &table, &schema);
             b.append(CATALOG, &schema_name, &table, &kind, &s)
                 .map_err(|e| Status::internal(e.to_string()))?;
@@ -786,20 +1281,15 @@ impl FlightSqlService for MeshFlightService {
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         let client = self.client(&request)?;
         let mut rows = Vec::new();
-        for (schema_name, table, _, _) in self.visible_tables(&client).await {
+        let engine = self.auth.engine()?;
+        for (schema_name, table, _, _) in self.visible_tables(&client).await? {
             if query.catalog.as_deref().is_some_and(|c| c != CATALOG)
                 || query.db_schema.as_deref().is_some_and(|s| s != schema_name)
                 || query.table != table
             {
                 continue;
             }
-            let Some(def) = self
-                .auth
-                .engine()
-                .mesh()
-                .table(&schema_name, &table)
-                .cloned()
-            else {
+            let Some(def) = engine.mesh().table(&schema_name, &table).cloned() else {
                 continue;
             };
             for (i, col) in def.primary_key().iter().enumerate() {
@@ -905,6 +1395,7 @@ impl FlightSqlService for MeshFlightService {
         let body: Vec<u8> = match action.as_str() {
             "SetSessionOptions" => {
                 let client = self.client(&request)?;
+                let (_, session) = client.session()?;
                 let req = so::SetSessionOptionsRequest::decode(request.get_ref().body.as_ref())
                     .map_err(|_| Status::invalid_argument("malformed SetSessionOptionsRequest"))?;
                 let mut result = so::SetSessionOptionsResult::default();
@@ -916,13 +1407,12 @@ impl FlightSqlService for MeshFlightService {
                     let error = match (name.as_str(), text) {
                         ("catalog", Some(c)) if c == CATALOG => None,
                         ("schema", Some(s)) => {
-                            let exists = client
-                                .session
+                            let exists = session
                                 .context()
                                 .catalog(CATALOG)
                                 .is_some_and(|c| c.schema_names().contains(&s));
                             if exists {
-                                client.session.set_default_schema(&s);
+                                session.set_default_schema(&s);
                                 None
                             } else {
                                 Some(so::INVALID_VALUE)
@@ -941,14 +1431,14 @@ impl FlightSqlService for MeshFlightService {
             }
             "GetSessionOptions" => {
                 let client = self.client(&request)?;
+                let (_, session) = client.session()?;
                 let mut result = so::GetSessionOptionsResult::default();
                 result
                     .session_options
                     .insert("catalog".into(), so::string_value(CATALOG));
-                result.session_options.insert(
-                    "schema".into(),
-                    so::string_value(client.session.default_schema()),
-                );
+                result
+                    .session_options
+                    .insert("schema".into(), so::string_value(session.default_schema()));
                 result.encode_to_vec()
             }
             "CancelFlightInfo" => {

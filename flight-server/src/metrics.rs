@@ -1,0 +1,272 @@
+//! Prometheus metrics, served as text on their own port (`--metrics-bind`).
+//!
+//! Every name starts with `meshq_`; the list, with meanings, is in
+//! `docs/operating.md`. Gauges that describe the present (memory, sessions,
+//! queued queries) are sampled when scraped.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    queries: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
+    rows_sent: Counter,
+    bytes_sent: Counter,
+    spilled_bytes: Counter,
+    auth_failures: Counter,
+    reloads: Family<Labels, Counter>,
+    product_scans: Family<Labels, Counter>,
+    product_errors: Family<Labels, Counter>,
+    /// Sampled at scrape time.
+    pub(crate) sessions: Gauge,
+    pub(crate) running: Gauge,
+    pub(crate) queued: Gauge,
+    pub(crate) memory_reserved: Gauge,
+    pub(crate) memory_limit: Gauge,
+    pub(crate) tables_served: Gauge,
+    pub(crate) mesh_version: Gauge,
+    pub(crate) ready: Gauge,
+    pub(crate) mesh_loaded_at: Gauge<f64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric registered, at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("meshq");
+        let queries = Family::<Labels, Counter>::default();
+        registry.register(
+            "queries",
+            "Queries finished, by statement kind and outcome (ok, error code, cancelled)",
+            queries.clone(),
+        );
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 20))
+        });
+        registry.register(
+            "query_duration_seconds",
+            "Query wall-clock time from planning to the last batch, by statement kind",
+            latency.clone(),
+        );
+        let rows_sent = Counter::default();
+        registry.register("result_rows", "Result rows sent", rows_sent.clone());
+        let bytes_sent = Counter::default();
+        registry.register(
+            "result_bytes",
+            "Arrow bytes of result batches sent",
+            bytes_sent.clone(),
+        );
+        let spilled_bytes = Counter::default();
+        registry.register(
+            "spilled_bytes",
+            "Bytes queries spilled to disk",
+            spilled_bytes.clone(),
+        );
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Failed authentications",
+            auth_failures.clone(),
+        );
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Mesh loads and reloads, by result (ok, partial, rejected)",
+            reloads.clone(),
+        );
+        let product_scans = Family::<Labels, Counter>::default();
+        registry.register(
+            "product_scans",
+            "Queries that read a product, by product id",
+            product_scans.clone(),
+        );
+        let product_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "product_errors",
+            "Queries reading a product that failed, by product id and error code",
+            product_errors.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let sessions = gauge(&mut registry, "sessions_active", "Logged-in sessions");
+        let running = gauge(&mut registry, "queries_running", "Queries running");
+        let queued = gauge(&mut registry, "queries_queued", "Queries waiting to run");
+        let memory_reserved = gauge(
+            &mut registry,
+            "memory_reserved_bytes",
+            "Bytes reserved from the query memory pool",
+        );
+        let memory_limit = gauge(
+            &mut registry,
+            "memory_limit_bytes",
+            "Size of the query memory pool (0: unbounded)",
+        );
+        let tables_served = gauge(&mut registry, "tables_served", "Tables being served");
+        let mesh_version = gauge(
+            &mut registry,
+            "mesh_version",
+            "Mesh versions loaded since start (1 is the first load)",
+        );
+        let ready = gauge(
+            &mut registry,
+            "ready",
+            "1 once the first mesh load has completed",
+        );
+        let mesh_loaded_at = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "mesh_loaded_timestamp_seconds",
+            "When the served mesh version was loaded (Unix time)",
+            mesh_loaded_at.clone(),
+        );
+        Self {
+            registry,
+            queries,
+            latency,
+            rows_sent,
+            bytes_sent,
+            spilled_bytes,
+            auth_failures,
+            reloads,
+            product_scans,
+            product_errors,
+            sessions,
+            running,
+            queued,
+            memory_reserved,
+            memory_limit,
+            tables_served,
+            mesh_version,
+            ready,
+            mesh_loaded_at,
+        }
+    }
+
+    /// A finished query.
+    pub fn query_done(&self, q: &QueryFigures<'_>) {
+        self.queries
+            .get_or_create(&labels(&[("kind", q.kind), ("outcome", q.outcome)]))
+            .inc();
+        self.latency
+            .get_or_create(&labels(&[("kind", q.kind)]))
+            .observe(q.seconds);
+        self.rows_sent.inc_by(q.rows);
+        self.bytes_sent.inc_by(q.bytes);
+        self.spilled_bytes.inc_by(q.spilled_bytes);
+        for p in q.products {
+            self.product_scans
+                .get_or_create(&labels(&[("product", p)]))
+                .inc();
+            if q.outcome != "ok" && q.outcome != "cancelled" {
+                self.product_errors
+                    .get_or_create(&labels(&[("product", p), ("code", q.outcome)]))
+                    .inc();
+            }
+        }
+    }
+
+    /// A failed authentication.
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+
+    /// A mesh load or reload.
+    pub fn reloaded(&self, result: &str) {
+        self.reloads
+            .get_or_create(&labels(&[("result", result)]))
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// What one query did, for [`Metrics::query_done`].
+#[derive(Debug)]
+pub struct QueryFigures<'a> {
+    /// Statement kind.
+    pub kind: &'a str,
+    /// `ok`, `cancelled` or the error code.
+    pub outcome: &'a str,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Rows sent.
+    pub rows: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Bytes spilled.
+    pub spilled_bytes: u64,
+    /// Products read.
+    pub products: &'a [String],
+}
+
+/// Serves `GET /metrics` (and `/`) on `listener` until `shutdown` resolves;
+/// `sample` refreshes the sampled gauges before each scrape.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    sample: Arc<dyn Fn(&Metrics) + Send + Sync>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::header::CONTENT_TYPE;
+    let addr = listener.local_addr()?;
+    let handler = move || {
+        let metrics = Arc::clone(&metrics);
+        let sample = Arc::clone(&sample);
+        async move {
+            sample(&metrics);
+            (
+                [(
+                    CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                metrics.render(),
+            )
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(handler.clone()))
+        .route("/", axum::routing::get(handler));
+    info!(%addr, "serving metrics");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
