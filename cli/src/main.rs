@@ -366,7 +366,7 @@ async fn serve(
             }
         }
     };
-    let served = meshq_flight_server::serve(live.clone(), ops, config, shutdown, move |l| {
+    let served = meshq_flight_server::serve(Arc::clone(&live), ops, config, shutdown, move |l| {
         let _ = listening_tx.send(l);
     })
     .await;
