@@ -127,6 +127,8 @@ impl Engine {
         let outcome = load_mesh(&config.mesh_dir)?;
         let mut mesh = outcome.mesh;
         let mut problems = outcome.problems;
+        let loading_errors: Vec<Problem> =
+            problems.iter().filter(|p| p.is_error()).cloned().collect();
         if previous.is_some() {
             let mesh_wide: Vec<Problem> = problems
                 .iter()
@@ -275,6 +277,36 @@ impl Engine {
             &config.secret_env_fallback,
             &mut problems,
         );
+        // A global policy set that cannot be read could govern any column:
+        // fail closed, every table is unreadable until it is fixed.
+        let broken_sets: Vec<PathBuf> = loading_errors
+            .iter()
+            .filter(|p| {
+                p.is_error()
+                    && p.file
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.ends_with(".policy.yaml"))
+            })
+            .map(|p| p.file.clone())
+            .collect();
+        if let Some(file) = broken_sets.first() {
+            for t in &served {
+                let key = t.def.qualified_name();
+                policies.insert(
+                    key.clone(),
+                    TableGovernance::Broken(PolicyError::Broken {
+                        table: key,
+                        policy: format!("global policy set {}", file.display()),
+                        reason: "the file has errors, so the policies it declares cannot be enforced; every table is unreadable until it is fixed".into(),
+                    }),
+                );
+            }
+            problems.push(Problem::error(
+                file.clone(),
+                "this global policy set has errors: every table is unreadable until it is fixed (fail closed)",
+            ));
+        }
         let kept = match previous {
             Some(prev) => keep_last_good(
                 prev,

@@ -563,3 +563,101 @@ async fn missing_secret_and_global_policy_errors_name_the_policy_file() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_global_policy_set_makes_every_table_unreadable() {
+    let dir = base_mesh();
+    write(
+        dir.path(),
+        "governance/pii.policy.yaml",
+        "apiVersion: v1\nkind: GovernancePolicySet\nid: set\npolicies: [\n",
+    );
+    let engine = load(dir.path()).await;
+    let errors: Vec<String> = engine
+        .problems()
+        .iter()
+        .filter(|p| p.is_error())
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains(
+            "governance/pii.policy.yaml: error: this global policy set has errors: every table is unreadable until it is fixed (fail closed)"
+        )),
+        "{errors:?}"
+    );
+    // The set could have masked any column: nothing is read raw.
+    let err = engine
+        .session(&Principal::anonymous())
+        .sql("SELECT * FROM shop.items")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("governance/pii.policy.yaml") && err.contains("unreadable"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_last_good_version_of_a_broken_product() {
+    let dir = base_mesh();
+    let first = load(dir.path()).await;
+    let admin = Principal {
+        name: Some("root".into()),
+        roles: ["admin".to_string()].into(),
+        ..Default::default()
+    };
+    let session = first.session(&admin);
+    session
+        .sql("CREATE TABLE scratch AS SELECT 1 AS x")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    // A broken contract: the previous version stays.
+    write(
+        dir.path(),
+        "shop/items.odcs.yaml",
+        &CONTRACT.replace("schema:", "schema: [oops\n"),
+    );
+    let second = Engine::load_after(EngineConfig::new(dir.path()), Some(&first))
+        .await
+        .unwrap();
+    assert_eq!(second.kept(), ["shop.items"]);
+    let warnings: Vec<String> = second.problems().iter().map(ToString::to_string).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("the previous version is still served")),
+        "{warnings:?}"
+    );
+    // Sessions continue on the new version with their scratch tables.
+    let continued = second.continue_session(&session, &admin);
+    let rows = continued
+        .sql("SELECT (SELECT sum(qty) FROM shop.items) AS q, (SELECT x FROM scratch) AS x")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(rows[0].num_rows(), 1);
+    // Broken global config: the whole reload is rejected.
+    std::fs::write(dir.path().join("meshq.yaml"), "principals: [\n").unwrap();
+    let err = Engine::load_after(EngineConfig::new(dir.path()), Some(&second))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("reload rejected, the previous mesh is still served: meshq.yaml"),
+        "{err}"
+    );
+    // A removed product is gone, not kept.
+    std::fs::write(dir.path().join("meshq.yaml"), "principals: []\n").unwrap();
+    std::fs::remove_file(dir.path().join("shop/items.odps.yaml")).unwrap();
+    let third = Engine::load_after(EngineConfig::new(dir.path()), Some(&second))
+        .await
+        .unwrap();
+    assert!(third.served_tables().is_empty());
+    assert!(third.kept().is_empty());
+}
