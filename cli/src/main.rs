@@ -337,11 +337,11 @@ async fn serve(
                     eprintln!("Error: cannot write the port file {}: {e}", path.display());
                 }
             }
-            let scheme = if tls { "grpc+tls" } else { "grpc" };
-            eprintln!("meshq serving Flight SQL on {scheme}://{flight}");
             if let Some(m) = metrics {
                 eprintln!("meshq metrics on http://{m}/metrics");
             }
+            let scheme = if tls { "grpc+tls" } else { "grpc" };
+            eprintln!("meshq serving Flight SQL on {scheme}://{flight}");
             banner(flight);
             let on_reload = {
                 let ops = Arc::clone(&ops);

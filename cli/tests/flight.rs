@@ -18,15 +18,26 @@ use tonic::transport::Channel;
 use super::{mesh, meshq};
 
 /// A spawned server; killed on drop.
-struct Server {
-    child: Child,
-    port: u16,
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) port: u16,
+    /// The metrics port, when started with `--metrics-bind`.
+    pub(super) metrics: Option<u16>,
+    /// Everything the server wrote to stderr so far.
+    pub(super) log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// The server's stderr so far.
+    pub(super) fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
     }
 }
 
@@ -39,8 +50,8 @@ fn start_with(extra: &[&str]) -> Server {
 }
 
 /// Spawns `meshq serve` on port 0 over `mesh` and reads the port it
-/// announces on stderr (no polling, no sleeps).
-fn start_on(mesh: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+/// announces on stderr once ready (no polling, no sleeps).
+pub(super) fn start_on(mesh: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut cmd = meshq();
     cmd.args(["serve", "--bind", "127.0.0.1:0", "--mesh"])
         .arg(mesh)
@@ -53,21 +64,38 @@ fn start_on(mesh: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Ser
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut metrics = None;
     let port = loop {
         let line = lines
             .next()
             .expect("server exited before listening")
             .unwrap();
+        log.lock().unwrap().push(line.clone());
+        if let Some(addr) = line.strip_prefix("meshq metrics on http://") {
+            let addr = addr.trim_end_matches("/metrics");
+            metrics = Some(addr.rsplit(':').next().unwrap().parse().unwrap());
+        }
         if let Some(addr) = line.strip_prefix("meshq serving Flight SQL on ") {
             break addr.rsplit(':').next().unwrap().parse().unwrap();
         }
     };
     // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, port }
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Server {
+        child,
+        port,
+        metrics,
+        log,
+    }
 }
 
-async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
+pub(super) async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
     let channel = Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
         .unwrap()
         .connect()
@@ -76,13 +104,13 @@ async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
     FlightSqlServiceClient::new(channel)
 }
 
-async fn login(server: &Server, user: &str) -> FlightSqlServiceClient<Channel> {
+pub(super) async fn login(server: &Server, user: &str) -> FlightSqlServiceClient<Channel> {
     let mut c = client(server).await;
     c.handshake(user, &format!("{user}-demo")).await.unwrap();
     c
 }
 
-async fn fetch(
+pub(super) async fn fetch(
     c: &mut FlightSqlServiceClient<Channel>,
     info: FlightInfo,
 ) -> (arrow::datatypes::SchemaRef, Vec<RecordBatch>) {
@@ -99,7 +127,7 @@ async fn fetch(
     (schema, batches)
 }
 
-async fn query(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<RecordBatch> {
+pub(super) async fn query(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<RecordBatch> {
     let info = c.execute(sql.to_string(), None).await.unwrap();
     let declared = info.clone().try_decode_schema().unwrap();
     let (schema, batches) = fetch(c, info).await;
@@ -110,13 +138,13 @@ async fn query(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<Record
     batches
 }
 
-fn text(batches: &[RecordBatch]) -> String {
+pub(super) fn text(batches: &[RecordBatch]) -> String {
     arrow::util::pretty::pretty_format_batches(batches)
         .unwrap()
         .to_string()
 }
 
-fn status_of(e: arrow_flight::error::FlightError) -> tonic::Status {
+pub(super) fn status_of(e: arrow_flight::error::FlightError) -> tonic::Status {
     match e {
         arrow_flight::error::FlightError::Tonic(s) => *s,
         other => panic!("not a status: {other:?}"),

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 mod flight;
+mod ops;
 
 fn meshq() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshq"));

@@ -262,9 +262,10 @@ impl Engine {
                     problems.push(Problem::error(
                         file,
                         format!(
-                            "table `{}` (product `{}`): {e}; the table is not served",
+                            "table `{}` (product `{}`): {}; the table is not served",
                             def.qualified_name(),
-                            def.product_id
+                            def.product_id,
+                            without_backtrace(&e.to_string())
                         ),
                     ));
                 }
@@ -554,6 +555,27 @@ pub struct AppliedPolicies {
     pub global: Vec<String>,
 }
 
+/// `text` without the backtrace some libraries append to their error
+/// messages when `RUST_BACKTRACE` is set (numbered frame lines).
+fn without_backtrace(text: &str) -> String {
+    let is_frame = |l: &str| {
+        let t = l.trim_start();
+        t.split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+            && l.starts_with(' ')
+    };
+    match text.lines().position(is_frame) {
+        Some(i) => text
+            .lines()
+            .take(i)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim_end()
+            .to_string(),
+        None => text.to_string(),
+    }
+}
+
 /// After a reload: keeps the previous version of each table that is no
 /// longer served (or whose policies no longer build) because its product or
 /// contract now has errors, as long as those files still exist. Returns the
@@ -587,10 +609,15 @@ fn keep_last_good(
         match now {
             None => {
                 // Another product may have taken the name meanwhile.
-                if mesh.tables.iter().any(|t| t.qualified_name() == name) {
+                if mesh
+                    .tables
+                    .iter()
+                    .any(|t| t.qualified_name() == name && t.product_id != old.def.product_id)
+                {
                     continue;
                 }
                 served.push(old.clone());
+                mesh.tables.retain(|t| t.qualified_name() != name);
                 mesh.tables.push(Arc::clone(&old.def));
             }
             Some(i) if now_broken && old_ready => {
@@ -675,4 +702,19 @@ fn compile_policies(
         }
     }
     catalog
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_backtrace;
+
+    #[test]
+    fn backtraces_are_cut_from_messages() {
+        let text = "Kernel error: Json error: Truncated record\n   0: kernel::error::with_backtrace\n   1: core::ops::call\n             at src/x.rs:1:2";
+        assert_eq!(
+            without_backtrace(text),
+            "Kernel error: Json error: Truncated record"
+        );
+        assert_eq!(without_backtrace("a: b\nc"), "a: b\nc");
+    }
 }

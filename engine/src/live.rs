@@ -68,6 +68,7 @@ pub struct LiveEngine {
     version: AtomicU64,
     reloading: tokio::sync::Mutex<()>,
     loaded_at: RwLock<Option<SystemTime>>,
+    loads: tokio::sync::watch::Sender<u64>,
 }
 
 impl LiveEngine {
@@ -79,6 +80,7 @@ impl LiveEngine {
             version: AtomicU64::new(0),
             reloading: tokio::sync::Mutex::new(()),
             loaded_at: RwLock::new(None),
+            loads: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -88,7 +90,14 @@ impl LiveEngine {
         *live.current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
         *live.loaded_at.write().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
         live.version.store(1, Ordering::SeqCst);
+        live.loads.send_replace(1);
         live
+    }
+
+    /// Resolves once the first load has completed.
+    pub async fn ready(&self) {
+        let mut rx = self.loads.subscribe();
+        let _ = rx.wait_for(|v| *v > 0).await;
     }
 
     /// The mesh directory.
@@ -176,9 +185,13 @@ impl LiveEngine {
         for p in engine.problems().iter().filter(|p| p.is_error()) {
             warn!(problem = %p, "mesh problem");
         }
+        for t in &kept {
+            warn!(table = %t, "the new version has errors; the previous version is still served");
+        }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
         *self.loaded_at.write().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        self.loads.send_replace(version);
         let result = if errors == 0 {
             ReloadResult::Ok
         } else {

@@ -81,6 +81,29 @@ impl MeshSession {
         out
     }
 
+    /// The mesh tables (`domain.table`) the text of `sql` names, without
+    /// planning it (for statements that cannot be planned). Empty when the
+    /// text cannot be parsed.
+    pub fn tables_named(&self, sql: &str) -> Vec<String> {
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let Ok(statement) = state.sql_to_statement(sql, &dialect) else {
+            return Vec::new();
+        };
+        let Ok(references) = state.resolve_table_references(&statement) else {
+            return Vec::new();
+        };
+        let default_schema = self.default_schema();
+        let mut out = Vec::new();
+        for r in references {
+            let name = format!("{}.{}", r.schema().unwrap_or(&default_schema), r.table());
+            if self.sources.contains_key(&name) && !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
     /// When `e` is a storage failure while reading `tables` (from
     /// [`MeshSession::tables_read`]), a message naming the table and product.
     pub fn storage_failure(
@@ -168,6 +191,13 @@ impl MeshSession {
         let mut state = self.ctx.state();
         let mut pool = None;
         if let Some(limit) = memory_limit {
+            // A sort sets memory aside for merging its spills; within a small
+            // query limit that must be a share of it, not the 10 MiB default.
+            let options = state.config_mut().options_mut();
+            let share = (limit / 4).max(64 * 1024);
+            if options.execution.sort_spill_reservation_bytes > share {
+                options.execution.sort_spill_reservation_bytes = share;
+            }
             let runtime = state.runtime_env();
             let p = Arc::new(QueryMemoryPool::new(
                 Arc::clone(&runtime.memory_pool),

@@ -38,16 +38,27 @@ pub struct StorageFailure {
     pub message: String,
 }
 
+/// A Parquet error is a corrupt file, unless it carries a failure to read
+/// the file at all (the Parquet reader wraps the store's errors).
+fn parquet_kind(p: &parquet::errors::ParquetError) -> StorageFailureKind {
+    match p {
+        parquet::errors::ParquetError::External(inner)
+            if inner.downcast_ref::<object_store::Error>().is_some()
+                || inner.downcast_ref::<std::io::Error>().is_some() =>
+        {
+            StorageFailureKind::Unavailable
+        }
+        _ => StorageFailureKind::Corrupt,
+    }
+}
+
 fn classify(e: &DataFusionError) -> Option<(StorageFailureKind, String)> {
     use StorageFailureKind::*;
     fn external(
         inner: &(dyn std::error::Error + Send + Sync + 'static),
     ) -> Option<StorageFailureKind> {
-        if inner
-            .downcast_ref::<parquet::errors::ParquetError>()
-            .is_some()
-        {
-            Some(Corrupt)
+        if let Some(p) = inner.downcast_ref::<parquet::errors::ParquetError>() {
+            Some(parquet_kind(p))
         } else if inner.downcast_ref::<object_store::Error>().is_some()
             || inner.downcast_ref::<std::io::Error>().is_some()
         {
@@ -61,7 +72,7 @@ fn classify(e: &DataFusionError) -> Option<(StorageFailureKind, String)> {
     let root = e.find_root();
     let kind = match root {
         DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => Unavailable,
-        DataFusionError::ParquetError(_) => Corrupt,
+        DataFusionError::ParquetError(p) => parquet_kind(p),
         DataFusionError::External(inner) => external(inner.as_ref())?,
         DataFusionError::ArrowError(arrow_err, _) => match arrow_err.as_ref() {
             arrow::error::ArrowError::ExternalError(inner) => external(inner.as_ref())?,
@@ -173,6 +184,16 @@ mod tests {
         )));
         let f = storage_failure(&e, &["a.x".into(), "b.y".into()], &sources()).unwrap();
         assert_eq!(f.kind, StorageFailureKind::Corrupt);
+        assert!(f.message.starts_with("table `b.y`"), "{}", f.message);
+        // A file the Parquet reader could not fetch is missing, not corrupt.
+        let e = DataFusionError::ParquetError(Box::new(parquet::errors::ParquetError::External(
+            Box::new(object_store::Error::NotFound {
+                path: "/data/y/f.parquet".into(),
+                source: "gone".into(),
+            }),
+        )));
+        let f = storage_failure(&e, &["a.x".into(), "b.y".into()], &sources()).unwrap();
+        assert_eq!(f.kind, StorageFailureKind::Unavailable);
         assert!(f.message.starts_with("table `b.y`"), "{}", f.message);
         // No path in the cause: every table read is named.
         let e = DataFusionError::IoError(std::io::Error::other("timed out"));

@@ -26,7 +26,7 @@ pub mod ticket;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use meshq_engine::LiveEngine;
@@ -106,13 +106,14 @@ pub enum ServeError {
 /// Serves the mesh in `live` until `shutdown` resolves, then drains
 /// in-flight calls. The server listens at once; until the first load of
 /// `live` completes, calls fail with `UNAVAILABLE` and the health service
-/// says `NOT_SERVING`.
+/// says `NOT_SERVING`. `on_ready` runs once both are true: listening, and
+/// the health service says `SERVING`.
 pub async fn serve(
     live: Arc<LiveEngine>,
     ops: Arc<Operations>,
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    on_listening: impl FnOnce(Listening) + Send,
+    on_ready: impl FnOnce(Listening) + Send + 'static,
 ) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
@@ -129,18 +130,20 @@ pub async fn serve(
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    let (listening_tx, listening_rx) = tokio::sync::oneshot::channel::<Listening>();
     {
         let live = Arc::clone(&live);
         tokio::spawn(async move {
-            while !live.is_ready() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            live.ready().await;
             health
                 .set_serving::<FlightServiceServer<MeshFlightService>>()
                 .await;
             health
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
+            if let Ok(listening) = listening_rx.await {
+                on_ready(listening);
+            }
         });
     }
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -178,8 +181,8 @@ pub async fn serve(
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
             .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
-    info!(%addr, tls = config.tls.is_some(), "serving Flight SQL");
-    on_listening(Listening {
+    info!(%addr, tls = config.tls.is_some(), "listening for Flight SQL");
+    let _ = listening_tx.send(Listening {
         flight: addr,
         metrics: metrics_addr,
     });

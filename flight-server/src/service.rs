@@ -257,6 +257,14 @@ impl QueryTrace {
         self.record.global_policies = applied.global;
     }
 
+    /// For a statement that could not be planned: the mesh tables its
+    /// text names (the policies are unknown).
+    fn named(&mut self, engine: &Engine, session: &MeshSession, sql: &str) {
+        let tables = session.tables_named(sql);
+        self.record.products = engine.products_of(&tables);
+        self.record.tables = tables;
+    }
+
     fn finish(&mut self, outcome: Result<(), &Status>) {
         if self.written {
             return;
@@ -635,7 +643,13 @@ impl MeshFlightService {
             sql,
             self.live.version(),
         );
-        let plan = trace.check(self.plan(&session, sql, params, &qid).await)?;
+        let plan = match self.plan(&session, sql, params, &qid).await {
+            Ok(p) => p,
+            Err(e) => {
+                trace.named(&engine, &session, sql);
+                return trace.check(Err(e));
+            }
+        };
         trace.planned(&engine, &session, &plan);
         info!(%qid, user = %session.principal().display_name(), "query");
         let limits = engine
@@ -759,6 +773,7 @@ impl MeshFlightService {
                     sql,
                     self.live.version(),
                 );
+                trace.named(&engine, &session, sql);
                 trace.finish(Err(&e));
                 return Err(e);
             }
@@ -963,15 +978,14 @@ impl FlightSqlService for MeshFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         let client = self.client(&request)?;
-        let qid = query_id();
         let t = StatementTicket::decode(&ticket.statement_handle)?;
         let params = t.params.as_deref().map(params_from_ipc).transpose()?;
         if t.done {
-            // Ran when it was announced; its (empty) result.
-            let (_, session) = client.session()?;
-            let plan = self.plan(&session, &t.sql, params.as_ref(), &qid).await?;
-            let schema = wire_schema(plan.schema().as_arrow());
-            return Ok(Response::new(Self::batch_stream(schema, vec![])));
+            // Ran when it was announced; its result is empty, as announced.
+            return Ok(Response::new(Self::batch_stream(
+                Arc::new(Schema::empty()),
+                vec![],
+            )));
         }
         let call = if t.params.is_some() {
             "prepared"

@@ -95,6 +95,25 @@ impl IcebergTableProvider {
         DataFusionError::Execution(format!("Iceberg table {}: {msg}", self.label))
     }
 
+    /// An error from planning: a storage failure when a file could not be
+    /// read (so the server answers UNAVAILABLE and names the product), else
+    /// an error of the table.
+    fn planning_error(&self, e: iceberg::Error) -> DataFusionError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if s.downcast_ref::<object_store::Error>().is_some()
+                || s.downcast_ref::<std::io::Error>().is_some()
+            {
+                return DataFusionError::IoError(std::io::Error::other(format!(
+                    "Iceberg table {}: {e}",
+                    self.label
+                )));
+            }
+            source = s.source();
+        }
+        self.external(e)
+    }
+
     /// The table bound to the runtime the query runs on. The `iceberg` crate
     /// plans on the runtime a table was built with; a table kept from an
     /// earlier runtime (the shell, tests, a reload) would plan on a runtime
@@ -129,8 +148,8 @@ impl IcebergTableProvider {
             Ok(tasks) => Ok(tasks),
             // Pruning is an optimisation: a filter Iceberg cannot bind (e.g.
             // a literal of another type) must not fail the query.
-            Err(_) if pruned => plan(None).await.map_err(|e| self.external(e)),
-            Err(e) => Err(self.external(e)),
+            Err(_) if pruned => plan(None).await.map_err(|e| self.planning_error(e)),
+            Err(e) => Err(self.planning_error(e)),
         }
     }
 }

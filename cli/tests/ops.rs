@@ -1,0 +1,695 @@
+//! Operating `meshq serve`: hot reload, storage faults, resource limits,
+//! the audit log, metrics and health, against the real binary on loopback.
+//! Each test serves its own copy of the demo mesh, so it can change files.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use super::demo_dir;
+use super::flight::{Server, fetch, login, query, start_on, status_of};
+
+/// A private copy of the demo mesh.
+fn copy_mesh() -> (tempfile::TempDir, PathBuf) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), &target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("mesh");
+    copy(&demo_dir().join("mesh"), &mesh);
+    (dir, mesh)
+}
+
+/// A demo mesh written afresh (Iceberg metadata holds absolute paths, so a
+/// copy would still read the original's files).
+fn fresh_mesh() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("mesh");
+    let out = super::meshq()
+        .args(["demo", "--no-shell"])
+        .arg(&mesh)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir, mesh)
+}
+
+/// Replaces a file the way deploy tools do: write aside, then rename.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `GET /metrics`, parsed into `name{labels}` → value.
+fn scrape(server: &Server) -> BTreeMap<String, f64> {
+    let port = server.metrics.expect("started with --metrics-bind");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn metric(server: &Server, key: &str) -> f64 {
+    scrape(server).get(key).copied().unwrap_or(0.0)
+}
+
+/// Waits until `cond` holds, for at most `secs`.
+async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `sql`; the error status, or the batches.
+async fn try_query(
+    c: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, tonic::Status> {
+    let info = c.execute(sql.to_string(), None).await.map_err(status_of)?;
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let stream = c.do_get(ticket).await.map_err(status_of)?;
+    stream.try_collect().await.map_err(status_of)
+}
+
+fn count(batches: &[RecordBatch]) -> i64 {
+    batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0)
+}
+
+fn sighup(server: &Server) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// Phones as `ana` sees them, classified: the redact mask keeps the format
+/// and turns every digit into 9; the nullify mask gives NULL.
+#[derive(Debug, PartialEq, Clone, Copy)]
+enum PhoneMask {
+    Redacted,
+    Null,
+}
+
+fn classify(batches: &[RecordBatch]) -> Result<PhoneMask, String> {
+    let mut redacted = 0;
+    let mut null = 0;
+    let mut rows = 0;
+    for b in batches {
+        let col = b.column(0).as_string::<i32>();
+        for i in 0..col.len() {
+            rows += 1;
+            if col.is_null(i) {
+                null += 1;
+            } else if col
+                .value(i)
+                .chars()
+                .all(|c| !c.is_ascii_digit() || c == '9')
+            {
+                redacted += 1;
+            }
+        }
+    }
+    match (rows, redacted, null) {
+        (0, _, _) => Err("no rows".into()),
+        (n, r, _) if r == n => Ok(PhoneMask::Redacted),
+        (n, _, z) if z == n => Ok(PhoneMask::Null),
+        (n, r, z) => Err(format!("mixed result: {n} rows, {r} redacted, {z} null")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_swaps_atomically_and_keeps_the_last_good_version() {
+    let (_dir, mesh) = copy_mesh();
+    let server = start_on(
+        &mesh,
+        &["--reload-interval", "0.2", "--metrics-bind", "127.0.0.1:0"],
+        &[],
+    );
+    // A session with a scratch table, and a prepared statement, made before
+    // any reload.
+    let mut root = login(&server, "root").await;
+    query(&mut root, "CREATE TABLE public.notes AS SELECT 7 AS x").await;
+    let mut gina = login(&server, "gina").await;
+    let mut prepared = gina
+        .prepare(
+            "SELECT count(*) AS n FROM payments.transactions".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let n = count(&fetch(&mut gina, prepared.execute().await.unwrap()).await.1);
+    assert!(n > 0);
+
+    // Clients loop while the phone mask changes from redact to nullify.
+    let contract = mesh.join("customers/profiles.odcs.yaml");
+    let old = std::fs::read_to_string(&contract).unwrap();
+    let new = old.replace(
+        "{ kind: redact, exceptRoles: [pii-reader] }",
+        "{ kind: nullify, exceptRoles: [pii-reader] }",
+    );
+    assert_ne!(old, new);
+    let mut loops = Vec::new();
+    for _ in 0..4 {
+        let mut c = login(&server, "ana").await;
+        loops.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let until = Instant::now() + Duration::from_secs(60);
+            // Until the new version has been seen five times.
+            while seen.iter().filter(|m| **m == PhoneMask::Null).count() < 5 {
+                assert!(Instant::now() < until, "the new mask never appeared");
+                let batches = query(&mut c, "SELECT phone FROM customers.profiles").await;
+                seen.push(classify(&batches).unwrap());
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    replace_file(&contract, &new);
+    for l in loops {
+        let seen = l.await.unwrap();
+        // Old, then new, never back: each result was all-old or all-new.
+        let first_new = seen.iter().position(|m| *m == PhoneMask::Null).unwrap();
+        assert!(
+            seen[first_new..].iter().all(|m| *m == PhoneMask::Null),
+            "{seen:?}"
+        );
+    }
+    assert_eq!(metric(&server, "meshq_reloads_total{result=\"ok\"}"), 2.0);
+
+    // A broken contract: the last good version keeps serving.
+    replace_file(&contract, &new.replace("schema:", "schema: [broken\n"));
+    eventually(30, "a partial reload", || {
+        metric(&server, "meshq_reloads_total{result=\"partial\"}") >= 1.0
+    })
+    .await;
+    let mut ana = login(&server, "ana").await;
+    let batches = query(&mut ana, "SELECT phone FROM customers.profiles").await;
+    assert_eq!(classify(&batches), Ok(PhoneMask::Null));
+    let log = server.log_text();
+    assert!(
+        log.contains("customers.profiles") && log.contains("previous version is still served"),
+        "{log}"
+    );
+
+    // A removed product is gone; the prepared statement over it fails
+    // cleanly; the scratch table survives.
+    let version = metric(&server, "meshq_mesh_version");
+    std::fs::remove_file(mesh.join("payments/transactions.odps.yaml")).unwrap();
+    eventually(30, "a reload", || {
+        metric(&server, "meshq_mesh_version") > version
+    })
+    .await;
+    let e = status_of(prepared.execute().await.unwrap_err());
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    assert!(e.message().contains("transactions"), "{e}");
+    let e = try_query(&mut gina, "SELECT * FROM payments.transactions")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let notes = query(&mut root, "SELECT x FROM public.notes").await;
+    assert_eq!(notes[0].num_rows(), 1);
+
+    // A broken meshq.yaml is rejected as a whole: logins still work.
+    let config = mesh.join("meshq.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    replace_file(&config, &format!("{text}\nprincipals: [\n"));
+    eventually(30, "a rejected reload", || {
+        metric(&server, "meshq_reloads_total{result=\"rejected\"}") >= 1.0
+    })
+    .await;
+    let mut pat = login(&server, "pat").await;
+    let rows = query(&mut pat, "SELECT count(*) FROM sales.orders").await;
+    assert!(count(&rows) > 0);
+    assert!(server.log_text().contains("reload rejected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_faults_fail_one_product_and_heal_without_a_restart() {
+    let (_dir, mesh) = fresh_mesh();
+    let server = start_on(
+        &mesh,
+        &["--reload-interval", "0", "--metrics-bind", "127.0.0.1:0"],
+        &[],
+    );
+    let mut gina = login(&server, "gina").await;
+    // Each reads data (a bare count(*) can be answered from statistics).
+    let profiles = "SELECT count(*) FROM customers.profiles WHERE length(email) > 0";
+    let orders = "SELECT count(*) FROM sales.orders WHERE length(order_id) > 0";
+    let shipments = "SELECT count(*) FROM logistics.shipments WHERE length(carrier) > 0";
+    let n_profiles = count(&query(&mut gina, profiles).await);
+    let n_orders = count(&query(&mut gina, orders).await);
+    let n_shipments = count(&query(&mut gina, shipments).await);
+
+    // A data file deleted, then restored.
+    let part = mesh.join("customers/data/profiles/part-00000.parquet");
+    let aside = mesh.join("part.aside");
+    std::fs::rename(&part, &aside).unwrap();
+    let e = try_query(&mut gina, profiles).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(
+        e.message().contains("customers.profiles")
+            && e.message().contains("urn:dataproduct:customers:profiles"),
+        "{e}"
+    );
+    assert_eq!(count(&query(&mut gina, orders).await), n_orders);
+    std::fs::rename(&aside, &part).unwrap();
+    assert_eq!(count(&query(&mut gina, profiles).await), n_profiles);
+
+    // A corrupt data file, then restored.
+    let good = std::fs::read(&part).unwrap();
+    std::fs::write(&part, vec![7u8; good.len()]).unwrap();
+    let e = try_query(&mut gina, "SELECT * FROM customers.profiles")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e}");
+    assert!(e.message().contains("customers.profiles"), "{e}");
+    assert_eq!(count(&query(&mut gina, orders).await), n_orders);
+    std::fs::write(&part, &good).unwrap();
+    assert_eq!(count(&query(&mut gina, profiles).await), n_profiles);
+
+    // A truncated Delta log: the reload keeps the version it had.
+    let log_dir = mesh.join("sales/data/orders/_delta_log");
+    let mut commits: Vec<PathBuf> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let last = commits.last().unwrap().clone();
+    let commit = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &commit[..commit.len() / 2]).unwrap();
+    let version = metric(&server, "meshq_mesh_version");
+    sighup(&server);
+    eventually(30, "a reload", || {
+        metric(&server, "meshq_mesh_version") > version
+    })
+    .await;
+    assert_eq!(
+        metric(&server, "meshq_reloads_total{result=\"partial\"}"),
+        1.0
+    );
+    assert_eq!(count(&query(&mut gina, orders).await), n_orders);
+    let log = server.log_text();
+    assert!(
+        log.contains("sales.orders") && log.contains("urn:dataproduct:sales:orders"),
+        "{log}"
+    );
+    std::fs::write(&last, &commit).unwrap();
+
+    // The Iceberg data files gone: a clear error naming the product.
+    let data = mesh.join("logistics/data/shipments/data");
+    let aside = mesh.join("shipments-data.aside");
+    std::fs::rename(&data, &aside).unwrap();
+    let e = try_query(&mut gina, shipments).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(
+        e.message().contains("logistics.shipments")
+            && e.message().contains("urn:dataproduct:logistics:shipments"),
+        "{e}"
+    );
+    assert_eq!(count(&query(&mut gina, profiles).await), n_profiles);
+    std::fs::rename(&aside, &data).unwrap();
+    assert_eq!(count(&query(&mut gina, shipments).await), n_shipments);
+
+    // The Iceberg metadata gone, and a reload meanwhile: the reload keeps
+    // the previous version and the log names the product; its queries fail
+    // with a clear error until the files are back, then answer again.
+    let metadata = mesh.join("logistics/data/shipments/metadata");
+    let aside = mesh.join("metadata.aside");
+    std::fs::rename(&metadata, &aside).unwrap();
+    let version = metric(&server, "meshq_mesh_version");
+    sighup(&server);
+    eventually(30, "a reload", || {
+        metric(&server, "meshq_mesh_version") > version
+    })
+    .await;
+    assert_eq!(
+        metric(&server, "meshq_reloads_total{result=\"partial\"}"),
+        2.0
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("logistics.shipments") && log.contains("urn:dataproduct:logistics:shipments"),
+        "{log}"
+    );
+    let e = try_query(&mut gina, shipments).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(
+        e.message().contains("urn:dataproduct:logistics:shipments")
+            && e.message().contains("not found"),
+        "{e}"
+    );
+    assert_eq!(count(&query(&mut gina, orders).await), n_orders);
+    std::fs::rename(&aside, &metadata).unwrap();
+    assert_eq!(count(&query(&mut gina, shipments).await), n_shipments);
+
+    // Still the same process, and every product answers after a reload.
+    let version = metric(&server, "meshq_mesh_version");
+    sighup(&server);
+    eventually(30, "a reload", || {
+        metric(&server, "meshq_mesh_version") > version
+    })
+    .await;
+    assert_eq!(metric(&server, "meshq_reloads_total{result=\"ok\"}"), 2.0);
+    assert_eq!(count(&query(&mut gina, orders).await), n_orders);
+    assert_eq!(count(&query(&mut gina, shipments).await), n_shipments);
+}
+
+/// The demo's meshq.yaml with `limits` appended.
+fn with_limits(mesh: &Path, limits: &str) {
+    let config = mesh.join("meshq.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{limits}")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resource_limits_time_out_spill_and_queue() {
+    let (dir, mesh) = copy_mesh();
+    let spill = dir.path().join("spill");
+    with_limits(
+        &mesh,
+        &format!(
+            "limits:
+  spill_dir: {}
+  max_concurrent_queries: 1
+  max_queued_queries: 1
+  queue_timeout: 30s
+  principals:
+    ben: {{ query_timeout: 1s }}
+    ana: {{ max_result_rows: 100 }}
+    gina: {{ query_memory: 4MiB }}
+",
+            spill.display()
+        ),
+    );
+    let audit = dir.path().join("audit.jsonl");
+    let server = start_on(
+        &mesh,
+        &[
+            "--metrics-bind",
+            "127.0.0.1:0",
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+        &[],
+    );
+
+    // A runaway query is cancelled at its time limit and its memory freed.
+    let mut ben = login(&server, "ben").await;
+    let started = Instant::now();
+    let e = try_query(
+        &mut ben,
+        "SELECT sum(value) FROM range(100000000000) GROUP BY value % 1000003",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+    assert!(e.message().contains("limits.query_timeout"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    eventually(10, "the cancelled query to let go", || {
+        let m = scrape(&server);
+        m["meshq_queries_running"] == 0.0 && m["meshq_memory_reserved_bytes"] == 0.0
+    })
+    .await;
+
+    // Too many rows: refused, with the limit's name.
+    let mut ana = login(&server, "ana").await;
+    let e = try_query(&mut ana, "SELECT * FROM sales.orders")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("limits.max_result_rows"), "{e}");
+    assert_eq!(
+        query(&mut ana, "SELECT * FROM sales.orders LIMIT 100")
+            .await
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        100
+    );
+
+    // Over its memory limit, a sort spills to the configured directory and
+    // completes; an aggregate that cannot spill fails cleanly.
+    let mut gina = login(&server, "gina").await;
+    let sorted = query(
+        &mut gina,
+        "SELECT value FROM range(2000000) ORDER BY value DESC",
+    )
+    .await;
+    assert_eq!(
+        sorted.iter().map(|b| b.num_rows()).sum::<usize>(),
+        2_000_000
+    );
+    let first = sorted[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    assert_eq!(first.value(0), 1_999_999);
+    assert!(metric(&server, "meshq_spilled_bytes_total") > 0.0);
+    let e = try_query(&mut gina, "SELECT array_agg(value) FROM range(4000000)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("limits.query_memory"), "{e}");
+
+    // One query runs, one waits, the next is refused at once; the waiting
+    // one runs when the first ends.
+    let mut pat = login(&server, "pat").await;
+    let info = pat
+        .execute("SELECT value FROM range(1000000000)".into(), None)
+        .await
+        .unwrap();
+    let mut holding = pat
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    holding.try_next().await.unwrap().unwrap();
+    let waiting = {
+        let mut c = login(&server, "gina").await;
+        tokio::spawn(async move { try_query(&mut c, "SELECT count(*) FROM sales.orders").await })
+    };
+    eventually(10, "a queued query", || {
+        metric(&server, "meshq_queries_queued") == 1.0
+    })
+    .await;
+    let mut root = login(&server, "root").await;
+    let e = try_query(&mut root, "SELECT 1").await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("limits.max_queued_queries"), "{e}");
+    drop(holding);
+    let done = waiting.await.unwrap().unwrap();
+    assert!(count(&done) > 0);
+
+    // The server took all of that in its stride.
+    let rows = query(&mut root, "SELECT 1 AS one").await;
+    assert_eq!(rows[0].num_rows(), 1);
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        lines.contains("\"error_code\":\"DEADLINE_EXCEEDED\"")
+            && lines.contains("\"error_code\":\"RESOURCE_EXHAUSTED\""),
+        "{lines}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_has_every_field_and_no_values() {
+    let (dir, mesh) = copy_mesh();
+    let audit = dir.path().join("audit.jsonl");
+    let server = start_on(&mesh, &["--audit-log", audit.to_str().unwrap()], &[]);
+    let mut ana = login(&server, "ana").await;
+    let sql = "SELECT o.order_id, c.email FROM sales.orders o JOIN customers.profiles c \
+               USING (customer_id) WHERE o.total_amount > 123.45 AND c.country = 'DE'";
+    let rows: usize = query(&mut ana, sql)
+        .await
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    let e = try_query(
+        &mut ana,
+        "SELECT * FROM payments.transactions WHERE amount = 99.99",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let mut stranger = super::flight::client(&server).await;
+    assert!(stranger.handshake("ana", "not-her-password").await.is_err());
+    drop(server);
+
+    let text = std::fs::read_to_string(&audit).unwrap();
+    for secret in ["123.45", "'DE'", "99.99", "not-her-password", "ana-demo"] {
+        assert!(!text.contains(secret), "the audit log holds `{secret}`");
+    }
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ok = lines
+        .iter()
+        .find(|l| l["event"] == "query" && l["outcome"] == "ok")
+        .expect("the query is audited");
+    assert!(chrono::DateTime::parse_from_rfc3339(ok["ts"].as_str().unwrap()).is_ok());
+    assert_eq!(ok["principal"], "ana");
+    assert!(ok["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(ok["query_id"].as_str().unwrap().len(), 16);
+    assert_eq!(ok["call"], "statement");
+    assert_eq!(ok["statement"], "query");
+    assert_eq!(
+        ok["sql_shape"],
+        "SELECT o.order_id, c.email FROM sales.orders o JOIN customers.profiles c USING (customer_id) WHERE o.total_amount > ? AND c.country = ?"
+    );
+    assert_eq!(ok["sql_hash"].as_str().unwrap().len(), 16);
+    assert_eq!(
+        ok["tables"],
+        serde_json::json!(["sales.orders", "customers.profiles"])
+    );
+    assert_eq!(
+        ok["products"],
+        serde_json::json!([
+            "urn:dataproduct:customers:profiles",
+            "urn:dataproduct:sales:orders"
+        ])
+    );
+    let masks: Vec<&str> = ok["masks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        masks.contains(&"customers.profiles.email:hash"),
+        "{masks:?}"
+    );
+    assert!(
+        masks.contains(&"customers.profiles.phone:redact"),
+        "{masks:?}"
+    );
+    assert_eq!(
+        ok["row_filters"],
+        serde_json::json!(["sales.orders:own_region", "customers.profiles:own_region"])
+    );
+    assert_eq!(
+        ok["global_policies"],
+        serde_json::json!(["pii-hash-default"])
+    );
+    assert_eq!(ok["rows"].as_u64().unwrap() as usize, rows);
+    assert!(rows == 0 || ok["bytes"].as_u64().unwrap() > 0);
+    assert!(ok["duration_ms"].is_u64() && ok["queued_ms"].is_u64());
+    assert_eq!(ok["spilled_bytes"], 0);
+    assert!(ok.get("error_code").is_none());
+    assert_eq!(ok["mesh_version"], 1);
+
+    let denied = lines
+        .iter()
+        .find(|l| l["event"] == "query" && l["outcome"] == "error")
+        .expect("the denied query is audited");
+    assert_eq!(denied["error_code"], "PERMISSION_DENIED");
+    assert_eq!(
+        denied["tables"],
+        serde_json::json!(["payments.transactions"])
+    );
+    assert_eq!(
+        denied["sql_shape"],
+        "SELECT * FROM payments.transactions WHERE amount = ?"
+    );
+    let failed = lines
+        .iter()
+        .find(|l| l["event"] == "auth_failure")
+        .expect("the failed login is audited");
+    assert_eq!(failed["user"], "ana");
+    assert_eq!(failed["error_code"], "UNAUTHENTICATED");
+    assert!(failed["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_describe_the_server() {
+    let (_dir, mesh) = copy_mesh();
+    let server = start_on(&mesh, &["--metrics-bind", "127.0.0.1:0"], &[]);
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for service in ["", "arrow.flight.protocol.FlightService"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service}"
+        );
+    }
+    let mut pat = login(&server, "pat").await;
+    query(&mut pat, "SELECT * FROM sales.orders").await;
+    let _ = try_query(&mut pat, "SELECT * FROM nowhere.nothing").await;
+    let m = scrape(&server);
+    let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in {m:?}"));
+    assert_eq!(
+        get("meshq_queries_total{kind=\"query\",outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("meshq_queries_total{kind=\"unplanned\",outcome=\"NOT_FOUND\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("meshq_query_duration_seconds_count{kind=\"query\"}"),
+        1.0
+    );
+    assert_eq!(get("meshq_result_rows_total"), 12000.0);
+    assert!(get("meshq_result_bytes_total") > 100_000.0);
+    assert_eq!(
+        get("meshq_product_scans_total{product=\"urn:dataproduct:sales:orders\"}"),
+        1.0
+    );
+    assert_eq!(get("meshq_sessions_active"), 1.0);
+    assert_eq!(get("meshq_reloads_total{result=\"ok\"}"), 1.0);
+    assert_eq!(get("meshq_ready"), 1.0);
+    assert_eq!(get("meshq_tables_served"), 4.0);
+    assert_eq!(get("meshq_memory_reserved_bytes"), 0.0);
+    assert!(get("meshq_mesh_loaded_timestamp_seconds") > 1.7e9);
+    assert_eq!(get("meshq_auth_failures_total"), 0.0);
+}
