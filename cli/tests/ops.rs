@@ -693,3 +693,225 @@ async fn metrics_and_health_describe_the_server() {
     assert!(get("meshq_mesh_loaded_timestamp_seconds") > 1.7e9);
     assert_eq!(get("meshq_auth_failures_total"), 0.0);
 }
+
+/// What one principal may see of `sales.orders`, checked on every result.
+#[derive(Clone)]
+struct Expect {
+    user: &'static str,
+    /// Regions the row filter lets through.
+    regions: Vec<&'static str>,
+    /// Whether pii is shown raw (pii-reader) or masked.
+    raw_pii: bool,
+    /// Order ids the principal can see, for point queries.
+    ids: Vec<String>,
+    /// `region|count` rows of the aggregation.
+    by_region: Vec<String>,
+    /// Rows of the full fetch.
+    rows: usize,
+}
+
+fn strings(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
+    let c = arrow::compute::cast(
+        b.column_by_name(col).unwrap(),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let c = c.as_string::<i32>();
+    (0..c.len())
+        .map(|i| (!c.is_null(i)).then(|| c.value(i).to_string()))
+        .collect()
+}
+
+/// Checks every row of an orders result against what `e` may see.
+fn check_orders(e: &Expect, batches: &[RecordBatch]) -> Result<usize, String> {
+    let mut n = 0;
+    for b in batches {
+        let regions = strings(b, "region");
+        let emails = strings(b, "email");
+        let customers = strings(b, "customer_id");
+        for i in 0..b.num_rows() {
+            n += 1;
+            let region = regions[i].as_deref().unwrap_or("");
+            if !e.regions.contains(&region) {
+                return Err(format!("{} saw a row of region {region}", e.user));
+            }
+            let customer = customers[i].as_deref().unwrap_or("");
+            let hashed = customer.len() == 64 && customer.chars().all(|c| c.is_ascii_hexdigit());
+            if hashed == e.raw_pii {
+                return Err(format!("{} saw customer id {customer}", e.user));
+            }
+            if let Some(email) = emails[i].as_deref()
+                && !email.is_empty()
+                && email.contains("***@***") == e.raw_pii
+            {
+                return Err(format!("{} saw email {email}", e.user));
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let cols: Vec<Vec<Option<String>>> = (0..b.num_columns())
+            .map(|i| strings(b, b.schema().field(i).name()))
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(
+                cols.iter()
+                    .map(|c| c[r].clone().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out
+}
+
+/// Peak resident memory of a process, from /proc, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+const POINT: &str =
+    "SELECT order_id, customer_id, email, region FROM sales.orders WHERE order_id = ";
+const BY_REGION: &str = "SELECT region, count(*) AS n, sum(total_amount) AS total FROM sales.orders GROUP BY region ORDER BY region";
+const FULL: &str = "SELECT * FROM sales.orders";
+
+/// 64 clients for a bounded time (MESHQ_LOAD_SECS; 60 s, or 20 s when
+/// CI=true), mixing point queries, aggregations and full fetches as four
+/// principals with different masks and row filters. Every result is checked
+/// against what its principal may see; no errors are allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_clients_under_load_each_see_only_their_own() {
+    let secs: u64 = std::env::var("MESHQ_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if std::env::var("CI").as_deref() == Ok("true") {
+            20
+        } else {
+            60
+        });
+    let (_dir, mesh) = copy_mesh();
+    with_limits(
+        &mesh,
+        "limits:\n  memory: 512MiB\n  max_concurrent_queries: 16\n  max_queued_queries: 64\n  queue_timeout: 120s\n",
+    );
+    let server = start_on(&mesh, &["--metrics-bind", "127.0.0.1:0"], &[]);
+
+    // What each principal may see, read once, one query at a time.
+    let mut expects = Vec::new();
+    for (user, regions, raw_pii) in [
+        ("ana", vec!["EMEA"], false),
+        ("ben", vec!["AMER"], false),
+        ("gina", vec!["AMER", "APAC", "EMEA"], false),
+        ("pat", vec!["AMER", "APAC", "EMEA"], true),
+    ] {
+        let mut c = login(&server, user).await;
+        let full = query(&mut c, FULL).await;
+        let mut e = Expect {
+            user,
+            regions,
+            raw_pii,
+            ids: Vec::new(),
+            by_region: rows_text(&query(&mut c, BY_REGION).await),
+            rows: 0,
+        };
+        e.rows = check_orders(&e, &full).unwrap();
+        e.ids = full
+            .iter()
+            .flat_map(|b| strings(b, "order_id"))
+            .flatten()
+            .step_by(97)
+            .collect();
+        assert!(e.rows > 0 && !e.ids.is_empty());
+        expects.push(e);
+    }
+
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut clients = Vec::new();
+    for i in 0..64usize {
+        let e = expects[i % expects.len()].clone();
+        let mut c = login(&server, e.user).await;
+        clients.push(tokio::spawn(async move {
+            let mut done = [0usize; 3];
+            let mut errors = Vec::new();
+            let mut k = i;
+            while Instant::now() < until {
+                k += 1;
+                let kind = k % 3;
+                let sql = match kind {
+                    0 => format!("{POINT}'{}'", e.ids[k % e.ids.len()]),
+                    1 => BY_REGION.to_string(),
+                    _ => FULL.to_string(),
+                };
+                let checked = match try_query(&mut c, &sql).await {
+                    Err(s) => Err(format!("{}: {s}", e.user)),
+                    Ok(batches) => match kind {
+                        0 => check_orders(&e, &batches).and_then(|n| {
+                            (n == 1)
+                                .then_some(())
+                                .ok_or(format!("point query gave {n} rows"))
+                        }),
+                        1 => (rows_text(&batches) == e.by_region)
+                            .then_some(())
+                            .ok_or(format!("{}: aggregation differs", e.user)),
+                        _ => check_orders(&e, &batches).and_then(|n| {
+                            (n == e.rows)
+                                .then_some(())
+                                .ok_or(format!("{}: {n} rows, expected {}", e.user, e.rows))
+                        }),
+                    },
+                };
+                match checked {
+                    Ok(()) => done[kind] += 1,
+                    Err(m) => errors.push(m),
+                }
+            }
+            (done, errors)
+        }));
+    }
+    let mut totals = [0usize; 3];
+    let mut errors = Vec::new();
+    for c in clients {
+        let (done, errs) = c.await.unwrap();
+        for k in 0..3 {
+            totals[k] += done[k];
+        }
+        errors.extend(errs);
+    }
+    let rss = peak_rss(server.child.id());
+    let m = scrape(&server);
+    println!(
+        "load: {secs} s, 64 clients: {} point, {} aggregation, {} full fetch; server peak RSS {} MiB; {} errors",
+        totals[0],
+        totals[1],
+        totals[2],
+        rss >> 20,
+        errors.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(totals.iter().all(|n| *n > 0), "{totals:?}");
+    // Memory stays bounded: the pool is 512 MiB; the process, with its code
+    // and caches, stays well under 2 GiB.
+    assert!(rss < 2 << 30, "peak RSS {} MiB", rss >> 20);
+    assert_eq!(m["meshq_queries_running"], 0.0);
+    assert_eq!(m["meshq_memory_reserved_bytes"], 0.0);
+    let ok = m["meshq_queries_total{kind=\"query\",outcome=\"ok\"}"] as usize;
+    assert!(
+        ok >= totals.iter().sum::<usize>(),
+        "{ok} ok queries counted"
+    );
+}
