@@ -640,7 +640,11 @@ async fn audit_log_has_every_field_and_no_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_describe_the_server() {
     let (_dir, mesh) = copy_mesh();
-    let server = start_on(&mesh, &["--metrics-bind", "127.0.0.1:0"], &[]);
+    let server = start_on(
+        &mesh,
+        &["--metrics-bind", "127.0.0.1:0", "--log-format", "json"],
+        &[("MESHQ_LOG", "info")],
+    );
     let channel = Channel::from_shared(format!("http://127.0.0.1:{}", server.port))
         .unwrap()
         .connect()
@@ -692,6 +696,26 @@ async fn metrics_and_health_describe_the_server() {
     assert_eq!(get("meshq_memory_reserved_bytes"), 0.0);
     assert!(get("meshq_mesh_loaded_timestamp_seconds") > 1.7e9);
     assert_eq!(get("meshq_auth_failures_total"), 0.0);
+
+    // Logs are JSON objects, one per line, and hold no SQL literals.
+    let log = server.log_text();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["level"] == "INFO" && e["message"] == "mesh loaded"),
+        "{log}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "query" && e["user"] == "pat"),
+        "{log}"
+    );
 }
 
 /// What one principal may see of `sales.orders`, checked on every result.
