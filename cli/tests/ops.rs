@@ -450,6 +450,30 @@ async fn resource_limits_time_out_spill_and_queue() {
     })
     .await;
 
+    // A client that stops reading does not hold its slot past the limit.
+    let info = ben
+        .execute("SELECT value FROM range(1000000000)".into(), None)
+        .await
+        .unwrap();
+    let mut stalled = ben
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    stalled.try_next().await.unwrap().unwrap();
+    eventually(10, "the stalled query to be stopped", || {
+        let m = scrape(&server);
+        m["meshq_queries_running"] == 0.0 && m["meshq_memory_reserved_bytes"] == 0.0
+    })
+    .await;
+    let e = loop {
+        match stalled.try_next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a stopped query must not end as if complete"),
+            Err(e) => break status_of(e),
+        }
+    };
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e}");
+
     // Too many rows: refused, with the limit's name.
     let mut ana = login(&server, "ana").await;
     let e = try_query(&mut ana, "SELECT * FROM sales.orders")

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,14 +90,27 @@ struct Running {
     streams: Mutex<HashMap<Vec<u8>, Vec<RunningStream>>>,
 }
 
-/// One DoGet stream of a ticket: a registration id and its abort handle.
-type RunningStream = (u64, futures::stream::AbortHandle);
+/// One DoGet stream of a ticket: a registration id, its abort handle and
+/// where to say why it was stopped.
+type RunningStream = (
+    u64,
+    futures::stream::AbortHandle,
+    Arc<AtomicU8>,
+    SharedQuery,
+);
+
+/// Why a query's stream was stopped from outside.
+const RUNNING: u8 = 0;
+const CANCELLED: u8 = 1;
+const TIMED_OUT: u8 = 2;
 
 impl Running {
     fn register(
         self: &Arc<Self>,
         ticket: Vec<u8>,
         handle: futures::stream::AbortHandle,
+        end: Arc<AtomicU8>,
+        query: SharedQuery,
     ) -> RunningGuard {
         let id = rand::random::<u64>();
         self.streams
@@ -104,7 +118,7 @@ impl Running {
             .unwrap_or_else(|e| e.into_inner())
             .entry(ticket.clone())
             .or_default()
-            .push((id, handle));
+            .push((id, handle, end, query));
         RunningGuard {
             running: Arc::clone(self),
             ticket,
@@ -112,12 +126,18 @@ impl Running {
         }
     }
 
-    /// Aborts every stream of `ticket`; how many there were.
+    /// Stops every stream of `ticket`, freeing what its query holds even if
+    /// the client is not reading; how many there were.
     fn cancel(&self, ticket: &[u8]) -> usize {
-        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let handles = m.remove(ticket).unwrap_or_default();
-        for (_, h) in &handles {
-            h.abort();
+        let handles = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(ticket)
+            .unwrap_or_default();
+        for (_, h, end, query) in &handles {
+            let _ = end.compare_exchange(RUNNING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst);
+            stop(h, query);
         }
         handles.len()
     }
@@ -138,7 +158,7 @@ impl Drop for RunningGuard {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(v) = m.get_mut(&self.ticket) {
-            v.retain(|(id, _)| *id != self.id);
+            v.retain(|(id, ..)| *id != self.id);
             if v.is_empty() {
                 m.remove(&self.ticket);
             }
@@ -213,6 +233,8 @@ struct QueryTrace {
     record: AuditRecord,
     started: Instant,
     written: bool,
+    /// Set when the stream is stopped from outside (cancel, time limit).
+    end: Option<(Arc<AtomicU8>, Duration)>,
 }
 
 impl QueryTrace {
@@ -242,6 +264,7 @@ impl QueryTrace {
             },
             started: Instant::now(),
             written: false,
+            end: None,
         }
     }
 
@@ -310,10 +333,26 @@ impl QueryTrace {
 
 impl Drop for QueryTrace {
     fn drop(&mut self) {
-        if !self.written {
-            self.finish(Err(&Status::cancelled("the client went away")));
+        if self.written {
+            return;
         }
+        let status = match &self.end {
+            Some((end, limit)) if end.load(Ordering::SeqCst) == TIMED_OUT => {
+                let qid = self.record.query_id.clone().unwrap_or_default();
+                timed_out(&qid, *limit)
+            }
+            _ => Status::cancelled("the client went away or cancelled the query"),
+        };
+        self.finish(Err(&status));
     }
+}
+
+/// The error of a query past its time limit.
+fn timed_out(qid: &str, limit: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "query {qid} ran longer than its time limit of {:.1} s (limits.query_timeout) and was cancelled",
+        limit.as_secs_f64()
+    ))
 }
 
 /// gRPC code names as the audit log and metrics write them.
@@ -413,69 +452,83 @@ fn is_statement(plan: &LogicalPlan) -> bool {
     )
 }
 
-/// The state of a result stream between batches.
-struct ResultStream {
+/// What a running query holds: dropped when it ends, fails, or is stopped
+/// from outside (the watchdog of its time limit takes it even while the
+/// client is not reading); dropping it stops DataFusion's tasks, frees the
+/// query's memory and slot, and writes its audit record.
+struct RunningQuery {
     inner: SendableRecordBatchStream,
     query: PhysicalQuery,
     trace: QueryTrace,
+    _permit: Permit,
+}
+
+type SharedQuery = Arc<tokio::sync::Mutex<Option<RunningQuery>>>;
+
+/// The state of a result stream between batches.
+struct ResultStream {
+    running: SharedQuery,
     cast_to: SchemaRef,
     deadline: Option<(tokio::time::Instant, Duration)>,
     max_rows: Option<u64>,
     max_bytes: Option<u64>,
     status: Box<dyn Fn(&DataFusionError) -> Status + Send + Sync>,
-    _permit: Permit,
 }
 
 impl ResultStream {
-    async fn next(mut self) -> Option<(Result<RecordBatch, FlightError>, Self)> {
-        let qid = self.trace.record.query_id.clone().unwrap_or_default();
+    async fn next(self) -> Option<(Result<RecordBatch, FlightError>, Self)> {
+        let running = Arc::clone(&self.running);
+        let mut slot = running.lock().await;
+        // Stopped from outside: the stream's last item says why.
+        let q = slot.as_mut()?;
+        let qid = q.trace.record.query_id.clone().unwrap_or_default();
         let item = match self.deadline {
-            Some((at, limit)) => match tokio::time::timeout_at(at, self.inner.next()).await {
+            Some((at, limit)) => match tokio::time::timeout_at(at, q.inner.next()).await {
                 Ok(item) => item,
                 Err(_) => Some(Err(DataFusionError::External(Box::new(Timeout(limit))))),
             },
-            None => self.inner.next().await,
+            None => q.inner.next().await,
         };
-        let err = |this: &mut Self, s: Status| {
-            this.trace.finish(Err(&s));
+        let fail = |slot: &mut Option<RunningQuery>, s: Status| {
+            if let Some(mut q) = slot.take() {
+                q.trace.finish(Err(&s));
+            }
             Err(FlightError::Tonic(Box::new(s)))
         };
         let batch = match item {
             None => {
-                let (files, bytes) = meshq_engine::memory::spill_totals(&self.query.plan);
+                let (files, bytes) = meshq_engine::memory::spill_totals(&q.query.plan);
                 if files > 0 {
                     debug!(%qid, files, bytes, "query spilled");
                 }
-                self.trace.record.spilled_bytes = bytes as u64;
-                self.trace.finish(Ok(()));
+                q.trace.record.spilled_bytes = bytes as u64;
+                q.trace.finish(Ok(()));
+                *slot = None;
                 return None;
             }
             Some(Err(e)) => {
                 let status = match e.find_root() {
                     DataFusionError::External(x) if x.is::<Timeout>() => {
                         let limit = x.downcast_ref::<Timeout>().map(|t| t.0).unwrap_or_default();
-                        Status::deadline_exceeded(format!(
-                            "query {qid} ran longer than its time limit of {:.1} s (limits.query_timeout) and was cancelled",
-                            limit.as_secs_f64()
-                        ))
+                        timed_out(&qid, limit)
                     }
                     _ => (self.status)(&e),
                 };
-                let r = err(&mut self, status);
-                // End the stream after the error; dropping the state stops
-                // the query and frees its memory.
-                return Some((r, self.ended()));
+                let r = fail(&mut slot, status);
+                drop(slot);
+                return Some((r, self));
             }
             Some(Ok(b)) => b,
         };
         let batch = match cast_batch(&batch, &self.cast_to) {
             Ok(b) => b,
             Err(e) => {
-                let r = err(&mut self, Status::internal(e.to_string()));
-                return Some((r, self.ended()));
+                let r = fail(&mut slot, Status::internal(e.to_string()));
+                drop(slot);
+                return Some((r, self));
             }
         };
-        let r = &mut self.trace.record;
+        let r = &mut q.trace.record;
         r.rows += batch.num_rows() as u64;
         r.bytes += batch_bytes(&batch);
         let over = match (self.max_rows, self.max_bytes) {
@@ -488,25 +541,15 @@ impl ResultStream {
             _ => None,
         };
         if let Some(msg) = over {
-            let r = err(
-                &mut self,
+            let r = fail(
+                &mut slot,
                 Status::resource_exhausted(format!("query {qid}: {msg}")),
             );
-            return Some((r, self.ended()));
+            drop(slot);
+            return Some((r, self));
         }
+        drop(slot);
         Some((Ok(batch), self))
-    }
-
-    /// Replaces the query with an empty stream, so the next poll ends.
-    fn ended(mut self) -> Self {
-        let schema = self.inner.schema();
-        self.inner = Box::pin(
-            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
-                schema,
-                futures::stream::empty(),
-            ),
-        );
-        self
     }
 }
 
@@ -521,6 +564,25 @@ impl std::fmt::Display for Timeout {
 }
 
 impl std::error::Error for Timeout {}
+
+/// Stops a query's stream from outside. A stream being polled ends at its
+/// next poll and drops the query with it; a stream nobody polls (the client
+/// stopped reading) would not, so the query is taken out of it here.
+fn stop(handle: &futures::stream::AbortHandle, query: &SharedQuery) {
+    handle.abort();
+    if let Ok(mut slot) = query.try_lock() {
+        drop(slot.take());
+    }
+}
+
+/// Stops a task when dropped (the watchdog of a query that ended).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 impl MeshFlightService {
     /// A service over the served mesh.
@@ -694,16 +756,23 @@ impl MeshFlightService {
             .query_timeout
             .map(|t| (tokio::time::Instant::now() + t, t));
         let qid_owned = qid.clone();
-        let state = ResultStream {
+        let end = Arc::new(AtomicU8::new(RUNNING));
+        if let Some((_, limit)) = deadline {
+            trace.end = Some((Arc::clone(&end), limit));
+        }
+        let running: SharedQuery = Arc::new(tokio::sync::Mutex::new(Some(RunningQuery {
             inner,
             query,
             trace,
+            _permit: permit,
+        })));
+        let state = ResultStream {
+            running: Arc::clone(&running),
             cast_to: Arc::clone(&target),
             deadline,
             max_rows: limits.max_result_rows,
             max_bytes: limits.max_result_bytes,
             status: Box::new(move |e| status(e, &qid_owned)),
-            _permit: permit,
         };
         let batches = futures::stream::unfold(state, ResultStream::next);
         let encoded = FlightDataEncoderBuilder::new()
@@ -716,9 +785,39 @@ impl MeshFlightService {
         // Cancellable by ticket; unregistered when it ends or is dropped
         // (a client that drops the stream drops DataFusion's tasks with it).
         let (abortable, handle) = futures::stream::abortable(encoded);
-        let guard = self.running.register(ticket, handle);
-        let stream = abortable.map(move |item| {
-            let _ = &guard;
+        // The time limit holds even when the client stops reading (then the
+        // stream is not polled and cannot notice it): a watchdog stops it.
+        let watchdog = deadline.map(|(at, _)| {
+            let (handle, end) = (handle.clone(), Arc::clone(&end));
+            let running = Arc::clone(&running);
+            AbortOnDrop(tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                if end
+                    .compare_exchange(RUNNING, TIMED_OUT, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    stop(&handle, &running);
+                }
+            }))
+        });
+        let guard = self
+            .running
+            .register(ticket, handle, Arc::clone(&end), Arc::clone(&running));
+        let stopped = deadline.map(|(_, limit)| limit);
+        // A stream stopped from outside ends with an error saying why, not
+        // as if the result were complete.
+        let why = futures::stream::once(async move {
+            match end.load(Ordering::SeqCst) {
+                CANCELLED => Some(Err(Status::cancelled(format!(
+                    "query {qid} was cancelled (CancelFlightInfo)"
+                )))),
+                TIMED_OUT => Some(Err(timed_out(&qid, stopped.unwrap_or_default()))),
+                _ => None,
+            }
+        })
+        .filter_map(std::future::ready);
+        let stream = abortable.chain(why).map(move |item| {
+            let _ = (&guard, &watchdog);
             item
         });
         Ok(Box::pin(stream))
@@ -1468,7 +1567,10 @@ impl FlightSqlService for MeshFlightService {
                     .flat_map(|i| i.endpoint.iter())
                     .filter_map(|e| e.ticket.as_ref().map(|t| t.ticket.to_vec()))
                     .collect();
-                let cancelled: usize = tickets.iter().map(|t| self.running.cancel(t)).sum();
+                let mut cancelled = 0;
+                for t in &tickets {
+                    cancelled += self.running.cancel(t);
+                }
                 let status = if cancelled > 0 {
                     arrow_flight::CancelStatus::Cancelled
                 } else {
