@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use futures::TryStreamExt;
+use meshq_engine::memory::spill_totals;
 use meshq_benchmarks::runners::{self, Runner, fingerprint, rows};
 use meshq_benchmarks::tpch::{Dataset, PASSWORDS};
 use meshq_benchmarks::{QUERIES, Timing, catalog_scale, flight, measure, ms, rss};
@@ -400,21 +402,36 @@ async fn memory(
     let session = runners::session(&engine, "exempt")?;
     writeln!(
         out,
-        "## 5. Memory (SF{}, memory pool {} MiB, spilling to the OS temp dir)\n\n| query | time s | rows | outcome |\n|---|---:|---:|---|",
+        "## 5. Memory (SF{}, memory pool {} MiB, spilling to the OS temp dir)\n\n| query | time s | rows | spill files | spilled MiB | outcome |\n|---|---:|---:|---:|---:|---|",
         args.memory_sf, args.memory_limit_mib
     )?;
     let queries: BTreeMap<&str, &str> = QUERIES.into_iter().collect();
     for name in ["q18", "q21"] {
         let start = Instant::now();
-        let res =
-            async { Ok::<_, anyhow::Error>(session.sql(queries[name]).await?.collect().await?) }
-                .await;
+        // Run through the physical plan, so its operators' spill metrics
+        // can be read afterwards.
+        let res = async {
+            let plan = session
+                .context()
+                .state()
+                .create_logical_plan(queries[name])
+                .await?;
+            let query = session.physical_plan(plan, None).await?;
+            let batches: Vec<_> = query.execute()?.try_collect().await?;
+            Ok::<_, anyhow::Error>((batches, spill_totals(&query.plan)))
+        }
+        .await;
         let took = start.elapsed().as_secs_f64();
         match res {
-            Ok(b) => writeln!(out, "| {name} | {took:.1} | {} | completed |", rows(&b))?,
+            Ok((b, (files, bytes))) => writeln!(
+                out,
+                "| {name} | {took:.1} | {} | {files} | {:.0} | completed |",
+                rows(&b),
+                bytes as f64 / 1048576.0
+            )?,
             Err(e) => writeln!(
                 out,
-                "| {name} | {took:.1} | - | failed: {} |",
+                "| {name} | {took:.1} | - | - | - | failed: {} |",
                 e.to_string().replace('|', "/")
             )?,
         }
