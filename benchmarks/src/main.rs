@@ -15,10 +15,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use futures::TryStreamExt;
-use meshq_engine::memory::spill_totals;
 use meshq_benchmarks::runners::{self, Runner, fingerprint, rows};
 use meshq_benchmarks::tpch::{Dataset, PASSWORDS};
 use meshq_benchmarks::{QUERIES, Timing, catalog_scale, flight, measure, ms, rss};
+use meshq_engine::memory::spill_totals;
 
 #[derive(Debug, Parser)]
 #[command(name = "meshq-bench", about = "meshq benchmarks")]

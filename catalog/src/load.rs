@@ -387,6 +387,9 @@ impl Loader {
 
     fn load_products(&mut self, files: &[PathBuf]) -> Vec<LoadedProduct> {
         let mut out: Vec<LoadedProduct> = Vec::new();
+        // Index of each product id in `out`: a scan of `out` per product is
+        // quadratic (seconds at 10,000 products).
+        let mut seen: HashMap<String, usize> = HashMap::new();
         for file in files {
             let Some((product, text)) = self.read_and_parse::<DataProduct>(file) else {
                 continue;
@@ -401,7 +404,7 @@ impl Loader {
             ) {
                 continue;
             }
-            if let Some(first) = out.iter().find(|p| p.product.id == product.id) {
+            if let Some(first) = seen.get(&product.id).map(|i| &out[*i]) {
                 let msg = format!(
                     "product id `{}` is already defined in {}; product ids must be unique",
                     product.id,
@@ -433,6 +436,7 @@ impl Loader {
                 }
                 Some(_) => {}
             }
+            seen.insert(product.id.clone(), out.len());
             out.push(LoadedProduct {
                 product,
                 file: file.clone(),
@@ -1150,14 +1154,13 @@ impl Loader {
         products: &[LoadedProduct],
         contracts: &BTreeMap<String, LoadedContract>,
     ) {
+        let used: std::collections::HashSet<&str> = products
+            .iter()
+            .flat_map(|p| p.product.output_ports.iter())
+            .filter_map(|o| o.contract_id.as_deref())
+            .collect();
         for (id, lc) in contracts {
-            let used = products.iter().any(|p| {
-                p.product
-                    .output_ports
-                    .iter()
-                    .any(|o| o.contract_id.as_deref() == Some(id))
-            });
-            if !used {
+            if !used.contains(id.as_str()) {
                 let file = lc.file.clone();
                 self.warn(
                     &file,

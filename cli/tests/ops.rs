@@ -507,6 +507,12 @@ async fn resource_limits_time_out_spill_and_queue() {
         .as_primitive::<arrow::datatypes::Int64Type>();
     assert_eq!(first.value(0), 1_999_999);
     assert!(metric(&server, "meshq_spilled_bytes_total") > 0.0);
+    // The spill files went to the configured directory.
+    assert!(
+        std::fs::read_dir(&spill).unwrap().next().is_some(),
+        "nothing in {}",
+        spill.display()
+    );
     let e = try_query(&mut gina, "SELECT array_agg(value) FROM range(4000000)")
         .await
         .unwrap_err();

@@ -595,14 +595,13 @@ fn keep_last_good(
         .collect();
     let mut kept = Vec::new();
     for old in prev.served_tables() {
-        let name = old.def.qualified_name();
-        let files_exist = old.def.product_file.exists() && old.def.contract_file.exists();
         let product_file = mesh.display_path(&old.def.product_file);
         let contract_file = mesh.display_path(&old.def.contract_file);
         let broken = error_files.contains(&product_file) || error_files.contains(&contract_file);
-        if !files_exist || !broken {
+        if !broken || !old.def.product_file.exists() || !old.def.contract_file.exists() {
             continue;
         }
+        let name = old.def.qualified_name();
         let now = served.iter().position(|t| t.def.qualified_name() == name);
         let old_ready = !matches!(prev.governance(&name), Some(TableGovernance::Broken(_)));
         let now_broken = matches!(policies.get(&name), Some(TableGovernance::Broken(_)));

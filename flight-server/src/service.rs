@@ -667,16 +667,35 @@ impl MeshFlightService {
             sql,
             self.live.version(),
         );
-        let plan = trace.check(self.plan(&session, sql, params, &qid).await)?;
-        trace.planned(&engine, &session, &plan);
+        let plan = match self.plan(&session, sql, params, &qid).await {
+            Ok(p) => p,
+            Err(e) => {
+                trace.named(&engine, &session, sql);
+                return trace.check(Err(e));
+            }
+        };
+        self.execute_statement(&engine, &session, trace, plan, &qid)
+            .await
+    }
+
+    /// Runs a planned statement to the end, audited by `trace`.
+    async fn execute_statement(
+        &self,
+        engine: &Engine,
+        session: &MeshSession,
+        mut trace: QueryTrace,
+        plan: LogicalPlan,
+        qid: &str,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+        trace.planned(engine, session, &plan);
         let df = trace.check(
             session
                 .execute_plan(plan)
                 .await
-                .map_err(|e| to_status(&e, &qid)),
+                .map_err(|e| to_status(&e, qid)),
         )?;
         let schema = wire_schema(df.schema().as_arrow());
-        let batches = trace.check(df.collect().await.map_err(|e| to_status(&e, &qid)))?;
+        let batches = trace.check(df.collect().await.map_err(|e| to_status(&e, qid)))?;
         trace.record.rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         trace.finish(Ok(()));
         Ok((schema, batches))
@@ -823,9 +842,11 @@ impl MeshFlightService {
         Ok(Box::pin(stream))
     }
 
-    /// For `GetFlightInfo` of a statement: runs DDL/`SET` at once (audited)
-    /// and says so (`true`); for a query, checks and plans it and gives
-    /// its wire schema.
+    /// For `GetFlightInfo`: plans `sql` once. With `run_statements`, a
+    /// statement (DDL, `SET`) runs at once, audited, and the answer says so
+    /// (`true`); a query is checked and its wire schema given. A refusal is
+    /// audited (the query will never reach `DoGet`).
+    #[allow(clippy::too_many_arguments)]
     async fn announce(
         &self,
         client: &ClientSession,
@@ -833,53 +854,12 @@ impl MeshFlightService {
         call: &'static str,
         sql: &str,
         params: Option<&RecordBatch>,
-    ) -> Result<(SchemaRef, bool), Status> {
-        let qid = query_id();
-        let (_, session) = client.session()?;
-        let plan = match self.plan(&session, sql, params, &qid).await {
-            Ok(p) => p,
-            // Audited as a failed query.
-            Err(_) => return self.announce_query(client, peer, call, sql, params).await,
-        };
-        if is_statement(&plan) {
-            let (schema, _) = self.run_statement(client, peer, call, sql, params).await?;
-            return Ok((schema, true));
-        }
-        self.announce_query(client, peer, call, sql, params).await
-    }
-
-    /// Checks and plans a query for `GetFlightInfo`; a refusal is audited
-    /// (the query will never reach `DoGet`).
-    async fn announce_query(
-        &self,
-        client: &ClientSession,
-        peer: Option<std::net::SocketAddr>,
-        call: &'static str,
-        sql: &str,
-        params: Option<&RecordBatch>,
+        run_statements: bool,
     ) -> Result<(SchemaRef, bool), Status> {
         let qid = query_id();
         let (engine, session) = client.session()?;
-        let plan = match self.plan(&session, sql, params, &qid).await {
-            Ok(p) => p,
-            Err(e) => {
-                let mut trace = QueryTrace::new(
-                    &self.ops,
-                    session.principal(),
-                    peer,
-                    &qid,
-                    call,
-                    sql,
-                    self.live.version(),
-                );
-                trace.named(&engine, &session, sql);
-                trace.finish(Err(&e));
-                return Err(e);
-            }
-        };
-        if let Err(e) = session.check(&plan) {
-            let status = to_status(&e, &qid);
-            let mut trace = QueryTrace::new(
+        let trace = || {
+            QueryTrace::new(
                 &self.ops,
                 session.principal(),
                 peer,
@@ -887,9 +867,28 @@ impl MeshFlightService {
                 call,
                 sql,
                 self.live.version(),
-            );
-            trace.planned(&engine, &session, &plan);
-            trace.finish(Err(&status));
+            )
+        };
+        let plan = match self.plan(&session, sql, params, &qid).await {
+            Ok(p) => p,
+            Err(e) => {
+                let mut t = trace();
+                t.named(&engine, &session, sql);
+                t.finish(Err(&e));
+                return Err(e);
+            }
+        };
+        if run_statements && is_statement(&plan) {
+            let (schema, _) = self
+                .execute_statement(&engine, &session, trace(), plan, &qid)
+                .await?;
+            return Ok((schema, true));
+        }
+        if let Err(e) = session.check(&plan) {
+            let status = to_status(&e, &qid);
+            let mut t = trace();
+            t.planned(&engine, &session, &plan);
+            t.finish(Err(&status));
             return Err(status);
         }
         Ok((wire_schema(plan.schema().as_arrow()), false))
@@ -1052,6 +1051,7 @@ impl FlightSqlService for MeshFlightService {
                 "statement",
                 &query.query,
                 None,
+                true,
             )
             .await?;
         let handle = StatementTicket {
@@ -1190,12 +1190,13 @@ impl FlightSqlService for MeshFlightService {
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.params.get(&param_key(&client, &handle));
         let (schema, _) = self
-            .announce_query(
+            .announce(
                 &client,
                 request.remote_addr(),
                 "prepared",
                 &handle.sql,
                 params.as_ref(),
+                false,
             )
             .await?;
         let ticket = TicketStatementQuery {
