@@ -20,11 +20,6 @@ use meshq_benchmarks::tpch::{Dataset, PASSWORDS};
 use meshq_benchmarks::{QUERIES, Timing, catalog_scale, flight, measure, ms, rss};
 use meshq_engine::memory::spill_totals;
 
-/// mimalloc keeps freed pages for reuse; the system allocator unmaps and
-/// re-zeroes them for every large buffer (result batches, IPC messages).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(name = "meshq-bench", about = "meshq benchmarks")]
 struct Args {

@@ -19,11 +19,6 @@ use meshq_flight_server::audit::AuditLog;
 use meshq_flight_server::metrics::Metrics;
 use meshq_flight_server::service::Operations;
 
-/// mimalloc keeps freed pages for reuse; the system allocator unmaps and
-/// re-zeroes them for every large buffer (result batches, IPC messages).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// meshq: SQL over a data mesh, governed by its data contracts.
 #[derive(Debug, Parser)]
 #[command(name = "meshq", version, about, long_about = None)]
