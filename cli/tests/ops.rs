@@ -111,13 +111,19 @@ fn count(batches: &[RecordBatch]) -> i64 {
         .value(0)
 }
 
-fn sighup(server: &Server) {
+/// Sends SIGHUP and waits for the reload to be done.
+async fn reload_now(server: &Server) {
+    let version = metric(server, "meshq_mesh_version");
     let ok = std::process::Command::new("kill")
         .args(["-HUP", &server.child.id().to_string()])
         .status()
         .unwrap()
         .success();
     assert!(ok);
+    eventually(30, "a reload", || {
+        metric(server, "meshq_mesh_version") > version
+    })
+    .await;
 }
 
 /// Phones as `ana` sees them, classified: the redact mask keeps the format
@@ -316,12 +322,7 @@ async fn storage_faults_fail_one_product_and_heal_without_a_restart() {
     let last = commits.last().unwrap().clone();
     let commit = std::fs::read(&last).unwrap();
     std::fs::write(&last, &commit[..commit.len() / 2]).unwrap();
-    let version = metric(&server, "meshq_mesh_version");
-    sighup(&server);
-    eventually(30, "a reload", || {
-        metric(&server, "meshq_mesh_version") > version
-    })
-    .await;
+    reload_now(&server).await;
     assert_eq!(
         metric(&server, "meshq_reloads_total{result=\"partial\"}"),
         1.0
@@ -355,12 +356,7 @@ async fn storage_faults_fail_one_product_and_heal_without_a_restart() {
     let metadata = mesh.join("logistics/data/shipments/metadata");
     let aside = mesh.join("metadata.aside");
     std::fs::rename(&metadata, &aside).unwrap();
-    let version = metric(&server, "meshq_mesh_version");
-    sighup(&server);
-    eventually(30, "a reload", || {
-        metric(&server, "meshq_mesh_version") > version
-    })
-    .await;
+    reload_now(&server).await;
     assert_eq!(
         metric(&server, "meshq_reloads_total{result=\"partial\"}"),
         2.0
@@ -382,12 +378,7 @@ async fn storage_faults_fail_one_product_and_heal_without_a_restart() {
     assert_eq!(count(&query(&mut gina, shipments).await), n_shipments);
 
     // Still the same process, and every product answers after a reload.
-    let version = metric(&server, "meshq_mesh_version");
-    sighup(&server);
-    eventually(30, "a reload", || {
-        metric(&server, "meshq_mesh_version") > version
-    })
-    .await;
+    reload_now(&server).await;
     assert_eq!(metric(&server, "meshq_reloads_total{result=\"ok\"}"), 2.0);
     assert_eq!(count(&query(&mut gina, orders).await), n_orders);
     assert_eq!(count(&query(&mut gina, shipments).await), n_shipments);

@@ -133,14 +133,9 @@ impl Engine {
             let mesh_wide: Vec<Problem> = problems
                 .iter()
                 .filter(|p| {
-                    p.is_error()
-                        && p.file
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| {
-                                n == meshq_catalog::platform::PLATFORM_FILE
-                                    || n.ends_with(".policy.yaml")
-                            })
+                    error_in(p, |n| {
+                        n == meshq_catalog::platform::PLATFORM_FILE || n.ends_with(".policy.yaml")
+                    })
                 })
                 .cloned()
                 .collect();
@@ -282,13 +277,7 @@ impl Engine {
         // fail closed, every table is unreadable until it is fixed.
         let broken_sets: Vec<PathBuf> = loading_errors
             .iter()
-            .filter(|p| {
-                p.is_error()
-                    && p.file
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.ends_with(".policy.yaml"))
-            })
+            .filter(|p| error_in(p, |n| n.ends_with(".policy.yaml")))
             .map(|p| p.file.clone())
             .collect();
         if let Some(file) = broken_sets.first() {
@@ -553,6 +542,15 @@ pub struct AppliedPolicies {
     pub row_filters: Vec<String>,
     /// Ids of the global policies among them.
     pub global: Vec<String>,
+}
+
+/// Whether `p` is an error in a file whose name satisfies `name`.
+fn error_in(p: &Problem, name: impl Fn(&str) -> bool) -> bool {
+    p.is_error()
+        && p.file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(name)
 }
 
 /// `text` without the backtrace some libraries append to their error

@@ -322,6 +322,11 @@ impl QueryTrace {
         self.ops.audit(&self.record);
     }
 
+    /// Writes nothing: the call is audited elsewhere.
+    fn discard(&mut self) {
+        self.written = true;
+    }
+
     /// Passes `result` through, recording its error.
     fn check<T>(&mut self, result: Result<T, Status>) -> Result<T, Status> {
         if let Err(e) = &result {
@@ -399,6 +404,15 @@ fn batch_bytes(batch: &RecordBatch) -> u64 {
         .iter()
         .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
         .sum()
+}
+
+/// A statement planned on one mesh version, with its audit record open.
+struct Started {
+    qid: String,
+    engine: Engine,
+    session: MeshSession,
+    trace: QueryTrace,
+    plan: LogicalPlan,
 }
 
 /// meshq's `FlightSqlService`.
@@ -656,6 +670,21 @@ impl MeshFlightService {
         sql: &str,
         params: Option<&RecordBatch>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+        let s = self.start(client, peer, call, sql, params).await?;
+        self.execute_statement(&s.engine, &s.session, s.trace, s.plan, &s.qid)
+            .await
+    }
+
+    /// Takes the session's mesh version, opens the audit record and plans
+    /// `sql`; a statement that cannot be planned is audited here.
+    async fn start(
+        &self,
+        client: &ClientSession,
+        peer: Option<std::net::SocketAddr>,
+        call: &'static str,
+        sql: &str,
+        params: Option<&RecordBatch>,
+    ) -> Result<Started, Status> {
         let qid = query_id();
         let (engine, session) = client.session()?;
         let mut trace = QueryTrace::new(
@@ -667,15 +696,19 @@ impl MeshFlightService {
             sql,
             self.live.version(),
         );
-        let plan = match self.plan(&session, sql, params, &qid).await {
-            Ok(p) => p,
+        match self.plan(&session, sql, params, &qid).await {
+            Ok(plan) => Ok(Started {
+                qid,
+                engine,
+                session,
+                trace,
+                plan,
+            }),
             Err(e) => {
                 trace.named(&engine, &session, sql);
-                return trace.check(Err(e));
+                trace.check(Err(e))
             }
-        };
-        self.execute_statement(&engine, &session, trace, plan, &qid)
-            .await
+        }
     }
 
     /// Runs a planned statement to the end, audited by `trace`.
@@ -713,24 +746,13 @@ impl MeshFlightService {
         params: Option<&RecordBatch>,
         ticket: Vec<u8>,
     ) -> Result<BoxStream<arrow_flight::FlightData>, Status> {
-        let qid = query_id();
-        let (engine, session) = client.session()?;
-        let mut trace = QueryTrace::new(
-            &self.ops,
-            session.principal(),
-            peer,
-            &qid,
-            call,
-            sql,
-            self.live.version(),
-        );
-        let plan = match self.plan(&session, sql, params, &qid).await {
-            Ok(p) => p,
-            Err(e) => {
-                trace.named(&engine, &session, sql);
-                return trace.check(Err(e));
-            }
-        };
+        let Started {
+            qid,
+            engine,
+            session,
+            mut trace,
+            plan,
+        } = self.start(client, peer, call, sql, params).await?;
         trace.planned(&engine, &session, &plan);
         info!(%qid, user = %session.principal().display_name(), "query");
         let limits = engine
@@ -856,41 +878,27 @@ impl MeshFlightService {
         params: Option<&RecordBatch>,
         run_statements: bool,
     ) -> Result<(SchemaRef, bool), Status> {
-        let qid = query_id();
-        let (engine, session) = client.session()?;
-        let trace = || {
-            QueryTrace::new(
-                &self.ops,
-                session.principal(),
-                peer,
-                &qid,
-                call,
-                sql,
-                self.live.version(),
-            )
-        };
-        let plan = match self.plan(&session, sql, params, &qid).await {
-            Ok(p) => p,
-            Err(e) => {
-                let mut t = trace();
-                t.named(&engine, &session, sql);
-                t.finish(Err(&e));
-                return Err(e);
-            }
-        };
+        let Started {
+            qid,
+            engine,
+            session,
+            mut trace,
+            plan,
+        } = self.start(client, peer, call, sql, params).await?;
         if run_statements && is_statement(&plan) {
             let (schema, _) = self
-                .execute_statement(&engine, &session, trace(), plan, &qid)
+                .execute_statement(&engine, &session, trace, plan, &qid)
                 .await?;
             return Ok((schema, true));
         }
         if let Err(e) = session.check(&plan) {
             let status = to_status(&e, &qid);
-            let mut t = trace();
-            t.planned(&engine, &session, &plan);
-            t.finish(Err(&status));
+            trace.planned(&engine, &session, &plan);
+            trace.finish(Err(&status));
             return Err(status);
         }
+        // Allowed: `DoGet` runs and audits it.
+        trace.discard();
         Ok((wire_schema(plan.schema().as_arrow()), false))
     }
 
