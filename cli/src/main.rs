@@ -304,6 +304,7 @@ async fn serve(
     let tls = config.tls.is_some();
     let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+    let hangups = hangups();
     let loader = {
         let live = Arc::clone(&live);
         let ops = Arc::clone(&ops);
@@ -355,7 +356,7 @@ async fn serve(
                     on_reload.clone(),
                 );
             }
-            reload_on_sighup(live, on_reload).await;
+            reload_on_sighup(hangups, live, on_reload).await;
         })
     };
     let shutdown = async move {
@@ -379,12 +380,29 @@ async fn serve(
     })
 }
 
-/// Reloads the mesh on each SIGHUP.
-async fn reload_on_sighup(live: Arc<LiveEngine>, on_reload: impl Fn(&ReloadOutcome)) {
+/// SIGHUP, taken over when the server starts: its default action would end
+/// the process, also while the first load runs.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+fn hangups() -> Hangups {
     #[cfg(unix)]
     {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+}
+
+/// Reloads the mesh on each SIGHUP.
+async fn reload_on_sighup(
+    hangups: Hangups,
+    live: Arc<LiveEngine>,
+    on_reload: impl Fn(&ReloadOutcome),
+) {
+    #[cfg(unix)]
+    {
+        let Some(mut hup) = hangups else {
             return;
         };
         while hup.recv().await.is_some() {
@@ -395,7 +413,7 @@ async fn reload_on_sighup(live: Arc<LiveEngine>, on_reload: impl Fn(&ReloadOutco
     }
     #[cfg(not(unix))]
     {
-        let _ = (live, on_reload);
+        let _ = (hangups, live, on_reload);
         std::future::pending::<()>().await;
     }
 }

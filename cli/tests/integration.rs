@@ -24,19 +24,24 @@ fn demo_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let out = meshq()
-            .args(["demo", "--no-shell"])
-            .arg(dir.path().join("mesh"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        write_demo(&dir.path().join("mesh"));
         dir
     })
     .path()
+}
+
+/// `meshq demo --no-shell <mesh>`.
+fn write_demo(mesh: &Path) {
+    let out = meshq()
+        .args(["demo", "--no-shell"])
+        .arg(mesh)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn mesh() -> std::path::PathBuf {

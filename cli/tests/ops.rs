@@ -41,16 +41,7 @@ fn copy_mesh() -> (tempfile::TempDir, PathBuf) {
 fn fresh_mesh() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let mesh = dir.path().join("mesh");
-    let out = super::meshq()
-        .args(["demo", "--no-shell"])
-        .arg(&mesh)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    super::write_demo(&mesh);
     (dir, mesh)
 }
 

@@ -127,8 +127,12 @@ impl Engine {
         let outcome = load_mesh(&config.mesh_dir)?;
         let mut mesh = outcome.mesh;
         let mut problems = outcome.problems;
-        let loading_errors: Vec<Problem> =
-            problems.iter().filter(|p| p.is_error()).cloned().collect();
+        // A global policy set that cannot be read could govern any column
+        // (checked before policy compilation adds errors of its own).
+        let broken_set: Option<PathBuf> = problems
+            .iter()
+            .find(|p| error_in(p, |n| n.ends_with(".policy.yaml")))
+            .map(|p| p.file.clone());
         if previous.is_some() {
             let mesh_wide: Vec<Problem> = problems
                 .iter()
@@ -273,14 +277,8 @@ impl Engine {
             &config.secret_env_fallback,
             &mut problems,
         );
-        // A global policy set that cannot be read could govern any column:
-        // fail closed, every table is unreadable until it is fixed.
-        let broken_sets: Vec<PathBuf> = loading_errors
-            .iter()
-            .filter(|p| error_in(p, |n| n.ends_with(".policy.yaml")))
-            .map(|p| p.file.clone())
-            .collect();
-        if let Some(file) = broken_sets.first() {
+        // Fail closed: every table is unreadable until the set is fixed.
+        if let Some(file) = &broken_set {
             for t in &served {
                 let key = t.def.qualified_name();
                 policies.insert(
@@ -498,24 +496,16 @@ impl Engine {
             let Some(TableGovernance::Ready(p)) = self.governance(table) else {
                 continue;
             };
-            for m in &p.masks {
-                if principal.has_any_role(&m.except_roles) {
-                    continue;
-                }
+            for m in p.masks_for(principal) {
                 out.masks.push(format!("{table}.{}:{}", m.column, m.kind));
-                if let Some(id) = m
-                    .origin
-                    .strip_prefix("global policy ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    && !out.global.iter().any(|g| g == id)
+                if let Some(id) = &m.global_policy
+                    && !out.global.contains(id)
                 {
-                    out.global.push(id.to_string());
+                    out.global.push(id.clone());
                 }
             }
-            for f in &p.row_filters {
-                if !principal.has_any_role(&f.except_roles) {
-                    out.row_filters.push(format!("{table}:{}", f.id));
-                }
+            for f in p.filters_for(principal) {
+                out.row_filters.push(format!("{table}:{}", f.id));
             }
         }
         out

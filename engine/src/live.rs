@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,10 +64,10 @@ pub struct ReloadOutcome {
 pub struct LiveEngine {
     config: EngineConfig,
     current: RwLock<Option<Engine>>,
-    version: AtomicU64,
     reloading: tokio::sync::Mutex<()>,
     loaded_at: RwLock<Option<SystemTime>>,
-    loads: tokio::sync::watch::Sender<u64>,
+    /// The version served; 0 until the first load.
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl LiveEngine {
@@ -77,10 +76,9 @@ impl LiveEngine {
         Arc::new(Self {
             config,
             current: RwLock::new(None),
-            version: AtomicU64::new(0),
             reloading: tokio::sync::Mutex::new(()),
             loaded_at: RwLock::new(None),
-            loads: tokio::sync::watch::Sender::new(0),
+            version: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -89,14 +87,13 @@ impl LiveEngine {
         let live = Self::new(config);
         *live.current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
         *live.loaded_at.write().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
-        live.version.store(1, Ordering::SeqCst);
-        live.loads.send_replace(1);
+        live.version.send_replace(1);
         live
     }
 
     /// Resolves once the first load has completed.
     pub async fn ready(&self) {
-        let mut rx = self.loads.subscribe();
+        let mut rx = self.version.subscribe();
         let _ = rx.wait_for(|v| *v > 0).await;
     }
 
@@ -120,7 +117,7 @@ impl LiveEngine {
 
     /// Versions loaded so far (0 before the first load).
     pub fn version(&self) -> u64 {
-        self.version.load(Ordering::SeqCst)
+        *self.version.borrow()
     }
 
     /// When the served version was loaded.
@@ -190,8 +187,8 @@ impl LiveEngine {
         }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
         *self.loaded_at.write().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
-        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
-        self.loads.send_replace(version);
+        let version = self.version() + 1;
+        self.version.send_replace(version);
         let result = if errors == 0 {
             ReloadResult::Ok
         } else {

@@ -26,7 +26,6 @@ pub struct Admission {
     queued: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
     per_principal: Mutex<HashMap<(String, usize), Arc<Semaphore>>>,
-    settings: (Option<usize>, Option<usize>, Duration),
 }
 
 /// Held while a query runs; dropping it lets the next one in.
@@ -56,39 +55,24 @@ impl Drop for Queued {
 impl Admission {
     /// From the server-wide part of `limits:`.
     pub fn new(limits: &LimitsConfig) -> Self {
-        let queue_timeout = limits
-            .queue_timeout
-            .map(|d| d.0)
-            .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
         Self {
             global: limits
                 .max_concurrent_queries
                 .map(|n| (Arc::new(Semaphore::new(n)), n)),
             max_queued: limits.max_queued_queries,
-            queue_timeout,
+            queue_timeout: queue_timeout(limits),
             queued: Arc::new(AtomicUsize::new(0)),
             running: Arc::new(AtomicUsize::new(0)),
             per_principal: Mutex::new(HashMap::new()),
-            settings: (
-                limits.max_concurrent_queries,
-                limits.max_queued_queries,
-                queue_timeout,
-            ),
         }
     }
 
     /// Whether `limits` would build the same admission (so a reload keeps
     /// this one and the queries it holds).
     pub fn same_settings(&self, limits: &LimitsConfig) -> bool {
-        self.settings
-            == (
-                limits.max_concurrent_queries,
-                limits.max_queued_queries,
-                limits
-                    .queue_timeout
-                    .map(|d| d.0)
-                    .unwrap_or(DEFAULT_QUEUE_TIMEOUT),
-            )
+        self.global.as_ref().map(|(_, n)| *n) == limits.max_concurrent_queries
+            && self.max_queued == limits.max_queued_queries
+            && self.queue_timeout == queue_timeout(limits)
     }
 
     /// Queries running now.
@@ -188,6 +172,13 @@ impl Admission {
             queued_for,
         }
     }
+}
+
+fn queue_timeout(limits: &LimitsConfig) -> Duration {
+    limits
+        .queue_timeout
+        .map(|d| d.0)
+        .unwrap_or(DEFAULT_QUEUE_TIMEOUT)
 }
 
 fn closed() -> Status {

@@ -161,6 +161,11 @@ impl Authenticator {
 
     fn note_failure(&self, user: &str, why: &str, peer: Option<SocketAddr>) {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        // Counts per user name, for the log; names are the caller's to
+        // choose, so the map is bounded (the audit log keeps every failure).
+        if f.len() >= MAX_TOKENS && !f.contains_key(user) {
+            f.clear();
+        }
         let n = f.entry(user.to_string()).or_default();
         *n += 1;
         warn!(user, failures = *n, reason = why, "authentication failed");

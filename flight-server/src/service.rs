@@ -247,7 +247,14 @@ impl QueryTrace {
         sql: &str,
         version: u64,
     ) -> Self {
-        let (shape, hash) = audit::sql_shape(sql);
+        // The shape and the policies are for the audit log only.
+        let (shape, hash) = match ops.audit {
+            Some(_) => {
+                let (shape, hash) = audit::sql_shape(sql);
+                (shape, Some(hash))
+            }
+            None => (None, None),
+        };
         Self {
             ops: Arc::clone(ops),
             record: AuditRecord {
@@ -258,7 +265,7 @@ impl QueryTrace {
                 query_id: Some(qid.to_string()),
                 call: Some(call),
                 sql_shape: shape,
-                sql_hash: Some(hash),
+                sql_hash: hash,
                 mesh_version: version,
                 ..Default::default()
             },
@@ -272,12 +279,14 @@ impl QueryTrace {
     fn planned(&mut self, engine: &Engine, session: &MeshSession, plan: &LogicalPlan) {
         self.record.statement = Some(statement_kind(plan));
         let tables = session.tables_read(plan);
-        let applied = engine.applied_policies(session.principal(), &tables);
+        if self.ops.audit.is_some() {
+            let applied = engine.applied_policies(session.principal(), &tables);
+            self.record.masks = applied.masks;
+            self.record.row_filters = applied.row_filters;
+            self.record.global_policies = applied.global;
+        }
         self.record.products = engine.products_of(&tables);
         self.record.tables = tables;
-        self.record.masks = applied.masks;
-        self.record.row_filters = applied.row_filters;
-        self.record.global_policies = applied.global;
     }
 
     /// For a statement that could not be planned: the mesh tables its

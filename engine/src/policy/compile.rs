@@ -15,9 +15,9 @@ use datafusion::logical_expr::{
     EmptyRelation, Expr, ExprSchemable, LogicalPlan, Projection, cast, lit,
 };
 use datafusion::prelude::SessionContext;
-use meshq_catalog::Mesh;
 use meshq_catalog::TableDef;
 use meshq_catalog::policy::{MaskSpec, TruncateUnit};
+use meshq_catalog::{Mesh, Principal};
 
 use super::udf::{RoundMask, StringMask};
 
@@ -32,6 +32,8 @@ pub struct CompiledMask {
     pub kind: &'static str,
     /// Roles that see the raw value.
     pub except_roles: Vec<String>,
+    /// Id of the global policy it comes from, if any.
+    pub global_policy: Option<String>,
     body: MaskBody,
 }
 
@@ -104,6 +106,27 @@ pub struct TablePolicies {
 }
 
 impl TablePolicies {
+    /// The masks that apply to `principal` (it holds none of their
+    /// exempting roles).
+    pub fn masks_for<'a>(
+        &'a self,
+        principal: &'a Principal,
+    ) -> impl Iterator<Item = &'a CompiledMask> + 'a {
+        self.masks
+            .iter()
+            .filter(|m| !principal.has_any_role(&m.except_roles))
+    }
+
+    /// The row filters that apply to `principal`.
+    pub fn filters_for<'a>(
+        &'a self,
+        principal: &'a Principal,
+    ) -> impl Iterator<Item = &'a CompiledFilter> + 'a {
+        self.row_filters
+            .iter()
+            .filter(|f| !principal.has_any_role(&f.except_roles))
+    }
+
     /// Whether there is nothing to enforce.
     pub fn is_empty(&self) -> bool {
         self.read_roles.is_none() && self.masks.is_empty() && self.row_filters.is_empty()
@@ -150,12 +173,13 @@ pub fn compile_table(
         let Ok(field) = schema.field_with_name(&col.name) else {
             continue;
         };
-        let (spec, origin, extra_except, file) = if let Some(m) = &col.mask {
+        let (spec, origin, extra_except, file, global_policy) = if let Some(m) = &col.mask {
             (
                 m,
                 format!("mask on column {}", col.name),
                 vec![],
                 def.contract_file.clone(),
+                None,
             )
         } else if let Some((set, policy)) = mesh.policy_sets.iter().find_map(|s| {
             s.set
@@ -169,6 +193,7 @@ pub fn compile_table(
                 format!("global policy {} on column {}", policy.id, col.name),
                 policy.except_roles.clone(),
                 set.file.clone(),
+                Some(policy.id.clone()),
             )
         } else {
             continue;
@@ -190,6 +215,7 @@ pub fn compile_table(
                     origin,
                     kind: spec.kind_name(),
                     except_roles,
+                    global_policy,
                     body,
                 });
             }
@@ -402,6 +428,7 @@ fn compile_mask(
         origin: String::new(),
         kind: spec.kind_name(),
         except_roles: vec![],
+        global_policy: None,
         body: body.clone(),
     };
     let expr = probe.apply(

@@ -100,16 +100,8 @@ impl PolicyAnalyzerRule {
             }
             .into());
         }
-        let masks: Vec<_> = policies
-            .masks
-            .iter()
-            .filter(|m| !self.principal.has_any_role(&m.except_roles))
-            .collect();
-        let filters: Vec<_> = policies
-            .row_filters
-            .iter()
-            .filter(|f| !self.principal.has_any_role(&f.except_roles))
-            .collect();
+        let masks: Vec<_> = policies.masks_for(&self.principal).collect();
+        let filters: Vec<_> = policies.filters_for(&self.principal).collect();
         if masks.is_empty() && filters.is_empty() {
             return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
         }
