@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use meshq_engine::{Engine, EngineConfig, LiveEngine};
 use meshq_flight_server::metrics::Metrics;
-use meshq_flight_server::service::Operations;
+use meshq_flight_server::operations::Operations;
 use meshq_flight_server::{ServerConfig, serve};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -52,8 +52,10 @@ pub fn start(engine: Engine, worker_threads: usize) -> Result<RunningServer> {
             .build()
             .expect("server runtime");
         rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a free port");
             let config = ServerConfig {
-                bind: "127.0.0.1:0".parse().expect("address"),
                 tls: None,
                 shutdown_grace: Duration::from_secs(1),
                 metrics_bind: None,
@@ -62,6 +64,7 @@ pub fn start(engine: Engine, worker_threads: usize) -> Result<RunningServer> {
             let live = LiveEngine::with_engine(EngineConfig::new(&engine.mesh().root), engine);
             let ops = Arc::new(Operations::new(Arc::new(Metrics::new()), None));
             let res = serve(
+                listener,
                 live,
                 ops,
                 config,

@@ -411,12 +411,8 @@ async fn memory(
         // Run through the physical plan, so its operators' spill metrics
         // can be read afterwards.
         let res = async {
-            let plan = session
-                .context()
-                .state()
-                .create_logical_plan(queries[name])
-                .await?;
-            let query = session.physical_plan(plan, None).await?;
+            let plan = session.plan(queries[name]).await?;
+            let query = session.execute(plan, None).await?;
             let batches: Vec<_> = query.execute()?.try_collect().await?;
             Ok::<_, anyhow::Error>((batches, spill_totals(&query.plan)))
         }

@@ -48,6 +48,21 @@ pub struct LimitsConfig {
     /// How long a query may wait in the queue before it is refused.
     #[serde(default)]
     pub queue_timeout: Option<DurationSpec>,
+    /// Longest SQL statement accepted, in bytes (default 1 MiB).
+    #[serde(default)]
+    pub max_statement_bytes: Option<ByteSize>,
+    /// Deepest nesting of expressions and set operations in a statement
+    /// (default 1000); deeper statements are refused before planning.
+    #[serde(default)]
+    pub max_expression_depth: Option<usize>,
+    /// Logged-in sessions the server keeps in total (default 10,000); past
+    /// it the least recently used one ends.
+    #[serde(default)]
+    pub max_sessions: Option<usize>,
+    /// Logged-in sessions one principal may hold (default 64); past it the
+    /// principal's least recently used one ends.
+    #[serde(default)]
+    pub max_sessions_per_principal: Option<usize>,
     /// Per-query limits for everyone.
     #[serde(default)]
     pub defaults: QueryLimits,
@@ -96,7 +111,28 @@ pub struct ResolvedLimits {
     pub max_result_bytes: Option<u64>,
 }
 
+/// Default of `limits.max_statement_bytes`.
+pub const DEFAULT_MAX_STATEMENT_BYTES: u64 = 1 << 20;
+/// Default of `limits.max_expression_depth`.
+pub const DEFAULT_MAX_EXPRESSION_DEPTH: usize = 1000;
+/// Default of `limits.max_sessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Default of `limits.max_sessions_per_principal`.
+pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 64;
+/// Largest output of one function call when no memory limit bounds it.
+pub const DEFAULT_MAX_FUNCTION_OUTPUT: u64 = 1 << 30;
+
 impl LimitsConfig {
+    /// The largest output one call of a function that grows with its
+    /// arguments may produce for `limits` of one query: the query's memory
+    /// limit, else the server's, else 1 GiB.
+    pub fn max_function_output(&self, query: &ResolvedLimits) -> u64 {
+        query
+            .query_memory
+            .or(self.memory.map(|m| m.0))
+            .unwrap_or(DEFAULT_MAX_FUNCTION_OUTPUT)
+    }
+
     /// The limits for `principal` (see the module docs for the order).
     pub fn for_principal(&self, principal: &Principal) -> ResolvedLimits {
         let own = principal

@@ -38,6 +38,51 @@ pub struct PlatformConfig {
     /// Resource limits for the server and per principal.
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// Where SQL statements may read and write files of their own.
+    #[serde(default)]
+    pub files: FilesConfig,
+    /// What principals see of tables they may not read.
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+}
+
+/// `files:` — the only places SQL statements (admins only) may read or
+/// write files: `CREATE EXTERNAL TABLE` and `INSERT` into such tables under
+/// `scratch`, `COPY … TO` under `export`. Unset: the statement is refused.
+/// Each is a local folder (relative: to the mesh root) or an object store
+/// URL, and must not overlap the mesh directory, a table's data, the spill
+/// directory or a file holding secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Where user-created external tables live.
+    #[serde(default)]
+    pub scratch: Option<String>,
+    /// Where `COPY … TO` writes.
+    #[serde(default)]
+    pub export: Option<String>,
+}
+
+/// `discovery:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Which tables a principal sees listed and can name.
+    #[serde(default)]
+    pub visibility: Visibility,
+}
+
+/// What a principal sees of tables it may not read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Visibility {
+    /// Every table is named in errors ("permission denied"); listings show
+    /// the readable ones.
+    #[default]
+    All,
+    /// Unreadable tables and domains are indistinguishable from missing
+    /// ones, in every error and listing.
+    ReadableOnly,
 }
 
 /// An object store.

@@ -14,10 +14,11 @@ use meshq_cli::shell::Shell;
 use meshq_cli::validate;
 use std::sync::Arc;
 
+use datafusion::common::runtime::SpawnedTask;
 use meshq_engine::{Engine, EngineConfig, LiveEngine, Principal, ReloadOutcome, ReloadResult};
 use meshq_flight_server::audit::AuditLog;
 use meshq_flight_server::metrics::Metrics;
-use meshq_flight_server::service::Operations;
+use meshq_flight_server::operations::Operations;
 
 /// meshq: SQL over a data mesh, governed by its data contracts.
 #[derive(Debug, Parser)]
@@ -139,6 +140,23 @@ struct ServerArgs {
     storage_retry: f64,
 }
 
+impl ServerArgs {
+    /// Files of the server's own that SQL must never read or write.
+    fn protected_paths(&self) -> Vec<PathBuf> {
+        [
+            &self.tls_cert,
+            &self.tls_key,
+            &self.audit_log,
+            &self.port_file,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|p| p.as_os_str() != "-")
+        .cloned()
+        .collect()
+    }
+}
+
 #[derive(Debug, Args)]
 struct ShellArgs {
     #[command(flatten)]
@@ -186,8 +204,12 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+    // Planning and running a statement recurse over its syntax tree; the
+    // statement limits bound the depth, and every thread that plans or runs
+    // one has the stack that depth needs.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(meshq_engine::statement::THREAD_STACK_BYTES)
         .build()
     {
         Ok(r) => r,
@@ -229,7 +251,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Serve(args) => {
-            let live = LiveEngine::new(EngineConfig::new(&args.mesh.mesh));
+            let mut config = EngineConfig::new(&args.mesh.mesh);
+            config.protected_paths = args.server.protected_paths();
+            let live = LiveEngine::new(config);
             serve(live, args.server, |_| {}).await
         }
         Command::Shell(args) => {
@@ -254,6 +278,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             config
                 .secret_env_fallback
                 .insert(DEMO_SECRET_ENV.into(), DEMO_SECRET_VALUE.into());
+            config.protected_paths = args.server.protected_paths();
             let engine = load(&args.dir, config.clone()).await?;
             report_problems(&engine);
             let Some(principal) = principal(&engine, Some(&args.principal)) else {
@@ -295,8 +320,10 @@ async fn serve(
         None => None,
     };
     let ops = Arc::new(Operations::new(Arc::new(Metrics::new()), audit));
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
     let config = meshq_flight_server::ServerConfig {
-        bind: args.bind,
         tls: args.tls_cert.zip(args.tls_key),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
         metrics_bind: args.metrics_bind,
@@ -311,7 +338,7 @@ async fn serve(
         let interval = args.reload_interval;
         let port_file = args.port_file.clone();
         let retry = std::time::Duration::from_secs_f64(args.storage_retry.max(1.0));
-        tokio::spawn(async move {
+        SpawnedTask::spawn(async move {
             if !live.is_ready() {
                 let outcome = live.reload().await;
                 ops.metrics.reloaded(outcome.result.label());
@@ -348,14 +375,15 @@ async fn serve(
                 let ops = Arc::clone(&ops);
                 move |o: &ReloadOutcome| ops.metrics.reloaded(o.result.label())
             };
-            if interval > 0.0 {
+            // Stops with the loader, when the server stops.
+            let _watcher = (interval > 0.0).then(|| {
                 meshq_engine::live::watch(
                     Arc::clone(&live),
                     std::time::Duration::from_secs_f64(interval),
                     retry,
                     on_reload.clone(),
-                );
-            }
+                )
+            });
             reload_on_sighup(hangups, live, on_reload).await;
         })
     };
@@ -367,11 +395,18 @@ async fn serve(
             }
         }
     };
-    let served = meshq_flight_server::serve(Arc::clone(&live), ops, config, shutdown, move |l| {
-        let _ = listening_tx.send(l);
-    })
+    let served = meshq_flight_server::serve(
+        listener,
+        Arc::clone(&live),
+        ops,
+        config,
+        shutdown,
+        move |l| {
+            let _ = listening_tx.send(l);
+        },
+    )
     .await;
-    loader.abort();
+    drop(loader);
     served?;
     Ok(if live.is_ready() {
         ExitCode::SUCCESS

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::sql::parser::DFParser;
-use meshq_engine::{CATALOG, Engine, MeshSession, Principal};
+use meshq_engine::{Engine, MeshSession, Principal};
 
 use crate::output::{OutputFormat, write_stream, write_table};
 
@@ -40,9 +39,10 @@ impl Shell {
 
     /// Runs every statement in `text` in order; stops at the first error.
     pub async fn run_sql(&self, text: &str, out: &mut (dyn Write + Send)) -> Result<()> {
-        let statements = DFParser::parse_sql(text)?;
+        let statements = self.session.parse(text)?;
         for stmt in statements {
-            let df = self.session.statement(stmt).await?;
+            let plan = self.session.plan_statement(stmt).await?;
+            let df = self.session.run(plan).await?;
             let stream = df.execute_stream().await?;
             write_stream(stream, self.format, out).await?;
         }
@@ -105,33 +105,25 @@ impl Shell {
     async fn list_tables(&self, pattern: Option<&str>, out: &mut (dyn Write + Send)) -> Result<()> {
         let (mut domains, mut names, mut formats, mut products) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let catalog = self
-            .session
-            .context()
-            .catalog(CATALOG)
-            .ok_or_else(|| anyhow!("catalog `{CATALOG}` is missing"))?;
-        let mut schema_names = catalog.schema_names();
-        schema_names.sort();
-        for schema_name in schema_names {
-            let Some(schema) = catalog.schema(&schema_name) else {
+        for t in self.session.visible_tables().await {
+            let qualified = format!("{}.{}", t.schema, t.table);
+            if pattern.is_some_and(|p| !qualified.contains(p)) {
                 continue;
-            };
-            let mut tables = schema.table_names();
-            tables.sort();
-            for table in tables {
-                let qualified = format!("{schema_name}.{table}");
-                if pattern.is_some_and(|p| !qualified.contains(p)) {
-                    continue;
-                }
-                let def = self.engine.mesh().table(&schema_name, &table);
-                domains.push(schema_name.clone());
-                names.push(table);
-                formats.push(
-                    def.map(|d| d.source.format.to_string())
-                        .unwrap_or_else(|| "session".into()),
-                );
-                products.push(def.map(|d| d.product_id.clone()).unwrap_or_default());
             }
+            formats.push(
+                t.def
+                    .as_ref()
+                    .map(|d| d.source.format.to_string())
+                    .unwrap_or_else(|| "session".into()),
+            );
+            products.push(
+                t.def
+                    .as_ref()
+                    .map(|d| d.product_id.clone())
+                    .unwrap_or_default(),
+            );
+            domains.push(t.schema);
+            names.push(t.table);
         }
         let schema = Arc::new(Schema::new(vec![
             Field::new("domain", DataType::Utf8, false),

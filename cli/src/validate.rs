@@ -11,7 +11,11 @@ use meshq_engine::Engine;
 /// Prints problems grouped by file, then a summary. Returns whether there
 /// were errors.
 pub fn report(engine: &Engine, out: &mut (dyn Write + Send)) -> Result<bool> {
-    let problems = engine.problems();
+    let mut problems = engine.problems().to_vec();
+    for p in meshq_flight_server::auth::check_auth_config(&engine.mesh().config) {
+        problems.push(Problem::error(meshq_catalog::platform::PLATFORM_FILE, p));
+    }
+    let problems = &problems;
     print_problems(problems, out)?;
     let errors = problems.iter().filter(|p| p.is_error()).count();
     let warnings = problems.len() - errors;

@@ -613,7 +613,11 @@ async fn bearer_jwt_logs_in_with_its_claims() {
         "auth:\n  jwt: { issuer: idp, audience: meshq, hs256_secret: { env: MESHQ_TEST_JWT_KEY }, roles_claim: groups, attribute_claims: [region] }\n",
     )
     .unwrap();
-    let server = start_on(root, &[], &[("MESHQ_TEST_JWT_KEY", "jwt-test-key")]);
+    let server = start_on(
+        root,
+        &[],
+        &[("MESHQ_TEST_JWT_KEY", "jwt-test-key-of-at-least-32-bytes!!")],
+    );
 
     let token = |key: &str, iss: &str, exp_offset: i64| {
         let exp = jsonwebtoken::get_current_timestamp() as i64 + exp_offset;
@@ -625,7 +629,7 @@ async fn bearer_jwt_logs_in_with_its_claims() {
         .unwrap()
     };
     let mut c = client(&server).await;
-    c.set_token(token("jwt-test-key", "idp", 600));
+    c.set_token(token("jwt-test-key-of-at-least-32-bytes!!", "idp", 600));
     let rows = query(&mut c, "SELECT current_user AS u, region, n FROM ops.t").await;
     assert_eq!(
         text(&rows),
@@ -633,8 +637,8 @@ async fn bearer_jwt_logs_in_with_its_claims() {
     );
     for bad in [
         token("other-key", "idp", 600),
-        token("jwt-test-key", "evil", 600),
-        token("jwt-test-key", "idp", -3600),
+        token("jwt-test-key-of-at-least-32-bytes!!", "evil", 600),
+        token("jwt-test-key-of-at-least-32-bytes!!", "idp", -3600),
     ] {
         let mut c = client(&server).await;
         c.set_token(bad);

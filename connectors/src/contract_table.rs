@@ -23,6 +23,8 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::mesh_scan::MeshScanExec;
+
 /// One column of the contract view.
 #[derive(Debug, Clone)]
 pub enum ContractColumn {
@@ -148,9 +150,11 @@ impl TableProvider for ContractTableProvider {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let projection = self.map_projection(projection)?;
-        self.inner
+        let plan = self
+            .inner
             .scan(state, Some(&projection), filters, limit)
-            .await
+            .await?;
+        Ok(Arc::new(MeshScanExec::new(self.table.clone(), plan)))
     }
 
     async fn scan_with_args<'a>(
@@ -164,14 +168,30 @@ impl TableProvider for ContractTableProvider {
             .with_filters(args.filters())
             .with_limit(args.limit())
             .with_statistics_requests(args.statistics_requests());
-        self.inner.scan_with_args(state, inner_args).await
+        let result = self.inner.scan_with_args(state, inner_args).await?;
+        let plan: Arc<dyn ExecutionPlan> =
+            Arc::new(MeshScanExec::new(self.table.clone(), result.into_inner()));
+        Ok(ScanResult::new(plan))
     }
 
+    /// Filters are offered to the format's scan for pruning, but never
+    /// taken as exact: the formats' partition pruning keeps a partition when
+    /// a predicate is NULL for it (`region IN ('AMER', NULL)` kept EMEA, a
+    /// bare `NULL` kept everything), so a filter above the scan always
+    /// decides which rows pass.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        self.inner.supports_filters_pushdown(filters)
+        Ok(self
+            .inner
+            .supports_filters_pushdown(filters)?
+            .into_iter()
+            .map(|p| match p {
+                TableProviderFilterPushDown::Exact => TableProviderFilterPushDown::Inexact,
+                other => other,
+            })
+            .collect())
     }
 
     fn statistics(&self) -> Option<Statistics> {

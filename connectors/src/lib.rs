@@ -15,10 +15,12 @@
 
 pub mod contract_table;
 pub mod iceberg;
+pub mod mesh_scan;
 pub mod open;
 pub mod store;
 pub mod types;
 
 pub use contract_table::{ContractColumn, ContractTableProvider};
+pub use mesh_scan::{MeshScanExec, ScanToken};
 pub use open::{OpenError, OpenedTable, open_table};
 pub use store::StoreRegistry;

@@ -27,7 +27,7 @@ use crate::types::check_type;
 #[derive(Debug)]
 pub struct OpenedTable {
     /// The contract view of the table.
-    pub provider: Arc<dyn TableProvider>,
+    pub provider: Arc<ContractTableProvider>,
     /// Non-fatal findings (hidden extra columns, nullability).
     pub warnings: Vec<String>,
     /// Columns that drifted from the contract: served as refusals.

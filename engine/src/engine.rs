@@ -1,39 +1,46 @@
-//! [`Engine`]: a loaded mesh with every servable table opened, handing out
-//! DataFusion sessions over it.
+//! [`Engine`]: a loaded mesh version with every servable table opened,
+//! handing out sessions over it.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::datasource::TableProvider;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::optimizer::analyzer::Analyzer;
 use datafusion::optimizer::{AnalyzerRule, Optimizer, OptimizerRule};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
-use meshq_catalog::{Mesh, Principal, Problem, TableDef, load_mesh};
-use meshq_connectors::{StoreRegistry, open_table};
+use meshq_catalog::platform::{CatalogConfig, StoreConfig};
+use meshq_catalog::{Location, Mesh, Principal, Problem, TableDef, load_mesh};
+use meshq_connectors::{ContractTableProvider, StoreRegistry, open_table};
 use tracing::{info, warn};
 
-use crate::domain_schema::{DomainSchemaProvider, PrincipalSchemaProvider};
-use crate::error::Result;
+use crate::domain_schema::{DomainSchemaProvider, MeshCatalog, SessionCatalogList};
+use crate::error::{Error, Result};
+use crate::files::FileAccess;
+use crate::functions::bounded_functions;
+use crate::options::MeshqOptions;
 use crate::policy::PolicyError;
 use crate::policy::barrier::MeshQueryPlanner;
 use crate::policy::compile::compile_table;
-use crate::policy::pushdown::PolicyPushdownRule;
-use crate::policy::rule::{PolicyAnalyzerRule, PolicyCatalog, TableGovernance};
-use crate::policy::udf::{PrincipalFn, PrincipalFunction};
-use crate::session::MeshSession;
+use crate::policy::governed::{GovernedTable, GovernedTables, TableGovernance};
+use crate::policy::pushdown::{BarrierAwarePushDownFilter, PolicyPushdownRule};
+use crate::policy::rule::PolicyAnalyzerRule;
+use crate::policy::udf::{PrincipalFn, PrincipalUdf};
+use crate::session::{MeshSession, SessionData};
 use crate::storage_error::SourceInfo;
 
 /// SQL catalog holding every domain.
 pub const CATALOG: &str = "mesh";
 /// Per-session scratch schema (the default schema).
 pub const SCRATCH_SCHEMA: &str = "public";
+/// Schema names no domain may take.
+pub const RESERVED_SCHEMAS: [&str; 3] = ["meta", SCRATCH_SCHEMA, "information_schema"];
 
 /// How to build an [`Engine`].
 #[derive(Debug, Clone)]
@@ -55,6 +62,9 @@ pub struct EngineConfig {
     /// Where spill files go; overrides `limits.spill_dir` in `meshq.yaml`.
     /// The system temp directory when neither is set.
     pub spill_dir: Option<PathBuf>,
+    /// Files SQL must never read or write besides the mesh's own (the
+    /// server's TLS key and certificate, its audit log).
+    pub protected_paths: Vec<PathBuf>,
 }
 
 impl EngineConfig {
@@ -67,6 +77,7 @@ impl EngineConfig {
             secret_env_fallback: BTreeMap::new(),
             memory_limit: None,
             spill_dir: None,
+            protected_paths: Vec::new(),
         }
     }
 }
@@ -77,7 +88,7 @@ pub struct ServedTable {
     /// From the contract.
     pub def: Arc<TableDef>,
     /// The contract view of the data.
-    pub provider: Arc<dyn TableProvider>,
+    pub provider: Arc<ContractTableProvider>,
 }
 
 /// The mesh, opened. Cheap to clone; sessions share its runtime and tables.
@@ -91,15 +102,16 @@ struct Inner {
     mesh: Mesh,
     problems: Vec<Problem>,
     runtime: Arc<RuntimeEnv>,
-    session_config: SessionConfig,
-    domains: BTreeMap<String, Arc<DomainSchemaProvider>>,
+    /// Functions, rules and config every session of this version starts
+    /// from.
+    template: SessionState,
+    domains: Arc<BTreeMap<String, Arc<DomainSchemaProvider>>>,
     served: Vec<ServedTable>,
-    policies: Arc<PolicyCatalog>,
-    /// (`domain.table`, location) of every mesh table, for the lockdown.
-    locations: Arc<Vec<(String, String)>>,
+    tables: Arc<GovernedTables>,
     /// Product and locations of every served table, to name the product
     /// behind a storage failure.
-    sources: Arc<BTreeMap<String, SourceInfo>>,
+    sources: BTreeMap<String, SourceInfo>,
+    files: FileAccess,
     /// Memory pool size and spill directory the runtime was built with.
     memory: (Option<usize>, Option<PathBuf>),
     /// Tables whose storage could not be opened (retried on reload).
@@ -107,6 +119,17 @@ struct Inner {
     /// Tables kept from the previous version because their new version
     /// has errors.
     kept: Vec<String>,
+}
+
+/// Identity of each mesh version loaded in this process.
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+/// What opening the tables gave.
+struct Opened {
+    served: Vec<ServedTable>,
+    /// (`domain.table`, location) of every mesh table's data.
+    locations: Vec<(String, String)>,
+    unopened: usize,
 }
 
 impl Engine {
@@ -127,73 +150,13 @@ impl Engine {
         let outcome = load_mesh(&config.mesh_dir)?;
         let mut mesh = outcome.mesh;
         let mut problems = outcome.problems;
-        // A global policy set that cannot be read could govern any column
-        // (checked before policy compilation adds errors of its own).
-        let broken_set: Option<PathBuf> = problems
-            .iter()
-            .find(|p| error_in(p, |n| n.ends_with(".policy.yaml")))
-            .map(|p| p.file.clone());
+        let broken_set = broken_policy_set(&problems);
         if previous.is_some() {
-            let mesh_wide: Vec<Problem> = problems
-                .iter()
-                .filter(|p| {
-                    error_in(p, |n| {
-                        n == meshq_catalog::platform::PLATFORM_FILE || n.ends_with(".policy.yaml")
-                    })
-                })
-                .cloned()
-                .collect();
-            if !mesh_wide.is_empty() {
-                return Err(crate::Error::ReloadRejected {
-                    problems: mesh_wide,
-                });
-            }
+            reject_mesh_wide_errors(&problems)?;
         }
-        let memory_limit = config
-            .memory_limit
-            .or(mesh.config.limits.memory.map(|b| b.0 as usize));
-        let spill_dir = config.spill_dir.clone().or_else(|| {
-            mesh.config
-                .limits
-                .spill_dir
-                .as_ref()
-                .map(|d| mesh.root.join(d))
-        });
-        let memory = (memory_limit, spill_dir);
-        let runtime = match previous {
-            // Queries still running on the previous version share the pool.
-            Some(p) if p.inner.memory == memory => Arc::clone(&p.inner.runtime),
-            _ => {
-                let mut runtime = RuntimeEnvBuilder::new();
-                if let Some(limit) = memory.0 {
-                    runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
-                }
-                if let Some(dir) = &memory.1 {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        datafusion::error::DataFusionError::Execution(format!(
-                            "cannot create the spill directory {}: {e}",
-                            dir.display()
-                        ))
-                    })?;
-                    runtime = runtime.with_temp_file_path(dir);
-                }
-                runtime.build_arc()?
-            }
-        };
-        let memory_limit = memory.0;
-        let mut session_config = SessionConfig::new()
-            .with_default_catalog_and_schema(CATALOG, SCRATCH_SCHEMA)
-            .with_create_default_catalog_and_schema(false)
-            .with_information_schema(true);
-        if let Some(n) = config.target_partitions {
-            session_config = session_config.with_target_partitions(n);
-        }
-        if memory_limit.is_some() {
-            // Under a memory budget, joins must be able to spill: DataFusion's
-            // hash join cannot, its sort-merge join can.
-            session_config =
-                session_config.set_bool("datafusion.optimizer.prefer_hash_join", false);
-        }
+        let memory = memory_settings(&config, &mesh);
+        let runtime = runtime_for(&memory, previous)?;
+        let session_config = session_config(&config, memory.0.is_some());
         let stores = StoreRegistry::new(&mesh.config);
         let opener = SessionContext::new_with_state(
             SessionStateBuilder::new()
@@ -202,145 +165,52 @@ impl Engine {
                 .with_default_features()
                 .build(),
         );
-        let state = opener.state();
-        let candidates: Vec<Arc<TableDef>> = mesh.tables.clone();
-        let opened: Vec<_> = futures::stream::iter(candidates)
-            .map(|def| {
-                let state = &state;
-                let stores = &stores;
-                async move {
-                    let res = open_table(state, stores, &def).await;
-                    (def, res)
-                }
-            })
-            .buffered(config.open_concurrency.max(1))
-            .collect()
-            .await;
-        let mut served = Vec::new();
-        let mut unopened = 0;
-        // Where each table's files are, for the lockdown: the declared
-        // location, plus the data folder found on opening (Iceberg tables
-        // named through a catalog).
-        let mut locations: Vec<(String, String)> = mesh
-            .tables
-            .iter()
-            .filter(|t| !matches!(t.source.location, meshq_catalog::Location::Catalog { .. }))
-            .map(|t| (t.qualified_name(), t.source.location.to_string()))
-            .collect();
-        for (def, res) in opened {
-            let file = mesh.display_path(&def.contract_file);
-            match res {
-                Ok(t) => {
-                    if let Some(data) = &t.data_location {
-                        locations.push((def.qualified_name(), data.clone()));
-                    }
-                    for d in t.drift {
-                        problems.push(Problem::error(
-                            file.clone(),
-                            format!(
-                                "table `{}` (product `{}`): contract drift: {d}; queries reading this column fail, the other columns are served",
-                                def.qualified_name(),
-                                def.product_id
-                            ),
-                        ));
-                    }
-                    for w in t.warnings {
-                        problems.push(Problem::warning(
-                            file.clone(),
-                            format!("table `{}`: {w}", def.qualified_name()),
-                        ));
-                    }
-                    served.push(ServedTable {
-                        def,
-                        provider: t.provider,
-                    });
-                }
-                Err(e) => {
-                    unopened += 1;
-                    warn!(table = %def.qualified_name(), product = %def.product_id, "table not served");
-                    problems.push(Problem::error(
-                        file,
-                        format!(
-                            "table `{}` (product `{}`): {}; the table is not served",
-                            def.qualified_name(),
-                            def.product_id,
-                            without_backtrace(&e.to_string())
-                        ),
-                    ));
-                }
-            }
-        }
-        let mut policies = compile_policies(
+        let Opened {
+            mut served,
+            mut locations,
+            unopened,
+        } = open_tables(
+            &opener,
+            &stores,
+            &mesh,
+            config.open_concurrency,
+            &mut problems,
+        )
+        .await;
+        let version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
+        let mut tables = compile_policies(
+            version,
             &mesh,
             &served,
             &opener,
             &config.secret_env_fallback,
             &mut problems,
         );
-        // Fail closed: every table is unreadable until the set is fixed.
         if let Some(file) = &broken_set {
-            for t in &served {
-                let key = t.def.qualified_name();
-                policies.insert(
-                    key.clone(),
-                    TableGovernance::Broken(PolicyError::Broken {
-                        table: key,
-                        policy: format!("global policy set {}", file.display()),
-                        reason: "the file has errors, so the policies it declares cannot be enforced; every table is unreadable until it is fixed".into(),
-                    }),
-                );
-            }
-            problems.push(Problem::error(
-                file.clone(),
-                "this global policy set has errors: every table is unreadable until it is fixed (fail closed)",
-            ));
+            fail_closed(&mut tables, &served, file, &mut problems);
         }
         let kept = match previous {
             Some(prev) => keep_last_good(
                 prev,
                 &mut mesh,
                 &mut served,
-                &mut policies,
+                &mut tables,
                 &mut locations,
                 &mut problems,
             ),
             None => Vec::new(),
         };
-        // One pass over the locations: a per-table scan of them is quadratic
-        // in the number of tables (seconds at 10,000 products).
-        let mut sources: BTreeMap<String, SourceInfo> = served
-            .iter()
-            .map(|t| {
-                (
-                    t.def.qualified_name(),
-                    SourceInfo {
-                        product: t.def.product_id.clone(),
-                        locations: Vec::new(),
-                    },
-                )
-            })
-            .collect();
-        for (name, location) in &locations {
-            if let Some(source) = sources.get_mut(name) {
-                source.locations.push(location.clone());
-            }
+        let sources = sources_of(&served, &locations);
+        let domains = Arc::new(domains_of(&served));
+        let forbidden = forbidden_paths(&mesh, &config, &memory, &locations);
+        let (files, file_problems) =
+            FileAccess::resolve(&mesh.config.files, &mesh.root, &forbidden, &stores);
+        for p in file_problems {
+            problems.push(Problem::error(meshq_catalog::platform::PLATFORM_FILE, p));
         }
-        let locations = Arc::new(locations);
-        let mut by_domain: BTreeMap<String, BTreeMap<String, Arc<dyn TableProvider>>> =
-            BTreeMap::new();
-        for t in &served {
-            by_domain
-                .entry(t.def.domain.clone())
-                .or_default()
-                .insert(t.def.name.clone(), Arc::clone(&t.provider));
-        }
-        let domains = by_domain
-            .into_iter()
-            .map(|(d, tables)| {
-                let schema = Arc::new(DomainSchemaProvider::new(d.clone(), tables));
-                (d, schema)
-            })
-            .collect();
+        files.register(&runtime);
+        let tables = Arc::new(tables);
+        let template = template_state(session_config, Arc::clone(&runtime), &tables);
         info!(
             tables = served.len(),
             problems = problems.len(),
@@ -352,12 +222,12 @@ impl Engine {
                 mesh,
                 problems,
                 runtime,
-                session_config,
+                template,
                 domains,
                 served,
-                policies: Arc::new(policies),
-                locations,
-                sources: Arc::new(sources),
+                tables,
+                sources,
+                files,
                 memory,
                 unopened,
                 kept,
@@ -403,89 +273,70 @@ impl Engine {
         &self.inner.served
     }
 
-    /// A session on this version of the mesh that continues `previous`
-    /// (made from an earlier version) for `principal`: its scratch tables
-    /// and default schema carry over.
-    pub fn continue_session(&self, previous: &MeshSession, principal: &Principal) -> MeshSession {
-        let session = self.session(principal);
-        if let (Some(old), Some(new)) = (
-            previous.context().catalog(CATALOG),
-            session.context().catalog(CATALOG),
-        ) && let Some(scratch) = old.schema(SCRATCH_SCHEMA)
-        {
-            let _ = new.register_schema(SCRATCH_SCHEMA, scratch);
-        }
-        let schema = previous.default_schema();
-        if session
-            .context()
-            .catalog(CATALOG)
-            .is_some_and(|c| c.schema_names().contains(&schema))
-        {
-            session.set_default_schema(&schema);
-        }
-        session
+    /// Whether `name` (`domain.table`) is served.
+    pub fn is_served(&self, name: &str) -> bool {
+        self.inner.tables.get(name).is_some()
     }
 
-    /// A new SQL session for `principal`. Each session has its own scratch
-    /// schema `public`; domain schemas are shared and read-only, and list
-    /// only the tables the principal may read.
+    /// Where each served table's data is, by `domain.table`.
+    pub fn sources(&self) -> &BTreeMap<String, SourceInfo> {
+        &self.inner.sources
+    }
+
+    /// The scratch and export locations SQL may use.
+    pub fn files(&self) -> &FileAccess {
+        &self.inner.files
+    }
+
+    /// Every table with its policies.
+    pub fn tables(&self) -> &Arc<GovernedTables> {
+        &self.inner.tables
+    }
+
+    /// A new session for `principal`, for one-off use (the shell, tests).
     pub fn session(&self, principal: &Principal) -> MeshSession {
-        let principal = Arc::new(principal.clone());
-        let policy_rule: Arc<dyn AnalyzerRule + Send + Sync> = Arc::new(PolicyAnalyzerRule::new(
-            Arc::clone(&principal),
-            Arc::clone(&self.inner.policies),
-        ));
-        // The policy rule runs first so type coercion also sees its output.
-        let mut analyzer_rules = vec![policy_rule];
-        analyzer_rules.extend(Analyzer::new().rules);
-        let mut optimizer_rules: Vec<Arc<dyn OptimizerRule + Send + Sync>> = Vec::new();
-        for rule in Optimizer::new().rules {
-            let after = rule.name() == "push_down_filter";
-            optimizer_rules.push(rule);
-            if after {
-                optimizer_rules.push(Arc::new(PolicyPushdownRule));
+        self.session_for(&Arc::new(SessionData::new(principal.clone())))
+    }
+
+    /// The planning context of one statement of the session `data`, on this
+    /// version of the mesh.
+    pub fn session_for(&self, data: &Arc<SessionData>) -> MeshSession {
+        let principal = data.principal();
+        let mut state = self.inner.template.clone();
+        let limits = &self.inner.mesh.config.limits;
+        let max_output = limits.max_function_output(&limits.for_principal(&principal)) as usize;
+        {
+            let options = state.config_mut().options_mut();
+            let schema = data.default_schema();
+            if schema == SCRATCH_SCHEMA
+                || self.inner.domains.contains_key(&schema)
+                || data.schema(&schema).is_some()
+            {
+                options.catalog.default_schema = schema;
+            }
+            options
+                .extensions
+                .insert(MeshqOptions::new(Arc::clone(&principal), Some(max_output)));
+            for (key, value) in data.settings() {
+                // Checked when it was set; a value a newer version rejects
+                // is dropped rather than failing every statement.
+                let _ = options.set(&key, &value);
             }
         }
-        let state = SessionStateBuilder::new()
-            .with_config(self.inner.session_config.clone())
-            .with_runtime_env(Arc::clone(&self.inner.runtime))
-            .with_default_features()
-            .with_analyzer_rules(analyzer_rules)
-            .with_optimizer_rules(optimizer_rules)
-            .with_query_planner(Arc::new(MeshQueryPlanner))
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        for f in PrincipalFn::ALL {
-            ctx.register_udf(ScalarUDF::new_from_impl(PrincipalFunction::new(
-                f,
-                Some(&principal),
-            )));
-        }
-        let catalog = MemoryCatalogProvider::new();
-        for (name, schema) in &self.inner.domains {
-            let view = PrincipalSchemaProvider::new(
-                Arc::clone(schema),
-                Arc::clone(&principal),
-                Arc::clone(&self.inner.policies),
-            );
-            // Registered even when nothing in it is visible, so naming a
-            // denied table says "permission denied", not "not found".
-            let _ = catalog.register_schema(name, Arc::new(view));
-        }
-        let _ = catalog.register_schema(SCRATCH_SCHEMA, Arc::new(MemorySchemaProvider::new()));
-        ctx.register_catalog(CATALOG, Arc::new(catalog));
+        let catalog = MeshCatalog::new(
+            Arc::clone(&self.inner.domains),
+            Arc::clone(&self.inner.tables),
+            Arc::clone(&principal),
+            Arc::clone(data),
+            self.inner.mesh.config.discovery.visibility,
+        );
+        state.register_catalog_list(Arc::new(SessionCatalogList::new(catalog, Arc::clone(data))));
         MeshSession::new(
-            ctx,
+            SessionContext::new_with_state(state),
+            self.clone(),
+            Arc::clone(data),
             principal,
-            self.inner.mesh.config.auth.admin_role.clone(),
-            Arc::clone(&self.inner.locations),
-            Arc::clone(&self.inner.sources),
         )
-    }
-
-    /// The compiled policies of a table, if it has any.
-    pub fn governance(&self, table: &str) -> Option<&TableGovernance> {
-        self.inner.policies.get(table)
     }
 
     /// The policies a query by `principal` reading `tables` (`domain.table`)
@@ -493,7 +344,7 @@ impl Engine {
     pub fn applied_policies(&self, principal: &Principal, tables: &[String]) -> AppliedPolicies {
         let mut out = AppliedPolicies::default();
         for table in tables {
-            let Some(TableGovernance::Ready(p)) = self.governance(table) else {
+            let Ok(p) = self.inner.tables.policies_for(table, principal) else {
                 continue;
             };
             for m in p.masks_for(principal) {
@@ -543,25 +394,246 @@ fn error_in(p: &Problem, name: impl Fn(&str) -> bool) -> bool {
             .is_some_and(name)
 }
 
-/// `text` without the backtrace some libraries append to their error
-/// messages when `RUST_BACKTRACE` is set (numbered frame lines).
-fn without_backtrace(text: &str) -> String {
-    let is_frame = |l: &str| {
-        let t = l.trim_start();
-        t.split_once(": ")
-            .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
-            && l.starts_with(' ')
-    };
-    match text.lines().position(is_frame) {
-        Some(i) => text
-            .lines()
-            .take(i)
-            .collect::<Vec<_>>()
-            .join("\n")
-            .trim_end()
-            .to_string(),
-        None => text.to_string(),
+/// A global policy set that cannot be read could govern any column.
+fn broken_policy_set(problems: &[Problem]) -> Option<PathBuf> {
+    problems
+        .iter()
+        .find(|p| error_in(p, |n| n.ends_with(".policy.yaml")))
+        .map(|p| p.file.clone())
+}
+
+/// On a reload, errors in files whose scope is every table keep the
+/// previous version.
+fn reject_mesh_wide_errors(problems: &[Problem]) -> Result<()> {
+    let mesh_wide: Vec<Problem> = problems
+        .iter()
+        .filter(|p| {
+            error_in(p, |n| {
+                n == meshq_catalog::platform::PLATFORM_FILE || n.ends_with(".policy.yaml")
+            })
+        })
+        .cloned()
+        .collect();
+    if mesh_wide.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::ReloadRejected {
+            problems: mesh_wide,
+        })
     }
+}
+
+/// The memory pool size and spill directory: flags first, then `limits:`.
+fn memory_settings(config: &EngineConfig, mesh: &Mesh) -> (Option<usize>, Option<PathBuf>) {
+    let limit = config
+        .memory_limit
+        .or(mesh.config.limits.memory.map(|b| b.0 as usize));
+    let spill_dir = config.spill_dir.clone().or_else(|| {
+        mesh.config
+            .limits
+            .spill_dir
+            .as_ref()
+            .map(|d| mesh.root.join(d))
+    });
+    (limit, spill_dir)
+}
+
+/// The runtime for `memory`; the previous version's when the settings are
+/// the same, so queries still running on it share the pool.
+fn runtime_for(
+    memory: &(Option<usize>, Option<PathBuf>),
+    previous: Option<&Engine>,
+) -> Result<Arc<RuntimeEnv>> {
+    if let Some(p) = previous
+        && p.inner.memory == *memory
+    {
+        return Ok(Arc::clone(&p.inner.runtime));
+    }
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = memory.0 {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+    }
+    if let Some(dir) = &memory.1 {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            datafusion::error::DataFusionError::Execution(format!(
+                "cannot create the spill directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        runtime = runtime.with_temp_file_path(dir);
+    }
+    Ok(runtime.build_arc()?)
+}
+
+fn session_config(config: &EngineConfig, memory_bounded: bool) -> SessionConfig {
+    let mut session_config = SessionConfig::new()
+        .with_default_catalog_and_schema(CATALOG, SCRATCH_SCHEMA)
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(true)
+        .with_option_extension(MeshqOptions::default());
+    if let Some(n) = config.target_partitions {
+        session_config = session_config.with_target_partitions(n);
+    }
+    if memory_bounded {
+        // Under a memory budget, joins must be able to spill: DataFusion's
+        // hash join cannot, its sort-merge join can.
+        session_config = session_config.set_bool("datafusion.optimizer.prefer_hash_join", false);
+    }
+    session_config
+}
+
+/// Opens every table of the mesh, `concurrency` at a time.
+async fn open_tables(
+    opener: &SessionContext,
+    stores: &StoreRegistry,
+    mesh: &Mesh,
+    concurrency: usize,
+    problems: &mut Vec<Problem>,
+) -> Opened {
+    let state = opener.state();
+    let opened: Vec<_> = futures::stream::iter(mesh.tables.clone())
+        .map(|def| {
+            let state = &state;
+            async move {
+                let res = open_table(state, stores, &def).await;
+                (def, res)
+            }
+        })
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut served = Vec::new();
+    let mut unopened = 0;
+    // The declared location, plus the data folder found on opening
+    // (Iceberg tables named through a catalog).
+    let mut locations: Vec<(String, String)> = mesh
+        .tables
+        .iter()
+        .filter(|t| !matches!(t.source.location, Location::Catalog { .. }))
+        .map(|t| (t.qualified_name(), t.source.location.to_string()))
+        .collect();
+    for (def, res) in opened {
+        let file = mesh.display_path(&def.contract_file);
+        let name = def.qualified_name();
+        match res {
+            Ok(t) => {
+                if let Some(data) = &t.data_location {
+                    locations.push((name.clone(), data.clone()));
+                }
+                for d in t.drift {
+                    problems.push(Problem::error(
+                        file.clone(),
+                        format!(
+                            "table `{name}` (product `{}`): contract drift: {d}; queries reading this column fail, the other columns are served",
+                            def.product_id
+                        ),
+                    ));
+                }
+                for w in t.warnings {
+                    problems.push(Problem::warning(
+                        file.clone(),
+                        format!("table `{name}`: {w}"),
+                    ));
+                }
+                served.push(ServedTable {
+                    def,
+                    provider: t.provider,
+                });
+            }
+            Err(e) => {
+                unopened += 1;
+                warn!(table = %name, product = %def.product_id, "table not served");
+                problems.push(Problem::error(
+                    file,
+                    format!(
+                        "table `{name}` (product `{}`): {e}; the table is not served",
+                        def.product_id
+                    ),
+                ));
+            }
+        }
+    }
+    Opened {
+        served,
+        locations,
+        unopened,
+    }
+}
+
+/// Compiles every served table's policies. A table whose policies cannot be
+/// built stays registered but unreadable, and the problem names the policy.
+fn compile_policies(
+    version: u64,
+    mesh: &Mesh,
+    served: &[ServedTable],
+    ctx: &SessionContext,
+    secret_env: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> GovernedTables {
+    // Typing-only principal functions, so expressions resolve and type-check.
+    for f in PrincipalFn::ALL {
+        ctx.register_udf(ScalarUDF::new_from_impl(PrincipalUdf::new(f)));
+    }
+    let mut tables = GovernedTables::new(version);
+    for t in served {
+        let key = t.def.qualified_name();
+        let governance = match compile_table(mesh, &t.def, &t.provider.schema(), ctx, secret_env) {
+            Ok(p) => TableGovernance::Ready(Arc::new(p)),
+            Err(errors) => {
+                for e in &errors {
+                    problems.push(Problem::error(
+                        mesh.display_path(&e.file),
+                        format!(
+                            "table `{key}`: {}: {}; the table is unreadable until this is fixed",
+                            e.policy, e.reason
+                        ),
+                    ));
+                }
+                let first = &errors[0];
+                TableGovernance::Broken(PolicyError::Broken {
+                    table: key.clone(),
+                    policy: first.policy.clone(),
+                    reason: first.reason.clone(),
+                })
+            }
+        };
+        tables.insert(
+            key,
+            GovernedTable {
+                provider: Arc::clone(&t.provider),
+                governance,
+            },
+        );
+    }
+    tables
+}
+
+/// A broken global policy set makes every table unreadable until it is
+/// fixed.
+fn fail_closed(
+    tables: &mut GovernedTables,
+    served: &[ServedTable],
+    file: &Path,
+    problems: &mut Vec<Problem>,
+) {
+    for t in served {
+        let key = t.def.qualified_name();
+        tables.insert(
+            key.clone(),
+            GovernedTable {
+                provider: Arc::clone(&t.provider),
+                governance: TableGovernance::Broken(PolicyError::Broken {
+                    table: key,
+                    policy: format!("global policy set {}", file.display()),
+                    reason: "the file has errors, so the policies it declares cannot be enforced; every table is unreadable until it is fixed".into(),
+                }),
+            },
+        );
+    }
+    problems.push(Problem::error(
+        file.to_path_buf(),
+        "this global policy set has errors: every table is unreadable until it is fixed (fail closed)",
+    ));
 }
 
 /// After a reload: keeps the previous version of each table that is no
@@ -572,27 +644,30 @@ fn keep_last_good(
     prev: &Engine,
     mesh: &mut Mesh,
     served: &mut Vec<ServedTable>,
-    policies: &mut PolicyCatalog,
+    tables: &mut GovernedTables,
     locations: &mut Vec<(String, String)>,
     problems: &mut Vec<Problem>,
 ) -> Vec<String> {
-    let error_files: std::collections::BTreeSet<PathBuf> = problems
+    let error_files: BTreeSet<PathBuf> = problems
         .iter()
         .filter(|p| p.is_error())
         .map(|p| p.file.clone())
         .collect();
+    let broken = |t: Option<&GovernedTable>| {
+        matches!(t.map(|t| &t.governance), Some(TableGovernance::Broken(_)))
+    };
     let mut kept = Vec::new();
     for old in prev.served_tables() {
         let product_file = mesh.display_path(&old.def.product_file);
         let contract_file = mesh.display_path(&old.def.contract_file);
-        let broken = error_files.contains(&product_file) || error_files.contains(&contract_file);
-        if !broken || !old.def.product_file.exists() || !old.def.contract_file.exists() {
+        let has_errors =
+            error_files.contains(&product_file) || error_files.contains(&contract_file);
+        if !has_errors || !old.def.product_file.exists() || !old.def.contract_file.exists() {
             continue;
         }
         let name = old.def.qualified_name();
+        let previous = prev.inner.tables.get(&name);
         let now = served.iter().position(|t| t.def.qualified_name() == name);
-        let old_ready = !matches!(prev.governance(&name), Some(TableGovernance::Broken(_)));
-        let now_broken = matches!(policies.get(&name), Some(TableGovernance::Broken(_)));
         match now {
             None => {
                 // Another product may have taken the name meanwhile.
@@ -607,7 +682,7 @@ fn keep_last_good(
                 mesh.tables.retain(|t| t.qualified_name() != name);
                 mesh.tables.push(Arc::clone(&old.def));
             }
-            Some(i) if now_broken && old_ready => {
+            Some(i) if broken(tables.get(&name)) && !broken(previous) => {
                 served[i] = old.clone();
                 if let Some(t) = mesh.tables.iter_mut().find(|t| t.qualified_name() == name) {
                     *t = Arc::clone(&old.def);
@@ -615,21 +690,17 @@ fn keep_last_good(
             }
             Some(_) => continue,
         }
-        match prev.governance(&name) {
-            Some(g) => {
-                policies.insert(name.clone(), g.clone());
-            }
-            None => {
-                policies.remove(&name);
-            }
+        if let Some(g) = previous {
+            tables.insert(name.clone(), g.clone());
         }
         locations.retain(|(n, _)| n != &name);
         locations.extend(
             prev.inner
-                .locations
-                .iter()
-                .filter(|(n, _)| n == &name)
-                .cloned(),
+                .sources
+                .get(&name)
+                .into_iter()
+                .flat_map(|s| s.locations.iter())
+                .map(|l| (name.clone(), l.clone())),
         );
         problems.push(Problem::warning(
             contract_file,
@@ -645,63 +716,139 @@ fn keep_last_good(
     kept
 }
 
-/// Compiles every served table's policies. A table whose policies cannot be
-/// built stays registered but unreadable, and the problem names the policy.
-fn compile_policies(
-    mesh: &Mesh,
+/// Product and data locations of every served table, in one pass (a
+/// per-table scan of the locations is quadratic in the number of tables).
+fn sources_of(
     served: &[ServedTable],
-    ctx: &SessionContext,
-    secret_env: &BTreeMap<String, String>,
-    problems: &mut Vec<Problem>,
-) -> PolicyCatalog {
-    // Typing-only principal functions, so expressions resolve and type-check.
-    for f in PrincipalFn::ALL {
-        ctx.register_udf(ScalarUDF::new_from_impl(PrincipalFunction::new(f, None)));
-    }
-    let mut catalog = PolicyCatalog::new();
-    for t in served {
-        let key = t.def.qualified_name();
-        match compile_table(mesh, &t.def, &t.provider.schema(), ctx, secret_env) {
-            Ok(p) if p.is_empty() => {}
-            Ok(p) => {
-                catalog.insert(key, TableGovernance::Ready(Arc::new(p)));
-            }
-            Err(errors) => {
-                for e in &errors {
-                    problems.push(Problem::error(
-                        mesh.display_path(&e.file),
-                        format!(
-                            "table `{key}`: {}: {}; the table is unreadable until this is fixed",
-                            e.policy, e.reason
-                        ),
-                    ));
-                }
-                let first = &errors[0];
-                catalog.insert(
-                    key.clone(),
-                    TableGovernance::Broken(PolicyError::Broken {
-                        table: key,
-                        policy: first.policy.clone(),
-                        reason: first.reason.clone(),
-                    }),
-                );
-            }
+    locations: &[(String, String)],
+) -> BTreeMap<String, SourceInfo> {
+    let mut sources: BTreeMap<String, SourceInfo> = served
+        .iter()
+        .map(|t| {
+            (
+                t.def.qualified_name(),
+                SourceInfo {
+                    product: t.def.product_id.clone(),
+                    locations: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for (name, location) in locations {
+        if let Some(source) = sources.get_mut(name) {
+            source.locations.push(location.clone());
         }
     }
-    catalog
+    sources
 }
 
-#[cfg(test)]
-mod tests {
-    use super::without_backtrace;
-
-    #[test]
-    fn backtraces_are_cut_from_messages() {
-        let text = "Kernel error: Json error: Truncated record\n   0: kernel::error::with_backtrace\n   1: core::ops::call\n             at src/x.rs:1:2";
-        assert_eq!(
-            without_backtrace(text),
-            "Kernel error: Json error: Truncated record"
+fn domains_of(served: &[ServedTable]) -> BTreeMap<String, Arc<DomainSchemaProvider>> {
+    let mut by_domain: BTreeMap<String, BTreeMap<String, Arc<dyn TableProvider>>> = BTreeMap::new();
+    for t in served {
+        by_domain.entry(t.def.domain.clone()).or_default().insert(
+            t.def.name.clone(),
+            Arc::clone(&t.provider) as Arc<dyn TableProvider>,
         );
-        assert_eq!(without_backtrace("a: b\nc"), "a: b\nc");
     }
+    by_domain
+        .into_iter()
+        .map(|(d, tables)| {
+            let schema = Arc::new(DomainSchemaProvider::new(d.clone(), tables));
+            (d, schema)
+        })
+        .collect()
+}
+
+/// Local paths SQL must never reach: the mesh, every table's data, the
+/// spill directory, files holding secrets, and what the caller protects.
+fn forbidden_paths(
+    mesh: &Mesh,
+    config: &EngineConfig,
+    memory: &(Option<usize>, Option<PathBuf>),
+    locations: &[(String, String)],
+) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = vec![mesh.root.clone()];
+    paths.extend(memory.1.iter().cloned());
+    paths.extend(config.protected_paths.iter().cloned());
+    for (_, l) in locations {
+        if !l.contains("://") || l.starts_with("file://") {
+            let text = l.strip_prefix("file://").unwrap_or(l);
+            let cut = text.find(['*', '?', '[']).unwrap_or(text.len());
+            paths.push(PathBuf::from(&text[..cut]));
+        }
+    }
+    for store in mesh.config.stores.values() {
+        if let StoreConfig::Gcs {
+            service_account_path: Some(p),
+            ..
+        } = store
+        {
+            paths.push(mesh.root.join(p));
+        }
+    }
+    for catalog in mesh.config.catalogs.values() {
+        if let CatalogConfig::Sql { uri, .. } = catalog {
+            let path = uri
+                .strip_prefix("sqlite:")
+                .unwrap_or(uri)
+                .trim_start_matches("//");
+            paths.push(mesh.root.join(path));
+        }
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let absolute = if p.is_absolute() {
+                p
+            } else {
+                mesh.root.join(p)
+            };
+            std::fs::canonicalize(&absolute).unwrap_or(absolute)
+        })
+        .collect()
+}
+
+/// The session state every session of a mesh version starts from: DataFusion's
+/// functions and rules, with the policy rule first in the analyzer, the
+/// barrier-aware filter pushdown and the leakproof pushdown in the
+/// optimizer, the planner that verifies every plan, the principal functions
+/// (bound to literals by the policy rule) and functions that allocate by
+/// argument bounded.
+fn template_state(
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+    tables: &Arc<GovernedTables>,
+) -> SessionState {
+    let policy_rule: Arc<dyn AnalyzerRule + Send + Sync> =
+        Arc::new(PolicyAnalyzerRule::new(Arc::clone(tables)));
+    // The policy rule runs first so type coercion also sees its output.
+    let mut analyzer_rules = vec![policy_rule];
+    analyzer_rules.extend(Analyzer::new().rules);
+    let mut optimizer_rules: Vec<Arc<dyn OptimizerRule + Send + Sync>> = Vec::new();
+    for rule in Optimizer::new().rules {
+        if rule.name() == "push_down_filter" {
+            optimizer_rules.push(Arc::new(BarrierAwarePushDownFilter::new(rule)));
+            optimizer_rules.push(Arc::new(PolicyPushdownRule));
+        } else {
+            optimizer_rules.push(rule);
+        }
+    }
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_analyzer_rules(analyzer_rules)
+        .with_optimizer_rules(optimizer_rules)
+        .with_query_planner(Arc::new(MeshQueryPlanner::new(Arc::clone(tables))))
+        .build();
+    let mut functions: Vec<Arc<ScalarUDF>> = PrincipalFn::ALL
+        .into_iter()
+        .map(|f| Arc::new(ScalarUDF::new_from_impl(PrincipalUdf::new(f))))
+        .collect();
+    functions.extend(bounded_functions(&state));
+    for f in functions {
+        // Replacing a function by name cannot fail.
+        let _ = state.register_udf(f);
+    }
+    state
 }

@@ -18,17 +18,24 @@
 pub mod domain_schema;
 pub mod engine;
 pub mod error;
+pub mod files;
+pub mod functions;
 pub mod live;
 pub mod memory;
+pub mod options;
 pub mod policy;
 pub mod session;
+pub mod statement;
 pub mod storage_error;
 
-pub use engine::{AppliedPolicies, CATALOG, Engine, EngineConfig, SCRATCH_SCHEMA, ServedTable};
+pub use engine::{
+    AppliedPolicies, CATALOG, Engine, EngineConfig, RESERVED_SCHEMAS, SCRATCH_SCHEMA, ServedTable,
+};
 pub use error::{Error, Result};
 pub use live::{LiveEngine, ReloadOutcome, ReloadResult};
 pub use memory::QueryMemoryPool;
 pub use meshq_catalog::Principal;
+pub use options::MeshqOptions;
 pub use policy::{PolicyError, policy_error};
-pub use session::{MeshSession, PhysicalQuery};
+pub use session::{MeshSession, PhysicalQuery, SessionData, VisibleTable, is_statement};
 pub use storage_error::{SourceInfo, StorageFailure, StorageFailureKind};

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use datafusion::common::runtime::SpawnedTask;
 use tracing::{info, warn};
 
 use crate::engine::{Engine, EngineConfig};
@@ -252,14 +253,15 @@ pub fn mesh_fingerprint(root: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> 
 
 /// Watches the mesh directory: reloads when [`mesh_fingerprint`] changes
 /// (checked every `interval`), and every `retry` while some table's
-/// storage could not be opened. `on_reload` sees each outcome.
+/// storage could not be opened. `on_reload` sees each outcome. Watching
+/// stops when the returned task is dropped.
 pub fn watch(
     live: Arc<LiveEngine>,
     interval: Duration,
     retry: Duration,
     on_reload: impl Fn(&ReloadOutcome) + Send + Sync + 'static,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) -> SpawnedTask<()> {
+    SpawnedTask::spawn(async move {
         let root = live.mesh_dir().to_path_buf();
         let fingerprint = |root: PathBuf| async move {
             tokio::task::spawn_blocking(move || mesh_fingerprint(&root))

@@ -1,39 +1,159 @@
-//! [`MeshSession`]: a SQL session for one principal.
-
-use std::sync::Arc;
-
-use datafusion::dataframe::DataFrame;
-use datafusion::error::Result;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::Statement;
-use meshq_catalog::Principal;
+//! Sessions: [`SessionData`], what a client keeps between statements, and
+//! [`MeshSession`], the planning context of one statement.
+//!
+//! A client's session costs kilobytes: its principal, its scratch tables,
+//! schemas and catalogs it created, its default schema, its prepared
+//! statements and settings. Everything else — functions, rules, the mesh's
+//! tables and policies, the runtime — belongs to the mesh version and is
+//! shared. [`crate::Engine::session_for`] puts the two together for each
+//! statement, on the mesh version served when the statement starts.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 
+use arrow::datatypes::FieldRef;
+use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider};
+use datafusion::common::ParamValues;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::error::DataFusionError;
-
+use datafusion::dataframe::DataFrame;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::{SessionStateBuilder, TaskContext};
+use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{Expr, LogicalPlan, Statement};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use datafusion::prelude::SessionContext;
+use meshq_catalog::Principal;
 
+use crate::engine::{Engine, SCRATCH_SCHEMA};
 use crate::memory::QueryMemoryPool;
 use crate::policy::lockdown::check_statement;
-use crate::storage_error::{SourceInfo, StorageFailure, storage_failure};
+use crate::statement::{check_text, normalize};
+use crate::storage_error::{StorageFailure, storage_failure};
 
-/// A session: a DataFusion context whose every plan is governed for its
-/// principal. The principal is fixed when the session is made and cannot be
-/// changed from SQL.
+/// Most prepared statements (SQL `PREPARE`) one session keeps.
+pub const MAX_PREPARED: usize = 256;
+
+/// A statement prepared with SQL `PREPARE`.
+#[derive(Debug, Clone)]
+struct Prepared {
+    fields: Vec<FieldRef>,
+    plan: LogicalPlan,
+}
+
+/// What a client keeps between statements. Independent of the mesh version:
+/// after a reload the next statement runs on the new version with the same
+/// data.
+#[derive(Debug)]
+pub struct SessionData {
+    principal: RwLock<Arc<Principal>>,
+    scratch: Arc<MemorySchemaProvider>,
+    schemas: RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>,
+    catalogs: RwLock<BTreeMap<String, Arc<dyn CatalogProvider>>>,
+    default_schema: RwLock<String>,
+    prepared: Mutex<BTreeMap<String, Prepared>>,
+    settings: Mutex<BTreeMap<String, String>>,
+}
+
+/// Recovers the data behind a lock a panicking thread held: session state
+/// is only ever replaced whole, never left half-written.
+pub(crate) fn unpoison<T>(r: std::sync::LockResult<T>) -> T {
+    r.unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SessionData {
+    /// A new session of `principal`.
+    pub fn new(principal: Principal) -> Self {
+        Self {
+            principal: RwLock::new(Arc::new(principal)),
+            scratch: Arc::new(MemorySchemaProvider::new()),
+            schemas: RwLock::new(BTreeMap::new()),
+            catalogs: RwLock::new(BTreeMap::new()),
+            default_schema: RwLock::new(SCRATCH_SCHEMA.to_string()),
+            prepared: Mutex::new(BTreeMap::new()),
+            settings: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Whose session it is.
+    pub fn principal(&self) -> Arc<Principal> {
+        Arc::clone(&*unpoison(self.principal.read()))
+    }
+
+    /// Replaces the principal (a reload changed its roles or attributes).
+    pub fn set_principal(&self, principal: Principal) {
+        *unpoison(self.principal.write()) = Arc::new(principal);
+    }
+
+    /// The schema unqualified names resolve in.
+    pub fn default_schema(&self) -> String {
+        unpoison(self.default_schema.read()).clone()
+    }
+
+    /// Sets the schema unqualified names resolve in (a client's session
+    /// option; SQL `SET` is governed by the lockdown).
+    pub fn set_default_schema(&self, schema: &str) {
+        *unpoison(self.default_schema.write()) = schema.to_string();
+    }
+
+    /// The session's scratch schema (`public`).
+    pub fn scratch(&self) -> &Arc<MemorySchemaProvider> {
+        &self.scratch
+    }
+
+    pub(crate) fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        unpoison(self.schemas.read()).get(name).cloned()
+    }
+
+    pub(crate) fn schema_names(&self) -> Vec<String> {
+        unpoison(self.schemas.read()).keys().cloned().collect()
+    }
+
+    pub(crate) fn add_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> Option<Arc<dyn SchemaProvider>> {
+        unpoison(self.schemas.write()).insert(name.to_string(), schema)
+    }
+
+    pub(crate) fn remove_schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        unpoison(self.schemas.write()).remove(name)
+    }
+
+    pub(crate) fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
+        unpoison(self.catalogs.read()).get(name).cloned()
+    }
+
+    pub(crate) fn catalog_names(&self) -> Vec<String> {
+        unpoison(self.catalogs.read()).keys().cloned().collect()
+    }
+
+    pub(crate) fn add_catalog(
+        &self,
+        name: &str,
+        catalog: Arc<dyn CatalogProvider>,
+    ) -> Option<Arc<dyn CatalogProvider>> {
+        unpoison(self.catalogs.write()).insert(name.to_string(), catalog)
+    }
+
+    pub(crate) fn settings(&self) -> BTreeMap<String, String> {
+        unpoison(self.settings.lock()).clone()
+    }
+}
+
+/// The planning context of one statement: a DataFusion context on one mesh
+/// version whose every plan is governed for the session's principal.
 #[derive(Clone)]
 pub struct MeshSession {
     ctx: SessionContext,
+    engine: Engine,
+    data: Arc<SessionData>,
     principal: Arc<Principal>,
     is_admin: bool,
-    admin_role: String,
-    protected: Arc<Vec<(String, String)>>,
-    sources: Arc<BTreeMap<String, SourceInfo>>,
 }
 
 impl std::fmt::Debug for MeshSession {
@@ -45,34 +165,129 @@ impl std::fmt::Debug for MeshSession {
     }
 }
 
+/// A table a session can see, for listings (the shell's `\\dt`, Flight
+/// SQL's `GetTables`).
+#[derive(Debug, Clone)]
+pub struct VisibleTable {
+    /// Schema (domain, `public` or one the session created).
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// `TABLE` or `VIEW`.
+    pub kind: &'static str,
+    /// Its columns.
+    pub columns: arrow::datatypes::SchemaRef,
+    /// The contract's definition, for mesh tables.
+    pub def: Option<Arc<meshq_catalog::TableDef>>,
+}
+
+/// A statement that is not a query: it runs once, when it is announced.
+pub fn is_statement(plan: &LogicalPlan) -> bool {
+    matches!(
+        plan,
+        LogicalPlan::Ddl(_)
+            | LogicalPlan::Dml(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+    )
+}
+
 impl MeshSession {
     pub(crate) fn new(
         ctx: SessionContext,
+        engine: Engine,
+        data: Arc<SessionData>,
         principal: Arc<Principal>,
-        admin_role: String,
-        protected: Arc<Vec<(String, String)>>,
-        sources: Arc<BTreeMap<String, SourceInfo>>,
     ) -> Self {
-        let is_admin = principal.has_role(&admin_role);
+        let is_admin = principal.has_role(&engine.mesh().config.auth.admin_role);
         Self {
             ctx,
+            engine,
+            data,
             principal,
             is_admin,
-            admin_role,
-            protected,
-            sources,
         }
+    }
+
+    /// The mesh version this statement runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The client's session data.
+    pub fn data(&self) -> &Arc<SessionData> {
+        &self.data
+    }
+
+    /// The principal queries run as.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Whether the principal holds the admin role.
+    pub fn is_admin(&self) -> bool {
+        self.is_admin
+    }
+
+    /// The underlying context. Plans made through it are still governed
+    /// (the policy rule and the plan verifier are part of its planner), but
+    /// statements run through [`SessionContext::execute_logical_plan`]
+    /// directly skip the statement lockdown and the file confinement: use
+    /// [`MeshSession::sql`] or [`MeshSession::plan`] for anything a user
+    /// typed.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The schema unqualified table names resolve in.
+    pub fn default_schema(&self) -> String {
+        self.data.default_schema()
+    }
+
+    /// Every table the principal may see, sorted by schema and name.
+    pub async fn visible_tables(&self) -> Vec<VisibleTable> {
+        let mut out = Vec::new();
+        let Some(catalog) = self.ctx.catalog(crate::engine::CATALOG) else {
+            return out;
+        };
+        let mut schemas = catalog.schema_names();
+        schemas.sort();
+        for schema in schemas {
+            let Some(provider) = catalog.schema(&schema) else {
+                continue;
+            };
+            let mut names = provider.table_names();
+            names.sort();
+            for table in names {
+                if let Ok(Some(t)) = provider.table(&table).await {
+                    let kind = match t.table_type() {
+                        datafusion::datasource::TableType::View => "VIEW",
+                        _ => "TABLE",
+                    };
+                    let def = self.engine.mesh().table(&schema, &table).cloned();
+                    out.push(VisibleTable {
+                        schema: schema.clone(),
+                        table,
+                        kind,
+                        columns: t.schema(),
+                        def,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The mesh tables (`domain.table`) `plan` reads.
     pub fn tables_read(&self, plan: &LogicalPlan) -> Vec<String> {
-        let default_schema = self.default_schema();
         let mut out = Vec::new();
         let _ = plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                let schema = scan.table_name.schema().unwrap_or(&default_schema);
-                let name = format!("{schema}.{}", scan.table_name.table());
-                if self.sources.contains_key(&name) && !out.contains(&name) {
+            if let LogicalPlan::TableScan(scan) = node
+                && let Ok(provider) = datafusion::datasource::source_as_provider(&scan.source)
+                && let Some(view) = crate::policy::governed::contract_view(&provider)
+            {
+                let name = view.table_name().to_string();
+                if !out.contains(&name) {
                     out.push(name);
                 }
             }
@@ -97,7 +312,7 @@ impl MeshSession {
         let mut out = Vec::new();
         for r in references {
             let name = format!("{}.{}", r.schema().unwrap_or(&default_schema), r.table());
-            if self.sources.contains_key(&name) && !out.contains(&name) {
+            if self.engine.is_served(&name) && !out.contains(&name) {
                 out.push(name);
             }
         }
@@ -111,124 +326,282 @@ impl MeshSession {
         e: &DataFusionError,
         tables: &[String],
     ) -> Option<StorageFailure> {
-        storage_failure(e, tables, &self.sources)
+        storage_failure(e, tables, self.engine.sources())
     }
 
-    /// The principal queries run as.
-    pub fn principal(&self) -> &Principal {
-        &self.principal
+    /// Parses and plans one SQL statement the principal may run: within the
+    /// size and depth limits, allowed by the lockdown, its file locations
+    /// confined, `EXECUTE` replaced by the prepared query. Nothing runs yet.
+    pub async fn plan(&self, sql: &str) -> Result<LogicalPlan> {
+        check_text(sql, &self.engine.mesh().config.limits)?;
+        let sql = normalize(sql);
+        let plan = self.ctx.state().create_logical_plan(&sql).await?;
+        self.admit(plan)
     }
 
-    /// Whether the principal holds the admin role.
-    pub fn is_admin(&self) -> bool {
-        self.is_admin
+    /// Parses a script of statements, within the size and depth limits.
+    pub fn parse(&self, sql: &str) -> Result<Vec<datafusion::sql::parser::Statement>> {
+        check_text(sql, &self.engine.mesh().config.limits)?;
+        let sql = normalize(sql);
+        Ok(datafusion::sql::parser::DFParser::parse_sql(&sql)?
+            .into_iter()
+            .collect())
     }
 
-    /// The underlying context. Plans made through it are still governed
-    /// (the policy rule is part of its analyzer), but statements run
-    /// through [`SessionContext::execute_logical_plan`] directly skip the
-    /// statement lockdown: use [`MeshSession::sql`] or
-    /// [`MeshSession::execute_plan`] for anything a user typed.
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
+    /// Plans one parsed statement as [`MeshSession::plan`] does.
+    pub async fn plan_statement(
+        &self,
+        statement: datafusion::sql::parser::Statement,
+    ) -> Result<LogicalPlan> {
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        self.admit(plan)
     }
 
-    /// Plans and runs one SQL statement.
-    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
-        let plan = self.ctx.state().create_logical_plan(sql).await?;
-        self.execute_plan(plan).await
-    }
-
-    /// Plans and runs a parsed statement.
-    pub async fn statement(&self, stmt: Statement) -> Result<DataFrame> {
-        let plan = self.ctx.state().statement_to_plan(stmt).await?;
-        self.execute_plan(plan).await
-    }
-
-    /// The schema unqualified table names resolve in.
-    pub fn default_schema(&self) -> String {
-        self.ctx
-            .state()
-            .config_options()
-            .catalog
-            .default_schema
-            .clone()
-    }
-
-    /// Resolves unqualified names in `schema` (a client's session option,
-    /// not SQL `SET`, which the lockdown governs).
-    pub fn set_default_schema(&self, schema: &str) {
-        self.ctx
-            .state_ref()
-            .write()
-            .config_mut()
-            .options_mut()
-            .catalog
-            .default_schema = schema.to_string();
+    /// Checks a planned statement as [`MeshSession::plan`] does.
+    pub fn admit(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        self.check(&plan)?;
+        let plan = match plan {
+            LogicalPlan::Statement(Statement::Execute(execute)) => {
+                let plan = self.prepared_plan(&execute.name, execute.parameters)?;
+                self.check(&plan)?;
+                plan
+            }
+            other => other,
+        };
+        self.engine.files().confine(plan)
     }
 
     /// Whether the principal may run `plan` (the statement lockdown).
     pub fn check(&self, plan: &LogicalPlan) -> Result<()> {
-        check_statement(plan, self.is_admin, &self.admin_role, &self.protected)
+        check_statement(
+            plan,
+            self.is_admin,
+            &self.engine.mesh().config.auth.admin_role,
+        )
     }
 
-    /// Checks that the principal may run `plan`, then runs it.
-    pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<DataFrame> {
-        self.check(&plan)?;
+    /// Plans and runs one SQL statement; a query's result is a DataFrame
+    /// to collect or stream.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let plan = self.plan(sql).await?;
+        self.run(plan).await
+    }
+
+    /// Runs an admitted plan without limits (the shell): statements take
+    /// effect now, queries come back as a DataFrame.
+    pub async fn run(&self, plan: LogicalPlan) -> Result<DataFrame> {
+        if let Some(df) = self.session_statement(&plan, &self.ctx)? {
+            return Ok(df);
+        }
         self.ctx.execute_logical_plan(plan).await
     }
 
-    /// Checks that the principal may run the query `plan`, then makes its
-    /// physical plan, on a memory pool of its own of `memory_limit` bytes
-    /// (within the server's pool) when set. Statements (DDL, `SET`) go
-    /// through [`MeshSession::execute_plan`].
-    pub async fn physical_plan(
+    /// Applies a statement that changes the session itself (`PREPARE`,
+    /// `DEALLOCATE`, `SET`, `RESET`) to its data, kept across statements
+    /// and mesh versions. `None` for any other plan.
+    fn session_statement(
+        &self,
+        plan: &LogicalPlan,
+        ctx: &SessionContext,
+    ) -> Result<Option<DataFrame>> {
+        let LogicalPlan::Statement(statement) = plan else {
+            return Ok(None);
+        };
+        match statement {
+            Statement::Prepare(p) => {
+                if !p.fields.is_empty() {
+                    let names = p.input.get_parameter_names()?;
+                    if names.len() != p.fields.len() {
+                        return Err(DataFusionError::Plan(format!(
+                            "PREPARE {} declares {} parameter types but the query has {} parameters",
+                            p.name,
+                            p.fields.len(),
+                            names.len()
+                        )));
+                    }
+                }
+                let mut prepared = unpoison(self.data.prepared.lock());
+                if prepared.contains_key(&p.name) {
+                    return Err(DataFusionError::Execution(format!(
+                        "prepared statement `{}` already exists; DEALLOCATE it first",
+                        p.name
+                    )));
+                }
+                if prepared.len() >= MAX_PREPARED {
+                    return Err(DataFusionError::ResourcesExhausted(format!(
+                        "a session keeps at most {MAX_PREPARED} prepared statements; DEALLOCATE some"
+                    )));
+                }
+                prepared.insert(
+                    p.name.clone(),
+                    Prepared {
+                        fields: p.fields.clone(),
+                        plan: p.input.as_ref().clone(),
+                    },
+                );
+            }
+            Statement::Deallocate(d) => {
+                if unpoison(self.data.prepared.lock())
+                    .remove(&d.name)
+                    .is_none()
+                {
+                    return Err(DataFusionError::Execution(format!(
+                        "prepared statement `{}` does not exist",
+                        d.name
+                    )));
+                }
+            }
+            Statement::SetVariable(set) => {
+                check_setting(&set.variable)?;
+                // Applied to a copy first, so a bad value is an error now.
+                let mut options = ctx.state().config_options().as_ref().clone();
+                options.set(&set.variable, &set.value)?;
+                unpoison(self.data.settings.lock()).insert(set.variable.clone(), set.value.clone());
+            }
+            Statement::ResetVariable(reset) => {
+                check_setting(&reset.variable)?;
+                unpoison(self.data.settings.lock()).remove(&reset.variable);
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(ctx.read_empty()?))
+    }
+
+    /// The query of prepared statement `name` with `parameters` bound.
+    fn prepared_plan(&self, name: &str, parameters: Vec<Expr>) -> Result<LogicalPlan> {
+        let prepared = unpoison(self.data.prepared.lock())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!("prepared statement `{name}` does not exist"))
+            })?;
+        let state = self.ctx.state();
+        let context = SimplifyContext::builder()
+            .with_schema(Arc::clone(prepared.plan.schema()))
+            .with_config_options(Arc::clone(state.config_options()))
+            .build();
+        let simplifier = ExprSimplifier::new(context);
+        let mut values = Vec::with_capacity(parameters.len());
+        for e in parameters {
+            match simplifier.simplify(e)? {
+                Expr::Literal(v, metadata) => values.push((v, metadata)),
+                other => {
+                    return Err(DataFusionError::Plan(format!(
+                        "EXECUTE {name}: parameters must be literals, not {other}"
+                    )));
+                }
+            }
+        }
+        if !prepared.fields.is_empty() {
+            if values.len() != prepared.fields.len() {
+                return Err(DataFusionError::Plan(format!(
+                    "EXECUTE {name}: expected {} parameters, got {}",
+                    prepared.fields.len(),
+                    values.len()
+                )));
+            }
+            for ((v, _), field) in values.iter_mut().zip(&prepared.fields) {
+                *v = v.cast_to(field.data_type())?;
+            }
+        }
+        let params = ParamValues::List(
+            values
+                .into_iter()
+                .map(|(v, m)| datafusion::common::metadata::ScalarAndMetadata::new(v, m))
+                .collect(),
+        );
+        prepared.plan.replace_params_with_values(&params)
+    }
+
+    /// Runs an admitted plan as one unit of work on a memory pool of its
+    /// own of `memory_limit` bytes (within the server's pool) when set.
+    /// Statements take effect now (a `CREATE TABLE … AS` reads its input
+    /// here, under the same pool); queries, DML and `COPY` come back as a
+    /// physical plan to stream. The caller bounds the time.
+    pub async fn execute(
         &self,
         plan: LogicalPlan,
         memory_limit: Option<usize>,
     ) -> Result<PhysicalQuery> {
-        self.check(&plan)?;
-        let mut state = self.ctx.state();
-        let mut pool = None;
-        if let Some(limit) = memory_limit {
-            // A sort sets memory aside for merging its spills; within a small
-            // query limit that must be a share of it, not the 10 MiB default.
-            let options = state.config_mut().options_mut();
-            let share = (limit / 4).max(64 * 1024);
-            if options.execution.sort_spill_reservation_bytes > share {
-                options.execution.sort_spill_reservation_bytes = share;
-            }
-            let runtime = state.runtime_env();
-            let p = Arc::new(QueryMemoryPool::new(
-                Arc::clone(&runtime.memory_pool),
-                limit,
-            ));
-            let runtime = RuntimeEnvBuilder::from_runtime_env(runtime)
-                .with_memory_pool(Arc::clone(&p) as Arc<dyn MemoryPool>)
-                .build_arc()?;
-            state = SessionStateBuilder::new_from_existing(state)
-                .with_runtime_env(runtime)
-                .build();
-            pool = Some(p);
+        let state = self.query_state(memory_limit)?;
+        let ctx = SessionContext::new_with_state(state.clone());
+        if let Some(df) = self.session_statement(&plan, &ctx)? {
+            let schema = Arc::clone(df.schema().inner());
+            return Ok(PhysicalQuery {
+                plan: Arc::new(EmptyExec::new(schema)),
+                task: state.task_ctx(),
+            });
+        }
+        if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) {
+            let df = ctx.execute_logical_plan(plan).await?;
+            let physical = df.create_physical_plan().await?;
+            return Ok(PhysicalQuery {
+                plan: physical,
+                task: ctx.task_ctx(),
+            });
         }
         let physical = state.create_physical_plan(&plan).await?;
         Ok(PhysicalQuery {
             plan: physical,
             task: state.task_ctx(),
-            pool,
         })
+    }
+
+    /// This statement's state, on its own memory pool when limited.
+    fn query_state(&self, memory_limit: Option<usize>) -> Result<SessionState> {
+        let mut state = self.ctx.state();
+        let Some(limit) = memory_limit else {
+            return Ok(state);
+        };
+        // A sort sets memory aside for merging its spills; within a small
+        // query limit that must be a share of it, not the 10 MiB default.
+        let options = state.config_mut().options_mut();
+        let share = (limit / 4).max(64 * 1024);
+        if options.execution.sort_spill_reservation_bytes > share {
+            options.execution.sort_spill_reservation_bytes = share;
+        }
+        let runtime = state.runtime_env();
+        let pool = Arc::new(QueryMemoryPool::new(
+            Arc::clone(&runtime.memory_pool),
+            limit,
+        ));
+        let runtime = RuntimeEnvBuilder::from_runtime_env(runtime)
+            .with_memory_pool(pool as Arc<dyn MemoryPool>)
+            .build_arc()?;
+        Ok(SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(runtime)
+            .build())
     }
 }
 
-/// A query ready to run: its physical plan and the context it runs in.
+/// Settings no SQL `SET` may change, admins included: where files go and
+/// how much memory the server has are the operator's (`meshq.yaml`,
+/// flags), and `meshq.*` is the session's identity.
+fn check_setting(variable: &str) -> Result<()> {
+    let key = variable.to_ascii_lowercase();
+    let reason = if key.starts_with("datafusion.runtime.") {
+        "memory and spill files are configured in meshq.yaml (limits.memory, limits.spill_dir)"
+    } else if key.starts_with("datafusion.catalog.") {
+        "the catalog is the mesh; use the session option `schema` to change the default schema"
+    } else if key.starts_with("meshq.") {
+        "the principal comes from authentication and limits from meshq.yaml"
+    } else {
+        return Ok(());
+    };
+    Err(crate::policy::PolicyError::Setting {
+        variable: variable.to_string(),
+        reason: reason.to_string(),
+    }
+    .into())
+}
+
+/// A statement ready to run: its physical plan and the context it runs in.
 #[derive(Debug)]
 pub struct PhysicalQuery {
     /// The plan; after the run its metrics hold what it did (spills).
     pub plan: Arc<dyn ExecutionPlan>,
     /// Runtime (memory pool, spill files) and config.
     pub task: Arc<TaskContext>,
-    /// The query's own memory pool, when it has a limit.
-    pub pool: Option<Arc<QueryMemoryPool>>,
 }
 
 impl PhysicalQuery {

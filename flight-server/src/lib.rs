@@ -13,15 +13,23 @@
 //! - Errors map to gRPC codes in one place ([`error::to_status`]) and never
 //!   carry row values.
 
+pub mod actions;
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod cancel;
 pub mod error;
 pub mod metadata;
 pub mod metrics;
+pub mod operations;
+pub mod params;
+pub mod query;
+pub mod result_stream;
 pub mod service;
 pub mod session_options;
+pub mod sessions;
 pub mod ticket;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,11 +37,13 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::common::runtime::SpawnedTask;
 use meshq_engine::LiveEngine;
 use tracing::info;
 
 use crate::metrics::Metrics;
-use crate::service::{MeshFlightService, Operations};
+use crate::operations::Operations;
+use crate::service::MeshFlightService;
 
 /// Largest message the server accepts (large parameter sets in DoPut).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -41,8 +51,6 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// How to serve.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Address to bind; port 0 picks a free port.
-    pub bind: SocketAddr,
     /// PEM certificate and key for TLS; plaintext when `None`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How long in-flight calls may run after a shutdown signal.
@@ -62,7 +70,7 @@ pub struct Listening {
 
 /// Refreshes the sampled gauges from the server's state.
 fn sample(metrics: &Metrics, live: &LiveEngine, ops: &Operations, sessions: usize) {
-    let (running, queued) = ops.load();
+    let (running, queued) = ops.queries_in_flight();
     metrics.running.set(running as i64);
     metrics.queued.set(queued as i64);
     metrics.sessions.set(sessions as i64);
@@ -103,19 +111,20 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the mesh in `live` until `shutdown` resolves, then drains
-/// in-flight calls. The server listens at once; until the first load of
-/// `live` completes, calls fail with `UNAVAILABLE` and the health service
-/// says `NOT_SERVING`. `on_ready` runs once both are true: listening, and
-/// the health service says `SERVING`.
+/// Serves the mesh in `live` on `listener` (already bound, so a caller
+/// that asked for port 0 knows the port before anything else happens)
+/// until `shutdown` resolves, then drains in-flight calls. Until the first
+/// load of `live` completes, calls fail with `UNAVAILABLE` and the health
+/// service says `NOT_SERVING`. `on_ready` runs once both are true:
+/// listening, and the health service says `SERVING`.
 pub async fn serve(
+    listener: tokio::net::TcpListener,
     live: Arc<LiveEngine>,
     ops: Arc<Operations>,
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(Listening) + Send + 'static,
 ) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     let flight = MeshFlightService::new(Arc::clone(&live), Arc::clone(&ops));
     let sessions = flight.sessions_counter();
@@ -131,9 +140,10 @@ pub async fn serve(
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
     let (listening_tx, listening_rx) = tokio::sync::oneshot::channel::<Listening>();
-    {
+    // Tasks of the server live as long as `serve` runs.
+    let _readiness = {
         let live = Arc::clone(&live);
-        tokio::spawn(async move {
+        SpawnedTask::spawn(async move {
             live.ready().await;
             health
                 .set_serving::<FlightServiceServer<MeshFlightService>>()
@@ -144,9 +154,10 @@ pub async fn serve(
             if let Ok(listening) = listening_rx.await {
                 on_ready(listening);
             }
-        });
-    }
+        })
+    };
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut _metrics_task = None;
     let metrics_addr = match config.metrics_bind {
         Some(bind) => {
             let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -155,14 +166,14 @@ pub async fn serve(
             let sampler: Arc<dyn Fn(&Metrics) + Send + Sync> =
                 Arc::new(move |m: &Metrics| sample(m, &live, &ops2, sessions()));
             let metrics = Arc::clone(&ops.metrics);
-            tokio::spawn(async move {
+            _metrics_task = Some(SpawnedTask::spawn(async move {
                 let stop = async move {
                     let _ = metrics_stopped.await;
                 };
                 if let Err(e) = metrics::serve_metrics(listener, metrics, sampler, stop).await {
                     tracing::warn!(error = %e, "metrics endpoint stopped");
                 }
-            });
+            }));
             Some(addr)
         }
         None => None,

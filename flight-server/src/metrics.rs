@@ -33,6 +33,7 @@ pub struct Metrics {
     bytes_sent: Counter,
     spilled_bytes: Counter,
     auth_failures: Counter,
+    sessions_evicted: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
     product_scans: Family<Labels, Counter>,
     product_errors: Family<Labels, Counter>,
@@ -98,6 +99,12 @@ impl Metrics {
             "Failed authentications",
             auth_failures.clone(),
         );
+        let sessions_evicted = Family::<Labels, Counter>::default();
+        registry.register(
+            "sessions_evicted",
+            "Sessions ended to make room, by reason (idle, per_principal, total)",
+            sessions_evicted.clone(),
+        );
         let reloads = Family::<Labels, Counter>::default();
         registry.register(
             "reloads",
@@ -159,6 +166,7 @@ impl Metrics {
             bytes_sent,
             spilled_bytes,
             auth_failures,
+            sessions_evicted,
             reloads,
             product_scans,
             product_errors,
@@ -200,6 +208,19 @@ impl Metrics {
     /// A failed authentication.
     pub fn auth_failed(&self) {
         self.auth_failures.inc();
+    }
+
+    /// A session ended to make room.
+    pub fn session_evicted(&self, why: crate::sessions::Eviction) {
+        use crate::sessions::Eviction;
+        let reason = match why {
+            Eviction::Idle => "idle",
+            Eviction::PerPrincipal => "per_principal",
+            Eviction::Total => "total",
+        };
+        self.sessions_evicted
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
     }
 
     /// A mesh load or reload.

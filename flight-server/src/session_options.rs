@@ -87,6 +87,8 @@ pub const INVALID_NAME: i32 = 1;
 pub const INVALID_VALUE: i32 = 2;
 /// `CloseSessionResult.Status.CLOSED`.
 pub const CLOSED: i32 = 1;
+/// `CloseSessionResult.Status.NOT_CLOSEABLE`.
+pub const NOT_CLOSEABLE: i32 = 3;
 
 /// A string option value.
 pub fn string_value(s: impl Into<String>) -> SessionOptionValue {

@@ -3,6 +3,7 @@
 //! authenticates again and plans as the caller.
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
@@ -16,10 +17,11 @@ pub struct StatementTicket {
     /// Parameter values as Arrow IPC (one row), for prepared statements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<String>,
-    /// The statement already ran while planning (DDL, SET): DoGet returns
-    /// its (empty) result schema and no rows.
-    #[serde(default)]
-    pub done: bool,
+    /// The statement already ran when it was announced (DDL, DML, `SET`):
+    /// its result as Arrow IPC, which DoGet sends instead of running it
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
     /// Makes each GetFlightInfo's ticket unique, so `CancelFlightInfo`
     /// stops that query and not another client's identical one.
     #[serde(default)]
@@ -62,28 +64,41 @@ impl PreparedHandle {
     }
 }
 
-/// One-row parameter batch → IPC text for a ticket.
-pub fn params_to_ipc(batch: &RecordBatch) -> Result<String, Status> {
+/// Batches of one schema → IPC text for a ticket.
+pub fn batches_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, Status> {
     let mut buf = Vec::new();
     {
-        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &batch.schema())
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, schema)
             .map_err(|e| Status::internal(e.to_string()))?;
-        w.write(batch)
-            .map_err(|e| Status::internal(e.to_string()))?;
+        for b in batches {
+            w.write(b).map_err(|e| Status::internal(e.to_string()))?;
+        }
         w.finish().map_err(|e| Status::internal(e.to_string()))?;
     }
     Ok(STANDARD.encode(buf))
 }
 
+/// IPC text from a ticket → its schema and batches.
+pub fn batches_from_ipc(text: &str) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+    let malformed = || Status::invalid_argument("malformed ticket");
+    let bytes = STANDARD.decode(text).map_err(|_| malformed())?;
+    let r = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|_| malformed())?;
+    let schema = r.schema();
+    let batches = r.collect::<Result<Vec<_>, _>>().map_err(|_| malformed())?;
+    Ok((schema, batches))
+}
+
+/// One-row parameter batch → IPC text for a ticket.
+pub fn params_to_ipc(batch: &RecordBatch) -> Result<String, Status> {
+    batches_to_ipc(&batch.schema(), std::slice::from_ref(batch))
+}
+
 /// IPC text from a ticket → the parameter batch.
 pub fn params_from_ipc(text: &str) -> Result<RecordBatch, Status> {
-    let bytes = STANDARD
-        .decode(text)
-        .map_err(|_| Status::invalid_argument("malformed parameters in ticket"))?;
-    let mut r = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-        .map_err(|_| Status::invalid_argument("malformed parameters in ticket"))?;
-    match r.next() {
-        Some(Ok(b)) => Ok(b),
+    let (_, mut batches) = batches_from_ipc(text)?;
+    match batches.len() {
+        1 => Ok(batches.remove(0)),
         _ => Err(Status::invalid_argument("malformed parameters in ticket")),
     }
 }
@@ -98,7 +113,7 @@ mod tests {
         let t = StatementTicket {
             sql: "SELECT 1".into(),
             params: None,
-            done: false,
+            result: None,
             nonce: 7,
         };
         assert_eq!(StatementTicket::decode(&t.encode()).unwrap(), t);

@@ -2,12 +2,12 @@
 //! NOT_SERVING and calls fail with UNAVAILABLE; then both turn.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use meshq_engine::{EngineConfig, LiveEngine};
 use meshq_flight_server::metrics::Metrics;
-use meshq_flight_server::service::Operations;
+use meshq_flight_server::operations::Operations;
 use meshq_flight_server::{ServerConfig, serve};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -30,14 +30,10 @@ async fn not_ready_until_the_first_load_completes() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("meshq.yaml"), "principals: []\n").unwrap();
     let live = LiveEngine::new(EngineConfig::new(dir.path()));
-    // A free port: the server must be reachable before it is ready.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // The server must be reachable before it is ready.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
     let config = ServerConfig {
-        bind: format!("127.0.0.1:{port}").parse().unwrap(),
         tls: None,
         shutdown_grace: Duration::from_secs(1),
         metrics_bind: None,
@@ -45,6 +41,7 @@ async fn not_ready_until_the_first_load_completes() {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let ops = Arc::new(Operations::new(Arc::new(Metrics::new()), None));
     let server = tokio::spawn(serve(
+        listener,
         Arc::clone(&live),
         ops,
         config,
@@ -53,22 +50,12 @@ async fn not_ready_until_the_first_load_completes() {
             let _ = ready_tx.send(l);
         },
     ));
-    let channel = {
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            match Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect()
-                .await
-            {
-                Ok(c) => break c,
-                Err(e) => {
-                    assert!(Instant::now() < until, "server did not listen: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-    };
+    // The listener is bound before the server starts: no retrying.
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     for service in ["", "arrow.flight.protocol.FlightService"] {
         assert_eq!(
             status(&channel, service).await,

@@ -633,7 +633,7 @@ async fn a_reload_keeps_the_last_good_version_of_a_broken_product() {
         "{warnings:?}"
     );
     // Sessions continue on the new version with their scratch tables.
-    let continued = second.continue_session(&session, &admin);
+    let continued = second.session_for(session.data());
     let rows = continued
         .sql("SELECT (SELECT sum(qty) FROM shop.items) AS q, (SELECT x FROM scratch) AS x")
         .await

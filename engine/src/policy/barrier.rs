@@ -27,6 +27,11 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use meshq_connectors::ScanToken;
+
+use super::governed::GovernedTables;
+use super::verify::verify_plan;
+use crate::options::MeshqOptions;
 
 /// Logical barrier above a governed table's policy nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
@@ -38,6 +43,9 @@ pub struct PolicyBarrier {
     /// Columns that pass through unmasked: leakproof predicates on them may
     /// cross the barrier.
     pub unmasked: BTreeSet<String>,
+    /// The decision the policy nodes were built for (the plan verifier
+    /// matches it with the scan's).
+    pub token: ScanToken,
     /// The policy nodes.
     pub input: LogicalPlan,
 }
@@ -48,12 +56,14 @@ impl PolicyBarrier {
         table: String,
         applied: Vec<String>,
         unmasked: BTreeSet<String>,
+        token: ScanToken,
         input: LogicalPlan,
     ) -> Self {
         Self {
             table,
             applied,
             unmasked,
+            token,
             input,
         }
     }
@@ -110,13 +120,28 @@ impl UserDefinedLogicalNodeCore for PolicyBarrier {
 #[derive(Debug)]
 pub struct PolicyBarrierExec {
     table: String,
+    token: ScanToken,
     input: Arc<dyn ExecutionPlan>,
 }
 
 impl PolicyBarrierExec {
-    /// Wraps `input`.
-    pub fn new(table: String, input: Arc<dyn ExecutionPlan>) -> Self {
-        Self { table, input }
+    /// Wraps `input`, the policy nodes built for `token`.
+    pub fn new(table: String, token: ScanToken, input: Arc<dyn ExecutionPlan>) -> Self {
+        Self {
+            table,
+            token,
+            input,
+        }
+    }
+
+    /// `domain.table` whose policies are below.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The decision the policy nodes below were built for.
+    pub fn token(&self) -> &ScanToken {
+        &self.token
     }
 }
 
@@ -139,8 +164,10 @@ impl ExecutionPlan for PolicyBarrierExec {
         vec![&self.input]
     }
 
+    /// The barrier passes rows in order, but says it does not, so the
+    /// optimizer never pushes a sort (and its expressions) below it.
     fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
+        vec![false]
     }
 
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
@@ -161,7 +188,7 @@ impl ExecutionPlan for PolicyBarrierExec {
         let input = children
             .pop()
             .ok_or_else(|| DataFusionError::Internal("PolicyBarrierExec needs one child".into()))?;
-        Ok(Arc::new(Self::new(self.table.clone(), input)))
+        Ok(Arc::new(Self::new(self.table.clone(), self.token, input)))
     }
 
     fn execute(
@@ -198,14 +225,25 @@ impl ExtensionPlanner for BarrierPlanner {
         };
         Ok(Some(Arc::new(PolicyBarrierExec::new(
             barrier.table.clone(),
+            barrier.token,
             Arc::clone(input),
         ))))
     }
 }
 
-/// The session's query planner: DataFusion's, plus the barrier.
-#[derive(Debug, Default)]
-pub struct MeshQueryPlanner;
+/// The query planner of a mesh version: DataFusion's, plus the barrier,
+/// and the plan verifier as the last step of every physical plan.
+#[derive(Debug)]
+pub struct MeshQueryPlanner {
+    tables: Arc<GovernedTables>,
+}
+
+impl MeshQueryPlanner {
+    /// The planner over `tables`.
+    pub fn new(tables: Arc<GovernedTables>) -> Self {
+        Self { tables }
+    }
+}
 
 #[async_trait]
 impl QueryPlanner for MeshQueryPlanner {
@@ -214,8 +252,11 @@ impl QueryPlanner for MeshQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BarrierPlanner)])
+        let plan = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BarrierPlanner)])
             .create_physical_plan(logical_plan, session)
-            .await
+            .await?;
+        let options = MeshqOptions::of(session.config_options());
+        verify_plan(&plan, &self.tables, &options)?;
+        Ok(plan)
     }
 }

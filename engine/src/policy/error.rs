@@ -28,17 +28,55 @@ pub enum PolicyError {
         /// Why.
         reason: String,
     },
-    /// A statement that would read or write a mesh table's files directly.
-    #[error(
-        "permission denied: {what} on `{location}` would bypass the contract of mesh table `{table}`"
-    )]
-    ProtectedLocation {
+    /// A statement that reads or writes files outside the locations
+    /// `meshq.yaml` opens to SQL (`files.scratch`, `files.export`).
+    #[error("permission denied: {what} on `{location}`: {reason}")]
+    Location {
         /// The statement.
         what: String,
         /// The location given.
         location: String,
-        /// The mesh table whose files it touches.
+        /// Why it is refused and what to do.
+        reason: String,
+    },
+    /// A plan names a mesh table the served version of the mesh does not
+    /// serve (a view or prepared statement planned before it was removed).
+    #[error(
+        "table `{table}` is not served by the mesh (it was removed or renamed); recreate views and prepared statements that use it"
+    )]
+    NotServed {
+        /// `domain.table`.
         table: String,
+    },
+    /// A plan was made on an earlier version of a table whose columns have
+    /// changed since.
+    #[error(
+        "table `{table}` has changed since this view or prepared statement was planned ({detail}); recreate it"
+    )]
+    Changed {
+        /// `domain.table`.
+        table: String,
+        /// What differs.
+        detail: String,
+    },
+    /// The plan verifier found a scan of mesh data without the policies
+    /// planned for this session; the query does not run.
+    #[error(
+        "query refused: the plan reads table `{table}` without the policies planned for this session ({reason}); please report this"
+    )]
+    Unverified {
+        /// `domain.table`.
+        table: String,
+        /// What is wrong with the plan.
+        reason: String,
+    },
+    /// A setting no SQL `SET` may change, admins included.
+    #[error("permission denied: `{variable}` cannot be set from SQL: {reason}")]
+    Setting {
+        /// The setting.
+        variable: String,
+        /// Where it is configured instead.
+        reason: String,
     },
     /// A statement kind only the admin role may run.
     #[error("permission denied: {what} requires the `{admin_role}` role")]

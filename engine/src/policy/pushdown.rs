@@ -6,7 +6,13 @@
 //! `IS [NOT] NULL`, `IN` a list of literals, `BETWEEN` literals, `LIKE` a
 //! literal pattern, and `AND`/`OR`/`NOT` of those. Only predicates over
 //! columns the barrier passes through unmasked move; anything else stays
-//! above, evaluated only on rows the policy let through.
+//! above, evaluated only on rows the policy let through — predicates that
+//! name no column at all (`1 / CAST(random() >= 0.5 AS INT) = 1`) included.
+//!
+//! DataFusion's own filter pushdown would move a predicate that names no
+//! column through any plan extension, barrier included;
+//! [`BarrierAwarePushDownFilter`] runs it everywhere but directly above a
+//! barrier.
 
 use std::sync::Arc;
 
@@ -22,13 +28,10 @@ use super::barrier::PolicyBarrier;
 #[derive(Debug, Default)]
 pub struct PolicyPushdownRule;
 
+/// A literal value. Casts are not: a cast of a literal can fail, and the
+/// optimizer has folded the ones that cannot by the time this rule runs.
 fn is_literal(e: &Expr) -> bool {
-    match e {
-        Expr::Literal(..) => true,
-        Expr::Cast(c) => is_literal(&c.expr),
-        Expr::TryCast(c) => is_literal(&c.expr),
-        _ => false,
-    }
+    matches!(e, Expr::Literal(..))
 }
 
 fn plain_column<'a>(e: &'a Expr, barrier: &PolicyBarrier) -> Option<&'a str> {
@@ -74,6 +77,57 @@ pub fn is_leakproof(e: &Expr, barrier: &PolicyBarrier) -> bool {
     }
 }
 
+/// The barrier above `plan`'s input, when it is one.
+fn barrier_below(plan: &LogicalPlan) -> Option<&PolicyBarrier> {
+    match plan {
+        LogicalPlan::Extension(ext) => ext.node.as_any().downcast_ref::<PolicyBarrier>(),
+        _ => None,
+    }
+}
+
+/// DataFusion's `push_down_filter`, stopped at policy barriers: a filter
+/// directly above a barrier stays where it is (the leakproof part is moved
+/// by [`PolicyPushdownRule`]).
+#[derive(Debug)]
+pub struct BarrierAwarePushDownFilter {
+    inner: Arc<dyn OptimizerRule + Send + Sync>,
+}
+
+impl BarrierAwarePushDownFilter {
+    /// Wraps DataFusion's rule.
+    pub fn new(inner: Arc<dyn OptimizerRule + Send + Sync>) -> Self {
+        Self { inner }
+    }
+}
+
+impl OptimizerRule for BarrierAwarePushDownFilter {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        self.inner.apply_order()
+    }
+
+    #[allow(deprecated)]
+    fn supports_rewrite(&self) -> bool {
+        self.inner.supports_rewrite()
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        if let LogicalPlan::Filter(filter) = &plan
+            && barrier_below(&filter.input).is_some()
+        {
+            return Ok(Transformed::no(plan));
+        }
+        self.inner.rewrite(plan, config)
+    }
+}
+
 impl OptimizerRule for PolicyPushdownRule {
     fn name(&self) -> &str {
         "meshq_policy_pushdown"
@@ -91,13 +145,7 @@ impl OptimizerRule for PolicyPushdownRule {
         let LogicalPlan::Filter(filter) = plan else {
             return Ok(Transformed::no(plan));
         };
-        let barrier = match filter.input.as_ref() {
-            LogicalPlan::Extension(ext) => {
-                ext.node.as_any().downcast_ref::<PolicyBarrier>().cloned()
-            }
-            _ => None,
-        };
-        let Some(barrier) = barrier else {
+        let Some(barrier) = barrier_below(&filter.input).cloned() else {
             return Ok(Transformed::no(LogicalPlan::Filter(filter)));
         };
         let (safe, rest): (Vec<Expr>, Vec<Expr>) = split_conjunction(&filter.predicate)

@@ -335,13 +335,14 @@ impl ScalarUDFImpl for RoundMask {
 }
 
 /// `principal_attr('k')`, `principal_attrs('k')`, `has_role('r')`,
-/// `current_user()` bound to a session's principal. Policy expressions have
-/// these calls replaced by literals before optimisation; user queries may
-/// call them too and get the same answers.
+/// `current_user()` as SQL sees them. The policy rule replaces every call
+/// with a literal for the session's principal before optimisation, in
+/// policies and queries alike; the function itself only types the call, and
+/// if a call were ever evaluated unbound it would answer for nobody (NULL,
+/// false): fail closed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PrincipalFunction {
+pub struct PrincipalUdf {
     kind: PrincipalFn,
-    principal: Option<PrincipalKey>,
     signature: Signature,
 }
 
@@ -406,68 +407,18 @@ impl PrincipalFn {
     }
 }
 
-/// A principal, comparable and hashable for the UDF's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PrincipalKey {
-    name: Option<String>,
-    roles: Vec<String>,
-    attributes: Vec<(String, Vec<String>)>,
-}
-
-impl PrincipalKey {
-    fn to_principal(&self) -> Principal {
-        Principal {
-            name: self.name.clone(),
-            roles: self.roles.iter().cloned().collect(),
-            attributes: self
-                .attributes
-                .iter()
-                .map(|(k, v)| {
-                    let value = if v.len() == 1 {
-                        meshq_catalog::platform::AttributeValue::One(v[0].clone())
-                    } else {
-                        meshq_catalog::platform::AttributeValue::Many(v.clone())
-                    };
-                    (k.clone(), value)
-                })
-                .collect(),
-        }
-    }
-}
-
-impl PrincipalFunction {
-    /// Bound to `principal`; `None` gives the typing-only variant used to
-    /// check policy expressions at load time (it evaluates to NULL/false).
-    pub fn new(kind: PrincipalFn, principal: Option<&Principal>) -> Self {
+impl PrincipalUdf {
+    /// The function `kind`.
+    pub fn new(kind: PrincipalFn) -> Self {
         let signature = match kind {
             PrincipalFn::CurrentUser => Signature::exact(vec![], Volatility::Stable),
             _ => Signature::exact(vec![DataType::Utf8], Volatility::Stable),
         };
-        Self {
-            kind,
-            principal: principal.map(|p| PrincipalKey {
-                name: p.name.clone(),
-                roles: p.roles.iter().cloned().collect(),
-                attributes: p
-                    .attributes
-                    .keys()
-                    .map(|k| {
-                        (
-                            k.clone(),
-                            p.attribute_values(k)
-                                .into_iter()
-                                .map(str::to_string)
-                                .collect(),
-                        )
-                    })
-                    .collect(),
-            }),
-            signature,
-        }
+        Self { kind, signature }
     }
 }
 
-impl ScalarUDFImpl for PrincipalFunction {
+impl ScalarUDFImpl for PrincipalUdf {
     fn name(&self) -> &str {
         self.kind.name()
     }
@@ -478,11 +429,6 @@ impl ScalarUDFImpl for PrincipalFunction {
         Ok(self.kind.return_type())
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let principal = self
-            .principal
-            .as_ref()
-            .map(PrincipalKey::to_principal)
-            .unwrap_or_default();
         let arg = match args.args.first() {
             None => None,
             Some(ColumnarValue::Scalar(
@@ -491,7 +437,7 @@ impl ScalarUDFImpl for PrincipalFunction {
             Some(_) => return exec_err!("{}() takes a string literal", self.kind.name()),
         };
         Ok(ColumnarValue::Scalar(
-            self.kind.evaluate(&principal, arg.as_deref()),
+            self.kind.evaluate(&Principal::anonymous(), arg.as_deref()),
         ))
     }
 }

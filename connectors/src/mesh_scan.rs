@@ -1,0 +1,218 @@
+//! [`MeshScanExec`]: the mark every scan of mesh data carries in a
+//! physical plan.
+//!
+//! [`ContractTableProvider`](crate::ContractTableProvider) wraps whatever its
+//! format's scan produced in this node, so a physical plan shows exactly
+//! where mesh data enters it. The engine's planner stamps the node with the
+//! [`ScanToken`] of the policy decision it made for the scan (principal, mesh
+//! version, policies applied); its plan verifier refuses to run a plan with a
+//! scan that carries no token, a token of another session, or whose
+//! policies are missing above it. The node itself passes batches, ordering,
+//! statistics, limits and filters through unchanged.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::CardinalityEffect;
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
+    PushedDown,
+};
+use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
+};
+
+/// The policy decision the planner made for one scan, for one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub struct ScanToken {
+    /// Identity of the mesh version the scan was planned on.
+    pub mesh_version: u64,
+    /// Fingerprint of the principal the scan was planned for.
+    pub principal: u64,
+    /// Fingerprint of the masks and row filters applied above the scan
+    /// (0: none apply to the principal).
+    pub policies: u64,
+}
+
+/// A scan of a mesh table: passes its input through.
+#[derive(Debug)]
+pub struct MeshScanExec {
+    table: String,
+    token: Option<ScanToken>,
+    input: Arc<dyn ExecutionPlan>,
+    /// Filters from above that the format's scan took over entirely (they
+    /// are applied to every row it produces).
+    absorbed: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+impl MeshScanExec {
+    /// Marks `input` as the scan of mesh table `table` (`domain.name`), not
+    /// yet governed.
+    pub fn new(table: impl Into<String>, input: Arc<dyn ExecutionPlan>) -> Self {
+        Self {
+            table: table.into(),
+            token: None,
+            input,
+            absorbed: Vec::new(),
+        }
+    }
+
+    /// The same scan, stamped with the planner's decision.
+    pub fn with_token(&self, token: ScanToken) -> Self {
+        Self {
+            table: self.table.clone(),
+            token: Some(token),
+            input: Arc::clone(&self.input),
+            absorbed: self.absorbed.clone(),
+        }
+    }
+
+    /// Filters from above that the format's scan applies to every row it
+    /// produces (pushed down by the physical optimizer).
+    pub fn absorbed_filters(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.absorbed
+    }
+
+    /// `domain.name` of the table scanned.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The planner's decision, if a governed planner made this scan.
+    pub fn token(&self) -> Option<&ScanToken> {
+        self.token.as_ref()
+    }
+
+    /// The format's own scan.
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+}
+
+impl DisplayAs for MeshScanExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match t {
+            DisplayFormatType::TreeRender => write!(f, "table={}", self.table),
+            _ => write!(f, "MeshScanExec: table={}", self.table),
+        }
+    }
+}
+
+impl ExecutionPlan for MeshScanExec {
+    fn name(&self) -> &str {
+        "MeshScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .filter(|_| children.is_empty())
+            .ok_or_else(|| DataFusionError::Internal("MeshScanExec needs one child".into()))?;
+        Ok(Arc::new(Self {
+            table: self.table.clone(),
+            token: self.token,
+            input,
+            absorbed: self.absorbed.clone(),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        input_stats
+            .first()
+            .cloned()
+            .ok_or_else(|| DataFusionError::Internal("MeshScanExec needs one child".into()))
+    }
+
+    fn supports_limit_pushdown(&self) -> bool {
+        true
+    }
+
+    fn cardinality_effect(&self) -> CardinalityEffect {
+        CardinalityEffect::Equal
+    }
+
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        FilterDescription::from_children(parent_filters, &self.children())
+    }
+
+    fn handle_child_pushdown_result(
+        &self,
+        _phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let absorbed: Vec<Arc<dyn PhysicalExpr>> = child_pushdown_result
+            .parent_filters
+            .iter()
+            .filter(|f| matches!(f.all(), PushedDown::Yes))
+            .map(|f| Arc::clone(&f.filter))
+            .collect();
+        let propagation = FilterPushdownPropagation::if_all(child_pushdown_result);
+        if absorbed.is_empty() {
+            return Ok(propagation);
+        }
+        // Remember what the scan took over, for the plan verifier.
+        let mut all = self.absorbed.clone();
+        all.extend(absorbed);
+        let node: Arc<dyn ExecutionPlan> = Arc::new(Self {
+            table: self.table.clone(),
+            token: self.token,
+            input: Arc::clone(&self.input),
+            absorbed: all,
+        });
+        Ok(propagation.with_updated_node(node))
+    }
+}

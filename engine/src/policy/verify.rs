@@ -1,0 +1,224 @@
+//! The plan verifier: the last step of every physical plan a session makes
+//! (SQL, prepared statements, views, the DataFrame API, DML and `COPY`
+//! inputs), independent of how the plan was built.
+//!
+//! It refuses to run a plan in which
+//! - a scan of mesh data ([`MeshScanExec`]) carries no policy decision, or
+//!   one made for another principal or mesh version, or one whose policies
+//!   have changed since;
+//! - a scan whose principal has masks or row filters is not directly under
+//!   the [`PolicyBarrierExec`] built for the same decision, with only policy
+//!   and pass-through nodes in between, a projection computing every masked
+//!   column and a filter for the row filters;
+//! - a file scan outside a mesh scan reads anything but the scratch
+//!   location, or a file sink writes anywhere but the scratch or export
+//!   location (see [`crate::files`]).
+//!
+//! The policy rule makes correct plans; the verifier is the defence in depth
+//! against a rule, an optimizer pass or a new code path that loses them.
+
+use std::sync::Arc;
+
+use datafusion::datasource::file_format::csv::CsvSink;
+use datafusion::datasource::file_format::json::JsonSink;
+use datafusion::datasource::file_format::parquet::ParquetSink;
+use datafusion::datasource::physical_plan::{FileScanConfig, FileSink};
+use datafusion::datasource::sink::DataSinkExec;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use meshq_connectors::MeshScanExec;
+
+use super::barrier::PolicyBarrierExec;
+use super::error::PolicyError;
+use super::governed::{GovernedTables, policy_key};
+use crate::files::{EXPORT_SCHEME, SCRATCH_SCHEME};
+use crate::options::MeshqOptions;
+
+/// Checks `plan` for the session described by `options`, over `tables`.
+pub fn verify_plan(
+    plan: &Arc<dyn ExecutionPlan>,
+    tables: &GovernedTables,
+    options: &MeshqOptions,
+) -> Result<()> {
+    let mut path: Vec<&Arc<dyn ExecutionPlan>> = Vec::new();
+    walk(plan, &mut path, tables, options, false)
+}
+
+fn walk<'a>(
+    node: &'a Arc<dyn ExecutionPlan>,
+    path: &mut Vec<&'a Arc<dyn ExecutionPlan>>,
+    tables: &GovernedTables,
+    options: &MeshqOptions,
+    in_mesh_scan: bool,
+) -> Result<()> {
+    if let Some(scan) = node.downcast_ref::<MeshScanExec>() {
+        check_scan(scan, path, tables, options)?;
+    } else if !in_mesh_scan {
+        check_files(node)?;
+    }
+    let in_mesh_scan = in_mesh_scan || node.is::<MeshScanExec>();
+    path.push(node);
+    for child in node.children() {
+        walk(child, path, tables, options, in_mesh_scan)?;
+    }
+    path.pop();
+    Ok(())
+}
+
+fn refuse(table: &str, reason: impl Into<String>) -> datafusion::error::DataFusionError {
+    PolicyError::Unverified {
+        table: table.to_string(),
+        reason: reason.into(),
+    }
+    .into()
+}
+
+/// Nodes that may sit between a barrier and its scan: the policy nodes and
+/// those DataFusion inserts to move batches.
+fn pass_through_or_policy(node: &dyn ExecutionPlan) -> bool {
+    node.is::<ProjectionExec>()
+        || node.is::<FilterExec>()
+        || node.is::<RepartitionExec>()
+        || node.is::<CoalescePartitionsExec>()
+        || node.is::<CooperativeExec>()
+        || node.name() == "CoalesceBatchesExec"
+}
+
+fn check_scan(
+    scan: &MeshScanExec,
+    path: &[&Arc<dyn ExecutionPlan>],
+    tables: &GovernedTables,
+    options: &MeshqOptions,
+) -> Result<()> {
+    let table = scan.table();
+    let Some(token) = scan.token() else {
+        return Err(refuse(table, "the scan carries no policy decision"));
+    };
+    if token.mesh_version != tables.mesh_version() {
+        return Err(refuse(
+            table,
+            "the scan was planned on another mesh version",
+        ));
+    }
+    if token.principal != options.principal_key() {
+        return Err(refuse(table, "the scan was planned for another principal"));
+    }
+    let principal = options.principal();
+    let policies = tables.policies_for(table, principal)?;
+    if token.policies != policy_key(policies, principal) {
+        return Err(refuse(
+            table,
+            "the table's policies changed since it was planned",
+        ));
+    }
+    if token.policies == 0 {
+        return Ok(());
+    }
+    // The nearest barrier above, and what lies between.
+    let mut between: Vec<&dyn ExecutionPlan> = Vec::new();
+    let mut barrier = None;
+    for node in path.iter().rev() {
+        if let Some(b) = node.downcast_ref::<PolicyBarrierExec>() {
+            barrier = Some(b);
+            break;
+        }
+        between.push(node.as_ref());
+    }
+    let Some(barrier) = barrier else {
+        return Err(refuse(table, "no policy barrier above the scan"));
+    };
+    if barrier.table() != table || barrier.token() != token {
+        return Err(refuse(
+            table,
+            format!(
+                "the barrier above the scan belongs to `{}` or to another decision",
+                barrier.table()
+            ),
+        ));
+    }
+    if let Some(other) = between.iter().find(|n| !pass_through_or_policy(**n)) {
+        return Err(refuse(
+            table,
+            format!("{} between the barrier and the scan", other.name()),
+        ));
+    }
+    let outputs = barrier.schema();
+    for mask in policies.masks_for(principal) {
+        if outputs.field_with_name(&mask.column).is_err() {
+            // Not read by the query (pruned below the barrier).
+            continue;
+        }
+        let masked = between.iter().any(|n| {
+            n.downcast_ref::<ProjectionExec>().is_some_and(|p| {
+                p.expr()
+                    .iter()
+                    .any(|e| e.alias == mask.column && !e.expr.is::<Column>())
+            })
+        });
+        if !masked {
+            return Err(refuse(
+                table,
+                format!("column `{}` is not masked below the barrier", mask.column),
+            ));
+        }
+    }
+    // The row filters run in a filter below the barrier, or the format's
+    // scan took them over.
+    if policies.filters_for(principal).next().is_some()
+        && !between.iter().any(|n| n.is::<FilterExec>())
+        && scan.absorbed_filters().is_empty()
+    {
+        return Err(refuse(table, "no row filter below the barrier"));
+    }
+    Ok(())
+}
+
+/// Files read or written outside a mesh scan stay in the locations SQL may
+/// use.
+fn check_files(node: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    if let Some(source) = node.downcast_ref::<DataSourceExec>()
+        && let Some(files) = source.data_source().downcast_ref::<FileScanConfig>()
+    {
+        let url = files.object_store_url.as_str();
+        if !url.starts_with(&format!("{SCRATCH_SCHEME}://")) {
+            return Err(PolicyError::Location {
+                what: "reading files".into(),
+                location: url.to_string(),
+                reason: "only the scratch location (files.scratch) can be read outside the mesh's own tables".into(),
+            }
+            .into());
+        }
+    }
+    if let Some(sink) = node.downcast_ref::<DataSinkExec>() {
+        let sink = sink.sink();
+        let config = if let Some(s) = sink.downcast_ref::<CsvSink>() {
+            Some(s.config())
+        } else if let Some(s) = sink.downcast_ref::<JsonSink>() {
+            Some(s.config())
+        } else {
+            sink.downcast_ref::<ParquetSink>().map(|s| s.config())
+        };
+        if let Some(config) = config {
+            let url = config.object_store_url.as_str();
+            let allowed = [SCRATCH_SCHEME, EXPORT_SCHEME]
+                .iter()
+                .any(|s| url.starts_with(&format!("{s}://")));
+            if !allowed {
+                return Err(PolicyError::Location {
+                    what: "writing files".into(),
+                    location: url.to_string(),
+                    reason: "only the export (files.export) and scratch (files.scratch) locations can be written".into(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}

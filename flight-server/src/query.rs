@@ -1,0 +1,379 @@
+//! The query lifecycle: one path for every statement, whatever RPC brought
+//! it (`CommandStatementQuery`, prepared statements, `CommandStatementUpdate`,
+//! SQL `EXECUTE`).
+//!
+//! A [`QueryRequest`] is planned on the mesh version served when it arrives
+//! (size and depth limits, lockdown, file confinement, `EXECUTE` replaced by
+//! its query), then run under the same admission slot, memory pool, time
+//! limit, result limits and audit record, whether it is a query, DDL, DML or
+//! `COPY`. One query id is made per request and used in the log, the audit
+//! record and error messages. A panic inside one statement fails that
+//! statement only.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use futures::FutureExt;
+use meshq_engine::{MeshSession, StorageFailureKind, is_statement};
+use tonic::Status;
+use tracing::{error, info, warn};
+
+use crate::cancel::CancelRegistry;
+use crate::error::to_status;
+use crate::metadata::wire_schema;
+use crate::operations::Operations;
+use crate::result_stream::{QueryControl, ResultLimits, ResultStream, RunningQuery, timed_out};
+use crate::sessions::ClientSession;
+use crate::trace::QueryTrace;
+
+/// Identifies one statement in the log, the audit record and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueryId(u64);
+
+impl QueryId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        Self(rand::random())
+    }
+}
+
+impl Default for QueryId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for QueryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Which Flight SQL call brought a statement (the audit log's `call`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `CommandStatementQuery`.
+    Statement,
+    /// `CommandPreparedStatementQuery`.
+    Prepared,
+    /// `CommandStatementUpdate`.
+    Update,
+    /// `CommandPreparedStatementUpdate`.
+    PreparedUpdate,
+}
+
+impl Call {
+    /// As the audit log writes it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Statement => "statement",
+            Self::Prepared => "prepared",
+            Self::Update => "update",
+            Self::PreparedUpdate => "prepared_update",
+        }
+    }
+}
+
+/// One statement to plan and run, as its caller sent it.
+pub struct QueryRequest {
+    /// Made once per request.
+    pub id: QueryId,
+    /// Who sent it.
+    pub client: Arc<ClientSession>,
+    /// From where.
+    pub peer: Option<std::net::SocketAddr>,
+    /// By which call.
+    pub call: Call,
+    /// The SQL text.
+    pub sql: String,
+    /// Bound parameters (one row), for prepared statements.
+    pub params: Option<RecordBatch>,
+}
+
+/// What `GetFlightInfo` says about a statement.
+pub struct Announced {
+    /// The result's wire schema.
+    pub schema: SchemaRef,
+    /// For a statement that already ran (DDL, DML, `SET`): its result,
+    /// sent again by `DoGet`.
+    pub result: Option<Vec<RecordBatch>>,
+}
+
+/// A statement planned on one mesh version, with its audit record open.
+struct Planned {
+    id: QueryId,
+    session: MeshSession,
+    plan: LogicalPlan,
+    trace: QueryTrace,
+}
+
+/// Parameter values from a one-row batch, in column order (`$1`, `$2`, …).
+fn param_values(batch: &RecordBatch) -> Result<ParamValues, Status> {
+    if batch.num_rows() != 1 {
+        return Err(Status::invalid_argument(format!(
+            "parameters must be bound as exactly one row, got {}",
+            batch.num_rows()
+        )));
+    }
+    let values = batch
+        .columns()
+        .iter()
+        .map(|c| ScalarValue::try_from_array(c, 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(ParamValues::List(
+        values.into_iter().map(Into::into).collect(),
+    ))
+}
+
+/// A panic inside one statement, as its error.
+fn panicked(id: QueryId, what: &str) -> Status {
+    error!(query_id = %id, what, "a statement panicked; it failed alone");
+    Status::internal(format!(
+        "internal error (query id {id}); the server log has the details"
+    ))
+}
+
+/// Runs statements.
+pub struct Lifecycle {
+    ops: Arc<Operations>,
+    cancels: Arc<CancelRegistry>,
+}
+
+impl Lifecycle {
+    /// Reporting to `ops`; streams cancellable through `cancels`.
+    pub fn new(ops: Arc<Operations>, cancels: Arc<CancelRegistry>) -> Self {
+        Self { ops, cancels }
+    }
+
+    /// Takes the session's mesh version, opens the audit record and plans
+    /// the statement; one that cannot be planned is audited here.
+    async fn plan(&self, request: &QueryRequest) -> Result<Planned, Status> {
+        let session = request.client.session()?;
+        let mut trace = QueryTrace::new(&self.ops, request, request.client.mesh_version());
+        let id = request.id;
+        let planned = AssertUnwindSafe(session.plan(&request.sql))
+            .catch_unwind()
+            .await
+            .map_err(|_| panicked(id, "planning"))
+            .and_then(|r| r.map_err(|e| to_status(&e, &id.to_string())));
+        let planned = match (planned, &request.params) {
+            (Ok(plan), Some(p)) => param_values(p).and_then(|v| {
+                plan.with_param_values(v)
+                    .map_err(|e| to_status(&e, &id.to_string()))
+            }),
+            (other, _) => other,
+        };
+        match planned {
+            Ok(plan) => {
+                trace.planned(&session, &plan);
+                Ok(Planned {
+                    id,
+                    session,
+                    plan,
+                    trace,
+                })
+            }
+            Err(e) => {
+                if meshq_engine::statement::check_text(
+                    &request.sql,
+                    &session.engine().mesh().config.limits,
+                )
+                .is_ok()
+                {
+                    trace.named(&session, &request.sql);
+                }
+                trace.check(Err(e))
+            }
+        }
+    }
+
+    /// For `GetFlightInfo`: plans the statement once. A statement that is
+    /// not a query (DDL, DML, `COPY`, `SET`) runs now, through the same path
+    /// as a query, and its result is returned for `DoGet`; a query is only
+    /// checked, and `DoGet` runs it.
+    pub async fn announce(&self, request: QueryRequest) -> Result<Announced, Status> {
+        let mut planned = self.plan(&request).await?;
+        if is_statement(&planned.plan) {
+            let stream = self.run(planned, None).await?;
+            let schema = Arc::clone(stream.schema());
+            let batches = stream.collect_all().await?;
+            return Ok(Announced {
+                schema,
+                result: Some(batches),
+            });
+        }
+        // Allowed: `DoGet` runs and audits it.
+        planned.trace.discard();
+        Ok(Announced {
+            schema: wire_schema(planned.plan.schema().as_arrow()),
+            result: None,
+        })
+    }
+
+    /// For `DoGet`: plans and runs the statement, streaming its result;
+    /// cancellable by `ticket`.
+    pub async fn stream(
+        &self,
+        request: QueryRequest,
+        ticket: Vec<u8>,
+    ) -> Result<ResultStream, Status> {
+        let planned = self.plan(&request).await?;
+        info!(query_id = %request.id, user = %planned.session.principal().display_name(), "query");
+        self.run(planned, Some(ticket)).await
+    }
+
+    /// For `CommandStatementUpdate` and `CommandPreparedStatementUpdate`:
+    /// runs a statement that is not a query; the rows it affected. A query
+    /// sent this way is refused: its result would be thrown away, and it
+    /// would run outside the result limits.
+    pub async fn update(&self, request: QueryRequest) -> Result<i64, Status> {
+        let mut planned = self.plan(&request).await?;
+        if !is_statement(&planned.plan) {
+            let status = Status::invalid_argument(format!(
+                "query {}: this is a query, not an update; send it as CommandStatementQuery (execute/fetch), not CommandStatementUpdate",
+                request.id
+            ));
+            planned.trace.finish(Err(&status));
+            return Err(status);
+        }
+        let batches = self.run(planned, None).await?.collect_all().await?;
+        Ok(affected_rows(&batches))
+    }
+
+    /// For `ActionCreatePreparedStatement`: the result and parameter
+    /// schemas, after the same checks as running it.
+    pub async fn prepare(&self, request: QueryRequest) -> Result<(SchemaRef, Schema), Status> {
+        let mut planned = self.plan(&request).await?;
+        planned.trace.discard();
+        let id = request.id.to_string();
+        let dataset = wire_schema(planned.plan.schema().as_arrow());
+        let mut types: Vec<(String, DataType)> = planned
+            .plan
+            .get_parameter_types()
+            .map_err(|e| to_status(&e, &id))?
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap_or(DataType::Utf8)))
+            .collect();
+        types.sort_by_key(|(k, _)| {
+            k.trim_start_matches('$')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX)
+        });
+        let params = Schema::new(
+            types
+                .into_iter()
+                .map(|(k, t)| Field::new(k, t, true))
+                .collect::<Vec<_>>(),
+        );
+        Ok((dataset, params))
+    }
+
+    /// Runs a planned statement under the principal's limits: admission,
+    /// memory pool, time limit, result limits, audit.
+    async fn run(&self, planned: Planned, ticket: Option<Vec<u8>>) -> Result<ResultStream, Status> {
+        let Planned {
+            id,
+            session,
+            plan,
+            mut trace,
+        } = planned;
+        let engine = session.engine().clone();
+        let limits = engine
+            .mesh()
+            .config
+            .limits
+            .for_principal(session.principal());
+        let admission = self.ops.admission(&engine);
+        let permit = trace.check(
+            admission
+                .admit(
+                    session.principal().display_name(),
+                    limits.max_concurrent_queries,
+                )
+                .await,
+        )?;
+        trace.record.queued_ms = permit.queued_for.as_millis() as u64;
+        let deadline = limits
+            .query_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        // The tables read, to name the product if its storage fails.
+        let tables = trace.record.tables.clone();
+        let failing = session.clone();
+        let qid = id.to_string();
+        let errors = move |e: &DataFusionError| -> Status {
+            match failing.storage_failure(e, &tables) {
+                Some(f) => {
+                    warn!(query_id = %qid, error = %e, "storage failure");
+                    match f.kind {
+                        StorageFailureKind::Unavailable => Status::unavailable(f.message),
+                        StorageFailureKind::Corrupt => Status::data_loss(f.message),
+                    }
+                }
+                None => to_status(e, &qid),
+            }
+        };
+        let schema = wire_schema(plan.schema().as_arrow());
+        let memory = limits.query_memory.map(|m| m as usize);
+        let started = AssertUnwindSafe(session.execute(plan, memory)).catch_unwind();
+        let executed = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, started).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let status = timed_out(id, limits.query_timeout.unwrap_or_default());
+                    return trace.check(Err(status));
+                }
+            },
+            None => started.await,
+        };
+        let query = match executed {
+            Ok(Ok(q)) => q,
+            Ok(Err(e)) => return trace.check(Err(errors(&e))),
+            Err(_) => return trace.check(Err(panicked(id, "execution"))),
+        };
+        let inner = trace.check(query.execute().map_err(|e| errors(&e)))?;
+        let control = Arc::new(QueryControl::new(
+            id,
+            limits.query_timeout,
+            RunningQuery {
+                inner,
+                query,
+                trace,
+                _permit: permit,
+            },
+        ));
+        let stream = ResultStream::new(
+            Arc::clone(&control),
+            schema,
+            ResultLimits {
+                max_rows: limits.max_result_rows,
+                max_bytes: limits.max_result_bytes,
+            },
+            deadline,
+            Box::new(errors),
+        );
+        Ok(match ticket {
+            Some(t) => {
+                let registration = self.cancels.register(t, control);
+                stream.with_registration(Box::new(registration))
+            }
+            None => stream,
+        })
+    }
+}
+
+/// DML results are one row with a `count` column; DDL results are empty.
+fn affected_rows(batches: &[RecordBatch]) -> i64 {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("count"))
+        .filter_map(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())
+        .map(|a| a.iter().flatten().sum::<u64>() as i64)
+        .sum()
+}

@@ -1,0 +1,316 @@
+//! [`ResultStream`]: a running statement's batches as a `Stream`, in wire
+//! form, under its time and result limits.
+//!
+//! What the statement holds (its DataFusion stream, memory, queue slot and
+//! audit record) lives in a [`QueryControl`] shared with the cancel registry
+//! and the time-limit watchdog, so a statement can be stopped from outside
+//! even while its client is not reading: the query is taken out, its memory
+//! and slot return at once, and the client, when it reads again, gets an
+//! error saying why — never a result that merely looks complete.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::task::AtomicWaker;
+use futures::{Future, Stream, StreamExt};
+use meshq_engine::PhysicalQuery;
+use tonic::Status;
+use tracing::debug;
+
+use crate::admission::Permit;
+use crate::query::QueryId;
+use crate::trace::QueryTrace;
+
+/// What a running statement holds; dropping it stops DataFusion's tasks,
+/// frees the statement's memory and slot, and writes its audit record.
+pub(crate) struct RunningQuery {
+    pub(crate) inner: SendableRecordBatchStream,
+    pub(crate) query: PhysicalQuery,
+    pub(crate) trace: QueryTrace,
+    pub(crate) _permit: Permit,
+}
+
+const RUNNING: u8 = 0;
+const CANCELLED: u8 = 1;
+const TIMED_OUT: u8 = 2;
+
+/// Why a statement was stopped from outside.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stop {
+    /// `CancelFlightInfo`.
+    Cancelled,
+    /// Its time limit passed.
+    TimedOut,
+}
+
+/// A running statement, shared by its stream and whoever may stop it.
+pub(crate) struct QueryControl {
+    id: QueryId,
+    time_limit: Option<Duration>,
+    running: Mutex<Option<RunningQuery>>,
+    end: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl QueryControl {
+    pub(crate) fn new(id: QueryId, time_limit: Option<Duration>, query: RunningQuery) -> Self {
+        Self {
+            id,
+            time_limit,
+            running: Mutex::new(Some(query)),
+            end: AtomicU8::new(RUNNING),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn status(&self, why: u8) -> Option<Status> {
+        match why {
+            CANCELLED => Some(Status::cancelled(format!(
+                "query {} was cancelled (CancelFlightInfo)",
+                self.id
+            ))),
+            TIMED_OUT => Some(timed_out(self.id, self.time_limit.unwrap_or_default())),
+            _ => None,
+        }
+    }
+
+    /// Stops the statement. A stream being polled right now drops it when
+    /// the poll returns; otherwise it is dropped here.
+    pub(crate) fn stop(&self, why: Stop) {
+        let code = match why {
+            Stop::Cancelled => CANCELLED,
+            Stop::TimedOut => TIMED_OUT,
+        };
+        if self
+            .end
+            .compare_exchange(RUNNING, code, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(mut slot) = self.running.try_lock() {
+            self.take(&mut slot, code);
+        }
+        self.waker.wake();
+    }
+
+    /// Takes the query out, recording why it ended.
+    fn take(&self, slot: &mut Option<RunningQuery>, code: u8) {
+        if let Some(mut q) = slot.take() {
+            q.trace.dropped = self.status(code);
+        }
+    }
+}
+
+/// The error of a statement past its time limit.
+pub(crate) fn timed_out(id: QueryId, limit: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "query {id} ran longer than its time limit of {:.1} s (limits.query_timeout) and was cancelled",
+        limit.as_secs_f64()
+    ))
+}
+
+/// Maps a DataFusion error of this statement to a status.
+pub(crate) type ErrorMap = Box<dyn Fn(&DataFusionError) -> Status + Send + Sync>;
+
+/// Result limits of one statement.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ResultLimits {
+    pub(crate) max_rows: Option<u64>,
+    pub(crate) max_bytes: Option<u64>,
+}
+
+/// A statement's batches, cast to the wire schema, limited.
+pub struct ResultStream {
+    control: Arc<QueryControl>,
+    schema: SchemaRef,
+    limits: ResultLimits,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    errors: ErrorMap,
+    done: bool,
+    _watchdog: Option<SpawnedTask<()>>,
+    _registration: Option<Box<dyn Send + Sync>>,
+}
+
+impl ResultStream {
+    /// Streams `control`'s statement in `schema` until `deadline`.
+    pub(crate) fn new(
+        control: Arc<QueryControl>,
+        schema: SchemaRef,
+        limits: ResultLimits,
+        deadline: Option<tokio::time::Instant>,
+        errors: ErrorMap,
+    ) -> Self {
+        // The time limit holds even when the client stops reading (then
+        // the stream is not polled and cannot notice it).
+        let watchdog = deadline.map(|at| {
+            let control = Arc::clone(&control);
+            SpawnedTask::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                control.stop(Stop::TimedOut);
+            })
+        });
+        Self {
+            control,
+            schema,
+            limits,
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            errors,
+            done: false,
+            _watchdog: watchdog,
+            _registration: None,
+        }
+    }
+
+    /// Keeps `registration` (e.g. with the cancel registry) as long as the
+    /// stream lives.
+    pub(crate) fn with_registration(mut self, registration: Box<dyn Send + Sync>) -> Self {
+        self._registration = Some(registration);
+        self
+    }
+
+    /// The wire schema.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Every batch, for statements whose small result travels in a ticket.
+    pub async fn collect_all(mut self) -> Result<Vec<RecordBatch>, Status> {
+        let mut out = Vec::new();
+        while let Some(b) = self.next().await {
+            out.push(b?);
+        }
+        Ok(out)
+    }
+
+    fn fail(
+        &mut self,
+        slot: &mut Option<RunningQuery>,
+        status: Status,
+    ) -> Poll<Option<Result<RecordBatch, Status>>> {
+        if let Some(mut q) = slot.take() {
+            q.trace.finish(Err(&status));
+        }
+        self.done = true;
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+/// Arrow bytes of a batch, counting only the slices it uses.
+fn batch_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+        .sum()
+}
+
+/// Casts a batch to the wire schema (views → plain types).
+fn cast_batch(
+    batch: &RecordBatch,
+    target: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema().fields() == target.fields() {
+        return Ok(batch
+            .clone()
+            .with_schema(Arc::clone(target))
+            .unwrap_or_else(|_| batch.clone()));
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(Arc::clone(target), columns)
+}
+
+impl Stream for ResultStream {
+    type Item = Result<RecordBatch, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let control = Arc::clone(&self.control);
+        control.waker.register(cx.waker());
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            control.stop(Stop::TimedOut);
+        }
+        let mut slot = control
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let end = control.end.load(Ordering::SeqCst);
+        if end != RUNNING {
+            // Stopped from outside: the stream's last item says why.
+            control.take(&mut slot, end);
+            self.done = true;
+            return Poll::Ready(control.status(end).map(Err));
+        }
+        let Some(q) = slot.as_mut() else {
+            self.done = true;
+            return Poll::Ready(None);
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| q.inner.poll_next_unpin(cx)));
+        let Ok(polled) = polled else {
+            tracing::error!(query_id = %control.id, "a statement panicked while running; it failed alone");
+            let status = Status::internal(format!(
+                "internal error (query id {}); the server log has the details",
+                control.id
+            ));
+            return self.fail(&mut slot, status);
+        };
+        let batch = match polled {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                let (files, bytes) = meshq_engine::memory::spill_totals(&q.query.plan);
+                if files > 0 {
+                    debug!(query_id = %control.id, files, bytes, "query spilled");
+                }
+                q.trace.record.spilled_bytes = bytes as u64;
+                q.trace.finish(Ok(()));
+                *slot = None;
+                self.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let status = (self.errors)(&e);
+                return self.fail(&mut slot, status);
+            }
+            Poll::Ready(Some(Ok(b))) => b,
+        };
+        let batch = match cast_batch(&batch, &self.schema) {
+            Ok(b) => b,
+            Err(e) => return self.fail(&mut slot, Status::internal(e.to_string())),
+        };
+        let r = &mut q.trace.record;
+        r.rows += batch.num_rows() as u64;
+        r.bytes += batch_bytes(&batch);
+        let over = match (self.limits.max_rows, self.limits.max_bytes) {
+            (Some(max), _) if r.rows > max => Some(format!(
+                "the result has more than {max} rows (limits.max_result_rows); add a filter or a LIMIT"
+            )),
+            (_, Some(max)) if r.bytes > max => Some(format!(
+                "the result is larger than {max} bytes (limits.max_result_bytes); select fewer columns or rows"
+            )),
+            _ => None,
+        };
+        if let Some(msg) = over {
+            let status = Status::resource_exhausted(format!("query {}: {msg}", control.id));
+            return self.fail(&mut slot, status);
+        }
+        Poll::Ready(Some(Ok(batch)))
+    }
+}
