@@ -3,12 +3,14 @@
 //! session's scratch schema `public`, and schemas and catalogs the session
 //! created itself.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock, Weak};
 
+use arrow::array::{RecordBatch, StringBuilder};
 use async_trait::async_trait;
-use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider};
-use datafusion::datasource::TableProvider;
+use datafusion::catalog::information_schema::{INFORMATION_SCHEMA, InformationSchemaProvider};
+use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableFunction};
+use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use meshq_catalog::Principal;
 use meshq_catalog::platform::Visibility;
@@ -151,6 +153,77 @@ impl SchemaProvider for PrincipalSchemaProvider {
     }
 }
 
+/// `information_schema` as DataFusion builds it over the session's
+/// catalogs, except `views`, which lists views only (DataFusion's lists every
+/// table, the mesh's as views with no definition).
+#[derive(Debug)]
+struct MeshInformationSchema {
+    inner: InformationSchemaProvider,
+    list: Arc<dyn CatalogProviderList>,
+}
+
+impl MeshInformationSchema {
+    async fn views(&self, schema: arrow::datatypes::SchemaRef) -> Result<Arc<dyn TableProvider>> {
+        let mut b: [StringBuilder; 3] = Default::default();
+        let mut definitions = StringBuilder::new();
+        for catalog_name in self.list.catalog_names() {
+            let Some(catalog) = self.list.catalog(&catalog_name) else {
+                continue;
+            };
+            for schema_name in catalog.schema_names() {
+                if schema_name == INFORMATION_SCHEMA {
+                    continue;
+                }
+                let Some(provider) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                for table_name in provider.table_names() {
+                    let Some(table) = provider.table(&table_name).await? else {
+                        continue;
+                    };
+                    if table.table_type() != TableType::View {
+                        continue;
+                    }
+                    b[0].append_value(&catalog_name);
+                    b[1].append_value(&schema_name);
+                    b[2].append_value(&table_name);
+                    definitions.append_option(table.get_table_definition());
+                }
+            }
+        }
+        let [mut c, mut s, mut t] = b;
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(c.finish()),
+                Arc::new(s.finish()),
+                Arc::new(t.finish()),
+                Arc::new(definitions.finish()),
+            ],
+        )?;
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for MeshInformationSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let table = self.inner.table(name).await?;
+        match table {
+            Some(t) if name.eq_ignore_ascii_case("views") => self.views(t.schema()).await.map(Some),
+            other => Ok(other),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
 /// Catalog `mesh` for one session.
 #[derive(Debug)]
 pub struct MeshCatalog {
@@ -159,6 +232,9 @@ pub struct MeshCatalog {
     principal: Arc<Principal>,
     data: Arc<SessionData>,
     visibility: Visibility,
+    table_functions: Arc<HashMap<String, Arc<TableFunction>>>,
+    /// The session's catalog list, for `information_schema`.
+    list: OnceLock<Weak<SessionCatalogList>>,
 }
 
 impl MeshCatalog {
@@ -169,6 +245,7 @@ impl MeshCatalog {
         principal: Arc<Principal>,
         data: Arc<SessionData>,
         visibility: Visibility,
+        table_functions: Arc<HashMap<String, Arc<TableFunction>>>,
     ) -> Self {
         Self {
             domains,
@@ -176,6 +253,8 @@ impl MeshCatalog {
             principal,
             data,
             visibility,
+            table_functions,
+            list: OnceLock::new(),
         }
     }
 
@@ -212,11 +291,18 @@ impl CatalogProvider for MeshCatalog {
             .cloned()
             .collect();
         names.push(SCRATCH_SCHEMA.to_string());
+        names.push(INFORMATION_SCHEMA.to_string());
         names.extend(self.data.schema_names());
         names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == INFORMATION_SCHEMA {
+            let list: Arc<dyn CatalogProviderList> = self.list.get()?.upgrade()?;
+            let inner = InformationSchemaProvider::new(Arc::clone(&list))
+                .with_table_functions((*self.table_functions).clone());
+            return Some(Arc::new(MeshInformationSchema { inner, list }));
+        }
         if name == SCRATCH_SCHEMA {
             return Some(Arc::clone(self.data.scratch()) as Arc<dyn SchemaProvider>);
         }
@@ -268,11 +354,14 @@ pub struct SessionCatalogList {
 
 impl SessionCatalogList {
     /// `mesh` plus the session's own catalogs.
-    pub fn new(mesh: MeshCatalog, data: Arc<SessionData>) -> Self {
-        Self {
-            mesh: Arc::new(mesh),
-            data,
-        }
+    pub fn new(mesh: MeshCatalog, data: Arc<SessionData>) -> Arc<Self> {
+        Arc::new_cyclic(|list| {
+            let _ = mesh.list.set(list.clone());
+            Self {
+                mesh: Arc::new(mesh),
+                data,
+            }
+        })
     }
 }
 

@@ -105,6 +105,9 @@ struct Inner {
     /// Functions, rules and config every session of this version starts
     /// from.
     template: SessionState,
+    /// Its table functions, for `information_schema.routines`.
+    table_functions:
+        Arc<std::collections::HashMap<String, Arc<datafusion::catalog::TableFunction>>>,
     domains: Arc<BTreeMap<String, Arc<DomainSchemaProvider>>>,
     served: Vec<ServedTable>,
     tables: Arc<GovernedTables>,
@@ -211,6 +214,7 @@ impl Engine {
         files.register(&runtime);
         let tables = Arc::new(tables);
         let template = template_state(session_config, Arc::clone(&runtime), &tables);
+        let table_functions = Arc::new(template.table_functions().clone());
         info!(
             tables = served.len(),
             problems = problems.len(),
@@ -223,6 +227,7 @@ impl Engine {
                 problems,
                 runtime,
                 template,
+                table_functions,
                 domains,
                 served,
                 tables,
@@ -329,8 +334,9 @@ impl Engine {
             Arc::clone(&principal),
             Arc::clone(data),
             self.inner.mesh.config.discovery.visibility,
+            Arc::clone(&self.inner.table_functions),
         );
-        state.register_catalog_list(Arc::new(SessionCatalogList::new(catalog, Arc::clone(data))));
+        state.register_catalog_list(SessionCatalogList::new(catalog, Arc::clone(data)));
         MeshSession::new(
             SessionContext::new_with_state(state),
             self.clone(),
@@ -469,7 +475,9 @@ fn session_config(config: &EngineConfig, memory_bounded: bool) -> SessionConfig 
     let mut session_config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, SCRATCH_SCHEMA)
         .with_create_default_catalog_and_schema(false)
-        .with_information_schema(true)
+        // The mesh catalog serves its own information_schema (see
+        // domain_schema.rs); SHOW TABLES and friends find it there.
+        .with_information_schema(false)
         .with_option_extension(MeshqOptions::default());
     if let Some(n) = config.target_partitions {
         session_config = session_config.with_target_partitions(n);

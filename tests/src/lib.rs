@@ -53,9 +53,40 @@ pub async fn write_fixture_mesh(dir: &Path) -> Result<()> {
         ops.join("data/events/part-1.json"),
         "{\"event_id\": 3, \"kind\": \"deploy\", \"service\": \"search\", \"ok\": true}\n",
     )?;
+    write_region_totals(&ops.join("data/region_totals"))?;
     std::fs::write(ops.join("ops.odps.yaml"), OPS_ODPS)?;
     std::fs::write(ops.join("incidents.odcs.yaml"), INCIDENTS_ODCS)?;
     std::fs::write(ops.join("events.odcs.yaml"), EVENTS_ODCS)?;
+    std::fs::write(ops.join("region_totals.odcs.yaml"), REGION_TOTALS_ODCS)?;
+    Ok(())
+}
+
+/// Parquet in Hive-style partitions by region (`region=EMEA/…`), so listing
+/// tables' partition pruning is covered too: two days per region.
+fn write_region_totals(dir: &Path) -> Result<()> {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("day", DataType::Utf8, false),
+        Field::new("amount", DataType::Int64, false),
+    ]));
+    for (region, base) in [("EMEA", 100), ("AMER", 200), ("APAC", 300)] {
+        let part = dir.join(format!("region={region}"));
+        std::fs::create_dir_all(&part)?;
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["2026-10-01", "2026-10-02"])),
+                Arc::new(Int64Array::from(vec![base, base + 1])),
+            ],
+        )?;
+        let file = std::fs::File::create(part.join("part-0.parquet"))?;
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, Arc::clone(&schema), None)?;
+        w.write(&batch)?;
+        w.close()?;
+    }
     Ok(())
 }
 
@@ -69,6 +100,7 @@ domain: ops
 outputPorts:
   - { name: incidents, type: tables, version: 1.0.0, contractId: urn:datacontract:ops:incidents }
   - { name: events, type: tables, version: 1.0.0, contractId: urn:datacontract:ops:events }
+  - { name: region_totals, type: tables, version: 1.0.0, contractId: urn:datacontract:ops:region-totals }
 "#;
 
 const INCIDENTS_ODCS: &str = r##"apiVersion: v3.1.0
@@ -102,6 +134,25 @@ schema:
         description: Time to resolve.
         customProperties: [ { property: mask, value: { kind: round, digits: -1, exceptRoles: [pii-reader] } } ]
 "##;
+
+const REGION_TOTALS_ODCS: &str = r#"apiVersion: v3.1.0
+kind: DataContract
+id: urn:datacontract:ops:region-totals
+version: 1.0.0
+status: active
+servers:
+  - { server: local, type: local, format: parquet, path: ./data/region_totals/ }
+schema:
+  - name: region_totals
+    description: Daily totals, in Parquet partitioned by region.
+    customProperties:
+      - property: rowFilters
+        value: [ { id: own_region, expression: "region = principal_attr('region')", exceptRoles: [global-analyst] } ]
+    properties:
+      - { name: day, logicalType: string, description: Day. }
+      - { name: amount, logicalType: integer, physicalType: BIGINT, description: Total. }
+      - { name: region, logicalType: string, partitioned: true, description: "Region, the partition column." }
+"#;
 
 const EVENTS_ODCS: &str = r#"apiVersion: v3.0.2
 kind: DataContract

@@ -1,6 +1,7 @@
 //! Integration tests over the library crates: bad input yields exact,
 //! actionable problems, and a broken product never stops the rest.
 
+mod abuse;
 mod bad_input;
 mod bypass;
 mod common;
