@@ -17,7 +17,7 @@ use super::demo_dir;
 use super::flight::{Server, fetch, login, query, start_on, status_of};
 
 /// A private copy of the demo mesh.
-fn copy_mesh() -> (tempfile::TempDir, PathBuf) {
+pub(super) fn copy_mesh() -> (tempfile::TempDir, PathBuf) {
     fn copy(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for e in std::fs::read_dir(from).unwrap() {
@@ -38,7 +38,7 @@ fn copy_mesh() -> (tempfile::TempDir, PathBuf) {
 
 /// A demo mesh written afresh (Iceberg metadata holds absolute paths, so a
 /// copy would still read the original's files).
-fn fresh_mesh() -> (tempfile::TempDir, PathBuf) {
+pub(super) fn fresh_mesh() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let mesh = dir.path().join("mesh");
     super::write_demo(&mesh);
@@ -46,14 +46,14 @@ fn fresh_mesh() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// Replaces a file the way deploy tools do: write aside, then rename.
-fn replace_file(path: &Path, text: &str) {
+pub(super) fn replace_file(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp-write");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
 /// `GET /metrics`, parsed into `name{labels}` → value.
-fn scrape(server: &Server) -> BTreeMap<String, f64> {
+pub(super) fn scrape(server: &Server) -> BTreeMap<String, f64> {
     let port = server.metrics.expect("started with --metrics-bind");
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -71,12 +71,12 @@ fn scrape(server: &Server) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn metric(server: &Server, key: &str) -> f64 {
+pub(super) fn metric(server: &Server, key: &str) -> f64 {
     scrape(server).get(key).copied().unwrap_or(0.0)
 }
 
 /// Waits until `cond` holds, for at most `secs`.
-async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+pub(super) async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(secs);
     while !cond() {
         assert!(Instant::now() < until, "timed out waiting for {what}");
@@ -85,7 +85,7 @@ async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Runs `sql`; the error status, or the batches.
-async fn try_query(
+pub(super) async fn try_query(
     c: &mut FlightSqlServiceClient<Channel>,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, tonic::Status> {
@@ -103,7 +103,7 @@ fn count(batches: &[RecordBatch]) -> i64 {
 }
 
 /// Sends SIGHUP and waits for the reload to be done.
-async fn reload_now(server: &Server) {
+pub(super) async fn reload_now(server: &Server) {
     let version = metric(server, "meshq_mesh_version");
     let ok = std::process::Command::new("kill")
         .args(["-HUP", &server.child.id().to_string()])
@@ -806,7 +806,7 @@ fn rows_text(batches: &[RecordBatch]) -> Vec<String> {
 }
 
 /// Peak resident memory of a process, from /proc, in bytes.
-fn peak_rss(pid: u32) -> u64 {
+pub(super) fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()

@@ -185,6 +185,14 @@ impl ExecutionPlan for MeshScanExec {
         parent_filters: Vec<Arc<dyn PhysicalExpr>>,
         _config: &ConfigOptions,
     ) -> Result<FilterDescription> {
+        // Some formats' pruning grows faster than linearly in the number
+        // of filters; past the cap they stay in the filter above.
+        if parent_filters.len() > crate::contract_table::MAX_PUSHED_FILTERS {
+            return Ok(FilterDescription::all_unsupported(
+                &parent_filters,
+                &self.children(),
+            ));
+        }
         FilterDescription::from_children(parent_filters, &self.children())
     }
 

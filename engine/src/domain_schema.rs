@@ -356,7 +356,7 @@ impl SessionCatalogList {
     /// `mesh` plus the session's own catalogs.
     pub fn new(mesh: MeshCatalog, data: Arc<SessionData>) -> Arc<Self> {
         Arc::new_cyclic(|list| {
-            let _ = mesh.list.set(list.clone());
+            let _ = mesh.list.set(Weak::clone(list));
             Self {
                 mesh: Arc::new(mesh),
                 data,

@@ -244,13 +244,15 @@ impl MeshSession {
         self.data.default_schema()
     }
 
-    /// Every table the principal may see, sorted by schema and name.
+    /// Every table the principal may see, sorted by schema and name
+    /// (`information_schema`'s own aside).
     pub async fn visible_tables(&self) -> Vec<VisibleTable> {
         let mut out = Vec::new();
         let Some(catalog) = self.ctx.catalog(crate::engine::CATALOG) else {
             return out;
         };
         let mut schemas = catalog.schema_names();
+        schemas.retain(|s| s != "information_schema");
         schemas.sort();
         for schema in schemas {
             let Some(provider) = catalog.schema(&schema) else {
@@ -581,6 +583,8 @@ fn check_setting(variable: &str) -> Result<()> {
     let key = variable.to_ascii_lowercase();
     let reason = if key.starts_with("datafusion.runtime.") {
         "memory and spill files are configured in meshq.yaml (limits.memory, limits.spill_dir)"
+    } else if key.starts_with("datafusion.sql_parser.recursion_limit") {
+        "the statement limits (limits.max_expression_depth) assume the parser's own limit"
     } else if key.starts_with("datafusion.catalog.") {
         "the catalog is the mesh; use the session option `schema` to change the default schema"
     } else if key.starts_with("meshq.") {

@@ -36,6 +36,12 @@ pub fn check_text(sql: &str, limits: &LimitsConfig) -> Result<()> {
     let max_depth = limits
         .max_expression_depth
         .unwrap_or(DEFAULT_MAX_EXPRESSION_DEPTH);
+    let parens = paren_depth(sql);
+    if parens > MAX_PAREN_DEPTH {
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "the statement nests parentheses {parens} deep, more than {MAX_PAREN_DEPTH}; flatten nested CASTs, calls and subqueries (WITH helps)"
+        )));
+    }
     let depth = nesting_depth(sql);
     if depth > max_depth {
         return Err(DataFusionError::ResourcesExhausted(format!(
@@ -89,6 +95,31 @@ fn is_operator(t: &Token) -> bool {
         | Token::ExclamationMark => true,
         _ => false,
     }
+}
+
+/// Deepest nesting of parentheses accepted. The SQL parser gives up at 50
+/// levels, and some constructs (`CAST`, `TRY_CAST`) make it backtrack
+/// exponentially just below that: 48 nested `CAST`s took minutes.
+pub const MAX_PAREN_DEPTH: usize = 40;
+
+/// How deep parentheses and brackets nest in `sql` (0 when it cannot be
+/// tokenized).
+pub fn paren_depth(sql: &str) -> usize {
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return 0;
+    };
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for t in &tokens {
+        match t {
+            Token::LParen | Token::LBracket => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// An upper bound of the nesting depth of `sql`'s syntax tree; 0 when it
@@ -242,6 +273,9 @@ mod tests {
         let deep = format!("SELECT 1{}", "+1".repeat(5000));
         let e = check_text(&deep, &limits).unwrap_err().to_string();
         assert!(e.contains("limits.max_expression_depth"), "{e}");
+        let casts = format!("SELECT {}1{}", "CAST(".repeat(48), " AS BIGINT)".repeat(48));
+        let e = check_text(&casts, &limits).unwrap_err().to_string();
+        assert!(e.contains("parentheses 48 deep"), "{e}");
         let long = format!("SELECT '{}'", "x".repeat(2 << 20));
         let e = check_text(&long, &limits).unwrap_err().to_string();
         assert!(e.contains("limits.max_statement_bytes"), "{e}");

@@ -4,8 +4,8 @@
 //!
 //! - Wrong credentials give `Unauthenticated` with no hint which part was
 //!   wrong; every failure is logged with the user name, never the password.
-//! - Passwords are checked on a bounded blocking pool, never on the async
-//!   workers that serve queries, and an unknown user costs the same hash as
+//! - Passwords are checked on a fixed pool of threads with reused memory,
+//!   never on the async workers that serve queries, and an unknown user costs the same hash as
 //!   a known one, so neither other users' latency nor which names exist can
 //!   be learned by guessing.
 //! - Failures are throttled per client address and per user name, with a
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -29,7 +29,6 @@ use meshq_catalog::limits::{DEFAULT_MAX_SESSIONS, DEFAULT_MAX_SESSIONS_PER_PRINC
 use meshq_catalog::platform::{AttributeValue, JwtConfig, PlatformConfig};
 use meshq_engine::{Engine, LiveEngine};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tracing::warn;
@@ -97,18 +96,71 @@ fn header(metadata: &MetadataMap) -> Option<&str> {
     metadata.get("authorization").and_then(|v| v.to_str().ok())
 }
 
-/// Password checks on a bounded blocking pool.
+/// One password to check on the hashing threads.
+struct HashJob {
+    phc: String,
+    password: String,
+    reply: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Password checks on a fixed pool of threads, never on the async workers
+/// that serve queries. Each thread keeps one argon2 memory block and reuses
+/// it, so the server holds a fixed amount of hashing memory (threads × the
+/// hash's memory cost) however many logins arrive; the queue in front of
+/// them is bounded.
 struct PasswordChecker {
-    permits: Semaphore,
-    waiting: AtomicUsize,
-    /// Hashes verified so far.
-    verified: AtomicUsize,
+    jobs: std::sync::mpsc::SyncSender<HashJob>,
+    /// Hashes verified so far (for tests).
+    #[cfg(test)]
+    verified: Arc<AtomicUsize>,
     /// Checked for unknown users, so they cost what known ones do.
     dummy: String,
 }
 
-/// Most logins waiting for the hashing pool; past it, refused at once.
+/// Most logins waiting for a hashing thread; past it, refused at once.
 const MAX_WAITING_LOGINS: usize = 256;
+
+/// Whether `password` matches the PHC string `phc`, computed in `blocks`
+/// (grown to the hash's memory cost on first use, then reused).
+fn verify_with(blocks: &mut Vec<argon2::Block>, phc: &str, password: &[u8]) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm)) = (
+        argon2::Params::try_from(&hash),
+        argon2::Algorithm::try_from(hash.algorithm),
+    ) else {
+        return false;
+    };
+    let version = match hash.version {
+        Some(v) => match argon2::Version::try_from(v) {
+            Ok(v) => v,
+            Err(_) => return false,
+        },
+        None => argon2::Version::default(),
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    if blocks.len() < params.block_count() {
+        blocks.resize(params.block_count(), argon2::Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon = argon2::Argon2::new(algorithm, version, params.clone());
+    argon
+        .hash_password_into_with_memory(
+            password,
+            salt,
+            &mut out,
+            &mut blocks[..params.block_count()],
+        )
+        .is_ok()
+        && argon2::password_hash::Output::new(&out).is_ok_and(|o| o == expected)
+}
 
 impl PasswordChecker {
     fn new() -> Self {
@@ -121,10 +173,37 @@ impl PasswordChecker {
             .hash_password(&rand::random::<[u8; 16]>(), &salt)
             .map(|h| h.to_string())
             .unwrap_or_default();
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<HashJob>(MAX_WAITING_LOGINS);
+        let queue = Arc::new(Mutex::new(queue));
+        let verified = Arc::new(AtomicUsize::new(0));
+        for i in 0..workers {
+            let queue = Arc::clone(&queue);
+            let verified = Arc::clone(&verified);
+            let spawned = std::thread::Builder::new()
+                .name(format!("meshq-login-{i}"))
+                .spawn(move || {
+                    let mut blocks = Vec::new();
+                    loop {
+                        // Ends when the checker (the sender) is dropped.
+                        let job = match queue.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        };
+                        let ok = verify_with(&mut blocks, &job.phc, job.password.as_bytes());
+                        verified.fetch_add(1, Ordering::SeqCst);
+                        let _ = job.reply.send(ok);
+                    }
+                });
+            if let Err(e) = spawned {
+                warn!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        #[cfg(not(test))]
+        let _ = verified;
         Self {
-            permits: Semaphore::new(workers),
-            waiting: AtomicUsize::new(0),
-            verified: AtomicUsize::new(0),
+            jobs,
+            #[cfg(test)]
+            verified,
             dummy,
         }
     }
@@ -140,27 +219,21 @@ impl PasswordChecker {
         let hash = entry.and_then(|p| p.password_hash.clone());
         let known = hash.is_some();
         let phc = hash.unwrap_or_else(|| self.dummy.clone());
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING_LOGINS {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(Status::unavailable(
-                "too many logins at once; try again in a moment",
-            ));
-        }
-        let permit = self.permits.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let _permit = permit.map_err(|_| Status::unavailable("the server is shutting down"))?;
-        let password = password.to_string();
-        let checked = phc.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&checked).is_ok_and(|h| {
-                argon2::Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
-        self.verified.fetch_add(1, Ordering::SeqCst);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = HashJob {
+            phc: phc.clone(),
+            password: password.to_string(),
+            reply,
+        };
+        self.jobs.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => {
+                Status::unavailable("too many logins at once; try again in a moment")
+            }
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                Status::unavailable("the server is shutting down")
+            }
+        })?;
+        let ok = answer.await.unwrap_or(false);
         Ok(match entry {
             Some(p) if ok && known => Some((Principal::from_config(p), phc)),
             _ => None,

@@ -14,8 +14,15 @@ use tracing::warn;
 pub fn to_status(e: &DataFusionError, query_id: &str) -> Status {
     if let Some(p) = policy_error(e) {
         return match p {
-            PolicyError::Broken { .. } => Status::failed_precondition(p.to_string()),
-            _ => Status::permission_denied(p.to_string()),
+            PolicyError::Broken { .. } | PolicyError::Changed { .. } => {
+                Status::failed_precondition(p.to_string())
+            }
+            PolicyError::NotServed { .. } => Status::not_found(p.to_string()),
+            PolicyError::Denied { .. }
+            | PolicyError::Location { .. }
+            | PolicyError::Setting { .. }
+            | PolicyError::Unverified { .. }
+            | PolicyError::Lockdown { .. } => Status::permission_denied(p.to_string()),
         };
     }
     match e.find_root() {

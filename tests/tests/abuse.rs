@@ -262,10 +262,13 @@ async fn stale_plans_follow_the_served_version_or_fail_closed() {
     }
 }
 
+/// Rewrites one plan node.
+type NodeFn<'a> = &'a dyn Fn(&Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan>;
+
 /// `plan` with every node of type `T` replaced by `f(node)`.
 fn replace<T: ExecutionPlan>(
     plan: &Arc<dyn ExecutionPlan>,
-    f: &dyn Fn(&Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan>,
+    f: NodeFn<'_>,
 ) -> Arc<dyn ExecutionPlan> {
     if plan.is::<T>() {
         return f(plan);
