@@ -1,0 +1,31 @@
+//! The benchmark harness at a tiny scale factor, so it keeps working: it
+//! checks that meshq's answers equal raw DataFusion's and that the
+//! Delta/Iceberg mesh answers as the Parquet one does. No timing is judged.
+
+#[test]
+fn the_harness_answers_like_raw_datafusion() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshq-bench"))
+        .args(["--sf", "0.01", "--runs", "1", "--warmup", "0", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--only",
+            "policy,format,flight,catalog",
+            "--products",
+            "100",
+            "--latency-queries",
+            "10",
+            "--check",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for section in ["Policy overhead", "Catalog scale"] {
+        assert!(report.contains(section), "{report}");
+    }
+}
