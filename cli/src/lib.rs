@@ -19,13 +19,12 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))
 }
 
-/// What to print for an error: a policy denial as itself (without
-/// DataFusion's wrapping), anything else as it is.
+/// What to print for an error: a statement's error as the engine words it
+/// for users (a policy denial as itself, otherwise the innermost cause),
+/// anything else as it is.
 pub fn error_message(e: &anyhow::Error) -> String {
-    if let Some(df) = e.downcast_ref::<datafusion::error::DataFusionError>()
-        && let Some(p) = meshq_engine::policy_error(df)
-    {
-        return p.to_string();
+    match e.downcast_ref::<datafusion::error::DataFusionError>() {
+        Some(df) => meshq_engine::error_message(df),
+        None => e.to_string(),
     }
-    e.to_string()
 }

@@ -492,7 +492,11 @@ async fn a_short_jwt_secret_disables_jwt_login() {
             .unwrap_err(),
     );
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
-    assert!(server.log_text().contains("JWT login is disabled"));
+    assert!(
+        server.logs("JWT login is disabled").await,
+        "{}",
+        server.log_text()
+    );
 }
 
 /// `CloseSession` ends the token whatever the case of its scheme.

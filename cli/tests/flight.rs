@@ -39,6 +39,20 @@ impl Server {
     pub(super) fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// Whether the server logs `needle` within ten seconds: its stderr is
+    /// read by another thread, so a line written just before a reply may
+    /// not have been collected yet when the reply arrives.
+    pub(super) async fn logs(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    }
 }
 
 fn start() -> Server {

@@ -255,7 +255,11 @@ async fn reload_swaps_atomically_and_keeps_the_last_good_version() {
     let mut pat = login(&server, "pat").await;
     let rows = query(&mut pat, "SELECT count(*) FROM sales.orders").await;
     assert!(count(&rows) > 0);
-    assert!(server.log_text().contains("reload rejected"));
+    assert!(
+        server.logs("reload rejected").await,
+        "{}",
+        server.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,6 +323,7 @@ async fn storage_faults_fail_one_product_and_heal_without_a_restart() {
         1.0
     );
     assert_eq!(count(&query(&mut gina, orders).await), n_orders);
+    server.logs("urn:dataproduct:sales:orders").await;
     let log = server.log_text();
     assert!(
         log.contains("sales.orders") && log.contains("urn:dataproduct:sales:orders"),
@@ -352,6 +357,7 @@ async fn storage_faults_fail_one_product_and_heal_without_a_restart() {
         metric(&server, "meshq_reloads_total{result=\"partial\"}"),
         2.0
     );
+    server.logs("urn:dataproduct:logistics:shipments").await;
     let log = server.log_text();
     assert!(
         log.contains("logistics.shipments") && log.contains("urn:dataproduct:logistics:shipments"),

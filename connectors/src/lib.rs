@@ -14,6 +14,7 @@
 //! - Errors name the location or the file at fault, never row values.
 
 pub mod contract_table;
+pub mod error;
 pub mod iceberg;
 pub mod mesh_scan;
 pub mod open;
@@ -21,6 +22,7 @@ pub mod store;
 pub mod types;
 
 pub use contract_table::{ContractColumn, ContractTableProvider};
+pub use error::{Error, Result, describe};
 pub use mesh_scan::{MeshScanExec, ScanToken};
-pub use open::{OpenError, OpenedTable, open_table};
+pub use open::{OpenedTable, open_table};
 pub use store::StoreRegistry;

@@ -20,8 +20,9 @@ use meshq_catalog::{ColumnDef, Format, Location, TableDef};
 use url::Url;
 
 use crate::contract_table::{ContractColumn, ContractTableProvider};
+use crate::error::{Error, Result};
 use crate::store::StoreRegistry;
-use crate::types::check_type;
+use crate::types::type_mismatch;
 
 /// A table ready to register, plus anything worth a warning.
 #[derive(Debug)]
@@ -37,16 +38,6 @@ pub struct OpenedTable {
     pub data_location: Option<String>,
 }
 
-/// Why a table could not be opened. The message names the location or file
-/// and the cause; the caller adds the table and product.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct OpenError(pub String);
-
-fn err(msg: impl Into<String>) -> OpenError {
-    OpenError(msg.into())
-}
-
 /// Opens `def` in `state`: registers its object store, reads the table's
 /// schema, checks it against the contract and wraps it in a
 /// [`ContractTableProvider`].
@@ -54,7 +45,7 @@ pub async fn open_table(
     state: &dyn Session,
     stores: &StoreRegistry,
     def: &TableDef,
-) -> Result<OpenedTable, OpenError> {
+) -> Result<OpenedTable> {
     if def.source.format == Format::Iceberg {
         let opened = crate::iceberg::open_iceberg(state, stores, def).await?;
         let mut table = contract_view(def, opened.provider)?;
@@ -62,13 +53,13 @@ pub async fn open_table(
         return Ok(table);
     }
     let url = location_url(&def.source.location, def.source.format)?;
-    if let Some(store) = stores.store_for(&url).map_err(err)? {
+    if let Some(store) = stores.store_for(&url)? {
         let root = Url::parse(&format!(
             "{}://{}",
             url.scheme(),
             &url[url::Position::BeforeHost..url::Position::AfterPort]
         ))
-        .map_err(|e| err(format!("location `{url}`: {e}")))?;
+        .map_err(|e| Error::invalid(url.as_str(), format!("location `{url}`: {e}")))?;
         state.runtime_env().register_object_store(&root, store);
     }
     let inner = match def.source.format {
@@ -80,12 +71,15 @@ pub async fn open_table(
 }
 
 /// The URL of a location; a local path must exist.
-fn location_url(location: &Location, format: Format) -> Result<Url, OpenError> {
+fn location_url(location: &Location, format: Format) -> Result<Url> {
     match location {
         Location::Url(u) => Ok(u.clone()),
-        Location::Catalog { catalog, table } => Err(err(format!(
-            "{format} table `{table}` is in catalog `{catalog}`; only Iceberg tables are found through catalogs"
-        ))),
+        Location::Catalog { catalog, table } => Err(Error::unsupported(
+            table.as_str(),
+            format!(
+                "{format} table `{table}` is in catalog `{catalog}`; only Iceberg tables are found through catalogs"
+            ),
+        )),
         Location::Local(path) => {
             let text = path.to_string_lossy();
             let has_glob = text.contains(['*', '?', '[']);
@@ -97,24 +91,26 @@ fn location_url(location: &Location, format: Format) -> Result<Url, OpenError> {
             } else {
                 path.clone()
             };
+            let location = probe.display().to_string();
             let meta = std::fs::metadata(&probe).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    err(format!("location `{}` does not exist", probe.display()))
-                }
-                _ => err(format!(
-                    "location `{}` cannot be read: {e}",
-                    probe.display()
-                )),
+                std::io::ErrorKind::NotFound => Error::Missing { location },
+                _ => Error::Unreadable {
+                    location: probe.display().to_string(),
+                    source: e,
+                },
             })?;
             if format == Format::Delta && !meta.is_dir() {
-                return Err(err(format!(
-                    "location `{}` is not a directory; a Delta table is a folder with a _delta_log",
-                    path.display()
-                )));
+                return Err(Error::invalid(
+                    path.display().to_string(),
+                    format!(
+                        "location `{}` is not a directory; a Delta table is a folder with a _delta_log",
+                        path.display()
+                    ),
+                ));
             }
             if has_glob {
                 return Url::parse(&format!("file://{text}"))
-                    .map_err(|e| err(format!("location `{text}`: {e}")));
+                    .map_err(|e| Error::invalid(text.as_ref(), format!("location `{text}`: {e}")));
             }
             let url = if meta.is_dir() {
                 Url::from_directory_path(path)
@@ -122,10 +118,10 @@ fn location_url(location: &Location, format: Format) -> Result<Url, OpenError> {
                 Url::from_file_path(path)
             };
             url.map_err(|_| {
-                err(format!(
-                    "location `{}` is not an absolute path",
-                    path.display()
-                ))
+                Error::invalid(
+                    path.display().to_string(),
+                    format!("location `{}` is not an absolute path", path.display()),
+                )
             })
         }
     }
@@ -135,7 +131,7 @@ async fn open_listing(
     state: &dyn Session,
     def: &TableDef,
     url: &Url,
-) -> Result<Arc<dyn TableProvider>, OpenError> {
+) -> Result<Arc<dyn TableProvider>> {
     let (format, ext): (Arc<dyn FileFormat>, &str) = match def.source.format {
         Format::Parquet => (
             Arc::new(ParquetFormat::default().with_options(state.table_options().parquet.clone())),
@@ -156,10 +152,13 @@ async fn open_listing(
                 .as_deref()
                 .is_some_and(|d| d != "new_line")
             {
-                return Err(err(format!(
-                    "JSON delimiter `{}` is not supported; meshq reads newline-delimited JSON (delimiter: new_line)",
-                    def.source.delimiter.as_deref().unwrap_or_default()
-                )));
+                return Err(Error::unsupported(
+                    url.as_str(),
+                    format!(
+                        "JSON delimiter `{}` is not supported; meshq reads newline-delimited JSON (delimiter: new_line)",
+                        def.source.delimiter.as_deref().unwrap_or_default()
+                    ),
+                ));
             }
             (
                 Arc::new(JsonFormat::default().with_options(state.table_options().json.clone())),
@@ -168,8 +167,8 @@ async fn open_listing(
         }
         Format::Delta | Format::Iceberg => unreachable!("not a listing format"),
     };
-    let table_url =
-        ListingTableUrl::parse(url.as_str()).map_err(|e| err(format!("location `{url}`: {e}")))?;
+    let table_url = ListingTableUrl::parse(url.as_str())
+        .map_err(|e| Error::read(format!("location `{url}`"), url.as_str(), e))?;
     // A single named file is read whatever its extension.
     let ext = if table_url.is_collection() || url.as_str().contains('*') {
         ext
@@ -181,23 +180,23 @@ async fn open_listing(
     let config = config
         .infer_partitions_from_path(state)
         .await
-        .map_err(|e| err(format!("cannot list `{url}`: {}", e.find_root())))?;
+        .map_err(|e| Error::read(format!("cannot list `{url}`"), url.as_str(), e))?;
     let config = match config.infer_schema(state).await {
         Ok(c) => c,
         Err(e) => {
             let culprit = find_bad_file(state, &table_url, format.as_ref(), ext).await;
-            return Err(err(match culprit {
-                Some(msg) => msg,
-                None => format!(
-                    "cannot read {} data at `{url}`: {}",
-                    def.source.format,
-                    e.find_root()
+            return Err(match culprit {
+                Some(bad) => bad,
+                None => Error::read(
+                    format!("cannot read {} data at `{url}`", def.source.format),
+                    url.as_str(),
+                    e,
                 ),
-            }));
+            });
         }
     };
     let table = ListingTable::try_new(config)
-        .map_err(|e| err(format!("cannot open `{url}`: {}", e.find_root())))?;
+        .map_err(|e| Error::read(format!("cannot open `{url}`"), url.as_str(), e))?;
     Ok(Arc::new(table))
 }
 
@@ -208,7 +207,7 @@ async fn find_bad_file(
     url: &ListingTableUrl,
     format: &dyn FileFormat,
     ext: &str,
-) -> Option<String> {
+) -> Option<Error> {
     let store = state.runtime_env().object_store(url).ok()?;
     let files: Vec<_> = url
         .list_all_files(state, store.as_ref(), ext)
@@ -222,11 +221,14 @@ async fn find_bad_file(
             .infer_schema(state, &store, std::slice::from_ref(&meta))
             .await
         {
-            return Some(format!(
-                "file `{}` is not valid {}: {}",
-                meta.location,
-                format.get_ext().trim_start_matches('.'),
-                e.find_root()
+            return Some(Error::read(
+                format!(
+                    "file `{}` is not valid {}",
+                    meta.location,
+                    format.get_ext().trim_start_matches('.')
+                ),
+                meta.location.to_string(),
+                e,
             ));
         }
     }
@@ -274,41 +276,45 @@ fn register_delta_log_stores() {
     });
 }
 
-async fn open_delta(state: &dyn Session, url: &Url) -> Result<Arc<dyn TableProvider>, OpenError> {
+async fn open_delta(state: &dyn Session, url: &Url) -> Result<Arc<dyn TableProvider>> {
     register_delta_log_stores();
     let mut url = url.clone();
     if !url.path().ends_with('/') {
         url.set_path(&format!("{}/", url.path()));
     }
+    let at = format!("Delta table at `{url}`");
     let mut builder = deltalake::DeltaTableBuilder::from_url(url.clone())
-        .map_err(|e| err(format!("Delta table at `{url}`: {e}")))?;
+        .map_err(|e| Error::read(&at, url.as_str(), e))?;
     if url.scheme() != "file" {
         let store_url = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])
-            .map_err(|e| err(format!("Delta table at `{url}`: {e}")))?;
+            .map_err(|e| Error::read(&at, url.as_str(), e))?;
         let store = state
             .runtime_env()
             .object_store(&store_url)
-            .map_err(|e| err(format!("Delta table at `{url}`: {e}")))?;
+            .map_err(|e| Error::read(&at, url.as_str(), e))?;
         builder = builder.with_storage_backend(store, url.clone());
     }
-    let table = builder
-        .load()
-        .await
-        .map_err(|e| err(format!("cannot load Delta table at `{url}`: {e}")))?;
+    let table = builder.load().await.map_err(|e| {
+        Error::read(
+            format!("cannot load Delta table at `{url}`"),
+            url.as_str(),
+            e,
+        )
+    })?;
     table
         .update_datafusion_session(state)
-        .map_err(|e| err(format!("Delta table at `{url}`: {e}")))?;
+        .map_err(|e| Error::read(&at, url.as_str(), e))?;
     table
         .table_provider()
         .await
-        .map_err(|e| err(format!("Delta table at `{url}`: {}", e.find_root())))
+        .map_err(|e| Error::read(&at, url.as_str(), e))
 }
 
 /// Checks the actual schema against the contract and builds the view.
 /// Columns that drifted from the contract are kept in the schema but refused
 /// when read (see [`ContractColumn::Drifted`]); each is reported in
 /// [`OpenedTable::drift`].
-fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<OpenedTable, OpenError> {
+fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<OpenedTable> {
     let schema: SchemaRef = inner.schema();
     let mut warnings = Vec::new();
     let mut drift = Vec::new();
@@ -331,7 +337,7 @@ fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<Opened
             continue;
         };
         let field = schema.field(idx);
-        if let Err(expected) = check_type(col, field.data_type()) {
+        if let Some(expected) = type_mismatch(col, field.data_type()) {
             let what = format!(
                 "the table has type {} but the contract says {expected}",
                 field.data_type()

@@ -17,6 +17,7 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
+use crate::error::{Error, Result};
 use crate::iceberg::IcebergCatalogs;
 
 /// Builds object stores for table locations.
@@ -26,13 +27,13 @@ pub struct StoreRegistry {
     iceberg: Arc<IcebergCatalogs>,
 }
 
-fn secret(name: &str, s: &Option<SecretRef>) -> Result<Option<String>, String> {
+fn secret(store: &str, name: &str, s: &Option<SecretRef>) -> Result<Option<String>> {
     match s {
         None => Ok(None),
         Some(r) => r
             .resolve()
             .map(Some)
-            .map_err(|e| format!("store credential `{name}`: {e}")),
+            .map_err(|e| Error::config(store, format!("store credential `{name}`: {e}"))),
     }
 }
 
@@ -84,15 +85,22 @@ impl StoreRegistry {
 
     /// The store serving `url`, or `None` for local files. The error names
     /// the store and what is missing, never a credential value.
-    pub fn store_for(&self, url: &Url) -> Result<Option<Arc<dyn ObjectStore>>, String> {
+    pub fn store_for(&self, url: &Url) -> Result<Option<Arc<dyn ObjectStore>>> {
         let kind = match url.scheme() {
             "file" => return Ok(None),
             "s3" | "s3a" => "s3",
             "gs" | "gcs" => "gcs",
             "az" | "abfs" | "abfss" | "azure" | "adl" => "azure",
-            other => return Err(format!("URL scheme `{other}` is not supported")),
+            other => {
+                return Err(Error::unsupported(
+                    url.as_str(),
+                    format!("URL scheme `{other}` is not supported"),
+                ));
+            }
         };
-        let bucket = bucket_of(url).ok_or_else(|| format!("location `{url}` names no bucket"))?;
+        let bucket = bucket_of(url).ok_or_else(|| {
+            Error::invalid(url.as_str(), format!("location `{url}` names no bucket"))
+        })?;
         let found = self.find(kind, bucket);
         let store: Arc<dyn ObjectStore> = match (kind, found) {
             ("s3", Some((name, cfg))) => Arc::new(build_s3(name, cfg, bucket)?),
@@ -102,21 +110,23 @@ impl StoreRegistry {
                     .with_client_options(client_options())
                     .with_bucket_name(bucket)
                     .build()
-                    .map_err(|e| format!("S3 bucket `{bucket}`: {e}"))?,
+                    .map_err(|e| Error::read(format!("S3 bucket `{bucket}`"), url.as_str(), e))?,
             ),
             ("gcs", Some((name, cfg))) => Arc::new(build_gcs(name, cfg, bucket)?),
             ("gcs", None) => Arc::new(
                 GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
                     .build()
-                    .map_err(|e| format!("GCS bucket `{bucket}`: {e}"))?,
+                    .map_err(|e| Error::read(format!("GCS bucket `{bucket}`"), url.as_str(), e))?,
             ),
             ("azure", Some((name, cfg))) => Arc::new(build_azure(name, cfg, url)?),
             _ => Arc::new(
                 MicrosoftAzureBuilder::from_env()
                     .with_url(url.as_str())
                     .build()
-                    .map_err(|e| format!("Azure container `{bucket}`: {e}"))?,
+                    .map_err(|e| {
+                        Error::read(format!("Azure container `{bucket}`"), url.as_str(), e)
+                    })?,
             ),
         };
         Ok(Some(store))
@@ -142,11 +152,7 @@ fn client_options() -> ClientOptions {
     ClientOptions::new().with_connect_timeout(Duration::from_secs(5))
 }
 
-fn build_s3(
-    name: &str,
-    cfg: &StoreConfig,
-    bucket: &str,
-) -> Result<object_store::aws::AmazonS3, String> {
+fn build_s3(name: &str, cfg: &StoreConfig, bucket: &str) -> Result<object_store::aws::AmazonS3> {
     let StoreConfig::S3 {
         endpoint,
         region,
@@ -171,23 +177,24 @@ fn build_s3(
     }
     let path_style = path_style.unwrap_or(endpoint.is_some());
     b = b.with_virtual_hosted_style_request(!path_style);
-    if let Some(k) = secret("access_key_id", access_key_id)? {
+    if let Some(k) = secret(name, "access_key_id", access_key_id)? {
         b = b.with_access_key_id(k);
     }
-    if let Some(k) = secret("secret_access_key", secret_access_key)? {
+    if let Some(k) = secret(name, "secret_access_key", secret_access_key)? {
         b = b.with_secret_access_key(k);
     }
-    if let Some(k) = secret("session_token", session_token)? {
+    if let Some(k) = secret(name, "session_token", session_token)? {
         b = b.with_token(k);
     }
-    b.build().map_err(|e| format!("store `{name}`: {e}"))
+    b.build()
+        .map_err(|e| Error::read(format!("store `{name}`"), name, e))
 }
 
 fn build_gcs(
     name: &str,
     cfg: &StoreConfig,
     bucket: &str,
-) -> Result<object_store::gcp::GoogleCloudStorage, String> {
+) -> Result<object_store::gcp::GoogleCloudStorage> {
     let StoreConfig::Gcs {
         service_account_key,
         service_account_path,
@@ -200,20 +207,21 @@ fn build_gcs(
         .with_retry(retry_config())
         .with_client_options(client_options())
         .with_bucket_name(bucket);
-    if let Some(k) = secret("service_account_key", service_account_key)? {
+    if let Some(k) = secret(name, "service_account_key", service_account_key)? {
         b = b.with_service_account_key(k);
     }
     if let Some(p) = service_account_path {
         b = b.with_service_account_path(p);
     }
-    b.build().map_err(|e| format!("store `{name}`: {e}"))
+    b.build()
+        .map_err(|e| Error::read(format!("store `{name}`"), name, e))
 }
 
 fn build_azure(
     name: &str,
     cfg: &StoreConfig,
     url: &Url,
-) -> Result<object_store::azure::MicrosoftAzure, String> {
+) -> Result<object_store::azure::MicrosoftAzure> {
     let StoreConfig::Azure {
         account,
         access_key,
@@ -238,22 +246,23 @@ fn build_azure(
     if let Some(container) = bucket_of(url) {
         b = b.with_container_name(container);
     }
-    if let Some(k) = secret("access_key", access_key)? {
+    if let Some(k) = secret(name, "access_key", access_key)? {
         b = b.with_access_key(k);
     }
-    if let Some(t) = secret("sas_token", sas_token)? {
+    if let Some(t) = secret(name, "sas_token", sas_token)? {
         b = b.with_config(object_store::azure::AzureConfigKey::SasKey, t);
     }
-    if let Some(c) = secret("client_id", client_id)? {
+    if let Some(c) = secret(name, "client_id", client_id)? {
         b = b.with_client_id(c);
     }
-    if let Some(c) = secret("client_secret", client_secret)? {
+    if let Some(c) = secret(name, "client_secret", client_secret)? {
         b = b.with_client_secret(c);
     }
-    if let Some(t) = secret("tenant_id", tenant_id)? {
+    if let Some(t) = secret(name, "tenant_id", tenant_id)? {
         b = b.with_tenant_id(t);
     }
-    b.build().map_err(|e| format!("store `{name}`: {e}"))
+    b.build()
+        .map_err(|e| Error::read(format!("store `{name}`"), name, e))
 }
 
 #[cfg(test)]
@@ -284,7 +293,7 @@ mod tests {
             .store_for(&"s3://acme/tables/x/".parse().unwrap())
             .unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "store credential `access_key_id`: environment variable `MESHQ_TEST_UNSET_KEY_1` is not set"
         );
         assert!(r.find("s3", "acme").is_some());
@@ -321,6 +330,6 @@ mod tests {
                 .is_some()
         );
         let err = r.store_for(&"ftp://x/y".parse().unwrap()).unwrap_err();
-        assert_eq!(err, "URL scheme `ftp` is not supported");
+        assert_eq!(err.to_string(), "URL scheme `ftp` is not supported");
     }
 }

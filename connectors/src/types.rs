@@ -7,20 +7,21 @@ use arrow::datatypes::DataType;
 use meshq_catalog::ColumnDef;
 use meshq_catalog::odcs::LogicalType;
 
-/// `Err(expected)` when `actual` does not satisfy the contract column.
-pub fn check_type(col: &ColumnDef, actual: &DataType) -> Result<(), String> {
+/// What the contract declares (`physicalType DECIMAL(12,2)`), when
+/// `actual` does not satisfy the contract column; `None` when it does.
+pub fn type_mismatch(col: &ColumnDef, actual: &DataType) -> Option<String> {
     let actual = value_type(actual);
     if let Some(physical) = col.physical_type.as_deref()
-        && let Some(res) = check_physical(physical, actual)
+        && let Some(matches) = physical_matches(physical, actual)
     {
-        return res.map_err(|_| format!("physicalType {physical}"));
+        return (!matches).then(|| format!("physicalType {physical}"));
     }
-    if let Some(logical) = col.logical_type
-        && !logical_matches(logical, actual)
-    {
-        return Err(format!("logicalType {logical}"));
+    match col.logical_type {
+        Some(logical) if !logical_matches(logical, actual) => {
+            Some(format!("logicalType {logical}"))
+        }
+        _ => None,
     }
-    Ok(())
 }
 
 /// Dictionary-encoded columns are checked by their value type.
@@ -92,7 +93,9 @@ fn logical_matches(logical: LogicalType, t: &DataType) -> bool {
 }
 
 /// `None` when meshq does not know the physical type name.
-fn check_physical(physical: &str, t: &DataType) -> Option<Result<(), ()>> {
+/// Whether `t` is the SQL/Spark type `physical`; `None` when meshq does
+/// not know the name.
+fn physical_matches(physical: &str, t: &DataType) -> Option<bool> {
     let upper = physical.trim().to_ascii_uppercase();
     let (base, args) = match upper.find(['(', '<']) {
         Some(i) => (upper[..i].trim(), Some(upper[i..].trim())),
@@ -132,7 +135,7 @@ fn check_physical(physical: &str, t: &DataType) -> Option<Result<(), ()>> {
         "MAP" => matches!(t, DataType::Map(_, _)),
         _ => return None,
     };
-    Some(if ok { Ok(()) } else { Err(()) })
+    Some(ok)
 }
 
 #[cfg(test)]
@@ -157,43 +160,43 @@ mod tests {
     #[test]
     fn physical_types() {
         let c = col(Some(LogicalType::Number), Some("DECIMAL(12,2)"));
-        assert!(check_type(&c, &DataType::Decimal128(12, 2)).is_ok());
+        assert!(type_mismatch(&c, &DataType::Decimal128(12, 2)).is_none());
         assert_eq!(
-            check_type(&c, &DataType::Decimal128(10, 2)),
-            Err("physicalType DECIMAL(12,2)".into())
+            type_mismatch(&c, &DataType::Decimal128(10, 2)),
+            Some("physicalType DECIMAL(12,2)".into())
         );
-        assert!(check_type(&c, &DataType::Float64).is_err());
+        assert!(type_mismatch(&c, &DataType::Float64).is_some());
         let c = col(None, Some("string"));
-        assert!(check_type(&c, &DataType::Utf8View).is_ok());
+        assert!(type_mismatch(&c, &DataType::Utf8View).is_none());
         assert!(
-            check_type(
+            type_mismatch(
                 &c,
                 &DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
             )
-            .is_ok()
+            .is_none()
         );
         let c = col(None, Some("TIMESTAMP"));
         assert!(
-            check_type(
+            type_mismatch(
                 &c,
                 &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
             )
-            .is_ok()
+            .is_none()
         );
-        assert!(check_type(&c, &DataType::Date32).is_err());
+        assert!(type_mismatch(&c, &DataType::Date32).is_some());
         let c = col(None, Some("BIGINT"));
-        assert!(check_type(&c, &DataType::Int32).is_err());
+        assert!(type_mismatch(&c, &DataType::Int32).is_some());
     }
 
     #[test]
     fn unknown_physical_falls_back_to_logical() {
         let c = col(Some(LogicalType::Integer), Some("SOMETHING_ODD"));
-        assert!(check_type(&c, &DataType::Int16).is_ok());
+        assert!(type_mismatch(&c, &DataType::Int16).is_none());
         assert_eq!(
-            check_type(&c, &DataType::Utf8),
-            Err("logicalType integer".into())
+            type_mismatch(&c, &DataType::Utf8),
+            Some("logicalType integer".into())
         );
         let c = col(None, None);
-        assert!(check_type(&c, &DataType::Utf8).is_ok());
+        assert!(type_mismatch(&c, &DataType::Utf8).is_none());
     }
 }

@@ -20,3 +20,192 @@ pub enum Error {
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of failure a statement's error is, for any transport: the
+/// Flight SQL server maps each to one gRPC code, the shell prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The statement itself is wrong: syntax, unknown column, types, a
+    /// value it cannot compute (division by zero, a bad cast).
+    InvalidInput,
+    /// A table it names does not exist (or, with `readable-only`
+    /// discovery, is not visible), or is no longer served.
+    NotFound,
+    /// Policies, the lockdown or file confinement refuse it.
+    PermissionDenied,
+    /// A table whose policies cannot be evaluated, or that changed since
+    /// the statement was planned.
+    FailedPrecondition,
+    /// A memory, size or depth limit.
+    ResourceExhausted,
+    /// A table's storage cannot be read (store down, file or bucket
+    /// missing, credentials refused): retrying later may work.
+    Unavailable,
+    /// A data file was read but is not valid.
+    DataLoss,
+    /// The statement was cancelled.
+    Cancelled,
+    /// A fault of meshq or a library.
+    Internal,
+}
+
+/// The kind of `e`, walking into wrapped errors: DataFusion's own, policy
+/// errors, object stores, Parquet, Arrow, IO. Every DataFusion variant is
+/// matched by name, so a new one is a compile error here, not a guess.
+pub fn error_kind(e: &datafusion::error::DataFusionError) -> ErrorKind {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        E::ArrowError(a, _) => arrow_kind(a),
+        E::ParquetError(p) => parquet_kind(p),
+        E::ObjectStore(o) => store_kind(o),
+        E::IoError(_) => ErrorKind::Unavailable,
+        E::SQL(..)
+        | E::NotImplemented(_)
+        | E::Plan(_)
+        | E::Configuration(_)
+        | E::SchemaError(..)
+        | E::Execution(_) => ErrorKind::InvalidInput,
+        E::ResourcesExhausted(_) => ErrorKind::ResourceExhausted,
+        E::ExecutionJoin(j) if j.is_cancelled() => ErrorKind::Cancelled,
+        E::ExecutionJoin(_) | E::Internal(_) | E::Substrait(_) | E::Ffi(_) => ErrorKind::Internal,
+        E::External(inner) => cause_kind(inner.as_ref()),
+        E::Context(_, inner) | E::Diagnostic(_, inner) => error_kind(inner),
+        E::Shared(inner) => error_kind(inner),
+        E::Collection(all) => all.first().map(error_kind).unwrap_or(ErrorKind::Internal),
+    }
+}
+
+/// What to tell the user about `e`: a policy's refusal as it is,
+/// otherwise the innermost cause without wrappers or backtraces. Only for
+/// kinds other than [`ErrorKind::Internal`], whose text stays in the log.
+pub fn error_message(e: &datafusion::error::DataFusionError) -> String {
+    match crate::policy::policy_error(e) {
+        Some(p) => p.to_string(),
+        None => meshq_connectors::describe(e),
+    }
+}
+
+fn policy_kind(p: &crate::policy::PolicyError) -> ErrorKind {
+    use crate::policy::PolicyError as P;
+    match p {
+        P::Denied { .. }
+        | P::Location { .. }
+        | P::Setting { .. }
+        | P::Unverified { .. }
+        | P::Lockdown { .. } => ErrorKind::PermissionDenied,
+        P::NotServed { .. } | P::NotFound { .. } => ErrorKind::NotFound,
+        P::Broken { .. } | P::Changed { .. } => ErrorKind::FailedPrecondition,
+    }
+}
+
+fn store_kind(e: &object_store::Error) -> ErrorKind {
+    use object_store::Error as S;
+    match e {
+        S::Generic { source, .. } => match cause_kind(source.as_ref()) {
+            // A store's own failures are failures to reach the data.
+            ErrorKind::Internal | ErrorKind::InvalidInput => ErrorKind::Unavailable,
+            other => other,
+        },
+        S::InvalidPath { .. } | S::NotSupported { .. } | S::NotImplemented { .. } => {
+            ErrorKind::InvalidInput
+        }
+        // Missing files and refused credentials: the data cannot be
+        // reached now; the operator or the product's owners can fix it.
+        _ => ErrorKind::Unavailable,
+    }
+}
+
+fn parquet_kind(p: &parquet::errors::ParquetError) -> ErrorKind {
+    match p {
+        // The reader wraps the store's errors: the file could not be read.
+        parquet::errors::ParquetError::External(inner) => match cause_kind(inner.as_ref()) {
+            ErrorKind::Internal => ErrorKind::DataLoss,
+            other => other,
+        },
+        _ => ErrorKind::DataLoss,
+    }
+}
+
+fn arrow_kind(a: &arrow::error::ArrowError) -> ErrorKind {
+    use arrow::error::ArrowError as A;
+    match a {
+        A::ExternalError(inner) => cause_kind(inner.as_ref()),
+        A::IoError(..) => ErrorKind::Unavailable,
+        A::ParquetError(_) | A::IpcError(_) => ErrorKind::DataLoss,
+        A::MemoryError(_) => ErrorKind::ResourceExhausted,
+        _ => ErrorKind::InvalidInput,
+    }
+}
+
+/// The kind of a wrapped error; one meshq does not know is internal.
+fn cause_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind {
+    if let Some(p) = e.downcast_ref::<crate::policy::PolicyError>() {
+        policy_kind(p)
+    } else if let Some(d) = e.downcast_ref::<datafusion::error::DataFusionError>() {
+        error_kind(d)
+    } else if let Some(s) = e.downcast_ref::<object_store::Error>() {
+        store_kind(s)
+    } else if let Some(p) = e.downcast_ref::<parquet::errors::ParquetError>() {
+        parquet_kind(p)
+    } else if let Some(a) = e.downcast_ref::<arrow::error::ArrowError>() {
+        arrow_kind(a)
+    } else if e.downcast_ref::<std::io::Error>().is_some() {
+        ErrorKind::Unavailable
+    } else if e.downcast_ref::<crate::files::Confined>().is_some() {
+        ErrorKind::PermissionDenied
+    } else {
+        ErrorKind::Internal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::error::DataFusionError;
+
+    #[test]
+    fn kinds_follow_the_cause_not_the_message() {
+        let denied: DataFusionError = crate::policy::PolicyError::Lockdown {
+            what: "SET".into(),
+            admin_role: "admin".into(),
+        }
+        .into();
+        assert_eq!(error_kind(&denied), ErrorKind::PermissionDenied);
+        let gone: DataFusionError = crate::policy::PolicyError::NotServed {
+            table: "a.b".into(),
+        }
+        .into();
+        assert_eq!(
+            error_kind(&DataFusionError::Context("planning".into(), Box::new(gone))),
+            ErrorKind::NotFound
+        );
+        // "not found" in a message means nothing.
+        let plan = DataFusionError::Plan("column x not found".into());
+        assert_eq!(error_kind(&plan), ErrorKind::InvalidInput);
+        let io = DataFusionError::IoError(std::io::Error::other("connection refused"));
+        assert_eq!(error_kind(&io), ErrorKind::Unavailable);
+        let missing = DataFusionError::ObjectStore(Box::new(object_store::Error::NotFound {
+            path: "x".into(),
+            source: "gone".into(),
+        }));
+        assert_eq!(error_kind(&missing), ErrorKind::Unavailable);
+        let corrupt = DataFusionError::ParquetError(Box::new(
+            parquet::errors::ParquetError::General("bad footer".into()),
+        ));
+        assert_eq!(error_kind(&corrupt), ErrorKind::DataLoss);
+        let unreadable = DataFusionError::ParquetError(Box::new(
+            parquet::errors::ParquetError::External(Box::new(object_store::Error::NotFound {
+                path: "x".into(),
+                source: "gone".into(),
+            })),
+        ));
+        assert_eq!(error_kind(&unreadable), ErrorKind::Unavailable);
+        let limit = DataFusionError::ResourcesExhausted("pool".into());
+        assert_eq!(error_kind(&limit), ErrorKind::ResourceExhausted);
+        let bug = DataFusionError::Internal("oops".into());
+        assert_eq!(error_kind(&bug), ErrorKind::Internal);
+        let div =
+            DataFusionError::ArrowError(Box::new(arrow::error::ArrowError::DivideByZero), None);
+        assert_eq!(error_kind(&div), ErrorKind::InvalidInput);
+    }
+}

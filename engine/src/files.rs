@@ -181,17 +181,61 @@ impl FileAccess {
     }
 }
 
+/// Why an area of `files:` cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum AreaError {
+    #[error("{0}")]
+    Url(#[from] url::ParseError),
+    #[error(transparent)]
+    Store(#[from] meshq_connectors::Error),
+    #[error("not an object store URL")]
+    NotAStore,
+    #[error("not a file URL")]
+    NotAFileUrl,
+    #[error("{0}")]
+    Path(#[from] object_store::path::Error),
+    #[error("cannot create it: {0}")]
+    Create(std::io::Error),
+    #[error("{0}")]
+    Resolve(std::io::Error),
+    #[error("it overlaps `{}`, which SQL must never read or write directly", .0.display())]
+    Overlaps(PathBuf),
+    #[error("{0}")]
+    Local(#[from] object_store::Error),
+}
+
+/// Why a location a statement names is not inside its area.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum PlaceError {
+    #[error("globs are not supported here; name a file or a folder")]
+    Glob,
+    #[error("`..` is not allowed")]
+    ParentDir,
+    #[error("it cannot be resolved")]
+    Unresolvable,
+    #[error("it is outside the location")]
+    Outside,
+    #[error("it is not a local path")]
+    NotLocal,
+    #[error("not a file URL")]
+    NotAFileUrl,
+    #[error("it is not a plain path")]
+    NotPlain,
+    #[error("{0}")]
+    Url(#[from] url::ParseError),
+}
+
 fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '[', '{'])
 }
 
 /// The path segments of a relative path, refusing `..`.
-fn segments(text: &str) -> Result<Vec<String>, String> {
+fn segments(text: &str) -> Result<Vec<String>, PlaceError> {
     let mut out = Vec::new();
     for part in text.split('/') {
         match part {
             "" | "." => {}
-            ".." => return Err("`..` is not allowed".into()),
+            ".." => return Err(PlaceError::ParentDir),
             p => out.push(p.to_string()),
         }
     }
@@ -206,16 +250,14 @@ impl Area {
         mesh_root: &Path,
         forbidden: &[PathBuf],
         stores: &StoreRegistry,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AreaError> {
         if value.contains("://") && !value.starts_with("file://") {
-            let mut url = Url::parse(value).map_err(|e| e.to_string())?;
+            let mut url = Url::parse(value)?;
             if !url.path().ends_with('/') {
                 url.set_path(&format!("{}/", url.path()));
             }
-            let store = stores
-                .store_for(&url)?
-                .ok_or_else(|| "not an object store URL".to_string())?;
-            let prefix = StorePath::from_url_path(url.path()).map_err(|e| e.to_string())?;
+            let store = stores.store_for(&url)?.ok_or(AreaError::NotAStore)?;
+            let prefix = StorePath::from_url_path(url.path())?;
             let store: Arc<dyn ObjectStore> = Arc::new(PrefixStore::new(store, prefix));
             return Ok(Self {
                 key,
@@ -228,22 +270,18 @@ impl Area {
             Some(_) => Url::parse(value)
                 .ok()
                 .and_then(|u| u.to_file_path().ok())
-                .ok_or_else(|| "not a file URL".to_string())?,
+                .ok_or(AreaError::NotAFileUrl)?,
             None => mesh_root.join(value),
         };
-        std::fs::create_dir_all(&path).map_err(|e| format!("cannot create it: {e}"))?;
-        let root = std::fs::canonicalize(&path).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&path).map_err(AreaError::Create)?;
+        let root = std::fs::canonicalize(&path).map_err(AreaError::Resolve)?;
         if let Some(f) = forbidden
             .iter()
             .find(|f| f.starts_with(&root) || root.starts_with(f))
         {
-            return Err(format!(
-                "it overlaps `{}`, which SQL must never read or write directly",
-                f.display()
-            ));
+            return Err(AreaError::Overlaps(f.clone()));
         }
-        let store =
-            ConfinedLocalStore::new(root.clone(), forbidden.to_vec()).map_err(|e| e.to_string())?;
+        let store = ConfinedLocalStore::new(root.clone(), forbidden.to_vec())?;
         Ok(Self {
             key,
             scheme,
@@ -253,9 +291,9 @@ impl Area {
     }
 
     /// The segments of `location` inside this area.
-    fn relative(&self, location: &str) -> Result<Vec<String>, String> {
+    fn relative(&self, location: &str) -> Result<Vec<String>, PlaceError> {
         if has_glob(location) {
-            return Err("globs are not supported here; name a file or a folder".into());
+            return Err(PlaceError::Glob);
         }
         let trailing = location.ends_with('/');
         let mut out = if let Some(rest) = location.strip_prefix(&format!("{}://", self.scheme)) {
@@ -266,7 +304,7 @@ impl Area {
                     if !location.contains("://") {
                         segments(location)?
                     } else {
-                        let url = Url::parse(location).map_err(|e| e.to_string())?;
+                        let url = Url::parse(location)?;
                         let same_store = url.scheme() == root.scheme()
                             && url.host_str() == root.host_str()
                             && url.username() == root.username();
@@ -278,7 +316,7 @@ impl Area {
                         });
                         match inside.flatten() {
                             Some(parts) => parts,
-                            None => return Err("it is outside the location".into()),
+                            None => return Err(PlaceError::Outside),
                         }
                     }
                 }
@@ -295,26 +333,26 @@ impl Area {
 
 /// The segments of a local `location` (a path, relative to `root` or
 /// absolute, or a `file://` URL) inside `root`.
-fn relative_local(root: &Path, location: &str) -> Result<Vec<String>, String> {
+fn relative_local(root: &Path, location: &str) -> Result<Vec<String>, PlaceError> {
     let path = if location.starts_with("file://") {
         Url::parse(location)
             .ok()
             .and_then(|u| u.to_file_path().ok())
-            .ok_or_else(|| "not a file URL".to_string())?
+            .ok_or(PlaceError::NotAFileUrl)?
     } else if location.contains("://") {
-        return Err("it is not a local path".into());
+        return Err(PlaceError::NotLocal);
     } else {
         root.join(location)
     };
     let resolved = resolve_existing(&path)?;
     let rel = resolved
         .strip_prefix(root)
-        .map_err(|_| "it is outside the location".to_string())?;
+        .map_err(|_| PlaceError::Outside)?;
     let mut out = Vec::new();
     for c in rel.components() {
         match c {
             Component::Normal(s) => out.push(s.to_string_lossy().into_owned()),
-            _ => return Err("it is not a plain path".into()),
+            _ => return Err(PlaceError::NotPlain),
         }
     }
     Ok(out)
@@ -323,7 +361,7 @@ fn relative_local(root: &Path, location: &str) -> Result<Vec<String>, String> {
 /// `path` with its longest existing prefix canonicalised (symlinks,
 /// `/proc/self/…`, `.`/`..` resolved) and the rest appended; `..` in the
 /// part that does not exist yet is refused.
-fn resolve_existing(path: &Path) -> Result<PathBuf, String> {
+fn resolve_existing(path: &Path) -> Result<PathBuf, PlaceError> {
     let mut existing = path.to_path_buf();
     let mut rest: Vec<std::ffi::OsString> = Vec::new();
     loop {
@@ -332,7 +370,7 @@ fn resolve_existing(path: &Path) -> Result<PathBuf, String> {
                 let mut out = c;
                 for r in rest.iter().rev() {
                     if r == ".." {
-                        return Err("`..` is not allowed".into());
+                        return Err(PlaceError::ParentDir);
                     }
                     if r != "." {
                         out.push(r);
@@ -342,18 +380,28 @@ fn resolve_existing(path: &Path) -> Result<PathBuf, String> {
             }
             Err(_) => {
                 let Some(name) = existing.file_name().map(|n| n.to_os_string()) else {
-                    return Err("it cannot be resolved".into());
+                    return Err(PlaceError::Unresolvable);
                 };
                 if existing.ends_with("..") {
-                    return Err("`..` is not allowed".into());
+                    return Err(PlaceError::ParentDir);
                 }
                 rest.push(name);
                 if !existing.pop() {
-                    return Err("it cannot be resolved".into());
+                    return Err(PlaceError::Unresolvable);
                 }
             }
         }
     }
+}
+
+/// A path a confined store refused: it leaves the area.
+#[derive(Debug, thiserror::Error)]
+#[error("`{path}` is refused: {why}")]
+pub struct Confined {
+    /// The path asked for, within the area.
+    pub path: String,
+    /// Why.
+    pub why: String,
 }
 
 /// The rule a confined store applies to every path: resolved, it stays
@@ -370,11 +418,15 @@ impl Confinement {
     }
 
     fn check(&self, location: &StorePath) -> object_store::Result<()> {
-        let denied = |why: String| object_store::Error::PermissionDenied {
-            path: location.to_string(),
-            source: why.into(),
+        let denied = |why: String| object_store::Error::Generic {
+            store: "meshq confined store",
+            source: Box::new(Confined {
+                path: location.to_string(),
+                why,
+            }),
         };
-        let resolved = resolve_existing(&self.root.join(location.as_ref())).map_err(denied)?;
+        let resolved = resolve_existing(&self.root.join(location.as_ref()))
+            .map_err(|e| denied(e.to_string()))?;
         if self.allows(&resolved) {
             Ok(())
         } else {
@@ -637,7 +689,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(e, object_store::Error::PermissionDenied { .. }),
+            matches!(&e, object_store::Error::Generic { source, .. } if source.is::<Confined>()),
             "{e}"
         );
         let listed: Vec<_> = store.list(None).collect().await;

@@ -31,7 +31,7 @@ pub mod storage_error;
 pub use engine::{
     AppliedPolicies, CATALOG, Engine, EngineConfig, RESERVED_SCHEMAS, SCRATCH_SCHEMA, ServedTable,
 };
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result, error_kind, error_message};
 pub use live::{LiveEngine, ReloadOutcome, ReloadResult};
 pub use memory::QueryMemoryPool;
 pub use meshq_catalog::Principal;

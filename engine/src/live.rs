@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use datafusion::common::runtime::SpawnedTask;
@@ -86,8 +88,8 @@ impl LiveEngine {
     /// Serves an engine already loaded (version 1).
     pub fn with_engine(config: EngineConfig, engine: Engine) -> Arc<Self> {
         let live = Self::new(config);
-        *live.current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
-        *live.loaded_at.write().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+        *live.current.write() = Some(engine);
+        *live.loaded_at.write() = Some(SystemTime::now());
         live.version.send_replace(1);
         live
     }
@@ -105,10 +107,7 @@ impl LiveEngine {
 
     /// The version being served, if the first load has completed.
     pub fn current(&self) -> Option<Engine> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     /// Whether the first load has completed.
@@ -123,7 +122,7 @@ impl LiveEngine {
 
     /// When the served version was loaded.
     pub fn loaded_at(&self) -> Option<SystemTime> {
-        *self.loaded_at.read().unwrap_or_else(|e| e.into_inner())
+        *self.loaded_at.read()
     }
 
     /// Loads the mesh directory again and swaps it in (the first call loads
@@ -186,8 +185,8 @@ impl LiveEngine {
         for t in &kept {
             warn!(table = %t, "the new version has errors; the previous version is still served");
         }
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
-        *self.loaded_at.write().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+        *self.current.write() = Some(engine);
+        *self.loaded_at.write() = Some(SystemTime::now());
         let version = self.version() + 1;
         self.version.send_replace(version);
         let result = if errors == 0 {

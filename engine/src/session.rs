@@ -9,7 +9,9 @@
 //! statement, on the mesh version served when the statement starts.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use arrow::datatypes::FieldRef;
 use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider};
@@ -58,12 +60,6 @@ pub struct SessionData {
     settings: Mutex<BTreeMap<String, String>>,
 }
 
-/// Recovers the data behind a lock a panicking thread held: session state
-/// is only ever replaced whole, never left half-written.
-pub(crate) fn unpoison<T>(r: std::sync::LockResult<T>) -> T {
-    r.unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl SessionData {
     /// A new session of `principal`.
     pub fn new(principal: Principal) -> Self {
@@ -80,23 +76,23 @@ impl SessionData {
 
     /// Whose session it is.
     pub fn principal(&self) -> Arc<Principal> {
-        Arc::clone(&*unpoison(self.principal.read()))
+        Arc::clone(&*self.principal.read())
     }
 
     /// Replaces the principal (a reload changed its roles or attributes).
     pub fn set_principal(&self, principal: Principal) {
-        *unpoison(self.principal.write()) = Arc::new(principal);
+        *self.principal.write() = Arc::new(principal);
     }
 
     /// The schema unqualified names resolve in.
     pub fn default_schema(&self) -> String {
-        unpoison(self.default_schema.read()).clone()
+        self.default_schema.read().clone()
     }
 
     /// Sets the schema unqualified names resolve in (a client's session
     /// option; SQL `SET` is governed by the lockdown).
     pub fn set_default_schema(&self, schema: &str) {
-        *unpoison(self.default_schema.write()) = schema.to_string();
+        *self.default_schema.write() = schema.to_string();
     }
 
     /// The session's scratch schema (`public`).
@@ -105,11 +101,11 @@ impl SessionData {
     }
 
     pub(crate) fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        unpoison(self.schemas.read()).get(name).cloned()
+        self.schemas.read().get(name).cloned()
     }
 
     pub(crate) fn schema_names(&self) -> Vec<String> {
-        unpoison(self.schemas.read()).keys().cloned().collect()
+        self.schemas.read().keys().cloned().collect()
     }
 
     pub(crate) fn add_schema(
@@ -117,19 +113,19 @@ impl SessionData {
         name: &str,
         schema: Arc<dyn SchemaProvider>,
     ) -> Option<Arc<dyn SchemaProvider>> {
-        unpoison(self.schemas.write()).insert(name.to_string(), schema)
+        self.schemas.write().insert(name.to_string(), schema)
     }
 
     pub(crate) fn remove_schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        unpoison(self.schemas.write()).remove(name)
+        self.schemas.write().remove(name)
     }
 
     pub(crate) fn catalog(&self, name: &str) -> Option<Arc<dyn CatalogProvider>> {
-        unpoison(self.catalogs.read()).get(name).cloned()
+        self.catalogs.read().get(name).cloned()
     }
 
     pub(crate) fn catalog_names(&self) -> Vec<String> {
-        unpoison(self.catalogs.read()).keys().cloned().collect()
+        self.catalogs.read().keys().cloned().collect()
     }
 
     pub(crate) fn add_catalog(
@@ -137,11 +133,11 @@ impl SessionData {
         name: &str,
         catalog: Arc<dyn CatalogProvider>,
     ) -> Option<Arc<dyn CatalogProvider>> {
-        unpoison(self.catalogs.write()).insert(name.to_string(), catalog)
+        self.catalogs.write().insert(name.to_string(), catalog)
     }
 
     pub(crate) fn settings(&self) -> BTreeMap<String, String> {
-        unpoison(self.settings.lock()).clone()
+        self.settings.lock().clone()
     }
 }
 
@@ -337,8 +333,52 @@ impl MeshSession {
     pub async fn plan(&self, sql: &str) -> Result<LogicalPlan> {
         check_text(sql, &self.engine.mesh().config.limits)?;
         let sql = normalize(sql);
-        let plan = self.ctx.state().create_logical_plan(&sql).await?;
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(&sql, &dialect)?;
+        self.find_tables(&statement).await?;
+        let plan = state.statement_to_plan(statement).await?;
         self.admit(plan)
+    }
+
+    /// For a query, checks that every table it names exists (and may be
+    /// seen), so a missing one is a typed `NotFound` — the same error for a
+    /// table that is hidden by `readable-only` discovery — rather than a
+    /// planning error. Statements that create tables are left to DataFusion.
+    async fn find_tables(&self, statement: &datafusion::sql::parser::Statement) -> Result<()> {
+        use datafusion::sql::parser::Statement as DFStatement;
+        use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+        let is_query = matches!(
+            statement,
+            DFStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Query(_))
+        );
+        if !is_query {
+            return Ok(());
+        }
+        let state = self.ctx.state();
+        for reference in state.resolve_table_references(statement)? {
+            // Table functions (`range(…)`) appear as bare references too.
+            if matches!(reference, datafusion::common::TableReference::Bare { .. })
+                && state.table_functions().contains_key(reference.table())
+            {
+                continue;
+            }
+            // An unknown catalog or schema is as missing as an unknown table.
+            let found = match state.schema_for_ref(reference.clone()) {
+                Ok(schema) => schema.table(reference.table()).await?.is_some(),
+                Err(_) => false,
+            };
+            if !found {
+                let defaults = &state.config_options().catalog;
+                let resolved =
+                    reference.resolve(&defaults.default_catalog, &defaults.default_schema);
+                return Err(crate::policy::PolicyError::NotFound {
+                    table: resolved.to_string(),
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Parses a script of statements, within the size and depth limits.
@@ -422,7 +462,7 @@ impl MeshSession {
                         )));
                     }
                 }
-                let mut prepared = unpoison(self.data.prepared.lock());
+                let mut prepared = self.data.prepared.lock();
                 if prepared.contains_key(&p.name) {
                     return Err(DataFusionError::Execution(format!(
                         "prepared statement `{}` already exists; DEALLOCATE it first",
@@ -443,10 +483,7 @@ impl MeshSession {
                 );
             }
             Statement::Deallocate(d) => {
-                if unpoison(self.data.prepared.lock())
-                    .remove(&d.name)
-                    .is_none()
-                {
+                if self.data.prepared.lock().remove(&d.name).is_none() {
                     return Err(DataFusionError::Execution(format!(
                         "prepared statement `{}` does not exist",
                         d.name
@@ -458,11 +495,14 @@ impl MeshSession {
                 // Applied to a copy first, so a bad value is an error now.
                 let mut options = ctx.state().config_options().as_ref().clone();
                 options.set(&set.variable, &set.value)?;
-                unpoison(self.data.settings.lock()).insert(set.variable.clone(), set.value.clone());
+                self.data
+                    .settings
+                    .lock()
+                    .insert(set.variable.clone(), set.value.clone());
             }
             Statement::ResetVariable(reset) => {
                 check_setting(&reset.variable)?;
-                unpoison(self.data.settings.lock()).remove(&reset.variable);
+                self.data.settings.lock().remove(&reset.variable);
             }
             _ => return Ok(None),
         }
@@ -471,7 +511,10 @@ impl MeshSession {
 
     /// The query of prepared statement `name` with `parameters` bound.
     fn prepared_plan(&self, name: &str, parameters: Vec<Expr>) -> Result<LogicalPlan> {
-        let prepared = unpoison(self.data.prepared.lock())
+        let prepared = self
+            .data
+            .prepared
+            .lock()
             .get(name)
             .cloned()
             .ok_or_else(|| {

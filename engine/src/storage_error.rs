@@ -38,51 +38,13 @@ pub struct StorageFailure {
     pub message: String,
 }
 
-/// A Parquet error is a corrupt file, unless it carries a failure to read
-/// the file at all (the Parquet reader wraps the store's errors).
-fn parquet_kind(p: &parquet::errors::ParquetError) -> StorageFailureKind {
-    match p {
-        parquet::errors::ParquetError::External(inner)
-            if inner.downcast_ref::<object_store::Error>().is_some()
-                || inner.downcast_ref::<std::io::Error>().is_some() =>
-        {
-            StorageFailureKind::Unavailable
-        }
-        _ => StorageFailureKind::Corrupt,
-    }
-}
-
 fn classify(e: &DataFusionError) -> Option<(StorageFailureKind, String)> {
-    use StorageFailureKind::*;
-    fn external(
-        inner: &(dyn std::error::Error + Send + Sync + 'static),
-    ) -> Option<StorageFailureKind> {
-        if let Some(p) = inner.downcast_ref::<parquet::errors::ParquetError>() {
-            Some(parquet_kind(p))
-        } else if inner.downcast_ref::<object_store::Error>().is_some()
-            || inner.downcast_ref::<std::io::Error>().is_some()
-        {
-            Some(Unavailable)
-        } else {
-            // Anything else carried as External (policy errors among them)
-            // is not a storage failure.
-            None
-        }
-    }
-    let root = e.find_root();
-    let kind = match root {
-        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => Unavailable,
-        DataFusionError::ParquetError(p) => parquet_kind(p),
-        DataFusionError::External(inner) => external(inner.as_ref())?,
-        DataFusionError::ArrowError(arrow_err, _) => match arrow_err.as_ref() {
-            arrow::error::ArrowError::ExternalError(inner) => external(inner.as_ref())?,
-            arrow::error::ArrowError::IoError(..) => Unavailable,
-            arrow::error::ArrowError::ParquetError(_) => Corrupt,
-            _ => return None,
-        },
+    let kind = match crate::error::error_kind(e) {
+        crate::error::ErrorKind::Unavailable => StorageFailureKind::Unavailable,
+        crate::error::ErrorKind::DataLoss => StorageFailureKind::Corrupt,
         _ => return None,
     };
-    Some((kind, root.to_string()))
+    Some((kind, meshq_connectors::describe(e)))
 }
 
 /// The comparable key of a location: `bucket/prefix` for URLs, the path for

@@ -5,11 +5,11 @@
 use arrow_flight::{CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus};
 use meshq_engine::CATALOG;
 use prost::Message;
-use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::auth::Authenticator;
 use crate::cancel::CancelRegistry;
+use crate::error::{Error, Result};
 use crate::session_options as so;
 use crate::sessions::ClientSession;
 
@@ -23,10 +23,10 @@ pub const ACTIONS: [&str; 4] = [
 
 /// `SetSessionOptions`: `catalog` (must be `mesh`) and `schema` (the
 /// default schema for unqualified names).
-pub fn set_session_options(client: &ClientSession, body: &[u8]) -> Result<Vec<u8>, Status> {
+pub fn set_session_options(client: &ClientSession, body: &[u8]) -> Result<Vec<u8>> {
     let session = client.session()?;
     let req = so::SetSessionOptionsRequest::decode(body)
-        .map_err(|_| Status::invalid_argument("malformed SetSessionOptionsRequest"))?;
+        .map_err(|_| Error::malformed("SetSessionOptionsRequest"))?;
     let mut result = so::SetSessionOptionsResult::default();
     for (name, value) in req.session_options {
         let text = match &value.option_value {
@@ -73,9 +73,9 @@ pub fn get_session_options(client: &ClientSession) -> Vec<u8> {
 }
 
 /// `CancelFlightInfo`: stops the DoGet streams of the FlightInfo's tickets.
-pub fn cancel_flight_info(cancels: &CancelRegistry, body: &[u8]) -> Result<Vec<u8>, Status> {
+pub fn cancel_flight_info(cancels: &CancelRegistry, body: &[u8]) -> Result<Vec<u8>> {
     let req = CancelFlightInfoRequest::decode(body)
-        .map_err(|_| Status::invalid_argument("malformed CancelFlightInfoRequest"))?;
+        .map_err(|_| Error::malformed("CancelFlightInfoRequest"))?;
     let cancelled: usize = req
         .info
         .iter()

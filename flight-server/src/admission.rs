@@ -6,13 +6,16 @@
 //! `RESOURCE_EXHAUSTED` with the limit's name in the message.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use meshq_catalog::limits::LimitsConfig;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::Status;
+
+use crate::error::{Error, Result};
 
 /// Default for `limits.queue_timeout`.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,7 +89,7 @@ impl Admission {
     }
 
     fn own_semaphore(&self, principal: &str, limit: usize) -> Arc<Semaphore> {
-        let mut m = self.per_principal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.per_principal.lock();
         // Entries of principals with nothing running go, so the map stays
         // as small as the set of active principals.
         if m.len() > 1024 {
@@ -100,7 +103,7 @@ impl Admission {
 
     /// Waits for a slot for one query of `principal`, whose own limit is
     /// `own_limit` concurrent queries.
-    pub async fn admit(&self, principal: &str, own_limit: Option<usize>) -> Result<Permit, Status> {
+    pub async fn admit(&self, principal: &str, own_limit: Option<usize>) -> Result<Permit> {
         let own = own_limit.map(|n| self.own_semaphore(principal, n.max(1)));
         let global = self.global.as_ref().map(|(s, _)| Arc::clone(s));
         // Fast path: both free now.
@@ -123,7 +126,7 @@ impl Admission {
         if let Some(max) = self.max_queued
             && waiting >= max
         {
-            return Err(Status::resource_exhausted(format!(
+            return Err(Error::Busy(format!(
                 "the server is busy: {} queries running and {waiting} queued, the most allowed (limits.max_queued_queries = {max}); try again later",
                 self.running()
             )));
@@ -131,14 +134,14 @@ impl Admission {
         let started = Instant::now();
         let wait = async {
             let own_permit = match own {
-                Some(s) => Some(s.acquire_owned().await.map_err(|_| closed())?),
+                Some(s) => Some(s.acquire_owned().await.map_err(|_| Error::ShuttingDown)?),
                 None => None,
             };
             let global_permit = match global {
-                Some(s) => Some(s.acquire_owned().await.map_err(|_| closed())?),
+                Some(s) => Some(s.acquire_owned().await.map_err(|_| Error::ShuttingDown)?),
                 None => None,
             };
-            Ok::<_, Status>((global_permit, own_permit))
+            Ok::<_, Error>((global_permit, own_permit))
         };
         match tokio::time::timeout(self.queue_timeout, wait).await {
             Ok(Ok((g, o))) => Ok(self.permit(g, o, started.elapsed())),
@@ -150,7 +153,7 @@ impl Admission {
                     }
                     None => "the server's concurrent-query limit".to_string(),
                 };
-                Err(Status::resource_exhausted(format!(
+                Err(Error::Busy(format!(
                     "the query waited {:.1} s in the queue (limits.queue_timeout) for a slot under {whose}; try again later",
                     self.queue_timeout.as_secs_f64()
                 )))
@@ -181,10 +184,6 @@ fn queue_timeout(limits: &LimitsConfig) -> Duration {
         .unwrap_or(DEFAULT_QUEUE_TIMEOUT)
 }
 
-fn closed() -> Status {
-    Status::unavailable("the server is shutting down")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,9 +210,12 @@ mod tests {
         // The queue is full: refused at once.
         let full = a.admit("gina", None).await.unwrap_err();
         assert_eq!(full.code(), tonic::Code::ResourceExhausted);
-        assert!(full.message().contains("max_queued_queries"), "{full}");
+        assert!(full.to_string().contains("max_queued_queries"), "{full}");
         let timed_out = waiter.await.unwrap().unwrap_err();
-        assert!(timed_out.message().contains("queue_timeout"), "{timed_out}");
+        assert!(
+            timed_out.to_string().contains("queue_timeout"),
+            "{timed_out}"
+        );
         // A slot freed lets the next query in.
         let waiter = {
             let a = Arc::clone(&a);
@@ -234,7 +236,7 @@ mod tests {
         let a = Admission::new(&limits("{ queue_timeout: 100ms }"));
         let p1 = a.admit("ana", Some(1)).await.unwrap();
         let e = a.admit("ana", Some(1)).await.unwrap_err();
-        assert!(e.message().contains("principal's limit of 1"), "{e}");
+        assert!(e.to_string().contains("principal's limit of 1"), "{e}");
         let other = a.admit("ben", Some(1)).await.unwrap();
         drop((p1, other));
         a.admit("ana", Some(1)).await.unwrap();

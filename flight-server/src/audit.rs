@@ -5,9 +5,9 @@
 //! the same query with other values has the same hash. The fields are
 //! documented in `docs/operating.md`.
 
+use parking_lot::Mutex;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
 
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
@@ -57,7 +57,7 @@ impl AuditLog {
             }
         };
         line.push(b'\n');
-        let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sink = self.sink.lock();
         // One write per line, so lines from concurrent queries never interleave.
         if let Err(e) = sink.write_all(&line).and_then(|_| sink.flush()) {
             warn!(error = %e, "cannot write the audit log");

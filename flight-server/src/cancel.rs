@@ -3,7 +3,9 @@
 //! so a cancel stops that query and not another client's identical one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::result_stream::{QueryControl, Stop};
 
@@ -26,7 +28,6 @@ impl CancelRegistry {
         let id = rand::random::<u64>();
         self.streams
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .entry(ticket.clone())
             .or_default()
             .push((id, control));
@@ -40,12 +41,7 @@ impl CancelRegistry {
     /// Stops every stream of `ticket`, freeing what its statement holds even
     /// if the client is not reading; how many there were.
     pub fn cancel(&self, ticket: &[u8]) -> usize {
-        let controls = self
-            .streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(ticket)
-            .unwrap_or_default();
+        let controls = self.streams.lock().remove(ticket).unwrap_or_default();
         for (_, c) in &controls {
             c.stop(Stop::Cancelled);
         }
@@ -62,11 +58,7 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut m = self
-            .registry
-            .streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut m = self.registry.streams.lock();
         if let Some(v) = m.get_mut(&self.ticket) {
             v.retain(|(id, _)| *id != self.id);
             if v.is_empty() {

@@ -10,8 +10,8 @@
 //! - Results stream batch by batch, schema first (also for zero rows), in
 //!   the same schema `GetFlightInfo` announced, with view types sent as
 //!   plain `Utf8`/`Binary`.
-//! - Errors map to gRPC codes in one place ([`error::to_status`]) and never
-//!   carry row values.
+//! - Every failure is an [`error::Error`]; it becomes a gRPC status in one
+//!   place (`From<Error> for Status`) and never carries row values.
 
 pub mod actions;
 pub mod admission;

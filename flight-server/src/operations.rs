@@ -1,7 +1,9 @@
 //! [`Operations`]: the server-wide state every query reports to — metrics,
 //! the audit log and admission.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use meshq_engine::Engine;
 
@@ -32,16 +34,12 @@ impl Operations {
     /// changes them (queries admitted before keep their slots).
     pub fn admission(&self, engine: &Engine) -> Arc<Admission> {
         let limits = &engine.mesh().config.limits;
-        if let Some(a) = self
-            .admission
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
+        if let Some(a) = self.admission.read().as_ref()
             && a.same_settings(limits)
         {
             return Arc::clone(a);
         }
-        let mut slot = self.admission.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.admission.write();
         match slot.as_ref() {
             Some(a) if a.same_settings(limits) => Arc::clone(a),
             _ => {
@@ -56,7 +54,6 @@ impl Operations {
     pub fn queries_in_flight(&self) -> (usize, usize) {
         self.admission
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|a| (a.running(), a.queued()))
             .unwrap_or_default()

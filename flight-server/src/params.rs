@@ -4,8 +4,8 @@
 //! principal who bound them: another user holding the same handle cannot
 //! change or use them.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -28,7 +28,7 @@ fn key(principal: &str, handle: &PreparedHandle) -> String {
 impl ParamStore {
     /// Keeps `batch` for `principal`'s `handle`.
     pub fn put(&self, principal: &str, handle: &PreparedHandle, batch: RecordBatch) {
-        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.entries.lock();
         if m.len() >= PARAMS_MAX {
             m.retain(|_, (t, _)| t.elapsed() < PARAMS_IDLE);
         }
@@ -39,7 +39,7 @@ impl ParamStore {
 
     /// The parameters `principal` bound to `handle`.
     pub fn get(&self, principal: &str, handle: &PreparedHandle) -> Option<RecordBatch> {
-        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.entries.lock();
         let (t, b) = m.get_mut(&key(principal, handle))?;
         *t = Instant::now();
         Some(b.clone())
@@ -47,9 +47,6 @@ impl ParamStore {
 
     /// Forgets them.
     pub fn remove(&self, principal: &str, handle: &PreparedHandle) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key(principal, handle));
+        self.entries.lock().remove(&key(principal, handle));
     }
 }

@@ -20,15 +20,14 @@ use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use futures::FutureExt;
-use meshq_engine::{MeshSession, StorageFailureKind, is_statement};
-use tonic::Status;
-use tracing::{error, info, warn};
+use meshq_engine::{MeshSession, is_statement};
+use tracing::{error, info};
 
 use crate::cancel::CancelRegistry;
-use crate::error::to_status;
+use crate::error::{Error, Result};
 use crate::metadata::wire_schema;
 use crate::operations::Operations;
-use crate::result_stream::{QueryControl, ResultLimits, ResultStream, RunningQuery, timed_out};
+use crate::result_stream::{QueryControl, ResultLimits, ResultStream, RunningQuery};
 use crate::sessions::ClientSession;
 use crate::trace::QueryTrace;
 
@@ -114,9 +113,9 @@ struct Planned {
 }
 
 /// Parameter values from a one-row batch, in column order (`$1`, `$2`, …).
-fn param_values(batch: &RecordBatch) -> Result<ParamValues, Status> {
+fn param_values(batch: &RecordBatch) -> Result<ParamValues> {
     if batch.num_rows() != 1 {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::BadRequest(format!(
             "parameters must be bound as exactly one row, got {}",
             batch.num_rows()
         )));
@@ -126,18 +125,16 @@ fn param_values(batch: &RecordBatch) -> Result<ParamValues, Status> {
         .iter()
         .map(|c| ScalarValue::try_from_array(c, 0))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| Error::BadRequest(format!("cannot read a bound parameter: {e}")))?;
     Ok(ParamValues::List(
         values.into_iter().map(Into::into).collect(),
     ))
 }
 
 /// A panic inside one statement, as its error.
-fn panicked(id: QueryId, what: &str) -> Status {
+fn panicked(id: QueryId, what: &str) -> Error {
     error!(query_id = %id, what, "a statement panicked; it failed alone");
-    Status::internal(format!(
-        "internal error (query id {id}); the server log has the details"
-    ))
+    Error::Internal(id)
 }
 
 /// Runs statements.
@@ -154,7 +151,7 @@ impl Lifecycle {
 
     /// Takes the session's mesh version, opens the audit record and plans
     /// the statement; one that cannot be planned is audited here.
-    async fn plan(&self, request: &QueryRequest) -> Result<Planned, Status> {
+    async fn plan(&self, request: &QueryRequest) -> Result<Planned> {
         let session = request.client.session()?;
         let mut trace = QueryTrace::new(&self.ops, request, request.client.mesh_version());
         let id = request.id;
@@ -162,11 +159,11 @@ impl Lifecycle {
             .catch_unwind()
             .await
             .map_err(|_| panicked(id, "planning"))
-            .and_then(|r| r.map_err(|e| to_status(&e, &id.to_string())));
+            .and_then(|r| r.map_err(|e| Error::statement(id, &e, None)));
         let planned = match (planned, &request.params) {
             (Ok(plan), Some(p)) => param_values(p).and_then(|v| {
                 plan.with_param_values(v)
-                    .map_err(|e| to_status(&e, &id.to_string()))
+                    .map_err(|e| Error::statement(id, &e, None))
             }),
             (other, _) => other,
         };
@@ -198,7 +195,7 @@ impl Lifecycle {
     /// not a query (DDL, DML, `COPY`, `SET`) runs now, through the same path
     /// as a query, and its result is returned for `DoGet`; a query is only
     /// checked, and `DoGet` runs it.
-    pub async fn announce(&self, request: QueryRequest) -> Result<Announced, Status> {
+    pub async fn announce(&self, request: QueryRequest) -> Result<Announced> {
         let mut planned = self.plan(&request).await?;
         if is_statement(&planned.plan) {
             let stream = self.run(planned, None).await?;
@@ -219,11 +216,7 @@ impl Lifecycle {
 
     /// For `DoGet`: plans and runs the statement, streaming its result;
     /// cancellable by `ticket`.
-    pub async fn stream(
-        &self,
-        request: QueryRequest,
-        ticket: Vec<u8>,
-    ) -> Result<ResultStream, Status> {
+    pub async fn stream(&self, request: QueryRequest, ticket: Vec<u8>) -> Result<ResultStream> {
         let planned = self.plan(&request).await?;
         info!(query_id = %request.id, user = %planned.session.principal().display_name(), "query");
         self.run(planned, Some(ticket)).await
@@ -233,15 +226,12 @@ impl Lifecycle {
     /// runs a statement that is not a query; the rows it affected. A query
     /// sent this way is refused: its result would be thrown away, and it
     /// would run outside the result limits.
-    pub async fn update(&self, request: QueryRequest) -> Result<i64, Status> {
+    pub async fn update(&self, request: QueryRequest) -> Result<i64> {
         let mut planned = self.plan(&request).await?;
         if !is_statement(&planned.plan) {
-            let status = Status::invalid_argument(format!(
-                "query {}: this is a query, not an update; send it as CommandStatementQuery (execute/fetch), not CommandStatementUpdate",
-                request.id
-            ));
-            planned.trace.finish(Err(&status));
-            return Err(status);
+            let error = Error::NotAnUpdate(request.id);
+            planned.trace.finish(Err(&error));
+            return Err(error);
         }
         let batches = self.run(planned, None).await?.collect_all().await?;
         Ok(affected_rows(&batches))
@@ -249,15 +239,15 @@ impl Lifecycle {
 
     /// For `ActionCreatePreparedStatement`: the result and parameter
     /// schemas, after the same checks as running it.
-    pub async fn prepare(&self, request: QueryRequest) -> Result<(SchemaRef, Schema), Status> {
+    pub async fn prepare(&self, request: QueryRequest) -> Result<(SchemaRef, Schema)> {
         let mut planned = self.plan(&request).await?;
         planned.trace.discard();
-        let id = request.id.to_string();
+        let id = request.id;
         let dataset = wire_schema(planned.plan.schema().as_arrow());
         let mut types: Vec<(String, DataType)> = planned
             .plan
             .get_parameter_types()
-            .map_err(|e| to_status(&e, &id))?
+            .map_err(|e| Error::statement(id, &e, None))?
             .into_iter()
             .map(|(k, v)| (k, v.unwrap_or(DataType::Utf8)))
             .collect();
@@ -277,7 +267,7 @@ impl Lifecycle {
 
     /// Runs a planned statement under the principal's limits: admission,
     /// memory pool, time limit, result limits, audit.
-    async fn run(&self, planned: Planned, ticket: Option<Vec<u8>>) -> Result<ResultStream, Status> {
+    async fn run(&self, planned: Planned, ticket: Option<Vec<u8>>) -> Result<ResultStream> {
         let Planned {
             id,
             session,
@@ -306,18 +296,8 @@ impl Lifecycle {
         // The tables read, to name the product if its storage fails.
         let tables = trace.record.tables.clone();
         let failing = session.clone();
-        let qid = id.to_string();
-        let errors = move |e: &DataFusionError| -> Status {
-            match failing.storage_failure(e, &tables) {
-                Some(f) => {
-                    warn!(query_id = %qid, error = %e, "storage failure");
-                    match f.kind {
-                        StorageFailureKind::Unavailable => Status::unavailable(f.message),
-                        StorageFailureKind::Corrupt => Status::data_loss(f.message),
-                    }
-                }
-                None => to_status(e, &qid),
-            }
+        let errors = move |e: &DataFusionError| -> Error {
+            Error::statement(id, e, Some((&failing, &tables)))
         };
         let schema = wire_schema(plan.schema().as_arrow());
         let memory = limits.query_memory.map(|m| m as usize);
@@ -326,8 +306,11 @@ impl Lifecycle {
             Some(at) => match tokio::time::timeout_at(at, started).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let status = timed_out(id, limits.query_timeout.unwrap_or_default());
-                    return trace.check(Err(status));
+                    let error = Error::TimedOut {
+                        id,
+                        limit: limits.query_timeout.unwrap_or_default(),
+                    };
+                    return trace.check(Err(error));
                 }
             },
             None => started.await,

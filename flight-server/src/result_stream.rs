@@ -9,8 +9,10 @@
 //! error saying why — never a result that merely looks complete.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,10 +24,10 @@ use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::task::AtomicWaker;
 use futures::{Future, Stream, StreamExt};
 use meshq_engine::PhysicalQuery;
-use tonic::Status;
 use tracing::debug;
 
 use crate::admission::Permit;
+use crate::error::{Error, Result};
 use crate::query::QueryId;
 use crate::trace::QueryTrace;
 
@@ -71,13 +73,13 @@ impl QueryControl {
         }
     }
 
-    fn status(&self, why: u8) -> Option<Status> {
+    fn error(&self, why: u8) -> Option<Error> {
         match why {
-            CANCELLED => Some(Status::cancelled(format!(
-                "query {} was cancelled (CancelFlightInfo)",
-                self.id
-            ))),
-            TIMED_OUT => Some(timed_out(self.id, self.time_limit.unwrap_or_default())),
+            CANCELLED => Some(Error::Cancelled(self.id)),
+            TIMED_OUT => Some(Error::TimedOut {
+                id: self.id,
+                limit: self.time_limit.unwrap_or_default(),
+            }),
             _ => None,
         }
     }
@@ -96,7 +98,7 @@ impl QueryControl {
         {
             return;
         }
-        if let Ok(mut slot) = self.running.try_lock() {
+        if let Some(mut slot) = self.running.try_lock() {
             self.take(&mut slot, code);
         }
         self.waker.wake();
@@ -105,21 +107,13 @@ impl QueryControl {
     /// Takes the query out, recording why it ended.
     fn take(&self, slot: &mut Option<RunningQuery>, code: u8) {
         if let Some(mut q) = slot.take() {
-            q.trace.dropped = self.status(code);
+            q.trace.dropped = self.error(code);
         }
     }
 }
 
-/// The error of a statement past its time limit.
-pub(crate) fn timed_out(id: QueryId, limit: Duration) -> Status {
-    Status::deadline_exceeded(format!(
-        "query {id} ran longer than its time limit of {:.1} s (limits.query_timeout) and was cancelled",
-        limit.as_secs_f64()
-    ))
-}
-
-/// Maps a DataFusion error of this statement to a status.
-pub(crate) type ErrorMap = Box<dyn Fn(&DataFusionError) -> Status + Send + Sync>;
+/// Maps a DataFusion error of this statement to the server's error.
+pub(crate) type ErrorMap = Box<dyn Fn(&DataFusionError) -> Error + Send + Sync>;
 
 /// Result limits of one statement.
 #[derive(Debug, Clone, Copy, Default)]
@@ -183,7 +177,7 @@ impl ResultStream {
     }
 
     /// Every batch, for statements whose small result travels in a ticket.
-    pub async fn collect_all(mut self) -> Result<Vec<RecordBatch>, Status> {
+    pub async fn collect_all(mut self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         while let Some(b) = self.next().await {
             out.push(b?);
@@ -194,13 +188,13 @@ impl ResultStream {
     fn fail(
         &mut self,
         slot: &mut Option<RunningQuery>,
-        status: Status,
-    ) -> Poll<Option<Result<RecordBatch, Status>>> {
+        error: Error,
+    ) -> Poll<Option<Result<RecordBatch>>> {
         if let Some(mut q) = slot.take() {
-            q.trace.finish(Err(&status));
+            q.trace.finish(Err(&error));
         }
         self.done = true;
-        Poll::Ready(Some(Err(status)))
+        Poll::Ready(Some(Err(error)))
     }
 }
 
@@ -214,10 +208,7 @@ fn batch_bytes(batch: &RecordBatch) -> u64 {
 }
 
 /// Casts a batch to the wire schema (views → plain types).
-fn cast_batch(
-    batch: &RecordBatch,
-    target: &SchemaRef,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> arrow::error::Result<RecordBatch> {
     if batch.schema().fields() == target.fields() {
         return Ok(batch
             .clone()
@@ -234,7 +225,7 @@ fn cast_batch(
 }
 
 impl Stream for ResultStream {
-    type Item = Result<RecordBatch, Status>;
+    type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
@@ -247,16 +238,13 @@ impl Stream for ResultStream {
         {
             control.stop(Stop::TimedOut);
         }
-        let mut slot = control
-            .running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = control.running.lock();
         let end = control.end.load(Ordering::SeqCst);
         if end != RUNNING {
             // Stopped from outside: the stream's last item says why.
             control.take(&mut slot, end);
             self.done = true;
-            return Poll::Ready(control.status(end).map(Err));
+            return Poll::Ready(control.error(end).map(Err));
         }
         let Some(q) = slot.as_mut() else {
             self.done = true;
@@ -266,11 +254,7 @@ impl Stream for ResultStream {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| q.inner.poll_next_unpin(cx)));
         let Ok(polled) = polled else {
             tracing::error!(query_id = %control.id, "a statement panicked while running; it failed alone");
-            let status = Status::internal(format!(
-                "internal error (query id {}); the server log has the details",
-                control.id
-            ));
-            return self.fail(&mut slot, status);
+            return self.fail(&mut slot, Error::Internal(control.id));
         };
         let batch = match polled {
             Poll::Pending => return Poll::Pending,
@@ -286,14 +270,14 @@ impl Stream for ResultStream {
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(Err(e))) => {
-                let status = (self.errors)(&e);
-                return self.fail(&mut slot, status);
+                let error = (self.errors)(&e);
+                return self.fail(&mut slot, error);
             }
             Poll::Ready(Some(Ok(b))) => b,
         };
         let batch = match cast_batch(&batch, &self.schema) {
             Ok(b) => b,
-            Err(e) => return self.fail(&mut slot, Status::internal(e.to_string())),
+            Err(e) => return self.fail(&mut slot, Error::encode("a result", e)),
         };
         let r = &mut q.trace.record;
         r.rows += batch.num_rows() as u64;
@@ -308,8 +292,11 @@ impl Stream for ResultStream {
             _ => None,
         };
         if let Some(msg) = over {
-            let status = Status::resource_exhausted(format!("query {}: {msg}", control.id));
-            return self.fail(&mut slot, status);
+            let error = Error::ResultLimit {
+                id: control.id,
+                what: msg,
+            };
+            return self.fail(&mut slot, error);
         }
         Poll::Ready(Some(Ok(batch)))
     }

@@ -36,6 +36,7 @@ use crate::actions;
 use crate::audit::{self, AuditRecord};
 use crate::auth::{AuthFailure, Authenticator};
 use crate::cancel::CancelRegistry;
+use crate::error::Error;
 use crate::metadata::{self, sql_info, xdbc_types};
 use crate::operations::Operations;
 use crate::params::ParamStore;
@@ -59,25 +60,25 @@ pub struct MeshFlightService {
     xdbc: XdbcTypeInfoData,
 }
 
-fn schema_ipc(schema: &Schema) -> Result<Vec<u8>, Status> {
+fn schema_ipc(schema: &Schema) -> Result<Vec<u8>, Error> {
     let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
         .try_into()
-        .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        .map_err(|e: arrow::error::ArrowError| Error::encode("a schema", e))?;
     Ok(bytes.to_vec())
 }
 
 /// A stream of batches in Flight form, schema first (also for zero rows).
 fn encode(
     schema: SchemaRef,
-    batches: impl Stream<Item = Result<RecordBatch, Status>> + Send + 'static,
+    batches: impl Stream<Item = Result<RecordBatch, Error>> + Send + 'static,
 ) -> BoxStream<arrow_flight::FlightData> {
     Box::pin(
         FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            .build(batches.map_err(|s| FlightError::Tonic(Box::new(s))))
+            .build(batches.map_err(|e| FlightError::Tonic(Box::new(e.into()))))
             .map_err(|e| match e {
                 FlightError::Tonic(s) => *s,
-                other => Status::internal(other.to_string()),
+                other => Error::encode("a result", other).into(),
             }),
     )
 }
@@ -98,7 +99,7 @@ fn encode_batches(
 fn one_batch<E: std::fmt::Display>(
     batch: Result<RecordBatch, E>,
 ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
-    let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
+    let batch = batch.map_err(|e| Error::encode("a metadata result", e))?;
     Ok(Response::new(encode_batches(batch.schema(), vec![batch])))
 }
 
@@ -106,11 +107,11 @@ fn info(
     schema: &Schema,
     ticket: Vec<u8>,
     descriptor: FlightDescriptor,
-) -> Result<FlightInfo, Status> {
+) -> Result<FlightInfo, Error> {
     let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
     FlightInfo::new()
         .try_with_schema(schema)
-        .map_err(|e| Status::internal(e.to_string()))
+        .map_err(|e| Error::encode("a schema", e))
         .map(|i| i.with_endpoint(endpoint).with_descriptor(descriptor))
 }
 
@@ -120,7 +121,7 @@ fn statement_ticket(
     params: Option<&RecordBatch>,
     schema: &SchemaRef,
     result: Option<Vec<RecordBatch>>,
-) -> Result<Vec<u8>, Status> {
+) -> Result<Vec<u8>, Error> {
     let handle = StatementTicket {
         sql,
         params: params.map(params_to_ipc).transpose()?,
@@ -171,9 +172,10 @@ impl MeshFlightService {
     }
 
     async fn client<T: Sync>(&self, req: &Request<T>) -> Result<Arc<ClientSession>, Status> {
-        self.auth
+        Ok(self
+            .auth
             .authenticate(req.metadata(), req.remote_addr())
-            .await
+            .await?)
     }
 
     fn request<T>(
@@ -271,7 +273,7 @@ impl FlightSqlService for MeshFlightService {
         let mut resp: Response<BoxStream<HandshakeResponse>> =
             Response::new(Box::pin(futures::stream::iter(vec![Ok(response)])));
         let value = MetadataValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| Status::internal("token is not a valid header value"))?;
+            .map_err(|e| Error::encode("a token", e))?;
         resp.metadata_mut().insert("authorization", value);
         Ok(resp)
     }
@@ -351,12 +353,13 @@ impl FlightSqlService for MeshFlightService {
             )
             .try_collect()
             .await
-            .map_err(|e| Status::invalid_argument(format!("cannot read bound parameters: {e}")))?;
+            .map_err(|e| Error::BadRequest(format!("cannot read bound parameters: {e}")))?;
         let batch = match batches.as_slice() {
-            [] => return Err(Status::invalid_argument("no parameter values were sent")),
+            [] => return Err(Error::BadRequest("no parameter values were sent".into()).into()),
             [b] => b.clone(),
-            many => arrow::compute::concat_batches(&many[0].schema(), many)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            many => arrow::compute::concat_batches(&many[0].schema(), many).map_err(|e| {
+                Error::BadRequest(format!("bound parameter batches do not agree: {e}"))
+            })?,
         };
         self.params
             .put(client.principal().display_name(), &handle, batch);
@@ -396,7 +399,7 @@ impl FlightSqlService for MeshFlightService {
     ) -> Result<i64, Status> {
         let client = self.client(&request).await?;
         let req = self.request(client, &request, Call::Update, cmd.query, None);
-        self.queries.update(req).await
+        Ok(self.queries.update(req).await?)
     }
 
     async fn do_put_prepared_statement_update(
@@ -408,7 +411,7 @@ impl FlightSqlService for MeshFlightService {
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.bound(&client, &handle);
         let req = self.request(client, &request, Call::PreparedUpdate, handle.sql, params);
-        self.queries.update(req).await
+        Ok(self.queries.update(req).await?)
     }
 
     async fn get_flight_info_catalogs(
@@ -476,7 +479,7 @@ impl FlightSqlService for MeshFlightService {
         for t in session.visible_tables().await {
             let s = metadata::table_schema(CATALOG, &t.schema, &t.table, &t.columns);
             b.append(CATALOG, &t.schema, &t.table, t.kind, &s)
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(|e| Error::encode("a table list", e))?;
         }
         one_batch(b.build())
     }
@@ -635,10 +638,7 @@ impl FlightSqlService for MeshFlightService {
         message: Any,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         self.client(&request).await?;
-        Err(Status::invalid_argument(format!(
-            "unsupported ticket type {}",
-            message.type_url
-        )))
+        Err(Error::BadRequest(format!("unsupported ticket type {}", message.type_url)).into())
     }
 
     async fn do_action_fallback(
@@ -653,9 +653,7 @@ impl FlightSqlService for MeshFlightService {
             "CancelFlightInfo" => actions::cancel_flight_info(&self.cancels, body)?,
             "CloseSession" => actions::close_session(&self.auth, request.metadata()),
             other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown action `{other}`"
-                )));
+                return Err(Error::BadRequest(format!("unknown action `{other}`")).into());
             }
         };
         let result = arrow_flight::Result {

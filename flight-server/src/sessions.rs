@@ -3,12 +3,15 @@
 //! principal, least recently used first out.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use meshq_catalog::Principal;
 use meshq_engine::{Engine, LiveEngine, MeshSession, SessionData};
-use tonic::Status;
+
+use crate::error::{Error, Result};
 
 /// How long an idle session stays valid.
 pub const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
@@ -33,10 +36,6 @@ pub struct ClientSession {
     /// The mesh version the principal was last resolved on.
     seen: Mutex<Option<Engine>>,
     last_used: Mutex<Instant>,
-}
-
-fn loading() -> Status {
-    Status::unavailable("the mesh is still loading; try again in a moment")
 }
 
 impl ClientSession {
@@ -75,30 +74,25 @@ impl ClientSession {
     }
 
     fn touch(&self) {
-        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.last_used.lock() = Instant::now();
     }
 
     fn idle(&self) -> Duration {
-        self.last_used
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
+        self.last_used.lock().elapsed()
     }
 
     /// The planning context of one statement, on the mesh version served
     /// now: taken once per call, so one statement never sees two versions.
-    pub fn session(&self) -> Result<MeshSession, Status> {
-        let current = self.live.current().ok_or_else(loading)?;
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn session(&self) -> Result<MeshSession> {
+        let current = self.live.current().ok_or(Error::Loading)?;
+        let mut seen = self.seen.lock();
         if !seen.as_ref().is_some_and(|e| e.same_version(&current)) {
             if let Login::Password { hash } = &self.login {
                 let name = self.data.principal().name.clone().unwrap_or_default();
                 let config = &current.mesh().config;
                 let entry = config.principals.iter().find(|p| p.name == name);
                 let Some(entry) = entry.filter(|p| p.password_hash.as_deref() == Some(hash)) else {
-                    return Err(Status::unauthenticated(format!(
-                        "principal `{name}` no longer exists in meshq.yaml or its password changed; log in again"
-                    )));
+                    return Err(Error::PrincipalGone(name));
                 };
                 self.data.set_principal(Principal::from_config(entry));
             }
@@ -129,7 +123,7 @@ pub struct SessionStore {
 impl SessionStore {
     /// Logged-in sessions now.
     pub fn len(&self) -> usize {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.tokens.lock().len()
     }
 
     /// Whether there are none.
@@ -139,7 +133,7 @@ impl SessionStore {
 
     /// The session of `token`, if it is valid.
     pub fn get(&self, token: &str) -> Option<Arc<ClientSession>> {
-        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let tokens = self.tokens.lock();
         let s = tokens.get(token)?;
         if s.idle() >= SESSION_IDLE {
             return None;
@@ -159,7 +153,7 @@ impl SessionStore {
         total: usize,
     ) -> Vec<Eviction> {
         let mut evicted = Vec::new();
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tokens = self.tokens.lock();
         let name = session.principal().name.clone();
         let own: Vec<(String, Duration)> = tokens
             .iter()
@@ -196,10 +190,6 @@ impl SessionStore {
 
     /// Ends the session of `token`.
     pub fn remove(&self, token: &str) -> bool {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(token)
-            .is_some()
+        self.tokens.lock().remove(token).is_some()
     }
 }

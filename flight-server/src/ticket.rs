@@ -7,7 +7,8 @@ use arrow::datatypes::SchemaRef;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
-use tonic::Status;
+
+use crate::error::{Error, Result};
 
 /// The statement behind a `TicketStatementQuery`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,9 +36,8 @@ impl StatementTicket {
     }
 
     /// Reads a ticket.
-    pub fn decode(bytes: &[u8]) -> Result<Self, Status> {
-        serde_json::from_slice(bytes)
-            .map_err(|_| Status::invalid_argument("malformed statement ticket"))
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|_| Error::malformed("statement ticket"))
     }
 }
 
@@ -58,29 +58,28 @@ impl PreparedHandle {
     }
 
     /// Reads a handle from the client.
-    pub fn decode(bytes: &[u8]) -> Result<Self, Status> {
-        serde_json::from_slice(bytes)
-            .map_err(|_| Status::invalid_argument("malformed prepared statement handle"))
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|_| Error::malformed("prepared statement handle"))
     }
 }
 
 /// Batches of one schema → IPC text for a ticket.
-pub fn batches_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, Status> {
+pub fn batches_to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String> {
     let mut buf = Vec::new();
     {
         let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, schema)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Error::encode("a result", e))?;
         for b in batches {
-            w.write(b).map_err(|e| Status::internal(e.to_string()))?;
+            w.write(b).map_err(|e| Error::encode("a result", e))?;
         }
-        w.finish().map_err(|e| Status::internal(e.to_string()))?;
+        w.finish().map_err(|e| Error::encode("a result", e))?;
     }
     Ok(STANDARD.encode(buf))
 }
 
 /// IPC text from a ticket → its schema and batches.
-pub fn batches_from_ipc(text: &str) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-    let malformed = || Status::invalid_argument("malformed ticket");
+pub fn batches_from_ipc(text: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let malformed = || Error::malformed("ticket");
     let bytes = STANDARD.decode(text).map_err(|_| malformed())?;
     let r = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(|_| malformed())?;
@@ -90,16 +89,16 @@ pub fn batches_from_ipc(text: &str) -> Result<(SchemaRef, Vec<RecordBatch>), Sta
 }
 
 /// One-row parameter batch → IPC text for a ticket.
-pub fn params_to_ipc(batch: &RecordBatch) -> Result<String, Status> {
+pub fn params_to_ipc(batch: &RecordBatch) -> Result<String> {
     batches_to_ipc(&batch.schema(), std::slice::from_ref(batch))
 }
 
 /// IPC text from a ticket → the parameter batch.
-pub fn params_from_ipc(text: &str) -> Result<RecordBatch, Status> {
+pub fn params_from_ipc(text: &str) -> Result<RecordBatch> {
     let (_, mut batches) = batches_from_ipc(text)?;
     match batches.len() {
         1 => Ok(batches.remove(0)),
-        _ => Err(Status::invalid_argument("malformed parameters in ticket")),
+        _ => Err(Error::malformed("parameters in ticket")),
     }
 }
 

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use datafusion::logical_expr::LogicalPlan;
 use meshq_engine::MeshSession;
-use tonic::Status;
 
 use crate::audit::{self, AuditRecord};
+use crate::error::Error;
 use crate::metrics::QueryFigures;
 use crate::operations::Operations;
 use crate::query::QueryRequest;
@@ -20,7 +20,7 @@ pub(crate) struct QueryTrace {
     started: Instant,
     written: bool,
     /// How the statement ends if it is dropped unfinished.
-    pub(crate) dropped: Option<Status>,
+    pub(crate) dropped: Option<Error>,
 }
 
 impl QueryTrace {
@@ -78,7 +78,7 @@ impl QueryTrace {
     }
 
     /// Writes the record and the metrics, once.
-    pub(crate) fn finish(&mut self, outcome: Result<(), &Status>) {
+    pub(crate) fn finish(&mut self, outcome: Result<(), &Error>) {
         if self.written {
             return;
         }
@@ -90,14 +90,14 @@ impl QueryTrace {
                 r.outcome = "ok";
                 "ok"
             }
-            Err(s) if s.code() == tonic::Code::Cancelled => {
+            Err(e) if e.code() == tonic::Code::Cancelled => {
                 r.outcome = "cancelled";
                 "cancelled"
             }
-            Err(s) => {
+            Err(e) => {
                 r.outcome = "error";
-                r.error_code = Some(code_name(s.code()));
-                code_name(s.code())
+                r.error_code = Some(code_name(e.code()));
+                code_name(e.code())
             }
         };
         self.ops.metrics.query_done(&QueryFigures {
@@ -118,7 +118,7 @@ impl QueryTrace {
     }
 
     /// Passes `result` through, recording its error.
-    pub(crate) fn check<T>(&mut self, result: Result<T, Status>) -> Result<T, Status> {
+    pub(crate) fn check<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
         if let Err(e) = &result {
             self.finish(Err(e));
         }
@@ -131,11 +131,8 @@ impl Drop for QueryTrace {
         if self.written {
             return;
         }
-        let status = self
-            .dropped
-            .take()
-            .unwrap_or_else(|| Status::cancelled("the client went away or cancelled the query"));
-        self.finish(Err(&status));
+        let why = self.dropped.take().unwrap_or(Error::ClientGone);
+        self.finish(Err(&why));
     }
 }
 

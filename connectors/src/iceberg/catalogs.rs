@@ -17,6 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::sync::Mutex;
 
 use super::storage::{MeshStorage, MeshStorageFactory};
+use crate::error::{Error, Result};
 
 /// Connected catalogs by name.
 #[derive(Debug, Default)]
@@ -39,6 +40,8 @@ enum Connected {
 /// is never modified by being served.
 #[derive(Debug, Clone)]
 struct SqlCatalogReader {
+    /// The catalog's key in `meshq.yaml`.
+    name: String,
     pool: SqlitePool,
     /// The `catalog_name` rows are filed under.
     catalog_name: String,
@@ -46,24 +49,27 @@ struct SqlCatalogReader {
 }
 
 impl SqlCatalogReader {
-    async fn connect(uri: &str, catalog_name: String) -> Result<Self, String> {
+    async fn connect(name: &str, uri: &str, catalog_name: String) -> Result<Self> {
+        let at = |what: String| format!("Iceberg SQL catalog `{name}`: {what}");
         let options = SqliteConnectOptions::from_str(uri)
-            .map_err(|e| format!("`{uri}` is not a SQLite URL or path: {e}"))?
+            .map_err(|e| Error::read(at(format!("`{uri}` is not a SQLite URL or path")), uri, e))?
             .read_only(true)
             .create_if_missing(false);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(options)
             .await
-            .map_err(|e| format!("cannot open `{uri}`: {e}"))?;
+            .map_err(|e| Error::read(at(format!("cannot open `{uri}`")), uri, e))?;
         Ok(Self {
+            name: name.to_string(),
             pool,
             catalog_name,
             uri: uri.to_string(),
         })
     }
 
-    async fn metadata_location(&self, namespace: &str, table: &str) -> Result<String, String> {
+    async fn metadata_location(&self, namespace: &str, table: &str) -> Result<String> {
+        let at = |what: String| format!("Iceberg SQL catalog `{}`: {what}", self.name);
         let row: Option<(Option<String>,)> = sqlx::query_as(
             "SELECT metadata_location FROM iceberg_tables \
              WHERE catalog_name = ? AND table_namespace = ? AND table_name = ?",
@@ -73,12 +79,21 @@ impl SqlCatalogReader {
         .bind(table)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| format!("cannot read `iceberg_tables` in `{}`: {e}", self.uri))?;
+        .map_err(|e| {
+            Error::read(
+                at(format!("cannot read `iceberg_tables` in `{}`", self.uri)),
+                self.uri.as_str(),
+                e,
+            )
+        })?;
         match row {
             Some((Some(location),)) => Ok(location),
-            Some((None,)) => Err(format!(
-                "table `{namespace}.{table}` has no metadata location in `{}`",
-                self.uri
+            Some((None,)) => Err(Error::config(
+                &self.name,
+                at(format!(
+                    "table `{namespace}.{table}` has no metadata location in `{}`",
+                    self.uri
+                )),
             )),
             None => {
                 let known: Vec<(String, String)> = sqlx::query_as(
@@ -104,8 +119,11 @@ impl SqlCatalogReader {
                             .join(", ")
                     )
                 };
-                Err(format!(
-                    "table `{namespace}.{table}` is not in the catalog; {known}"
+                Err(Error::config(
+                    &self.name,
+                    at(format!(
+                        "table `{namespace}.{table}` is not in the catalog; {known}"
+                    )),
                 ))
             }
         }
@@ -121,15 +139,17 @@ impl IcebergCatalogs {
         }
     }
 
-    async fn connect(&self, name: &str, storage: &MeshStorage) -> Result<Connected, String> {
+    async fn connect(&self, name: &str, storage: &MeshStorage) -> Result<Connected> {
         let mut connected = self.connected.lock().await;
         if let Some(c) = connected.get(name) {
             return Ok(c.clone());
         }
-        let config = self
-            .configs
-            .get(name)
-            .ok_or_else(|| format!("Iceberg catalog `{name}` is not defined in meshq.yaml"))?;
+        let config = self.configs.get(name).ok_or_else(|| {
+            Error::config(
+                name,
+                format!("Iceberg catalog `{name}` is not defined in meshq.yaml"),
+            )
+        })?;
         let catalog = match config {
             CatalogConfig::Sql {
                 uri,
@@ -138,11 +158,11 @@ impl IcebergCatalogs {
             } => {
                 let uri = sqlite_uri(uri);
                 let reader = SqlCatalogReader::connect(
+                    name,
                     &uri,
                     catalog_name.clone().unwrap_or(name.to_string()),
                 )
-                .await
-                .map_err(|e| format!("Iceberg SQL catalog `{name}`: {e}"))?;
+                .await?;
                 Connected::Sql(reader)
             }
             CatalogConfig::Rest {
@@ -156,15 +176,15 @@ impl IcebergCatalogs {
                     props.insert("warehouse".to_string(), w.clone());
                 }
                 if let Some(t) = token {
-                    let v = t
-                        .resolve()
-                        .map_err(|e| format!("Iceberg catalog `{name}` token: {e}"))?;
+                    let v = t.resolve().map_err(|e| {
+                        Error::config(name, format!("Iceberg catalog `{name}` token: {e}"))
+                    })?;
                     props.insert("token".to_string(), v);
                 }
                 if let Some(c) = credential {
-                    let v = c
-                        .resolve()
-                        .map_err(|e| format!("Iceberg catalog `{name}` credential: {e}"))?;
+                    let v = c.resolve().map_err(|e| {
+                        Error::config(name, format!("Iceberg catalog `{name}` credential: {e}"))
+                    })?;
                     props.insert("credential".to_string(), v);
                 }
                 let factory = Arc::new(MeshStorageFactory::new(storage.clone()));
@@ -173,7 +193,11 @@ impl IcebergCatalogs {
                     .load(name, props)
                     .await
                     .map_err(|e| {
-                        format!("cannot open Iceberg REST catalog `{name}` at `{uri}`: {e}")
+                        Error::read(
+                            format!("cannot open Iceberg REST catalog `{name}` at `{uri}`"),
+                            uri.as_str(),
+                            e,
+                        )
                     })?;
                 Connected::Rest(Arc::new(catalog))
             }
@@ -190,30 +214,42 @@ impl IcebergCatalogs {
         namespace: &[String],
         table: &str,
         storage: &MeshStorage,
-    ) -> Result<Table, String> {
+    ) -> Result<Table> {
         let qualified = format!("{}.{table}", namespace.join("."));
-        let namespace_ident = NamespaceIdent::from_vec(namespace.to_vec())
-            .map_err(|e| format!("Iceberg namespace of `{qualified}`: {e}"))?;
+        let namespace_ident = NamespaceIdent::from_vec(namespace.to_vec()).map_err(|e| {
+            Error::read(
+                format!("Iceberg namespace of `{qualified}`"),
+                qualified.as_str(),
+                e,
+            )
+        })?;
         let ident = TableIdent::new(namespace_ident, table.to_string());
         match self.connect(name, storage).await? {
             Connected::Sql(reader) => {
                 let location = reader
                     .metadata_location(&namespace.join("."), table)
-                    .await
-                    .map_err(|e| format!("Iceberg SQL catalog `{name}`: {e}"))?;
+                    .await?;
                 let file_io =
                     FileIOBuilder::new(Arc::new(MeshStorageFactory::new(storage.clone()))).build();
                 StaticTable::from_metadata_file(&location, ident, file_io)
                     .await
                     .map(StaticTable::into_table)
                     .map_err(|e| {
-                        format!(
-                            "table `{qualified}` in catalog `{name}`: cannot read metadata `{location}`: {e}"
+                        Error::read(
+                            format!(
+                                "table `{qualified}` in catalog `{name}`: cannot read metadata `{location}`"
+                            ),
+                            location.as_str(),
+                            e,
                         )
                     })
             }
             Connected::Rest(catalog) => catalog.load_table(&ident).await.map_err(|e| {
-                format!("cannot load table `{qualified}` from Iceberg REST catalog `{name}`: {e}")
+                Error::read(
+                    format!("cannot load table `{qualified}` from Iceberg REST catalog `{name}`"),
+                    qualified.as_str(),
+                    e,
+                )
             }),
         }
     }

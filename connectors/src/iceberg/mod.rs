@@ -32,12 +32,8 @@ pub use schema::{arrow_schema, field_id};
 pub use storage::{MeshStorage, MeshStorageFactory};
 pub use write::{IcebergWriter, WriteError};
 
-use crate::open::OpenError;
+use crate::error::{Error, Result};
 use crate::store::StoreRegistry;
-
-fn err(msg: impl Into<String>) -> OpenError {
-    OpenError(msg.into())
-}
 
 /// An opened Iceberg table and the folder its files live under.
 pub(crate) struct OpenedIceberg {
@@ -50,7 +46,7 @@ pub(crate) async fn open_iceberg(
     state: &dyn Session,
     stores: &StoreRegistry,
     def: &TableDef,
-) -> Result<OpenedIceberg, OpenError> {
+) -> Result<OpenedIceberg> {
     let storage = MeshStorage::new(Arc::clone(state.runtime_env()), stores.clone());
     let source = def.source.iceberg.clone().unwrap_or(IcebergSource {
         catalog: None,
@@ -60,11 +56,12 @@ pub(crate) async fn open_iceberg(
         as_of: None,
     });
     let table = match &def.source.location {
-        Location::Catalog { catalog, .. } => stores
-            .iceberg_catalogs()
-            .load_table(catalog, &source.namespace, &source.table, &storage)
-            .await
-            .map_err(err)?,
+        Location::Catalog { catalog, .. } => {
+            stores
+                .iceberg_catalogs()
+                .load_table(catalog, &source.namespace, &source.table, &storage)
+                .await?
+        }
         location => {
             let text = match location {
                 Location::Local(p) => p.to_string_lossy().into_owned(),
@@ -78,9 +75,11 @@ pub(crate) async fn open_iceberg(
             StaticTable::from_metadata_file(&metadata_file, ident, file_io)
                 .await
                 .map_err(|e| {
-                    err(format!(
-                        "cannot read Iceberg metadata `{metadata_file}`: {e}"
-                    ))
+                    Error::read(
+                        format!("cannot read Iceberg metadata `{metadata_file}`"),
+                        metadata_file.as_str(),
+                        e,
+                    )
                 })?
                 .into_table()
         }
@@ -101,8 +100,7 @@ pub(crate) async fn open_iceberg(
         .execution
         .parquet
         .schema_force_view_types;
-    let schema = arrow_schema(iceberg_schema, views)
-        .map_err(|e| err(format!("Iceberg table at `{}`: {e}", metadata.location())))?;
+    let schema = arrow_schema(iceberg_schema, views, metadata.location())?;
     let label = format!("`{}` (product `{}`)", def.qualified_name(), def.product_id);
     let data_location = metadata.location().to_string();
     Ok(OpenedIceberg {
@@ -116,41 +114,46 @@ pub(crate) async fn open_iceberg(
     })
 }
 
-fn check_format(metadata: &TableMetadata) -> Result<(), OpenError> {
+fn check_format(metadata: &TableMetadata) -> Result<()> {
     let version = metadata.format_version() as u8;
     if version > 2 {
         // v3 adds deletion vectors, row lineage and new types; refuse
         // rather than read a subset wrongly.
-        return Err(err(format!(
-            "Iceberg table at `{}` uses format version {version}; meshq reads versions 1 and 2",
-            metadata.location()
-        )));
+        return Err(Error::unsupported(
+            metadata.location(),
+            format!(
+                "Iceberg table at `{}` uses format version {version}; meshq reads versions 1 and 2",
+                metadata.location()
+            ),
+        ));
     }
     Ok(())
 }
 
 /// The snapshot to read: the one asked for, else the current one.
-fn pick_snapshot(
-    metadata: &TableMetadata,
-    source: &IcebergSource,
-) -> Result<Option<i64>, OpenError> {
+fn pick_snapshot(metadata: &TableMetadata, source: &IcebergSource) -> Result<Option<i64>> {
     if let Some(id) = source.snapshot_id {
         return match metadata.snapshot_by_id(id) {
             Some(_) => Ok(Some(id)),
-            None => Err(err(format!(
-                "Iceberg table at `{}` has no snapshot {id}; its snapshots are {}",
+            None => Err(Error::invalid(
                 metadata.location(),
-                metadata
-                    .snapshots()
-                    .map(|s| s.snapshot_id().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+                format!(
+                    "Iceberg table at `{}` has no snapshot {id}; its snapshots are {}",
+                    metadata.location(),
+                    metadata
+                        .snapshots()
+                        .map(|s| s.snapshot_id().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
         };
     }
     if let Some(as_of) = &source.as_of {
         let t = chrono::DateTime::parse_from_rfc3339(as_of)
-            .map_err(|e| err(format!("asOfTimestamp `{as_of}`: {e}")))?
+            .map_err(|e| {
+                Error::invalid(metadata.location(), format!("asOfTimestamp `{as_of}`: {e}"))
+            })?
             .timestamp_millis();
         let mut log: Vec<(i64, i64)> = metadata
             .history()
@@ -166,10 +169,13 @@ fn pick_snapshot(
         log.sort();
         return match log.iter().rev().find(|(ts, _)| *ts <= t) {
             Some((_, id)) => Ok(Some(*id)),
-            None => Err(err(format!(
-                "Iceberg table at `{}` has no snapshot at or before {as_of}",
-                metadata.location()
-            ))),
+            None => Err(Error::invalid(
+                metadata.location(),
+                format!(
+                    "Iceberg table at `{}` has no snapshot at or before {as_of}",
+                    metadata.location()
+                ),
+            )),
         };
     }
     Ok(metadata.current_snapshot_id())
@@ -178,7 +184,7 @@ fn pick_snapshot(
 /// The metadata file of a table given by folder or by file: a
 /// `*.metadata.json` location is used as is; for a folder, the version in
 /// `metadata/version-hint.text`, else the highest-numbered metadata file.
-async fn find_metadata_file(storage: &MeshStorage, location: &str) -> Result<String, OpenError> {
+async fn find_metadata_file(storage: &MeshStorage, location: &str) -> Result<String> {
     let trimmed = location.trim_end_matches('/');
     if trimmed.ends_with(".metadata.json") {
         return Ok(trimmed.to_string());
@@ -186,7 +192,7 @@ async fn find_metadata_file(storage: &MeshStorage, location: &str) -> Result<Str
     let metadata_dir = format!("{trimmed}/metadata");
     let (store, dir) = storage
         .resolve(&metadata_dir)
-        .map_err(|e| err(format!("Iceberg table at `{location}`: {e}")))?;
+        .map_err(|e| Error::read(format!("Iceberg table at `{location}`"), location, e))?;
     let hint_path = dir.clone().join("version-hint.text");
     if let Ok(got) = store.get(&hint_path).await
         && let Ok(bytes) = got.bytes().await
@@ -205,9 +211,11 @@ async fn find_metadata_file(storage: &MeshStorage, location: &str) -> Result<Str
         }
     }
     let listing: Vec<_> = store.list(Some(&dir)).try_collect().await.map_err(|e| {
-        err(format!(
-            "cannot list Iceberg metadata at `{metadata_dir}`: {e}"
-        ))
+        Error::read(
+            format!("cannot list Iceberg metadata at `{metadata_dir}`"),
+            metadata_dir.as_str(),
+            e,
+        )
     })?;
     let best = listing
         .iter()
@@ -222,9 +230,10 @@ async fn find_metadata_file(storage: &MeshStorage, location: &str) -> Result<Str
         .max();
     match best {
         Some((_, name)) => Ok(format!("{metadata_dir}/{name}")),
-        None => Err(err(format!(
-            "`{location}` is not an Iceberg table: no metadata/*.metadata.json found"
-        ))),
+        None => Err(Error::invalid(
+            location,
+            format!("`{location}` is not an Iceberg table: no metadata/*.metadata.json found"),
+        )),
     }
 }
 
@@ -243,7 +252,7 @@ mod tests {
         let storage = MeshStorage::new(Arc::new(RuntimeEnv::default()), StoreRegistry::default());
         let location = table.to_str().unwrap().to_string();
         let err = find_metadata_file(&storage, &location).await.unwrap_err();
-        assert!(err.0.contains("is not an Iceberg table"), "{err}");
+        assert!(err.to_string().contains("is not an Iceberg table"), "{err}");
         for name in [
             "00001-a.metadata.json",
             "00010-b.metadata.json",

@@ -11,21 +11,60 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
 use iceberg::spec::{NestedField, PrimitiveType, Schema as IcebergSchema, Type};
 use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
 
-/// The Arrow schema of an Iceberg schema. Strings and binaries come as
-/// views when `views` is set (as DataFusion's Parquet reader produces them).
-pub fn arrow_schema(schema: &IcebergSchema, views: bool) -> Result<Schema, String> {
+use crate::error::{Error, Result};
+
+/// An Iceberg type with no Arrow equivalent meshq can serve.
+#[derive(Debug)]
+struct TypeProblem {
+    /// The column, outermost first.
+    columns: Vec<String>,
+    what: String,
+}
+
+impl TypeProblem {
+    fn new(what: String) -> Self {
+        Self {
+            columns: Vec::new(),
+            what,
+        }
+    }
+
+    fn in_column(mut self, name: &str) -> Self {
+        self.columns.insert(0, name.to_string());
+        self
+    }
+}
+
+/// The Arrow schema of an Iceberg schema (of the table at `location`).
+/// Strings and binaries come as views when `views` is set (as DataFusion's
+/// Parquet reader produces them).
+pub fn arrow_schema(schema: &IcebergSchema, views: bool, location: &str) -> Result<Schema> {
     let fields = schema
         .as_struct()
         .fields()
         .iter()
         .map(|f| arrow_field(f, views))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, TypeProblem>>()
+        .map_err(|p| {
+            let columns: Vec<String> = p
+                .columns
+                .iter()
+                .map(|c| format!("column `{c}`: "))
+                .collect();
+            Error::unsupported(
+                location,
+                format!(
+                    "Iceberg table at `{location}`: {}{}",
+                    columns.concat(),
+                    p.what
+                ),
+            )
+        })?;
     Ok(Schema::new(fields))
 }
 
-fn arrow_field(field: &NestedField, views: bool) -> Result<Field, String> {
-    let data_type = arrow_type(&field.field_type, views)
-        .map_err(|e| format!("column `{}`: {e}", field.name))?;
+fn arrow_field(field: &NestedField, views: bool) -> Result<Field, TypeProblem> {
+    let data_type = arrow_type(&field.field_type, views).map_err(|e| e.in_column(&field.name))?;
     Ok(
         Field::new(&field.name, data_type, !field.required).with_metadata(HashMap::from([(
             PARQUET_FIELD_ID_META_KEY.to_string(),
@@ -34,7 +73,7 @@ fn arrow_field(field: &NestedField, views: bool) -> Result<Field, String> {
     )
 }
 
-fn arrow_type(ty: &Type, views: bool) -> Result<DataType, String> {
+fn arrow_type(ty: &Type, views: bool) -> Result<DataType, TypeProblem> {
     Ok(match ty {
         Type::Primitive(p) => match p {
             PrimitiveType::Boolean => DataType::Boolean,
@@ -43,10 +82,12 @@ fn arrow_type(ty: &Type, views: bool) -> Result<DataType, String> {
             PrimitiveType::Float => DataType::Float32,
             PrimitiveType::Double => DataType::Float64,
             PrimitiveType::Decimal { precision, scale } => {
-                let precision = u8::try_from(*precision)
-                    .map_err(|_| format!("decimal precision {precision} is out of range"))?;
-                let scale = i8::try_from(*scale)
-                    .map_err(|_| format!("decimal scale {scale} is out of range"))?;
+                let precision = u8::try_from(*precision).map_err(|_| {
+                    TypeProblem::new(format!("decimal precision {precision} is out of range"))
+                })?;
+                let scale = i8::try_from(*scale).map_err(|_| {
+                    TypeProblem::new(format!("decimal scale {scale} is out of range"))
+                })?;
                 DataType::Decimal128(precision, scale)
             }
             PrimitiveType::Date => DataType::Date32,
@@ -63,7 +104,8 @@ fn arrow_type(ty: &Type, views: bool) -> Result<DataType, String> {
             PrimitiveType::String => DataType::Utf8,
             PrimitiveType::Uuid => DataType::FixedSizeBinary(16),
             PrimitiveType::Fixed(n) => DataType::FixedSizeBinary(
-                i32::try_from(*n).map_err(|_| format!("fixed({n}) is too large"))?,
+                i32::try_from(*n)
+                    .map_err(|_| TypeProblem::new(format!("fixed({n}) is too large")))?,
             ),
             PrimitiveType::Binary if views => DataType::BinaryView,
             PrimitiveType::Binary => DataType::Binary,
@@ -72,7 +114,7 @@ fn arrow_type(ty: &Type, views: bool) -> Result<DataType, String> {
             s.fields()
                 .iter()
                 .map(|f| arrow_field(f, views))
-                .collect::<Result<Vec<_>, _>>()?,
+                .collect::<Result<Vec<_>, TypeProblem>>()?,
         )),
         Type::List(l) => DataType::List(Arc::new(
             arrow_field(&l.element_field, views)?.with_name("element"),
@@ -142,7 +184,7 @@ mod tests {
             ])
             .build()
             .unwrap();
-        let arrow = arrow_schema(&schema, false).unwrap();
+        let arrow = arrow_schema(&schema, false, "/t").unwrap();
         assert_eq!(arrow.field(0).data_type(), &DataType::Int64);
         assert!(!arrow.field(0).is_nullable());
         assert_eq!(field_id(arrow.field(0)), Some(1));
@@ -159,7 +201,7 @@ mod tests {
             panic!("not a struct");
         };
         assert_eq!(field_id(&inner[0]), Some(7));
-        let views = arrow_schema(&schema, true).unwrap();
+        let views = arrow_schema(&schema, true, "/t").unwrap();
         assert_eq!(views.field(0).data_type(), &DataType::Int64);
         let DataType::Struct(inner) = views.field(4).data_type() else {
             panic!("not a struct");

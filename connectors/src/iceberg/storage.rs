@@ -58,7 +58,7 @@ impl MeshStorage {
                 let store = self
                     .stores
                     .store_for(&url)
-                    .map_err(|e| Error::new(ErrorKind::DataInvalid, e))?
+                    .map_err(|e| Error::new(ErrorKind::DataInvalid, e.to_string()))?
                     .ok_or_else(|| {
                         Error::new(
                             ErrorKind::DataInvalid,

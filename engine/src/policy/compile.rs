@@ -133,6 +133,68 @@ impl TablePolicies {
     }
 }
 
+/// Why a policy cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildFailure {
+    /// Parsing or planning the expression failed.
+    #[error("{}", .0.find_root().strip_backtrace())]
+    Expression(#[from] datafusion::error::DataFusionError),
+    /// A row filter that is not a condition.
+    #[error("expression is of type {0}, not boolean")]
+    NotBoolean(DataType),
+    /// An expression DataFusion could not type.
+    #[error("expression has no type")]
+    Untyped,
+    /// A mask kind that does not fit the column's type.
+    #[error("a {kind} mask needs a {needs} column; `{column}` is {found}")]
+    Unfit {
+        /// The mask kind.
+        kind: &'static str,
+        /// What it needs.
+        needs: &'static str,
+        /// The column.
+        column: String,
+        /// Its type.
+        found: DataType,
+    },
+    /// A hash key that is not in `meshq.yaml`.
+    #[error("secret `{0}` is not defined in meshq.yaml")]
+    UndefinedSecret(String),
+    /// A hash key that cannot be read.
+    #[error("secret `{name}`: {reason}")]
+    Secret {
+        /// Its name in `meshq.yaml`.
+        name: String,
+        /// Why (never its value).
+        reason: String,
+    },
+    /// An empty hash key.
+    #[error("secret `{0}` is empty")]
+    EmptySecret(String),
+    /// A constant mask whose value is not a scalar.
+    #[error("a constant mask's value must be a scalar")]
+    NotScalar,
+    /// A constant that cannot take the column's type.
+    #[error("value cannot be cast to {to}: {}", .source.strip_backtrace())]
+    Cast {
+        /// The column type.
+        to: DataType,
+        /// Why.
+        source: datafusion::error::DataFusionError,
+    },
+    /// A regexReplace pattern that is not a regular expression.
+    #[error("invalid pattern: {0}")]
+    Pattern(#[from] regex::Error),
+    /// A mask whose result is not of the column's type.
+    #[error("mask produces {found}, not the column's type {expected}")]
+    WrongType {
+        /// What it produces.
+        found: DataType,
+        /// The column's type.
+        expected: DataType,
+    },
+}
+
 /// A policy that cannot be built: which, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyBuildError {
@@ -221,7 +283,7 @@ pub fn compile_table(
             }
             Err(reason) => errors.push(PolicyBuildError {
                 policy: origin,
-                reason,
+                reason: reason.to_string(),
                 file,
             }),
         }
@@ -235,7 +297,7 @@ pub fn compile_table(
             }),
             Err(reason) => errors.push(PolicyBuildError {
                 policy: format!("row filter {}", f.id),
-                reason,
+                reason: reason.to_string(),
                 file: def.contract_file.clone(),
             }),
         }
@@ -257,19 +319,16 @@ fn analyze(
     exprs: Vec<Expr>,
     schema: &DFSchema,
     ctx: &SessionContext,
-) -> Result<Vec<DataType>, String> {
+) -> Result<Vec<DataType>, BuildFailure> {
     let input = Arc::new(LogicalPlan::EmptyRelation(EmptyRelation {
         produce_one_row: false,
         schema: Arc::new(schema.clone()),
     }));
-    let plan = Projection::try_new(exprs, input)
-        .map(LogicalPlan::Projection)
-        .map_err(|e| e.strip_backtrace())?;
+    let plan = Projection::try_new(exprs, input).map(LogicalPlan::Projection)?;
     let state = ctx.state();
     let analyzed = state
         .analyzer()
-        .execute_and_check(plan, state.config_options(), |_, _| {})
-        .map_err(|e| e.find_root().to_string())?;
+        .execute_and_check(plan, state.config_options(), |_, _| {})?;
     Ok(analyzed
         .schema()
         .fields()
@@ -280,23 +339,30 @@ fn analyze(
 
 /// Parses a policy expression. `current_user()` is accepted as DESIGN
 /// writes it, though SQL spells the function without parentheses.
-fn parse_policy_expr(sql: &str, schema: &DFSchema, ctx: &SessionContext) -> Result<Expr, String> {
+fn parse_policy_expr(
+    sql: &str,
+    schema: &DFSchema,
+    ctx: &SessionContext,
+) -> Result<Expr, BuildFailure> {
     static CURRENT_USER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r"(?i)\bcurrent_user\s*\(\s*\)")
             .unwrap_or_else(|_| unreachable!("valid regex"))
     });
     let sql = CURRENT_USER.replace_all(sql, "current_user");
-    ctx.parse_sql_expr(&sql, schema)
-        .map_err(|e| e.find_root().to_string())
+    Ok(ctx.parse_sql_expr(&sql, schema)?)
 }
 
-fn compile_filter(sql: &str, schema: &DFSchema, ctx: &SessionContext) -> Result<Expr, String> {
+fn compile_filter(
+    sql: &str,
+    schema: &DFSchema,
+    ctx: &SessionContext,
+) -> Result<Expr, BuildFailure> {
     let expr = parse_policy_expr(sql, schema, ctx)?;
     let types = analyze(vec![expr.clone().alias("filter")], schema, ctx)?;
     match types.first() {
         Some(DataType::Boolean) => Ok(expr),
-        Some(t) => Err(format!("expression is of type {t}, not boolean")),
-        None => Err("expression has no type".into()),
+        Some(t) => Err(BuildFailure::NotBoolean(t.clone())),
+        None => Err(BuildFailure::Untyped),
     }
 }
 
@@ -312,15 +378,17 @@ fn compile_mask(
     schema: &DFSchema,
     ctx: &SessionContext,
     secret_env: &std::collections::BTreeMap<String, String>,
-) -> Result<MaskBody, String> {
-    let needs = |ok: bool, what: &str| {
+) -> Result<MaskBody, BuildFailure> {
+    let needs = |ok: bool, what: &'static str| {
         if ok {
             Ok(())
         } else {
-            Err(format!(
-                "a {} mask needs a {what} column; `{column}` is {t}",
-                spec.kind_name()
-            ))
+            Err(BuildFailure::Unfit {
+                kind: spec.kind_name(),
+                needs: what,
+                column: column.to_string(),
+                found: t.clone(),
+            })
         }
     };
     let body = match spec {
@@ -330,12 +398,15 @@ fn compile_mask(
                 .config
                 .secrets
                 .get(key_ref)
-                .ok_or_else(|| format!("secret `{key_ref}` is not defined in meshq.yaml"))?;
+                .ok_or_else(|| BuildFailure::UndefinedSecret(key_ref.clone()))?;
             let key = secret
                 .resolve_with(secret_env)
-                .map_err(|e| format!("secret `{key_ref}`: {e}"))?;
+                .map_err(|reason| BuildFailure::Secret {
+                    name: key_ref.clone(),
+                    reason,
+                })?;
             if key.is_empty() {
-                return Err(format!("secret `{key_ref}` is empty"));
+                return Err(BuildFailure::EmptySecret(key_ref.clone()));
             }
             MaskBody::Call(Arc::new(
                 datafusion::logical_expr::ScalarUDF::new_from_impl(StringMask::hash(&key)),
@@ -364,9 +435,7 @@ fn compile_mask(
                 )),
             ))
         }
-        MaskSpec::Nullify { .. } => {
-            MaskBody::Value(ScalarValue::try_from(t).map_err(|e| e.to_string())?)
-        }
+        MaskSpec::Nullify { .. } => MaskBody::Value(ScalarValue::try_from(t)?),
         MaskSpec::Truncate { unit, .. } => {
             needs(
                 matches!(
@@ -396,11 +465,12 @@ fn compile_mask(
                 serde_yaml_ng::Value::Number(n) if n.is_i64() => ScalarValue::Int64(n.as_i64()),
                 serde_yaml_ng::Value::Number(n) => ScalarValue::Float64(n.as_f64()),
                 serde_yaml_ng::Value::String(s) => ScalarValue::Utf8(Some(s.clone())),
-                _ => return Err("a constant mask's value must be a scalar".into()),
+                _ => return Err(BuildFailure::NotScalar),
             };
-            let v = v
-                .cast_to(t)
-                .map_err(|e| format!("value cannot be cast to {t}: {}", e.strip_backtrace()))?;
+            let v = v.cast_to(t).map_err(|source| BuildFailure::Cast {
+                to: t.clone(),
+                source,
+            })?;
             MaskBody::Value(v)
         }
         MaskSpec::RegexReplace {
@@ -409,7 +479,7 @@ fn compile_mask(
             ..
         } => {
             needs(is_string(t), "string")?;
-            regex::Regex::new(pattern).map_err(|e| format!("invalid pattern: {e}"))?;
+            regex::Regex::new(pattern)?;
             MaskBody::Regex(pattern.clone(), replacement.clone(), t.clone())
         }
         MaskSpec::Sql { expression, .. } => {
@@ -438,7 +508,10 @@ fn compile_mask(
     let types = analyze(vec![expr.alias(column)], schema, ctx)?;
     match types.first() {
         Some(out) if out == t => Ok(body),
-        Some(out) => Err(format!("mask produces {out}, not the column's type {t}")),
-        None => Err("mask has no type".into()),
+        Some(out) => Err(BuildFailure::WrongType {
+            found: out.clone(),
+            expected: t.clone(),
+        }),
+        None => Err(BuildFailure::Untyped),
     }
 }

@@ -39,6 +39,14 @@ pub enum PolicyError {
         /// Why it is refused and what to do.
         reason: String,
     },
+    /// A statement names a table that does not exist (or, with
+    /// `discovery.visibility: readable-only`, one the principal may not
+    /// read: the two are indistinguishable).
+    #[error("table `{table}` not found; SHOW TABLES lists the tables you can see")]
+    NotFound {
+        /// The name as the statement gave it.
+        table: String,
+    },
     /// A plan names a mesh table the served version of the mesh does not
     /// serve (a view or prepared statement planned before it was removed).
     #[error(
