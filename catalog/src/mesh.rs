@@ -180,13 +180,6 @@ impl TableDef {
         pk.sort();
         pk.into_iter().map(|(_, n)| n).collect()
     }
-
-    /// Whether any contract-level policy is declared (masks, filters, roles).
-    pub fn has_contract_policies(&self) -> bool {
-        self.policy.read_roles.is_some()
-            || !self.policy.row_filters.is_empty()
-            || self.columns.iter().any(|c| c.mask.is_some())
-    }
 }
 
 /// A loaded policy set with the file it came from.
@@ -217,13 +210,6 @@ impl Mesh {
         self.tables
             .iter()
             .find(|t| t.domain == domain && t.name == name)
-    }
-
-    /// Distinct domains, sorted.
-    pub fn domains(&self) -> Vec<&str> {
-        let mut d: Vec<&str> = self.tables.iter().map(|t| t.domain.as_str()).collect();
-        d.dedup();
-        d
     }
 
     /// Path of a file for messages: relative to the root when under it.

@@ -6,7 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use serde::{Deserialize, Deserializer, de::Error as _};
+
+use crate::principal::Principal;
+pub use crate::principal::{AttributeValue, PrincipalConfig};
 
 /// File name of the platform config at the mesh root.
 pub const PLATFORM_FILE: &str = "meshq.yaml";
@@ -274,30 +278,25 @@ fn default_roles_claim() -> String {
     "roles".into()
 }
 
-/// A principal known to meshq.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrincipalConfig {
-    /// Login name.
-    pub name: String,
-    /// Argon2 PHC string; a principal without one cannot log in with a password.
-    #[serde(default)]
-    pub password_hash: Option<String>,
-    /// Roles held.
-    #[serde(default)]
-    pub roles: Vec<String>,
-    /// Attributes for `principal_attr('k')`.
-    #[serde(default)]
-    pub attributes: BTreeMap<String, AttributeValue>,
-}
+impl PlatformConfig {
+    /// The principal named `name`, if configured.
+    pub fn principal(&self, name: &str) -> Option<Principal> {
+        self.principals
+            .iter()
+            .find(|p| p.name == name)
+            .map(Principal::from_config)
+    }
 
-/// A principal attribute: one string or a list of strings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-#[allow(missing_docs)]
-pub enum AttributeValue {
-    One(String),
-    Many(Vec<String>),
+    /// Checks a password; `None` for an unknown user, a user without a
+    /// password hash, or a wrong password — callers must not tell which.
+    pub fn authenticate(&self, name: &str, password: &str) -> Option<Principal> {
+        let p = self.principals.iter().find(|p| p.name == name)?;
+        let hash = PasswordHash::new(p.password_hash.as_deref()?).ok()?;
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .ok()?;
+        Some(Principal::from_config(p))
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,34 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use argon2::password_hash::PasswordHash;
+use serde::Deserialize;
 
-use crate::platform::{AttributeValue, PlatformConfig, PrincipalConfig};
+/// A principal known to meshq.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Login name.
+    pub name: String,
+    /// Argon2 PHC string; a principal without one cannot log in with a password.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Roles held.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Attributes for `principal_attr('k')`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, AttributeValue>,
+}
+
+/// A principal attribute: one string or a list of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+#[allow(missing_docs)]
+pub enum AttributeValue {
+    One(String),
+    Many(Vec<String>),
+}
 
 /// The caller of a query.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,27 +96,6 @@ impl Principal {
     }
 }
 
-impl PlatformConfig {
-    /// The principal named `name`, if configured.
-    pub fn principal(&self, name: &str) -> Option<Principal> {
-        self.principals
-            .iter()
-            .find(|p| p.name == name)
-            .map(Principal::from_config)
-    }
-
-    /// Checks a password; `None` for an unknown user, a user without a
-    /// password hash, or a wrong password — callers must not tell which.
-    pub fn authenticate(&self, name: &str, password: &str) -> Option<Principal> {
-        let p = self.principals.iter().find(|p| p.name == name)?;
-        let hash = PasswordHash::new(p.password_hash.as_deref()?).ok()?;
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .ok()?;
-        Some(Principal::from_config(p))
-    }
-}
-
 /// Whether `s` is a PHC string argon2 can verify against.
 pub fn check_password_hash(s: &str) -> Result<(), String> {
     let hash = PasswordHash::new(s).map_err(|e| format!("not a PHC string: {e}"))?;
@@ -107,6 +111,7 @@ pub fn check_password_hash(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::platform::PlatformConfig;
     use argon2::password_hash::{PasswordHasher, SaltString};
 
     #[test]

@@ -9,7 +9,7 @@ use arrow::array::{Array, Float64Array, RecordBatch, StringArray, TimestampMicro
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use meshq_connectors::iceberg::IcebergWriter;
 
-use crate::demo::Rng;
+use crate::rng::Rng;
 
 const CARRIERS: &[&str] = &["DHL", "UPS", "FedEx", "PostNL", "Yamato"];
 const REGIONS: &[&str] = &["AMER", "APAC", "EMEA"];

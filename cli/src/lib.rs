@@ -6,6 +6,7 @@
 pub mod demo;
 mod demo_iceberg;
 pub mod output;
+pub mod rng;
 pub mod shell;
 pub mod validate;
 

@@ -15,7 +15,7 @@ use meshq_cli::validate;
 use std::sync::Arc;
 
 use datafusion::common::runtime::SpawnedTask;
-use meshq_engine::{Engine, EngineConfig, LiveEngine, Principal, ReloadOutcome, ReloadResult};
+use meshq_engine::{Engine, EngineConfig, LiveEngine, Principal, ReloadOutcome, ReloadStatus};
 use meshq_flight_server::audit::AuditLog;
 use meshq_flight_server::metrics::Metrics;
 use meshq_flight_server::operations::Operations;
@@ -341,8 +341,8 @@ async fn serve(
         SpawnedTask::spawn(async move {
             if !live.is_ready() {
                 let outcome = live.reload().await;
-                ops.metrics.reloaded(outcome.result.label());
-                if let ReloadResult::Rejected(why) = &outcome.result {
+                ops.metrics.reloaded(outcome.status.label());
+                if let ReloadStatus::Rejected(why) = &outcome.status {
                     let _ = failed_tx.send(why.clone());
                     return;
                 }
@@ -373,7 +373,7 @@ async fn serve(
             banner(flight);
             let on_reload = {
                 let ops = Arc::clone(&ops);
-                move |o: &ReloadOutcome| ops.metrics.reloaded(o.result.label())
+                move |o: &ReloadOutcome| ops.metrics.reloaded(o.status.label())
             };
             // Stops with the loader, when the server stops.
             let _watcher = (interval > 0.0).then(|| {

@@ -174,7 +174,7 @@ fn hostile_statements() -> Vec<Case> {
         ));
     }
     // A seeded mix of the shapes above at random sizes.
-    let mut rng = meshq_cli::demo::Rng(7);
+    let mut rng = meshq_cli::rng::Rng(7);
     for i in 0..24 {
         let n = 1 + rng.below(3_000) as usize;
         let sql = match rng.below(5) {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -184,21 +185,31 @@ async fn reload_swaps_atomically_and_keeps_the_last_good_version() {
     );
     assert_ne!(old, new);
     let mut loops = Vec::new();
+    // How many loops have had an answer: the contract changes only once
+    // every loop is running.
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for _ in 0..4 {
         let mut c = login(&server, "ana").await;
+        let started = Arc::clone(&started);
         loops.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
+            let mut seen: Vec<PhoneMask> = Vec::new();
             let until = Instant::now() + Duration::from_secs(60);
             // Until the new version has been seen five times.
             while seen.iter().filter(|m| **m == PhoneMask::Null).count() < 5 {
                 assert!(Instant::now() < until, "the new mask never appeared");
                 let batches = query(&mut c, "SELECT phone FROM customers.profiles").await;
                 seen.push(classify(&batches).unwrap());
+                if seen.len() == 1 {
+                    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }
             seen
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(30, "every loop running", || {
+        started.load(std::sync::atomic::Ordering::SeqCst) == 4
+    })
+    .await;
     replace_file(&contract, &new);
     for l in loops {
         let seen = l.await.unwrap();

@@ -23,12 +23,7 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::mesh_scan::MeshScanExec;
-
-/// Most filters offered to a format's scan for pruning; the rest are
-/// evaluated above it. Some formats' pruning grows faster than linearly in
-/// the number of filters (500 on a Delta table took half a minute).
-pub const MAX_PUSHED_FILTERS: usize = 32;
+use crate::mesh_scan::{MAX_PUSHED_FILTERS, MeshScanExec};
 
 /// One column of the contract view.
 #[derive(Debug, Clone)]
@@ -56,18 +51,8 @@ pub struct ContractTableProvider {
 }
 
 impl ContractTableProvider {
-    /// The view of table `table` (`domain.name`); `indices[i]` is the inner
-    /// column behind exposed column `i`.
-    pub fn new(
-        table: impl Into<String>,
-        inner: Arc<dyn TableProvider>,
-        indices: Vec<usize>,
-    ) -> Self {
-        let columns = indices.into_iter().map(ContractColumn::Inner).collect();
-        Self::with_columns(table, inner, columns)
-    }
-
-    /// The view of table `table` with drifted columns among `columns`.
+    /// The view of table `table` (`domain.name`) exposing `columns`, each an
+    /// inner column or a drifted one.
     pub fn with_columns(
         table: impl Into<String>,
         inner: Arc<dyn TableProvider>,
@@ -103,11 +88,6 @@ impl ContractTableProvider {
     /// `domain.name` of the mesh table behind this view.
     pub fn table_name(&self) -> &str {
         &self.table
-    }
-
-    /// The wrapped provider.
-    pub fn inner(&self) -> &Arc<dyn TableProvider> {
-        &self.inner
     }
 
     /// The inner columns behind `projection`; an error naming the first

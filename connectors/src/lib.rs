@@ -24,5 +24,5 @@ pub mod types;
 pub use contract_table::{ContractColumn, ContractTableProvider};
 pub use error::{Error, Result, describe};
 pub use mesh_scan::{MeshScanExec, ScanToken};
-pub use open::{OpenedTable, open_table};
+pub use open::{OpenedTable, Sources, open_table};
 pub use store::StoreRegistry;

@@ -28,6 +28,11 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
 };
 
+/// Most filters offered to a format's scan for pruning; the rest are
+/// evaluated above it. Some formats' pruning grows faster than linearly in
+/// the number of filters (500 on a Delta table took half a minute).
+pub const MAX_PUSHED_FILTERS: usize = 32;
+
 /// The policy decision the planner made for one scan, for one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
 pub struct ScanToken {
@@ -187,7 +192,7 @@ impl ExecutionPlan for MeshScanExec {
     ) -> Result<FilterDescription> {
         // Some formats' pruning grows faster than linearly in the number
         // of filters; past the cap they stay in the filter above.
-        if parent_filters.len() > crate::contract_table::MAX_PUSHED_FILTERS {
+        if parent_filters.len() > MAX_PUSHED_FILTERS {
             return Ok(FilterDescription::all_unsupported(
                 &parent_filters,
                 &self.children(),

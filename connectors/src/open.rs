@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::contract_table::{ContractColumn, ContractTableProvider};
 use crate::error::{Error, Result};
+use crate::iceberg::IcebergCatalogs;
 use crate::store::StoreRegistry;
 use crate::types::type_mismatch;
 
@@ -38,16 +39,37 @@ pub struct OpenedTable {
     pub data_location: Option<String>,
 }
 
+/// Where tables' data comes from: the object stores and the Iceberg
+/// catalogs of `meshq.yaml` (catalogs connect on first use).
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Object stores, by bucket or container.
+    pub stores: StoreRegistry,
+    /// Iceberg catalogs, by name.
+    pub iceberg: Arc<IcebergCatalogs>,
+}
+
+impl Sources {
+    /// The `stores` and `catalogs` sections of `config`.
+    pub fn new(config: &meshq_catalog::platform::PlatformConfig) -> Self {
+        Self {
+            stores: StoreRegistry::new(config),
+            iceberg: Arc::new(IcebergCatalogs::new(config.catalogs.clone())),
+        }
+    }
+}
+
 /// Opens `def` in `state`: registers its object store, reads the table's
 /// schema, checks it against the contract and wraps it in a
 /// [`ContractTableProvider`].
 pub async fn open_table(
     state: &dyn Session,
-    stores: &StoreRegistry,
+    sources: &Sources,
     def: &TableDef,
 ) -> Result<OpenedTable> {
+    let stores = &sources.stores;
     if def.source.format == Format::Iceberg {
-        let opened = crate::iceberg::open_iceberg(state, stores, def).await?;
+        let opened = crate::iceberg::open_iceberg(state, stores, &sources.iceberg, def).await?;
         let mut table = contract_view(def, opened.provider)?;
         table.data_location = Some(opened.data_location);
         return Ok(table);

@@ -18,13 +18,11 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Error, Result};
-use crate::iceberg::IcebergCatalogs;
 
 /// Builds object stores for table locations.
 #[derive(Debug, Clone, Default)]
 pub struct StoreRegistry {
     stores: BTreeMap<String, StoreConfig>,
-    iceberg: Arc<IcebergCatalogs>,
 }
 
 fn secret(store: &str, name: &str, s: &Option<SecretRef>) -> Result<Option<String>> {
@@ -51,13 +49,7 @@ impl StoreRegistry {
     pub fn new(config: &PlatformConfig) -> Self {
         Self {
             stores: config.stores.clone(),
-            iceberg: Arc::new(IcebergCatalogs::new(config.catalogs.clone())),
         }
-    }
-
-    /// The Iceberg catalogs of `meshq.yaml`, connected on first use.
-    pub fn iceberg_catalogs(&self) -> &IcebergCatalogs {
-        &self.iceberg
     }
 
     fn find(&self, scheme_kind: &str, bucket: &str) -> Option<(&str, &StoreConfig)> {

@@ -17,7 +17,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use meshq_catalog::platform::{CatalogConfig, StoreConfig};
 use meshq_catalog::{Location, Mesh, Principal, Problem, TableDef, load_mesh};
-use meshq_connectors::{ContractTableProvider, StoreRegistry, open_table};
+use meshq_connectors::{ContractTableProvider, Sources, open_table};
 use tracing::{info, warn};
 
 use crate::domain_schema::{DomainSchemaProvider, MeshCatalog, SessionCatalogList};
@@ -160,7 +160,7 @@ impl Engine {
         let memory = memory_settings(&config, &mesh);
         let runtime = runtime_for(&memory, previous)?;
         let session_config = session_config(&config, memory.0.is_some());
-        let stores = StoreRegistry::new(&mesh.config);
+        let connections = Sources::new(&mesh.config);
         let opener = SessionContext::new_with_state(
             SessionStateBuilder::new()
                 .with_config(session_config.clone())
@@ -174,7 +174,7 @@ impl Engine {
             unopened,
         } = open_tables(
             &opener,
-            &stores,
+            &connections,
             &mesh,
             config.open_concurrency,
             &mut problems,
@@ -206,8 +206,12 @@ impl Engine {
         let sources = sources_of(&served, &locations);
         let domains = Arc::new(domains_of(&served));
         let forbidden = forbidden_paths(&mesh, &config, &memory, &locations);
-        let (files, file_problems) =
-            FileAccess::resolve(&mesh.config.files, &mesh.root, &forbidden, &stores);
+        let (files, file_problems) = FileAccess::resolve(
+            &mesh.config.files,
+            &mesh.root,
+            &forbidden,
+            &connections.stores,
+        );
         for p in file_problems {
             problems.push(Problem::error(meshq_catalog::platform::PLATFORM_FILE, p));
         }
@@ -493,7 +497,7 @@ fn session_config(config: &EngineConfig, memory_bounded: bool) -> SessionConfig 
 /// Opens every table of the mesh, `concurrency` at a time.
 async fn open_tables(
     opener: &SessionContext,
-    stores: &StoreRegistry,
+    connections: &Sources,
     mesh: &Mesh,
     concurrency: usize,
     problems: &mut Vec<Problem>,
@@ -503,7 +507,7 @@ async fn open_tables(
         .map(|def| {
             let state = &state;
             async move {
-                let res = open_table(state, stores, &def).await;
+                let res = open_table(state, connections, &def).await;
                 (def, res)
             }
         })

@@ -32,7 +32,7 @@ pub use engine::{
     AppliedPolicies, CATALOG, Engine, EngineConfig, RESERVED_SCHEMAS, SCRATCH_SCHEMA, ServedTable,
 };
 pub use error::{Error, ErrorKind, Result, error_kind, error_message};
-pub use live::{LiveEngine, ReloadOutcome, ReloadResult};
+pub use live::{LiveEngine, ReloadOutcome, ReloadStatus};
 pub use memory::QueryMemoryPool;
 pub use meshq_catalog::Principal;
 pub use options::MeshqOptions;

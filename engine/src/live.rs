@@ -19,7 +19,7 @@ use crate::engine::{Engine, EngineConfig};
 
 /// How a reload ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReloadResult {
+pub enum ReloadStatus {
     /// The new mesh is served, with no errors.
     Ok,
     /// The new mesh is served; some products have errors and keep their
@@ -30,7 +30,7 @@ pub enum ReloadResult {
     Rejected(String),
 }
 
-impl ReloadResult {
+impl ReloadStatus {
     /// `ok`, `partial` or `rejected`, for logs and metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -45,7 +45,7 @@ impl ReloadResult {
 #[derive(Debug, Clone)]
 pub struct ReloadOutcome {
     /// How it ended.
-    pub result: ReloadResult,
+    pub status: ReloadStatus,
     /// Version served afterwards (1 is the first load).
     pub version: u64,
     /// Tables new in this version.
@@ -140,7 +140,7 @@ impl LiveEngine {
                 let why = e.to_string();
                 warn!(error = %why, "mesh reload rejected; the previous version is still served");
                 return ReloadOutcome {
-                    result: ReloadResult::Rejected(why),
+                    status: ReloadStatus::Rejected(why),
                     version: self.version(),
                     added: vec![],
                     changed: vec![],
@@ -189,14 +189,14 @@ impl LiveEngine {
         *self.loaded_at.write() = Some(SystemTime::now());
         let version = self.version() + 1;
         self.version.send_replace(version);
-        let result = if errors == 0 {
-            ReloadResult::Ok
+        let status = if errors == 0 {
+            ReloadStatus::Ok
         } else {
-            ReloadResult::Partial
+            ReloadStatus::Partial
         };
         info!(
             version,
-            result = result.label(),
+            result = status.label(),
             added = added.len(),
             changed = changed.len(),
             removed = removed.len(),
@@ -206,7 +206,7 @@ impl LiveEngine {
             "mesh loaded"
         );
         ReloadOutcome {
-            result,
+            status,
             version,
             added,
             changed,

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{
@@ -19,7 +18,6 @@ pub struct QueryMemoryPool {
     global: Arc<dyn MemoryPool>,
     local: FairSpillPool,
     limit: usize,
-    peak: AtomicUsize,
 }
 
 impl QueryMemoryPool {
@@ -29,18 +27,7 @@ impl QueryMemoryPool {
             global,
             local: FairSpillPool::new(limit),
             limit,
-            peak: AtomicUsize::new(0),
         }
-    }
-
-    /// The most this query has held at once.
-    pub fn peak(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    fn note_peak(&self) {
-        self.peak
-            .fetch_max(self.local.reserved(), Ordering::Relaxed);
     }
 }
 
@@ -72,7 +59,6 @@ impl MemoryPool for QueryMemoryPool {
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
         self.local.grow(reservation, additional);
         self.global.grow(reservation, additional);
-        self.note_peak();
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
@@ -91,7 +77,6 @@ impl MemoryPool for QueryMemoryPool {
             self.local.shrink(reservation, additional);
             return Err(e);
         }
-        self.note_peak();
         Ok(())
     }
 

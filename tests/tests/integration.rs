@@ -7,3 +7,4 @@ mod bypass;
 mod common;
 mod iceberg;
 mod policy_equivalence;
+mod policy_plans;

@@ -10,7 +10,8 @@ use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::DataType;
 use datafusion::datasource::MemTable;
 use hmac::{Hmac, Mac};
-use meshq_cli::demo::{DEMO_SECRET_VALUE, Rng};
+use meshq_cli::demo::DEMO_SECRET_VALUE;
+use meshq_cli::rng::Rng;
 use sha2::Sha256;
 
 use crate::common::{run, session_as, sorted_rows};
@@ -168,8 +169,13 @@ async fn governed_results_equal_hand_masked_results() {
 #[test]
 fn hand_masks_match_the_documented_examples() {
     assert_eq!(partial_email("alice@acme.com"), "a***@***.com");
-    // RFC 4231 case 2 shape, with the demo key: 64 hex chars.
-    assert_eq!(hmac_hex("C00001").len(), 64);
+    // HMAC-SHA256 of "C00001" under the demo key, as Python's hmac module
+    // computes it:
+    // python3 -c "import hmac,hashlib;print(hmac.new(b'meshq-demo-pii-key',b'C00001',hashlib.sha256).hexdigest())"
+    assert_eq!(
+        hmac_hex("C00001"),
+        "1b0cd045f5b4526a707d055d457e27ee7a4a55b82c78906245f52a60f5d527df"
+    );
     let a: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), None]));
     assert_eq!(map_utf8(&a, |s| s.to_uppercase()).null_count(), 1);
 }

@@ -11,6 +11,7 @@ mod predicate;
 mod provider;
 mod schema;
 mod storage;
+#[cfg(feature = "iceberg-writer")]
 mod write;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use catalogs::IcebergCatalogs;
 pub use provider::IcebergTableProvider;
 pub use schema::{arrow_schema, field_id};
 pub use storage::{MeshStorage, MeshStorageFactory};
+#[cfg(feature = "iceberg-writer")]
 pub use write::{IcebergWriter, WriteError};
 
 use crate::error::{Error, Result};
@@ -45,6 +47,7 @@ pub(crate) struct OpenedIceberg {
 pub(crate) async fn open_iceberg(
     state: &dyn Session,
     stores: &StoreRegistry,
+    catalogs: &IcebergCatalogs,
     def: &TableDef,
 ) -> Result<OpenedIceberg> {
     let storage = MeshStorage::new(Arc::clone(state.runtime_env()), stores.clone());
@@ -57,8 +60,7 @@ pub(crate) async fn open_iceberg(
     });
     let table = match &def.source.location {
         Location::Catalog { catalog, .. } => {
-            stores
-                .iceberg_catalogs()
+            catalogs
                 .load_table(catalog, &source.namespace, &source.table, &storage)
                 .await?
         }

@@ -2,9 +2,11 @@
 //! [`PolicyBarrier`] so partition and row-group pruning still work.
 //!
 //! A predicate is leakproof when evaluating it cannot fail or depend on
-//! anything but the row: a column compared with a literal or another column,
+//! anything but the row: a column compared with a literal (of the column's
+//! type: a coercion would put a cast on the column, which is refused),
 //! `IS [NOT] NULL`, `IN` a list of literals, `BETWEEN` literals, `LIKE` a
-//! literal pattern, and `AND`/`OR`/`NOT` of those. Only predicates over
+//! literal pattern, and `AND`/`OR`/`NOT` of those. Comparing two columns is
+//! not: DESIGN allows a column against a literal only. Only predicates over
 //! columns the barrier passes through unmasked move; anything else stays
 //! above, evaluated only on rows the policy let through — predicates that
 //! name no column at all (`1 / CAST(random() >= 0.5 AS INT) = 1`) included.
@@ -43,7 +45,6 @@ fn plain_column<'a>(e: &'a Expr, barrier: &PolicyBarrier) -> Option<&'a str> {
 
 /// Whether `e` is leakproof over the barrier's unmasked columns.
 pub fn is_leakproof(e: &Expr, barrier: &PolicyBarrier) -> bool {
-    let operand = |x: &Expr| plain_column(x, barrier).is_some() || is_literal(x);
     match e {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
             Operator::And | Operator::Or => {
@@ -57,10 +58,8 @@ pub fn is_leakproof(e: &Expr, barrier: &PolicyBarrier) -> bool {
             | Operator::GtEq
             | Operator::IsDistinctFrom
             | Operator::IsNotDistinctFrom => {
-                operand(left)
-                    && operand(right)
-                    && (plain_column(left, barrier).is_some()
-                        || plain_column(right, barrier).is_some())
+                (plain_column(left, barrier).is_some() && is_literal(right))
+                    || (is_literal(left) && plain_column(right, barrier).is_some())
             }
             _ => false,
         },
@@ -167,5 +166,223 @@ impl OptimizerRule for PolicyPushdownRule {
             None => moved,
         };
         Ok(Transformed::yes(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::empty::EmptyTable;
+    use datafusion::datasource::provider_as_source;
+    use datafusion::functions::expr_fn::{abs, random, upper};
+    use datafusion::logical_expr::{LogicalPlanBuilder, cast, col, lit, try_cast};
+    use datafusion::optimizer::OptimizerContext;
+    use meshq_connectors::ScanToken;
+
+    use super::*;
+
+    /// A barrier over `t(a INT, b INT, s TEXT, m TEXT)` where `m` is masked.
+    fn barrier() -> PolicyBarrier {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("m", DataType::Utf8, true),
+        ]));
+        let scan = LogicalPlanBuilder::scan(
+            "t",
+            provider_as_source(Arc::new(EmptyTable::new(schema))),
+            None,
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        PolicyBarrier::new(
+            "d.t".into(),
+            vec!["m:hash".into()],
+            BTreeSet::from(["a".into(), "b".into(), "s".into()]),
+            ScanToken {
+                mesh_version: 1,
+                principal: 1,
+                policies: 1,
+            },
+            scan,
+        )
+    }
+
+    #[test]
+    fn only_leakproof_predicates_on_unmasked_columns_qualify() {
+        let b = barrier();
+        let cases: Vec<(&str, Expr, bool)> = vec![
+            ("column = literal", col("a").eq(lit(1i64)), true),
+            ("literal = column", lit(1i64).eq(col("a")), true),
+            ("column < literal", col("a").lt(lit(1i64)), true),
+            (
+                "column IS DISTINCT FROM literal",
+                Expr::BinaryExpr(BinaryExpr::new(
+                    Box::new(col("a")),
+                    Operator::IsDistinctFrom,
+                    Box::new(lit(1i64)),
+                )),
+                true,
+            ),
+            ("IS NULL", col("s").is_null(), true),
+            ("IS NOT NULL", col("s").is_not_null(), true),
+            (
+                "IN literals",
+                col("a").in_list(vec![lit(1i64), lit(2i64)], false),
+                true,
+            ),
+            (
+                "NOT IN literals",
+                col("a").in_list(vec![lit(1i64)], true),
+                true,
+            ),
+            (
+                "BETWEEN literals",
+                col("a").between(lit(1i64), lit(9i64)),
+                true,
+            ),
+            ("LIKE a literal", col("s").like(lit("x%")), true),
+            (
+                "AND of leakproof",
+                col("a").eq(lit(1i64)).and(col("s").is_null()),
+                true,
+            ),
+            (
+                "OR of leakproof",
+                col("a").eq(lit(1i64)).or(col("b").gt(lit(2i64))),
+                true,
+            ),
+            (
+                "NOT of leakproof",
+                Expr::Not(Box::new(col("a").eq(lit(1i64)))),
+                true,
+            ),
+            // What DESIGN forbids.
+            ("column = column", col("a").eq(col("b")), false),
+            ("masked column = literal", col("m").eq(lit("x")), false),
+            ("masked IS NULL", col("m").is_null(), false),
+            (
+                "masked in an OR",
+                col("a").eq(lit(1i64)).or(col("m").eq(lit("x"))),
+                false,
+            ),
+            (
+                "masked in an AND",
+                col("a").eq(lit(1i64)).and(col("m").eq(lit("x"))),
+                false,
+            ),
+            ("function of a column", upper(col("s")).eq(lit("X")), false),
+            ("abs of a column", abs(col("a")).eq(lit(1i64)), false),
+            (
+                "cast that can fail",
+                cast(col("s"), DataType::Int64).eq(lit(1i64)),
+                false,
+            ),
+            (
+                "try_cast",
+                try_cast(col("s"), DataType::Int64).eq(lit(1i64)),
+                false,
+            ),
+            (
+                "cast literal",
+                col("a").eq(cast(lit("1"), DataType::Int64)),
+                false,
+            ),
+            (
+                "arithmetic (can overflow)",
+                (col("a") + lit(1i64)).eq(lit(2i64)),
+                false,
+            ),
+            (
+                "division (can fail)",
+                (lit(1i64) / col("a")).eq(lit(1i64)),
+                false,
+            ),
+            ("no column", lit(1i64).eq(lit(1i64)), false),
+            ("volatile function", random().gt(lit(0.5)), false),
+            (
+                "IN with a column",
+                col("a").in_list(vec![lit(1i64), col("b")], false),
+                false,
+            ),
+            (
+                "BETWEEN a column",
+                col("a").between(lit(1i64), col("b")),
+                false,
+            ),
+            ("LIKE a column", col("s").like(col("m")), false),
+            ("bare column", col("a"), false),
+            ("unknown column", col("zz").eq(lit(1i64)), false),
+        ];
+        for (what, e, want) in cases {
+            assert_eq!(is_leakproof(&e, &b), want, "{what}: {e}");
+        }
+    }
+
+    /// The rule moves the leakproof conjuncts of a filter above a barrier
+    /// below it and keeps the rest above.
+    #[test]
+    fn the_rule_splits_a_filter_at_the_barrier() {
+        let b = barrier();
+        let cases: Vec<(&str, Expr, Option<&str>, Option<&str>)> = vec![
+            (
+                "all leakproof",
+                col("a").eq(lit(1i64)).and(col("s").like(lit("x%"))),
+                None,
+                Some("t.a = Int64(1) AND t.s LIKE Utf8(\"x%\")"),
+            ),
+            (
+                "none leakproof",
+                col("m").eq(lit("x")),
+                Some("t.m = Utf8(\"x\")"),
+                None,
+            ),
+            (
+                "split",
+                col("a")
+                    .eq(lit(1i64))
+                    .and(col("a").eq(col("b")))
+                    .and(upper(col("s")).eq(lit("X"))),
+                Some("t.a = t.b AND upper(t.s) = Utf8(\"X\")"),
+                Some("t.a = Int64(1)"),
+            ),
+        ];
+        for (what, predicate, above, below) in cases {
+            let plan = LogicalPlanBuilder::from(LogicalPlan::Extension(Extension {
+                node: Arc::new(b.clone()),
+            }))
+            .filter(predicate)
+            .unwrap()
+            .build()
+            .unwrap();
+            let out = PolicyPushdownRule
+                .rewrite(plan, &OptimizerContext::new())
+                .unwrap();
+            assert_eq!(out.transformed, below.is_some(), "{what}");
+            let plan = out.data;
+            let (top, barrier) = match &plan {
+                LogicalPlan::Filter(f) => (Some(f.predicate.to_string()), f.input.as_ref()),
+                other => (None, other),
+            };
+            assert_eq!(top.as_deref(), above, "{what}");
+            let LogicalPlan::Extension(ext) = barrier else {
+                panic!("{what}: no barrier under the filter:\n{plan}")
+            };
+            let inner = &ext
+                .node
+                .as_any()
+                .downcast_ref::<PolicyBarrier>()
+                .unwrap()
+                .input;
+            let moved = match inner {
+                LogicalPlan::Filter(f) => Some(f.predicate.to_string()),
+                _ => None,
+            };
+            assert_eq!(moved.as_deref(), below, "{what}");
+        }
     }
 }

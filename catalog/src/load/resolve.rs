@@ -1,0 +1,498 @@
+//! Resolving each product output port to its tables: port → contract →
+//! server → location → [`TableDef`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{LoadedContract, LoadedProduct, Loader, is_plain_identifier, normalize};
+use crate::common::find_custom;
+use crate::mesh::{ColumnDef, Format, Location, TableDef, TablePolicy, TableSource};
+use crate::odcs::{SchemaObject, Server};
+use crate::odps::OutputPort;
+use crate::problem::line_of;
+
+/// Everything a port's tables share: the product, its port, the contract
+/// and server it reads, the SQL schema (domain) and the format.
+#[derive(Clone, Copy)]
+pub(super) struct PortContext<'a> {
+    product: &'a LoadedProduct,
+    port: &'a OutputPort,
+    contract: &'a LoadedContract,
+    server: &'a Server,
+    domain: &'a str,
+    format: Format,
+}
+
+impl Loader {
+    pub(super) fn resolve_tables(
+        &mut self,
+        products: &[LoadedProduct],
+        contracts: &BTreeMap<String, LoadedContract>,
+    ) -> Vec<Arc<TableDef>> {
+        let mut tables: BTreeMap<String, Arc<TableDef>> = BTreeMap::new();
+        for lp in products {
+            let domain = lp.product.domain.clone().unwrap_or_default();
+            for port in &lp.product.output_ports {
+                let Some(contract_id) = port.contract_id.as_deref() else {
+                    self.warn(
+                        &lp.file,
+                        line_of(&lp.text, &format!("name: {}", port.name)),
+                        format!(
+                            "output port `{}` has no contractId; it is not served",
+                            port.name
+                        ),
+                    );
+                    continue;
+                };
+                let Some(lc) = contracts.get(contract_id) else {
+                    self.error(
+                        &lp.file,
+                        line_of(&lp.text, contract_id),
+                        format!(
+                            "output port `{}`: contractId `{contract_id}` does not match any contract in the mesh",
+                            port.name
+                        ),
+                    );
+                    continue;
+                };
+                let Some(server) = self.pick_server(lp, port, lc) else {
+                    continue;
+                };
+                let Some((format, location_template)) = self.server_location(lc, server) else {
+                    continue;
+                };
+                if let Some(cd) = lc.contract.domain.as_deref()
+                    && cd != domain
+                {
+                    self.warn(
+                        &lc.file,
+                        line_of(&lc.text, "domain:"),
+                        format!(
+                            "contract domain `{cd}` differs from product `{}` domain `{domain}`; tables are served in schema `{domain}`",
+                            lp.product.id
+                        ),
+                    );
+                }
+                if lc.contract.schema.is_empty() {
+                    self.error(
+                        &lc.file,
+                        None,
+                        "contract has no `schema` objects; there is no table to serve",
+                    );
+                    continue;
+                }
+                let in_catalog = format == Format::Iceberg && server.catalog.is_some();
+                if lc.contract.schema.len() > 1
+                    && !in_catalog
+                    && !location_template.contains("{model}")
+                {
+                    self.error(
+                        &lc.file,
+                        line_of(&lc.text, &format!("server: {}", server.server)),
+                        format!(
+                            "server `{}` serves {} schema objects from one location; put `{{model}}` in its path/location so each table has its own",
+                            server.server,
+                            lc.contract.schema.len()
+                        ),
+                    );
+                    continue;
+                }
+                let ctx = PortContext {
+                    product: lp,
+                    port,
+                    contract: lc,
+                    server,
+                    domain: &domain,
+                    format,
+                };
+                for obj in &lc.contract.schema {
+                    let physical = obj.physical_name.as_deref().unwrap_or(&obj.name);
+                    let location = if in_catalog {
+                        let Some(location) = self.catalog_location(lc, server, physical) else {
+                            continue;
+                        };
+                        location
+                    } else {
+                        let loc_text = location_template.replace("{model}", physical);
+                        let Some(location) = self.parse_location(lc, server, &loc_text) else {
+                            continue;
+                        };
+                        location
+                    };
+                    let Some(table) = self.table_def(&ctx, obj, location) else {
+                        continue;
+                    };
+                    let key = table.qualified_name();
+                    if let Some(first) = tables.get(&key) {
+                        let msg = format!(
+                            "table `{key}` is already served by product `{}` ({}, contract {}); rename the schema object or move the product to another domain",
+                            first.product_id,
+                            self.rel(&first.product_file).display(),
+                            self.rel(&first.contract_file).display()
+                        );
+                        self.error(&lp.file, line_of(&lp.text, contract_id), msg);
+                        continue;
+                    }
+                    tables.insert(key, Arc::new(table));
+                }
+            }
+        }
+        tables.into_values().collect()
+    }
+
+    pub(super) fn pick_server<'c>(
+        &mut self,
+        lp: &LoadedProduct,
+        port: &OutputPort,
+        lc: &'c LoadedContract,
+    ) -> Option<&'c Server> {
+        let servers = &lc.contract.servers;
+        let names = || {
+            servers
+                .iter()
+                .map(|s| format!("`{}`", s.server))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(custom) = find_custom(&port.custom_properties, "server")
+            && custom.value.as_str().is_none()
+        {
+            self.error(
+                &lp.file,
+                line_of(&lp.text, "property: server"),
+                format!(
+                    "output port `{}`: custom property `server` must be a server name (a string)",
+                    port.name
+                ),
+            );
+            return None;
+        }
+        match port.server_name() {
+            Some(name) => match servers.iter().find(|s| s.server == name) {
+                Some(s) => Some(s),
+                None => {
+                    let known = if servers.is_empty() {
+                        "it has no servers".to_string()
+                    } else {
+                        format!("it has {}", names())
+                    };
+                    self.error(
+                        &lp.file,
+                        line_of(&lp.text, &format!("value: {name}"))
+                            .or_else(|| line_of(&lp.text, name)),
+                        format!(
+                            "output port `{}`: server `{name}` is not defined in contract `{}` ({}); {known}",
+                            port.name,
+                            lc.contract.id,
+                            self.rel(&lc.file).display()
+                        ),
+                    );
+                    None
+                }
+            },
+            None if servers.len() == 1 => servers.first(),
+            None => {
+                let msg = if servers.is_empty() {
+                    format!(
+                        "output port `{}`: contract `{}` ({}) has no servers, so there is no data to serve",
+                        port.name,
+                        lc.contract.id,
+                        self.rel(&lc.file).display()
+                    )
+                } else {
+                    format!(
+                        "output port `{}`: contract `{}` has several servers ({}); pick one with customProperties [{{ property: server, value: NAME }}]",
+                        port.name,
+                        lc.contract.id,
+                        names()
+                    )
+                };
+                self.error(&lp.file, line_of(&lp.text, &port.name), msg);
+                None
+            }
+        }
+    }
+
+    /// The format and (template) location text of a server entry.
+    pub(super) fn server_location(
+        &mut self,
+        lc: &LoadedContract,
+        s: &Server,
+    ) -> Option<(Format, String)> {
+        let line = line_of(&lc.text, &format!("server: {}", s.server));
+        let Some(format_text) = s.format.as_deref() else {
+            self.error(
+                &lc.file,
+                line,
+                format!(
+                    "server `{}` has no `format`; use parquet, delta, iceberg, csv or json",
+                    s.server
+                ),
+            );
+            return None;
+        };
+        let Some(format) = Format::parse(format_text) else {
+            self.error(
+                &lc.file,
+                line,
+                format!(
+                    "server `{}`: format `{format_text}` is not supported; use parquet, delta, iceberg, csv or json",
+                    s.server
+                ),
+            );
+            return None;
+        };
+        let text = match s.kind.as_str() {
+            "local" => s.path.clone().or_else(|| s.location.clone()),
+            "s3" | "gcs" | "azure" | "custom" => s.location.clone().or_else(|| s.path.clone()),
+            other => {
+                self.error(
+                    &lc.file,
+                    line,
+                    format!(
+                        "server `{}`: type `{other}` is not supported; meshq reads local, s3, gcs and azure servers",
+                        s.server
+                    ),
+                );
+                return None;
+            }
+        };
+        let Some(text) = text else {
+            if format == Format::Iceberg && s.catalog.is_some() {
+                return Some((format, String::new()));
+            }
+            let key = if s.kind == "local" {
+                "path"
+            } else {
+                "location"
+            };
+            self.error(
+                &lc.file,
+                line,
+                format!("server `{}` (type {}) has no `{key}`", s.server, s.kind),
+            );
+            return None;
+        };
+        Some((format, text))
+    }
+
+    /// The location of an Iceberg table named through a catalog:
+    /// `catalog` names a `catalogs` entry, `schema` (or `database`) the
+    /// namespace.
+    pub(super) fn catalog_location(
+        &mut self,
+        lc: &LoadedContract,
+        s: &Server,
+        table: &str,
+    ) -> Option<Location> {
+        let line = line_of(&lc.text, &format!("server: {}", s.server));
+        let catalog = s.catalog.clone().unwrap_or_default();
+        if !self.catalogs.contains(&catalog) {
+            let known = if self.catalogs.is_empty() {
+                "meshq.yaml declares no `catalogs`".to_string()
+            } else {
+                format!(
+                    "meshq.yaml declares {}",
+                    self.catalogs
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            self.error(
+                &lc.file,
+                line,
+                format!(
+                    "server `{}`: Iceberg catalog `{catalog}` is not defined; {known}",
+                    s.server
+                ),
+            );
+            return None;
+        }
+        let Some(namespace) = s.schema.as_deref().or(s.database.as_deref()) else {
+            self.error(
+                &lc.file,
+                line,
+                format!(
+                    "server `{}`: an Iceberg table in catalog `{catalog}` needs its namespace in `schema`",
+                    s.server
+                ),
+            );
+            return None;
+        };
+        Some(Location::Catalog {
+            catalog,
+            table: format!("{namespace}.{table}"),
+        })
+    }
+
+    pub(super) fn parse_location(
+        &mut self,
+        lc: &LoadedContract,
+        s: &Server,
+        text: &str,
+    ) -> Option<Location> {
+        let line = line_of(&lc.text, &format!("server: {}", s.server));
+        if let Some(rest) = text.strip_prefix("file://") {
+            return Some(Location::Local(PathBuf::from(rest)));
+        }
+        if text.contains("://") {
+            return match url::Url::parse(text) {
+                Ok(u) => {
+                    let expected: &[&str] = match s.kind.as_str() {
+                        "s3" => &["s3", "s3a"],
+                        "gcs" => &["gs", "gcs"],
+                        "azure" => &["az", "abfs", "abfss", "azure", "adl"],
+                        _ => &[],
+                    };
+                    if !expected.is_empty() && !expected.contains(&u.scheme()) {
+                        self.error(
+                            &lc.file,
+                            line,
+                            format!(
+                                "server `{}`: location `{text}` does not match server type {} (expected a {}:// URL)",
+                                s.server,
+                                s.kind,
+                                expected[0]
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(Location::Url(u))
+                }
+                Err(e) => {
+                    self.error(
+                        &lc.file,
+                        line,
+                        format!(
+                            "server `{}`: location `{text}` is not a valid URL: {e}",
+                            s.server
+                        ),
+                    );
+                    None
+                }
+            };
+        }
+        if s.kind != "local" && s.kind != "custom" {
+            self.error(
+                &lc.file,
+                line,
+                format!(
+                    "server `{}` (type {}): location `{text}` must be a URL",
+                    s.server, s.kind
+                ),
+            );
+            return None;
+        }
+        let path = Path::new(text);
+        let base = lc.file.parent().unwrap_or(Path::new("."));
+        let joined = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            base.join(path)
+        };
+        Some(Location::Local(normalize(&joined)))
+    }
+
+    /// The table a schema object of `ctx` becomes at `location`; `None`
+    /// after reporting why it cannot be served.
+    pub(super) fn table_def(
+        &mut self,
+        ctx: &PortContext<'_>,
+        obj: &SchemaObject,
+        location: Location,
+    ) -> Option<TableDef> {
+        let PortContext {
+            product: lp,
+            port,
+            contract: lc,
+            server,
+            domain,
+            format,
+        } = *ctx;
+        let qualified = format!("{domain}.{}", obj.name);
+        let mut ok = true;
+        if obj.properties.is_empty() {
+            self.error(
+                &lc.file,
+                line_of(&lc.text, &format!("name: {}", obj.name)),
+                format!("table `{qualified}`: schema object has no properties (columns)"),
+            );
+            return None;
+        }
+        if !is_plain_identifier(&obj.name) {
+            self.warn(
+                &lc.file,
+                line_of(&lc.text, &format!("name: {}", obj.name)),
+                format!(
+                    "table name `{}` is not a lowercase SQL identifier; queries must quote it",
+                    obj.name
+                ),
+            );
+        }
+        let policy = match self.table_policy(lc, obj, &qualified) {
+            Some(p) => p,
+            None => {
+                ok = false;
+                TablePolicy::default()
+            }
+        };
+        let mut columns = Vec::with_capacity(obj.properties.len());
+        for (i, p) in obj.properties.iter().enumerate() {
+            self.check_policy_names(lc, &p.custom_properties, &qualified, Some(&p.name));
+            let mask = match self.column_mask(lc, obj, p, &qualified) {
+                Ok(m) => m,
+                Err(()) => {
+                    ok = false;
+                    None
+                }
+            };
+            let pk_position = match (p.primary_key, p.primary_key_position) {
+                (Some(true), Some(pos)) if pos >= 0 => Some(pos as usize),
+                (Some(true), _) => Some(1000 + i),
+                _ => None,
+            };
+            columns.push(ColumnDef {
+                name: p.name.clone(),
+                logical_type: p.logical_type,
+                physical_type: p.physical_type.clone(),
+                required: p.required.unwrap_or(false),
+                classification: p.classification.clone(),
+                tags: p.tags.clone(),
+                description: p.description.clone(),
+                primary_key_position: pk_position,
+                mask,
+            });
+        }
+        let iceberg = if format == Format::Iceberg {
+            let physical = obj.physical_name.as_deref().unwrap_or(&obj.name);
+            Some(self.iceberg_source(lc, server, physical)?)
+        } else {
+            None
+        };
+        if !ok {
+            return None;
+        }
+        Some(TableDef {
+            domain: domain.to_string(),
+            name: obj.name.clone(),
+            product_id: lp.product.id.clone(),
+            product_file: lp.file.clone(),
+            port: port.name.clone(),
+            contract_id: lc.contract.id.clone(),
+            contract_file: lc.file.clone(),
+            source: TableSource {
+                format,
+                location,
+                server: server.server.clone(),
+                delimiter: server.delimiter.clone(),
+                iceberg,
+            },
+            columns,
+            description: obj.description.clone(),
+            policy,
+        })
+    }
+}
