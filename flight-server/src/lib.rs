@@ -30,6 +30,7 @@ pub mod session_options;
 pub mod sessions;
 pub mod ticket;
 pub mod trace;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -2,13 +2,10 @@
 //! statements to [`crate::query`], metadata to [`crate::metadata`], actions
 //! to [`crate::actions`], credentials to [`crate::auth`].
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
-use arrow::ipc::writer::IpcWriteOptions;
-use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow::datatypes::Schema;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
@@ -21,11 +18,8 @@ use arrow_flight::sql::{
     CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
     TicketStatementQuery,
 };
-use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
-};
-use futures::{Stream, TryStreamExt};
+use arrow_flight::{FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket};
+use futures::TryStreamExt;
 use meshq_engine::{CATALOG, LiveEngine};
 use prost::Message;
 use tonic::metadata::MetadataValue;
@@ -41,14 +35,11 @@ use crate::metadata::{self, sql_info, xdbc_types};
 use crate::operations::Operations;
 use crate::params::ParamStore;
 use crate::query::{Call, Lifecycle, QueryId, QueryRequest};
-use crate::result_stream::ResultStream;
 use crate::sessions::ClientSession;
 use crate::ticket::{
-    PreparedHandle, StatementTicket, batches_from_ipc, batches_to_ipc, params_from_ipc,
-    params_to_ipc,
+    PreparedHandle, StatementTicket, batches_from_ipc, params_from_ipc, statement_ticket,
 };
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+use crate::wire::{BoxStream, encode_batches, encode_stream, info, one_batch, schema_ipc};
 
 /// meshq's `FlightSqlService`.
 pub struct MeshFlightService {
@@ -58,81 +49,6 @@ pub struct MeshFlightService {
     params: ParamStore,
     sql_info: SqlInfoData,
     xdbc: XdbcTypeInfoData,
-}
-
-fn schema_ipc(schema: &Schema) -> Result<Vec<u8>, Error> {
-    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
-        .try_into()
-        .map_err(|e: arrow::error::ArrowError| Error::encode("a schema", e))?;
-    Ok(bytes.to_vec())
-}
-
-/// A stream of batches in Flight form, schema first (also for zero rows).
-fn encode(
-    schema: SchemaRef,
-    batches: impl Stream<Item = Result<RecordBatch, Error>> + Send + 'static,
-) -> BoxStream<arrow_flight::FlightData> {
-    Box::pin(
-        FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches.map_err(|e| FlightError::Tonic(Box::new(e.into()))))
-            .map_err(|e| match e {
-                FlightError::Tonic(s) => *s,
-                other => Error::encode("a result", other).into(),
-            }),
-    )
-}
-
-fn encode_stream(stream: ResultStream) -> BoxStream<arrow_flight::FlightData> {
-    let schema = Arc::clone(stream.schema());
-    encode(schema, stream)
-}
-
-fn encode_batches(
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
-) -> BoxStream<arrow_flight::FlightData> {
-    encode(schema, futures::stream::iter(batches.into_iter().map(Ok)))
-}
-
-/// A metadata result: one batch, schema first.
-fn one_batch<E: std::fmt::Display>(
-    batch: Result<RecordBatch, E>,
-) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
-    let batch = batch.map_err(|e| Error::encode("a metadata result", e))?;
-    Ok(Response::new(encode_batches(batch.schema(), vec![batch])))
-}
-
-fn info(
-    schema: &Schema,
-    ticket: Vec<u8>,
-    descriptor: FlightDescriptor,
-) -> Result<FlightInfo, Error> {
-    let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
-    FlightInfo::new()
-        .try_with_schema(schema)
-        .map_err(|e| Error::encode("a schema", e))
-        .map(|i| i.with_endpoint(endpoint).with_descriptor(descriptor))
-}
-
-/// The ticket of a statement announced with `result` (when it already ran).
-fn statement_ticket(
-    sql: String,
-    params: Option<&RecordBatch>,
-    schema: &SchemaRef,
-    result: Option<Vec<RecordBatch>>,
-) -> Result<Vec<u8>, Error> {
-    let handle = StatementTicket {
-        sql,
-        params: params.map(params_to_ipc).transpose()?,
-        result: result.map(|b| batches_to_ipc(schema, &b)).transpose()?,
-        nonce: rand::random(),
-    };
-    Ok(TicketStatementQuery {
-        statement_handle: handle.encode().into(),
-    }
-    .as_any()
-    .encode_to_vec())
 }
 
 impl MeshFlightService {

@@ -4,8 +4,10 @@
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -100,6 +102,26 @@ pub fn params_from_ipc(text: &str) -> Result<RecordBatch> {
         1 => Ok(batches.remove(0)),
         _ => Err(Error::malformed("parameters in ticket")),
     }
+}
+
+/// The ticket of a statement announced with `result` (when it already ran).
+pub(crate) fn statement_ticket(
+    sql: String,
+    params: Option<&RecordBatch>,
+    schema: &SchemaRef,
+    result: Option<Vec<RecordBatch>>,
+) -> Result<Vec<u8>, Error> {
+    let handle = StatementTicket {
+        sql,
+        params: params.map(params_to_ipc).transpose()?,
+        result: result.map(|b| batches_to_ipc(schema, &b)).transpose()?,
+        nonce: rand::random(),
+    };
+    Ok(TicketStatementQuery {
+        statement_handle: handle.encode().into(),
+    }
+    .as_any()
+    .encode_to_vec())
 }
 
 #[cfg(test)]

@@ -7,12 +7,22 @@
 
 use crate::common::session_as;
 
+/// The optimized logical plan of `sql` run as `who`, indented.
+async fn plan_of(who: &str, sql: &str) -> String {
+    let session = session_as(who).await;
+    let plan = session
+        .sql(sql)
+        .await
+        .unwrap()
+        .into_optimized_plan()
+        .unwrap();
+    plan.display_indent().to_string()
+}
+
 /// The optimized logical plan's `Filter:` lines above and below the
 /// barrier.
 async fn filters(sql: &str) -> (Vec<String>, Vec<String>) {
-    let ana = session_as("ana").await;
-    let plan = ana.sql(sql).await.unwrap().into_optimized_plan().unwrap();
-    let text = plan.display_indent().to_string();
+    let text = plan_of("ana", sql).await;
     let barrier = text
         .lines()
         .position(|l| l.trim_start().starts_with("PolicyBarrier:"))
@@ -80,15 +90,7 @@ async fn user_predicates_cross_the_barrier_only_when_leakproof() {
 /// is passed through.
 #[tokio::test]
 async fn the_rewrite_puts_filters_and_masks_under_the_barrier() {
-    let ana = session_as("ana").await;
-    let plan = ana
-        .sql("SELECT email, tier FROM customers.profiles")
-        .await
-        .unwrap()
-        .into_optimized_plan()
-        .unwrap()
-        .display_indent()
-        .to_string();
+    let plan = plan_of("ana", "SELECT email, tier FROM customers.profiles").await;
     let lines: Vec<&str> = plan.lines().map(str::trim_start).collect();
     let at = |prefix: &str| {
         lines
@@ -124,14 +126,6 @@ async fn the_rewrite_puts_filters_and_masks_under_the_barrier() {
     );
     assert!(lines[filter].contains("region"), "{plan}");
     // pat reads raw values: no barrier at all.
-    let pat = session_as("pat").await;
-    let raw = pat
-        .sql("SELECT email FROM sales.orders")
-        .await
-        .unwrap()
-        .into_optimized_plan()
-        .unwrap()
-        .display_indent()
-        .to_string();
+    let raw = plan_of("pat", "SELECT email FROM sales.orders").await;
     assert!(!raw.contains("mask_hash"), "{raw}");
 }

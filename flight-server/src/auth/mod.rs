@@ -191,7 +191,18 @@ impl Authenticator {
                 return Err(Error::InvalidCredentials);
             }
         };
-        let (principal, hash) = self.check_password(&engine, &user, &password, peer).await?;
+        self.password_session(&engine, &user, &password, peer).await
+    }
+
+    /// Checks a password and opens a session for it under a new token.
+    async fn password_session(
+        &self,
+        engine: &Engine,
+        user: &str,
+        password: &str,
+        peer: Option<SocketAddr>,
+    ) -> Result<(String, Arc<ClientSession>)> {
+        let (principal, hash) = self.check_password(engine, user, password, peer).await?;
         let token =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let session = Arc::new(ClientSession::new(
@@ -200,7 +211,7 @@ impl Authenticator {
             principal,
             Login::Password { hash },
         ));
-        self.store(&engine, token.clone(), Arc::clone(&session));
+        self.store(engine, token.clone(), Arc::clone(&session));
         Ok((token, session))
     }
 
@@ -260,16 +271,7 @@ impl Authenticator {
                 return Ok(session);
             }
         }
-        let (principal, hash) = self.check_password(&engine, user, password, peer).await?;
-        let token =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        let session = Arc::new(ClientSession::new(
-            &self.live,
-            engine.clone(),
-            principal,
-            Login::Password { hash },
-        ));
-        self.store(&engine, token.clone(), Arc::clone(&session));
+        let (token, session) = self.password_session(&engine, user, password, peer).await?;
         let mut basic = self.basic.lock();
         if basic.len() >= DEFAULT_MAX_SESSIONS {
             basic.retain(|_, t| self.sessions.get(t).is_some());
