@@ -24,6 +24,7 @@ pub mod platform;
 pub mod policy;
 pub mod principal;
 pub mod problem;
+pub mod products;
 pub mod yaml;
 
 pub use error::{Error, Result};
@@ -33,3 +34,4 @@ pub use mesh::{
 };
 pub use principal::Principal;
 pub use problem::{Problem, Severity};
+pub use products::{ContractInfo, LineageEdge, ProductInfo};

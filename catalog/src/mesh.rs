@@ -1,12 +1,14 @@
 //! The in-memory mesh: every servable table, resolved from product → output
 //! port → contract → server, plus the platform config and policy sets.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::odcs::LogicalType;
 use crate::platform::PlatformConfig;
 use crate::policy::{MaskSpec, PolicySet, RowFilterSpec};
+use crate::products::{ContractInfo, LineageEdge, ProductInfo};
 
 /// Table formats a port may declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,6 +117,8 @@ pub struct ColumnDef {
     pub physical_type: Option<String>,
     /// `required: true` means NOT NULL.
     pub required: bool,
+    /// ODCS `unique`.
+    pub unique: bool,
     /// ODCS classification (e.g. `pii`).
     pub classification: Option<String>,
     /// ODCS tags.
@@ -202,6 +206,10 @@ pub struct Mesh {
     pub tables: Vec<Arc<TableDef>>,
     /// Global policy sets.
     pub policy_sets: Vec<LoadedPolicySet>,
+    /// Every product that loaded, served or not, in file order.
+    pub products: Vec<Arc<ProductInfo>>,
+    /// Every contract that loaded, by id.
+    pub contracts: BTreeMap<String, Arc<ContractInfo>>,
 }
 
 impl Mesh {
@@ -210,6 +218,16 @@ impl Mesh {
         self.tables
             .iter()
             .find(|t| t.domain == domain && t.name == name)
+    }
+
+    /// The product `id`.
+    pub fn product(&self, id: &str) -> Option<&Arc<ProductInfo>> {
+        self.products.iter().find(|p| p.id == id)
+    }
+
+    /// The edges between products their input ports declare.
+    pub fn lineage(&self) -> Vec<LineageEdge> {
+        crate::products::lineage(&self.products)
     }
 
     /// Path of a file for messages: relative to the root when under it.

@@ -10,7 +10,7 @@ use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::principal::Principal;
-pub use crate::principal::{AttributeValue, PrincipalConfig};
+pub use crate::principal::{AttributeValue, PrincipalConfig, SessionDefaults};
 
 /// File name of the platform config at the mesh root.
 pub const PLATFORM_FILE: &str = "meshq.yaml";
@@ -48,6 +48,20 @@ pub struct PlatformConfig {
     /// What principals see of tables they may not read.
     #[serde(default)]
     pub discovery: DiscoveryConfig,
+    /// Session defaults for every principal (a principal's own `defaults`
+    /// win).
+    #[serde(default)]
+    pub defaults: SessionDefaults,
+}
+
+impl PlatformConfig {
+    /// The schema a new session of the principal named `name` starts in:
+    /// its own `defaults.schema`, else the mesh's, else `None`.
+    pub fn default_schema_for(&self, name: Option<&str>) -> Option<&str> {
+        name.and_then(|n| self.principals.iter().find(|p| p.name == n))
+            .and_then(|p| p.defaults.schema.as_deref())
+            .or(self.defaults.schema.as_deref())
+    }
 }
 
 /// `files:` — the only places SQL statements (admins only) may read or

@@ -25,6 +25,20 @@ pub struct PrincipalConfig {
     /// Attributes for `principal_attr('k')`.
     #[serde(default)]
     pub attributes: BTreeMap<String, AttributeValue>,
+    /// Where the principal's sessions start (overrides the mesh's
+    /// `defaults`).
+    #[serde(default)]
+    pub defaults: SessionDefaults,
+}
+
+/// `defaults:` — where a new session starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionDefaults {
+    /// The schema unqualified table names resolve in (e.g. `sales`, so a BI
+    /// tool's `SELECT * FROM orders` works); `public` when unset.
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 /// A principal attribute: one string or a list of strings.

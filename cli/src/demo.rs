@@ -382,6 +382,9 @@ pub fn connect_banner(dir: &str, tables: usize, addr: std::net::SocketAddr) -> S
                  cur.execute(\"SELECT region, count(*) AS orders FROM sales.orders GROUP BY 1 ORDER BY 1\")\n        \
                  print(cur.fetchall())\n\
          \n\
+         Find products and why you see what you see: SELECT * FROM meta.products;\n\
+         SELECT * FROM meta.my_access; (or \\dp and \\access in the shell).\n\
+         \n\
          Or run SQL here: meshq demo --shell. Ctrl-C stops the server."
     )
 }
@@ -496,7 +499,10 @@ status: active
 domain: sales
 description:
   purpose: Every webshop order, one row per order, updated daily.
+tags: [sales, orders, core]
 team: { name: sales-data, members: [ { username: alice@example.com, role: owner } ] }
+inputPorts:
+  - { name: customers, version: 1.0.0, contractId: urn:datacontract:customers:profiles }
 outputPorts:
   - name: orders_delta
     type: tables
@@ -512,6 +518,11 @@ name: orders
 version: 1.0.0
 status: active
 domain: sales
+slaProperties:
+  - { property: latency, value: 1, unit: d, description: Yesterday's orders are in by 06:00 UTC. }
+  - { property: availability, value: 99.5, unit: percent }
+roles:
+  - { role: analyst, access: read, firstLevelApprovers: alice@example.com }
 servers:
   - { server: local, type: local, format: delta, path: ./data/orders }
 schema:
@@ -554,7 +565,10 @@ status: active
 domain: logistics
 description:
   purpose: One row per parcel sent for a webshop order, appended daily.
+tags: [logistics, fulfilment]
 team: { name: logistics-data, members: [ { username: lee@example.com, role: owner } ] }
+inputPorts:
+  - { name: orders, version: 1.0.0, contractId: urn:datacontract:sales:orders }
 outputPorts:
   - name: shipments_iceberg
     type: tables
@@ -569,6 +583,10 @@ name: shipments
 version: 1.0.0
 status: active
 domain: logistics
+slaProperties:
+  - { property: frequency, value: 1, unit: d }
+roles:
+  - { role: analyst, access: read, firstLevelApprovers: lee@example.com }
 servers:
   # An Iceberg table addressed by its folder: meshq reads its newest
   # metadata/*.metadata.json. Tables in a catalog name it instead:
@@ -604,6 +622,10 @@ name: customer profiles
 version: 1.0.0
 status: active
 domain: customers
+description:
+  purpose: Registered customers with contact details and loyalty tier; PII is masked for most readers.
+tags: [customers, pii]
+team: { name: crm, members: [ { username: carla@example.com, role: owner } ] }
 outputPorts:
   - name: profiles_parquet
     type: tables
@@ -669,6 +691,12 @@ name: payment transactions
 version: 1.0.0
 status: active
 domain: payments
+description:
+  purpose: Every payment attempt for an order, one file per day; restricted to finance.
+tags: [payments, finance, pii]
+team: { name: payments-data, members: [ { username: paul@example.com, role: owner } ] }
+inputPorts:
+  - { name: orders, version: 1.0.0, contractId: urn:datacontract:sales:orders }
 outputPorts:
   - name: transactions_parquet
     type: tables
@@ -683,6 +711,8 @@ name: transactions
 version: 1.0.0
 status: active
 domain: payments
+roles:
+  - { role: finance, access: read, firstLevelApprovers: paul@example.com, secondLevelApprovers: cfo@example.com }
 servers:
   - { server: local, type: local, format: parquet, path: ./data/transactions/ }
 schema:

@@ -5,6 +5,7 @@
 
 pub mod demo;
 mod demo_iceberg;
+pub mod lineage;
 pub mod output;
 pub mod rng;
 pub mod shell;

@@ -60,6 +60,19 @@ enum Command {
     Validate(MeshArgs),
     /// Read a password from stdin and print its argon2 PHC hash for meshq.yaml.
     HashPassword,
+    /// Draw which products feed which (from their input ports).
+    Lineage(LineageArgs),
+}
+
+#[derive(Debug, Args)]
+struct LineageArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Only this product (id or name) and what is upstream and downstream of it.
+    product: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "mermaid")]
+    format: meshq_cli::lineage::LineageFormat,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +251,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_INVALID));
             }
             println!("{}", meshq_cli::hash_password(password)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lineage(args) => {
+            let outcome = meshq_catalog::load_mesh(&args.mesh.mesh)?;
+            for p in outcome.problems.iter().filter(|p| p.is_error()) {
+                eprintln!("{p}");
+            }
+            let text =
+                meshq_cli::lineage::render(&outcome.mesh, args.product.as_deref(), args.format)?;
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate(args) => {

@@ -14,7 +14,11 @@ const HELP: &str = "\
 SQL statements end with `;` and may span lines.
   \\dt [PATTERN]   list tables (domain, table, format, product)
   \\dn             list schemas (domains)
-  \\d TABLE        describe a table's columns as its contract declares them
+  \\d TABLE        describe a table's columns as its contract declares them,
+                  and which are masked for you
+  \\dp [PATTERN]   list data products: owner, status, freshness, whether you may read them
+  \\access [TABLE] why you may (or may not) read a table; the filters and masks on you
+  \\lineage        which products feed which
   \\?              this help
   \\q              quit (or Ctrl-D)
 Tables are named domain.table, e.g. SELECT * FROM sales.orders LIMIT 5;";
@@ -87,8 +91,57 @@ impl Shell {
             "\\dn" => {
                 self.run_sql(
                     "SELECT schema_name AS domain FROM information_schema.schemata \
-                     WHERE catalog_name = 'mesh' AND schema_name NOT IN ('information_schema', 'public') \
+                     WHERE catalog_name = 'mesh' AND schema_name NOT IN ('information_schema', 'public', 'meta') \
                      ORDER BY 1",
+                    out,
+                )
+                .await?
+            }
+            "\\dp" => {
+                let filter = match arg {
+                    Some(p) => format!(
+                        "WHERE p.product_id ILIKE '%{0}%' OR p.name ILIKE '%{0}%' OR p.domain ILIKE '%{0}%'",
+                        sql_text(p)?
+                    ),
+                    None => String::new(),
+                };
+                self.run_sql(
+                    &format!(
+                        "SELECT p.product_id AS product, p.domain, p.owner_team AS owner, p.status, \
+                         CASE WHEN bool_or(t.freshness_status = 'late') THEN 'late' \
+                              WHEN bool_and(t.freshness_status = 'fresh') THEN 'fresh' \
+                              ELSE 'unknown' END AS freshness, \
+                         p.readable, array_to_string(p.access_approvers, ', ') AS ask \
+                         FROM meta.products p LEFT JOIN meta.tables t ON t.product_id = p.product_id \
+                         {filter} GROUP BY p.product_id, p.domain, p.owner_team, p.status, p.readable, p.access_approvers \
+                         ORDER BY 2, 1;"
+                    ),
+                    out,
+                )
+                .await?
+            }
+            "\\access" => {
+                let filter = match arg {
+                    Some(t) => format!(
+                        "WHERE table_schema || '.' || table_name = '{}'",
+                        sql_text(t)?
+                    ),
+                    None => String::new(),
+                };
+                self.run_sql(
+                    &format!(
+                        "SELECT table_schema || '.' || table_name AS \"table\", readable, reason, \
+                         array_to_string(row_filters, '; ') AS row_filters, \
+                         array_to_string(masked_columns, '; ') AS masked_columns \
+                         FROM meta.my_access {filter} ORDER BY 1;"
+                    ),
+                    out,
+                )
+                .await?
+            }
+            "\\lineage" => {
+                self.run_sql(
+                    "SELECT from_product, to_product, via FROM meta.lineage ORDER BY 1, 2;",
                     out,
                 )
                 .await?
@@ -145,21 +198,37 @@ impl Shell {
         let provider = self.session.context().table_provider(name).await?;
         let (domain, table) = name.split_once('.').unwrap_or(("", name));
         let def = self.engine.mesh().table(domain, table);
+        let access = def.and_then(|d| {
+            meshq_engine::meta::access_of(
+                &self.engine,
+                &d.qualified_name(),
+                self.session.principal(),
+            )
+        });
         let arrow_schema = provider.schema();
-        let mut cols: [Vec<String>; 5] = Default::default();
+        let mut cols: [Vec<String>; 6] = Default::default();
         for f in arrow_schema.fields() {
             let c = def.and_then(|d| d.columns.iter().find(|c| &c.name == f.name()));
             cols[0].push(f.name().clone());
             cols[1].push(f.data_type().to_string());
             cols[2].push(if f.is_nullable() { "YES" } else { "NO" }.into());
             cols[3].push(c.and_then(|c| c.classification.clone()).unwrap_or_default());
-            cols[4].push(c.and_then(|c| c.description.clone()).unwrap_or_default());
+            cols[4].push(
+                access
+                    .iter()
+                    .flat_map(|a| a.masks.iter())
+                    .find(|m| &m.column == f.name())
+                    .map(|m| format!("{} ({})", m.kind, m.source))
+                    .unwrap_or_default(),
+            );
+            cols[5].push(c.and_then(|c| c.description.clone()).unwrap_or_default());
         }
         let names = [
             "column",
             "type",
             "nullable",
             "classification",
+            "masked for you",
             "description",
         ];
         let schema = Arc::new(Schema::new(
@@ -237,4 +306,14 @@ impl Shell {
         }
         Ok(())
     }
+}
+
+/// A pattern or table name put into a SQL string literal; quotes refused.
+fn sql_text(s: &str) -> Result<&str> {
+    if s.contains(['\'', '\\']) {
+        return Err(anyhow!(
+            "`{s}`: quotes and backslashes are not allowed here"
+        ));
+    }
+    Ok(s)
 }

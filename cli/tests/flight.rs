@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::array::{AsArray, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use arrow_flight::FlightInfo;
 use arrow_flight::sql::client::FlightSqlServiceClient;
@@ -374,16 +374,32 @@ async fn metadata_rpcs_show_only_what_the_principal_may_see() {
     let tables: Vec<String> = (0..b[0].num_rows())
         .map(|i| {
             format!(
-                "{}.{}",
+                "{}.{} {}",
                 b[0].column(1).as_string::<i32>().value(i),
-                b[0].column(2).as_string::<i32>().value(i)
+                b[0].column(2).as_string::<i32>().value(i),
+                b[0].column(3).as_string::<i32>().value(i)
             )
         })
         .collect();
+    // Payments are not readable for ana; `meta` is there for everyone.
     assert_eq!(
         tables,
-        vec!["customers.profiles", "logistics.shipments", "sales.orders"]
+        vec![
+            "customers.profiles TABLE",
+            "logistics.shipments TABLE",
+            "meta.columns SYSTEM TABLE",
+            "meta.lineage SYSTEM TABLE",
+            "meta.my_access SYSTEM TABLE",
+            "meta.products SYSTEM TABLE",
+            "meta.tables SYSTEM TABLE",
+            "meta.whoami SYSTEM TABLE",
+            "sales.orders TABLE",
+        ]
     );
+    let tables: Vec<String> = tables
+        .iter()
+        .map(|t| t.split(' ').next().unwrap().to_string())
+        .collect();
     // The table schema carries ARROW:FLIGHT:SQL metadata and no view types.
     let orders = tables.iter().position(|t| t == "sales.orders").unwrap();
     let schema_bytes = b[0].column(4).as_binary::<i32>().value(orders);
@@ -416,7 +432,8 @@ async fn metadata_rpcs_show_only_what_the_principal_may_see() {
 
     let info = ana.get_table_types().await.unwrap();
     let (_, b) = fetch(&mut ana, info).await;
-    assert_eq!(b[0].column(0).len(), 2);
+    let types: Vec<_> = b[0].column(0).as_string::<i32>().iter().flatten().collect();
+    assert_eq!(types, ["SYSTEM TABLE", "TABLE", "VIEW"]);
 
     let info = ana
         .get_xdbc_type_info(arrow_flight::sql::CommandGetXdbcTypeInfo { data_type: None })

@@ -180,7 +180,9 @@ fn script_file_with_several_statements_and_a_meta_command() {
     let text = stdout(&out);
     assert!(text.contains("| card   |"), "{text}");
     assert!(
-        text.contains("| email       | Utf8View | NO       | pii            | Login email."),
+        text.contains(
+            "| email       | Utf8View | NO       | pii            |                | Login email."
+        ),
         "{text}"
     );
 }
@@ -330,5 +332,132 @@ fn validate_without_the_demo_key_reports_unreadable_tables() {
         stdout(&out).contains("error: table `sales.orders`: global policy pii-hash-default on column customer_id: secret `pii-key`: environment variable `MESHQ_DEMO_PII_KEY` is not set; the table is unreadable until this is fixed"),
         "{}",
         stdout(&out)
+    );
+}
+
+/// `meshq lineage <args> --mesh <demo>`, stdout.
+fn lineage(args: &[&str]) -> String {
+    let out = meshq()
+        .arg("lineage")
+        .args(args)
+        .arg("--mesh")
+        .arg(mesh())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+/// The demo's products feed each other through their input ports:
+/// customers → sales → logistics and payments.
+#[test]
+fn lineage_draws_the_demo_products_as_mermaid_dot_json_and_svg() {
+    assert_eq!(
+        lineage(&[]),
+        "\
+flowchart LR
+  p0[\"customers.customer profiles<br/><small>urn:dataproduct:customers:profiles</small>\"]
+  p1[\"logistics.shipments<br/><small>urn:dataproduct:logistics:shipments</small>\"]
+  p2[\"payments.payment transactions<br/><small>urn:dataproduct:payments:transactions</small>\"]
+  p3[\"sales.orders<br/><small>urn:dataproduct:sales:orders</small>\"]
+  p0 -->|\"customers\"| p3
+  p3 -->|\"orders\"| p1
+  p3 -->|\"orders\"| p2
+"
+    );
+    // One product: what is upstream and downstream of it, nothing else.
+    assert_eq!(
+        lineage(&["urn:dataproduct:logistics:shipments", "--format", "dot"]),
+        "\
+digraph lineage {
+  rankdir=LR;
+  node [shape=box, style=rounded];
+  p0 [label=\"customers.customer profiles\"]; // urn:dataproduct:customers:profiles
+  p1 [label=\"logistics.shipments\"]; // urn:dataproduct:logistics:shipments
+  p2 [label=\"sales.orders\"]; // urn:dataproduct:sales:orders
+  p0 -> p2 [label=\"customers\"];
+  p2 -> p1 [label=\"orders\"];
+}
+"
+    );
+    let json: serde_json::Value = serde_json::from_str(&lineage(&["--format", "json"])).unwrap();
+    assert_eq!(json["products"].as_array().unwrap().len(), 4);
+    let edges: Vec<(String, String)> = json["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from_product"].as_str().unwrap().to_string(),
+                e["to_product"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        edges,
+        [
+            (
+                "urn:dataproduct:customers:profiles",
+                "urn:dataproduct:sales:orders"
+            ),
+            (
+                "urn:dataproduct:sales:orders",
+                "urn:dataproduct:logistics:shipments"
+            ),
+            (
+                "urn:dataproduct:sales:orders",
+                "urn:dataproduct:payments:transactions"
+            ),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert_eq!(
+        json["edges"][0]["declared_in"].as_str(),
+        Some("sales/orders.odps.yaml")
+    );
+    // The SVG is well-formed XML with a text element per product label.
+    let svg = lineage(&["--format", "svg"]);
+    let mut reader = quick_xml::Reader::from_str(&svg);
+    let mut texts = Vec::new();
+    let mut root = None;
+    let mut in_text = false;
+    loop {
+        match reader.read_event().expect("well-formed SVG") {
+            quick_xml::events::Event::Start(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).to_string();
+                root.get_or_insert(name.clone());
+                in_text |= name == "text";
+            }
+            quick_xml::events::Event::Text(t) if in_text => {
+                texts.push(t.decode().unwrap().to_string());
+            }
+            quick_xml::events::Event::End(e) if e.name().as_ref() == b"text" => in_text = false,
+            quick_xml::events::Event::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!(root.as_deref(), Some("svg"));
+    for label in [
+        "customers.customer profiles",
+        "logistics.shipments",
+        "payments.payment transactions",
+        "sales.orders",
+    ] {
+        assert!(
+            texts.iter().any(|t| t.contains(label)),
+            "{label} not in {texts:?}"
+        );
+    }
+    // An unknown product is a clear error.
+    let out = meshq()
+        .args(["lineage", "nope", "--mesh"])
+        .arg(mesh())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no product `nope` in the mesh"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -15,6 +15,7 @@
 
 pub mod contract_table;
 pub mod error;
+pub mod facts;
 pub mod iceberg;
 pub mod mesh_scan;
 pub mod open;
@@ -23,6 +24,7 @@ pub mod types;
 
 pub use contract_table::{ContractColumn, ContractTableProvider};
 pub use error::{Error, Result, describe};
+pub use facts::TableFacts;
 pub use mesh_scan::{MeshScanExec, ScanToken};
 pub use open::{OpenedTable, Sources, open_table};
 pub use store::StoreRegistry;

@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::contract_table::{ContractColumn, ContractTableProvider};
 use crate::error::{Error, Result};
+use crate::facts::TableFacts;
 use crate::iceberg::IcebergCatalogs;
 use crate::store::StoreRegistry;
 use crate::types::type_mismatch;
@@ -37,6 +38,10 @@ pub struct OpenedTable {
     /// Where the table's files are, when only opening the table tells
     /// (an Iceberg table found through its catalog).
     pub data_location: Option<String>,
+    /// Row count, version and last change, when opening read them (Delta
+    /// and Iceberg); file-based tables' are found on demand
+    /// ([`crate::facts::listing_facts`]).
+    pub facts: Option<TableFacts>,
 }
 
 /// Where tables' data comes from: the object stores and the Iceberg
@@ -72,6 +77,7 @@ pub async fn open_table(
         let opened = crate::iceberg::open_iceberg(state, stores, &sources.iceberg, def).await?;
         let mut table = contract_view(def, opened.provider)?;
         table.data_location = Some(opened.data_location);
+        table.facts = Some(opened.facts);
         return Ok(table);
     }
     let url = location_url(&def.source.location, def.source.format)?;
@@ -84,12 +90,19 @@ pub async fn open_table(
         .map_err(|e| Error::invalid(url.as_str(), format!("location `{url}`: {e}")))?;
         state.runtime_env().register_object_store(&root, store);
     }
-    let inner = match def.source.format {
-        Format::Parquet | Format::Csv | Format::Json => open_listing(state, def, &url).await?,
-        Format::Delta => open_delta(state, &url).await?,
+    let (inner, facts) = match def.source.format {
+        Format::Parquet | Format::Csv | Format::Json => {
+            (open_listing(state, def, &url).await?, None)
+        }
+        Format::Delta => {
+            let (provider, facts) = open_delta(state, &url).await?;
+            (provider, Some(facts))
+        }
         Format::Iceberg => unreachable!("opened above"),
     };
-    contract_view(def, inner)
+    let mut table = contract_view(def, inner)?;
+    table.facts = facts;
+    Ok(table)
 }
 
 /// The URL of a location; a local path must exist.
@@ -298,7 +311,10 @@ fn register_delta_log_stores() {
     });
 }
 
-async fn open_delta(state: &dyn Session, url: &Url) -> Result<Arc<dyn TableProvider>> {
+async fn open_delta(
+    state: &dyn Session,
+    url: &Url,
+) -> Result<(Arc<dyn TableProvider>, TableFacts)> {
     register_delta_log_stores();
     let mut url = url.clone();
     if !url.path().ends_with('/') {
@@ -326,10 +342,12 @@ async fn open_delta(state: &dyn Session, url: &Url) -> Result<Arc<dyn TableProvi
     table
         .update_datafusion_session(state)
         .map_err(|e| Error::read(&at, url.as_str(), e))?;
-    table
+    let facts = crate::facts::delta_facts(&table);
+    let provider = table
         .table_provider()
         .await
-        .map_err(|e| Error::read(&at, url.as_str(), e))
+        .map_err(|e| Error::read(&at, url.as_str(), e))?;
+    Ok((provider, facts))
 }
 
 /// Checks the actual schema against the contract and builds the view.
@@ -407,6 +425,7 @@ fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<Opened
         warnings,
         drift,
         data_location: None,
+        facts: None,
     })
 }
 

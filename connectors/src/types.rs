@@ -148,6 +148,7 @@ mod tests {
             name: "c".into(),
             logical_type: logical,
             physical_type: physical.map(str::to_string),
+            unique: false,
             required: false,
             classification: None,
             tags: vec![],

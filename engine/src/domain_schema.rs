@@ -15,7 +15,8 @@ use datafusion::error::{DataFusionError, Result};
 use meshq_catalog::Principal;
 use meshq_catalog::platform::Visibility;
 
-use crate::engine::{CATALOG, RESERVED_SCHEMAS, SCRATCH_SCHEMA};
+use crate::engine::{CATALOG, Engine, RESERVED_SCHEMAS, SCRATCH_SCHEMA};
+use crate::meta::{META_SCHEMA, MetaSchemaProvider};
 use crate::policy::governed::GovernedTables;
 use crate::session::SessionData;
 
@@ -233,6 +234,8 @@ pub struct MeshCatalog {
     data: Arc<SessionData>,
     visibility: Visibility,
     table_functions: Arc<HashMap<String, Arc<TableFunction>>>,
+    /// The mesh version, for `meta`.
+    engine: Engine,
     /// The session's catalog list, for `information_schema`.
     list: OnceLock<Weak<SessionCatalogList>>,
 }
@@ -246,6 +249,7 @@ impl MeshCatalog {
         data: Arc<SessionData>,
         visibility: Visibility,
         table_functions: Arc<HashMap<String, Arc<TableFunction>>>,
+        engine: Engine,
     ) -> Self {
         Self {
             domains,
@@ -254,6 +258,7 @@ impl MeshCatalog {
             data,
             visibility,
             table_functions,
+            engine,
             list: OnceLock::new(),
         }
     }
@@ -291,6 +296,7 @@ impl CatalogProvider for MeshCatalog {
             .cloned()
             .collect();
         names.push(SCRATCH_SCHEMA.to_string());
+        names.push(META_SCHEMA.to_string());
         names.push(INFORMATION_SCHEMA.to_string());
         names.extend(self.data.schema_names());
         names
@@ -305,6 +311,12 @@ impl CatalogProvider for MeshCatalog {
         }
         if name == SCRATCH_SCHEMA {
             return Some(Arc::clone(self.data.scratch()) as Arc<dyn SchemaProvider>);
+        }
+        if name == META_SCHEMA {
+            return Some(Arc::new(MetaSchemaProvider::new(
+                self.engine.clone(),
+                Arc::clone(&self.principal),
+            )));
         }
         if self.domains.contains_key(name) {
             return self

@@ -17,7 +17,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use meshq_catalog::platform::{CatalogConfig, StoreConfig};
 use meshq_catalog::{Location, Mesh, Principal, Problem, TableDef, load_mesh};
-use meshq_connectors::{ContractTableProvider, Sources, open_table};
+use meshq_connectors::{ContractTableProvider, Sources, TableFacts, open_table};
 use tracing::{info, warn};
 
 use crate::domain_schema::{DomainSchemaProvider, MeshCatalog, SessionCatalogList};
@@ -89,6 +89,9 @@ pub struct ServedTable {
     pub def: Arc<TableDef>,
     /// The contract view of the data.
     pub provider: Arc<ContractTableProvider>,
+    /// Row count, version and last change: read when the table was opened
+    /// (Delta, Iceberg) or on first use (files), then kept for this version.
+    pub facts: Arc<tokio::sync::OnceCell<TableFacts>>,
 }
 
 /// The mesh, opened. Cheap to clone; sessions share its runtime and tables.
@@ -205,6 +208,7 @@ impl Engine {
         };
         let sources = sources_of(&served, &locations);
         let domains = Arc::new(domains_of(&served));
+        check_default_schemas(&mesh, &domains, &mut problems);
         let forbidden = forbidden_paths(&mesh, &config, &memory, &locations);
         let (files, file_problems) = FileAccess::resolve(
             &mesh.config.files,
@@ -242,6 +246,15 @@ impl Engine {
                 kept,
             }),
         })
+    }
+
+    /// What `table`'s metadata says of it (rows, version, last change),
+    /// without reading its data.
+    pub async fn facts(&self, table: &ServedTable) -> TableFacts {
+        *table
+            .facts
+            .get_or_init(|| meshq_connectors::facts::listing_facts(&self.inner.runtime, &table.def))
+            .await
     }
 
     /// Whether `self` and `other` are the same load of the mesh.
@@ -304,7 +317,24 @@ impl Engine {
 
     /// A new session for `principal`, for one-off use (the shell, tests).
     pub fn session(&self, principal: &Principal) -> MeshSession {
-        self.session_for(&Arc::new(SessionData::new(principal.clone())))
+        self.session_for(&self.new_session_data(principal.clone()))
+    }
+
+    /// The state of a new session of `principal`, starting in its default
+    /// schema (`defaults.schema` of the principal or the mesh in
+    /// `meshq.yaml`; `public` when unset).
+    pub fn new_session_data(&self, principal: Principal) -> Arc<SessionData> {
+        let schema = self
+            .inner
+            .mesh
+            .config
+            .default_schema_for(principal.name.as_deref())
+            .map(str::to_string);
+        let data = SessionData::new(principal);
+        if let Some(schema) = schema {
+            data.set_default_schema(&schema);
+        }
+        Arc::new(data)
     }
 
     /// The planning context of one statement of the session `data`, on this
@@ -339,6 +369,7 @@ impl Engine {
             Arc::clone(data),
             self.inner.mesh.config.discovery.visibility,
             Arc::clone(&self.inner.table_functions),
+            self.clone(),
         );
         state.register_catalog_list(SessionCatalogList::new(catalog, Arc::clone(data)));
         MeshSession::new(
@@ -393,6 +424,37 @@ pub struct AppliedPolicies {
     pub row_filters: Vec<String>,
     /// Ids of the global policies among them.
     pub global: Vec<String>,
+}
+
+/// A `defaults.schema` naming no served domain: sessions would start in a
+/// schema that is not there (they fall back to `public`).
+fn check_default_schemas(
+    mesh: &Mesh,
+    domains: &BTreeMap<String, Arc<DomainSchemaProvider>>,
+    problems: &mut Vec<Problem>,
+) {
+    let config = &mesh.config;
+    let named = std::iter::once(("defaults.schema".to_string(), &config.defaults.schema)).chain(
+        config.principals.iter().map(|p| {
+            (
+                format!("principal `{}`: defaults.schema", p.name),
+                &p.defaults.schema,
+            )
+        }),
+    );
+    for (what, schema) in named {
+        if let Some(s) = schema
+            && s != SCRATCH_SCHEMA
+            && !domains.contains_key(s)
+        {
+            problems.push(Problem::warning(
+                meshq_catalog::platform::PLATFORM_FILE,
+                format!(
+                    "{what}: no domain `{s}` is served; such sessions start in `{SCRATCH_SCHEMA}`"
+                ),
+            ));
+        }
+    }
 }
 
 /// Whether `p` is an error in a file whose name satisfies `name`.
@@ -550,6 +612,7 @@ async fn open_tables(
                 served.push(ServedTable {
                     def,
                     provider: t.provider,
+                    facts: Arc::new(tokio::sync::OnceCell::new_with(t.facts)),
                 });
             }
             Err(e) => {

@@ -22,6 +22,7 @@ pub mod files;
 pub mod functions;
 pub mod live;
 pub mod memory;
+pub mod meta;
 pub mod options;
 pub mod policy;
 pub mod session;

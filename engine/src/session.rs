@@ -259,6 +259,7 @@ impl MeshSession {
             for table in names {
                 if let Ok(Some(t)) = provider.table(&table).await {
                     let kind = match t.table_type() {
+                        _ if schema == crate::meta::META_SCHEMA => "SYSTEM TABLE",
                         datafusion::datasource::TableType::View => "VIEW",
                         _ => "TABLE",
                     };

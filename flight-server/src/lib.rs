@@ -69,6 +69,27 @@ pub struct Listening {
     pub metrics: Option<SocketAddr>,
 }
 
+/// Each served table's last change and freshness against its SLA.
+async fn sample_tables(metrics: &Metrics, live: &LiveEngine) {
+    metrics.clear_tables();
+    let Some(engine) = live.current() else {
+        return;
+    };
+    for t in engine.served_tables() {
+        let f = meshq_engine::meta::freshness(&engine, t).await;
+        metrics.table_freshness(
+            &t.def.qualified_name(),
+            &t.def.product_id,
+            f.last_modified_ms.map(|ms| ms as f64 / 1000.0),
+            match f.status {
+                "late" => Some(true),
+                "fresh" => Some(false),
+                _ => None,
+            },
+        );
+    }
+}
+
 /// Refreshes the sampled gauges from the server's state.
 fn sample(metrics: &Metrics, live: &LiveEngine, ops: &Operations, sessions: usize) {
     let (running, queued) = ops.queries_in_flight();
@@ -164,8 +185,14 @@ pub async fn serve(
             let listener = tokio::net::TcpListener::bind(bind).await?;
             let addr = listener.local_addr()?;
             let (live, ops2) = (Arc::clone(&live), Arc::clone(&ops));
-            let sampler: Arc<dyn Fn(&Metrics) + Send + Sync> =
-                Arc::new(move |m: &Metrics| sample(m, &live, &ops2, sessions()));
+            let sampler: metrics::Sampler = Arc::new(move |m: Arc<Metrics>| {
+                let (live, ops) = (Arc::clone(&live), Arc::clone(&ops2));
+                let sessions = sessions();
+                Box::pin(async move {
+                    sample(&m, &live, &ops, sessions);
+                    sample_tables(&m, &live).await;
+                })
+            });
             let metrics = Arc::clone(&ops.metrics);
             _metrics_task = Some(SpawnedTask::spawn(async move {
                 let stop = async move {

@@ -37,6 +37,8 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     product_scans: Family<Labels, Counter>,
     product_errors: Family<Labels, Counter>,
+    table_last_modified: Family<Labels, Gauge<f64, AtomicU64>>,
+    table_late: Family<Labels, Gauge>,
     /// Sampled at scrape time.
     pub(crate) sessions: Gauge,
     pub(crate) running: Gauge,
@@ -123,6 +125,18 @@ impl Metrics {
             "Queries reading a product that failed, by product id and error code",
             product_errors.clone(),
         );
+        let table_last_modified = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "table_last_modified_seconds",
+            "When a served table's data last changed (Unix time), by table and product",
+            table_last_modified.clone(),
+        );
+        let table_late = Family::<Labels, Gauge>::default();
+        registry.register(
+            "table_freshness_late",
+            "1 when a served table is older than its contract's freshness SLA, 0 when fresh (absent: unknown)",
+            table_late.clone(),
+        );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let g = Gauge::default();
             registry.register(name, help, g.clone());
@@ -170,6 +184,8 @@ impl Metrics {
             reloads,
             product_scans,
             product_errors,
+            table_last_modified,
+            table_late,
             sessions,
             running,
             queued,
@@ -223,6 +239,29 @@ impl Metrics {
             .inc();
     }
 
+    /// Forgets every table's freshness (before sampling the served ones).
+    pub(crate) fn clear_tables(&self) {
+        self.table_last_modified.clear();
+        self.table_late.clear();
+    }
+
+    /// A served table's last change and freshness.
+    pub(crate) fn table_freshness(
+        &self,
+        table: &str,
+        product: &str,
+        last_modified_secs: Option<f64>,
+        late: Option<bool>,
+    ) {
+        let l = labels(&[("table", table), ("product", product)]);
+        if let Some(at) = last_modified_secs {
+            self.table_last_modified.get_or_create(&l).set(at);
+        }
+        if let Some(late) = late {
+            self.table_late.get_or_create(&l).set(late as i64);
+        }
+    }
+
     /// A mesh load or reload.
     pub fn reloaded(&self, result: &str) {
         self.reloads
@@ -259,12 +298,16 @@ pub struct QueryFigures<'a> {
     pub products: &'a [String],
 }
 
+/// Refreshes the sampled gauges before a scrape.
+pub type Sampler =
+    Arc<dyn Fn(Arc<Metrics>) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// Serves `GET /metrics` (and `/`) on `listener` until `shutdown` resolves;
 /// `sample` refreshes the sampled gauges before each scrape.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    sample: Arc<dyn Fn(&Metrics) + Send + Sync>,
+    sample: Sampler,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::http::header::CONTENT_TYPE;
@@ -273,7 +316,7 @@ pub async fn serve_metrics(
         let metrics = Arc::clone(&metrics);
         let sample = Arc::clone(&sample);
         async move {
-            sample(&metrics);
+            sample(Arc::clone(&metrics)).await;
             (
                 [(
                     CONTENT_TYPE,

@@ -416,6 +416,7 @@ impl FlightSqlService for MeshFlightService {
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         self.client(&request).await?;
         let mut b = query.into_builder();
+        b.append("SYSTEM TABLE");
         b.append("TABLE");
         b.append("VIEW");
         one_batch(b.build())

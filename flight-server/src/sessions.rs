@@ -47,7 +47,7 @@ impl ClientSession {
     ) -> Self {
         Self {
             login,
-            data: Arc::new(SessionData::new(principal)),
+            data: engine.new_session_data(principal),
             live: Arc::clone(live),
             seen: Mutex::new(Some(engine)),
             last_used: Mutex::new(Instant::now()),

@@ -130,3 +130,24 @@ def test_demo_banner_snippet_runs_verbatim(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_meta_tables_over_adbc(server):
+    """`meta` is listed as SYSTEM TABLEs and answers "why can't I read this"."""
+    with connect(server, "ana") as conn:
+        tables = conn.adbc_get_objects(depth="tables", db_schema_filter="meta").read_all().to_pylist()
+        found = {
+            (t["table_name"], t["table_type"])
+            for c in tables
+            for s in c["catalog_db_schemas"]
+            for t in (s["db_schema_tables"] or [])
+        }
+        assert {("products", "SYSTEM TABLE"), ("my_access", "SYSTEM TABLE")} <= found
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_schema, table_name, readable, reason FROM meta.my_access ORDER BY 1, 2")
+            rows = cur.fetchall()
+        assert ("payments", "transactions", False, "needs one of the roles `global-analyst`, `finance`") in rows
+        assert ("sales", "orders", True, "granted by role `analyst`") in rows
+        with conn.cursor() as cur:
+            cur.execute("SELECT column_name, masked, mask_kind FROM meta.columns WHERE table_schema = 'sales' AND table_name = 'orders' AND masked")
+            assert sorted(cur.fetchall()) == [("customer_id", True, "hash"), ("email", True, "partial")]

@@ -5,6 +5,7 @@ mod abuse;
 mod bad_input;
 mod bypass;
 mod common;
+mod discovery;
 mod iceberg;
 mod policy_equivalence;
 mod policy_plans;

@@ -1,6 +1,8 @@
 //! Finds the source of arrow-flight's `flight_sql_client` binary (a binary
 //! of a dependency, which cargo does not build) so `src/main.rs` can
 //! compile it here, with the workspace's one feature set and target dir.
+//! One line is left out (see below), so that the tool runs with that feature
+//! set.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,9 +43,21 @@ fn main() {
     let source = dir.join("src/bin/flight_sql_client.rs");
     assert!(source.exists(), "{} is missing", source.display());
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
+    let text = std::fs::read_to_string(&source).expect("the source is readable");
+    // In this workspace tracing-subscriber has its `tracing-log` feature (the
+    // Delta kernel turns it on), so `try_init` below the tool's own
+    // `LogTracer::init()` installs the log bridge a second time and the tool
+    // exits with "attempted to set a logger after the logging system was
+    // already initialized". `try_init` installs the bridge itself; the
+    // tool's own call is left out, nothing else changes.
+    let own_bridge = "tracing_log::LogTracer::init().context(\"tracing log init\")?;";
+    assert!(
+        text.contains(own_bridge),
+        "arrow-flight's flight_sql_client no longer calls `{own_bridge}`; check its logging setup"
+    );
     std::fs::write(
         out_dir.join("flight_sql_client.rs"),
-        format!("include!({:?});\n", source.display().to_string()),
+        text.replacen(own_bridge, "", 1),
     )
     .expect("OUT_DIR is writable");
     println!("cargo:rerun-if-changed={}", source.display());

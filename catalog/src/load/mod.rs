@@ -17,12 +17,14 @@ mod properties;
 mod resolve;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::mesh::Mesh;
 use crate::odcs::DataContract;
 use crate::odps::DataProduct;
 use crate::problem::{Problem, display_path};
+use crate::products::{ContractInfo, ProductInfo};
 
 /// Suffix of ODPS product descriptors.
 pub const PRODUCT_SUFFIX: &str = ".odps.yaml";
@@ -80,6 +82,19 @@ pub fn load_mesh(root: &Path) -> Result<LoadOutcome> {
         config,
         tables,
         policy_sets,
+        products: products
+            .iter()
+            .map(|p| Arc::new(ProductInfo::from_odps(&p.product, &p.file)))
+            .collect(),
+        contracts: contracts
+            .iter()
+            .map(|(id, c)| {
+                (
+                    id.clone(),
+                    Arc::new(ContractInfo::from_odcs(&c.contract, &c.file)),
+                )
+            })
+            .collect(),
     };
     Ok(LoadOutcome {
         mesh,

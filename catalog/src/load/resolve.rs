@@ -459,6 +459,7 @@ impl Loader {
                 logical_type: p.logical_type,
                 physical_type: p.physical_type.clone(),
                 required: p.required.unwrap_or(false),
+                unique: p.unique.unwrap_or(false),
                 classification: p.classification.clone(),
                 tags: p.tags.clone(),
                 description: p.description.clone(),

@@ -41,6 +41,7 @@ use crate::store::StoreRegistry;
 pub(crate) struct OpenedIceberg {
     pub(crate) provider: Arc<IcebergTableProvider>,
     pub(crate) data_location: String,
+    pub(crate) facts: crate::facts::TableFacts,
 }
 
 /// Opens the Iceberg table behind `def`.
@@ -105,6 +106,7 @@ pub(crate) async fn open_iceberg(
     let schema = arrow_schema(iceberg_schema, views, metadata.location())?;
     let label = format!("`{}` (product `{}`)", def.qualified_name(), def.product_id);
     let data_location = metadata.location().to_string();
+    let facts = crate::facts::iceberg_facts(metadata, snapshot_id);
     Ok(OpenedIceberg {
         provider: Arc::new(IcebergTableProvider::new(
             label,
@@ -113,6 +115,7 @@ pub(crate) async fn open_iceberg(
             Arc::new(schema),
         )),
         data_location,
+        facts,
     })
 }
 
