@@ -407,6 +407,17 @@ async fn metadata_rpcs_show_only_what_the_principal_may_see() {
     let email = schema.field_with_name("email").unwrap();
     assert_eq!(email.data_type(), &DataType::Utf8);
     assert_eq!(email.metadata()["ARROW:FLIGHT:SQL:TABLE_NAME"], "orders");
+    // The contract's description and, for ana, the mask on the column.
+    assert_eq!(
+        email.metadata()["ARROW:FLIGHT:SQL:REMARKS"],
+        "Contact email given at checkout; null for guest checkouts."
+    );
+    assert_eq!(email.metadata()["meshq.classification"], "pii");
+    assert_eq!(email.metadata()["meshq.masked"], "true");
+    assert_eq!(email.metadata()["meshq.mask_kind"], "partial");
+    let region = schema.field_with_name("region").unwrap();
+    assert_eq!(region.metadata()["meshq.masked"], "false");
+    assert!(!region.metadata().contains_key("meshq.mask_kind"));
 
     let info = ana
         .get_primary_keys(CommandGetPrimaryKeys {

@@ -733,16 +733,21 @@ async fn metrics_and_health_describe_the_server() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    assert!(now - written < 86_400.0 && written <= now + 1.0, "{written}");
+    assert!(
+        now - written < 86_400.0 && written <= now + 1.0,
+        "{written}"
+    );
     assert_eq!(get(&format!("meshq_table_freshness_late{orders}")), 0.0);
     assert!(
         !m.keys()
             .any(|k| k.starts_with("meshq_table_freshness_late{table=\"customers.profiles\"")),
         "{m:?}"
     );
-    assert!(get(
-        "meshq_table_last_modified_seconds{table=\"customers.profiles\",product=\"urn:dataproduct:customers:profiles\"}"
-    ) > 1.7e9);
+    assert!(
+        get(
+            "meshq_table_last_modified_seconds{table=\"customers.profiles\",product=\"urn:dataproduct:customers:profiles\"}"
+        ) > 1.7e9
+    );
 
     // Logs are JSON objects, one per line, and hold no SQL literals.
     let log = server.log_text();

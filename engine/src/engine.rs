@@ -545,6 +545,10 @@ fn session_config(config: &EngineConfig, memory_bounded: bool) -> SessionConfig 
         // domain_schema.rs); SHOW TABLES and friends find it there.
         .with_information_schema(false)
         .with_option_extension(MeshqOptions::default());
+    // Sessions run in UTC: `TIMESTAMP WITH TIME ZONE '…'` literals and now()
+    // keep a zone (clients see a zoned timestamp), while plain `TIMESTAMP`
+    // literals stay zone-less as before.
+    session_config.options_mut().execution.time_zone = Some("+00:00".into());
     if let Some(n) = config.target_partitions {
         session_config = session_config.with_target_partitions(n);
     }

@@ -199,8 +199,57 @@ pub fn wire_schema(schema: &Schema) -> SchemaRef {
     ))
 }
 
-/// A table's schema for `GetTables`, with `ARROW:FLIGHT:SQL:*` metadata.
-pub fn table_schema(catalog: &str, schema_name: &str, table: &str, schema: &Schema) -> Schema {
+/// What the contract and the caller's policies say of one column, for
+/// `GetTables`: its description under the Flight SQL `REMARKS` key, and
+/// meshq's own keys.
+#[derive(Debug, Clone, Default)]
+pub struct ColumnNotes {
+    /// The contract's description.
+    pub description: Option<String>,
+    /// The contract's classification (`pii`, …).
+    pub classification: Option<String>,
+    /// The mask that applies to the caller, if any.
+    pub mask_kind: Option<String>,
+}
+
+/// Description, classification and the caller's mask of each column of
+/// `def`, for `GetTables`.
+pub fn column_notes(
+    session: &meshq_engine::MeshSession,
+    def: &meshq_catalog::TableDef,
+) -> std::collections::HashMap<String, ColumnNotes> {
+    let access =
+        meshq_engine::meta::access_of(session.engine(), &def.qualified_name(), session.principal());
+    def.columns
+        .iter()
+        .map(|c| {
+            let mask_kind = access
+                .iter()
+                .flat_map(|a| a.masks.iter())
+                .find(|m| m.column == c.name)
+                .map(|m| m.kind.clone());
+            (
+                c.name.clone(),
+                ColumnNotes {
+                    description: c.description.clone(),
+                    classification: c.classification.clone(),
+                    mask_kind,
+                },
+            )
+        })
+        .collect()
+}
+
+/// A table's schema for `GetTables`, with `ARROW:FLIGHT:SQL:*` metadata and,
+/// for columns in `notes`, `ARROW:FLIGHT:SQL:REMARKS` (the description) and
+/// `meshq.classification`, `meshq.masked`, `meshq.mask_kind`.
+pub fn table_schema(
+    catalog: &str,
+    schema_name: &str,
+    table: &str,
+    schema: &Schema,
+    notes: &std::collections::HashMap<String, ColumnNotes>,
+) -> Schema {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
@@ -231,6 +280,18 @@ pub fn table_schema(catalog: &str, schema_name: &str, table: &str, schema: &Sche
             if let DataType::Decimal128(p, s) | DataType::Decimal256(p, s) = f.data_type() {
                 md.insert("ARROW:FLIGHT:SQL:PRECISION".into(), p.to_string());
                 md.insert("ARROW:FLIGHT:SQL:SCALE".into(), s.to_string());
+            }
+            if let Some(n) = notes.get(f.name()) {
+                if let Some(d) = &n.description {
+                    md.insert("ARROW:FLIGHT:SQL:REMARKS".into(), d.clone());
+                }
+                if let Some(c) = &n.classification {
+                    md.insert("meshq.classification".into(), c.clone());
+                }
+                md.insert("meshq.masked".into(), n.mask_kind.is_some().to_string());
+                if let Some(k) = &n.mask_kind {
+                    md.insert("meshq.mask_kind".into(), k.clone());
+                }
             }
             f.as_ref()
                 .clone()

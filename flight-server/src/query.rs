@@ -112,23 +112,72 @@ struct Planned {
     trace: QueryTrace,
 }
 
-/// Parameter values from a one-row batch, in column order (`$1`, `$2`, …).
-fn param_values(batch: &RecordBatch) -> Result<ParamValues> {
-    if batch.num_rows() != 1 {
-        return Err(Error::BadRequest(format!(
-            "parameters must be bound as exactly one row, got {}",
-            batch.num_rows()
-        )));
+/// Most parameter rows one execution takes: each row plans the statement
+/// once.
+pub const MAX_PARAMETER_ROWS: usize = 1024;
+
+/// Parameter values of each row of `batch`, in column order (`$1`, `$2`,
+/// …).
+fn param_rows(batch: &RecordBatch) -> Result<Vec<ParamValues>> {
+    match batch.num_rows() {
+        0 => {
+            return Err(Error::BadRequest(
+                "the bound parameter batch has no rows; bind one row per execution".into(),
+            ));
+        }
+        n if n > MAX_PARAMETER_ROWS => {
+            return Err(Error::BadRequest(format!(
+                "{n} parameter rows were bound; at most {MAX_PARAMETER_ROWS} run in one execution"
+            )));
+        }
+        _ => {}
     }
-    let values = batch
-        .columns()
-        .iter()
-        .map(|c| ScalarValue::try_from_array(c, 0))
+    (0..batch.num_rows())
+        .map(|row| {
+            let values = batch
+                .columns()
+                .iter()
+                .map(|c| ScalarValue::try_from_array(c, row))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::BadRequest(format!("cannot read a bound parameter: {e}")))?;
+            Ok(ParamValues::List(
+                values.into_iter().map(Into::into).collect(),
+            ))
+        })
+        .collect()
+}
+
+/// `plan` with the bound parameters: one row binds them; several run the
+/// query once per row, the results one after the other (as Flight SQL
+/// describes for a parameter batch). A statement that changes data takes
+/// one row per execution.
+fn bind_params(plan: LogicalPlan, params: &RecordBatch) -> Result<LogicalPlan, BindError> {
+    let rows = param_rows(params).map_err(BindError::Request)?;
+    if rows.len() > 1 && is_statement(&plan) {
+        return Err(BindError::Request(Error::BadRequest(format!(
+            "{} parameter rows were bound to a statement that is not a query; bind one row per execution",
+            rows.len()
+        ))));
+    }
+    let mut bound = rows
+        .into_iter()
+        .map(|v| plan.clone().with_param_values(v))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::BadRequest(format!("cannot read a bound parameter: {e}")))?;
-    Ok(ParamValues::List(
-        values.into_iter().map(Into::into).collect(),
-    ))
+        .map_err(BindError::Plan)?;
+    if bound.len() == 1 {
+        return Ok(bound.remove(0));
+    }
+    let mut union = datafusion::logical_expr::LogicalPlanBuilder::from(bound.remove(0));
+    for next in bound {
+        union = union.union(next).map_err(BindError::Plan)?;
+    }
+    union.build().map_err(BindError::Plan)
+}
+
+/// Why parameters could not be bound.
+enum BindError {
+    Request(Error),
+    Plan(DataFusionError),
 }
 
 /// A panic inside one statement, as its error.
@@ -161,9 +210,9 @@ impl Lifecycle {
             .map_err(|_| panicked(id, "planning"))
             .and_then(|r| r.map_err(|e| Error::statement(id, &e, None)));
         let planned = match (planned, &request.params) {
-            (Ok(plan), Some(p)) => param_values(p).and_then(|v| {
-                plan.with_param_values(v)
-                    .map_err(|e| Error::statement(id, &e, None))
+            (Ok(plan), Some(p)) => bind_params(plan, p).map_err(|e| match e {
+                BindError::Request(e) => e,
+                BindError::Plan(e) => Error::statement(id, &e, None),
             }),
             (other, _) => other,
         };

@@ -199,6 +199,7 @@ impl FlightSqlService for MeshFlightService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        tracing::debug!(rpc = "get_flight_info_statement");
         self.announce(request, Call::Statement, query.query, None)
             .await
     }
@@ -208,6 +209,7 @@ impl FlightSqlService for MeshFlightService {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        tracing::debug!(rpc = "do_get_statement");
         let t = StatementTicket::decode(&ticket.statement_handle)?;
         if let Some(result) = &t.result {
             // Ran when it was announced: its result, in the announced schema.
@@ -229,6 +231,7 @@ impl FlightSqlService for MeshFlightService {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        tracing::debug!(rpc = "do_action_create_prepared_statement");
         let client = self.client(&request).await?;
         let req = self.request(client, &request, Call::Prepared, query.query.clone(), None);
         let (dataset, params) = self.queries.prepare(req).await?;
@@ -260,6 +263,7 @@ impl FlightSqlService for MeshFlightService {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
+        tracing::debug!(rpc = "do_put_prepared_statement_query");
         let client = self.client(&request).await?;
         let handle = PreparedHandle::decode(&query.prepared_statement_handle)?;
         let stream = request.into_inner();
@@ -289,6 +293,7 @@ impl FlightSqlService for MeshFlightService {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        tracing::debug!(rpc = "get_flight_info_prepared_statement");
         let client = self.client(&request).await?;
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.bound(&client, &handle);
@@ -301,6 +306,7 @@ impl FlightSqlService for MeshFlightService {
         cmd: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+        tracing::debug!(rpc = "do_get_prepared_statement");
         let client = self.client(&request).await?;
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.bound(&client, &handle);
@@ -393,7 +399,12 @@ impl FlightSqlService for MeshFlightService {
         let session = self.client(&request).await?.session()?;
         let mut b = query.into_builder();
         for t in session.visible_tables().await {
-            let s = metadata::table_schema(CATALOG, &t.schema, &t.table, &t.columns);
+            let notes = t
+                .def
+                .as_ref()
+                .map(|d| metadata::column_notes(&session, d))
+                .unwrap_or_default();
+            let s = metadata::table_schema(CATALOG, &t.schema, &t.table, &t.columns, &notes);
             b.append(CATALOG, &t.schema, &t.table, t.kind, &s)
                 .map_err(|e| Error::encode("a table list", e))?;
         }

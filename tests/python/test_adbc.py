@@ -98,6 +98,9 @@ def test_get_info_and_objects(server):
         schema = conn.adbc_get_table_schema("orders", catalog_filter="mesh", db_schema_filter="sales")
         assert schema.field("total_amount").type == pa.decimal128(12, 2)
         assert schema.field("email").type == pa.string()
+        email = schema.field("email").metadata
+        assert email[b"ARROW:FLIGHT:SQL:REMARKS"] == b"Contact email given at checkout; null for guest checkouts."
+        assert email[b"meshq.masked"] == b"true" and email[b"meshq.mask_kind"] == b"partial"
 
 
 def test_demo_banner_snippet_runs_verbatim(tmp_path):
@@ -151,3 +154,29 @@ def test_meta_tables_over_adbc(server):
         with conn.cursor() as cur:
             cur.execute("SELECT column_name, masked, mask_kind FROM meta.columns WHERE table_schema = 'sales' AND table_name = 'orders' AND masked")
             assert sorted(cur.fetchall()) == [("customer_id", True, "hash"), ("email", True, "partial")]
+
+
+def test_a_parameter_batch_runs_once_per_row(server):
+    """A 4-row parameter batch gives 4 result rows. (Bound *before*
+    prepare(), the Flight SQL ADBC driver 1.13 keeps the batch to itself and
+    sends no parameters; bound after, it sends all four rows.)"""
+    with connect(server, "gina") as conn:
+        stmt = adbc_driver_manager.AdbcStatement(conn.adbc_connection)
+        try:
+            stmt.set_sql_query("SELECT 1 + $1 AS v")
+            stmt.prepare()
+            stmt.bind(pa.record_batch([pa.array([1, 2, 3, 4], pa.int64())], names=["0"]))
+            stream, _ = stmt.execute_query()
+            table = pa.RecordBatchReader._import_from_c(stream.address).read_all()
+        finally:
+            stmt.close()
+        assert sorted(table.column(0).to_pylist()) == [2, 3, 4, 5]
+
+
+def test_timestamp_with_time_zone_literal_keeps_its_zone(server):
+    with connect(server, "gina") as conn, conn.cursor() as cur:
+        cur.execute("SELECT TIMESTAMP WITH TIME ZONE '2026-01-01 10:00:00+02:00' AS t")
+        table = cur.fetch_arrow_table()
+        t = table.schema.field("t").type
+        assert pa.types.is_timestamp(t) and t.tz in ("+00:00", "UTC"), t
+        assert table.column(0)[0].as_py().isoformat() == "2026-01-01T08:00:00+00:00"
