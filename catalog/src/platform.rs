@@ -52,6 +52,35 @@ pub struct PlatformConfig {
     /// win).
     #[serde(default)]
     pub defaults: SessionDefaults,
+    /// Where OpenLineage run events of served queries go; none when unset.
+    #[serde(default)]
+    pub openlineage: Option<OpenLineageConfig>,
+}
+
+/// `openlineage:` — run events for every query `meshq serve` answers,
+/// to a JSON-lines `file` or an HTTP `url` (exactly one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenLineageConfig {
+    /// Namespace of jobs and datasets, e.g. `meshq://retail-prod`
+    /// (default `meshq://meshq`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Append events to this file, one JSON object per line.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// POST events to this endpoint (e.g. Marquez's `/api/v1/lineage`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Bearer token for `url`.
+    #[serde(default)]
+    pub api_key: Option<SecretRef>,
+    /// Events waiting at most; more are dropped and counted.
+    #[serde(default)]
+    pub queue: Option<usize>,
+    /// Timeout of one POST, in milliseconds (default 5000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 impl PlatformConfig {

@@ -18,6 +18,14 @@ use super::demo_dir;
 use super::flight::{Server, fetch, login, query, start_on, status_of};
 
 /// A private copy of the demo mesh.
+/// Appends `yaml` to the mesh's `meshq.yaml`.
+fn append(mesh: &Path, yaml: &str) {
+    let path = mesh.join("meshq.yaml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(yaml);
+    std::fs::write(path, text).unwrap();
+}
+
 pub(super) fn copy_mesh() -> (tempfile::TempDir, PathBuf) {
     fn copy(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
@@ -561,6 +569,14 @@ async fn resource_limits_time_out_spill_and_queue() {
 async fn audit_log_has_every_field_and_no_values() {
     let (dir, mesh) = copy_mesh();
     let audit = dir.path().join("audit.jsonl");
+    let lineage = dir.path().join("lineage.jsonl");
+    append(
+        &mesh,
+        &format!(
+            "openlineage: {{ namespace: \"meshq://test\", file: {:?} }}\n",
+            lineage.display().to_string()
+        ),
+    );
     let server = start_on(&mesh, &["--audit-log", audit.to_str().unwrap()], &[]);
     let mut ana = login(&server, "ana").await;
     let sql = "SELECT o.order_id, c.email FROM sales.orders o JOIN customers.profiles c \
@@ -579,6 +595,13 @@ async fn audit_log_has_every_field_and_no_values() {
     assert_eq!(e.code(), Code::PermissionDenied);
     let mut stranger = super::flight::client(&server).await;
     assert!(stranger.handshake("ana", "not-her-password").await.is_err());
+    // Lineage events are written by a task of their own: wait for the three.
+    eventually(10, "three lineage events", || {
+        std::fs::read_to_string(&lineage)
+            .map(|t| t.lines().count() >= 3)
+            .unwrap_or(false)
+    })
+    .await;
     drop(server);
 
     let text = std::fs::read_to_string(&audit).unwrap();
@@ -596,7 +619,9 @@ async fn audit_log_has_every_field_and_no_values() {
     assert!(chrono::DateTime::parse_from_rfc3339(ok["ts"].as_str().unwrap()).is_ok());
     assert_eq!(ok["principal"], "ana");
     assert!(ok["client"].as_str().unwrap().starts_with("127.0.0.1:"));
-    assert_eq!(ok["query_id"].as_str().unwrap().len(), 16);
+    let query_id = ok["query_id"].as_str().unwrap();
+    assert_eq!(query_id.len(), 36, "a UUID: {query_id}");
+    assert_eq!(&query_id[14..15], "4", "version 4: {query_id}");
     assert_eq!(ok["call"], "statement");
     assert_eq!(ok["statement"], "query");
     assert_eq!(
@@ -664,6 +689,60 @@ async fn audit_log_has_every_field_and_no_values() {
     assert_eq!(failed["user"], "ana");
     assert_eq!(failed["error_code"], "UNAUTHENTICATED");
     assert!(failed["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // OpenLineage: START then COMPLETE for the query, under the audit
+    // log's query id; a FAIL alone for the denied one; no literals.
+    let text = std::fs::read_to_string(&lineage).unwrap();
+    for secret in ["123.45", "'DE'", "99.99"] {
+        assert!(!text.contains(secret), "a lineage event holds `{secret}`");
+    }
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |id: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["run"]["runId"] == id).collect()
+    };
+    let run = of(query_id);
+    let types: Vec<&str> = run
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["START", "COMPLETE"]);
+    assert_eq!(run[0]["job"], run[1]["job"]);
+    assert_eq!(run[0]["job"]["namespace"], "meshq://test");
+    assert!(
+        run[0]["job"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("query.")
+    );
+    let inputs: Vec<&str> = run[1]["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(inputs, ["sales.orders", "customers.profiles"]);
+    let orders = &run[1]["inputs"][0];
+    assert_eq!(orders["namespace"], "meshq://test");
+    assert_eq!(orders["facets"]["schema"]["fields"][0]["name"], "order_id");
+    assert_eq!(
+        orders["facets"]["dataSource"]["name"],
+        "urn:dataproduct:sales:orders"
+    );
+    assert_eq!(
+        run[1]["run"]["facets"]["meshq_principal"]["principal"],
+        "ana"
+    );
+    assert_eq!(run[1]["schemaURL"], meshq_flight_server::lineage::SPEC);
+    let denied = of(denied["query_id"].as_str().unwrap());
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["eventType"], "FAIL");
+    assert_eq!(
+        denied[0]["run"]["facets"]["errorMessage"]["message"],
+        "the query failed with PERMISSION_DENIED"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -990,4 +1069,96 @@ async fn sixty_four_clients_under_load_each_see_only_their_own() {
         ok >= totals.iter().sum::<usize>(),
         "{ok} ok queries counted"
     );
+}
+
+/// A minimal HTTP/1.1 endpoint on 127.0.0.1 that answers 200 to every POST
+/// and keeps the bodies.
+fn lineage_receiver() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&bodies);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let sink = Arc::clone(&sink);
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    let mut started = false;
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" && started {
+                            break;
+                        }
+                        started = true;
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    sink.lock().unwrap().push(String::from_utf8(body).unwrap());
+                    out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (port, bodies)
+}
+
+/// Events reach an HTTP endpoint; with the endpoint down, queries still
+/// answer and the events are dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lineage_events_reach_an_endpoint_and_never_hold_up_a_query() {
+    let (port, bodies) = lineage_receiver();
+    let (_dir, mesh) = copy_mesh();
+    append(
+        &mesh,
+        &format!("openlineage: {{ url: \"http://127.0.0.1:{port}/api/v1/lineage\" }}\n"),
+    );
+    let server = start_on(&mesh, &["--metrics-bind", "127.0.0.1:0"], &[]);
+    let mut gina = login(&server, "gina").await;
+    query(&mut gina, "SELECT count(*) FROM payments.transactions").await;
+    eventually(10, "two events at the endpoint", || {
+        bodies.lock().unwrap().len() >= 2
+    })
+    .await;
+    let events: Vec<serde_json::Value> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert_eq!(events[0]["eventType"], "START");
+    assert_eq!(events[1]["eventType"], "COMPLETE");
+    assert_eq!(events[0]["job"]["namespace"], "meshq://meshq");
+    assert_eq!(events[1]["inputs"][0]["name"], "payments.transactions");
+    drop(server);
+
+    // Nothing listens: the query answers at once, the events are dropped.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (_dir, mesh) = copy_mesh();
+    append(
+        &mesh,
+        &format!("openlineage: {{ url: \"http://127.0.0.1:{port}/\", timeout_ms: 200 }}\n"),
+    );
+    let server = start_on(&mesh, &["--metrics-bind", "127.0.0.1:0"], &[]);
+    let mut gina = login(&server, "gina").await;
+    let rows = query(&mut gina, "SELECT count(*) FROM payments.transactions").await;
+    assert_eq!(rows[0].num_rows(), 1);
+    eventually(30, "both events dropped", || {
+        metric(&server, "meshq_lineage_events_dropped_total") >= 2.0
+    })
+    .await;
 }

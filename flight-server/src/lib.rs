@@ -19,6 +19,7 @@ pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod error;
+pub mod lineage;
 pub mod metadata;
 pub mod metrics;
 pub mod operations;

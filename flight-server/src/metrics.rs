@@ -33,6 +33,7 @@ pub struct Metrics {
     bytes_sent: Counter,
     spilled_bytes: Counter,
     auth_failures: Counter,
+    lineage_dropped: Counter,
     sessions_evicted: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
     product_scans: Family<Labels, Counter>,
@@ -100,6 +101,12 @@ impl Metrics {
             "auth_failures",
             "Failed authentications",
             auth_failures.clone(),
+        );
+        let lineage_dropped = Counter::default();
+        registry.register(
+            "lineage_events_dropped",
+            "OpenLineage events dropped: the queue was full or the endpoint kept failing",
+            lineage_dropped.clone(),
         );
         let sessions_evicted = Family::<Labels, Counter>::default();
         registry.register(
@@ -180,6 +187,7 @@ impl Metrics {
             bytes_sent,
             spilled_bytes,
             auth_failures,
+            lineage_dropped,
             sessions_evicted,
             reloads,
             product_scans,
@@ -224,6 +232,11 @@ impl Metrics {
     /// A failed authentication.
     pub fn auth_failed(&self) {
         self.auth_failures.inc();
+    }
+
+    /// An OpenLineage event dropped.
+    pub fn lineage_dropped(&self) {
+        self.lineage_dropped.inc();
     }
 
     /// A session ended to make room.

@@ -9,6 +9,7 @@ use meshq_engine::Engine;
 
 use crate::admission::Admission;
 use crate::audit::{AuditLog, AuditRecord};
+use crate::lineage::LineageSink;
 use crate::metrics::Metrics;
 
 /// Server-wide operations state.
@@ -18,6 +19,9 @@ pub struct Operations {
     /// The audit log, when configured.
     pub audit: Option<AuditLog>,
     admission: RwLock<Option<Arc<Admission>>>,
+    /// The OpenLineage sink, started with the first mesh version that
+    /// configures one (`openlineage:` in `meshq.yaml`).
+    lineage: std::sync::OnceLock<Option<LineageSink>>,
 }
 
 impl Operations {
@@ -27,7 +31,25 @@ impl Operations {
             metrics,
             audit,
             admission: RwLock::new(None),
+            lineage: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where run events go, if `engine`'s config names a sink. Read once:
+    /// a later reload does not move the sink.
+    pub fn lineage(&self, engine: &Engine) -> Option<&LineageSink> {
+        self.lineage
+            .get_or_init(|| {
+                let config = engine.mesh().config.openlineage.as_ref()?;
+                match LineageSink::start(config, Arc::clone(&self.metrics)) {
+                    Ok(sink) => Some(sink),
+                    Err(e) => {
+                        tracing::error!(error = %e, "OpenLineage events are off");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 
     /// The admission state for `engine`'s limits; rebuilt when a reload

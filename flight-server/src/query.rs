@@ -33,12 +33,14 @@ use crate::trace::QueryTrace;
 
 /// Identifies one statement in the log, the audit record and errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct QueryId(u64);
+pub struct QueryId(u128);
 
 impl QueryId {
-    /// A fresh id.
+    /// A fresh id: a random (version 4) UUID, so it can also be an
+    /// OpenLineage run id.
     pub fn new() -> Self {
-        Self(rand::random())
+        let bits: u128 = rand::random();
+        Self((bits & !(0xf << 76) & !(0b11 << 62)) | (0x4 << 76) | (0b10 << 62))
     }
 }
 
@@ -50,7 +52,16 @@ impl Default for QueryId {
 
 impl fmt::Display for QueryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        let h = format!("{:032x}", self.0);
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     }
 }
 
@@ -323,6 +334,7 @@ impl Lifecycle {
             plan,
             mut trace,
         } = planned;
+        trace.begin();
         let engine = session.engine().clone();
         let limits = engine
             .mesh()

@@ -21,6 +21,11 @@ pub(crate) struct QueryTrace {
     written: bool,
     /// How the statement ends if it is dropped unfinished.
     pub(crate) dropped: Option<Error>,
+    /// The statement's text, for the OpenLineage job name (its shape).
+    sql: String,
+    /// Once a START event went out: the mesh version and the job name, for
+    /// the COMPLETE or FAIL event.
+    lineage: Option<(meshq_engine::Engine, String)>,
 }
 
 impl QueryTrace {
@@ -51,7 +56,30 @@ impl QueryTrace {
             started: Instant::now(),
             written: false,
             dropped: None,
+            sql: request.sql.clone(),
+            lineage: None,
         }
+    }
+
+    /// Sends an OpenLineage event of this query, when a sink is configured.
+    fn lineage_event(&self, engine: &meshq_engine::Engine, event_type: &'static str, job: &str) {
+        let Some(sink) = self.ops.lineage(engine) else {
+            return;
+        };
+        let r = &self.record;
+        let event = crate::lineage::run_event(
+            sink.namespace(),
+            engine,
+            &crate::lineage::RunFacts {
+                event_type,
+                run_id: r.query_id.as_deref().unwrap_or_default(),
+                job: job.to_string(),
+                principal: r.principal.as_deref(),
+                tables: &r.tables,
+                error: r.error_code,
+            },
+        );
+        sink.emit(event);
     }
 
     /// Records what `plan` reads and which policies it applies.
@@ -67,6 +95,26 @@ impl QueryTrace {
         }
         self.record.products = engine.products_of(&tables);
         self.record.tables = tables;
+        if self.ops.lineage(engine).is_some() {
+            self.lineage = Some((engine.clone(), self.job_name()));
+        }
+    }
+
+    /// The statement starts running: its OpenLineage START event.
+    pub(crate) fn begin(&mut self) {
+        if let Some((engine, job)) = &self.lineage {
+            self.lineage_event(engine, "START", job);
+        }
+    }
+
+    /// The OpenLineage job of this statement: its kind and the hash of its
+    /// shape (the text without literals), so the same query is one job.
+    fn job_name(&self) -> String {
+        let hash = match &self.record.sql_hash {
+            Some(h) => h.clone(),
+            None => audit::sql_shape(&self.sql).1,
+        };
+        format!("{}.{hash}", self.record.statement.unwrap_or("query"))
     }
 
     /// For a statement that could not be planned: the mesh tables its text
@@ -75,6 +123,10 @@ impl QueryTrace {
         let tables = session.tables_named(sql);
         self.record.products = session.engine().products_of(&tables);
         self.record.tables = tables;
+        // It fails without a START: the FAIL event names what it tried.
+        if self.ops.lineage(session.engine()).is_some() {
+            self.lineage = Some((session.engine().clone(), self.job_name()));
+        }
     }
 
     /// Writes the record and the metrics, once.
@@ -110,11 +162,20 @@ impl QueryTrace {
             products: &r.products,
         });
         self.ops.audit(&self.record);
+        if let Some((engine, job)) = self.lineage.take() {
+            let event = if self.record.outcome == "ok" {
+                "COMPLETE"
+            } else {
+                "FAIL"
+            };
+            self.lineage_event(&engine, event, &job);
+        }
     }
 
     /// Writes nothing: the statement is audited when it runs.
     pub(crate) fn discard(&mut self) {
         self.written = true;
+        self.lineage = None;
     }
 
     /// Passes `result` through, recording its error.

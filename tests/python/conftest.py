@@ -19,7 +19,15 @@ def demo_mesh():
     with tempfile.TemporaryDirectory() as d:
         mesh = os.path.join(d, "mesh")
         subprocess.run([meshq_binary(), "demo", "--no-shell", mesh], check=True, capture_output=True)
+        # Every query the server answers leaves OpenLineage events here.
+        with open(os.path.join(mesh, "meshq.yaml"), "a") as config:
+            config.write(f'\nopenlineage: {{ namespace: "meshq://interop", file: "{d}/lineage.jsonl" }}\n')
         yield mesh
+
+
+@pytest.fixture(scope="session")
+def lineage_file(demo_mesh):
+    return os.path.join(os.path.dirname(demo_mesh), "lineage.jsonl")
 
 
 @pytest.fixture(scope="session")
