@@ -704,3 +704,33 @@ async fn port_file_holds_the_bound_port() {
     let mut c = login(&server, "pat").await;
     query(&mut c, "SELECT 1").await;
 }
+
+/// A query's result schema describes the columns it selects from mesh
+/// tables (also through an alias) with the contract's description and
+/// classification; computed columns carry nothing. (Masks are in
+/// `GetTables` and `meta`: a reload between GetFlightInfo and DoGet may
+/// change them, and DoGet sends the announced schema.)
+#[tokio::test]
+async fn result_schemas_carry_column_descriptions() {
+    let server = start();
+    let mut ana = login(&server, "ana").await;
+    let batches = query(
+        &mut ana,
+        "SELECT o.email, o.region, upper(o.status) AS s FROM sales.orders o LIMIT 1",
+    )
+    .await;
+    let schema = batches[0].schema();
+    let email = schema.field_with_name("email").unwrap().metadata();
+    assert_eq!(
+        email["ARROW:FLIGHT:SQL:REMARKS"],
+        "Contact email given at checkout; null for guest checkouts."
+    );
+    assert_eq!(email["meshq.classification"], "pii");
+    assert!(!email.contains_key("meshq.mask_kind"));
+    let region = schema.field_with_name("region").unwrap().metadata();
+    assert_eq!(
+        region["ARROW:FLIGHT:SQL:REMARKS"],
+        "Sales region: EMEA, AMER or APAC."
+    );
+    assert!(schema.field_with_name("s").unwrap().metadata().is_empty());
+}

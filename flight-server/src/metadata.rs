@@ -217,7 +217,7 @@ pub struct ColumnNotes {
 pub fn column_notes(
     session: &meshq_engine::MeshSession,
     def: &meshq_catalog::TableDef,
-) -> std::collections::HashMap<String, ColumnNotes> {
+) -> HashMap<String, ColumnNotes> {
     let access =
         meshq_engine::meta::access_of(session.engine(), &def.qualified_name(), session.principal());
     def.columns
@@ -240,6 +240,96 @@ pub fn column_notes(
         .collect()
 }
 
+/// The wire schema of `plan`'s result, its columns that are a mesh
+/// table's columns (plainly selected, also through a table alias)
+/// annotated with the contract's `ARROW:FLIGHT:SQL:REMARKS` and
+/// `meshq.classification`. Masks are left to `GetTables` and `meta`: a
+/// reload between GetFlightInfo and DoGet may change them, and DoGet must
+/// send the schema GetFlightInfo announced.
+pub fn result_schema(
+    session: &meshq_engine::MeshSession,
+    plan: &datafusion::logical_expr::LogicalPlan,
+) -> SchemaRef {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let wire = wire_schema(plan.schema().as_arrow());
+    // Table aliases (`FROM sales.orders o`) to the tables they name.
+    let mut aliases: std::collections::HashMap<String, String> = Default::default();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::SubqueryAlias(a) = node {
+            let mut inner = a.input.as_ref();
+            loop {
+                match inner {
+                    LogicalPlan::TableScan(scan) => {
+                        aliases.insert(a.alias.to_string(), scan.table_name.to_string());
+                        break;
+                    }
+                    other if other.inputs().len() == 1 => inner = other.inputs()[0],
+                    _ => break,
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let engine = session.engine();
+    let mut notes_of: std::collections::HashMap<String, HashMap<String, ColumnNotes>> =
+        Default::default();
+    let fields: Vec<Field> = wire
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let (qualifier, _) = plan.schema().qualified_field(i);
+            let table = qualifier.map(|q| {
+                let q = q.to_string();
+                aliases.get(&q).cloned().unwrap_or(q)
+            });
+            let def = table.as_deref().and_then(|t| {
+                let (domain, name) = t.split_once('.')?;
+                engine.mesh().table(domain, name)
+            });
+            let Some(def) = def else {
+                return f.as_ref().clone();
+            };
+            let notes = notes_of
+                .entry(def.qualified_name())
+                .or_insert_with(|| column_notes(session, def));
+            match notes.get(f.name()) {
+                Some(n) => {
+                    let mut md = f.metadata().clone();
+                    annotate(
+                        &mut md,
+                        &ColumnNotes {
+                            mask_kind: None,
+                            ..n.clone()
+                        },
+                        false,
+                    );
+                    f.as_ref().clone().with_metadata(md)
+                }
+                None => f.as_ref().clone(),
+            }
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, wire.metadata().clone()))
+}
+
+/// Adds `notes` to a field's metadata; the caller's mask only `with_mask`.
+fn annotate(md: &mut HashMap<String, String>, n: &ColumnNotes, with_mask: bool) {
+    if let Some(d) = &n.description {
+        md.insert("ARROW:FLIGHT:SQL:REMARKS".into(), d.clone());
+    }
+    if let Some(c) = &n.classification {
+        md.insert("meshq.classification".into(), c.clone());
+    }
+    if with_mask {
+        md.insert("meshq.masked".into(), n.mask_kind.is_some().to_string());
+        if let Some(k) = &n.mask_kind {
+            md.insert("meshq.mask_kind".into(), k.clone());
+        }
+    }
+}
+
 /// A table's schema for `GetTables`, with `ARROW:FLIGHT:SQL:*` metadata and,
 /// for columns in `notes`, `ARROW:FLIGHT:SQL:REMARKS` (the description) and
 /// `meshq.classification`, `meshq.masked`, `meshq.mask_kind`.
@@ -248,7 +338,7 @@ pub fn table_schema(
     schema_name: &str,
     table: &str,
     schema: &Schema,
-    notes: &std::collections::HashMap<String, ColumnNotes>,
+    notes: &HashMap<String, ColumnNotes>,
 ) -> Schema {
     let fields: Vec<Field> = schema
         .fields()
@@ -282,16 +372,7 @@ pub fn table_schema(
                 md.insert("ARROW:FLIGHT:SQL:SCALE".into(), s.to_string());
             }
             if let Some(n) = notes.get(f.name()) {
-                if let Some(d) = &n.description {
-                    md.insert("ARROW:FLIGHT:SQL:REMARKS".into(), d.clone());
-                }
-                if let Some(c) = &n.classification {
-                    md.insert("meshq.classification".into(), c.clone());
-                }
-                md.insert("meshq.masked".into(), n.mask_kind.is_some().to_string());
-                if let Some(k) = &n.mask_kind {
-                    md.insert("meshq.mask_kind".into(), k.clone());
-                }
+                annotate(&mut md, n, true);
             }
             f.as_ref()
                 .clone()

@@ -25,7 +25,7 @@ use tracing::{error, info};
 
 use crate::cancel::CancelRegistry;
 use crate::error::{Error, Result};
-use crate::metadata::wire_schema;
+use crate::metadata::result_schema;
 use crate::operations::Operations;
 use crate::result_stream::{QueryControl, ResultLimits, ResultStream, RunningQuery};
 use crate::sessions::ClientSession;
@@ -269,7 +269,7 @@ impl Lifecycle {
         // Allowed: `DoGet` runs and audits it.
         planned.trace.discard();
         Ok(Announced {
-            schema: wire_schema(planned.plan.schema().as_arrow()),
+            schema: result_schema(&planned.session, &planned.plan),
             result: None,
         })
     }
@@ -303,7 +303,7 @@ impl Lifecycle {
         let mut planned = self.plan(&request).await?;
         planned.trace.discard();
         let id = request.id;
-        let dataset = wire_schema(planned.plan.schema().as_arrow());
+        let dataset = result_schema(&planned.session, &planned.plan);
         let mut types: Vec<(String, DataType)> = planned
             .plan
             .get_parameter_types()
@@ -360,7 +360,7 @@ impl Lifecycle {
         let errors = move |e: &DataFusionError| -> Error {
             Error::statement(id, e, Some((&failing, &tables)))
         };
-        let schema = wire_schema(plan.schema().as_arrow());
+        let schema = result_schema(&session, &plan);
         let memory = limits.query_memory.map(|m| m as usize);
         let started = AssertUnwindSafe(session.execute(plan, memory)).catch_unwind();
         let executed = match deadline {

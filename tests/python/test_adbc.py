@@ -154,6 +154,11 @@ def test_meta_tables_over_adbc(server):
         with conn.cursor() as cur:
             cur.execute("SELECT column_name, masked, mask_kind FROM meta.columns WHERE table_schema = 'sales' AND table_name = 'orders' AND masked")
             assert sorted(cur.fetchall()) == [("customer_id", True, "hash"), ("email", True, "partial")]
+        with conn.cursor() as cur:
+            cur.execute("SELECT email FROM sales.orders LIMIT 1")
+            email = cur.fetch_arrow_table().schema.field("email").metadata
+        assert email[b"ARROW:FLIGHT:SQL:REMARKS"] == b"Contact email given at checkout; null for guest checkouts."
+        assert email[b"meshq.classification"] == b"pii"
 
 
 def test_a_parameter_batch_runs_once_per_row(server):

@@ -8,18 +8,10 @@ use arrow::array::AsArray;
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use meshq_engine::Engine;
+use meshq_engine::meta::META_TABLES;
 use meshq_tests::{fixture_engine_config, write_fixture_mesh};
 
 use crate::common::{run, sorted_rows};
-
-const META_TABLES: [&str; 6] = [
-    "products",
-    "tables",
-    "columns",
-    "my_access",
-    "whoami",
-    "lineage",
-];
 
 async fn fresh_fixture() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();

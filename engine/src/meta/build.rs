@@ -79,6 +79,18 @@ impl Columns {
         self.add(name, true, Arc::new(b.finish()))
     }
 
+    /// `table_schema` and `table_name` of each table.
+    fn table_keys(self, tables: &[(&ServedTable, Access)]) -> Self {
+        self.text(
+            "table_schema",
+            tables.iter().map(|(t, _)| t.def.domain.clone()).collect(),
+        )
+        .text(
+            "table_name",
+            tables.iter().map(|(t, _)| t.def.name.clone()).collect(),
+        )
+    }
+
     fn finish(self) -> Result<RecordBatch> {
         Ok(RecordBatch::try_new(
             Arc::new(Schema::new(self.fields)),
@@ -199,14 +211,7 @@ impl View<'_> {
         let sla: Vec<Option<i64>> = fresh.iter().map(|f| f.sla_secs).collect();
         let status: Vec<String> = fresh.iter().map(|f| f.status.to_string()).collect();
         Columns::default()
-            .text(
-                "table_schema",
-                tables.iter().map(|(t, _)| t.def.domain.clone()).collect(),
-            )
-            .text(
-                "table_name",
-                tables.iter().map(|(t, _)| t.def.name.clone()).collect(),
-            )
+            .table_keys(&tables)
             .text(
                 "product_id",
                 tables
@@ -358,14 +363,7 @@ impl View<'_> {
     pub(super) fn my_access(&self) -> Result<RecordBatch> {
         let tables = self.visible_tables();
         Columns::default()
-            .text(
-                "table_schema",
-                tables.iter().map(|(t, _)| t.def.domain.clone()).collect(),
-            )
-            .text(
-                "table_name",
-                tables.iter().map(|(t, _)| t.def.name.clone()).collect(),
-            )
+            .table_keys(&tables)
             .flag("readable", tables.iter().map(|(_, a)| a.readable).collect())
             .text(
                 "reason",
