@@ -43,7 +43,7 @@ pub async fn write_stream(
                 .build(&mut *out);
             let mut wrote = false;
             while let Some(b) = stream.next().await {
-                let b = b?;
+                let b = flatten_nested(&b?)?;
                 rows += b.num_rows();
                 w.write(&b)?;
                 wrote = true;
@@ -84,4 +84,40 @@ pub fn write_table(
     )?;
     writeln!(out, "{text}")?;
     Ok(())
+}
+
+/// CSV has no lists or structs: such columns are written as their text
+/// (`[a, b]`, as the table format shows them).
+fn flatten_nested(batch: &arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let nested = |t: &DataType| t.is_nested();
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| nested(f.data_type()))
+    {
+        return Ok(batch.clone());
+    }
+    let options = FormatOptions::default();
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<arrow::array::ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !nested(f.data_type()) {
+            fields.push(f.as_ref().clone());
+            columns.push(std::sync::Arc::clone(c));
+            continue;
+        }
+        let formatter = ArrayFormatter::try_new(c.as_ref(), &options)?;
+        let text: arrow::array::StringArray = (0..c.len())
+            .map(|i| (!c.is_null(i)).then(|| formatter.value(i).to_string()))
+            .collect();
+        fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+        columns.push(std::sync::Arc::new(text));
+    }
+    Ok(arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }

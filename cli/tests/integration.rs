@@ -461,3 +461,17 @@ digraph lineage {
         stderr(&out)
     );
 }
+
+/// `--format csv` writes list columns (as in `meta`) as their text.
+#[test]
+fn csv_output_writes_list_columns_as_text() {
+    let out = shell(
+        &["--as", "ana", "--format", "csv"],
+        "SELECT table_name, row_filters FROM meta.my_access WHERE table_schema = 'sales'",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "table_name,row_filters\norders,\"[own_region: \"\"region\"\" = 'EMEA']\"\n"
+    );
+}

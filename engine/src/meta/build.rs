@@ -251,8 +251,18 @@ impl View<'_> {
             .add(
                 "row_count",
                 true,
+                // Only to a caller who reads every row: to anyone else the
+                // total would tell how many rows a policy hides.
                 Arc::new(UInt64Array::from(
-                    facts.iter().map(|f| f.row_count).collect::<Vec<_>>(),
+                    facts
+                        .iter()
+                        .zip(&tables)
+                        .map(|(f, (_, a))| {
+                            (a.readable && a.row_filters.is_empty())
+                                .then_some(f.row_count)
+                                .flatten()
+                        })
+                        .collect::<Vec<_>>(),
                 )),
             )
             .add(
