@@ -734,3 +734,120 @@ async fn result_schemas_carry_column_descriptions() {
     );
     assert!(schema.field_with_name("s").unwrap().metadata().is_empty());
 }
+
+/// No metadata reply holds a value of the data: GetTables with schemas,
+/// GetDbSchemas, GetPrimaryKeys, GetSqlInfo and the `meta` tables, as ana,
+/// checked against the raw values pat reads.
+#[tokio::test]
+async fn metadata_replies_hold_no_data_values() {
+    let server = start();
+    let mut pat = login(&server, "pat").await;
+    let mut secrets = std::collections::BTreeSet::new();
+    for sql in [
+        "SELECT customer_id, full_name, email, phone FROM customers.profiles",
+        "SELECT order_id, email FROM sales.orders",
+        "SELECT payment_id, card_number FROM payments.transactions",
+    ] {
+        for b in query(&mut pat, sql).await {
+            for c in b.columns() {
+                let c = arrow::compute::cast(c, &DataType::Utf8).unwrap();
+                secrets.extend(
+                    c.as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .filter(|v| v.len() >= 5)
+                        .map(str::to_string),
+                );
+            }
+        }
+    }
+    assert!(secrets.len() > 1000, "{}", secrets.len());
+    let mut ana = login(&server, "ana").await;
+    let mut replies = Vec::new();
+    let info = ana
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: None,
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    replies.extend(fetch(&mut ana, info).await.1);
+    let info = ana
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: None,
+            db_schema_filter_pattern: None,
+        })
+        .await
+        .unwrap();
+    replies.extend(fetch(&mut ana, info).await.1);
+    let info = ana
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog: None,
+            db_schema: Some("sales".into()),
+            table: "orders".into(),
+        })
+        .await
+        .unwrap();
+    replies.extend(fetch(&mut ana, info).await.1);
+    let info = ana.get_sql_info(vec![]).await.unwrap();
+    replies.extend(fetch(&mut ana, info).await.1);
+    for table in [
+        "products",
+        "tables",
+        "columns",
+        "my_access",
+        "whoami",
+        "lineage",
+    ] {
+        replies.extend(query(&mut ana, &format!("SELECT * FROM meta.{table}")).await);
+    }
+    let text: String = replies
+        .iter()
+        .map(|b| {
+            arrow::util::pretty::pretty_format_batches(std::slice::from_ref(b))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // GetTables' schemas are IPC bytes: search them as text too.
+    let bytes: String = replies
+        .iter()
+        .flat_map(|b| b.columns().iter())
+        .filter_map(|c| c.as_binary_opt::<i32>())
+        .flat_map(|a| a.iter().flatten())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(text.len() > 1000 && bytes.len() > 1000);
+    // Single words by set lookup, values with spaces by search.
+    let find = |hay: &str| -> Option<String> {
+        let words: std::collections::HashSet<&str> = hay
+            .split(|c: char| !(c.is_alphanumeric() || "@.-_+*".contains(c)))
+            .collect();
+        secrets
+            .iter()
+            .find(|s| {
+                if s.contains(char::is_whitespace) {
+                    hay.contains(s.as_str())
+                } else {
+                    words.contains(s.as_str())
+                }
+            })
+            .cloned()
+    };
+    // The control: the detector finds raw values in a reply that has them.
+    let raw = query(
+        &mut pat,
+        "SELECT email, full_name FROM customers.profiles LIMIT 3",
+    )
+    .await;
+    let raw = arrow::util::pretty::pretty_format_batches(&raw)
+        .unwrap()
+        .to_string();
+    assert!(find(&raw).is_some(), "the detector finds nothing");
+    if let Some(leak) = find(&format!("{text}\n{bytes}")) {
+        panic!("a metadata reply holds the data value {leak:?}");
+    }
+}
