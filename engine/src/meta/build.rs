@@ -23,6 +23,8 @@ pub(super) struct View<'a> {
     /// `discovery.visibility: readable-only`: hide what the caller may not
     /// read.
     pub(super) readable_only: bool,
+    /// Rows for no product and no table: the tables' schemas only.
+    pub(super) schema_only: bool,
 }
 
 /// Columns of a batch under construction, in order.
@@ -106,6 +108,9 @@ impl View<'_> {
 
     /// Served tables the caller may see the metadata of, with their access.
     fn visible_tables(&self) -> Vec<(&ServedTable, Access)> {
+        if self.schema_only {
+            return Vec::new();
+        }
         self.engine
             .served_tables()
             .iter()
@@ -121,7 +126,7 @@ impl View<'_> {
         let tables = self.visible_tables();
         let lineage = mesh.lineage();
         let mut rows = Vec::new();
-        for p in &mesh.products {
+        for p in mesh.products.iter().filter(|_| !self.schema_only) {
             let mine: Vec<&(&ServedTable, Access)> = tables
                 .iter()
                 .filter(|(t, _)| t.def.product_id == p.id)
@@ -436,7 +441,11 @@ impl View<'_> {
         let edges: Vec<_> = mesh
             .lineage()
             .into_iter()
-            .filter(|e| visible.contains(&e.from_product) && visible.contains(&e.to_product))
+            .filter(|e| {
+                !self.schema_only
+                    && visible.contains(&e.from_product)
+                    && visible.contains(&e.to_product)
+            })
             .collect();
         Columns::default()
             .text(

@@ -20,10 +20,13 @@ mod build;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use datafusion::catalog::SchemaProvider;
-use datafusion::datasource::{MemTable, TableProvider};
+use datafusion::catalog::{SchemaProvider, Session};
+use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
 use meshq_catalog::Principal;
 use meshq_catalog::platform::Visibility;
 
@@ -80,7 +83,7 @@ pub const META_TABLES: [&str; 6] = [
 ];
 
 /// `meta` for one caller on one mesh version.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MetaSchemaProvider {
     engine: Engine,
     principal: Arc<Principal>,
@@ -92,18 +95,19 @@ impl MetaSchemaProvider {
         Self { engine, principal }
     }
 
-    fn view(&self) -> build::View<'_> {
+    fn view(&self, schema_only: bool) -> build::View<'_> {
         build::View {
             engine: &self.engine,
             principal: &self.principal,
             readable_only: self.engine.mesh().config.discovery.visibility
                 == Visibility::ReadableOnly,
+            schema_only,
         }
     }
 
-    /// The rows of `name`, computed now.
-    pub async fn batch(&self, name: &str) -> Result<Option<RecordBatch>> {
-        let view = self.view();
+    /// The rows of `name` (none with `schema_only`), computed now.
+    async fn rows(&self, name: &str, schema_only: bool) -> Result<Option<RecordBatch>> {
+        let view = self.view(schema_only);
         Ok(Some(match name {
             "products" => view.products()?,
             "tables" => view.tables().await?,
@@ -114,6 +118,11 @@ impl MetaSchemaProvider {
             _ => return Ok(None),
         }))
     }
+
+    /// The rows of `name`, computed now.
+    pub async fn batch(&self, name: &str) -> Result<Option<RecordBatch>> {
+        self.rows(name, false).await
+    }
 }
 
 #[async_trait]
@@ -122,12 +131,17 @@ impl SchemaProvider for MetaSchemaProvider {
         META_TABLES.iter().map(|t| t.to_string()).collect()
     }
 
+    /// The table, with its schema only: listing `meta` (GetTables,
+    /// `information_schema`) computes no rows; a scan does.
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        let Some(batch) = self.batch(name).await? else {
+        let Some(empty) = self.rows(name, true).await? else {
             return Ok(None);
         };
-        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-        Ok(Some(Arc::new(table)))
+        Ok(Some(Arc::new(MetaTable {
+            meta: self.clone(),
+            name: name.to_string(),
+            schema: empty.schema(),
+        })))
     }
 
     fn register_table(
@@ -144,6 +158,41 @@ impl SchemaProvider for MetaSchemaProvider {
 
     fn table_exist(&self, name: &str) -> bool {
         META_TABLES.contains(&name)
+    }
+}
+
+/// One `meta` table: its rows are computed when it is scanned.
+#[derive(Debug)]
+struct MetaTable {
+    meta: MetaSchemaProvider,
+    name: String,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for MetaTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batch =
+            self.meta.batch(&self.name).await?.ok_or_else(|| {
+                DataFusionError::Internal(format!("no meta table `{}`", self.name))
+            })?;
+        MemTable::try_new(Arc::clone(&self.schema), vec![vec![batch]])?
+            .scan(state, projection, filters, limit)
+            .await
     }
 }
 
