@@ -348,6 +348,7 @@ impl Engine {
             let options = state.config_mut().options_mut();
             let schema = data.default_schema();
             if schema == SCRATCH_SCHEMA
+                || schema == crate::meta::META_SCHEMA
                 || self.inner.domains.contains_key(&schema)
                 || data.schema(&schema).is_some()
             {

@@ -67,9 +67,18 @@ async fn readable_only_hides_unreadable_products_everywhere_in_meta() {
         format!("{text}\ndiscovery: {{ visibility: readable-only }}\n"),
     )
     .unwrap();
+    // Shipments also reads payments, which ana may not read.
+    let shipments = mesh.join("logistics/shipments.odps.yaml");
+    let text = std::fs::read_to_string(&shipments).unwrap().replace(
+        "inputPorts:\n",
+        "inputPorts:\n  - { name: payments, version: 1.0.0, contractId: urn:datacontract:payments:transactions }\n",
+    );
+    std::fs::write(&shipments, text).unwrap();
     let engine = Engine::load(fixture_engine_config(&mesh)).await.unwrap();
     for (table, column) in [
         ("products", "product_id"),
+        ("products", "input_products"),
+        ("products", "access_approvers"),
         ("tables", "table_schema"),
         ("columns", "table_schema"),
         ("my_access", "table_schema"),

@@ -125,6 +125,13 @@ impl View<'_> {
         let mesh = self.engine.mesh();
         let tables = self.visible_tables();
         let lineage = mesh.lineage();
+        // With readable-only, an input product the caller may not read is
+        // not named either.
+        let visible_products: BTreeSet<String> = tables
+            .iter()
+            .filter(|(_, a)| a.readable)
+            .map(|(t, _)| t.def.product_id.clone())
+            .collect();
         let mut rows = Vec::new();
         for p in mesh.products.iter().filter(|_| !self.schema_only) {
             let mine: Vec<&(&ServedTable, Access)> = tables
@@ -151,6 +158,7 @@ impl View<'_> {
             let inputs: BTreeSet<String> = lineage
                 .iter()
                 .filter(|e| e.to_product == p.id)
+                .filter(|e| !self.readable_only || visible_products.contains(&e.from_product))
                 .map(|e| e.from_product.clone())
                 .collect();
             rows.push((
