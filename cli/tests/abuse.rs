@@ -599,3 +599,36 @@ async fn readable_only_metadata_hides_unreadable_tables() {
         missing.message().replace("nothing", "X")
     );
 }
+
+/// A cross join that never ends, over in-memory `meta` tables (anyone may
+/// query them): other clients are still answered while it runs, and it
+/// stops when its client goes away. Before, it held every runtime thread:
+/// nobody could connect and it ran on after its client left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_join_over_meta_neither_starves_others_nor_outlives_its_client() {
+    let (_dir, mesh) = copy_mesh();
+    let server = start(&mesh, &["--metrics-bind", "127.0.0.1:0"]);
+    let mut ana = login(&server, "ana").await;
+    let heavy = tokio::spawn(async move {
+        let _ = try_query(
+            &mut ana,
+            "SELECT count(DISTINCT a.column_name || b.column_name || c.column_name || d.column_name || e.column_name || f.column_name) \
+             FROM meta.columns a, meta.columns b, meta.columns c, meta.columns d, meta.columns e, meta.columns f",
+        )
+        .await;
+    });
+    super::ops::eventually(30, "the join running", || {
+        metric(&server, "meshq_queries_running") >= 1.0
+    })
+    .await;
+    let mut ben = login(&server, "ben").await;
+    let answered =
+        tokio::time::timeout(Duration::from_secs(60), query(&mut ben, "SELECT 1 AS one")).await;
+    assert!(answered.is_ok(), "ben got no answer while the join ran");
+    heavy.abort();
+    let _ = heavy.await;
+    super::ops::eventually(30, "the join stopped", || {
+        metric(&server, "meshq_queries_running") == 0.0
+    })
+    .await;
+}

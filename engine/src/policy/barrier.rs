@@ -255,8 +255,31 @@ impl QueryPlanner for MeshQueryPlanner {
         let plan = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BarrierPlanner)])
             .create_physical_plan(logical_plan, session)
             .await?;
+        let plan = yield_in_joins(plan)?;
         let options = MeshqOptions::of(session.config_options());
         verify_plan(&plan, &self.tables, &options)?;
         Ok(plan)
     }
+}
+
+/// Puts a [`CooperativeExec`] above every cross and nested-loop join. Such a
+/// join produces its output from buffered inputs without polling anything
+/// that yields: over in-memory inputs (`meta`, `VALUES`) a large one would
+/// hold a runtime thread until it ends, starving other clients and ignoring
+/// a client that went away. Cooperative, it yields to the runtime as every
+/// scan does, and stops when its stream is dropped.
+fn yield_in_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::coop::CooperativeExec;
+    use datafusion::physical_plan::joins::{CrossJoinExec, NestedLoopJoinExec};
+    plan.transform_up(|node| {
+        if node.is::<CrossJoinExec>() || node.is::<NestedLoopJoinExec>() {
+            Ok(Transformed::yes(
+                Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>
+            ))
+        } else {
+            Ok(Transformed::no(node))
+        }
+    })
+    .map(|t| t.data)
 }
