@@ -794,14 +794,7 @@ async fn metadata_replies_hold_no_data_values() {
     replies.extend(fetch(&mut ana, info).await.1);
     let info = ana.get_sql_info(vec![]).await.unwrap();
     replies.extend(fetch(&mut ana, info).await.1);
-    for table in [
-        "products",
-        "tables",
-        "columns",
-        "my_access",
-        "whoami",
-        "lineage",
-    ] {
+    for table in meshq_engine::meta::META_TABLES {
         replies.extend(query(&mut ana, &format!("SELECT * FROM meta.{table}")).await);
     }
     let text: String = replies
