@@ -206,6 +206,8 @@ impl Engine {
             ),
             None => Vec::new(),
         };
+        // Sorted by name: `served_table` looks tables up by binary search.
+        served.sort_by_key(|t| t.def.qualified_name());
         let sources = sources_of(&served, &locations);
         let domains = Arc::new(domains_of(&served));
         check_default_schemas(&mesh, &domains, &mut problems);
@@ -293,6 +295,15 @@ impl Engine {
     /// Tables being served, sorted by `domain.name`.
     pub fn served_tables(&self) -> &[ServedTable] {
         &self.inner.served
+    }
+
+    /// The served table `name` (`domain.table`); the list is sorted by name.
+    pub fn served_table(&self, name: &str) -> Option<&ServedTable> {
+        let served = &self.inner.served;
+        served
+            .binary_search_by(|t| t.def.qualified_name().as_str().cmp(name))
+            .ok()
+            .map(|i| &served[i])
     }
 
     /// Whether `name` (`domain.table`) is served.

@@ -181,10 +181,7 @@ pub fn run_event(namespace: &str, engine: &Engine, facts: &RunFacts<'_>) -> Valu
         .tables
         .iter()
         .filter_map(|name| {
-            let t = engine
-                .served_tables()
-                .iter()
-                .find(|t| &t.def.qualified_name() == name)?;
+            let t = engine.served_table(name)?;
             let fields: Vec<Value> = t
                 .def
                 .columns

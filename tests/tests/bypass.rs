@@ -109,6 +109,16 @@ fn corpus(mesh: &str) -> Vec<String> {
         "CREATE TABLE copy AS SELECT * FROM sales.orders",
         "SELECT * FROM sales.orders o FULL JOIN customers.profiles c ON o.customer_id = c.customer_id WHERE c.region = 'AMER' OR o.region = 'AMER'",
         "SELECT * FROM information_schema.df_settings",
+        // The metadata tables, alone and joined with the data.
+        "SELECT * FROM meta.products",
+        "SELECT * FROM meta.tables",
+        "SELECT * FROM meta.columns",
+        "SELECT * FROM meta.my_access",
+        "SELECT * FROM meta.whoami",
+        "SELECT * FROM meta.lineage",
+        "SELECT t.table_name, o.* FROM meta.tables t JOIN sales.orders o ON o.region <> 'EMEA' OR t.readable",
+        "SELECT c.column_name, o.email FROM meta.columns c, sales.orders o WHERE c.masked AND o.region = 'AMER'",
+        "SELECT * FROM payments.transactions p JOIN meta.my_access a ON a.table_name = 'transactions'",
     ];
     q.into_iter().map(str::to_string).collect()
 }

@@ -41,10 +41,7 @@ pub struct Access {
 /// `None` when the table is not served.
 pub fn access_of(engine: &Engine, table: &str, principal: &Principal) -> Option<Access> {
     let governed = engine.tables().get(table)?;
-    let served = engine
-        .served_tables()
-        .iter()
-        .find(|t| t.def.qualified_name() == table)?;
+    let served = engine.served_table(table)?;
     let policies = match &governed.governance {
         TableGovernance::Ready(p) => p,
         TableGovernance::Broken(e) => {
