@@ -25,6 +25,7 @@ pub mod policy;
 pub mod principal;
 pub mod problem;
 pub mod products;
+pub mod quality;
 pub mod yaml;
 
 pub use error::{Error, Result};

@@ -166,6 +166,8 @@ pub struct TableDef {
     pub description: Option<String>,
     /// Table-level policies.
     pub policy: TablePolicy,
+    /// Quality rules: declared, implied by the schema, and freshness.
+    pub quality: Vec<crate::quality::QualityRule>,
 }
 
 impl TableDef {

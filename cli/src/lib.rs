@@ -3,6 +3,7 @@
 //! The binary is a thin clap front end over this library, so tests can drive
 //! the shell, the validator and the demo writer directly.
 
+pub mod check;
 pub mod demo;
 mod demo_iceberg;
 pub mod lineage;

@@ -62,6 +62,30 @@ enum Command {
     HashPassword,
     /// Draw which products feed which (from their input ports).
     Lineage(LineageArgs),
+    /// Run the contracts' quality rules on the data; exit 1 when an
+    /// error-severity rule fails, 2 for an unusable mesh or selection.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Only this table (`domain.table`); repeatable.
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// Only the tables of this product (id or name); repeatable.
+    #[arg(long = "product")]
+    products: Vec<String>,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: meshq_cli::check::CheckFormat,
+    /// Write the report to this file instead of stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Tables checked at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +287,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check(args) => check(args).await,
         Command::Validate(args) => {
             let engine = load(&args.mesh, EngineConfig::new(&args.mesh)).await?;
             let mut out = std::io::stdout();
@@ -523,6 +548,55 @@ fn principal(engine: &Engine, name: Option<&str>) -> Option<Principal> {
         );
     }
     found
+}
+
+async fn check(args: CheckArgs) -> Result<ExitCode> {
+    use meshq_cli::check;
+    let mut config = EngineConfig::new(&args.mesh.mesh);
+    if demo_exists(&args.mesh.mesh) {
+        // The demo's mask key, so that the demo mesh loads without errors;
+        // the checks themselves read the data unmasked.
+        config
+            .secret_env_fallback
+            .insert(DEMO_SECRET_ENV.into(), DEMO_SECRET_VALUE.into());
+    }
+    let engine = load(&args.mesh.mesh, config).await?;
+    report_problems(&engine);
+    let tables = match check::select(&engine, &args.tables, &args.products) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("meshq check: {e}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    use std::io::IsTerminal;
+    let interactive = std::io::stderr().is_terminal();
+    let progress = move |done: usize, total: usize| {
+        if interactive {
+            eprint!("\rchecked {done}/{total} table(s)");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let reports =
+        meshq_engine::quality::check_tables(&engine, &tables, args.concurrency, &progress).await;
+    match &args.output {
+        Some(path) => {
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            );
+            check::write_report(&reports, args.format, &mut f)?;
+            f.flush()?;
+        }
+        None => check::write_report(&reports, args.format, &mut std::io::stdout().lock())?,
+    }
+    Ok(if check::Summary::of(&reports).blocking > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn load(mesh: &std::path::Path, config: EngineConfig) -> Result<Engine> {

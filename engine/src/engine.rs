@@ -275,6 +275,12 @@ impl Engine {
         self.inner.unopened
     }
 
+    /// The session configuration every session of this version starts
+    /// from.
+    pub fn session_config(&self) -> SessionConfig {
+        self.inner.template.config().clone()
+    }
+
     /// The runtime shared by every query (memory pool, spill files, object
     /// stores).
     pub fn runtime(&self) -> &Arc<RuntimeEnv> {

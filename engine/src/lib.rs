@@ -25,6 +25,7 @@ pub mod memory;
 pub mod meta;
 pub mod options;
 pub mod policy;
+pub mod quality;
 pub mod session;
 pub mod statement;
 pub mod storage_error;

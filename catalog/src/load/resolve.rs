@@ -494,6 +494,33 @@ impl Loader {
             columns,
             description: obj.description.clone(),
             policy,
+            quality: self.quality_rules(lc, obj, &qualified),
         })
+    }
+
+    /// The table's quality rules; a rule declared wrongly is a warning here
+    /// (the table is still served) and an error result when checks run.
+    fn quality_rules(
+        &mut self,
+        lc: &LoadedContract,
+        obj: &SchemaObject,
+        qualified: &str,
+    ) -> Vec<crate::quality::QualityRule> {
+        let rules = crate::quality::rules_for(&lc.contract, obj);
+        for r in &rules {
+            if let crate::quality::Check::Invalid(why) = &r.check {
+                let line = r
+                    .column
+                    .as_deref()
+                    .and_then(|c| line_of(&lc.text, &format!("name: {c}")))
+                    .or_else(|| line_of(&lc.text, "quality:"));
+                self.warn(
+                    &lc.file,
+                    line,
+                    format!("table `{qualified}`: quality rule `{}`: {why}", r.id),
+                );
+            }
+        }
+        rules
     }
 }
