@@ -130,6 +130,7 @@ impl ContractInfo {
             version: c.version.clone(),
             file: file.to_path_buf(),
             freshness_sla_secs: sla("latency")
+                .or_else(|| sla("freshness"))
                 .or_else(|| sla("frequency"))
                 .and_then(sla_seconds),
             availability_sla: sla("availability").and_then(sla_percent),

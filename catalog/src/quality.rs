@@ -38,7 +38,7 @@ impl QualityRule {
     pub fn is_error(&self) -> bool {
         !matches!(
             self.severity.to_ascii_lowercase().as_str(),
-            "warning" | "warn" | "info" | "low" | "minor"
+            "warning" | "warn" | "info" | "low" | "minor" | "trivial"
         )
     }
 }
@@ -127,8 +127,8 @@ pub enum Metric {
         /// value, as JSON Schema `pattern`; anchor it with `^…$`).
         pattern: Option<String>,
     },
-    /// Rows beyond the first of each distinct non-NULL value (of the tuple
-    /// of `columns` at schema level).
+    /// Distinct non-NULL values (tuples of `columns` at schema level) that
+    /// occur more than once.
     DuplicateValues(Vec<String>),
     /// All rows.
     RowCount,
@@ -391,7 +391,8 @@ pub fn rules_for(c: &DataContract, obj: &SchemaObject) -> Vec<QualityRule> {
             },
         );
     }
-    for prop in ["latency", "frequency"] {
+    // `freshness` is the reference tool's name for the same SLA.
+    for prop in ["latency", "freshness", "frequency"] {
         let Some(sla) = c
             .sla_properties
             .iter()

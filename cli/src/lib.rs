@@ -8,6 +8,7 @@ pub mod demo;
 mod demo_iceberg;
 pub mod lineage;
 pub mod output;
+pub mod rego;
 pub mod rng;
 pub mod shell;
 pub mod validate;

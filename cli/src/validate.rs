@@ -15,6 +15,7 @@ pub fn report(engine: &Engine, out: &mut (dyn Write + Send)) -> Result<bool> {
     for p in meshq_flight_server::auth::check_auth_config(&engine.mesh().config) {
         problems.push(Problem::error(meshq_catalog::platform::PLATFORM_FILE, p));
     }
+    problems.extend(crate::rego::evaluate(engine.mesh()));
     let problems = &problems;
     print_problems(problems, out)?;
     let errors = problems.iter().filter(|p| p.is_error()).count();

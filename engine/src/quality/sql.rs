@@ -88,12 +88,9 @@ pub(crate) fn measure(metric: &Metric, tref: &str) -> Measure {
                 bad.join(" OR ")
             ))
         }
-        Metric::DuplicateValues(cols) if cols.len() == 1 => Measure::Aggregate(format!(
-            "count({c}) - count(DISTINCT {c})",
-            c = ident(&cols[0])
-        )),
         Metric::DuplicateValues(cols) => {
-            // Rows beyond the first of each distinct tuple with no NULL.
+            // Distinct non-NULL values (tuples) that occur more than once,
+            // as the reference tool counts them.
             let list = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
             let not_null = cols
                 .iter()
@@ -101,8 +98,7 @@ pub(crate) fn measure(metric: &Metric, tref: &str) -> Measure {
                 .collect::<Vec<_>>()
                 .join(" AND ");
             Measure::Query(format!(
-                "SELECT CAST(COALESCE(sum(n - 1), 0) AS BIGINT) FROM \
-                 (SELECT count(*) AS n FROM {tref} WHERE {not_null} GROUP BY {list})"
+                "SELECT count(*) FROM (SELECT 1 FROM {tref} WHERE {not_null} GROUP BY {list} HAVING count(*) > 1)"
             ))
         }
         Metric::PrimaryKey(cols) => {
