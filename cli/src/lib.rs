@@ -6,6 +6,7 @@
 pub mod check;
 pub mod demo;
 mod demo_iceberg;
+pub mod diff;
 pub mod lineage;
 pub mod output;
 pub mod rego;

@@ -65,6 +65,26 @@ enum Command {
     /// Run the contracts' quality rules on the data; exit 1 when an
     /// error-severity rule fails, 2 for an unusable mesh or selection.
     Check(CheckArgs),
+    /// Compare two mesh directories and classify every change for
+    /// consumers; exit 1 on a breaking change without a major version bump.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// The mesh before (e.g. a checkout of main).
+    old: PathBuf,
+    /// The mesh after (e.g. the pull request).
+    new: PathBuf,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: DiffFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DiffFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +308,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => check(args).await,
+        Command::Diff(args) => {
+            let mut meshes = Vec::new();
+            for dir in [&args.old, &args.new] {
+                let outcome = meshq_catalog::load_mesh(dir)
+                    .with_context(|| format!("loading mesh {}", dir.display()))?;
+                let errors: Vec<_> = outcome.problems.iter().filter(|p| p.is_error()).collect();
+                if !errors.is_empty() {
+                    eprintln!(
+                        "meshq diff: {} has {} error(s); fix them first (`meshq validate --mesh {}`):",
+                        dir.display(),
+                        errors.len(),
+                        dir.display()
+                    );
+                    for p in errors {
+                        eprintln!("  {p}");
+                    }
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+                meshes.push(outcome.mesh);
+            }
+            let changes = meshq_cli::diff::diff(&meshes[0], &meshes[1]);
+            match args.format {
+                DiffFormat::Text => print!("{}", meshq_cli::diff::to_text(&changes)),
+                DiffFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&meshq_cli::diff::to_json(&changes))?
+                ),
+            }
+            Ok(if changes.iter().any(|c| c.error) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Validate(args) => {
             let engine = load(&args.mesh, EngineConfig::new(&args.mesh)).await?;
             let mut out = std::io::stdout();
