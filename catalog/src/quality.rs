@@ -531,7 +531,7 @@ impl Builder {
                     (Ok(metric), Ok(threshold)) => Check::Metric {
                         metric,
                         unit: match q.unit.as_deref().map(str::to_ascii_lowercase).as_deref() {
-                            Some("percent") | Some("%") => Unit::Percent,
+                            Some("percent" | "percentage" | "%") => Unit::Percent,
                             _ => Unit::Rows,
                         },
                         threshold,
@@ -544,7 +544,7 @@ impl Builder {
             )),
         };
         let unit_ok = match q.unit.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("rows") | Some("percent") | Some("%") => true,
+            None | Some("rows" | "percent" | "percentage" | "%") => true,
             Some(_) => !matches!(check, Check::Metric { .. }),
         };
         let check = if unit_ok {

@@ -646,7 +646,11 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
         }
         None => check::write_report(&reports, args.format, &mut std::io::stdout().lock())?,
     }
-    Ok(if check::Summary::of(&reports).blocking > 0 {
+    let mesh_errors = engine.problems().iter().any(|p| p.is_error());
+    Ok(if mesh_errors {
+        // An invalid mesh: what could be checked was, but tables are missing.
+        ExitCode::from(EXIT_INVALID)
+    } else if check::Summary::of(&reports).blocking > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

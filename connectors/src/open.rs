@@ -202,7 +202,7 @@ async fn open_listing(
         }
         Format::Delta | Format::Iceberg => unreachable!("not a listing format"),
     };
-    let table_url = ListingTableUrl::parse(url.as_str())
+    let table_url = listing_url(url.as_str())
         .map_err(|e| Error::read(format!("location `{url}`"), url.as_str(), e))?;
     // A single named file is read whatever its extension.
     let ext = if table_url.is_collection() || url.as_str().contains('*') {
@@ -233,6 +233,46 @@ async fn open_listing(
     let table = ListingTable::try_new(config)
         .map_err(|e| Error::read(format!("cannot open `{url}`"), url.as_str(), e))?;
     Ok(Arc::new(table))
+}
+
+/// `url` as a listing location. A glob in the path (`./data/*.parquet`,
+/// `s3://bucket/orders/part-*.parquet`) filters the files listed under the
+/// folder before it; DataFusion splits globs only from plain paths, so URLs
+/// are split here.
+fn listing_url(url: &str) -> datafusion::error::Result<ListingTableUrl> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return ListingTableUrl::parse(url);
+    };
+    let path = parsed.path();
+    let Some(at) = path.find(['*', '?', '[']) else {
+        return ListingTableUrl::parse(url);
+    };
+    let cut = path[..at].rfind('/').map_or(0, |i| i + 1);
+    let glob = percent_decode(&path[cut..]);
+    let mut base = parsed.clone();
+    base.set_path(&path[..cut]);
+    let pattern = glob::Pattern::new(&glob)
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    ListingTableUrl::try_new(base, Some(pattern))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// After schema inference failed over a folder, reads the files one by one

@@ -419,7 +419,8 @@ fn judge_freshness(rule: &QualityRule, age_secs: Option<f64>, from: String) -> R
     else {
         unreachable!("freshness rule")
     };
-    let threshold = Threshold::Le(*max_age_secs as f64);
+    // Strictly younger than the SLA, as the reference tool decides.
+    let threshold = Threshold::Lt(*max_age_secs as f64);
     match age_secs {
         Some(age) => RuleResult {
             rule: rule.clone(),

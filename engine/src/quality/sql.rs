@@ -157,11 +157,25 @@ pub(crate) fn measure(metric: &Metric, tref: &str) -> Measure {
 /// `${property}`, `${column}`) → the column.
 pub(crate) fn fill_placeholders(query: &str, tref: &str, column: Option<&str>) -> String {
     let mut q = query.to_string();
-    for p in ["${object}", "${table}", "{object}", "{table}"] {
+    for p in [
+        "${object}",
+        "${table}",
+        "${model}",
+        "{object}",
+        "{table}",
+        "{model}",
+    ] {
         q = q.replace(p, tref);
     }
     if let Some(c) = column {
-        for p in ["${property}", "${column}", "{property}", "{column}"] {
+        for p in [
+            "${property}",
+            "${column}",
+            "${field}",
+            "{property}",
+            "{column}",
+            "{field}",
+        ] {
             q = q.replace(p, &ident(c));
         }
     }
