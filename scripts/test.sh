@@ -56,3 +56,14 @@ if [[ ! -x "$INTEROP_VENV/bin/python" ]]; then
 fi
 "$INTEROP_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 (cd tests/interop && MESHQ_BIN="$TARGET_DIR/debug/meshq" "$INTEROP_VENV/bin/python" -m pytest -q -p no:cacheprovider .)
+
+# The reference tool for ODCS quality rules (datacontract-cli, with its
+# DuckDB) in a third venv: `meshq check` must give its verdicts on the same
+# contracts and data, and the demo's contracts must pass its linter.
+echo "== quality: meshq check against DuckDB counts and datacontract-cli"
+QUALITY_VENV="${MESHQ_QUALITY_VENV:-$HOME/.cache/meshq/venv-quality}"
+if [[ ! -x "$QUALITY_VENV/bin/python" ]]; then
+  python3 -m venv "$QUALITY_VENV"
+fi
+"$QUALITY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/quality/requirements.txt
+(cd tests/quality && MESHQ_BIN="$TARGET_DIR/debug/meshq" "$QUALITY_VENV/bin/python" -m pytest -q .)

@@ -444,6 +444,9 @@ pub async fn write_demo_mesh(dir: &Path, scale: DemoScale) -> Result<()> {
         ("customers/profiles.odps.yaml", PROFILES_ODPS),
         ("customers/profiles.odcs.yaml", PROFILES_ODCS),
         ("governance/pii.policy.yaml", PII_POLICY),
+        ("governance/owner.rego", include_str!("../demo/owner.rego")),
+        ("governance/pii_masked.rego", include_str!("../demo/pii_masked.rego")),
+        ("governance/availability.rego", include_str!("../demo/availability.rego")),
         ("payments/transactions.odps.yaml", TRANSACTIONS_ODPS),
         ("payments/transactions.odcs.yaml", TRANSACTIONS_ODCS),
         ("logistics/shipments.odps.yaml", SHIPMENTS_ODPS),
@@ -531,13 +534,15 @@ schema:
     physicalType: table
     logicalType: object
     description: One row per webshop order.
+    quality:
+      - { id: orders_not_empty, metric: rowCount, mustBeGreaterThan: 0, dimension: completeness }
     customProperties:
       - property: readRoles
         value: [analyst]
       - property: rowFilters
         value: [ { id: own_region, expression: "region = principal_attr('region')", exceptRoles: [global-analyst] } ]
     properties:
-      - { name: order_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, unique: true, description: Order identifier. }
+      - { name: order_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, unique: true, logicalTypeOptions: { pattern: "^O[0-9]{7}$" }, description: Order identifier. }
       - { name: customer_id, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Customer who ordered. }
       - name: email
         logicalType: string
@@ -545,12 +550,34 @@ schema:
         classification: pii
         tags: [pii]
         description: Contact email given at checkout; null for guest checkouts.
+        logicalTypeOptions: { format: email }
+        quality:
+          - { id: guest_checkouts, metric: nullValues, unit: percent, mustBeLessThan: 50, severity: warning, dimension: completeness, description: Most orders come from registered customers. }
         customProperties:
           - { property: mask, value: { kind: partial, showFirst: 1, padding: "***@***", showLast: 4, exceptRoles: [pii-reader] } }
-      - { name: region, logicalType: string, physicalType: STRING, required: true, description: "Sales region: EMEA, AMER or APAC." }
-      - { name: status, logicalType: string, physicalType: STRING, required: true, description: "placed, shipped, delivered, cancelled or returned." }
-      - { name: item_count, logicalType: integer, physicalType: INT, required: true, description: Number of items. }
-      - { name: total_amount, logicalType: number, physicalType: "DECIMAL(12,2)", required: true, description: Order total in the region's currency. }
+      - name: region
+        logicalType: string
+        physicalType: STRING
+        required: true
+        description: "Sales region: EMEA, AMER or APAC."
+        quality:
+          - { metric: invalidValues, arguments: { validValues: [EMEA, AMER, APAC] }, mustBe: 0, dimension: conformity }
+      - name: status
+        logicalType: string
+        physicalType: STRING
+        required: true
+        description: "placed, shipped, delivered, cancelled or returned."
+        quality:
+          - { metric: invalidValues, arguments: { validValues: [placed, shipped, delivered, cancelled, returned] }, mustBe: 0, dimension: conformity }
+      - { name: item_count, logicalType: integer, physicalType: INT, required: true, logicalTypeOptions: { minimum: 1, maximum: 100 }, description: Number of items. }
+      - name: total_amount
+        logicalType: number
+        physicalType: "DECIMAL(12,2)"
+        required: true
+        logicalTypeOptions: { exclusiveMinimum: 0 }
+        description: Order total in the region's currency.
+        quality:
+          - { id: no_negative_totals, type: sql, query: "SELECT count(*) FROM {object} WHERE {property} < 0", mustBe: 0, dimension: accuracy }
       - { name: created_at, logicalType: timestamp, physicalType: TIMESTAMP, required: true, description: When the order was placed (UTC). }
       - { name: order_date, logicalType: date, physicalType: DATE, required: true, partitioned: true, description: Day of created_at; the table's partition column. }
 team: { name: sales-data, members: [ { username: alice@example.com, role: owner } ] }
@@ -585,6 +612,7 @@ status: active
 domain: logistics
 slaProperties:
   - { property: frequency, value: 1, unit: d }
+  - { property: availability, value: 99.0, unit: percent }
 roles:
   - { role: analyst, access: read, firstLevelApprovers: lee@example.com }
 servers:
@@ -607,11 +635,17 @@ schema:
       - { name: shipment_id, logicalType: string, physicalType: STRING, primaryKey: true, required: true, description: Shipment identifier. }
       - { name: order_id, logicalType: string, physicalType: STRING, required: true, description: The order shipped (sales.orders). }
       - { name: region, logicalType: string, physicalType: STRING, required: true, partitioned: true, description: "Region of the order: EMEA, AMER or APAC." }
-      - { name: carrier, logicalType: string, physicalType: STRING, required: true, description: Parcel carrier. }
+      - name: carrier
+        logicalType: string
+        physicalType: STRING
+        required: true
+        description: Parcel carrier.
+        quality:
+          - { metric: invalidValues, arguments: { validValues: [DHL, FedEx, PostNL, UPS, Yamato] }, unit: percent, mustBeLessOrEqualTo: 1, dimension: conformity }
       - { name: status, logicalType: string, physicalType: STRING, required: true, description: "in_transit, delivered or returned." }
       - { name: shipped_at, logicalType: timestamp, physicalType: TIMESTAMP, required: true, description: When the parcel left the warehouse (UTC). }
       - { name: delivered_at, logicalType: timestamp, physicalType: TIMESTAMP, description: When it was delivered; null while in transit. }
-      - { name: weight_kg, logicalType: number, physicalType: DOUBLE, required: true, description: Parcel weight in kilograms. }
+      - { name: weight_kg, logicalType: number, physicalType: DOUBLE, required: true, logicalTypeOptions: { exclusiveMinimum: 0, maximum: 30 }, description: Parcel weight in kilograms. }
 team: { name: logistics-data, members: [ { username: lee@example.com, role: owner } ] }
 "#;
 
@@ -641,12 +675,16 @@ name: profiles
 version: 1.0.0
 status: active
 domain: customers
+slaProperties:
+  - { property: availability, value: 99.5, unit: percent }
 servers:
   - { server: local, type: local, format: parquet, path: ./data/profiles/ }
 schema:
   - name: profiles
     physicalType: table
     description: One row per registered customer.
+    quality:
+      - { metric: rowCount, mustBeBetween: [1, 1000000], dimension: completeness }
     customProperties:
       - property: readRoles
         value: [analyst]
@@ -663,7 +701,16 @@ schema:
         description: Name as registered.
         customProperties:
           - { property: mask, value: { kind: partial, showFirst: 1, padding: "***", showLast: 0, exceptRoles: [pii-reader] } }
-      - { name: email, logicalType: string, physicalType: STRING, required: true, classification: pii, tags: [pii], description: Login email. }
+      - name: email
+        logicalType: string
+        physicalType: STRING
+        required: true
+        classification: pii
+        tags: [pii]
+        logicalTypeOptions: { format: email }
+        description: Login email.
+        quality:
+          - { metric: duplicateValues, mustBe: 0, dimension: uniqueness }
       - name: phone
         logicalType: string
         physicalType: STRING
@@ -681,7 +728,13 @@ schema:
         description: Day the account was created; the month only, unless the reader holds pii-reader.
         customProperties:
           - { property: mask, value: { kind: truncate, unit: month, exceptRoles: [pii-reader] } }
-      - { name: tier, logicalType: string, physicalType: STRING, required: true, description: "Loyalty tier: bronze, silver or gold." }
+      - name: tier
+        logicalType: string
+        physicalType: STRING
+        required: true
+        description: "Loyalty tier: bronze, silver or gold."
+        quality:
+          - { metric: invalidValues, arguments: { validValues: [bronze, silver, gold] }, mustBe: 0, dimension: conformity }
 "#;
 
 const TRANSACTIONS_ODPS: &str = r#"apiVersion: v1.0.0
@@ -713,12 +766,27 @@ status: active
 domain: payments
 roles:
   - { role: finance, access: read, firstLevelApprovers: paul@example.com, secondLevelApprovers: cfo@example.com }
+slaProperties:
+  - { property: latency, value: 1, unit: d }
+  - { property: availability, value: 99.9, unit: percent }
 servers:
   - { server: local, type: local, format: parquet, path: ./data/transactions/ }
 schema:
   - name: transactions
     physicalType: table
     description: One row per payment attempt; one file per day.
+    quality:
+      # Fails on the demo data by design (about 12 % are refunds): what a
+      # failing rule looks like in `meshq check` and `meta.quality`.
+      - id: refunds_are_rare
+        type: sql
+        description: Fewer than one payment in ten is refunded.
+        query: "SELECT 100.0 * sum(CASE WHEN status = 'refunded' THEN 1 ELSE 0 END) / count(*) FROM {object}"
+        mustBeLessThan: 10
+        dimension: accuracy
+        businessImpact: operational
+      - { id: one_payment_per_status, metric: duplicateValues, arguments: { properties: [payment_id, status] }, mustBe: 0, dimension: uniqueness }
+      - { id: reconciled_nightly, type: custom, engine: greatExpectations, implementation: "expect_column_sum_to_be_between(amount)", dimension: accuracy }
     customProperties:
       - property: readRoles
         value: [global-analyst, finance]
@@ -733,10 +801,20 @@ schema:
         classification: restricted
         tags: [pci]
         description: Card number for card payments; only the last four digits are ever shown.
+        quality:
+          - { type: text, description: Card numbers are tokenised by the payment provider before they reach this product. }
+          - { metric: missingValues, arguments: { missingValues: [""] }, unit: percent, mustBeLessThan: 60, severity: warning, dimension: completeness }
         customProperties:
           - { property: mask, value: { kind: sql, expression: "'**** **** **** ' || right(card_number, 4)" } }
-      - { name: amount, logicalType: number, physicalType: "DECIMAL(12,2)", required: true, description: Amount charged. }
-      - { name: currency, logicalType: string, physicalType: STRING, required: true, description: ISO 4217 currency code. }
+      - { name: amount, logicalType: number, physicalType: "DECIMAL(12,2)", required: true, logicalTypeOptions: { minimum: 0 }, description: Amount charged. }
+      - name: currency
+        logicalType: string
+        physicalType: STRING
+        required: true
+        logicalTypeOptions: { minLength: 3, maxLength: 3 }
+        description: ISO 4217 currency code.
+        quality:
+          - { metric: invalidValues, arguments: { pattern: "^[A-Z]{3}$" }, mustBe: 0, dimension: conformity }
       - { name: status, logicalType: string, physicalType: STRING, required: true, description: "settled, refunded or failed." }
       - { name: paid_at, logicalType: timestamp, physicalType: TIMESTAMP, required: true, description: When the payment was made (UTC). }
 "#;
