@@ -445,8 +445,14 @@ pub async fn write_demo_mesh(dir: &Path, scale: DemoScale) -> Result<()> {
         ("customers/profiles.odcs.yaml", PROFILES_ODCS),
         ("governance/pii.policy.yaml", PII_POLICY),
         ("governance/owner.rego", include_str!("../demo/owner.rego")),
-        ("governance/pii_masked.rego", include_str!("../demo/pii_masked.rego")),
-        ("governance/availability.rego", include_str!("../demo/availability.rego")),
+        (
+            "governance/pii_masked.rego",
+            include_str!("../demo/pii_masked.rego"),
+        ),
+        (
+            "governance/availability.rego",
+            include_str!("../demo/availability.rego"),
+        ),
         ("payments/transactions.odps.yaml", TRANSACTIONS_ODPS),
         ("payments/transactions.odcs.yaml", TRANSACTIONS_ODCS),
         ("logistics/shipments.odps.yaml", SHIPMENTS_ODPS),

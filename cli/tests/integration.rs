@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 mod abuse;
 mod flight;
+mod governance;
 mod ops;
 
 fn meshq() -> Command {
