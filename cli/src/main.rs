@@ -186,6 +186,15 @@ struct ServerArgs {
         value_name = "SECS"
     )]
     reload_interval: f64,
+    /// Run the contracts' quality rules after each (re)load and then this
+    /// often, in seconds, off the query path; results in `meta.quality`
+    /// and the metrics. 0 turns them off (the default for `serve`; `demo`
+    /// checks every 300 s).
+    #[arg(long, env = "MESHQ_QUALITY_INTERVAL", value_name = "SECS")]
+    quality_interval: Option<f64>,
+    /// Tables the periodic quality checks read at once.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    quality_concurrency: usize,
     /// While some table's storage cannot be opened, try again this often,
     /// in seconds.
     #[arg(
@@ -381,6 +390,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .secret_env_fallback
                 .insert(DEMO_SECRET_ENV.into(), DEMO_SECRET_VALUE.into());
             config.protected_paths = args.server.protected_paths();
+            let mut args = args;
+            args.server.quality_interval = args.server.quality_interval.or(Some(300.0));
             let engine = load(&args.dir, config.clone()).await?;
             report_problems(&engine);
             let Some(principal) = principal(&engine, Some(&args.principal)) else {
@@ -431,6 +442,17 @@ async fn serve(
         metrics_bind: args.metrics_bind,
     };
     let tls = config.tls.is_some();
+    // Stops with the server.
+    let _quality = args
+        .quality_interval
+        .filter(|secs| *secs > 0.0)
+        .map(|secs| {
+            meshq_engine::quality::periodic::spawn(
+                Arc::clone(&live),
+                std::time::Duration::from_secs_f64(secs),
+                args.quality_concurrency,
+            )
+        });
     let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     let hangups = hangups();

@@ -391,6 +391,7 @@ async fn metadata_rpcs_show_only_what_the_principal_may_see() {
             "meta.lineage SYSTEM TABLE",
             "meta.my_access SYSTEM TABLE",
             "meta.products SYSTEM TABLE",
+            "meta.quality SYSTEM TABLE",
             "meta.tables SYSTEM TABLE",
             "meta.whoami SYSTEM TABLE",
             "sales.orders TABLE",

@@ -15,7 +15,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use super::demo_dir;
-use super::flight::{Server, fetch, login, query, start_on, status_of};
+use super::flight::{Server, fetch, login, query, start_on, status_of, text};
 
 /// A private copy of the demo mesh.
 /// Appends `yaml` to the mesh's `meshq.yaml`.
@@ -1159,6 +1159,84 @@ async fn lineage_events_reach_an_endpoint_and_never_hold_up_a_query() {
     assert_eq!(rows[0].num_rows(), 1);
     eventually(30, "both events dropped", || {
         metric(&server, "meshq_lineage_events_dropped_total") >= 2.0
+    })
+    .await;
+}
+
+/// `--quality-interval`: the server checks every table after loading (and
+/// then every interval) off the query path; `meta.quality`,
+/// `meta.tables.quality_status` and the metrics show the results, and a
+/// contract change is checked again after the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_quality_checks_feed_meta_and_metrics() {
+    let (_dir, mesh) = copy_mesh();
+    let server = start_on(
+        &mesh,
+        &[
+            "--quality-interval",
+            "3600",
+            "--reload-interval",
+            "0.2",
+            "--metrics-bind",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let payments = "meshq_table_quality_passing{table=\"payments.transactions\",product=\"urn:dataproduct:payments:transactions\"}";
+    let orders = "meshq_table_quality_passing{table=\"sales.orders\",product=\"urn:dataproduct:sales:orders\"}";
+    eventually(60, "the first checks", || {
+        scrape(&server).contains_key(payments)
+    })
+    .await;
+    let m = scrape(&server);
+    assert_eq!(m[payments], 0.0, "refunds_are_rare fails on the demo data");
+    assert_eq!(m[orders], 1.0);
+    assert_eq!(
+        m["meshq_table_quality_failed_rules{table=\"payments.transactions\",product=\"urn:dataproduct:payments:transactions\"}"],
+        1.0
+    );
+    let mut gina = login(&server, "gina").await;
+    let rows = text(
+        &query(
+            &mut gina,
+            "SELECT table_name, rule, status, measured IS NULL AS hidden FROM meta.quality WHERE status = 'failed'",
+        )
+        .await,
+    );
+    // The card numbers are masked for everyone, so the measured value is
+    // not shown to anyone.
+    assert!(
+        rows.contains("| transactions | refunds_are_rare | failed | true   |"),
+        "{rows}"
+    );
+    let mut pat = login(&server, "pat").await;
+    let rows = text(
+        &query(
+            &mut pat,
+            "SELECT rule, measured FROM meta.quality WHERE rule = 'orders_not_empty'",
+        )
+        .await,
+    );
+    assert!(rows.contains("| orders_not_empty | 12000.0  |"), "{rows}");
+    let rows = text(
+        &query(
+            &mut gina,
+            "SELECT table_name, quality_status FROM meta.tables WHERE table_schema IN ('sales', 'payments') ORDER BY 1",
+        )
+        .await,
+    );
+    assert!(rows.contains("| orders       | passed         |"), "{rows}");
+    assert!(rows.contains("| transactions | failed         |"), "{rows}");
+
+    // The producer fixes the rule: after the reload the table is checked
+    // again at once, not at the next interval an hour away.
+    let contract = mesh.join("payments/transactions.odcs.yaml");
+    let fixed = std::fs::read_to_string(&contract)
+        .unwrap()
+        .replace("mustBeLessThan: 10\n", "mustBeLessThan: 20\n");
+    replace_file(&contract, &fixed);
+    eventually(60, "the checks after the reload", || {
+        metric(&server, payments) == 1.0
     })
     .await;
 }

@@ -125,6 +125,9 @@ struct Inner {
     /// Tables kept from the previous version because their new version
     /// has errors.
     kept: Vec<String>,
+    /// The latest quality results, shared with the versions before and
+    /// after this one.
+    quality: Arc<crate::quality::QualityBoard>,
 }
 
 /// Identity of each mesh version loaded in this process.
@@ -246,6 +249,9 @@ impl Engine {
                 memory,
                 unopened,
                 kept,
+                quality: previous
+                    .map(|p| Arc::clone(&p.inner.quality))
+                    .unwrap_or_default(),
             }),
         })
     }
@@ -273,6 +279,11 @@ impl Engine {
     /// tries them again.
     pub fn unopened(&self) -> usize {
         self.inner.unopened
+    }
+
+    /// The latest quality results of the served tables.
+    pub fn quality_board(&self) -> &crate::quality::QualityBoard {
+        &self.inner.quality
     }
 
     /// The session configuration every session of this version starts

@@ -88,6 +88,17 @@ async fn sample_tables(metrics: &Metrics, live: &LiveEngine) {
                 _ => None,
             },
         );
+        if let Some(report) = engine.quality_board().latest(t) {
+            let failed = report
+                .results
+                .iter()
+                .filter(|r| {
+                    r.status == meshq_engine::quality::Status::Failed
+                        || (r.status == meshq_engine::quality::Status::Error && r.rule.is_error())
+                })
+                .count();
+            metrics.table_quality(&t.def.qualified_name(), &t.def.product_id, failed);
+        }
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Metrics {
     product_errors: Family<Labels, Counter>,
     table_last_modified: Family<Labels, Gauge<f64, AtomicU64>>,
     table_late: Family<Labels, Gauge>,
+    table_quality_passing: Family<Labels, Gauge>,
+    table_quality_failed_rules: Family<Labels, Gauge>,
     /// Sampled at scrape time.
     pub(crate) sessions: Gauge,
     pub(crate) running: Gauge,
@@ -144,6 +146,18 @@ impl Metrics {
             "1 when a served table is older than its contract's freshness SLA, 0 when fresh (absent: unknown)",
             table_late.clone(),
         );
+        let table_quality_passing = Family::<Labels, Gauge>::default();
+        registry.register(
+            "table_quality_passing",
+            "1 when a served table passed its contract's error-severity quality rules at the last periodic check, 0 when not (absent: not checked)",
+            table_quality_passing.clone(),
+        );
+        let table_quality_failed_rules = Family::<Labels, Gauge>::default();
+        registry.register(
+            "table_quality_failed_rules",
+            "Error-severity quality rules of a served table that failed or could not run at the last periodic check",
+            table_quality_failed_rules.clone(),
+        );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let g = Gauge::default();
             registry.register(name, help, g.clone());
@@ -194,6 +208,8 @@ impl Metrics {
             product_errors,
             table_last_modified,
             table_late,
+            table_quality_passing,
+            table_quality_failed_rules,
             sessions,
             running,
             queued,
@@ -256,6 +272,8 @@ impl Metrics {
     pub(crate) fn clear_tables(&self) {
         self.table_last_modified.clear();
         self.table_late.clear();
+        self.table_quality_passing.clear();
+        self.table_quality_failed_rules.clear();
     }
 
     /// A served table's last change and freshness.
@@ -273,6 +291,18 @@ impl Metrics {
         if let Some(late) = late {
             self.table_late.get_or_create(&l).set(late as i64);
         }
+    }
+
+    /// A served table's latest quality results: how many error-severity
+    /// rules failed or could not run.
+    pub(crate) fn table_quality(&self, table: &str, product: &str, failed_rules: usize) {
+        let l = labels(&[("table", table), ("product", product)]);
+        self.table_quality_passing
+            .get_or_create(&l)
+            .set((failed_rules == 0) as i64);
+        self.table_quality_failed_rules
+            .get_or_create(&l)
+            .set(failed_rules as i64);
     }
 
     /// A mesh load or reload.

@@ -116,6 +116,8 @@ fn corpus(mesh: &str) -> Vec<String> {
         "SELECT * FROM meta.my_access",
         "SELECT * FROM meta.whoami",
         "SELECT * FROM meta.lineage",
+        "SELECT * FROM meta.quality",
+        "SELECT q.rule, q.measured, o.email FROM meta.quality q JOIN sales.orders o ON q.measured IS NOT NULL OR o.region = 'AMER'",
         "SELECT t.table_name, o.* FROM meta.tables t JOIN sales.orders o ON o.region <> 'EMEA' OR t.readable",
         "SELECT c.column_name, o.email FROM meta.columns c, sales.orders o WHERE c.masked AND o.region = 'AMER'",
         "SELECT * FROM payments.transactions p JOIN meta.my_access a ON a.table_name = 'transactions'",

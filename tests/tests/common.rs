@@ -15,6 +15,9 @@ pub(crate) async fn fixture() -> &'static (tempfile::TempDir, Engine) {
             let engine = Engine::load(fixture_engine_config(dir.path()))
                 .await
                 .unwrap();
+            // As a server with --quality-interval would: `meta.quality`
+            // has rows.
+            meshq_engine::quality::check_and_record(&engine, 4).await;
             (dir, engine)
         })
         .await

@@ -75,6 +75,7 @@ async fn readable_only_hides_unreadable_products_everywhere_in_meta() {
     );
     std::fs::write(&shipments, text).unwrap();
     let engine = Engine::load(fixture_engine_config(&mesh)).await.unwrap();
+    meshq_engine::quality::check_and_record(&engine, 4).await;
     for (table, column) in [
         ("products", "product_id"),
         ("products", "input_products"),
@@ -83,6 +84,7 @@ async fn readable_only_hides_unreadable_products_everywhere_in_meta() {
         ("columns", "table_schema"),
         ("my_access", "table_schema"),
         ("lineage", "to_product"),
+        ("quality", "table_schema"),
     ] {
         let rows = rows_as(
             &engine,
@@ -132,6 +134,7 @@ async fn data_values(engine: &Engine) -> BTreeSet<String> {
 async fn meta_never_holds_a_data_value() {
     let (_dir, mesh) = fresh_fixture().await;
     let engine = Engine::load(fixture_engine_config(&mesh)).await.unwrap();
+    meshq_engine::quality::check_and_record(&engine, 4).await;
     let secrets = data_values(&engine).await;
     assert!(secrets.len() > 300, "{} values", secrets.len());
     // The detector finds values where there are some.
@@ -206,4 +209,80 @@ async fn sessions_start_in_the_configured_default_schema() {
     );
     let ana = engine.session(&engine.mesh().config.principal("ana").unwrap());
     assert!(run(&ana, "SELECT 1 FROM orders").await.is_err());
+}
+
+/// `meta.quality` holds each rule's latest result for everyone who may see
+/// the table's metadata, and the measured value only for a caller no
+/// policy restricts on the table; `meta.tables.quality_status` sums it up.
+#[tokio::test]
+async fn quality_results_show_measured_values_only_to_unrestricted_callers() {
+    let (_dir, mesh) = fresh_fixture().await;
+    // At the fixture's scale refunds stay under the demo's 10 %; under 1 %
+    // they do not.
+    let contract = mesh.join("payments/transactions.odcs.yaml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    assert!(text.contains("mustBeLessThan: 10\n"));
+    std::fs::write(
+        &contract,
+        text.replace("mustBeLessThan: 10\n", "mustBeLessThan: 1\n"),
+    )
+    .unwrap();
+    let engine = Engine::load(fixture_engine_config(&mesh)).await.unwrap();
+    let sql = "SELECT table_name, rule, status, measured IS NULL FROM meta.quality \
+               WHERE rule IN ('orders_not_empty', 'refunds_are_rare')";
+    // Before any check: no rows, and unknown.
+    assert!(rows_as(&engine, "ana", sql).await.is_empty());
+    assert_eq!(
+        rows_as(
+            &engine,
+            "ana",
+            "SELECT DISTINCT quality_status FROM meta.tables"
+        )
+        .await,
+        ["unknown"]
+    );
+    let failing = meshq_engine::quality::check_and_record(&engine, 4).await;
+    assert_eq!(failing, 1);
+    // ana: orders are filtered to her region, payments unreadable.
+    assert_eq!(
+        rows_as(&engine, "ana", sql).await,
+        [
+            "orders|orders_not_empty|passed|true",
+            "transactions|refunds_are_rare|failed|true"
+        ]
+    );
+    // pat reads every order unmasked; payments' card numbers are masked
+    // for everyone.
+    assert_eq!(
+        rows_as(&engine, "pat", sql).await,
+        [
+            "orders|orders_not_empty|passed|false",
+            "transactions|refunds_are_rare|failed|true"
+        ]
+    );
+    let orders = rows_as(
+        &engine,
+        "pat",
+        "SELECT measured FROM meta.quality WHERE rule = 'orders_not_empty'",
+    )
+    .await;
+    let count = rows_as(&engine, "pat", "SELECT count(*) FROM sales.orders").await;
+    assert_eq!(orders, [format!("{}.0", count[0])]);
+    assert_eq!(
+        rows_as(
+            &engine,
+            "gina",
+            "SELECT table_name, quality_status FROM meta.tables"
+        )
+        .await,
+        [
+            "events|passed",
+            "incidents|passed",
+            "orders|passed",
+            "profiles|passed",
+            "region_totals|passed",
+            "shipments|passed",
+            "transactions|failed"
+        ]
+    );
 }

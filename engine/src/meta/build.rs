@@ -305,6 +305,17 @@ impl View<'_> {
                 )),
             )
             .text("freshness_status", status)
+            .text(
+                "quality_status",
+                tables
+                    .iter()
+                    .map(|(t, _)| match self.engine.quality_board().latest(t) {
+                        Some(r) if r.passes() => "passed".to_string(),
+                        Some(_) => "failed".to_string(),
+                        None => "unknown".to_string(),
+                    })
+                    .collect(),
+            )
             .add(
                 "availability_sla",
                 true,
@@ -433,6 +444,58 @@ impl View<'_> {
             .opt_text("principal", vec![p.name.clone()])
             .list("roles", vec![p.roles.iter().cloned().collect()])
             .list("attributes", vec![attributes])
+            .finish()
+    }
+
+    /// The latest result of every rule of every visible table. The
+    /// measured value only to a caller no policy restricts on the table:
+    /// a count over rows a filter hides, or an aggregate of a masked
+    /// column, would tell them what the policy keeps from them.
+    pub(super) fn quality(&self) -> Result<RecordBatch> {
+        let tables = self.visible_tables();
+        let mut keys: Vec<(&ServedTable, Access)> = Vec::new();
+        let mut rows = Vec::new();
+        for (t, access) in &tables {
+            let Some(report) = self.engine.quality_board().latest(t) else {
+                continue;
+            };
+            let unrestricted =
+                access.readable && access.row_filters.is_empty() && access.masks.is_empty();
+            for r in &report.results {
+                keys.push((*t, access.clone()));
+                rows.push((
+                    r.rule.id.clone(),
+                    r.rule.dimension.clone(),
+                    r.rule.severity.clone(),
+                    r.status.label().to_string(),
+                    r.measured.filter(|_| unrestricted),
+                    r.threshold.clone(),
+                    report.checked_at_ms,
+                ));
+            }
+        }
+        Columns::default()
+            .table_keys(&keys)
+            .text("rule", rows.iter().map(|r| r.0.clone()).collect())
+            .opt_text("dimension", rows.iter().map(|r| r.1.clone()).collect())
+            .text("severity", rows.iter().map(|r| r.2.clone()).collect())
+            .text("status", rows.iter().map(|r| r.3.clone()).collect())
+            .add(
+                "measured",
+                true,
+                Arc::new(Float64Array::from(
+                    rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+                )),
+            )
+            .text("threshold", rows.iter().map(|r| r.5.clone()).collect())
+            .add(
+                "checked_at",
+                false,
+                Arc::new(
+                    TimestampMillisecondArray::from(rows.iter().map(|r| r.6).collect::<Vec<_>>())
+                        .with_timezone("UTC"),
+                ),
+            )
             .finish()
     }
 

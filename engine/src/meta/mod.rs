@@ -9,6 +9,7 @@
 //! | `my_access` | table: whether the caller may read it and why, the row filters and masks that apply |
 //! | `whoami` | (one row) the caller's name, roles and attributes |
 //! | `lineage` | edge between products declared by input ports |
+//! | `quality` | rule of a served table: its latest result from the server's periodic checks |
 //!
 //! Every authenticated principal may query `meta`; with `discovery:
 //! { visibility: readable-only }` it shows only what the caller may read.
@@ -73,13 +74,14 @@ pub async fn freshness(engine: &Engine, table: &crate::engine::ServedTable) -> F
 pub const META_SCHEMA: &str = "meta";
 
 /// The tables of `meta`, in listing order.
-pub const META_TABLES: [&str; 6] = [
+pub const META_TABLES: [&str; 7] = [
     "products",
     "tables",
     "columns",
     "my_access",
     "whoami",
     "lineage",
+    "quality",
 ];
 
 /// `meta` for one caller on one mesh version.
@@ -115,6 +117,7 @@ impl MetaSchemaProvider {
             "my_access" => view.my_access()?,
             "whoami" => view.whoami()?,
             "lineage" => view.lineage()?,
+            "quality" => view.quality()?,
             _ => return Ok(None),
         }))
     }

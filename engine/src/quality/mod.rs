@@ -7,6 +7,8 @@
 //! one aggregate scan; a query that fails is retried rule by rule so that
 //! one bad rule never hides the others' results.
 
+mod board;
+pub mod periodic;
 mod sql;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use futures::StreamExt;
 use meshq_catalog::quality::{Check, QualityRule, Threshold, Unit};
 
 use crate::engine::{CATALOG, Engine, ServedTable};
+pub use board::QualityBoard;
 use sql::{Measure, fill_placeholders, ident, measure, table_ref};
 
 /// The outcome of one rule.
@@ -87,6 +90,14 @@ pub struct TableReport {
 }
 
 impl TableReport {
+    /// Whether no error-severity rule failed or could not run.
+    pub fn passes(&self) -> bool {
+        !self
+            .results
+            .iter()
+            .any(|r| r.status == Status::Failed || (r.status == Status::Error && r.rule.is_error()))
+    }
+
     /// The worst status: failed over error over warning over passed.
     pub fn status(&self) -> Status {
         let has = |s| self.results.iter().any(|r| r.status == s);
@@ -169,6 +180,23 @@ pub async fn check_tables(
     }
     reports.sort_by(|a, b| a.table.cmp(&b.table));
     reports
+}
+
+/// Checks every served table and records the results on the engine's
+/// [`QualityBoard`] (what `meta.quality` and the metrics show). Returns how
+/// many tables do not pass.
+pub async fn check_and_record(engine: &Engine, concurrency: usize) -> usize {
+    let reports = check_tables(engine, &[], concurrency, &|_, _| {}).await;
+    let board = engine.quality_board();
+    board.retain(engine.served_tables());
+    let mut failing = 0;
+    for report in reports {
+        if let Some(t) = engine.served_table(&report.table) {
+            failing += usize::from(!report.passes());
+            board.put(Arc::clone(&t.def), report);
+        }
+    }
+    failing
 }
 
 async fn check_table(engine: &Engine, ctx: &SessionContext, t: &ServedTable) -> TableReport {
