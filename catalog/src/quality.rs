@@ -659,8 +659,9 @@ impl Builder {
                 }),
             );
         }
-        match o.format.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            Some("email") => self.push(
+        // Other formats (uuid, uri, …) are documentation to meshq.
+        if o.format.as_deref().map(str::to_ascii_lowercase).as_deref() == Some("email") {
+            self.push(
                 format!("{}.format", p.name),
                 Some(col()),
                 "conformity",
@@ -669,9 +670,7 @@ impl Builder {
                     column: col(),
                     pattern: EMAIL_PATTERN.into(),
                 }),
-            ),
-            // Other formats (uuid, uri, …) are documentation to meshq.
-            _ => {}
+            );
         }
     }
 }

@@ -10,11 +10,14 @@ use parking_lot::RwLock;
 use super::TableReport;
 use crate::engine::ServedTable;
 
+/// A table's latest report and the definition it was checked against.
+type Entry = (Arc<TableDef>, Arc<TableReport>);
+
 /// Latest [`TableReport`] per table, shared by every version of a served
 /// mesh.
 #[derive(Debug, Default)]
 pub struct QualityBoard {
-    reports: RwLock<BTreeMap<String, (Arc<TableDef>, Arc<TableReport>)>>,
+    reports: RwLock<BTreeMap<String, Entry>>,
 }
 
 impl QualityBoard {
