@@ -407,6 +407,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 })
                 .await;
             }
+            // As the demo server does on load: `meta.quality` has rows.
+            meshq_engine::quality::check_and_record(&engine, 4).await;
             if interactive {
                 eprintln!(
                     "Try: SELECT c.region, sum(o.total_amount) FROM sales.orders o JOIN customers.profiles c USING (customer_id) GROUP BY 1 ORDER BY 1;"
