@@ -347,7 +347,8 @@ EVENTS_COLUMNS = [
     "{ name: note, logicalType: string }",
 ]
 READINGS_COLUMNS = [
-    "{ name: sensor, logicalType: string, required: true }",
+    # A rule whose measure depends on every row, for `meshq check`.
+    "{ name: sensor, logicalType: string, required: true, quality: [ { metric: duplicateValues, mustBeGreaterOrEqualTo: 0 } ] }",
     "{ name: seq, logicalType: integer, physicalType: BIGINT, required: true }",
     "{ name: value, logicalType: number, physicalType: DOUBLE }",
 ]
