@@ -239,17 +239,10 @@ pub fn evaluate(mesh: &Mesh) -> Vec<Problem> {
     }
     for product in &mesh.products {
         let shown = mesh.display_path(&product.file);
-        let input = match input_for(mesh, product) {
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(Problem::error(
-                    shown,
-                    format!("cannot build the Rego input: {e}"),
-                ));
-                continue;
-            }
-        };
-        let input = match regorus::Value::from_json_str(&input.to_string()) {
+        let input = input_for(mesh, product).and_then(|doc| {
+            regorus::Value::from_json_str(&doc.to_string()).map_err(|e| e.to_string())
+        });
+        let input = match input {
             Ok(v) => v,
             Err(e) => {
                 problems.push(Problem::error(

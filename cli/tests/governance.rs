@@ -8,25 +8,9 @@ use serde_json::Value;
 
 use super::{mesh, meshq, stderr, stdout};
 
-/// A copy of the demo mesh to change (data files are linked, not copied).
+/// A copy of the demo mesh to change.
 fn demo_copy() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let to = dir.path().join("mesh");
-    copy_tree(&mesh(), &to);
-    (dir, to)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
+    super::ops::copy_mesh()
 }
 
 fn edit(path: &Path, from: &str, to: &str) {

@@ -36,6 +36,15 @@ fn text(col: &str) -> String {
     format!("CAST({} AS VARCHAR)", ident(col))
 }
 
+/// `template` (with `{}` for the quoted column) for each of `cols`, joined
+/// by `sep`.
+fn each(cols: &[String], template: &str, sep: &str) -> String {
+    cols.iter()
+        .map(|c| template.replace("{}", &ident(c)))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 /// How a metric is measured.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Measure {
@@ -91,23 +100,15 @@ pub(crate) fn measure(metric: &Metric, tref: &str) -> Measure {
         Metric::DuplicateValues(cols) => {
             // Distinct non-NULL values (tuples) that occur more than once,
             // as the reference tool counts them.
-            let list = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-            let not_null = cols
-                .iter()
-                .map(|c| format!("{} IS NOT NULL", ident(c)))
-                .collect::<Vec<_>>()
-                .join(" AND ");
+            let list = each(cols, "{}", ", ");
+            let not_null = each(cols, "{} IS NOT NULL", " AND ");
             Measure::Query(format!(
                 "SELECT count(*) FROM (SELECT 1 FROM {tref} WHERE {not_null} GROUP BY {list} HAVING count(*) > 1)"
             ))
         }
         Metric::PrimaryKey(cols) => {
-            let list = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-            let any_null = cols
-                .iter()
-                .map(|c| format!("{} IS NULL", ident(c)))
-                .collect::<Vec<_>>()
-                .join(" OR ");
+            let list = each(cols, "{}", ", ");
+            let any_null = each(cols, "{} IS NULL", " OR ");
             // A key with a NULL is a violation on each of its rows; a key
             // seen n times is n - 1 violations.
             Measure::Query(format!(
