@@ -2,7 +2,8 @@
 //! [`TableProvider`](datafusion::datasource::TableProvider).
 //!
 //! Parquet, CSV and JSON ports are DataFusion listing tables; Delta ports are
-//! read with delta-rs; Iceberg ports are planned with the `iceberg` crate and
+//! listed by delta-rs and read by DataFusion's Parquet scan (delta-rs's own
+//! scan only for deletion vectors and column mapping); Iceberg ports are planned with the `iceberg` crate and
 //! read with DataFusion's Parquet scan. Object stores (S3, GCS, Azure) come from
 //! `meshq.yaml` through [`StoreRegistry`].
 //!
@@ -14,6 +15,7 @@
 //! - Errors name the location or the file at fault, never row values.
 
 pub mod contract_table;
+pub mod delta;
 pub mod error;
 pub mod facts;
 pub mod iceberg;

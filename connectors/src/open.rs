@@ -383,10 +383,23 @@ async fn open_delta(
         .update_datafusion_session(state)
         .map_err(|e| Error::read(&at, url.as_str(), e))?;
     let facts = crate::facts::delta_facts(&table);
-    let provider = table
-        .table_provider()
-        .await
-        .map_err(|e| Error::read(&at, url.as_str(), e))?;
+    // DataFusion's own Parquet scan over the snapshot's files, unless the
+    // table needs what only delta-rs's scan does (deletion vectors, column
+    // mapping).
+    let view_types = state
+        .config_options()
+        .execution
+        .parquet
+        .schema_force_view_types;
+    let native = crate::delta::native_provider(&table, &url, view_types)
+        .map_err(|e| Error::read(&at, url.as_str(), std::io::Error::other(e)))?;
+    let provider: Arc<dyn TableProvider> = match native {
+        Some(p) => Arc::new(p),
+        None => table
+            .table_provider()
+            .await
+            .map_err(|e| Error::read(&at, url.as_str(), e))?,
+    };
     Ok((provider, facts))
 }
 
