@@ -335,7 +335,7 @@ impl TableProvider for DeltaNativeProvider {
             .min(self.files.len());
         // Larger files first, dealt round-robin: groups of similar size.
         let mut files = self.files.clone();
-        files.sort_by(|a, b| b.object_meta.size.cmp(&a.object_meta.size));
+        files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
         let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
         for (i, f) in files.into_iter().enumerate() {
             groups[i % partitions].push(f);
