@@ -180,7 +180,7 @@ pub(crate) fn native_provider(
     }
     let mut statistics = Statistics::new_unknown(&schema);
     if let Some(rows) = rows {
-        statistics.num_rows = Precision::Inexact(rows);
+        statistics.num_rows = Precision::Exact(rows);
     }
     statistics.total_byte_size = Precision::Inexact(bytes);
     Ok(Some(DeltaNativeProvider {
@@ -194,12 +194,14 @@ pub(crate) fn native_provider(
 }
 
 /// A file's statistics in the table's column order (data columns, then
-/// partition columns). Only bounds that cannot mislead pruning are used:
-/// integers and dates as written, timestamps with the maximum moved up by
-/// one millisecond (the log keeps milliseconds); strings (the log may keep
-/// a truncated prefix), floats and decimals are left unknown and pruned
-/// inside the file from its footer instead. Every value is inexact, so
-/// nothing is answered from them.
+/// partition columns). Only bounds that cannot mislead are used: integers
+/// and dates as written and partition values, exact (the Delta protocol
+/// makes them authoritative, and join planning estimates only from exact
+/// figures); timestamps with the maximum moved up by one millisecond (the
+/// log keeps milliseconds), inexact; strings (the log may keep a truncated
+/// prefix), floats and decimals are left unknown and pruned inside the file
+/// from its footer instead. Row counts are exact: a file under a deletion
+/// vector is never read this way.
 fn file_statistics(
     file_schema: &Schema,
     partition_values: &[ScalarValue],
@@ -218,33 +220,39 @@ fn file_statistics(
     let mut columns = Vec::with_capacity(file_schema.fields().len() + partition_values.len());
     for f in file_schema.fields() {
         let mut c = ColumnStatistics::new_unknown();
+        let exact = !matches!(f.data_type(), DataType::Timestamp(..));
+        let wrap = |v| {
+            if exact {
+                Precision::Exact(v)
+            } else {
+                Precision::Inexact(v)
+            }
+        };
         if let Some(n) = section("nullCount", f.name()).and_then(|v| v.as_u64()) {
-            c.null_count = Precision::Inexact(n as usize);
+            c.null_count = Precision::Exact(n as usize);
         }
         if let Some(v) =
             section("minValues", f.name()).and_then(|v| bound(&v, f.data_type(), false))
         {
-            c.min_value = Precision::Inexact(v);
+            c.min_value = wrap(v);
         }
         if let Some(v) = section("maxValues", f.name()).and_then(|v| bound(&v, f.data_type(), true))
         {
-            c.max_value = Precision::Inexact(v);
+            c.max_value = wrap(v);
         }
         columns.push(c);
     }
     for v in partition_values {
         let mut c = ColumnStatistics::new_unknown();
-        c.min_value = Precision::Inexact(v.clone());
-        c.max_value = Precision::Inexact(v.clone());
-        c.null_count = Precision::Inexact(if v.is_null() {
-            num_records.unwrap_or_default()
-        } else {
-            0
-        });
+        c.min_value = Precision::Exact(v.clone());
+        c.max_value = Precision::Exact(v.clone());
+        if let Some(n) = num_records {
+            c.null_count = Precision::Exact(if v.is_null() { n } else { 0 });
+        }
         columns.push(c);
     }
     Statistics {
-        num_rows: num_records.map_or(Precision::Absent, Precision::Inexact),
+        num_rows: num_records.map_or(Precision::Absent, Precision::Exact),
         total_byte_size: Precision::Inexact(size as usize),
         column_statistics: columns,
     }
@@ -395,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn statistics_follow_the_table_columns_and_stay_inexact() {
+    fn statistics_follow_the_table_columns() {
         let schema = Schema::new(vec![
             Field::new("id", DataType::Int64, true),
             Field::new("name", DataType::Utf8, true),
@@ -412,14 +420,14 @@ mod tests {
         assert_eq!(stats.column_statistics.len(), 3);
         assert_eq!(
             stats.column_statistics[0].min_value,
-            Precision::Inexact(ScalarValue::Int64(Some(1)))
+            Precision::Exact(ScalarValue::Int64(Some(1)))
         );
         assert_eq!(stats.column_statistics[1].min_value, Precision::Absent);
-        assert_eq!(stats.column_statistics[1].null_count, Precision::Inexact(2));
+        assert_eq!(stats.column_statistics[1].null_count, Precision::Exact(2));
         assert_eq!(
             stats.column_statistics[2].max_value,
-            Precision::Inexact(ScalarValue::Utf8(Some("EMEA".into())))
+            Precision::Exact(ScalarValue::Utf8(Some("EMEA".into())))
         );
-        assert_eq!(stats.num_rows, Precision::Inexact(10));
+        assert_eq!(stats.num_rows, Precision::Exact(10));
     }
 }
