@@ -23,7 +23,7 @@ use datafusion::common::{ColumnStatistics, Result, ScalarValue, Statistics, proj
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -336,26 +336,25 @@ impl TableProvider for DeltaNativeProvider {
                 projection,
             )?)));
         }
-        let partitions = state
-            .config()
-            .target_partitions()
-            .max(1)
-            .min(self.files.len());
-        // Larger files first, dealt round-robin: groups of similar size.
-        let mut files = self.files.clone();
-        files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
-        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
-        for (i, f) in files.into_iter().enumerate() {
-            groups[i % partitions].push(f);
-        }
+        let (groups, statistics) = crate::file_groups::grouped(
+            self.files.clone(),
+            state.config().target_partitions(),
+            &self.schema,
+        )?;
         let parquet_options = state.table_options().parquet.clone();
         let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
             .with_table_partition_cols(self.partition_fields.clone())
             .build();
         let source =
             ParquetSource::new(table_schema).with_table_parquet_options(parquet_options.clone());
-        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
-            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+        // Per-group and whole-scan statistics from the files' own, so that
+        // join planning sees row counts and bounds as for any Parquet table.
+        let mut config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            .with_file_groups(groups);
+        if let Some(statistics) = statistics {
+            config = config.with_statistics(statistics);
+        }
+        let config = config
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();

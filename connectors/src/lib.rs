@@ -18,6 +18,7 @@ pub mod contract_table;
 pub mod delta;
 pub mod error;
 pub mod facts;
+mod file_groups;
 pub mod iceberg;
 pub mod mesh_scan;
 pub mod open;

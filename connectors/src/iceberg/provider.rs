@@ -17,7 +17,7 @@ use datafusion::common::{Result, Statistics, project_schema};
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -259,6 +259,13 @@ impl TableProvider for IcebergTableProvider {
             let mut file = PartitionedFile::new(path, task.file_size_in_bytes);
             if task.start != 0 || task.length != task.file_size_in_bytes {
                 file = file.with_range(task.start as i64, (task.start + task.length) as i64);
+            } else if let Some(rows) = task.record_count {
+                // The manifest's row count, for join planning (a split
+                // file's rows are not known per range).
+                let mut stats = Statistics::new_unknown(&self.schema);
+                stats.num_rows = Precision::Inexact(rows as usize);
+                stats.total_byte_size = Precision::Inexact(task.file_size_in_bytes as usize);
+                file = file.with_statistics(Arc::new(stats));
             }
             by_store
                 .entry(store_root(&url).to_string())
@@ -273,16 +280,17 @@ impl TableProvider for IcebergTableProvider {
         }
         let (root, files) = by_store.into_iter().next().expect("one store");
         let store_url = ObjectStoreUrl::parse(&root)?;
-        let partitions = state.config().target_partitions().max(1).min(files.len());
-        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
-        for (i, f) in files.into_iter().enumerate() {
-            groups[i % partitions].push(f);
-        }
+        let (groups, statistics) =
+            crate::file_groups::grouped(files, state.config().target_partitions(), &self.schema)?;
         let parquet_options = state.table_options().parquet.clone();
         let source = ParquetSource::new(Arc::clone(&self.schema))
             .with_table_parquet_options(parquet_options.clone());
-        let config = FileScanConfigBuilder::new(store_url, Arc::new(source))
-            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+        let mut config =
+            FileScanConfigBuilder::new(store_url, Arc::new(source)).with_file_groups(groups);
+        if let Some(statistics) = statistics {
+            config = config.with_statistics(statistics);
+        }
+        let config = config
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .with_expr_adapter(Some(Arc::new(FieldIdAdapterFactory::new(
