@@ -429,4 +429,76 @@ mod tests {
         );
         assert_eq!(stats.num_rows, Precision::Exact(10));
     }
+
+    /// A Delta table from a hand-written first commit.
+    async fn table_with(
+        dir: &std::path::Path,
+        protocol: &str,
+        configuration: &str,
+        add: &str,
+    ) -> deltalake::DeltaTable {
+        let log = dir.join("_delta_log");
+        std::fs::create_dir_all(&log).unwrap();
+        // Column mapping needs each field's id and physical name.
+        let field_metadata = if configuration.contains("columnMapping") {
+            r#"\"delta.columnMapping.id\":1,\"delta.columnMapping.physicalName\":\"col-1\""#
+        } else {
+            ""
+        };
+        let schema = format!(
+            r#"{{\"type\":\"struct\",\"fields\":[{{\"name\":\"id\",\"type\":\"long\",\"nullable\":true,\"metadata\":{{{field_metadata}}}}}]}}"#
+        );
+        let mut commit = format!(
+            "{{\"protocol\":{protocol}}}\n{{\"metaData\":{{\"id\":\"t\",\"format\":{{\"provider\":\"parquet\",\"options\":{{}}}},\"schemaString\":\"{schema}\",\"partitionColumns\":[],\"configuration\":{configuration},\"createdTime\":1}}}}\n"
+        );
+        if !add.is_empty() {
+            commit.push_str(add);
+            commit.push('\n');
+        }
+        std::fs::write(log.join("00000000000000000000.json"), commit).unwrap();
+        let url = Url::from_directory_path(dir).unwrap();
+        deltalake::DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .load()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn deletion_vectors_and_column_mapping_stay_on_delta_rs_scan() {
+        let add = r#"{"add":{"path":"part-0.parquet","partitionValues":{},"size":100,"modificationTime":1,"dataChange":true,"stats":"{\"numRecords\":3}"}}"#;
+        let plain = tempfile::tempdir().unwrap();
+        let t = table_with(
+            plain.path(),
+            r#"{"minReaderVersion":1,"minWriterVersion":2}"#,
+            "{}",
+            add,
+        )
+        .await;
+        assert_eq!(needs_delta_scan(&t), None);
+
+        let dv = tempfile::tempdir().unwrap();
+        let add_dv = r#"{"add":{"path":"part-0.parquet","partitionValues":{},"size":100,"modificationTime":1,"dataChange":true,"stats":"{\"numRecords\":3}","deletionVector":{"storageType":"i","pathOrInlineDv":"wi5b=000010000siXQKl0rr91000f55c8Xg0@@D72lkbi5=-{L","sizeInBytes":40,"cardinality":1}}}"#;
+        let t = table_with(
+            dv.path(),
+            r#"{"minReaderVersion":3,"minWriterVersion":7,"readerFeatures":["deletionVectors"],"writerFeatures":["deletionVectors"]}"#,
+            r#"{"delta.enableDeletionVectors":"true"}"#,
+            add_dv,
+        )
+        .await;
+        assert_eq!(needs_delta_scan(&t).as_deref(), Some("deletion vectors"));
+
+        let cm = tempfile::tempdir().unwrap();
+        let t = table_with(
+            cm.path(),
+            r#"{"minReaderVersion":2,"minWriterVersion":5}"#,
+            r#"{"delta.columnMapping.mode":"name","delta.columnMapping.maxColumnId":"1"}"#,
+            "",
+        )
+        .await;
+        assert_eq!(
+            needs_delta_scan(&t).as_deref(),
+            Some("column mapping mode `name`")
+        );
+    }
 }
