@@ -20,10 +20,7 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
 use datafusion::common::{ColumnStatistics, Result, ScalarValue, Statistics, project_schema};
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -336,32 +333,19 @@ impl TableProvider for DeltaNativeProvider {
                 projection,
             )?)));
         }
-        let (groups, statistics) = crate::file_groups::grouped(
-            self.files.clone(),
-            state.config().target_partitions(),
-            &self.schema,
-        )?;
-        let parquet_options = state.table_options().parquet.clone();
         let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
             .with_table_partition_cols(self.partition_fields.clone())
             .build();
-        let source =
-            ParquetSource::new(table_schema).with_table_parquet_options(parquet_options.clone());
-        // Per-group and whole-scan statistics from the files' own, so that
-        // join planning sees row counts and bounds as for any Parquet table.
-        let mut config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
-            .with_file_groups(groups);
-        if let Some(statistics) = statistics {
-            config = config.with_statistics(statistics);
-        }
-        let config = config
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        ParquetFormat::default()
-            .with_options(parquet_options)
-            .create_physical_plan(state, config)
-            .await
+        crate::file_groups::parquet_scan(
+            state,
+            self.store_url.clone(),
+            table_schema,
+            self.files.clone(),
+            projection,
+            limit,
+            None,
+        )
+        .await
     }
 }
 

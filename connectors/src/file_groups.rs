@@ -1,19 +1,61 @@
-//! Files dealt into scan partitions, with the statistics join planning
-//! reads: DataFusion's listing tables attach them; the Delta and Iceberg
-//! providers build their file groups themselves and attach them here.
+//! The Parquet scan the Delta and Iceberg providers share: their files
+//! dealt into scan partitions with the statistics join planning reads (as
+//! DataFusion's listing tables attach them), read by DataFusion's Parquet
+//! source.
 
-use datafusion::common::{Result, Statistics};
-use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::FileGroup;
 use std::sync::Arc;
 
 use arrow::datatypes::Schema;
+use datafusion::catalog::Session;
+use datafusion::common::{Result, Statistics};
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::physical_expr_adapter::PhysicalExprAdapterFactory;
+use datafusion::physical_plan::ExecutionPlan;
+
+/// The Parquet scan of `files` (in `store_url`) for a table whose columns
+/// are `table_schema`; `adapter` maps the table's columns to each file's
+/// (Iceberg field ids), else DataFusion's default.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn parquet_scan(
+    state: &dyn Session,
+    store_url: ObjectStoreUrl,
+    table_schema: TableSchema,
+    files: Vec<PartitionedFile>,
+    projection: Option<&Vec<usize>>,
+    limit: Option<usize>,
+    adapter: Option<Arc<dyn PhysicalExprAdapterFactory>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = Arc::clone(table_schema.table_schema());
+    let (groups, statistics) = grouped(files, state.config().target_partitions(), &schema)?;
+    let parquet_options = state.table_options().parquet.clone();
+    let source =
+        ParquetSource::new(table_schema).with_table_parquet_options(parquet_options.clone());
+    let mut config =
+        FileScanConfigBuilder::new(store_url, Arc::new(source)).with_file_groups(groups);
+    if let Some(statistics) = statistics {
+        config = config.with_statistics(statistics);
+    }
+    let config = config
+        .with_projection_indices(projection.cloned())?
+        .with_limit(limit)
+        .with_expr_adapter(adapter)
+        .build();
+    ParquetFormat::default()
+        .with_options(parquet_options)
+        .create_physical_plan(state, config)
+        .await
+}
 
 /// `files` dealt round-robin into at most `partitions` groups, larger
 /// files first, each group with the merge of its files' statistics, and
 /// the merge over all groups. Without statistics for every file, the
 /// groups and the scan carry none (a partial sum would undercount).
-pub(crate) fn grouped(
+fn grouped(
     mut files: Vec<PartitionedFile>,
     partitions: usize,
     schema: &Schema,

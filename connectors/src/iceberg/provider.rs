@@ -14,10 +14,8 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
 use datafusion::common::{Result, Statistics, project_schema};
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -280,27 +278,18 @@ impl TableProvider for IcebergTableProvider {
         }
         let (root, files) = by_store.into_iter().next().expect("one store");
         let store_url = ObjectStoreUrl::parse(&root)?;
-        let (groups, statistics) =
-            crate::file_groups::grouped(files, state.config().target_partitions(), &self.schema)?;
-        let parquet_options = state.table_options().parquet.clone();
-        let source = ParquetSource::new(Arc::clone(&self.schema))
-            .with_table_parquet_options(parquet_options.clone());
-        let mut config =
-            FileScanConfigBuilder::new(store_url, Arc::new(source)).with_file_groups(groups);
-        if let Some(statistics) = statistics {
-            config = config.with_statistics(statistics);
-        }
-        let config = config
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .with_expr_adapter(Some(Arc::new(FieldIdAdapterFactory::new(
+        crate::file_groups::parquet_scan(
+            state,
+            store_url,
+            TableSchema::from(Arc::clone(&self.schema)),
+            files,
+            projection,
+            limit,
+            Some(Arc::new(FieldIdAdapterFactory::new(
                 self.identity_sources(),
-            ))))
-            .build();
-        ParquetFormat::default()
-            .with_options(parquet_options)
-            .create_physical_plan(state, config)
-            .await
+            ))),
+        )
+        .await
     }
 }
 
