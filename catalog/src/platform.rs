@@ -55,6 +55,39 @@ pub struct PlatformConfig {
     /// Where OpenLineage run events of served queries go; none when unset.
     #[serde(default)]
     pub openlineage: Option<OpenLineageConfig>,
+    /// The result cache of `meshq serve`.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// `cache:` — query results kept in memory and served again to principals
+/// whose policies make the same plan (see the engine's `cache` module).
+///
+/// ```yaml
+/// cache: { enabled: true, max_bytes: 512MiB, ttl: 10m }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Off unless set.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Most bytes of Arrow data kept (default 256 MiB), accounted in the
+    /// server's memory pool; least recently used results go first. One
+    /// result larger than a quarter of this is not kept.
+    #[serde(default)]
+    pub max_bytes: Option<crate::limits::ByteSize>,
+    /// How long a result may be served after it was computed (default
+    /// 10m). A reload, or new files in a table it read, ends it sooner.
+    #[serde(default)]
+    pub ttl: Option<crate::limits::DurationSpec>,
+}
+
+impl CacheConfig {
+    /// Default of `max_bytes`.
+    pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+    /// Default of `ttl`.
+    pub const DEFAULT_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 }
 
 /// `openlineage:` — run events for every query `meshq serve` answers,

@@ -472,6 +472,9 @@ fn platform_yaml() -> Result<String> {
          # Secrets and credentials are {{ env: VAR }} references, never literals;\n\
          # `meshq demo` supplies a demo key when {DEMO_SECRET_ENV} is not set.\n\
          secrets:\n  pii-key: {{ env: {DEMO_SECRET_ENV} }}\n\
+         # Repeated dashboard queries are answered from memory; entries are\n\
+         # shared only by principals whose policies make the same plan.\n\
+         cache: {{ enabled: true, max_bytes: 256MiB, ttl: 10m }}\n\
          principals:\n"
     );
     for (name, password, roles, region) in DEMO_PRINCIPALS {

@@ -298,10 +298,11 @@ async fn storage_faults_fail_one_product_and_heal_without_a_restart() {
     let n_orders = count(&query(&mut gina, orders).await);
     let n_shipments = count(&query(&mut gina, shipments).await);
 
-    // A data file deleted, then restored.
-    let part = mesh.join("customers/data/profiles/part-00000.parquet");
-    let aside = mesh.join("part.aside");
-    std::fs::rename(&part, &aside).unwrap();
+    // The data folder removed, then restored (files are listed at every
+    // scan: a missing folder is a fault, not an empty table).
+    let folder = mesh.join("customers/data/profiles");
+    let aside = mesh.join("profiles.aside");
+    std::fs::rename(&folder, &aside).unwrap();
     let e = try_query(&mut gina, profiles).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     assert!(
@@ -310,8 +311,9 @@ async fn storage_faults_fail_one_product_and_heal_without_a_restart() {
         "{e}"
     );
     assert_eq!(count(&query(&mut gina, orders).await), n_orders);
-    std::fs::rename(&aside, &part).unwrap();
+    std::fs::rename(&aside, &folder).unwrap();
     assert_eq!(count(&query(&mut gina, profiles).await), n_profiles);
+    let part = folder.join("part-00000.parquet");
 
     // A corrupt data file, then restored.
     let good = std::fs::read(&part).unwrap();
@@ -801,7 +803,20 @@ async fn metrics_and_health_describe_the_server() {
     assert_eq!(get("meshq_reloads_total{result=\"ok\"}"), 1.0);
     assert_eq!(get("meshq_ready"), 1.0);
     assert_eq!(get("meshq_tables_served"), 4.0);
-    assert_eq!(get("meshq_memory_reserved_bytes"), 0.0);
+    // The demo turns the result cache on: the one result is kept, its
+    // bytes reserved from the memory pool.
+    assert_eq!(get("meshq_result_cache_misses_total"), 1.0);
+    assert_eq!(get("meshq_result_cache_hits_total"), 0.0);
+    assert_eq!(get("meshq_result_cache_entries"), 1.0);
+    assert!(get("meshq_result_cache_bytes") > 100_000.0);
+    assert_eq!(
+        get("meshq_memory_reserved_bytes"),
+        get("meshq_result_cache_bytes")
+    );
+    query(&mut pat, "SELECT * FROM sales.orders").await;
+    let m = scrape(&server);
+    assert_eq!(m["meshq_result_cache_hits_total"], 1.0);
+    assert_eq!(m["meshq_result_rows_total"], 24000.0);
     assert!(get("meshq_mesh_loaded_timestamp_seconds") > 1.7e9);
     assert_eq!(get("meshq_auth_failures_total"), 0.0);
     // Freshness per table: the demo was written just now, so orders (Delta,
@@ -1063,7 +1078,11 @@ async fn sixty_four_clients_under_load_each_see_only_their_own() {
     // and caches, stays well under 2 GiB.
     assert!(rss < 2 << 30, "peak RSS {} MiB", rss >> 20);
     assert_eq!(m["meshq_queries_running"], 0.0);
-    assert_eq!(m["meshq_memory_reserved_bytes"], 0.0);
+    // Only the result cache holds memory once the queries are done.
+    assert_eq!(
+        m["meshq_memory_reserved_bytes"],
+        m["meshq_result_cache_bytes"]
+    );
     let ok = m["meshq_queries_total{kind=\"query\",outcome=\"ok\"}"] as usize;
     assert!(
         ok >= totals.iter().sum::<usize>(),

@@ -48,6 +48,8 @@ pub struct ContractTableProvider {
     /// For each exposed column, where it comes from.
     columns: Vec<ContractColumn>,
     constraints: Option<Constraints>,
+    /// A local folder or file the data must be in when it is read.
+    required_path: Option<std::path::PathBuf>,
 }
 
 impl ContractTableProvider {
@@ -76,6 +78,27 @@ impl ContractTableProvider {
             schema,
             columns,
             constraints: None,
+            required_path: None,
+        }
+    }
+
+    /// Refuses scans while `path` does not exist: a listing of a missing
+    /// local folder is empty, and a product whose data folder vanished
+    /// must fail as unavailable, not answer with no rows.
+    pub fn with_required_path(mut self, path: std::path::PathBuf) -> Self {
+        self.required_path = Some(path);
+        self
+    }
+
+    fn check_present(&self) -> Result<()> {
+        match &self.required_path {
+            Some(p) if !p.exists() => Err(datafusion::error::DataFusionError::ObjectStore(
+                Box::new(object_store::Error::NotFound {
+                    path: p.display().to_string(),
+                    source: format!("the data of `{}` is missing", self.table).into(),
+                }),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -134,6 +157,7 @@ impl TableProvider for ContractTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.check_present()?;
         let projection = self.map_projection(projection)?;
         let plan = self
             .inner
@@ -147,6 +171,7 @@ impl TableProvider for ContractTableProvider {
         state: &dyn Session,
         args: ScanArgs<'a>,
     ) -> Result<ScanResult> {
+        self.check_present()?;
         let projection = self.map_projection(args.projection().map(<[usize]>::to_vec).as_ref())?;
         let inner_args = ScanArgs::default()
             .with_projection(Some(&projection))

@@ -83,59 +83,9 @@ pub(crate) fn iceberg_facts(
 /// the location through the runtime's object stores (registered when the
 /// table was opened).
 pub async fn listing_facts(runtime: &RuntimeEnv, def: &TableDef) -> TableFacts {
-    let url = match &def.source.location {
-        Location::Local(p) if !p.to_string_lossy().contains(['*', '?', '[']) => {
-            match url::Url::from_file_path(p) {
-                Ok(u) => u,
-                Err(()) => return TableFacts::default(),
-            }
-        }
-        Location::Url(u) if !u.as_str().contains(['*', '?', '[']) => u.clone(),
-        _ => return TableFacts::default(),
-    };
-    let Ok(store_url) = ObjectStoreUrl::parse(&url[..url::Position::BeforePath]) else {
+    let Some((store, files)) = listed_files(runtime, def).await else {
         return TableFacts::default();
     };
-    let Ok(store) = runtime.object_store(&store_url) else {
-        return TableFacts::default();
-    };
-    let Ok(prefix) = StorePath::from_url_path(url.path()) else {
-        return TableFacts::default();
-    };
-    let ext = match def.source.format {
-        Format::Parquet => ".parquet",
-        Format::Csv => ".csv",
-        Format::Json => ".json",
-        Format::Delta | Format::Iceberg => return TableFacts::default(),
-    };
-    let mut files = Vec::new();
-    let mut listing = store.list(Some(&prefix));
-    loop {
-        match listing.try_next().await {
-            Ok(Some(meta)) => {
-                let name = meta.location.filename().unwrap_or_default();
-                if name.starts_with(['.', '_']) {
-                    continue;
-                }
-                // A single named file is read whatever its extension.
-                if meta.location != prefix && !name.ends_with(ext) {
-                    continue;
-                }
-                files.push(meta);
-                if files.len() > MAX_LISTED_FILES {
-                    return TableFacts::default();
-                }
-            }
-            Ok(None) => break,
-            Err(_) => return TableFacts::default(),
-        }
-    }
-    if files.is_empty() {
-        // A single file: `list` of a file path lists nothing on some stores.
-        if let Ok(meta) = store.head(&prefix).await {
-            files.push(meta);
-        }
-    }
     let last_modified_ms = files
         .iter()
         .map(|m| m.last_modified.timestamp_millis())
@@ -150,6 +100,74 @@ pub async fn listing_facts(runtime: &RuntimeEnv, def: &TableDef) -> TableFacts {
         version: None,
         last_modified_ms,
     }
+}
+
+/// A fingerprint of a Parquet, CSV or JSON table's file set: every file's
+/// path, size, modification time and entity tag. It changes when a file is
+/// added, removed or rewritten. `None` when the set cannot be listed (a
+/// glob location, more than [`MAX_LISTED_FILES`] files, a storage error) or
+/// the table is Delta or Iceberg (their version is the snapshot's).
+pub async fn listing_version(runtime: &RuntimeEnv, def: &TableDef) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let (_, mut files) = listed_files(runtime, def).await?;
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut h = std::hash::DefaultHasher::new();
+    for f in &files {
+        f.location.as_ref().hash(&mut h);
+        f.size.hash(&mut h);
+        f.last_modified.timestamp_nanos_opt().hash(&mut h);
+        f.e_tag.hash(&mut h);
+    }
+    files.len().hash(&mut h);
+    Some(h.finish())
+}
+
+/// The data files of a file-based table, listed through the runtime's
+/// object stores (registered when the table was opened).
+async fn listed_files(
+    runtime: &RuntimeEnv,
+    def: &TableDef,
+) -> Option<(Arc<dyn ObjectStore>, Vec<object_store::ObjectMeta>)> {
+    let url = match &def.source.location {
+        Location::Local(p) if !p.to_string_lossy().contains(['*', '?', '[']) => {
+            url::Url::from_file_path(p).ok()?
+        }
+        Location::Url(u) if !u.as_str().contains(['*', '?', '[']) => u.clone(),
+        _ => return None,
+    };
+    let store_url = ObjectStoreUrl::parse(&url[..url::Position::BeforePath]).ok()?;
+    let store = runtime.object_store(&store_url).ok()?;
+    let prefix = StorePath::from_url_path(url.path()).ok()?;
+    let ext = match def.source.format {
+        Format::Parquet => ".parquet",
+        Format::Csv => ".csv",
+        Format::Json => ".json",
+        Format::Delta | Format::Iceberg => return None,
+    };
+    let mut files = Vec::new();
+    let mut listing = store.list(Some(&prefix));
+    while let Some(meta) = listing.try_next().await.ok()? {
+        let name = meta.location.filename().unwrap_or_default();
+        if name.starts_with(['.', '_']) {
+            continue;
+        }
+        // A single named file is read whatever its extension.
+        if meta.location != prefix && !name.ends_with(ext) {
+            continue;
+        }
+        files.push(meta);
+        if files.len() > MAX_LISTED_FILES {
+            return None;
+        }
+    }
+    drop(listing);
+    if files.is_empty() {
+        // A single file: `list` of a file path lists nothing on some stores.
+        if let Ok(meta) = store.head(&prefix).await {
+            files.push(meta);
+        }
+    }
+    Some((store, files))
 }
 
 async fn parquet_rows(

@@ -468,6 +468,15 @@ fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<Opened
         .filter_map(|name| def.columns.iter().position(|c| c.name == *name))
         .collect();
     let mut view = ContractTableProvider::with_columns(table.clone(), inner, columns);
+    if let Location::Local(path) = &def.source.location
+        && matches!(
+            def.source.format,
+            Format::Parquet | Format::Csv | Format::Json
+        )
+        && !path.to_string_lossy().contains(['*', '?', '['])
+    {
+        view = view.with_required_path(path.clone());
+    }
     if !pk.is_empty() {
         view = view.with_constraints(Constraints::new_unverified(vec![Constraint::PrimaryKey(
             pk,

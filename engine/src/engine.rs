@@ -128,6 +128,8 @@ struct Inner {
     /// The latest quality results, shared with the versions before and
     /// after this one.
     quality: Arc<crate::quality::QualityBoard>,
+    /// Results of this version's queries (`cache:`).
+    cache: Arc<crate::cache::ResultCache>,
 }
 
 /// Identity of each mesh version loaded in this process.
@@ -228,6 +230,13 @@ impl Engine {
         let tables = Arc::new(tables);
         let template = template_state(session_config, Arc::clone(&runtime), &tables);
         let table_functions = Arc::new(template.table_functions().clone());
+        let cache = Arc::new(crate::cache::ResultCache::new(
+            &mesh.config.cache,
+            &runtime.memory_pool,
+            previous
+                .map(|p| Arc::clone(p.inner.cache.stats()))
+                .unwrap_or_default(),
+        ));
         info!(
             tables = served.len(),
             problems = problems.len(),
@@ -252,6 +261,7 @@ impl Engine {
                 quality: previous
                     .map(|p| Arc::clone(&p.inner.quality))
                     .unwrap_or_default(),
+                cache,
             }),
         })
     }
@@ -279,6 +289,11 @@ impl Engine {
     /// tries them again.
     pub fn unopened(&self) -> usize {
         self.inner.unopened
+    }
+
+    /// This version's result cache.
+    pub fn result_cache(&self) -> &Arc<crate::cache::ResultCache> {
+        &self.inner.cache
     }
 
     /// The latest quality results of the served tables.
@@ -550,7 +565,15 @@ fn runtime_for(
     {
         return Ok(Arc::clone(&p.inner.runtime));
     }
-    let mut runtime = RuntimeEnvBuilder::new();
+    // File listings are not cached: a file added to a Parquet, CSV or JSON
+    // product is read by the next query (DataFusion would otherwise keep
+    // the first listing for the life of the process), and the result
+    // cache's key, which lists the files too, describes what the scan
+    // reads.
+    let mut runtime = RuntimeEnvBuilder::new().with_cache_manager(
+        datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+            .with_list_files_cache_limit(0),
+    );
     if let Some(limit) = memory.0 {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
     }

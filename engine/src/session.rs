@@ -18,6 +18,7 @@ use datafusion::catalog::{CatalogProvider, MemorySchemaProvider, SchemaProvider}
 use datafusion::common::ParamValues;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::dataframe::DataFrame;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -576,6 +577,8 @@ impl MeshSession {
             return Ok(PhysicalQuery {
                 plan: Arc::new(EmptyExec::new(schema)),
                 task: state.task_ctx(),
+                fill: None,
+                cached: false,
             });
         }
         if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) {
@@ -584,12 +587,45 @@ impl MeshSession {
             return Ok(PhysicalQuery {
                 plan: physical,
                 task: ctx.task_ctx(),
+                fill: None,
+                cached: false,
             });
         }
-        let physical = state.create_physical_plan(&plan).await?;
+        let optimized = state.optimize(&plan)?;
+        let cache = self.engine.result_cache();
+        let fill = if cache.enabled() {
+            let settings = self.data.settings();
+            match crate::cache::cache_key(&self.engine, &settings, &plan, &optimized).await {
+                Some(key) => match cache.probe(key) {
+                    crate::cache::Probe::Hit(schema, batches) => {
+                        let plan = MemorySourceConfig::try_new_exec(
+                            &[batches.as_ref().clone()],
+                            schema,
+                            None,
+                        )?;
+                        return Ok(PhysicalQuery {
+                            plan,
+                            task: state.task_ctx(),
+                            fill: None,
+                            cached: true,
+                        });
+                    }
+                    crate::cache::Probe::Miss(fill) => Some(fill),
+                },
+                None => None,
+            }
+        } else {
+            None
+        };
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&optimized, &state)
+            .await?;
         Ok(PhysicalQuery {
             plan: physical,
             task: state.task_ctx(),
+            fill,
+            cached: false,
         })
     }
 
@@ -650,11 +686,37 @@ pub struct PhysicalQuery {
     pub plan: Arc<dyn ExecutionPlan>,
     /// Runtime (memory pool, spill files) and config.
     pub task: Arc<TaskContext>,
+    /// Stores the result in the cache once it has been read to the end.
+    fill: Option<crate::cache::CacheFill>,
+    /// Answered from the result cache.
+    cached: bool,
 }
 
 impl PhysicalQuery {
     /// Starts the query.
     pub fn execute(&self) -> Result<SendableRecordBatchStream> {
-        datafusion::physical_plan::execute_stream(Arc::clone(&self.plan), Arc::clone(&self.task))
+        let stream = datafusion::physical_plan::execute_stream(
+            Arc::clone(&self.plan),
+            Arc::clone(&self.task),
+        )?;
+        Ok(match &self.fill {
+            Some(fill) => fill.clone().wrap(stream),
+            None => stream,
+        })
+    }
+
+    /// Whether the result comes from the result cache.
+    pub fn is_cached(&self) -> bool {
+        self.cached
+    }
+
+    /// For the audit log: `hit` (from the cache), `miss` (computed, to be
+    /// kept), or `None` (not cacheable, or the cache is off).
+    pub fn cache_use(&self) -> Option<&'static str> {
+        match (self.cached, &self.fill) {
+            (true, _) => Some("hit"),
+            (false, Some(_)) => Some("miss"),
+            _ => None,
+        }
     }
 }

@@ -112,6 +112,11 @@ pub struct AuditRecord {
     pub bytes: u64,
     /// Bytes spilled to disk.
     pub spilled_bytes: u64,
+    /// `hit` when the result came from the result cache, `miss` when it
+    /// was computed and could be kept; absent when the cache is off or the
+    /// query is not cacheable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_cache: Option<&'static str>,
     /// Time waiting in the queue, milliseconds.
     pub queued_ms: u64,
     /// From the call to the last batch (or the error), milliseconds.

@@ -128,6 +128,7 @@ fn sample(metrics: &Metrics, live: &LiveEngine, ops: &Operations, sessions: usiz
         metrics
             .tables_served
             .set(engine.served_tables().len() as i64);
+        metrics.result_cache(&engine.result_cache().stats().counters());
     }
 }
 

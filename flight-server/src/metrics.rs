@@ -42,6 +42,11 @@ pub struct Metrics {
     table_late: Family<Labels, Gauge>,
     table_quality_passing: Family<Labels, Gauge>,
     table_quality_failed_rules: Family<Labels, Gauge>,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_evictions: Counter,
+    cache_bytes: Gauge,
+    cache_entries: Gauge,
     /// Sampled at scrape time.
     pub(crate) sessions: Gauge,
     pub(crate) running: Gauge,
@@ -158,11 +163,41 @@ impl Metrics {
             "Error-severity quality rules of a served table that failed or could not run at the last periodic check",
             table_quality_failed_rules.clone(),
         );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let cache_hits = counter(
+            &mut registry,
+            "result_cache_hits",
+            "Queries answered from the result cache",
+        );
+        let cache_misses = counter(
+            &mut registry,
+            "result_cache_misses",
+            "Cacheable queries that were not in the result cache",
+        );
+        let cache_evictions = counter(
+            &mut registry,
+            "result_cache_evictions",
+            "Results dropped from the cache to make room or because they expired",
+        );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let g = Gauge::default();
             registry.register(name, help, g.clone());
             g
         };
+        let cache_bytes = gauge(
+            &mut registry,
+            "result_cache_bytes",
+            "Bytes of results held by the result cache (also reserved from the memory pool)",
+        );
+        let cache_entries = gauge(
+            &mut registry,
+            "result_cache_entries",
+            "Results held by the result cache",
+        );
         let sessions = gauge(&mut registry, "sessions_active", "Logged-in sessions");
         let running = gauge(&mut registry, "queries_running", "Queries running");
         let queued = gauge(&mut registry, "queries_queued", "Queries waiting to run");
@@ -210,6 +245,11 @@ impl Metrics {
             table_late,
             table_quality_passing,
             table_quality_failed_rules,
+            cache_hits,
+            cache_misses,
+            cache_evictions,
+            cache_bytes,
+            cache_entries,
             sessions,
             running,
             queued,
@@ -303,6 +343,22 @@ impl Metrics {
         self.table_quality_failed_rules
             .get_or_create(&l)
             .set(failed_rules as i64);
+    }
+
+    /// The result cache's counters, sampled (they only grow, across
+    /// reloads too).
+    pub(crate) fn result_cache(&self, c: &meshq_engine::cache::CacheCounters) {
+        let catch_up = |counter: &Counter, now: u64| {
+            let seen = counter.get();
+            if now > seen {
+                counter.inc_by(now - seen);
+            }
+        };
+        catch_up(&self.cache_hits, c.hits);
+        catch_up(&self.cache_misses, c.misses);
+        catch_up(&self.cache_evictions, c.evictions);
+        self.cache_bytes.set(c.bytes as i64);
+        self.cache_entries.set(c.entries as i64);
     }
 
     /// A mesh load or reload.

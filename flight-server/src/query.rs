@@ -381,6 +381,7 @@ impl Lifecycle {
             Ok(Err(e)) => return trace.check(Err(errors(&e))),
             Err(_) => return trace.check(Err(panicked(id, "execution"))),
         };
+        trace.record.result_cache = query.cache_use();
         let inner = trace.check(query.execute().map_err(|e| errors(&e)))?;
         let control = Arc::new(QueryControl::new(
             id,

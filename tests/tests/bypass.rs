@@ -156,6 +156,83 @@ async fn leaks(
     (found, answered)
 }
 
+/// Runs the corpus in `session` through the path the server uses
+/// (`execute`, where the result cache sits); (leaks, queries answered
+/// from the cache).
+async fn leaks_via_execute(
+    session: &meshq_engine::MeshSession,
+    secrets: &BTreeSet<String>,
+    mesh: &str,
+) -> (Vec<(String, String)>, usize) {
+    use futures::TryStreamExt;
+    let mut found = Vec::new();
+    let mut hits = 0;
+    let mut queries = corpus(mesh);
+    queries.push("EXECUTE p('AMER')".into());
+    for sql in &queries {
+        let result = async {
+            let plan = session.plan(sql).await?;
+            let query = session.execute(plan, None).await?;
+            let hit = query.is_cached();
+            let batches: Vec<arrow::array::RecordBatch> = query.execute()?.try_collect().await?;
+            Ok::<_, datafusion::error::DataFusionError>((batches, hit))
+        }
+        .await;
+        let text = match result {
+            Ok((batches, hit)) => {
+                hits += hit as usize;
+                arrow::util::pretty::pretty_format_batches(&batches)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            }
+            Err(e) => format!("{e:?} / {e}"),
+        };
+        if let Some(s) = secrets.iter().find(|s| text.contains(s.as_str())) {
+            found.push((sql.clone(), s.clone()));
+        }
+    }
+    (found, hits)
+}
+
+/// With the result cache on and every query first run by pat (who sees raw
+/// values), ana's answers, fresh or from the cache, still reveal nothing.
+#[tokio::test]
+async fn the_result_cache_serves_no_raw_value_to_a_restricted_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let platform = dir.path().join("meshq.yaml");
+    assert!(
+        std::fs::read_to_string(&platform)
+            .unwrap()
+            .contains("cache: { enabled: true"),
+        "the demo mesh turns the result cache on"
+    );
+    let engine = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let mesh = dir.path().canonicalize().unwrap().display().to_string();
+    let secrets = secrets().await;
+    let as_ = |name: &str| engine.session(&engine.mesh().config.principal(name).unwrap());
+    // Control: pat's answers carry raw values (and fill the cache).
+    let (found, _) = leaks_via_execute(&as_("pat"), &secrets, &mesh).await;
+    assert!(found.len() >= 10, "the detector found only {found:?}");
+    let (found, hits) = leaks_via_execute(&as_("pat"), &secrets, &mesh).await;
+    assert!(
+        found.len() >= 10 && hits >= 20,
+        "pat's second run: {hits} hits"
+    );
+    // Ana, twice: the second run comes from her own entries.
+    let (found, hits) = leaks_via_execute(&as_("ana"), &secrets, &mesh).await;
+    assert!(found.is_empty(), "leaks as ana: {found:#?}");
+    assert_eq!(hits, 0, "nothing pat cached is ana's");
+    let (found, hits) = leaks_via_execute(&as_("ana"), &secrets, &mesh).await;
+    assert!(found.is_empty(), "leaks as ana from the cache: {found:#?}");
+    assert!(
+        hits >= 20,
+        "only {hits} of ana's queries came from the cache"
+    );
+}
+
 #[tokio::test]
 async fn restricted_principal_never_sees_a_raw_value() {
     let (dir, _) = fixture().await;

@@ -9,3 +9,4 @@ mod discovery;
 mod iceberg;
 mod policy_equivalence;
 mod policy_plans;
+mod result_cache;

@@ -34,7 +34,7 @@ use super::verify::verify_plan;
 use crate::options::MeshqOptions;
 
 /// Logical barrier above a governed table's policy nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd)]
 pub struct PolicyBarrier {
     /// `domain.table`.
     pub table: String,
@@ -48,6 +48,20 @@ pub struct PolicyBarrier {
     pub token: ScanToken,
     /// The policy nodes.
     pub input: LogicalPlan,
+}
+
+/// Everything but the principal's fingerprint: what the barrier does is
+/// decided by the policies and the nodes below it, so two principals with
+/// the same policies hash alike (the result cache keys on this).
+impl std::hash::Hash for PolicyBarrier {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.table.hash(state);
+        self.applied.hash(state);
+        self.unmasked.hash(state);
+        self.token.mesh_version.hash(state);
+        self.token.policies.hash(state);
+        self.input.hash(state);
+    }
 }
 
 impl PolicyBarrier {
