@@ -38,11 +38,12 @@ struct Args {
     /// DataFusion target partitions (default: the number of cores).
     #[arg(long)]
     partitions: Option<usize>,
-    /// Measurements to run: policy, format, flight, catalog, memory, peers.
+    /// Measurements to run: policy, format, flight, accel, catalog, memory,
+    /// peers.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "policy,format,flight,catalog,memory,peers"
+        default_value = "policy,format,flight,accel,catalog,memory,peers"
     )]
     only: Vec<String>,
     /// Products in the catalog-scale mesh.
@@ -100,7 +101,7 @@ async fn run(args: &Args) -> Result<String> {
         cores()
     )?;
     let ds = Dataset::new(&root, args.sf);
-    if want("policy") || want("format") || want("flight") || want("peers") {
+    if want("policy") || want("format") || want("flight") || want("accel") || want("peers") {
         let start = Instant::now();
         ds.ensure(true).await.context("generating TPC-H data")?;
         eprintln!(
@@ -118,6 +119,9 @@ async fn run(args: &Args) -> Result<String> {
     }
     if want("flight") {
         flight_sql(args, &ds, partitions, &mut out).await?;
+    }
+    if want("accel") {
+        differ += accelerated(args, &ds, partitions, &mut out).await?;
     }
     if want("catalog") {
         catalog(args, &root, &mut out).await?;
@@ -355,7 +359,171 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
         ms(lat.max())
     )?;
     drop(server);
+    result_cache(ds, partitions, out).await
+}
+
+/// The 22 queries over Flight SQL twice on the split mesh with the result
+/// cache on: the first run computes and fills, the second is answered from
+/// the cache. Per principal (exempt, regional), so both policy variants are
+/// cached side by side.
+async fn result_cache(ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
+    let engine = runners::engine(&ds.mesh_split_cached()?, partitions).await?;
+    anyhow::ensure!(engine.result_cache().enabled(), "the cache is off");
+    let stats = std::sync::Arc::clone(engine.result_cache().stats());
+    let server = flight::start(engine, cores())?;
+    writeln!(
+        out,
+        "### Result cache (split mesh, `cache: {{ enabled: true, max_bytes: 1GiB }}`)\n\n\
+The 22 queries once, then again, per principal.\n"
+    )?;
+    writeln!(
+        out,
+        "| principal | first run, total ms (hits) | second run, total ms (hits) | second / first |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|")?;
+    for (user, password) in PASSWORDS {
+        let client = flight::client(server.addr, user, password).await?;
+        let mut answers = Vec::new();
+        let mut totals = [0.0; 2];
+        let mut hits = [0u64; 2];
+        for pass in 0..2 {
+            let before = stats.counters().hits;
+            for (i, (name, sql)) in QUERIES.iter().enumerate() {
+                let mut c = client.clone();
+                let t = Instant::now();
+                let answer = flight::query(&mut c, sql).await?;
+                totals[pass] += t.elapsed().as_secs_f64() * 1000.0;
+                if pass == 0 {
+                    answers.push(answer);
+                } else {
+                    anyhow::ensure!(
+                        answers[i] == answer,
+                        "{name} as {user}: the second answer differs ({:?} vs {answer:?} rows, bytes)",
+                        answers[i]
+                    );
+                }
+            }
+            hits[pass] = stats.counters().hits - before;
+        }
+        eprintln!(
+            "result cache as {user}: {:.1} ms ({} hits) then {:.1} ms ({} hits)",
+            totals[0], hits[0], totals[1], hits[1]
+        );
+        writeln!(
+            out,
+            "| {user} | {:.1} ({}) | {:.1} ({}) | **{:.4}×** |",
+            totals[0],
+            hits[0],
+            totals[1],
+            hits[1],
+            totals[1] / totals[0]
+        )?;
+    }
+    writeln!(
+        out,
+        "\nA first run can hit entries the other principal filled: a query that reads no table with a policy for either (14 of the 22 read no `customer`) has the same plan for both."
+    )?;
+    let c = stats.counters();
+    writeln!(
+        out,
+        "\nCache after both principals: {} entries, {:.1} MB.\n",
+        c.entries,
+        c.bytes as f64 / 1e6
+    )?;
+    drop(server);
     Ok(())
+}
+
+/// The 22 queries over Flight SQL on the split mesh with every port
+/// accelerated in memory, against the same mesh read from its files, for
+/// both principals; the copies' size and the process's memory. Returns
+/// how many answers differ from the unaccelerated mesh's.
+async fn accelerated(
+    args: &Args,
+    ds: &Dataset,
+    partitions: usize,
+    out: &mut String,
+) -> Result<usize> {
+    let plain = runners::engine(&ds.mesh_split(), partitions).await?;
+    let (rss_before, _) = rss();
+    let engine = runners::engine(&ds.mesh_split_accelerated()?, partitions).await?;
+    let started = Instant::now();
+    let outcomes = engine.refresh_accelerations().await;
+    let build = started.elapsed();
+    let mut copy_bytes = 0u64;
+    for (table, outcome) in &outcomes {
+        match outcome {
+            meshq_engine::acceleration::RefreshOutcome::Built { bytes, .. } => copy_bytes += bytes,
+            other => anyhow::bail!("{table} was not accelerated: {other:?}"),
+        }
+    }
+    let (rss_after, peak) = rss();
+    writeln!(
+        out,
+        "## 3b. Accelerated ports (split mesh, every port `engine: memory`, Flight SQL)\n\n\
+{} tables copied into memory in {:.1} s: **{:.1} MiB** of Arrow data; process RSS grew by {:.1} MiB \
+(RSS {:.1} MiB, peak {:.1} MiB, with the source engine loaded too).\n",
+        outcomes.len(),
+        build.as_secs_f64(),
+        copy_bytes as f64 / 1048576.0,
+        rss_after.saturating_sub(rss_before) as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0,
+        peak as f64 / 1048576.0
+    )?;
+    let server = flight::start(engine, cores())?;
+    let source_server = flight::start(plain, cores())?;
+    writeln!(
+        out,
+        "| principal | files, total of medians ms | accelerated, total of medians ms | accelerated / files |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|")?;
+    let mut differ = 0;
+    let mut per_query = String::new();
+    for (user, password) in PASSWORDS {
+        let fast = flight::client(server.addr, user, password).await?;
+        let slow = flight::client(source_server.addr, user, password).await?;
+        let (mut total_fast, mut total_slow) = (0.0, 0.0);
+        for (name, sql) in QUERIES {
+            let (t_slow, a) = measure(args.warmup, args.runs, || {
+                let mut c = slow.clone();
+                async move { flight::query(&mut c, sql).await }
+            })
+            .await?;
+            let (t_fast, b) = measure(args.warmup, args.runs, || {
+                let mut c = fast.clone();
+                async move { flight::query(&mut c, sql).await }
+            })
+            .await?;
+            if a.0 != b.0 {
+                eprintln!(
+                    "{name} as {user}: {} rows accelerated, {} from files",
+                    b.0, a.0
+                );
+                differ += 1;
+            }
+            total_slow += t_slow.median().as_secs_f64() * 1000.0;
+            total_fast += t_fast.median().as_secs_f64() * 1000.0;
+            writeln!(
+                per_query,
+                "| {user} | {name} | {} | {} |",
+                ms(t_slow.median()),
+                ms(t_fast.median())
+            )?;
+        }
+        eprintln!("accelerated as {user}: {total_fast:.1} ms vs {total_slow:.1} ms from files");
+        writeln!(
+            out,
+            "| {user} | {total_slow:.1} | {total_fast:.1} | **{:.3}×** |",
+            total_fast / total_slow
+        )?;
+    }
+    writeln!(
+        out,
+        "\n<details><summary>Per query (median ms)</summary>\n\n| principal | query | files | accelerated |\n|---|---|---:|---:|\n{per_query}</details>\n"
+    )?;
+    drop(server);
+    drop(source_server);
+    Ok(differ)
 }
 
 async fn catalog(args: &Args, root: &std::path::Path, out: &mut String) -> Result<()> {

@@ -140,6 +140,60 @@ impl Dataset {
         self.root.join("mesh-split")
     }
 
+    /// The split mesh with the result cache on (1 GiB): its descriptors
+    /// copied from [`Dataset::mesh_split`], the same data.
+    pub fn mesh_split_cached(&self) -> Result<PathBuf> {
+        self.mesh_split_variant("mesh-split-cached", |name, text| {
+            if name == "meshq.yaml" {
+                format!("{text}cache: {{ enabled: true, max_bytes: 1GiB, ttl: 1h }}\n")
+            } else {
+                text
+            }
+        })
+    }
+
+    /// The split mesh with every port accelerated in memory.
+    pub fn mesh_split_accelerated(&self) -> Result<PathBuf> {
+        self.mesh_split_variant("mesh-split-accelerated", |name, text| {
+            if name.ends_with(".odps.yaml") {
+                text.replace(
+                    " }\n",
+                    ", customProperties: [ { property: acceleration, value: { engine: memory } } ] }\n",
+                )
+            } else {
+                text
+            }
+        })
+    }
+
+    /// A copy of the split mesh's descriptors in `name`, each file's text
+    /// passed through `edit` (file name, text).
+    fn mesh_split_variant(
+        &self,
+        name: &str,
+        edit: impl Fn(&str, String) -> String,
+    ) -> Result<PathBuf> {
+        let from = self.mesh_split();
+        let to = self.root.join(name);
+        let mut stack = vec![from.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                let target = to.join(path.strip_prefix(&from)?);
+                if path.is_dir() {
+                    std::fs::create_dir_all(&target)?;
+                    stack.push(path);
+                } else {
+                    std::fs::create_dir_all(to.join(dir.strip_prefix(&from)?))?;
+                    let file = path.file_name().unwrap_or_default().to_string_lossy();
+                    let text = std::fs::read_to_string(&path)?;
+                    std::fs::write(&target, edit(&file, text))?;
+                }
+            }
+        }
+        Ok(to)
+    }
+
     fn done_marker(&self) -> PathBuf {
         self.root.join(".complete")
     }

@@ -1,6 +1,7 @@
 //! The benchmark harness at a tiny scale factor, so it keeps working: it
 //! checks that meshq's answers equal raw DataFusion's and that the
-//! Delta/Iceberg mesh answers as the Parquet one does. No timing is judged.
+//! Delta/Iceberg mesh answers as the Parquet one does, and that the result
+//! cache and accelerated ports answer as the files do. No timing is judged.
 
 #[test]
 fn the_harness_answers_like_raw_datafusion() {
@@ -10,7 +11,7 @@ fn the_harness_answers_like_raw_datafusion() {
         .arg(dir.path())
         .args([
             "--only",
-            "policy,format,flight,catalog",
+            "policy,format,flight,accel,catalog",
             "--products",
             "100",
             "--latency-queries",
@@ -25,7 +26,12 @@ fn the_harness_answers_like_raw_datafusion() {
         "{report}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for section in ["Policy overhead", "Catalog scale"] {
+    for section in [
+        "Policy overhead",
+        "Result cache",
+        "Accelerated ports",
+        "Catalog scale",
+    ] {
         assert!(report.contains(section), "{report}");
     }
 }

@@ -13,6 +13,7 @@
 //! - A table whose policies cannot be parsed is not served (fail closed).
 //! - Secrets are `{ env: VAR }` references, never literals.
 
+pub mod acceleration;
 pub mod common;
 pub mod error;
 pub mod limits;

@@ -168,6 +168,9 @@ pub struct TableDef {
     pub policy: TablePolicy,
     /// Quality rules: declared, implied by the schema, and freshness.
     pub quality: Vec<crate::quality::QualityRule>,
+    /// Served from a local copy (customProperty `acceleration` of the port
+    /// or the contract's server).
+    pub acceleration: Option<crate::acceleration::Acceleration>,
 }
 
 impl TableDef {

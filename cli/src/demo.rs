@@ -674,7 +674,10 @@ outputPorts:
     type: tables
     version: 1.0.0
     contractId: urn:datacontract:customers:profiles
-    customProperties: [ { property: server, value: local } ]
+    # Served from a copy in memory, rebuilt when the files change.
+    customProperties:
+      - { property: server, value: local }
+      - { property: acceleration, value: { engine: memory, refresh: on-change, maxStaleness: 10m } }
 "#;
 
 const PROFILES_ODCS: &str = r#"apiVersion: v3.1.0

@@ -455,6 +455,11 @@ async fn serve(
                 args.quality_concurrency,
             )
         });
+    // Copies of accelerated tables, refreshed on the reload interval.
+    let _accelerations = meshq_engine::acceleration::spawn_refresher(
+        Arc::clone(&live),
+        std::time::Duration::from_secs_f64(args.reload_interval.max(1.0)),
+    );
     let (listening_tx, listening_rx) = tokio::sync::oneshot::channel();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     let hangups = hangups();
@@ -682,9 +687,16 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
 }
 
 async fn load(mesh: &std::path::Path, config: EngineConfig) -> Result<Engine> {
-    Engine::load(config)
+    let engine = Engine::load(config)
         .await
-        .with_context(|| format!("loading mesh {}", mesh.display()))
+        .with_context(|| format!("loading mesh {}", mesh.display()))?;
+    // Accelerated tables are read from their copies, as a server reads them.
+    for (table, outcome) in engine.refresh_accelerations().await {
+        if let meshq_engine::acceleration::RefreshOutcome::Failed(e) = outcome {
+            eprintln!("Warning: `{table}` is read from its source: {e}");
+        }
+    }
+    Ok(engine)
 }
 
 /// Shell and demo start even with a broken product; say what is missing.

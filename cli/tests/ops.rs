@@ -80,6 +80,29 @@ pub(super) fn scrape(server: &Server) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// What holds memory between queries: the result cache and the copies of
+/// accelerated tables (the demo serves `customers.profiles` from memory).
+pub(super) fn resident_bytes(m: &BTreeMap<String, f64>) -> f64 {
+    m.get("meshq_result_cache_bytes").copied().unwrap_or(0.0)
+        + m.iter()
+            .filter(|(k, _)| k.starts_with("meshq_table_acceleration_bytes{"))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+}
+
+/// Serves `customers.profiles` from its files rather than from a copy.
+pub(super) fn without_acceleration(mesh: &Path) {
+    let path = mesh.join("customers/profiles.odps.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.contains("property: acceleration"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(kept, text);
+    std::fs::write(&path, kept).unwrap();
+}
+
 pub(super) fn metric(server: &Server, key: &str) -> f64 {
     scrape(server).get(key).copied().unwrap_or(0.0)
 }
@@ -284,6 +307,8 @@ async fn reload_swaps_atomically_and_keeps_the_last_good_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_faults_fail_one_product_and_heal_without_a_restart() {
     let (_dir, mesh) = fresh_mesh();
+    // Its storage is what fails here; a copy would hide that.
+    without_acceleration(&mesh);
     let server = start_on(
         &mesh,
         &["--reload-interval", "0", "--metrics-bind", "127.0.0.1:0"],
@@ -455,7 +480,7 @@ async fn resource_limits_time_out_spill_and_queue() {
     assert!(started.elapsed() < Duration::from_secs(20));
     eventually(10, "the cancelled query to let go", || {
         let m = scrape(&server);
-        m["meshq_queries_running"] == 0.0 && m["meshq_memory_reserved_bytes"] == 0.0
+        m["meshq_queries_running"] == 0.0 && m["meshq_memory_reserved_bytes"] == resident_bytes(&m)
     })
     .await;
 
@@ -471,7 +496,7 @@ async fn resource_limits_time_out_spill_and_queue() {
     stalled.try_next().await.unwrap().unwrap();
     eventually(10, "the stalled query to be stopped", || {
         let m = scrape(&server);
-        m["meshq_queries_running"] == 0.0 && m["meshq_memory_reserved_bytes"] == 0.0
+        m["meshq_queries_running"] == 0.0 && m["meshq_memory_reserved_bytes"] == resident_bytes(&m)
     })
     .await;
     let e = loop {
@@ -776,6 +801,11 @@ async fn metrics_and_health_describe_the_server() {
             "{service}"
         );
     }
+    let profiles = "{table=\"customers.profiles\",product=\"urn:dataproduct:customers:profiles\"}";
+    eventually(30, "the copy of customers.profiles", || {
+        metric(&server, &format!("meshq_table_accelerated{profiles}")) == 1.0
+    })
+    .await;
     let mut pat = login(&server, "pat").await;
     query(&mut pat, "SELECT * FROM sales.orders").await;
     let _ = try_query(&mut pat, "SELECT * FROM nowhere.nothing").await;
@@ -804,15 +834,19 @@ async fn metrics_and_health_describe_the_server() {
     assert_eq!(get("meshq_ready"), 1.0);
     assert_eq!(get("meshq_tables_served"), 4.0);
     // The demo turns the result cache on: the one result is kept, its
-    // bytes reserved from the memory pool.
+    // bytes reserved from the memory pool, as are those of the copy of
+    // `customers.profiles`.
     assert_eq!(get("meshq_result_cache_misses_total"), 1.0);
     assert_eq!(get("meshq_result_cache_hits_total"), 0.0);
     assert_eq!(get("meshq_result_cache_entries"), 1.0);
     assert!(get("meshq_result_cache_bytes") > 100_000.0);
+    assert_eq!(get(&format!("meshq_table_accelerated{profiles}")), 1.0);
     assert_eq!(
-        get("meshq_memory_reserved_bytes"),
-        get("meshq_result_cache_bytes")
+        get(&format!("meshq_table_acceleration_failing{profiles}")),
+        0.0
     );
+    assert!(get(&format!("meshq_table_acceleration_bytes{profiles}")) > 0.0);
+    assert_eq!(get("meshq_memory_reserved_bytes"), resident_bytes(&m));
     query(&mut pat, "SELECT * FROM sales.orders").await;
     let m = scrape(&server);
     assert_eq!(m["meshq_result_cache_hits_total"], 1.0);
@@ -1078,11 +1112,9 @@ async fn sixty_four_clients_under_load_each_see_only_their_own() {
     // and caches, stays well under 2 GiB.
     assert!(rss < 2 << 30, "peak RSS {} MiB", rss >> 20);
     assert_eq!(m["meshq_queries_running"], 0.0);
-    // Only the result cache holds memory once the queries are done.
-    assert_eq!(
-        m["meshq_memory_reserved_bytes"],
-        m["meshq_result_cache_bytes"]
-    );
+    // Only the result cache and the copies hold memory once the queries
+    // are done.
+    assert_eq!(m["meshq_memory_reserved_bytes"], resident_bytes(&m));
     let ok = m["meshq_queries_total{kind=\"query\",outcome=\"ok\"}"] as usize;
     assert!(
         ok >= totals.iter().sum::<usize>(),

@@ -39,6 +39,15 @@ pub enum ContractColumn {
     },
 }
 
+/// A local copy of a table's rows in the contract's columns (an
+/// accelerated port), kept current by the engine.
+pub trait LocalCopy: std::fmt::Debug + Send + Sync {
+    /// The copy to read now and the source version it was built from;
+    /// `None` when there is none or it may no longer be served (too stale),
+    /// so the source is read.
+    fn current(&self) -> Option<(Arc<dyn TableProvider>, String)>;
+}
+
 /// Exposes a subset of an inner provider's columns, reordered.
 #[derive(Debug)]
 pub struct ContractTableProvider {
@@ -50,6 +59,9 @@ pub struct ContractTableProvider {
     constraints: Option<Constraints>,
     /// A local folder or file the data must be in when it is read.
     required_path: Option<std::path::PathBuf>,
+    /// Read instead of `inner` while it serves: the copy and the version
+    /// of `inner`'s data.
+    copy: Option<(Arc<dyn LocalCopy>, String)>,
 }
 
 impl ContractTableProvider {
@@ -79,7 +91,45 @@ impl ContractTableProvider {
             columns,
             constraints: None,
             required_path: None,
+            copy: None,
         }
+    }
+
+    /// The same view, read from `copy` while it serves; `source_version` is
+    /// the version of this view's own data (statistics are the source's
+    /// only while the copy is of that version).
+    pub fn accelerated(&self, copy: Arc<dyn LocalCopy>, source_version: String) -> Self {
+        self.with_copy(Some((copy, source_version)))
+    }
+
+    /// The same view without a copy: what a copy is built from.
+    pub fn source_view(&self) -> Self {
+        self.with_copy(None)
+    }
+
+    fn with_copy(&self, copy: Option<(Arc<dyn LocalCopy>, String)>) -> Self {
+        Self {
+            table: self.table.clone(),
+            inner: Arc::clone(&self.inner),
+            schema: Arc::clone(&self.schema),
+            columns: self.columns.clone(),
+            constraints: self.constraints.clone(),
+            required_path: self.required_path.clone(),
+            copy,
+        }
+    }
+
+    /// The copy a scan reads now, if the port is accelerated and its copy
+    /// serves.
+    fn serving_copy(&self) -> Option<(Arc<dyn TableProvider>, bool)> {
+        let (copy, version) = self.copy.as_ref()?;
+        let (provider, built_from) = copy.current()?;
+        Some((provider, &built_from == version))
+    }
+
+    /// Whether scans read a local copy now (an accelerated port).
+    pub fn is_accelerated(&self) -> bool {
+        self.serving_copy().is_some()
     }
 
     /// Refuses scans while `path` does not exist: a listing of a missing
@@ -157,6 +207,10 @@ impl TableProvider for ContractTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some((copy, _)) = self.serving_copy() {
+            let plan = copy.scan(state, projection, filters, limit).await?;
+            return Ok(Arc::new(MeshScanExec::new(self.table.clone(), plan)));
+        }
         self.check_present()?;
         let projection = self.map_projection(projection)?;
         let plan = self
@@ -171,6 +225,12 @@ impl TableProvider for ContractTableProvider {
         state: &dyn Session,
         args: ScanArgs<'a>,
     ) -> Result<ScanResult> {
+        if let Some((copy, _)) = self.serving_copy() {
+            let result = copy.scan_with_args(state, args).await?;
+            let plan: Arc<dyn ExecutionPlan> =
+                Arc::new(MeshScanExec::new(self.table.clone(), result.into_inner()));
+            return Ok(ScanResult::new(plan));
+        }
         self.check_present()?;
         let projection = self.map_projection(args.projection().map(<[usize]>::to_vec).as_ref())?;
         let inner_args = ScanArgs::default()
@@ -208,6 +268,12 @@ impl TableProvider for ContractTableProvider {
     }
 
     fn statistics(&self) -> Option<Statistics> {
+        if let Some((copy, same_version)) = self.serving_copy()
+            && !same_version
+        {
+            // The source's statistics describe other rows than the copy's.
+            return copy.statistics();
+        }
         let stats = self.inner.statistics()?;
         let column_statistics = self
             .columns

@@ -25,7 +25,7 @@ pub mod open;
 pub mod store;
 pub mod types;
 
-pub use contract_table::{ContractColumn, ContractTableProvider};
+pub use contract_table::{ContractColumn, ContractTableProvider, LocalCopy};
 pub use error::{Error, Result, describe};
 pub use facts::TableFacts;
 pub use mesh_scan::{MeshScanExec, ScanToken};

@@ -9,7 +9,8 @@
 //!   and the fingerprint of the masks and filters applied to it;
 //! - the data version of every file-based table read (its file set:
 //!   paths, sizes, modification times); Delta and Iceberg tables are pinned
-//!   to a snapshot per mesh version, and the mesh version is in the key;
+//!   to a snapshot per mesh version, and the mesh version is in the key; an
+//!   accelerated table's is the version of the copy being served;
 //! - the session's `SET` options.
 //!
 //! Two principals whose roles and attributes give the same masks and
@@ -540,6 +541,17 @@ pub(crate) async fn cache_key(
             continue;
         }
         let table = engine.served_table(&s.table)?;
+        // An accelerated table is read from its copy: the copy's version
+        // decides its rows (it may lag the source, and changes when the
+        // copy is rebuilt).
+        if let Some(slot) = engine.acceleration_of(&s.table)
+            && let Some((_, copy_version)) = meshq_connectors::LocalCopy::current(slot.as_ref())
+        {
+            let mut v = std::hash::DefaultHasher::new();
+            ("copy", copy_version).hash(&mut v);
+            versions.insert(&s.table, v.finish());
+            continue;
+        }
         let version = match table.def.source.format {
             // Pinned to the snapshot opened with this mesh version.
             Format::Delta | Format::Iceberg => 0,

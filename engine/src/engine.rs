@@ -130,6 +130,9 @@ struct Inner {
     quality: Arc<crate::quality::QualityBoard>,
     /// Results of this version's queries (`cache:`).
     cache: Arc<crate::cache::ResultCache>,
+    /// Copies of accelerated tables, shared with the versions before and
+    /// after this one.
+    accelerations: Arc<crate::acceleration::Accelerations>,
 }
 
 /// Identity of each mesh version loaded in this process.
@@ -188,6 +191,10 @@ impl Engine {
             &mut problems,
         )
         .await;
+        let accelerations = previous
+            .map(|p| Arc::clone(&p.inner.accelerations))
+            .unwrap_or_default();
+        accelerate(&accelerations, &runtime, &mut served).await;
         let version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
         let mut tables = compile_policies(
             version,
@@ -262,6 +269,7 @@ impl Engine {
                     .map(|p| Arc::clone(&p.inner.quality))
                     .unwrap_or_default(),
                 cache,
+                accelerations,
             }),
         })
     }
@@ -289,6 +297,16 @@ impl Engine {
     /// tries them again.
     pub fn unopened(&self) -> usize {
         self.inner.unopened
+    }
+
+    /// The copies of accelerated tables.
+    pub fn accelerations(&self) -> &crate::acceleration::Accelerations {
+        &self.inner.accelerations
+    }
+
+    /// The spill directory, when one is configured.
+    pub fn spill_dir(&self) -> Option<PathBuf> {
+        self.inner.memory.1.clone()
     }
 
     /// This version's result cache.
@@ -556,6 +574,30 @@ fn memory_settings(config: &EngineConfig, mesh: &Mesh) -> (Option<usize>, Option
 
 /// The runtime for `memory`; the previous version's when the settings are
 /// the same, so queries still running on it share the pool.
+/// Puts every accelerated table's copy slot under its contract view (the
+/// slot it had before when its definition is unchanged), and forgets the
+/// slots of tables no longer accelerated.
+async fn accelerate(
+    accelerations: &crate::acceleration::Accelerations,
+    runtime: &Arc<RuntimeEnv>,
+    served: &mut [ServedTable],
+) {
+    let mut names = Vec::new();
+    for t in served.iter_mut() {
+        let Some(spec) = t.def.acceleration else {
+            continue;
+        };
+        let slot = accelerations.slot(&t.def, spec);
+        let version = crate::acceleration::source_version(runtime, t).await;
+        t.provider = Arc::new(
+            t.provider
+                .accelerated(slot, version.unwrap_or_else(|| "unknown".into())),
+        );
+        names.push(t.def.qualified_name());
+    }
+    accelerations.retain(&names);
+}
+
 fn runtime_for(
     memory: &(Option<usize>, Option<PathBuf>),
     previous: Option<&Engine>,

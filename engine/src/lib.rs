@@ -15,6 +15,7 @@
 //!   never readable raw.
 //! - The principal comes from the caller, never from SQL text.
 
+pub mod acceleration;
 pub mod cache;
 pub mod domain_schema;
 pub mod engine;

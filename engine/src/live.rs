@@ -120,6 +120,11 @@ impl LiveEngine {
         *self.version.borrow()
     }
 
+    /// Sees each new version served.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
     /// When the served version was loaded.
     pub fn loaded_at(&self) -> Option<SystemTime> {
         *self.loaded_at.read()

@@ -88,6 +88,16 @@ async fn sample_tables(metrics: &Metrics, live: &LiveEngine) {
                 _ => None,
             },
         );
+        if let Some(slot) = engine.acceleration_of(&t.def.qualified_name()) {
+            let status = slot.status();
+            metrics.table_acceleration(
+                &t.def.qualified_name(),
+                &t.def.product_id,
+                status.serving,
+                status.error.is_some(),
+                status.bytes,
+            );
+        }
         if let Some(report) = engine.quality_board().latest(t) {
             let failed = report
                 .results

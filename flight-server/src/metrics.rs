@@ -42,6 +42,9 @@ pub struct Metrics {
     table_late: Family<Labels, Gauge>,
     table_quality_passing: Family<Labels, Gauge>,
     table_quality_failed_rules: Family<Labels, Gauge>,
+    table_accelerated: Family<Labels, Gauge>,
+    table_acceleration_failing: Family<Labels, Gauge>,
+    table_acceleration_bytes: Family<Labels, Gauge>,
     cache_hits: Counter,
     cache_misses: Counter,
     cache_evictions: Counter,
@@ -163,6 +166,24 @@ impl Metrics {
             "Error-severity quality rules of a served table that failed or could not run at the last periodic check",
             table_quality_failed_rules.clone(),
         );
+        let table_accelerated = Family::<Labels, Gauge>::default();
+        registry.register(
+            "table_accelerated",
+            "1 when an accelerated table is read from its local copy now, 0 when from its source",
+            table_accelerated.clone(),
+        );
+        let table_acceleration_failing = Family::<Labels, Gauge>::default();
+        registry.register(
+            "table_acceleration_failing",
+            "1 when the last refresh of an accelerated table's copy failed",
+            table_acceleration_failing.clone(),
+        );
+        let table_acceleration_bytes = Family::<Labels, Gauge>::default();
+        registry.register(
+            "table_acceleration_bytes",
+            "Bytes an accelerated table's copy holds (memory or local disk)",
+            table_acceleration_bytes.clone(),
+        );
         let counter = |registry: &mut Registry, name: &str, help: &str| {
             let c = Counter::default();
             registry.register(name, help, c.clone());
@@ -245,6 +266,9 @@ impl Metrics {
             table_late,
             table_quality_passing,
             table_quality_failed_rules,
+            table_accelerated,
+            table_acceleration_failing,
+            table_acceleration_bytes,
             cache_hits,
             cache_misses,
             cache_evictions,
@@ -314,6 +338,28 @@ impl Metrics {
         self.table_late.clear();
         self.table_quality_passing.clear();
         self.table_quality_failed_rules.clear();
+        self.table_accelerated.clear();
+        self.table_acceleration_failing.clear();
+        self.table_acceleration_bytes.clear();
+    }
+
+    /// An accelerated table's copy: served or not, failing or not, size.
+    pub(crate) fn table_acceleration(
+        &self,
+        table: &str,
+        product: &str,
+        serving: bool,
+        failing: bool,
+        bytes: u64,
+    ) {
+        let l = labels(&[("table", table), ("product", product)]);
+        self.table_accelerated.get_or_create(&l).set(serving as i64);
+        self.table_acceleration_failing
+            .get_or_create(&l)
+            .set(failing as i64);
+        self.table_acceleration_bytes
+            .get_or_create(&l)
+            .set(bytes as i64);
     }
 
     /// A served table's last change and freshness.

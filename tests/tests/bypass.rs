@@ -132,13 +132,30 @@ async fn leaks(
     secrets: &BTreeSet<String>,
     mesh: &str,
 ) -> (Vec<(String, String)>, usize) {
-    let session = session_as(name).await;
+    leaks_in(&session_as(name).await, secrets, mesh).await
+}
+
+/// The corpus in `session` (of any engine over the fixture mesh written at
+/// `mesh`): (leaking query, leaked value) pairs and how many queries
+/// returned rows.
+pub(crate) async fn corpus_leaks(
+    session: &meshq_engine::MeshSession,
+    mesh: &str,
+) -> (Vec<(String, String)>, usize) {
+    leaks_in(session, &secrets().await, mesh).await
+}
+
+async fn leaks_in(
+    session: &meshq_engine::MeshSession,
+    secrets: &BTreeSet<String>,
+    mesh: &str,
+) -> (Vec<(String, String)>, usize) {
     let mut found = Vec::new();
     let mut answered = 0;
     let mut queries = corpus(mesh);
     queries.push("EXECUTE p('AMER')".into());
     for sql in &queries {
-        let text = match run(&session, sql).await {
+        let text = match run(session, sql).await {
             Ok(batches) => {
                 if batches.iter().any(|b| b.num_rows() > 0) {
                     answered += 1;

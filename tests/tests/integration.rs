@@ -2,6 +2,7 @@
 //! actionable problems, and a broken product never stops the rest.
 
 mod abuse;
+mod acceleration;
 mod bad_input;
 mod bypass;
 mod common;

@@ -473,6 +473,7 @@ impl Loader {
         } else {
             None
         };
+        let acceleration = self.acceleration(lp, port, lc, server);
         if !ok {
             return None;
         }
@@ -495,7 +496,44 @@ impl Loader {
             description: obj.description.clone(),
             policy,
             quality: self.quality_rules(lc, obj, &qualified),
+            acceleration,
         })
+    }
+
+    /// The port's `acceleration` (else the server's); a bad value is a
+    /// warning and the table is served from its source.
+    fn acceleration(
+        &mut self,
+        lp: &LoadedProduct,
+        port: &OutputPort,
+        lc: &LoadedContract,
+        server: &Server,
+    ) -> Option<crate::acceleration::Acceleration> {
+        const NAME: &str = "acceleration";
+        let (file, text, cp) = match find_custom(&port.custom_properties, NAME) {
+            Some(cp) => (&lp.file, &lp.text, cp),
+            None => (
+                &lc.file,
+                &lc.text,
+                find_custom(&server.custom_properties, NAME)?,
+            ),
+        };
+        match crate::acceleration::Acceleration::parse(&cp.value) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let file = file.clone();
+                let line = line_of(text, "property: acceleration");
+                self.warn(
+                    &file,
+                    line,
+                    format!(
+                        "output port `{}`: {e}; the port is served from its source",
+                        port.name
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// The table's quality rules; a rule declared wrongly is a warning here

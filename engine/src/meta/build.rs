@@ -223,6 +223,14 @@ impl View<'_> {
         let contract = |t: &ServedTable| mesh.contracts.get(&t.def.contract_id).cloned();
         let sla: Vec<Option<i64>> = fresh.iter().map(|f| f.sla_secs).collect();
         let status: Vec<String> = fresh.iter().map(|f| f.status.to_string()).collect();
+        let accelerated: Vec<_> = tables
+            .iter()
+            .map(|(t, _)| {
+                self.engine
+                    .acceleration_of(&t.def.qualified_name())
+                    .map(|slot| slot.status())
+            })
+            .collect();
         Columns::default()
             .table_keys(&tables)
             .text(
@@ -325,6 +333,46 @@ impl View<'_> {
                         .map(|(t, _)| contract(t).and_then(|c| c.availability_sla))
                         .collect::<Vec<_>>(),
                 )),
+            )
+            .flag(
+                "accelerated",
+                accelerated
+                    .iter()
+                    .map(|a| a.as_ref().is_some_and(|a| a.serving))
+                    .collect(),
+            )
+            .add(
+                "accelerated_at",
+                true,
+                Arc::new(
+                    TimestampMillisecondArray::from(
+                        accelerated
+                            .iter()
+                            .map(|a| {
+                                a.as_ref().and_then(|a| a.built_at).and_then(|t| {
+                                    t.duration_since(std::time::UNIX_EPOCH)
+                                        .ok()
+                                        .map(|d| d.as_millis() as i64)
+                                })
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+            )
+            .opt_text(
+                "accelerated_version",
+                accelerated
+                    .iter()
+                    .map(|a| a.as_ref().and_then(|a| a.version.clone()))
+                    .collect(),
+            )
+            .opt_text(
+                "acceleration_error",
+                accelerated
+                    .iter()
+                    .map(|a| a.as_ref().and_then(|a| a.error.clone()))
+                    .collect(),
             )
             .finish()
     }

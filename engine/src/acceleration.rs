@@ -1,0 +1,434 @@
+//! Accelerated ports: a table served from a local copy of its rows (in
+//! Arrow memory or as local Parquet files), refreshed when its source
+//! changes.
+//!
+//! The copy holds the table's raw rows in the contract's columns; it
+//! replaces only the *source* under the contract view, so masks, row
+//! filters and the barrier are planned above it per principal exactly as
+//! above the source. A copy is built beside the one being served and
+//! swapped in whole; a failed refresh keeps the last good copy until the
+//! port's `maxStaleness` has passed, after which queries read the source.
+//! Copies live in [`Accelerations`], carried from one mesh version to the
+//! next, so a reload that does not change a table keeps its copy.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::memory::MemTable;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::prelude::SessionContext;
+use meshq_catalog::acceleration::{Acceleration, AccelerationEngine, Refresh};
+use meshq_catalog::{Format, TableDef};
+use meshq_connectors::LocalCopy;
+use parking_lot::{Mutex, RwLock};
+use tracing::{info, warn};
+
+use crate::engine::{Engine, ServedTable};
+
+/// A copy being served.
+struct Copy {
+    provider: Arc<dyn TableProvider>,
+    /// The source version it was built from.
+    version: String,
+    built_at: SystemTime,
+    built: Instant,
+    bytes: u64,
+    /// The memory it holds, in the pool (`memory`).
+    _reservation: Option<MemoryReservation>,
+    /// Its files (`parquet`), removed with it.
+    dir: Option<PathBuf>,
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[derive(Default)]
+struct SlotState {
+    copy: Option<Arc<Copy>>,
+    /// The last refresh's error, until one succeeds.
+    error: Option<String>,
+    /// Since when refreshes have failed (staleness counts from here).
+    failing_since: Option<Instant>,
+}
+
+/// One accelerated table's copy.
+pub struct CopySlot {
+    table: String,
+    spec: Acceleration,
+    /// The definition the copy is of: a reload that changes it starts anew.
+    def: Arc<TableDef>,
+    state: RwLock<SlotState>,
+    building: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for CopySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopySlot")
+            .field("table", &self.table)
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalCopy for CopySlot {
+    fn current(&self) -> Option<(Arc<dyn TableProvider>, String)> {
+        let state = self.state.read();
+        let copy = state.copy.as_ref()?;
+        if let (Some(max), Some(since)) = (self.spec.max_staleness, state.failing_since)
+            && since.elapsed() > max
+        {
+            return None;
+        }
+        Some((Arc::clone(&copy.provider), copy.version.clone()))
+    }
+}
+
+/// What `meta.tables` and the metrics say of an accelerated table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccelerationStatus {
+    /// `memory` or `parquet`.
+    pub engine: &'static str,
+    /// Queries read the copy now.
+    pub serving: bool,
+    /// When the served copy was built.
+    pub built_at: Option<SystemTime>,
+    /// The source version it was built from (`delta:12`, `iceberg:…`,
+    /// `files:…`).
+    pub version: Option<String>,
+    /// Bytes it holds (memory or disk).
+    pub bytes: u64,
+    /// The last refresh's error, until one succeeds.
+    pub error: Option<String>,
+}
+
+impl CopySlot {
+    /// The copy's state now.
+    pub fn status(&self) -> AccelerationStatus {
+        let state = self.state.read();
+        AccelerationStatus {
+            engine: self.spec.engine.name(),
+            serving: self.current().is_some(),
+            built_at: state.copy.as_ref().map(|c| c.built_at),
+            version: state.copy.as_ref().map(|c| c.version.clone()),
+            bytes: state.copy.as_ref().map_or(0, |c| c.bytes),
+            error: state.error.clone(),
+        }
+    }
+}
+
+/// Every accelerated table's copy, shared by the mesh versions.
+#[derive(Debug, Default)]
+pub struct Accelerations {
+    slots: Mutex<HashMap<String, Arc<CopySlot>>>,
+}
+
+/// Whether two definitions describe the same rows (a copy of one serves
+/// the other).
+fn same_rows(a: &TableDef, b: &TableDef) -> bool {
+    a.source == b.source && a.columns == b.columns
+}
+
+impl Accelerations {
+    /// The slot of `def`: the one it had when the definition is the same,
+    /// else a new, empty one.
+    pub(crate) fn slot(&self, def: &Arc<TableDef>, spec: Acceleration) -> Arc<CopySlot> {
+        let name = def.qualified_name();
+        let mut slots = self.slots.lock();
+        if let Some(s) = slots.get(&name)
+            && s.spec == spec
+            && same_rows(&s.def, def)
+        {
+            return Arc::clone(s);
+        }
+        let slot = Arc::new(CopySlot {
+            table: name.clone(),
+            spec,
+            def: Arc::clone(def),
+            state: RwLock::new(SlotState::default()),
+            building: tokio::sync::Mutex::new(()),
+        });
+        slots.insert(name, Arc::clone(&slot));
+        slot
+    }
+
+    /// Forgets the slots of tables not in `names` (no longer accelerated).
+    pub(crate) fn retain(&self, names: &[String]) {
+        self.slots.lock().retain(|k, _| names.contains(k));
+    }
+
+    /// The slot of table `name`, if it is accelerated.
+    pub fn get(&self, name: &str) -> Option<Arc<CopySlot>> {
+        self.slots.lock().get(name).cloned()
+    }
+}
+
+/// The version of `table`'s source data: the Delta version or Iceberg
+/// snapshot it was opened at, or the fingerprint of its file set.
+pub(crate) async fn source_version(
+    runtime: &datafusion::execution::runtime_env::RuntimeEnv,
+    table: &ServedTable,
+) -> Option<String> {
+    match table.def.source.format {
+        Format::Delta | Format::Iceberg => table.facts.get().map(|f| {
+            format!(
+                "{}:{}",
+                table.def.source.format,
+                f.version.map_or("empty".to_string(), |v| v.to_string())
+            )
+        }),
+        Format::Parquet | Format::Csv | Format::Json => {
+            meshq_connectors::facts::listing_version(runtime, &table.def)
+                .await
+                .map(|v| format!("files:{v:016x}"))
+        }
+    }
+}
+
+/// What one refresh did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The copy is current; nothing was built.
+    Current,
+    /// A new copy is served.
+    Built {
+        /// The source version.
+        version: String,
+        /// Bytes it holds.
+        bytes: u64,
+    },
+    /// The refresh failed; the last good copy (if any) is still served
+    /// within `maxStaleness`.
+    Failed(String),
+}
+
+impl Engine {
+    /// Builds or refreshes the copy of every accelerated table of this
+    /// version that needs it (none yet, its source changed, or its refresh
+    /// interval has passed), one table at a time. A server calls this
+    /// after every load and on its reload interval.
+    pub async fn refresh_accelerations(&self) -> Vec<(String, RefreshOutcome)> {
+        let mut out = Vec::new();
+        for table in self.served_tables() {
+            let Some(slot) = self.acceleration_of(&table.def.qualified_name()) else {
+                continue;
+            };
+            let outcome = self.refresh_one(table, &slot).await;
+            out.push((table.def.qualified_name(), outcome));
+        }
+        out
+    }
+
+    async fn refresh_one(&self, table: &ServedTable, slot: &Arc<CopySlot>) -> RefreshOutcome {
+        let _one_at_a_time = slot.building.lock().await;
+        let name = table.def.qualified_name();
+        let version = match source_version(self.runtime(), table).await {
+            Some(v) => v,
+            None => {
+                return fail(
+                    slot,
+                    format!(
+                        "the version of `{name}`'s files cannot be listed (a glob location, more than {} files, or a storage error)",
+                        meshq_connectors::facts::MAX_LISTED_FILES
+                    ),
+                );
+            }
+        };
+        let due = {
+            let state = slot.state.read();
+            match &state.copy {
+                None => true,
+                Some(c) => {
+                    c.version != version
+                        || matches!(slot.spec.refresh, Refresh::Every(d) if c.built.elapsed() >= d)
+                }
+            }
+        };
+        if !due {
+            return RefreshOutcome::Current;
+        }
+        let started = Instant::now();
+        match build(self, table, slot, &version).await {
+            Ok(copy) => {
+                let bytes = copy.bytes;
+                info!(
+                    table = %name,
+                    engine = slot.spec.engine.name(),
+                    version = %version,
+                    bytes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "accelerated copy built"
+                );
+                let mut state = slot.state.write();
+                state.copy = Some(Arc::new(copy));
+                state.error = None;
+                state.failing_since = None;
+                RefreshOutcome::Built { version, bytes }
+            }
+            Err(e) => fail(slot, e),
+        }
+    }
+
+    /// The copy slot of an accelerated table.
+    pub fn acceleration_of(&self, name: &str) -> Option<Arc<CopySlot>> {
+        self.served_table(name)?.def.acceleration?;
+        self.accelerations().get(name)
+    }
+}
+
+fn fail(slot: &CopySlot, error: String) -> RefreshOutcome {
+    warn!(table = %slot.table, error = %error, "acceleration refresh failed; the last good copy is served within maxStaleness");
+    let mut state = slot.state.write();
+    state.error = Some(error.clone());
+    state.failing_since.get_or_insert_with(Instant::now);
+    RefreshOutcome::Failed(error)
+}
+
+/// Where `parquet` copies are written: `meshq-acceleration` under the
+/// spill directory (or the system temp directory), one folder per process.
+fn copies_dir(engine: &Engine) -> PathBuf {
+    engine
+        .spill_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("meshq-acceleration-{}", std::process::id()))
+}
+
+async fn build(
+    engine: &Engine,
+    table: &ServedTable,
+    slot: &CopySlot,
+    version: &str,
+) -> Result<Copy, String> {
+    let name = table.def.qualified_name();
+    let source = Arc::new(table.provider.source_view());
+    let schema = source.schema();
+    let state = SessionStateBuilder::new()
+        .with_config(engine.session_config())
+        .with_runtime_env(Arc::clone(engine.runtime()))
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    let df = ctx
+        .read_table(source)
+        .map_err(|e| format!("cannot read `{name}` to accelerate it: {e}"))?;
+    match slot.spec.engine {
+        AccelerationEngine::Memory => {
+            let partitions = df
+                .collect_partitioned()
+                .await
+                .map_err(|e| format!("cannot read `{name}` to accelerate it: {e}"))?;
+            let bytes: usize = partitions
+                .iter()
+                .flatten()
+                .map(|b| b.get_array_memory_size())
+                .sum();
+            let pool = &engine.runtime().memory_pool;
+            let reservation = MemoryConsumer::new(format!("acceleration of {name}")).register(pool);
+            reservation.try_grow(bytes).map_err(|_| {
+                format!(
+                    "the copy of `{name}` needs {:.1} MiB, more than the memory pool (limits.memory) has free ({:.1} MiB reserved); use `engine: parquet` or raise limits.memory",
+                    bytes as f64 / 1048576.0,
+                    pool.reserved() as f64 / 1048576.0
+                )
+            })?;
+            let mem = MemTable::try_new(schema, partitions)
+                .map_err(|e| format!("cannot keep the copy of `{name}`: {e}"))?;
+            Ok(Copy {
+                provider: Arc::new(mem),
+                version: version.to_string(),
+                built_at: SystemTime::now(),
+                built: Instant::now(),
+                bytes: bytes as u64,
+                _reservation: Some(reservation),
+                dir: None,
+            })
+        }
+        AccelerationEngine::Parquet => {
+            let stamp = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let dir = copies_dir(engine).join(&name).join(stamp.to_string());
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!(
+                    "cannot create {} for the copy of `{name}`: {e}",
+                    dir.display()
+                )
+            })?;
+            let written = df
+                .write_parquet(
+                    &format!("{}/", dir.display()),
+                    datafusion::dataframe::DataFrameWriteOptions::new(),
+                    None,
+                )
+                .await;
+            if let Err(e) = written {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!("cannot write the copy of `{name}`: {e}"));
+            }
+            let bytes = std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            let url = ListingTableUrl::parse(format!("{}/", dir.display()))
+                .map_err(|e| format!("copy of `{name}`: {e}"))?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet");
+            let config = ListingTableConfig::new(url)
+                .with_listing_options(options)
+                .with_schema(schema);
+            let listing =
+                ListingTable::try_new(config).map_err(|e| format!("copy of `{name}`: {e}"))?;
+            Ok(Copy {
+                provider: Arc::new(listing),
+                version: version.to_string(),
+                built_at: SystemTime::now(),
+                built: Instant::now(),
+                bytes,
+                _reservation: None,
+                dir: Some(dir),
+            })
+        }
+    }
+}
+
+/// Keeps the copies of the served version current: refreshes them when a
+/// version is served and then every `interval` (the server's reload
+/// interval). Stops when the returned task is dropped.
+pub fn spawn_refresher(
+    live: Arc<crate::LiveEngine>,
+    interval: std::time::Duration,
+) -> datafusion::common::runtime::SpawnedTask<()> {
+    datafusion::common::runtime::SpawnedTask::spawn(async move {
+        let mut versions = live.subscribe();
+        loop {
+            if let Some(engine) = live.current() {
+                engine.refresh_accelerations().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                changed = versions.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}

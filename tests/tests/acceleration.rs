@@ -1,0 +1,300 @@
+//! Accelerated ports: the same answers per principal as from the source,
+//! the copy refreshed when the source changes, the last good copy kept
+//! while refreshes fail (until `maxStaleness`), and memory refused clearly.
+
+use std::path::Path;
+
+use arrow::array::{AsArray, RecordBatch};
+use meshq_engine::acceleration::RefreshOutcome;
+use meshq_engine::{Engine, MeshSession};
+use meshq_tests::{fixture_engine_config, write_fixture_mesh};
+
+use crate::common::sorted_rows;
+
+const SERVER: &str = "customProperties: [ { property: server, value: local } ]";
+
+/// Sets the acceleration of the product in `odps` (relative to `dir`):
+/// `value` as written in the port, or none.
+fn set_acceleration(dir: &Path, odps: &str, value: Option<&str>) {
+    let path = dir.join(odps);
+    // The demo writes some ports' properties as a block list: one line.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "customProperties:\n      - { property: server, value: local }\n      - { property: acceleration, value: { engine: memory, refresh: on-change, maxStaleness: 10m } }",
+            SERVER,
+        );
+    let port = text
+        .lines()
+        .find(|l| l.contains("property: server"))
+        .unwrap_or_else(|| panic!("{odps} has no server property"))
+        .trim()
+        .to_string();
+    let new = match value {
+        Some(v) => format!(
+            "customProperties: [ {{ property: server, value: local }}, {{ property: acceleration, value: {v} }} ]"
+        ),
+        None => SERVER.to_string(),
+    };
+    std::fs::write(&path, text.replace(&port, &new)).unwrap();
+}
+
+/// Accelerates `ops.region_totals` through its contract's server entry.
+fn accelerate_region_totals(dir: &Path, value: &str) {
+    let path = dir.join("ops/region_totals.odcs.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let old = "path: ./data/region_totals/ }";
+    assert!(text.contains(old));
+    let new = format!(
+        "path: ./data/region_totals/, customProperties: [ {{ property: acceleration, value: {value} }} ] }}"
+    );
+    std::fs::write(&path, text.replace(old, &new)).unwrap();
+}
+
+/// The fixture mesh in `dir`, with `accelerate` ((product file, value)) and
+/// `extra` appended to `meshq.yaml`.
+async fn mesh(dir: &Path, accelerate: &[(&str, Option<&str>)], extra: &str) -> Engine {
+    write_fixture_mesh(dir).await.unwrap();
+    for (odps, value) in accelerate {
+        if *odps == REGION_TOTALS {
+            accelerate_region_totals(dir, value.unwrap());
+        } else {
+            set_acceleration(dir, odps, *value);
+        }
+    }
+    let platform = dir.join("meshq.yaml");
+    let text = std::fs::read_to_string(&platform).unwrap() + extra;
+    std::fs::write(&platform, text).unwrap();
+    Engine::load(fixture_engine_config(dir)).await.unwrap()
+}
+
+fn session(engine: &Engine, name: &str) -> MeshSession {
+    engine.session(&engine.mesh().config.principal(name).unwrap())
+}
+
+async fn rows(s: &MeshSession, sql: &str) -> Result<Vec<String>, String> {
+    match s.sql(sql).await {
+        Ok(df) => df
+            .collect()
+            .await
+            .map(|b| sorted_rows(&b))
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Through the path servers use, where the result cache sits (the demo
+/// mesh turns it on): the rows and whether they came from the cache.
+async fn rows_served(s: &MeshSession, sql: &str) -> (Vec<String>, bool) {
+    use futures::TryStreamExt;
+    let plan = s.plan(sql).await.unwrap();
+    let query = s.execute(plan, None).await.unwrap();
+    let hit = query.is_cached();
+    let batches: Vec<RecordBatch> = query.execute().unwrap().try_collect().await.unwrap();
+    (sorted_rows(&batches), hit)
+}
+
+const ORDERS: &str = "sales/orders.odps.yaml";
+const PROFILES: &str = "customers/profiles.odps.yaml";
+/// Marks `ops.region_totals` (accelerated through its contract server).
+const REGION_TOTALS: &str = "ops/region_totals";
+
+const QUERIES: &[&str] = &[
+    "SELECT * FROM sales.orders",
+    "SELECT region, count(*), sum(total_amount) FROM sales.orders GROUP BY region",
+    "SELECT count(*) FROM sales.orders WHERE customer_id LIKE 'a%'",
+    "SELECT o.order_id, p.email, p.full_name FROM sales.orders o JOIN customers.profiles p ON o.customer_id = p.customer_id WHERE o.total_amount > 50",
+    "SELECT * FROM customers.profiles WHERE email LIKE '%@%' ORDER BY customer_id LIMIT 7",
+];
+
+#[tokio::test]
+async fn accelerated_answers_equal_the_sources_for_every_principal() {
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = mesh(plain_dir.path(), &[(ORDERS, None), (PROFILES, None)], "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let fast = mesh(
+        dir.path(),
+        &[
+            (ORDERS, Some("{ engine: memory, refresh: on-change }")),
+            (PROFILES, Some("{ engine: parquet }")),
+        ],
+        "",
+    )
+    .await;
+    let built = fast.refresh_accelerations().await;
+    assert_eq!(built.len(), 2, "{built:?}");
+    for (table, outcome) in &built {
+        assert!(
+            matches!(outcome, RefreshOutcome::Built { bytes, .. } if *bytes > 0),
+            "{table}: {outcome:?}"
+        );
+    }
+    for t in ["sales.orders", "customers.profiles"] {
+        assert!(
+            fast.served_table(t).unwrap().provider.is_accelerated(),
+            "{t}"
+        );
+        assert!(
+            !plain.served_table(t).unwrap().provider.is_accelerated(),
+            "{t}"
+        );
+    }
+    // A second refresh with nothing changed builds nothing.
+    assert!(
+        fast.refresh_accelerations()
+            .await
+            .iter()
+            .all(|(_, o)| *o == RefreshOutcome::Current)
+    );
+    for who in ["ana", "ben", "gina", "pat"] {
+        for sql in QUERIES {
+            let expected = rows(&session(&plain, who), sql).await;
+            let got = rows(&session(&fast, who), sql).await;
+            assert_eq!(got, expected, "{who}: {sql}");
+        }
+    }
+    let meta = session(&fast, "pat")
+        .sql("SELECT table_name, accelerated, accelerated_version, acceleration_error FROM meta.tables WHERE accelerated")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let listed = sorted_rows(&meta);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed[0].starts_with("orders|true|delta:"), "{listed:?}");
+    assert!(listed[1].starts_with("profiles|true|files:"), "{listed:?}");
+}
+
+#[tokio::test]
+async fn a_copy_follows_its_source_and_outlives_failures_within_max_staleness() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = mesh(
+        dir.path(),
+        &[(
+            REGION_TOTALS,
+            Some("{ engine: memory, refresh: on-change, maxStaleness: 2s }"),
+        )],
+        "",
+    )
+    .await;
+    let table = "ops.region_totals";
+    assert!(engine.acceleration_of(table).is_some());
+    engine.refresh_accelerations().await;
+    let gina = session(&engine, "gina");
+    let sql = "SELECT count(*) AS n FROM ops.region_totals";
+    let before = rows(&gina, sql).await.unwrap();
+    assert_eq!(rows_served(&gina, sql).await, (before.clone(), false));
+    assert_eq!(rows_served(&gina, sql).await, (before.clone(), true));
+    // A new file: the copy is of the old file set until the refresh.
+    let part = dir.path().join("ops/data/region_totals/region=EMEA");
+    let existing = std::fs::read_dir(&part)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        .unwrap()
+        .path();
+    let extra = part.join("extra.parquet");
+    std::fs::copy(&existing, &extra).unwrap();
+    assert_eq!(
+        rows(&gina, sql).await.unwrap(),
+        before,
+        "served from the copy"
+    );
+    let refreshed = engine.refresh_accelerations().await;
+    assert!(
+        refreshed
+            .iter()
+            .any(|(t, o)| t == table && matches!(o, RefreshOutcome::Built { .. })),
+        "{refreshed:?}"
+    );
+    let after = rows(&gina, sql).await.unwrap();
+    assert_ne!(after, before);
+    // The result cache follows the copy: the new copy is a new version.
+    assert_eq!(rows_served(&gina, sql).await, (after.clone(), false));
+    // A corrupt file: the refresh fails, the last good copy still serves.
+    std::fs::write(&extra, vec![7u8; 64]).unwrap();
+    let failed = engine.refresh_accelerations().await;
+    assert!(
+        failed.iter().any(|(t, o)| t == table
+            && matches!(o, RefreshOutcome::Failed(e) if e.contains("region_totals"))),
+        "{failed:?}"
+    );
+    assert_eq!(rows(&gina, sql).await.unwrap(), after);
+    let status = engine.acceleration_of(table).unwrap().status();
+    assert!(status.serving && status.error.is_some(), "{status:?}");
+    // Past maxStaleness, queries read the source, which is corrupt.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    assert!(!engine.acceleration_of(table).unwrap().status().serving);
+    let e = rows(&gina, sql).await.unwrap_err();
+    assert!(e.contains("extra.parquet") || e.contains("Parquet"), "{e}");
+    // Repaired: the next refresh serves a copy again.
+    std::fs::copy(&existing, &extra).unwrap();
+    engine.refresh_accelerations().await;
+    assert_eq!(rows(&gina, sql).await.unwrap(), after);
+    assert!(engine.acceleration_of(table).unwrap().status().serving);
+}
+
+#[tokio::test]
+async fn a_copy_that_does_not_fit_in_memory_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = mesh(
+        dir.path(),
+        &[(ORDERS, Some("{ engine: memory }"))],
+        "limits: { memory: 8KiB }\n",
+    )
+    .await;
+    let outcome = engine.refresh_accelerations().await;
+    let (_, o) = outcome.iter().find(|(t, _)| t == "sales.orders").unwrap();
+    let RefreshOutcome::Failed(e) = o else {
+        panic!("{o:?}")
+    };
+    assert!(
+        e.contains("sales.orders") && e.contains("limits.memory") && e.contains("engine: parquet"),
+        "{e}"
+    );
+    // Served from the source meanwhile.
+    assert!(
+        !engine
+            .served_table("sales.orders")
+            .unwrap()
+            .provider
+            .is_accelerated()
+    );
+    let n = session(&engine, "pat")
+        .sql("SELECT count(*) FROM sales.orders")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let n: &RecordBatch = &n[0];
+    assert!(
+        n.column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+            > 0
+    );
+}
+
+/// The bypass corpus, against accelerated tables.
+#[tokio::test]
+async fn accelerated_tables_reveal_nothing_a_policy_hides() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = mesh(
+        dir.path(),
+        &[
+            (ORDERS, Some("{ engine: memory }")),
+            (PROFILES, Some("{ engine: parquet }")),
+        ],
+        "",
+    )
+    .await;
+    engine.refresh_accelerations().await;
+    let mesh_path = dir.path().canonicalize().unwrap().display().to_string();
+    let (found, answered) = crate::bypass::corpus_leaks(&session(&engine, "ana"), &mesh_path).await;
+    assert!(found.is_empty(), "leaks as ana: {found:#?}");
+    assert!(answered >= 20, "only {answered} answered");
+    let (found, _) = crate::bypass::corpus_leaks(&session(&engine, "pat"), &mesh_path).await;
+    assert!(found.len() >= 10, "the detector found only {found:?}");
+}
