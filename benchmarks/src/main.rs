@@ -38,12 +38,12 @@ struct Args {
     /// DataFusion target partitions (default: the number of cores).
     #[arg(long)]
     partitions: Option<usize>,
-    /// Measurements to run: policy, format, flight, accel, catalog, memory,
-    /// peers.
+    /// Measurements to run: policy, format, flight, clients, accel,
+    /// catalog, memory, peers.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "policy,format,flight,accel,catalog,memory,peers"
+        default_value = "policy,format,flight,clients,accel,catalog,memory,peers"
     )]
     only: Vec<String>,
     /// Products in the catalog-scale mesh.
@@ -101,7 +101,10 @@ async fn run(args: &Args) -> Result<String> {
         cores()
     )?;
     let ds = Dataset::new(&root, args.sf);
-    if want("policy") || want("format") || want("flight") || want("accel") || want("peers") {
+    if ["policy", "format", "flight", "clients", "accel", "peers"]
+        .iter()
+        .any(|m| want(m))
+    {
         let start = Instant::now();
         ds.ensure(true).await.context("generating TPC-H data")?;
         eprintln!(
@@ -119,6 +122,9 @@ async fn run(args: &Args) -> Result<String> {
     }
     if want("flight") {
         flight_sql(args, &ds, partitions, &mut out).await?;
+    }
+    if want("clients") {
+        clients(args, &ds, partitions, &mut out).await?;
     }
     if want("accel") {
         differ += accelerated(args, &ds, partitions, &mut out).await?;
@@ -360,6 +366,39 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
     )?;
     drop(server);
     result_cache(ds, partitions, out).await
+}
+
+/// `SELECT 1` and the `lineitem` fetch through the clients users run: the
+/// ADBC Flight SQL driver and pyarrow's Flight client, from PyPI
+/// (benchmarks/peers/clients.sh).
+async fn clients(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
+    let engine = runners::engine(&ds.mesh_split(), partitions).await?;
+    let server = flight::start(engine, cores())?;
+    let (user, password) = PASSWORDS[0];
+    let addr = server.addr.to_string();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/clients.sh");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&addr)
+        .arg(user)
+        .arg(password)
+        .arg(args.latency_queries.to_string())
+        .arg(args.runs.to_string())
+        .output()
+        .context("running benchmarks/peers/clients.sh")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the Python clients failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    writeln!(
+        out,
+        "### Through the clients users run (exempt principal, split mesh, loopback)\n"
+    )?;
+    out.push_str(&String::from_utf8_lossy(&output.stdout));
+    out.push('\n');
+    drop(server);
+    Ok(())
 }
 
 /// The 22 queries over Flight SQL twice on the split mesh with the result

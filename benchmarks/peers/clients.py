@@ -1,0 +1,106 @@
+"""Flight SQL clients as users run them, against a meshq server that
+meshq-bench started: the ADBC Flight SQL driver (through its DB-API) and
+pyarrow's own Flight client. Prints a Markdown table on stdout.
+
+    clients.py HOST:PORT USER PASSWORD LATENCY_QUERIES RUNS
+"""
+
+import base64
+import statistics
+import sys
+import time
+
+
+def percentile(samples, p):
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def adbc(addr, user, password):
+    import adbc_driver_flightsql.dbapi as flightsql
+    from adbc_driver_flightsql import DatabaseOptions
+
+    conn = flightsql.connect(
+        f"grpc://{addr}",
+        db_kwargs={
+            "username": user,
+            "password": password,
+            DatabaseOptions.WITH_MAX_MSG_SIZE.value: str(1 << 30),
+        },
+    )
+
+    def run(sql):
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetch_arrow_table()
+
+    return run
+
+
+def pyarrow_flight(addr, user, password):
+    import pyarrow.flight as flight
+    from pyarrow.flight import FlightDescriptor
+
+    # Flight SQL's CommandStatementQuery, packed as google.protobuf.Any by
+    # hand (field 1: the query text) so no generated code is needed.
+    def command(sql):
+        body = sql.encode()
+        inner = b"\x0a" + varint(len(body)) + body
+        type_url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+        return (
+            b"\x0a" + varint(len(type_url)) + type_url + b"\x12" + varint(len(inner)) + inner
+        )
+
+    client = flight.FlightClient(f"grpc://{addr}")
+    token = client.authenticate_basic_token(user, password)
+    options = flight.FlightCallOptions(headers=[token])
+
+    def run(sql):
+        info = client.get_flight_info(FlightDescriptor.for_command(command(sql)), options)
+        return client.do_get(info.endpoints[0].ticket, options).read_all()
+
+    return run
+
+
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def main():
+    addr, user, password, latency_queries, runs = sys.argv[1:6]
+    latency_queries, runs = int(latency_queries), int(runs)
+    print("| client | `SELECT 1` p50 ms | p99 ms | `lineitem` full fetch MB/s (median of %d) | rows |" % runs)
+    print("|---|---:|---:|---:|---:|")
+    for name, make in [("ADBC Flight SQL driver 1.13 (Python DB-API)", adbc), ("pyarrow.flight (GetFlightInfo + DoGet)", pyarrow_flight)]:
+        run = make(addr, user, password)
+        for _ in range(10):
+            run("SELECT 1")
+        lat = []
+        for _ in range(latency_queries):
+            t = time.perf_counter()
+            run("SELECT 1")
+            lat.append((time.perf_counter() - t) * 1000)
+        speeds = []
+        rows = 0
+        for _ in range(runs + 1):
+            t = time.perf_counter()
+            table = run("SELECT * FROM sales.lineitem")
+            took = time.perf_counter() - t
+            speeds.append(table.nbytes / 1e6 / took)
+            rows = table.num_rows
+            del table
+        speeds = speeds[1:]
+        print(
+            f"| {name} | {statistics.median(lat):.2f} | {percentile(lat, 99):.2f} | {statistics.median(speeds):.0f} | {rows} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
