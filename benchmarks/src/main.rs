@@ -39,7 +39,8 @@ struct Args {
     #[arg(long)]
     partitions: Option<usize>,
     /// Measurements to run: policy, format, flight, clients, accel,
-    /// catalog, memory, peers.
+    /// catalog, memory, peers, and `settings` (a sweep of DataFusion
+    /// settings, not in the default set).
     #[arg(
         long,
         value_delimiter = ',',
@@ -61,6 +62,11 @@ struct Args {
     /// Also write the report here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// A DataFusion setting for every meshq engine of the run
+    /// (`KEY=VALUE`; repeatable), e.g.
+    /// `datafusion.execution.parquet.schema_force_view_types=false`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Fail if meshq's exempt answers differ from raw DataFusion's, or the
     /// Delta/Iceberg mesh's from the Parquet mesh's.
     #[arg(long)]
@@ -85,6 +91,16 @@ fn cores() -> usize {
 }
 
 async fn run(args: &Args) -> Result<String> {
+    let global_settings = args
+        .set
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--set {kv}: write KEY=VALUE"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let _ = runners::SETTINGS.set(global_settings);
     let root = args.dir.clone().unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
             .join(".cache/meshq/bench")
@@ -94,16 +110,23 @@ async fn run(args: &Args) -> Result<String> {
     let mut out = String::new();
     writeln!(
         out,
-        "# meshq-bench\n\nscale factor {}, {} measured runs after {} warm-up, target partitions {partitions}, {} cores\n",
+        "# meshq-bench\n\nscale factor {}, {} measured runs after {} warm-up, target partitions {partitions}, {} cores{}\n",
         args.sf,
         args.runs,
         args.warmup,
-        cores()
+        cores(),
+        if args.set.is_empty() {
+            String::new()
+        } else {
+            format!("; meshq settings: {}", args.set.join(", "))
+        }
     )?;
     let ds = Dataset::new(&root, args.sf);
-    if ["policy", "format", "flight", "clients", "accel", "peers"]
-        .iter()
-        .any(|m| want(m))
+    if [
+        "policy", "format", "flight", "clients", "accel", "peers", "settings",
+    ]
+    .iter()
+    .any(|m| want(m))
     {
         let start = Instant::now();
         ds.ensure(true).await.context("generating TPC-H data")?;
@@ -122,6 +145,9 @@ async fn run(args: &Args) -> Result<String> {
     }
     if want("flight") {
         flight_sql(args, &ds, partitions, &mut out).await?;
+    }
+    if want("settings") {
+        differ += settings(args, &ds, partitions, &mut out).await?;
     }
     if want("clients") {
         clients(args, &ds, partitions, &mut out).await?;
@@ -283,6 +309,128 @@ async fn format(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) 
 sales as Delta, customers as Parquet, supply as Iceberg, against every table as Parquet.\n"
     )?;
     write_table(out, &labels, &table, 0, &[1])
+}
+
+/// DataFusion settings tried one at a time against meshq's defaults.
+const SWEEP: &[(&str, &[(&str, &str)])] = &[
+    // A second engine with the defaults: how far two identical
+    // configurations drift apart in one run (the noise).
+    ("defaults again (control)", &[]),
+    (
+        "Parquet filter pushdown",
+        &[("datafusion.execution.parquet.pushdown_filters", "true")],
+    ),
+    (
+        "Parquet filter pushdown and reordering",
+        &[
+            ("datafusion.execution.parquet.pushdown_filters", "true"),
+            ("datafusion.execution.parquet.reorder_filters", "true"),
+        ],
+    ),
+    (
+        "no page index",
+        &[("datafusion.execution.parquet.enable_page_index", "false")],
+    ),
+    (
+        "no bloom filters",
+        &[("datafusion.execution.parquet.bloom_filter_on_read", "false")],
+    ),
+    (
+        "strings as Utf8, not Utf8View",
+        &[(
+            "datafusion.execution.parquet.schema_force_view_types",
+            "false",
+        )],
+    ),
+    (
+        "batch_size 4096",
+        &[("datafusion.execution.batch_size", "4096")],
+    ),
+    (
+        "batch_size 16384",
+        &[("datafusion.execution.batch_size", "16384")],
+    ),
+    ("target_partitions ×2", &[]),
+    (
+        "no join repartitioning",
+        &[("datafusion.optimizer.repartition_joins", "false")],
+    ),
+    (
+        "no aggregate repartitioning",
+        &[("datafusion.optimizer.repartition_aggregations", "false")],
+    ),
+    (
+        "sort-merge joins (as under a memory pool)",
+        &[("datafusion.optimizer.prefer_hash_join", "false")],
+    ),
+];
+
+/// The 22 queries in-process on the split mesh (exempt) with meshq's
+/// defaults and with each setting of [`SWEEP`], interleaved per query.
+async fn settings(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<usize> {
+    let mut engines = vec![runners::engine(&ds.mesh_split(), partitions).await?];
+    for (label, set) in SWEEP {
+        let parts = if label.starts_with("target_partitions") {
+            partitions * 2
+        } else {
+            partitions
+        };
+        engines.push(runners::engine_with(&ds.mesh_split(), parts, None, set).await?);
+    }
+    let mut labels = vec!["defaults"];
+    labels.extend(SWEEP.iter().map(|(l, _)| *l));
+    let runners_list = engines
+        .iter()
+        .zip(&labels)
+        .map(|(e, l)| Ok((*l, Runner::Meshq(runners::session(e, "exempt")?))))
+        .collect::<Result<Vec<_>>>()?;
+    let table = run_queries(args, &runners_list).await?;
+    writeln!(
+        out,
+        "## 7. DataFusion settings (meshq in-process, exempt principal, Delta/Parquet/Iceberg mesh)\n\n\
+Each setting alone over meshq's defaults ({partitions} target partitions), all runs interleaved per query.\n"
+    )?;
+    writeln!(
+        out,
+        "| setting | total of medians ms | / defaults | worst query (its ratio) | same answers |"
+    )?;
+    writeln!(out, "|---|---:|---:|---|---:|")?;
+    let total = |i: usize| -> f64 {
+        table
+            .iter()
+            .map(|(_, cells)| cells[i].0.median().as_secs_f64() * 1000.0)
+            .sum()
+    };
+    let base = total(0);
+    writeln!(out, "| defaults | {base:.1} | 1.000× | | |")?;
+    let mut differ = 0;
+    for (i, label) in labels.iter().enumerate().skip(1) {
+        let mut worst = ("", 0.0f64);
+        let mut same = 0;
+        for (name, cells) in &table {
+            let r = cells[i].0.median().as_secs_f64() / cells[0].0.median().as_secs_f64();
+            if r > worst.1 {
+                worst = (name.as_str(), r);
+            }
+            if cells[i].1 == cells[0].1 {
+                same += 1;
+            } else {
+                differ += 1;
+            }
+        }
+        let t = total(i);
+        writeln!(
+            out,
+            "| {label} | {t:.1} | **{:.3}×** | {} ({:.2}×) | {same} of {} |",
+            t / base,
+            worst.0,
+            worst.1,
+            table.len()
+        )?;
+    }
+    writeln!(out)?;
+    write_table(out, &labels, &table, 0, &[])?;
+    Ok(differ)
 }
 
 async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {

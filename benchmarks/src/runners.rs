@@ -32,6 +32,9 @@ pub async fn raw_datafusion(ds: &Dataset, target_partitions: usize) -> Result<Se
     Ok(ctx)
 }
 
+/// DataFusion settings every meshq engine of this run gets (`--set`).
+pub static SETTINGS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
 /// meshq's engine over `mesh`, with the benchmark's key supplied.
 pub async fn engine(mesh: &Path, target_partitions: usize) -> Result<Engine> {
     engine_with_limit(mesh, target_partitions, None).await
@@ -43,7 +46,21 @@ pub async fn engine_with_limit(
     target_partitions: usize,
     memory_limit: Option<usize>,
 ) -> Result<Engine> {
+    engine_with(mesh, target_partitions, memory_limit, &[]).await
+}
+
+/// [`engine`] with DataFusion `settings` over meshq's defaults.
+pub async fn engine_with(
+    mesh: &Path,
+    target_partitions: usize,
+    memory_limit: Option<usize>,
+    settings: &[(&str, &str)],
+) -> Result<Engine> {
     let mut config = EngineConfig::new(mesh);
+    config.settings = SETTINGS.get().cloned().unwrap_or_default();
+    config
+        .settings
+        .extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     config.target_partitions = Some(target_partitions);
     config.memory_limit = memory_limit;
     config.secret_env_fallback = BTreeMap::from([(KEY_ENV.into(), KEY_VALUE.into())]);

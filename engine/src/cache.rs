@@ -428,10 +428,11 @@ fn compact(batch: &RecordBatch) -> Result<RecordBatch> {
     )?)
 }
 
-/// Whether `plan`, as admitted (before the policy rewrite), calls a
-/// function whose result may change between runs. Principal functions are
-/// bound to literals by the rewrite and count as immutable.
-fn calls_changing_function(plan: &LogicalPlan) -> bool {
+/// Whether `plan` calls a function whose result may change between runs:
+/// with `stable_too`, also functions fixed only within one statement
+/// (`now()`). Principal functions are bound to literals by the rewrite and
+/// count as immutable.
+fn calls_changing_function(plan: &LogicalPlan, stable_too: bool) -> bool {
     let mut found = false;
     let _ = plan.apply_with_subqueries(|node| {
         node.apply_expressions(|e| {
@@ -452,7 +453,12 @@ fn calls_changing_function(plan: &LogicalPlan) -> bool {
                     },
                     _ => Volatility::Immutable,
                 };
-                if volatility != Volatility::Immutable {
+                let changes = match volatility {
+                    Volatility::Immutable => false,
+                    Volatility::Stable => stable_too,
+                    Volatility::Volatile => true,
+                };
+                if changes {
                     found = true;
                     return Ok(TreeNodeRecursion::Stop);
                 }
@@ -526,7 +532,9 @@ pub(crate) async fn cache_key(
     admitted: &LogicalPlan,
     optimized: &LogicalPlan,
 ) -> Option<CacheKey> {
-    if calls_changing_function(admitted) {
+    // Before the rewrite, for what the statement says (the optimizer
+    // folds `now()` into a literal); after it, for what views brought in.
+    if calls_changing_function(admitted, true) || calls_changing_function(optimized, false) {
         return None;
     }
     let scans = mesh_scans(optimized)?;

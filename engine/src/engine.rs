@@ -65,6 +65,10 @@ pub struct EngineConfig {
     /// Files SQL must never read or write besides the mesh's own (the
     /// server's TLS key and certificate, its audit log).
     pub protected_paths: Vec<PathBuf>,
+    /// DataFusion settings (`datafusion.execution.batch_size`, …) over
+    /// meshq's defaults, for every session; an unknown key or bad value
+    /// fails the load.
+    pub settings: Vec<(String, String)>,
 }
 
 impl EngineConfig {
@@ -78,6 +82,7 @@ impl EngineConfig {
             memory_limit: None,
             spill_dir: None,
             protected_paths: Vec::new(),
+            settings: Vec::new(),
         }
     }
 }
@@ -170,7 +175,7 @@ impl Engine {
         }
         let memory = memory_settings(&config, &mesh);
         let runtime = runtime_for(&memory, previous)?;
-        let session_config = session_config(&config, memory.0.is_some());
+        let session_config = session_config(&config, memory.0.is_some())?;
         let connections = Sources::new(&mesh.config);
         let opener = SessionContext::new_with_state(
             SessionStateBuilder::new()
@@ -631,7 +636,7 @@ fn runtime_for(
     Ok(runtime.build_arc()?)
 }
 
-fn session_config(config: &EngineConfig, memory_bounded: bool) -> SessionConfig {
+fn session_config(config: &EngineConfig, memory_bounded: bool) -> Result<SessionConfig> {
     let mut session_config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, SCRATCH_SCHEMA)
         .with_create_default_catalog_and_schema(false)
@@ -651,7 +656,10 @@ fn session_config(config: &EngineConfig, memory_bounded: bool) -> SessionConfig 
         // hash join cannot, its sort-merge join can.
         session_config = session_config.set_bool("datafusion.optimizer.prefer_hash_join", false);
     }
-    session_config
+    for (key, value) in &config.settings {
+        session_config.options_mut().set(key, value)?;
+    }
+    Ok(session_config)
 }
 
 /// Opens every table of the mesh, `concurrency` at a time.

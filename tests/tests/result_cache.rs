@@ -138,8 +138,19 @@ async fn changing_functions_and_other_tables_are_not_cached() {
     let (theirs, hit) = run_via_cache(&engine.session(&twin), sql).await;
     assert!(!hit, "current_user differs");
     assert!(theirs[0].starts_with("ana-twin|"), "{theirs:?}");
-    // Scratch tables belong to a session: never cached.
+    // A view that calls random(): the statement names no function, the
+    // view brings one in.
     let root = engine.session(&principal(&engine, "root"));
+    root.sql("CREATE VIEW lucky AS SELECT random() AS r, severity FROM ops.incidents")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(!run_via_cache(&root, "SELECT * FROM lucky").await.1);
+    }
+    // Scratch tables belong to a session: never cached.
     root.sql("CREATE TABLE mine AS SELECT 1 AS x")
         .await
         .unwrap()
