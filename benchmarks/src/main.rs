@@ -39,8 +39,9 @@ struct Args {
     #[arg(long)]
     partitions: Option<usize>,
     /// Measurements to run: policy, format, flight, clients, accel,
-    /// catalog, memory, peers, and `settings` (a sweep of DataFusion
-    /// settings, not in the default set).
+    /// catalog, memory, peers; not in the default set: `settings` (a sweep
+    /// of DataFusion settings) and `fetch` (only the `lineitem` fetch over
+    /// Flight SQL, to profile).
     #[arg(
         long,
         value_delimiter = ',',
@@ -151,6 +152,9 @@ async fn run(args: &Args) -> Result<String> {
     }
     if want("clients") {
         clients(args, &ds, partitions, &mut out).await?;
+    }
+    if want("fetch") {
+        fetch(args, &ds, partitions, &mut out).await?;
     }
     if want("accel") {
         differ += accelerated(args, &ds, partitions, &mut out).await?;
@@ -514,6 +518,28 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
     )?;
     drop(server);
     result_cache(ds, partitions, out).await
+}
+
+/// Only the full fetch of `lineitem` over Flight SQL (arrow-rs client).
+async fn fetch(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
+    let engine = runners::engine(&ds.mesh_split(), partitions).await?;
+    let server = flight::start(engine, cores())?;
+    let (user, password) = PASSWORDS[0];
+    let client = flight::client(server.addr, user, password).await?;
+    let (t, (n, bytes)) = measure(args.warmup, args.runs, || {
+        let mut c = client.clone();
+        async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
+    })
+    .await?;
+    writeln!(
+        out,
+        "Full fetch of `sales.lineitem` over Flight SQL: {n} rows, {:.1} MB; median {} ms = **{:.0} MB/s**.\n",
+        bytes as f64 / 1e6,
+        ms(t.median()),
+        bytes as f64 / 1e6 / t.median().as_secs_f64()
+    )?;
+    drop(server);
+    Ok(())
 }
 
 /// `SELECT 1` and the `lineitem` fetch through the clients users run: the
