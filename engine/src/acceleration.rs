@@ -296,11 +296,12 @@ fn fail(slot: &CopySlot, error: String) -> RefreshOutcome {
     RefreshOutcome::Failed(error)
 }
 
-/// Where `parquet` copies are written: `meshq-acceleration` under the
-/// spill directory (or the system temp directory), one folder per process.
-fn copies_dir(engine: &Engine) -> PathBuf {
-    engine
-        .spill_dir()
+/// Where `parquet` copies are written: `meshq-acceleration-<pid>` under
+/// the spill directory (or the system temp directory). SQL may never read
+/// or write there (see the engine's forbidden paths).
+pub(crate) fn copies_dir(spill_dir: Option<&std::path::Path>) -> PathBuf {
+    spill_dir
+        .map(std::path::Path::to_path_buf)
         .unwrap_or_else(std::env::temp_dir)
         .join(format!("meshq-acceleration-{}", std::process::id()))
 }
@@ -359,7 +360,9 @@ async fn build(
             let stamp = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos());
-            let dir = copies_dir(engine).join(&name).join(stamp.to_string());
+            let dir = copies_dir(engine.spill_dir().as_deref())
+                .join(&name)
+                .join(stamp.to_string());
             std::fs::create_dir_all(&dir).map_err(|e| {
                 format!(
                     "cannot create {} for the copy of `{name}`: {e}",

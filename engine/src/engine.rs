@@ -950,6 +950,14 @@ fn forbidden_paths(
 ) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = vec![mesh.root.clone()];
     paths.extend(memory.1.iter().cloned());
+    // Local copies of accelerated ports hold raw rows.
+    let copies_on_disk = mesh.tables.iter().any(|t| {
+        t.acceleration
+            .is_some_and(|a| a.engine == meshq_catalog::acceleration::AccelerationEngine::Parquet)
+    });
+    if copies_on_disk {
+        paths.push(crate::acceleration::copies_dir(memory.1.as_deref()));
+    }
     paths.extend(config.protected_paths.iter().cloned());
     for (_, l) in locations {
         if !l.contains("://") || l.starts_with("file://") {

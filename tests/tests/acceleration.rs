@@ -298,3 +298,28 @@ async fn accelerated_tables_reveal_nothing_a_policy_hides() {
     let (found, _) = crate::bypass::corpus_leaks(&session(&engine, "pat"), &mesh_path).await;
     assert!(found.len() >= 10, "the detector found only {found:?}");
 }
+
+/// Local copies hold raw rows: no `files:` location may include them.
+#[tokio::test]
+async fn sql_file_locations_may_not_include_local_copies() {
+    // The mesh outside the system temp directory, so that only the copies
+    // are in the way of a scratch location there.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let temp = std::env::temp_dir().display().to_string();
+    let engine = mesh(
+        dir.path(),
+        &[(PROFILES, Some("{ engine: parquet }"))],
+        &format!("files: {{ scratch: '{temp}' }}\n"),
+    )
+    .await;
+    let refused: Vec<String> = engine
+        .problems()
+        .iter()
+        .filter(|p| p.is_error())
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        refused.iter().any(|p| p.contains("meshq-acceleration-")),
+        "{refused:?}"
+    );
+}
