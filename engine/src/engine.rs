@@ -223,6 +223,15 @@ impl Engine {
             ),
             None => Vec::new(),
         };
+        // Slots of tables no longer accelerated go; a table kept from the
+        // previous version keeps its slot (and so its refreshes).
+        accelerations.retain(
+            &served
+                .iter()
+                .filter(|t| t.def.acceleration.is_some())
+                .map(|t| t.def.qualified_name())
+                .collect::<Vec<_>>(),
+        );
         // Sorted by name: `served_table` looks tables up by binary search.
         served.sort_by_key(|t| t.def.qualified_name());
         let sources = sources_of(&served, &locations);
@@ -580,14 +589,12 @@ fn memory_settings(config: &EngineConfig, mesh: &Mesh) -> (Option<usize>, Option
 /// The runtime for `memory`; the previous version's when the settings are
 /// the same, so queries still running on it share the pool.
 /// Puts every accelerated table's copy slot under its contract view (the
-/// slot it had before when its definition is unchanged), and forgets the
-/// slots of tables no longer accelerated.
+/// slot it had before when its definition is unchanged).
 async fn accelerate(
     accelerations: &crate::acceleration::Accelerations,
     runtime: &Arc<RuntimeEnv>,
     served: &mut [ServedTable],
 ) {
-    let mut names = Vec::new();
     for t in served.iter_mut() {
         let Some(spec) = t.def.acceleration else {
             continue;
@@ -598,9 +605,7 @@ async fn accelerate(
             t.provider
                 .accelerated(slot, version.unwrap_or_else(|| "unknown".into())),
         );
-        names.push(t.def.qualified_name());
     }
-    accelerations.retain(&names);
 }
 
 fn runtime_for(

@@ -323,3 +323,75 @@ async fn sql_file_locations_may_not_include_local_copies() {
         "{refused:?}"
     );
 }
+
+/// A reload that does not change a table keeps its copy; one that changes
+/// its definition starts a new one.
+#[tokio::test]
+async fn copies_outlive_reloads_that_do_not_change_their_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = mesh(
+        dir.path(),
+        &[
+            (ORDERS, Some("{ engine: memory }")),
+            (PROFILES, Some("{ engine: memory }")),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(first.refresh_accelerations().await.len(), 2);
+    let second = Engine::load_after(fixture_engine_config(dir.path()), Some(&first))
+        .await
+        .unwrap();
+    for t in ["sales.orders", "customers.profiles"] {
+        assert!(
+            second.served_table(t).unwrap().provider.is_accelerated(),
+            "{t}"
+        );
+    }
+    assert!(
+        second
+            .refresh_accelerations()
+            .await
+            .iter()
+            .all(|(_, o)| *o == RefreshOutcome::Current)
+    );
+    // Profiles now read through its parquet engine: a new, empty slot.
+    set_acceleration(dir.path(), PROFILES, Some("{ engine: parquet }"));
+    let third = Engine::load_after(fixture_engine_config(dir.path()), Some(&second))
+        .await
+        .unwrap();
+    assert!(
+        third
+            .served_table("sales.orders")
+            .unwrap()
+            .provider
+            .is_accelerated()
+    );
+    assert!(
+        !third
+            .served_table("customers.profiles")
+            .unwrap()
+            .provider
+            .is_accelerated()
+    );
+    let outcomes = third.refresh_accelerations().await;
+    assert!(
+        outcomes
+            .iter()
+            .any(|(t, o)| t == "customers.profiles" && matches!(o, RefreshOutcome::Built { .. })),
+        "{outcomes:?}"
+    );
+    // Acceleration removed: the table reads its source.
+    set_acceleration(dir.path(), PROFILES, None);
+    let fourth = Engine::load_after(fixture_engine_config(dir.path()), Some(&third))
+        .await
+        .unwrap();
+    assert!(fourth.acceleration_of("customers.profiles").is_none());
+    assert!(
+        !fourth
+            .served_table("customers.profiles")
+            .unwrap()
+            .provider
+            .is_accelerated()
+    );
+}
