@@ -368,7 +368,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             serve(live, args.server, |_| {}).await
         }
         Command::Shell(args) => {
-            let engine = load(&args.mesh.mesh, EngineConfig::new(&args.mesh.mesh)).await?;
+            let engine =
+                load_for_queries(&args.mesh.mesh, EngineConfig::new(&args.mesh.mesh)).await?;
             report_problems(&engine);
             let Some(principal) = principal(&engine, args.principal.as_deref()) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
@@ -392,7 +393,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             config.protected_paths = args.server.protected_paths();
             let mut args = args;
             args.server.quality_interval = args.server.quality_interval.or(Some(300.0));
-            let engine = load(&args.dir, config.clone()).await?;
+            let engine = load_for_queries(&args.dir, config.clone()).await?;
             report_problems(&engine);
             let Some(principal) = principal(&engine, Some(&args.principal)) else {
                 return Ok(ExitCode::from(EXIT_INVALID));
@@ -687,10 +688,16 @@ async fn check(args: CheckArgs) -> Result<ExitCode> {
 }
 
 async fn load(mesh: &std::path::Path, config: EngineConfig) -> Result<Engine> {
-    let engine = Engine::load(config)
+    Engine::load(config)
         .await
-        .with_context(|| format!("loading mesh {}", mesh.display()))?;
-    // Accelerated tables are read from their copies, as a server reads them.
+        .with_context(|| format!("loading mesh {}", mesh.display()))
+}
+
+/// [`load`] for answering queries (shell, demo): accelerated tables are
+/// read from their copies, as a server reads them. `validate` and `check`
+/// read the sources.
+async fn load_for_queries(mesh: &std::path::Path, config: EngineConfig) -> Result<Engine> {
+    let engine = load(mesh, config).await?;
     for (table, outcome) in engine.refresh_accelerations().await {
         if let meshq_engine::acceleration::RefreshOutcome::Failed(e) = outcome {
             eprintln!("Warning: `{table}` is read from its source: {e}");
