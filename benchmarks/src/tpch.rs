@@ -152,13 +152,16 @@ impl Dataset {
         })
     }
 
-    /// The split mesh with every port accelerated in memory.
-    pub fn mesh_split_accelerated(&self) -> Result<PathBuf> {
-        self.mesh_split_variant("mesh-split-accelerated", |name, text| {
+    /// The split mesh with every port accelerated by `engine` (`memory` or
+    /// `parquet`).
+    pub fn mesh_split_accelerated(&self, engine: &str) -> Result<PathBuf> {
+        self.mesh_split_variant(&format!("mesh-split-accelerated-{engine}"), |name, text| {
             if name.ends_with(".odps.yaml") {
                 text.replace(
                     " }\n",
-                    ", customProperties: [ { property: acceleration, value: { engine: memory } } ] }\n",
+                    &format!(
+                        ", customProperties: [ {{ property: acceleration, value: {{ engine: {engine} }} }} ] }}\n"
+                    ),
                 )
             } else {
                 text
