@@ -22,9 +22,7 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::memory::MemTable;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::prelude::SessionContext;
 use meshq_catalog::acceleration::{Acceleration, AccelerationEngine, Refresh};
 use meshq_catalog::{Format, TableDef};
 use meshq_connectors::LocalCopy;
@@ -315,13 +313,8 @@ async fn build(
     let name = table.def.qualified_name();
     let source = Arc::new(table.provider.source_view());
     let schema = source.schema();
-    let state = SessionStateBuilder::new()
-        .with_config(engine.session_config())
-        .with_runtime_env(Arc::clone(engine.runtime()))
-        .with_default_features()
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    let df = ctx
+    let df = engine
+        .unpoliced_context()
         .read_table(source)
         .map_err(|e| format!("cannot read `{name}` to accelerate it: {e}"))?;
     match slot.spec.engine {

@@ -211,15 +211,6 @@ impl ResultCache {
         &self.stats
     }
 
-    /// Empties the cache.
-    pub fn clear(&self) {
-        let mut e = self.entries.lock();
-        let (n, bytes) = (e.by_key.len(), e.bytes);
-        *e = Entries::default();
-        drop(e);
-        self.release(n, bytes);
-    }
-
     fn release(&self, entries: usize, bytes: usize) {
         if let Some(r) = &self.reservation {
             r.shrink(bytes.min(r.size()));

@@ -333,6 +333,20 @@ impl Engine {
         &self.inner.quality
     }
 
+    /// A plain DataFusion context on this version's configuration and
+    /// runtime: no mesh catalog, no policy rule. For the engine's own work
+    /// on the producer's data (quality checks, copies of accelerated
+    /// tables), never for a consumer's statement.
+    pub(crate) fn unpoliced_context(&self) -> SessionContext {
+        SessionContext::new_with_state(
+            SessionStateBuilder::new()
+                .with_config(self.session_config())
+                .with_runtime_env(Arc::clone(&self.inner.runtime))
+                .with_default_features()
+                .build(),
+        )
+    }
+
     /// The session configuration every session of this version starts
     /// from.
     pub fn session_config(&self) -> SessionConfig {

@@ -39,12 +39,7 @@ async fn mesh_with(extra: &str) -> (tempfile::TempDir, PathBuf) {
 
 async fn load(mesh: &Path) -> Engine {
     let engine = Engine::load(fixture_engine_config(mesh)).await.unwrap();
-    let errors: Vec<String> = engine
-        .problems()
-        .iter()
-        .filter(|p| p.is_error())
-        .map(|p| p.to_string())
-        .collect();
+    let errors = crate::common::error_problems(&engine);
     assert!(
         errors.is_empty(),
         "the fixture mesh has errors: {errors:#?}"

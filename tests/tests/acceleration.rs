@@ -9,7 +9,7 @@ use meshq_engine::acceleration::RefreshOutcome;
 use meshq_engine::{Engine, MeshSession};
 use meshq_tests::{fixture_engine_config, write_fixture_mesh};
 
-use crate::common::sorted_rows;
+use crate::common::{error_problems, run_served, sorted_rows};
 
 const SERVER: &str = "customProperties: [ { property: server, value: local } ]";
 
@@ -86,11 +86,7 @@ async fn rows(s: &MeshSession, sql: &str) -> Result<Vec<String>, String> {
 /// Through the path servers use, where the result cache sits (the demo
 /// mesh turns it on): the rows and whether they came from the cache.
 async fn rows_served(s: &MeshSession, sql: &str) -> (Vec<String>, bool) {
-    use futures::TryStreamExt;
-    let plan = s.plan(sql).await.unwrap();
-    let query = s.execute(plan, None).await.unwrap();
-    let hit = query.is_cached();
-    let batches: Vec<RecordBatch> = query.execute().unwrap().try_collect().await.unwrap();
+    let (batches, hit) = run_served(s, sql).await.unwrap();
     (sorted_rows(&batches), hit)
 }
 
@@ -312,12 +308,7 @@ async fn sql_file_locations_may_not_include_local_copies() {
         &format!("files: {{ scratch: '{temp}' }}\n"),
     )
     .await;
-    let refused: Vec<String> = engine
-        .problems()
-        .iter()
-        .filter(|p| p.is_error())
-        .map(|p| p.to_string())
-        .collect();
+    let refused = error_problems(&engine);
     assert!(
         refused.iter().any(|p| p.contains("meshq-acceleration-")),
         "{refused:?}"

@@ -12,7 +12,7 @@ use arrow::array::AsArray;
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 
-use crate::common::{fixture, run, session_as};
+use crate::common::{fixture, run, run_served, session_as};
 
 /// Values of `column` from `sql` run as pat (who sees raw data).
 async fn raw_values(sql: &str) -> BTreeSet<String> {
@@ -125,14 +125,24 @@ fn corpus(mesh: &str) -> Vec<String> {
     q.into_iter().map(str::to_string).collect()
 }
 
-/// Runs the corpus as `name`; returns (leaking query, leaked value) pairs and
-/// how many queries returned rows.
+/// What one run of the corpus found.
+struct CorpusRun {
+    /// (leaking query, leaked value) pairs.
+    found: Vec<(String, String)>,
+    /// Queries that returned rows.
+    answered: usize,
+    /// Queries answered from the result cache (`served` runs only).
+    hits: usize,
+}
+
+/// Runs the corpus as `name` (the DataFrame path).
 async fn leaks(
     name: &str,
     secrets: &BTreeSet<String>,
     mesh: &str,
 ) -> (Vec<(String, String)>, usize) {
-    leaks_in(&session_as(name).await, secrets, mesh).await
+    let r = run_corpus(&session_as(name).await, secrets, mesh, false).await;
+    (r.found, r.answered)
 }
 
 /// The corpus in `session` (of any engine over the fixture mesh written at
@@ -142,23 +152,39 @@ pub(crate) async fn corpus_leaks(
     session: &meshq_engine::MeshSession,
     mesh: &str,
 ) -> (Vec<(String, String)>, usize) {
-    leaks_in(session, &secrets().await, mesh).await
+    let r = run_corpus(session, &secrets().await, mesh, false).await;
+    (r.found, r.answered)
 }
 
-async fn leaks_in(
+/// Runs the corpus in `session`, through the DataFrame path or, when
+/// `served`, through the path the server uses (`execute`, where the result
+/// cache sits).
+async fn run_corpus(
     session: &meshq_engine::MeshSession,
     secrets: &BTreeSet<String>,
     mesh: &str,
-) -> (Vec<(String, String)>, usize) {
-    let mut found = Vec::new();
-    let mut answered = 0;
+    served: bool,
+) -> CorpusRun {
+    let mut out = CorpusRun {
+        found: Vec::new(),
+        answered: 0,
+        hits: 0,
+    };
     let mut queries = corpus(mesh);
     queries.push("EXECUTE p('AMER')".into());
     for sql in &queries {
-        let text = match run(session, sql).await {
-            Ok(batches) => {
+        let result = if served {
+            run_served(session, sql)
+                .await
+                .map_err(|e| format!("{e:?} / {e}"))
+        } else {
+            run(session, sql).await.map(|b| (b, false))
+        };
+        let text = match result {
+            Ok((batches, hit)) => {
+                out.hits += hit as usize;
                 if batches.iter().any(|b| b.num_rows() > 0) {
-                    answered += 1;
+                    out.answered += 1;
                 }
                 arrow::util::pretty::pretty_format_batches(&batches)
                     .map(|t| t.to_string())
@@ -167,48 +193,10 @@ async fn leaks_in(
             Err(e) => e,
         };
         if let Some(s) = secrets.iter().find(|s| text.contains(s.as_str())) {
-            found.push((sql.clone(), s.clone()));
+            out.found.push((sql.clone(), s.clone()));
         }
     }
-    (found, answered)
-}
-
-/// Runs the corpus in `session` through the path the server uses
-/// (`execute`, where the result cache sits); (leaks, queries answered
-/// from the cache).
-async fn leaks_via_execute(
-    session: &meshq_engine::MeshSession,
-    secrets: &BTreeSet<String>,
-    mesh: &str,
-) -> (Vec<(String, String)>, usize) {
-    use futures::TryStreamExt;
-    let mut found = Vec::new();
-    let mut hits = 0;
-    let mut queries = corpus(mesh);
-    queries.push("EXECUTE p('AMER')".into());
-    for sql in &queries {
-        let result = async {
-            let plan = session.plan(sql).await?;
-            let query = session.execute(plan, None).await?;
-            let hit = query.is_cached();
-            let batches: Vec<arrow::array::RecordBatch> = query.execute()?.try_collect().await?;
-            Ok::<_, datafusion::error::DataFusionError>((batches, hit))
-        }
-        .await;
-        let text = match result {
-            Ok((batches, hit)) => {
-                hits += hit as usize;
-                arrow::util::pretty::pretty_format_batches(&batches)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default()
-            }
-            Err(e) => format!("{e:?} / {e}"),
-        };
-        if let Some(s) = secrets.iter().find(|s| text.contains(s.as_str())) {
-            found.push((sql.clone(), s.clone()));
-        }
-    }
-    (found, hits)
+    out
 }
 
 /// With the result cache on and every query first run by pat (who sees raw
@@ -231,18 +219,18 @@ async fn the_result_cache_serves_no_raw_value_to_a_restricted_principal() {
     let secrets = secrets().await;
     let as_ = |name: &str| engine.session(&engine.mesh().config.principal(name).unwrap());
     // Control: pat's answers carry raw values (and fill the cache).
-    let (found, _) = leaks_via_execute(&as_("pat"), &secrets, &mesh).await;
+    let CorpusRun { found, .. } = run_corpus(&as_("pat"), &secrets, &mesh, true).await;
     assert!(found.len() >= 10, "the detector found only {found:?}");
-    let (found, hits) = leaks_via_execute(&as_("pat"), &secrets, &mesh).await;
+    let CorpusRun { found, hits, .. } = run_corpus(&as_("pat"), &secrets, &mesh, true).await;
     assert!(
         found.len() >= 10 && hits >= 20,
         "pat's second run: {hits} hits"
     );
     // Ana, twice: the second run comes from her own entries.
-    let (found, hits) = leaks_via_execute(&as_("ana"), &secrets, &mesh).await;
+    let CorpusRun { found, hits, .. } = run_corpus(&as_("ana"), &secrets, &mesh, true).await;
     assert!(found.is_empty(), "leaks as ana: {found:#?}");
     assert_eq!(hits, 0, "nothing pat cached is ana's");
-    let (found, hits) = leaks_via_execute(&as_("ana"), &secrets, &mesh).await;
+    let CorpusRun { found, hits, .. } = run_corpus(&as_("ana"), &secrets, &mesh, true).await;
     assert!(found.is_empty(), "leaks as ana from the cache: {found:#?}");
     assert!(
         hits >= 20,

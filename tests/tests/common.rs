@@ -38,6 +38,30 @@ pub(crate) async fn run(session: &MeshSession, sql: &str) -> Result<Vec<RecordBa
     }
 }
 
+/// Runs SQL through the path servers use (`execute`, where the result
+/// cache sits): the batches and whether they came from the cache.
+pub(crate) async fn run_served(
+    session: &MeshSession,
+    sql: &str,
+) -> datafusion::error::Result<(Vec<RecordBatch>, bool)> {
+    use futures::TryStreamExt;
+    let plan = session.plan(sql).await?;
+    let query = session.execute(plan, None).await?;
+    let cached = query.is_cached();
+    let batches = query.execute()?.try_collect().await?;
+    Ok((batches, cached))
+}
+
+/// The error-severity problems of a loaded mesh, as text.
+pub(crate) fn error_problems(engine: &Engine) -> Vec<String> {
+    engine
+        .problems()
+        .iter()
+        .filter(|p| p.is_error())
+        .map(|p| p.to_string())
+        .collect()
+}
+
 /// Batches as sorted text rows, for order-insensitive comparison.
 pub(crate) fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
     let options = arrow::util::display::FormatOptions::default().with_null("NULL");

@@ -5,12 +5,10 @@
 
 use std::path::Path;
 
-use arrow::array::RecordBatch;
-use futures::TryStreamExt;
 use meshq_engine::{Engine, MeshSession, Principal};
 use meshq_tests::{fixture_engine_config, write_fixture_mesh};
 
-use crate::common::sorted_rows;
+use crate::common::{run_served, sorted_rows};
 
 /// The fixture mesh with `cache:` set as `yaml` says.
 async fn cached_mesh(dir: &Path, yaml: &str) -> Engine {
@@ -34,13 +32,10 @@ fn principal(engine: &Engine, name: &str) -> Principal {
     engine.mesh().config.principal(name).unwrap()
 }
 
-/// Runs `sql` through the path servers use (`execute`); the sorted rows
-/// and whether they came from the cache.
+/// Runs `sql` through the path servers use; the sorted rows and whether
+/// they came from the cache.
 async fn run_via_cache(session: &MeshSession, sql: &str) -> (Vec<String>, bool) {
-    let plan = session.plan(sql).await.unwrap();
-    let query = session.execute(plan, None).await.unwrap();
-    let cached = query.is_cached();
-    let batches: Vec<RecordBatch> = query.execute().unwrap().try_collect().await.unwrap();
+    let (batches, cached) = run_served(session, sql).await.unwrap();
     (sorted_rows(&batches), cached)
 }
 

@@ -18,7 +18,6 @@ use arrow::datatypes::DataType;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
-use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SQLOptions, SessionContext};
 use futures::StreamExt;
 use meshq_catalog::quality::{Check, QualityRule, Threshold, Unit};
@@ -126,12 +125,7 @@ pub fn now_ms() -> i64 {
 /// consumer's query. DDL, DML and statements are refused by
 /// [`check_options`], and it has no file-reading table functions.
 fn producer_context(engine: &Engine) -> SessionContext {
-    let state = SessionStateBuilder::new()
-        .with_config(engine.session_config())
-        .with_runtime_env(Arc::clone(engine.runtime()))
-        .with_default_features()
-        .build();
-    let ctx = SessionContext::new_with_state(state);
+    let ctx = engine.unpoliced_context();
     let catalog = MemoryCatalogProvider::new();
     for t in engine.served_tables() {
         let schema = match catalog.schema(&t.def.domain) {
