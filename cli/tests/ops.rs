@@ -184,6 +184,58 @@ fn classify(batches: &[RecordBatch]) -> Result<PhoneMask, String> {
     }
 }
 
+/// `DoGet` runs the plan `GetFlightInfo` made, once, in the same session,
+/// on the same mesh version; anything else plans the statement again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn do_get_runs_the_announced_plan_once_and_plans_again_after_a_reload() {
+    let (_dir, mesh) = copy_mesh();
+    let server = start_on(&mesh, &["--metrics-bind", "127.0.0.1:0"], &[]);
+    let mut root = login(&server, "root").await;
+    query(&mut root, "CREATE TABLE public.gone AS SELECT 7 AS x").await;
+    let info = root
+        .execute("SELECT x FROM public.gone".into(), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    // Another session of the same principal has no plan for the ticket:
+    // it plans as itself, and the scratch table is not its own.
+    let mut other = login(&server, "root").await;
+    let e = status_of(other.do_get(ticket.clone()).await.unwrap_err());
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    // The table is dropped after GetFlightInfo: the plan made then still
+    // runs, once.
+    query(&mut root, "DROP TABLE public.gone").await;
+    let (_, batches) = fetch(&mut root, info).await;
+    assert_eq!(text(&batches), "+---+\n| x |\n+---+\n| 7 |\n+---+");
+    let e = status_of(root.do_get(ticket).await.unwrap_err());
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+
+    // A reload between GetFlightInfo and DoGet: the new policy applies.
+    let mut ana = login(&server, "ana").await;
+    let info = ana
+        .execute("SELECT phone FROM customers.profiles".into(), None)
+        .await
+        .unwrap();
+    let contract = mesh.join("customers/profiles.odcs.yaml");
+    let old = std::fs::read_to_string(&contract).unwrap();
+    let new = old.replace(
+        "{ kind: redact, exceptRoles: [pii-reader] }",
+        "{ kind: nullify, exceptRoles: [pii-reader] }",
+    );
+    assert_ne!(old, new);
+    replace_file(&contract, &new);
+    reload_now(&server).await;
+    let (_, batches) = fetch(&mut ana, info).await;
+    assert_eq!(classify(&batches), Ok(PhoneMask::Null));
+    // Without a reload the announced plan is the one that runs.
+    let info = ana
+        .execute("SELECT phone FROM customers.profiles".into(), None)
+        .await
+        .unwrap();
+    let (_, batches) = fetch(&mut ana, info).await;
+    assert_eq!(classify(&batches), Ok(PhoneMask::Null));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_swaps_atomically_and_keeps_the_last_good_version() {
     let (_dir, mesh) = copy_mesh();

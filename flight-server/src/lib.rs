@@ -6,7 +6,9 @@
 //!
 //! Invariants:
 //! - Every RPC authenticates; a ticket or handle carries SQL and parameters,
-//!   never a principal, and `DoGet` plans again as the caller.
+//!   never a principal. `DoGet` runs the plan `GetFlightInfo` kept in the
+//!   same client session for that ticket, when the mesh version and the
+//!   statement are unchanged; otherwise it plans again as the caller.
 //! - Results stream batch by batch, schema first (also for zero rows), in
 //!   the same schema `GetFlightInfo` announced, with view types sent as
 //!   plain `Utf8`/`Binary`.

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::metadata::result_schema;
 use crate::operations::Operations;
 use crate::result_stream::{QueryControl, ResultLimits, ResultStream, RunningQuery};
-use crate::sessions::ClientSession;
+use crate::sessions::{Announcement, ClientSession};
 use crate::trace::QueryTrace;
 
 /// Identifies one statement in the log, the audit record and errors.
@@ -254,8 +254,9 @@ impl Lifecycle {
     /// For `GetFlightInfo`: plans the statement once. A statement that is
     /// not a query (DDL, DML, `COPY`, `SET`) runs now, through the same path
     /// as a query, and its result is returned for `DoGet`; a query is only
-    /// checked, and `DoGet` runs it.
-    pub async fn announce(&self, request: QueryRequest) -> Result<Announced> {
+    /// checked, and its plan kept in the client's session for the `DoGet`
+    /// of the ticket with `nonce`.
+    pub async fn announce(&self, request: QueryRequest, nonce: u64) -> Result<Announced> {
         let mut planned = self.plan(&request).await?;
         if is_statement(&planned.plan) {
             let stream = self.run(planned, None).await?;
@@ -268,18 +269,57 @@ impl Lifecycle {
         }
         // Allowed: `DoGet` runs and audits it.
         planned.trace.discard();
+        let schema = result_schema(&planned.session, &planned.plan);
+        request.client.keep_announced(Announcement {
+            nonce,
+            sql: request.sql,
+            params: request.params,
+            session: planned.session,
+            plan: planned.plan,
+            at: std::time::Instant::now(),
+        });
         Ok(Announced {
-            schema: result_schema(&planned.session, &planned.plan),
+            schema,
             result: None,
         })
     }
 
-    /// For `DoGet`: plans and runs the statement, streaming its result;
-    /// cancellable by `ticket`.
-    pub async fn stream(&self, request: QueryRequest, ticket: Vec<u8>) -> Result<ResultStream> {
-        let planned = self.plan(&request).await?;
+    /// For `DoGet`: runs the statement, streaming its result; cancellable
+    /// by `ticket`. The plan `GetFlightInfo` kept for the ticket's `nonce`
+    /// is run when it is still valid; otherwise the statement is planned
+    /// again as the caller.
+    pub async fn stream(
+        &self,
+        request: QueryRequest,
+        ticket: Vec<u8>,
+        nonce: Option<u64>,
+    ) -> Result<ResultStream> {
+        let planned = match nonce.and_then(|n| self.recall(&request, n)) {
+            Some(p) => p,
+            None => self.plan(&request).await?,
+        };
         info!(query_id = %request.id, user = %planned.session.principal().display_name(), "query");
         self.run(planned, Some(ticket)).await
+    }
+
+    /// The plan `GetFlightInfo` kept for the ticket with `nonce`, with the
+    /// audit record of this request opened on it.
+    fn recall(&self, request: &QueryRequest, nonce: u64) -> Option<Planned> {
+        let current = request.client.session().ok()?;
+        let (session, plan) = request.client.take_announced(
+            nonce,
+            &request.sql,
+            request.params.as_ref(),
+            &current,
+        )?;
+        let mut trace = QueryTrace::new(&self.ops, request, request.client.mesh_version());
+        trace.planned(&session, &plan);
+        Some(Planned {
+            id: request.id,
+            session,
+            plan,
+            trace,
+        })
     }
 
     /// For `CommandStatementUpdate` and `CommandPreparedStatementUpdate`:

@@ -139,8 +139,15 @@ impl MeshFlightService {
     ) -> Result<Response<FlightInfo>, Status> {
         let client = self.client(&request).await?;
         let req = self.request(client, &request, call, sql.clone(), params.clone());
-        let announced = self.queries.announce(req).await?;
-        let ticket = statement_ticket(sql, params.as_ref(), &announced.schema, announced.result)?;
+        let nonce = rand::random();
+        let announced = self.queries.announce(req, nonce).await?;
+        let ticket = statement_ticket(
+            sql,
+            params.as_ref(),
+            &announced.schema,
+            announced.result,
+            nonce,
+        )?;
         Ok(Response::new(info(
             &announced.schema,
             ticket,
@@ -148,18 +155,20 @@ impl MeshFlightService {
         )?))
     }
 
-    /// Runs a statement for `DoGet`.
+    /// Runs a statement for `DoGet`; `nonce` is its ticket's, when the
+    /// ticket is one `GetFlightInfo` made.
     async fn stream(
         &self,
         request: Request<Ticket>,
         call: Call,
         sql: String,
         params: Option<RecordBatch>,
+        nonce: Option<u64>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         let client = self.client(&request).await?;
         let ticket = request.get_ref().ticket.to_vec();
         let req = self.request(client, &request, call, sql, params);
-        let stream = self.queries.stream(req, ticket).await?;
+        let stream = self.queries.stream(req, ticket, nonce).await?;
         Ok(Response::new(encode_stream(stream)))
     }
 
@@ -223,7 +232,8 @@ impl FlightSqlService for MeshFlightService {
         } else {
             Call::Statement
         };
-        self.stream(request, call, t.sql, params).await
+        self.stream(request, call, t.sql, params, Some(t.nonce))
+            .await
     }
 
     async fn do_action_create_prepared_statement(
@@ -310,7 +320,7 @@ impl FlightSqlService for MeshFlightService {
         let client = self.client(&request).await?;
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.bound(&client, &handle);
-        self.stream(request, Call::Prepared, handle.sql, params)
+        self.stream(request, Call::Prepared, handle.sql, params, None)
             .await
     }
 

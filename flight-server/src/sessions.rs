@@ -2,8 +2,11 @@
 //! [`SessionData`], kilobytes) and [`SessionStore`], bounded in total and per
 //! principal, least recently used first out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::logical_expr::LogicalPlan;
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
@@ -27,6 +30,27 @@ pub(crate) enum Login {
     Jwt,
 }
 
+/// How long a query announced by `GetFlightInfo` stays planned for its
+/// `DoGet`; a later `DoGet` plans it again.
+pub const ANNOUNCED_FOR: Duration = Duration::from_secs(60);
+
+/// Most announced queries a session keeps planned; the oldest goes first.
+pub const MAX_ANNOUNCED: usize = 16;
+
+/// A query `GetFlightInfo` planned, kept so that the `DoGet` of its ticket
+/// runs that plan instead of planning the statement again.
+pub(crate) struct Announcement {
+    /// The ticket's nonce.
+    pub nonce: u64,
+    /// What the ticket says: the same SQL and parameters must come back.
+    pub sql: String,
+    pub params: Option<RecordBatch>,
+    /// The planning context and the admitted plan.
+    pub session: MeshSession,
+    pub plan: LogicalPlan,
+    pub at: Instant,
+}
+
 /// A logged-in client. After a reload it continues on the new mesh
 /// version with its scratch tables, prepared statements and default schema.
 pub struct ClientSession {
@@ -36,6 +60,8 @@ pub struct ClientSession {
     /// The mesh version the principal was last resolved on.
     seen: Mutex<Option<Engine>>,
     last_used: Mutex<Instant>,
+    /// Queries announced and not fetched yet, newest last.
+    announced: Mutex<VecDeque<Announcement>>,
 }
 
 impl ClientSession {
@@ -51,7 +77,40 @@ impl ClientSession {
             live: Arc::clone(live),
             seen: Mutex::new(Some(engine)),
             last_used: Mutex::new(Instant::now()),
+            announced: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Keeps a query `GetFlightInfo` planned for the `DoGet` of its ticket.
+    pub(crate) fn keep_announced(&self, announcement: Announcement) {
+        let mut kept = self.announced.lock();
+        kept.retain(|a| a.at.elapsed() < ANNOUNCED_FOR);
+        while kept.len() >= MAX_ANNOUNCED {
+            kept.pop_front();
+        }
+        kept.push_back(announcement);
+    }
+
+    /// The plan kept for the ticket with `nonce`, taken once: only for the
+    /// same SQL and parameters, within [`ANNOUNCED_FOR`], and on the mesh
+    /// version `current` plans on (so the same principal and policies).
+    /// Otherwise the statement is planned again.
+    pub(crate) fn take_announced(
+        &self,
+        nonce: u64,
+        sql: &str,
+        params: Option<&RecordBatch>,
+        current: &MeshSession,
+    ) -> Option<(MeshSession, LogicalPlan)> {
+        let mut kept = self.announced.lock();
+        let i = kept.iter().position(|a| a.nonce == nonce)?;
+        let a = kept.remove(i)?;
+        drop(kept);
+        let same = a.sql == sql
+            && a.params.as_ref() == params
+            && a.at.elapsed() < ANNOUNCED_FOR
+            && a.session.engine().same_version(current.engine());
+        same.then_some((a.session, a.plan))
     }
 
     /// The principal, as of the last mesh version it was resolved on.

@@ -1,6 +1,7 @@
 //! What a ticket or prepared-statement handle carries: enough to plan the
 //! query again (SQL and bound parameters), never a principal — `DoGet`
-//! authenticates again and plans as the caller.
+//! authenticates again and runs as the caller: the plan its session kept
+//! for the ticket's nonce, or a new one.
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -110,12 +111,13 @@ pub(crate) fn statement_ticket(
     params: Option<&RecordBatch>,
     schema: &SchemaRef,
     result: Option<Vec<RecordBatch>>,
+    nonce: u64,
 ) -> Result<Vec<u8>, Error> {
     let handle = StatementTicket {
         sql,
         params: params.map(params_to_ipc).transpose()?,
         result: result.map(|b| batches_to_ipc(schema, &b)).transpose()?,
-        nonce: rand::random(),
+        nonce,
     };
     Ok(TicketStatementQuery {
         statement_handle: handle.encode().into(),
