@@ -185,11 +185,13 @@ fn classify(batches: &[RecordBatch]) -> Result<PhoneMask, String> {
 }
 
 /// `DoGet` runs the plan `GetFlightInfo` made, once, in the same session,
-/// on the same mesh version; anything else plans the statement again.
+/// on the same mesh version; a prepared statement runs the plan made when
+/// it was prepared. Anything else plans the statement again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn do_get_runs_the_announced_plan_once_and_plans_again_after_a_reload() {
+async fn kept_plans_run_once_per_ticket_and_are_planned_again_after_ddl_or_a_reload() {
     let (_dir, mesh) = copy_mesh();
     let server = start_on(&mesh, &["--metrics-bind", "127.0.0.1:0"], &[]);
+    let reused = || metric(&server, "meshq_statement_plans_reused_total");
     let mut root = login(&server, "root").await;
     query(&mut root, "CREATE TABLE public.gone AS SELECT 7 AS x").await;
     let info = root
@@ -202,16 +204,53 @@ async fn do_get_runs_the_announced_plan_once_and_plans_again_after_a_reload() {
     let mut other = login(&server, "root").await;
     let e = status_of(other.do_get(ticket.clone()).await.unwrap_err());
     assert_eq!(e.code(), Code::NotFound, "{e}");
-    // The table is dropped after GetFlightInfo: the plan made then still
-    // runs, once.
-    query(&mut root, "DROP TABLE public.gone").await;
+    let before = reused();
     let (_, batches) = fetch(&mut root, info).await;
     assert_eq!(text(&batches), "+---+\n| x |\n+---+\n| 7 |\n+---+");
+    assert_eq!(reused(), before + 1.0);
+    // A ticket's plan is taken once: fetched again, it is planned again.
+    let mut stream = root.do_get(ticket).await.unwrap();
+    while stream.try_next().await.unwrap().is_some() {}
+    assert_eq!(reused(), before + 1.0);
+    // A prepared statement: each execution binds the plan made by
+    // CreatePreparedStatement, and its DoGet runs the announced plan.
+    let mut prepared = root
+        .prepare("SELECT x + 1 AS y FROM public.gone".into(), None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (_, batches) = fetch(&mut root, prepared.execute().await.unwrap()).await;
+        assert_eq!(batches[0].num_rows(), 1);
+    }
+    assert_eq!(reused(), before + 5.0);
+    // DDL in the session forgets its kept plans: the table is gone.
+    let info = root
+        .execute("SELECT x FROM public.gone".into(), None)
+        .await
+        .unwrap();
+    query(&mut root, "DROP TABLE public.gone").await;
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
     let e = status_of(root.do_get(ticket).await.unwrap_err());
     assert_eq!(e.code(), Code::NotFound, "{e}");
+    let e = status_of(prepared.execute().await.unwrap_err());
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    assert_eq!(reused(), before + 5.0);
+
+    // A ticket pat (pii-reader) was given, fetched by ana: ana's own
+    // plan runs, under her mask.
+    let mut ana = login(&server, "ana").await;
+    let mut pat = login(&server, "pat").await;
+    let sql = "SELECT phone FROM customers.profiles";
+    let info = pat.execute(sql.into(), None).await.unwrap();
+    let before = reused();
+    let (_, batches) = fetch(&mut ana, info).await;
+    assert_eq!(classify(&batches), Ok(PhoneMask::Redacted));
+    assert_eq!(reused(), before);
+    let info = pat.execute(sql.into(), None).await.unwrap();
+    let (_, batches) = fetch(&mut pat, info).await;
+    assert!(classify(&batches).is_err(), "pat sees phones unmasked");
 
     // A reload between GetFlightInfo and DoGet: the new policy applies.
-    let mut ana = login(&server, "ana").await;
     let info = ana
         .execute("SELECT phone FROM customers.profiles".into(), None)
         .await

@@ -42,6 +42,7 @@ pub fn set_session_options(client: &ClientSession, body: &[u8]) -> Result<Vec<u8
                     .is_some_and(|c| c.schema_names().contains(&s));
                 if exists {
                     client.data().set_default_schema(&s);
+                    client.forget_plans();
                     None
                 } else {
                     Some(so::INVALID_VALUE)

@@ -45,6 +45,7 @@ pub struct Metrics {
     table_accelerated: Family<Labels, Gauge>,
     table_acceleration_failing: Family<Labels, Gauge>,
     table_acceleration_bytes: Family<Labels, Gauge>,
+    plans_kept: Counter,
     cache_hits: Counter,
     cache_misses: Counter,
     cache_evictions: Counter,
@@ -189,6 +190,11 @@ impl Metrics {
             registry.register(name, help, c.clone());
             c
         };
+        let plans_kept = counter(
+            &mut registry,
+            "statement_plans_reused",
+            "Statements run from the plan an earlier call of the same session made (GetFlightInfo for its DoGet, CreatePreparedStatement for its executions) instead of planning again",
+        );
         let cache_hits = counter(
             &mut registry,
             "result_cache_hits",
@@ -257,6 +263,7 @@ impl Metrics {
             bytes_sent,
             spilled_bytes,
             auth_failures,
+            plans_kept,
             lineage_dropped,
             sessions_evicted,
             reloads,
@@ -312,6 +319,11 @@ impl Metrics {
     /// A failed authentication.
     pub fn auth_failed(&self) {
         self.auth_failures.inc();
+    }
+
+    /// A statement ran from a kept plan.
+    pub fn plan_reused(&self) {
+        self.plans_kept.inc();
     }
 
     /// An OpenLineage event dropped.

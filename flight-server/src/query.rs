@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::metadata::result_schema;
 use crate::operations::Operations;
 use crate::result_stream::{QueryControl, ResultLimits, ResultStream, RunningQuery};
-use crate::sessions::{Announcement, ClientSession};
+use crate::sessions::{ClientSession, KeptPlan};
 use crate::trace::QueryTrace;
 
 /// Identifies one statement in the log, the audit record and errors.
@@ -104,6 +104,9 @@ pub struct QueryRequest {
     pub sql: String,
     /// Bound parameters (one row), for prepared statements.
     pub params: Option<RecordBatch>,
+    /// The prepared statement's handle id, when it came through one: its
+    /// plan, kept by the session, is bound instead of planning again.
+    pub prepared: Option<String>,
 }
 
 /// What `GetFlightInfo` says about a statement.
@@ -118,6 +121,7 @@ pub struct Announced {
 /// A statement planned on one mesh version, with its audit record open.
 struct Planned {
     id: QueryId,
+    client: Arc<ClientSession>,
     session: MeshSession,
     plan: LogicalPlan,
     trace: QueryTrace,
@@ -215,11 +219,21 @@ impl Lifecycle {
         let session = request.client.session()?;
         let mut trace = QueryTrace::new(&self.ops, request, request.client.mesh_version());
         let id = request.id;
-        let planned = AssertUnwindSafe(session.plan(&request.sql))
-            .catch_unwind()
-            .await
-            .map_err(|_| panicked(id, "planning"))
-            .and_then(|r| r.map_err(|e| Error::statement(id, &e, None)));
+        let kept = request
+            .prepared
+            .as_deref()
+            .and_then(|handle| request.client.prepared_plan(handle, &request.sql, &session));
+        let planned = match kept {
+            Some(plan) => {
+                self.ops.metrics.plan_reused();
+                Ok(plan)
+            }
+            None => AssertUnwindSafe(session.plan(&request.sql))
+                .catch_unwind()
+                .await
+                .map_err(|_| panicked(id, "planning"))
+                .and_then(|r| r.map_err(|e| Error::statement(id, &e, None))),
+        };
         let planned = match (planned, &request.params) {
             (Ok(plan), Some(p)) => bind_params(plan, p).map_err(|e| match e {
                 BindError::Request(e) => e,
@@ -232,6 +246,7 @@ impl Lifecycle {
                 trace.planned(&session, &plan);
                 Ok(Planned {
                     id,
+                    client: Arc::clone(&request.client),
                     session,
                     plan,
                     trace,
@@ -270,14 +285,16 @@ impl Lifecycle {
         // Allowed: `DoGet` runs and audits it.
         planned.trace.discard();
         let schema = result_schema(&planned.session, &planned.plan);
-        request.client.keep_announced(Announcement {
+        request.client.keep_announced(
             nonce,
-            sql: request.sql,
-            params: request.params,
-            session: planned.session,
-            plan: planned.plan,
-            at: std::time::Instant::now(),
-        });
+            KeptPlan {
+                sql: request.sql,
+                params: request.params,
+                engine: planned.session.engine().clone(),
+                plan: planned.plan,
+                at: std::time::Instant::now(),
+            },
+        );
         Ok(Announced {
             schema,
             result: None,
@@ -305,17 +322,19 @@ impl Lifecycle {
     /// The plan `GetFlightInfo` kept for the ticket with `nonce`, with the
     /// audit record of this request opened on it.
     fn recall(&self, request: &QueryRequest, nonce: u64) -> Option<Planned> {
-        let current = request.client.session().ok()?;
-        let (session, plan) = request.client.take_announced(
+        let session = request.client.session().ok()?;
+        let plan = request.client.take_announced(
             nonce,
             &request.sql,
             request.params.as_ref(),
-            &current,
+            &session,
         )?;
+        self.ops.metrics.plan_reused();
         let mut trace = QueryTrace::new(&self.ops, request, request.client.mesh_version());
         trace.planned(&session, &plan);
         Some(Planned {
             id: request.id,
+            client: Arc::clone(&request.client),
             session,
             plan,
             trace,
@@ -339,9 +358,23 @@ impl Lifecycle {
 
     /// For `ActionCreatePreparedStatement`: the result and parameter
     /// schemas, after the same checks as running it.
+    /// The plan is kept in the client's session under the request's
+    /// `prepared` handle id, for its executions.
     pub async fn prepare(&self, request: QueryRequest) -> Result<(SchemaRef, Schema)> {
         let mut planned = self.plan(&request).await?;
         planned.trace.discard();
+        if let Some(handle) = &request.prepared {
+            request.client.keep_prepared(
+                handle,
+                KeptPlan {
+                    sql: request.sql.clone(),
+                    params: None,
+                    engine: planned.session.engine().clone(),
+                    plan: planned.plan.clone(),
+                    at: std::time::Instant::now(),
+                },
+            );
+        }
         let id = request.id;
         let dataset = result_schema(&planned.session, &planned.plan);
         let mut types: Vec<(String, DataType)> = planned
@@ -370,11 +403,17 @@ impl Lifecycle {
     async fn run(&self, planned: Planned, ticket: Option<Vec<u8>>) -> Result<ResultStream> {
         let Planned {
             id,
+            client,
             session,
             plan,
             mut trace,
         } = planned;
         trace.begin();
+        if is_statement(&plan) {
+            // DDL, DML or `SET` may change what the session's kept plans
+            // read: they are planned again.
+            client.forget_plans();
+        }
         let engine = session.engine().clone();
         let limits = engine
             .mesh()

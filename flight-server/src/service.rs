@@ -109,6 +109,7 @@ impl MeshFlightService {
             call,
             sql,
             params,
+            prepared: None,
         }
     }
 
@@ -136,9 +137,11 @@ impl MeshFlightService {
         call: Call,
         sql: String,
         params: Option<RecordBatch>,
+        prepared: Option<String>,
     ) -> Result<Response<FlightInfo>, Status> {
         let client = self.client(&request).await?;
-        let req = self.request(client, &request, call, sql.clone(), params.clone());
+        let mut req = self.request(client, &request, call, sql.clone(), params.clone());
+        req.prepared = prepared;
         let nonce = rand::random();
         let announced = self.queries.announce(req, nonce).await?;
         let ticket = statement_ticket(
@@ -164,10 +167,12 @@ impl MeshFlightService {
         sql: String,
         params: Option<RecordBatch>,
         nonce: Option<u64>,
+        prepared: Option<String>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         let client = self.client(&request).await?;
         let ticket = request.get_ref().ticket.to_vec();
-        let req = self.request(client, &request, call, sql, params);
+        let mut req = self.request(client, &request, call, sql, params);
+        req.prepared = prepared;
         let stream = self.queries.stream(req, ticket, nonce).await?;
         Ok(Response::new(encode_stream(stream)))
     }
@@ -209,7 +214,7 @@ impl FlightSqlService for MeshFlightService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         tracing::debug!(rpc = "get_flight_info_statement");
-        self.announce(request, Call::Statement, query.query, None)
+        self.announce(request, Call::Statement, query.query, None, None)
             .await
     }
 
@@ -232,7 +237,7 @@ impl FlightSqlService for MeshFlightService {
         } else {
             Call::Statement
         };
-        self.stream(request, call, t.sql, params, Some(t.nonce))
+        self.stream(request, call, t.sql, params, Some(t.nonce), None)
             .await
     }
 
@@ -243,12 +248,13 @@ impl FlightSqlService for MeshFlightService {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         tracing::debug!(rpc = "do_action_create_prepared_statement");
         let client = self.client(&request).await?;
-        let req = self.request(client, &request, Call::Prepared, query.query.clone(), None);
-        let (dataset, params) = self.queries.prepare(req).await?;
         let handle = PreparedHandle {
             id: QueryId::new().to_string(),
             sql: query.query,
         };
+        let mut req = self.request(client, &request, Call::Prepared, handle.sql.clone(), None);
+        req.prepared = Some(handle.id.clone());
+        let (dataset, params) = self.queries.prepare(req).await?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode().into(),
             dataset_schema: schema_ipc(&dataset)?.into(),
@@ -265,6 +271,7 @@ impl FlightSqlService for MeshFlightService {
         let handle = PreparedHandle::decode(&query.prepared_statement_handle)?;
         self.params
             .remove(client.principal().display_name(), &handle);
+        client.forget_prepared(&handle.id);
         Ok(())
     }
 
@@ -307,7 +314,7 @@ impl FlightSqlService for MeshFlightService {
         let client = self.client(&request).await?;
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.bound(&client, &handle);
-        self.announce(request, Call::Prepared, handle.sql, params)
+        self.announce(request, Call::Prepared, handle.sql, params, Some(handle.id))
             .await
     }
 
@@ -320,8 +327,15 @@ impl FlightSqlService for MeshFlightService {
         let client = self.client(&request).await?;
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.bound(&client, &handle);
-        self.stream(request, Call::Prepared, handle.sql, params, None)
-            .await
+        self.stream(
+            request,
+            Call::Prepared,
+            handle.sql,
+            params,
+            None,
+            Some(handle.id),
+        )
+        .await
     }
 
     async fn do_put_statement_update(
@@ -342,7 +356,8 @@ impl FlightSqlService for MeshFlightService {
         let client = self.client(&request).await?;
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.bound(&client, &handle);
-        let req = self.request(client, &request, Call::PreparedUpdate, handle.sql, params);
+        let mut req = self.request(client, &request, Call::PreparedUpdate, handle.sql, params);
+        req.prepared = Some(handle.id);
         Ok(self.queries.update(req).await?)
     }
 

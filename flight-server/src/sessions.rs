@@ -37,18 +37,39 @@ pub const ANNOUNCED_FOR: Duration = Duration::from_secs(60);
 /// Most announced queries a session keeps planned; the oldest goes first.
 pub const MAX_ANNOUNCED: usize = 16;
 
-/// A query `GetFlightInfo` planned, kept so that the `DoGet` of its ticket
-/// runs that plan instead of planning the statement again.
-pub(crate) struct Announcement {
-    /// The ticket's nonce.
-    pub nonce: u64,
-    /// What the ticket says: the same SQL and parameters must come back.
+/// Most prepared statements a session keeps planned; the oldest goes
+/// first (it is planned again when it runs).
+pub const MAX_PREPARED: usize = 64;
+
+/// A plan kept in a session so that a later call with the same statement
+/// runs it instead of planning again: a query `GetFlightInfo` announced
+/// (for the `DoGet` of its ticket), or a prepared statement (for each
+/// execution, before its parameters are bound).
+pub(crate) struct KeptPlan {
+    /// What the later call must send again: the same SQL and parameters.
     pub sql: String,
     pub params: Option<RecordBatch>,
-    /// The planning context and the admitted plan.
-    pub session: MeshSession,
+    /// The mesh version it was planned on.
+    pub engine: Engine,
+    /// The admitted plan.
     pub plan: LogicalPlan,
     pub at: Instant,
+}
+
+impl KeptPlan {
+    /// The plan, if `sql` and `params` are the statement's and `current`
+    /// plans on the same mesh version (so the same principal and policies).
+    fn valid_for(
+        &self,
+        sql: &str,
+        params: Option<&RecordBatch>,
+        current: &MeshSession,
+    ) -> Option<LogicalPlan> {
+        (self.sql == sql
+            && self.params.as_ref() == params
+            && self.engine.same_version(current.engine()))
+        .then(|| self.plan.clone())
+    }
 }
 
 /// A logged-in client. After a reload it continues on the new mesh
@@ -60,8 +81,10 @@ pub struct ClientSession {
     /// The mesh version the principal was last resolved on.
     seen: Mutex<Option<Engine>>,
     last_used: Mutex<Instant>,
-    /// Queries announced and not fetched yet, newest last.
-    announced: Mutex<VecDeque<Announcement>>,
+    /// Queries announced and not fetched yet, by ticket nonce, newest last.
+    announced: Mutex<VecDeque<(u64, KeptPlan)>>,
+    /// Prepared statements' plans, by handle id.
+    prepared: Mutex<HashMap<String, KeptPlan>>,
 }
 
 impl ClientSession {
@@ -78,39 +101,77 @@ impl ClientSession {
             seen: Mutex::new(Some(engine)),
             last_used: Mutex::new(Instant::now()),
             announced: Mutex::new(VecDeque::new()),
+            prepared: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Keeps a query `GetFlightInfo` planned for the `DoGet` of its ticket.
-    pub(crate) fn keep_announced(&self, announcement: Announcement) {
-        let mut kept = self.announced.lock();
-        kept.retain(|a| a.at.elapsed() < ANNOUNCED_FOR);
-        while kept.len() >= MAX_ANNOUNCED {
-            kept.pop_front();
+    /// Keeps a query `GetFlightInfo` planned for the `DoGet` of the ticket
+    /// with `nonce`.
+    pub(crate) fn keep_announced(&self, nonce: u64, kept: KeptPlan) {
+        let mut announced = self.announced.lock();
+        announced.retain(|(_, k)| k.at.elapsed() < ANNOUNCED_FOR);
+        while announced.len() >= MAX_ANNOUNCED {
+            announced.pop_front();
         }
-        kept.push_back(announcement);
+        announced.push_back((nonce, kept));
     }
 
-    /// The plan kept for the ticket with `nonce`, taken once: only for the
-    /// same SQL and parameters, within [`ANNOUNCED_FOR`], and on the mesh
-    /// version `current` plans on (so the same principal and policies).
-    /// Otherwise the statement is planned again.
+    /// The plan kept for the ticket with `nonce`, taken once, within
+    /// [`ANNOUNCED_FOR`]; see [`KeptPlan`] for when it is valid.
     pub(crate) fn take_announced(
         &self,
         nonce: u64,
         sql: &str,
         params: Option<&RecordBatch>,
         current: &MeshSession,
-    ) -> Option<(MeshSession, LogicalPlan)> {
-        let mut kept = self.announced.lock();
-        let i = kept.iter().position(|a| a.nonce == nonce)?;
-        let a = kept.remove(i)?;
-        drop(kept);
-        let same = a.sql == sql
-            && a.params.as_ref() == params
-            && a.at.elapsed() < ANNOUNCED_FOR
-            && a.session.engine().same_version(current.engine());
-        same.then_some((a.session, a.plan))
+    ) -> Option<LogicalPlan> {
+        let mut announced = self.announced.lock();
+        let i = announced.iter().position(|(n, _)| *n == nonce)?;
+        let (_, kept) = announced.remove(i)?;
+        drop(announced);
+        if kept.at.elapsed() >= ANNOUNCED_FOR {
+            return None;
+        }
+        kept.valid_for(sql, params, current)
+    }
+
+    /// Keeps the plan of the prepared statement `id` (before parameters
+    /// are bound) until it is closed.
+    pub(crate) fn keep_prepared(&self, id: &str, kept: KeptPlan) {
+        let mut prepared = self.prepared.lock();
+        while prepared.len() >= MAX_PREPARED {
+            let Some(oldest) = prepared
+                .iter()
+                .min_by_key(|(_, k)| k.at)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            prepared.remove(&oldest);
+        }
+        prepared.insert(id.to_string(), kept);
+    }
+
+    /// The kept plan of the prepared statement `id`; see [`KeptPlan`] for
+    /// when it is valid.
+    pub(crate) fn prepared_plan(
+        &self,
+        id: &str,
+        sql: &str,
+        current: &MeshSession,
+    ) -> Option<LogicalPlan> {
+        self.prepared.lock().get(id)?.valid_for(sql, None, current)
+    }
+
+    /// Forgets every kept plan: the session ran DDL, DML or `SET`.
+    pub(crate) fn forget_plans(&self) {
+        self.announced.lock().clear();
+        self.prepared.lock().clear();
+    }
+
+    /// Forgets the prepared statement `id`.
+    pub(crate) fn forget_prepared(&self, id: &str) {
+        self.prepared.lock().remove(id);
     }
 
     /// The principal, as of the last mesh version it was resolved on.
