@@ -13,12 +13,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use arrow_flight::sql::client::FlightSqlServiceClient;
 use clap::Parser;
 use futures::TryStreamExt;
 use meshq_benchmarks::runners::{self, Runner, fingerprint, rows};
 use meshq_benchmarks::tpch::{Dataset, PASSWORDS};
 use meshq_benchmarks::{QUERIES, Timing, catalog_scale, flight, measure, ms, rss};
 use meshq_engine::memory::spill_totals;
+use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 #[command(name = "meshq-bench", about = "meshq benchmarks")]
@@ -504,6 +506,7 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
         mbps(t.min()),
         mbps(t.max())
     )?;
+    wire_variants(args, &client, bytes, t.median(), out).await?;
     let (lat, _) = measure(10, args.latency_queries, || {
         let mut c = client.clone();
         async move { flight::query(&mut c, "SELECT 1").await.map(|_| ()) }
@@ -540,7 +543,58 @@ async fn fetch(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -
         ms(t.median()),
         bytes as f64 / 1e6 / t.median().as_secs_f64()
     )?;
+    wire_variants(args, &client, bytes, t.median(), out).await?;
     drop(server);
+    Ok(())
+}
+
+/// The `lineitem` fetch again with each wire option a client may ask for
+/// (`x-meshq-view-types`, `x-meshq-ipc-compression`). Rates are of the
+/// same plain-type Arrow bytes as the default fetch (`plain_bytes`), so
+/// they compare as times do.
+async fn wire_variants(
+    args: &Args,
+    client: &FlightSqlServiceClient<Channel>,
+    plain_bytes: usize,
+    plain: std::time::Duration,
+    out: &mut String,
+) -> Result<()> {
+    writeln!(
+        out,
+        "| wire option (headers) | median ms | MB/s of plain Arrow data | vs default |\n|---|---:|---:|---:|\n| default (Utf8, no compression) | {} | {:.0} | 1.00× |",
+        ms(plain),
+        plain_bytes as f64 / 1e6 / plain.as_secs_f64()
+    )?;
+    let variants: [(&str, &[(&str, &str)]); 3] = [
+        ("view types", &[("x-meshq-view-types", "true")]),
+        ("LZ4", &[("x-meshq-ipc-compression", "lz4")]),
+        ("ZSTD", &[("x-meshq-ipc-compression", "zstd")]),
+    ];
+    for (name, headers) in variants {
+        let mut c = client.clone();
+        for (k, v) in headers {
+            c.set_header(*k, *v);
+        }
+        let (t, _) = measure(args.warmup, args.runs, || {
+            let mut c = c.clone();
+            async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
+        })
+        .await?;
+        eprintln!("wire {name}: {} ms", ms(t.median()));
+        writeln!(
+            out,
+            "| {name} (`{}`) | {} | {:.0} | {:.2}× |",
+            headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ms(t.median()),
+            plain_bytes as f64 / 1e6 / t.median().as_secs_f64(),
+            t.median().as_secs_f64() / plain.as_secs_f64()
+        )?;
+    }
+    writeln!(out)?;
     Ok(())
 }
 

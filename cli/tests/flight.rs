@@ -736,6 +736,88 @@ async fn result_schemas_carry_column_descriptions() {
     assert!(schema.field_with_name("s").unwrap().metadata().is_empty());
 }
 
+/// Clients may ask, by call headers, for view types and for compressed
+/// IPC; the answers are the same values, masked alike, in the schema
+/// GetFlightInfo announced. An unknown value is refused by name.
+#[tokio::test]
+async fn wire_options_keep_view_types_and_compress_on_request() {
+    let server = start();
+    let sql = "SELECT order_id, email, region FROM sales.orders ORDER BY order_id";
+    let mut ana = login(&server, "ana").await;
+    let plain = query(&mut ana, sql).await;
+    assert_eq!(plain[0].schema().field(1).data_type(), &DataType::Utf8);
+    let expected = text(&plain);
+    let variants: [&[(&str, &str)]; 4] = [
+        &[("x-meshq-view-types", "true")],
+        &[("x-meshq-ipc-compression", "lz4")],
+        &[("x-meshq-ipc-compression", "zstd")],
+        &[
+            ("x-meshq-view-types", "true"),
+            ("x-meshq-ipc-compression", "lz4"),
+        ],
+    ];
+    for headers in variants {
+        let mut c = login(&server, "ana").await;
+        for (k, v) in headers {
+            c.set_header(*k, *v);
+        }
+        let batches = query(&mut c, sql).await;
+        let views = headers.iter().any(|(k, _)| *k == "x-meshq-view-types");
+        let email = batches[0].schema().field(1).data_type().clone();
+        assert_eq!(
+            email,
+            if views {
+                DataType::Utf8View
+            } else {
+                DataType::Utf8
+            },
+            "{headers:?}"
+        );
+        let cast: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| {
+                let columns = b
+                    .columns()
+                    .iter()
+                    .zip(plain[0].schema().fields())
+                    .map(|(c, f)| arrow::compute::cast(c, f.data_type()).unwrap())
+                    .collect();
+                RecordBatch::try_new(plain[0].schema(), columns).unwrap()
+            })
+            .collect();
+        assert_eq!(text(&cast), expected, "{headers:?}");
+    }
+    // The bodies on the wire are compressed: fewer bytes than plain.
+    let mut body_bytes = Vec::new();
+    for compression in ["none", "lz4", "zstd"] {
+        let mut c = login(&server, "ana").await;
+        let info = c.execute(sql.into(), None).await.unwrap();
+        let mut request = tonic::Request::new(info.endpoint[0].ticket.clone().unwrap());
+        let token = format!("Bearer {}", c.token().unwrap());
+        request
+            .metadata_mut()
+            .insert("authorization", token.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-meshq-ipc-compression", compression.parse().unwrap());
+        let mut stream = c.inner_mut().do_get(request).await.unwrap().into_inner();
+        let mut bytes = 0;
+        while let Some(data) = stream.try_next().await.unwrap() {
+            bytes += data.data_body.len();
+        }
+        body_bytes.push(bytes);
+    }
+    assert!(
+        body_bytes[1] < body_bytes[0] && body_bytes[2] < body_bytes[0],
+        "{body_bytes:?}"
+    );
+    let mut c = login(&server, "ana").await;
+    c.set_header("x-meshq-ipc-compression", "brotli");
+    let e = status_of(c.execute(sql.into(), None).await.unwrap_err());
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("x-meshq-ipc-compression"), "{e}");
+}
+
 /// No metadata reply holds a value of the data: GetTables with schemas,
 /// GetDbSchemas, GetPrimaryKeys, GetSqlInfo and the `meta` tables, as ana,
 /// checked against the raw values pat reads.

@@ -35,6 +35,8 @@ pub mod ticket;
 pub mod trace;
 mod wire;
 
+pub use wire::{COMPRESSION_HEADER, VIEW_TYPES_HEADER, WireOptions};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -169,32 +169,43 @@ pub fn xdbc_types() -> XdbcTypeInfoData {
         .unwrap_or_else(|e| unreachable!("static xdbc data is valid: {e}"))
 }
 
-/// `Utf8View` → `Utf8`, `BinaryView` → `Binary`, recursively: views more
-/// than double the bytes on the wire and some drivers cannot read them.
-pub fn wire_type(t: &DataType) -> DataType {
+/// `Utf8View` → `Utf8`, `BinaryView` → `Binary`, recursively, unless
+/// `views` (the client asked for view types): some drivers cannot read
+/// views, and short strings take more bytes as views.
+pub fn wire_type(t: &DataType, views: bool) -> DataType {
+    let field = |f: &FieldRef| wire_field(f, views);
     match t {
-        DataType::Utf8View => DataType::Utf8,
-        DataType::BinaryView => DataType::Binary,
-        DataType::ListView(f) | DataType::List(f) => DataType::List(wire_field(f)),
-        DataType::LargeListView(f) | DataType::LargeList(f) => DataType::LargeList(wire_field(f)),
-        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(wire_field(f), *n),
-        DataType::Struct(fields) => DataType::Struct(fields.iter().map(wire_field).collect()),
-        DataType::Map(f, sorted) => DataType::Map(wire_field(f), *sorted),
+        DataType::Utf8View if !views => DataType::Utf8,
+        DataType::BinaryView if !views => DataType::Binary,
+        DataType::ListView(f) | DataType::List(f) => DataType::List(field(f)),
+        DataType::LargeListView(f) | DataType::LargeList(f) => DataType::LargeList(field(f)),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(field(f), *n),
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect()),
+        DataType::Map(f, sorted) => DataType::Map(field(f), *sorted),
         // The Flight encoder sends dictionary columns as their values
         // (hydrated), so the advertised schema must say so too.
-        DataType::Dictionary(_, v) => wire_type(v),
+        DataType::Dictionary(_, v) => wire_type(v, views),
         other => other.clone(),
     }
 }
 
-fn wire_field(f: &FieldRef) -> FieldRef {
-    Arc::new(f.as_ref().clone().with_data_type(wire_type(f.data_type())))
+fn wire_field(f: &FieldRef, views: bool) -> FieldRef {
+    Arc::new(
+        f.as_ref()
+            .clone()
+            .with_data_type(wire_type(f.data_type(), views)),
+    )
 }
 
-/// The schema sent for a result whose engine schema is `schema`.
-pub fn wire_schema(schema: &Schema) -> SchemaRef {
+/// The schema sent for a result whose engine schema is `schema`; view
+/// types are kept when `views`.
+pub fn wire_schema(schema: &Schema, views: bool) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(
-        schema.fields().iter().map(wire_field).collect::<Vec<_>>(),
+        schema
+            .fields()
+            .iter()
+            .map(|f| wire_field(f, views))
+            .collect::<Vec<_>>(),
         schema.metadata().clone(),
     ))
 }
@@ -249,10 +260,11 @@ pub fn column_notes(
 pub fn result_schema(
     session: &meshq_engine::MeshSession,
     plan: &datafusion::logical_expr::LogicalPlan,
+    views: bool,
 ) -> SchemaRef {
     use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::logical_expr::LogicalPlan;
-    let wire = wire_schema(plan.schema().as_arrow());
+    let wire = wire_schema(plan.schema().as_arrow(), views);
     // Table aliases (`FROM sales.orders o`) to the tables they name.
     let mut aliases: std::collections::HashMap<String, String> = Default::default();
     let _ = plan.apply_with_subqueries(|node| {
@@ -350,7 +362,7 @@ pub fn table_schema(
             md.insert("ARROW:FLIGHT:SQL:TABLE_NAME".into(), table.into());
             md.insert(
                 "ARROW:FLIGHT:SQL:TYPE_NAME".into(),
-                wire_type(f.data_type()).to_string(),
+                wire_type(f.data_type(), false).to_string(),
             );
             md.insert("ARROW:FLIGHT:SQL:IS_READ_ONLY".into(), "1".into());
             md.insert("ARROW:FLIGHT:SQL:IS_SEARCHABLE".into(), "1".into());
@@ -358,7 +370,7 @@ pub fn table_schema(
             md.insert(
                 "ARROW:FLIGHT:SQL:IS_CASE_SENSITIVE".into(),
                 if matches!(
-                    wire_type(f.data_type()),
+                    wire_type(f.data_type(), false),
                     DataType::Utf8 | DataType::LargeUtf8
                 ) {
                     "1"
@@ -376,7 +388,7 @@ pub fn table_schema(
             }
             f.as_ref()
                 .clone()
-                .with_data_type(wire_type(f.data_type()))
+                .with_data_type(wire_type(f.data_type(), false))
                 .with_metadata(md)
         })
         .collect();
@@ -467,11 +479,18 @@ mod tests {
                 true,
             ),
         ]);
-        let w = wire_schema(&s);
+        let w = wire_schema(&s, false);
         assert_eq!(w.field(0).data_type(), &DataType::Utf8);
         assert_eq!(
             w.field(1).data_type(),
             &DataType::List(Arc::new(Field::new("item", DataType::Binary, true)))
+        );
+        // Kept for a client that asked for view types.
+        let w = wire_schema(&s, true);
+        assert_eq!(w.field(0).data_type(), &DataType::Utf8View);
+        assert_eq!(
+            w.field(1).data_type(),
+            &DataType::List(Arc::new(Field::new("item", DataType::BinaryView, true)))
         );
     }
 

@@ -107,6 +107,8 @@ pub struct QueryRequest {
     /// The prepared statement's handle id, when it came through one: its
     /// plan, kept by the session, is bound instead of planning again.
     pub prepared: Option<String>,
+    /// How the result goes on the wire.
+    pub wire: crate::wire::WireOptions,
 }
 
 /// What `GetFlightInfo` says about a statement.
@@ -122,6 +124,7 @@ pub struct Announced {
 struct Planned {
     id: QueryId,
     client: Arc<ClientSession>,
+    views: bool,
     session: MeshSession,
     plan: LogicalPlan,
     trace: QueryTrace,
@@ -247,6 +250,7 @@ impl Lifecycle {
                 Ok(Planned {
                     id,
                     client: Arc::clone(&request.client),
+                    views: request.wire.views,
                     session,
                     plan,
                     trace,
@@ -284,7 +288,7 @@ impl Lifecycle {
         }
         // Allowed: `DoGet` runs and audits it.
         planned.trace.discard();
-        let schema = result_schema(&planned.session, &planned.plan);
+        let schema = result_schema(&planned.session, &planned.plan, planned.views);
         request.client.keep_announced(
             nonce,
             KeptPlan {
@@ -335,6 +339,7 @@ impl Lifecycle {
         Some(Planned {
             id: request.id,
             client: Arc::clone(&request.client),
+            views: request.wire.views,
             session,
             plan,
             trace,
@@ -376,7 +381,7 @@ impl Lifecycle {
             );
         }
         let id = request.id;
-        let dataset = result_schema(&planned.session, &planned.plan);
+        let dataset = result_schema(&planned.session, &planned.plan, planned.views);
         let mut types: Vec<(String, DataType)> = planned
             .plan
             .get_parameter_types()
@@ -404,6 +409,7 @@ impl Lifecycle {
         let Planned {
             id,
             client,
+            views,
             session,
             plan,
             mut trace,
@@ -439,7 +445,7 @@ impl Lifecycle {
         let errors = move |e: &DataFusionError| -> Error {
             Error::statement(id, e, Some((&failing, &tables)))
         };
-        let schema = result_schema(&session, &plan);
+        let schema = result_schema(&session, &plan, views);
         let memory = limits.query_memory.map(|m| m as usize);
         let started = AssertUnwindSafe(session.execute(plan, memory)).catch_unwind();
         let executed = match deadline {

@@ -39,7 +39,9 @@ use crate::sessions::ClientSession;
 use crate::ticket::{
     PreparedHandle, StatementTicket, batches_from_ipc, params_from_ipc, statement_ticket,
 };
-use crate::wire::{BoxStream, encode_batches, encode_stream, info, one_batch, schema_ipc};
+use crate::wire::{
+    BoxStream, WireOptions, encode_batches, encode_stream, info, one_batch, schema_ipc,
+};
 
 /// meshq's `FlightSqlService`.
 pub struct MeshFlightService {
@@ -101,8 +103,8 @@ impl MeshFlightService {
         call: Call,
         sql: String,
         params: Option<RecordBatch>,
-    ) -> QueryRequest {
-        QueryRequest {
+    ) -> Result<QueryRequest, Error> {
+        Ok(QueryRequest {
             id: QueryId::new(),
             client,
             peer: req.remote_addr(),
@@ -110,7 +112,8 @@ impl MeshFlightService {
             sql,
             params,
             prepared: None,
-        }
+            wire: WireOptions::from_headers(req.metadata())?,
+        })
     }
 
     /// Authenticates, then announces a metadata result of `schema` whose
@@ -140,7 +143,7 @@ impl MeshFlightService {
         prepared: Option<String>,
     ) -> Result<Response<FlightInfo>, Status> {
         let client = self.client(&request).await?;
-        let mut req = self.request(client, &request, call, sql.clone(), params.clone());
+        let mut req = self.request(client, &request, call, sql.clone(), params.clone())?;
         req.prepared = prepared;
         let nonce = rand::random();
         let announced = self.queries.announce(req, nonce).await?;
@@ -171,10 +174,11 @@ impl MeshFlightService {
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         let client = self.client(&request).await?;
         let ticket = request.get_ref().ticket.to_vec();
-        let mut req = self.request(client, &request, call, sql, params);
+        let mut req = self.request(client, &request, call, sql, params)?;
         req.prepared = prepared;
+        let wire = req.wire;
         let stream = self.queries.stream(req, ticket, nonce).await?;
-        Ok(Response::new(encode_stream(stream)))
+        Ok(Response::new(encode_stream(stream, wire)))
     }
 
     /// The parameters `client` bound to `handle`.
@@ -228,8 +232,9 @@ impl FlightSqlService for MeshFlightService {
         if let Some(result) = &t.result {
             // Ran when it was announced: its result, in the announced schema.
             self.client(&request).await?;
+            let wire = WireOptions::from_headers(request.metadata())?;
             let (schema, batches) = batches_from_ipc(result)?;
-            return Ok(Response::new(encode_batches(schema, batches)));
+            return Ok(Response::new(encode_batches(schema, batches, wire)));
         }
         let params = t.params.as_deref().map(params_from_ipc).transpose()?;
         let call = if params.is_some() {
@@ -252,7 +257,7 @@ impl FlightSqlService for MeshFlightService {
             id: QueryId::new().to_string(),
             sql: query.query,
         };
-        let mut req = self.request(client, &request, Call::Prepared, handle.sql.clone(), None);
+        let mut req = self.request(client, &request, Call::Prepared, handle.sql.clone(), None)?;
         req.prepared = Some(handle.id.clone());
         let (dataset, params) = self.queries.prepare(req).await?;
         Ok(ActionCreatePreparedStatementResult {
@@ -344,7 +349,7 @@ impl FlightSqlService for MeshFlightService {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let client = self.client(&request).await?;
-        let req = self.request(client, &request, Call::Update, cmd.query, None);
+        let req = self.request(client, &request, Call::Update, cmd.query, None)?;
         Ok(self.queries.update(req).await?)
     }
 
@@ -356,7 +361,7 @@ impl FlightSqlService for MeshFlightService {
         let client = self.client(&request).await?;
         let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
         let params = self.bound(&client, &handle);
-        let mut req = self.request(client, &request, Call::PreparedUpdate, handle.sql, params);
+        let mut req = self.request(client, &request, Call::PreparedUpdate, handle.sql, params)?;
         req.prepared = Some(handle.id);
         Ok(self.queries.update(req).await?)
     }
