@@ -58,6 +58,62 @@ pub struct PlatformConfig {
     /// The result cache of `meshq serve`.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The workers a coordinator distributes queries to, and the secret
+    /// every node of the cluster shares.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+impl PlatformConfig {
+    /// Reads the `meshq.yaml` of the mesh directory `dir` alone, as a
+    /// worker does; a missing or invalid file is an error naming it.
+    pub fn read(dir: &std::path::Path) -> Result<Self, String> {
+        let file = dir.join(PLATFORM_FILE);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))
+    }
+}
+
+/// `cluster:` — scale-out over `meshq worker` processes.
+///
+/// ```yaml
+/// cluster:
+///   workers: [http://10.0.0.5:50052, http://10.0.0.6:50052]   # coordinator only
+///   secret: { env: MESHQ_CLUSTER_SECRET }                      # every node
+///   tls: { ca: certs/ca.pem, cert: certs/node.pem, key: certs/node.key }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Worker URLs (`http://host:port`, or `https://` with `tls`); none:
+    /// queries run on the coordinator alone.
+    #[serde(default)]
+    pub workers: Vec<String>,
+    /// The shared secret requests between nodes are signed with (at least
+    /// 16 bytes).
+    #[serde(default)]
+    pub secret: Option<SecretRef>,
+    /// TLS between nodes: `ca` checks the peer, `cert` and `key` are this
+    /// node's (a worker's server certificate; a coordinator's client
+    /// certificate when workers require one).
+    #[serde(default)]
+    pub tls: Option<ClusterTlsConfig>,
+}
+
+/// `cluster.tls`: paths relative to the mesh directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsConfig {
+    /// PEM CA certificate(s) that signed the other nodes' certificates.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// This node's PEM certificate chain.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// This node's PEM private key.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// `cache:` — query results kept in memory and served again to principals

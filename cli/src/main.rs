@@ -68,6 +68,19 @@ enum Command {
     /// Compare two mesh directories and classify every change for
     /// consumers; exit 1 on a breaking change without a major version bump.
     Diff(DiffArgs),
+    /// Execute fragments of query plans for a coordinator (`meshq serve
+    /// --workers`); reads only the mesh's meshq.yaml (cluster secret,
+    /// secrets, stores, limits).
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Address to listen on (port 0: any free port, printed on stderr).
+    #[arg(long, env = "MESHQ_WORKER_BIND", default_value = "127.0.0.1:50052")]
+    bind: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +330,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => check(args).await,
+        Command::Worker(args) => worker(args).await,
         Command::Diff(args) => {
             let mut meshes = Vec::new();
             for dir in [&args.old, &args.new] {
@@ -583,6 +597,41 @@ async fn reload_on_sighup(
         let _ = (hangups, live, on_reload);
         std::future::pending::<()>().await;
     }
+}
+
+/// Serves as a worker until ctrl-c or SIGTERM.
+async fn worker(args: WorkerArgs) -> Result<ExitCode> {
+    let dir = &args.mesh.mesh;
+    let config = match meshq_catalog::platform::PlatformConfig::read(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let setup = match meshq_cluster::worker::worker_setup(&config, dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
+    let addr = listener.local_addr()?;
+    let scheme = if setup.tls.is_some() { "https" } else { "http" };
+    eprintln!("meshq worker listening on {scheme}://{addr}");
+    meshq_cluster::serve_worker(
+        setup.worker,
+        setup.verifier,
+        listener,
+        setup.tls,
+        shutdown_signal(),
+    )
+    .await
+    .context("serving the worker")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 mod abuse;
+mod cluster;
 mod flight;
 mod governance;
 mod ops;

@@ -1,0 +1,241 @@
+//! `meshq worker` as a process: it serves only requests signed with the
+//! cluster secret. A raw client — no credential, a wrong secret, a replayed
+//! credential, a hand-made plan — is refused with UNAUTHENTICATED, logged.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
+use datafusion_distributed::{
+    ChannelResolver, GetWorkerInfoRequest, MaybeEncoded, SetPlanRequest, TaskKey, WorkerChannel,
+};
+use meshq_cluster::{AuthChannelResolver, CLUSTER_AUTH_HEADER, ClusterKey};
+use tonic::transport::Channel;
+use url::Url;
+
+use super::meshq;
+
+const SECRET: &str = "a cluster secret for the tests";
+
+/// A worker process; killed on drop.
+pub(super) struct WorkerProcess {
+    child: Child,
+    pub(super) url: Url,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl WorkerProcess {
+    /// Whether the worker logged `needle` within ten seconds.
+    async fn logs(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+/// A mesh directory holding only a `meshq.yaml` with the cluster secret.
+fn worker_mesh() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("meshq.yaml"),
+        "cluster:\n  secret: { env: MESHQ_TEST_CLUSTER_SECRET }\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// Starts `meshq worker` on port 0 and reads the URL it announces.
+pub(super) fn start_worker(mesh: &std::path::Path, secret: &str) -> WorkerProcess {
+    let mut child = meshq()
+        .args(["worker", "--bind", "127.0.0.1:0", "--mesh"])
+        .arg(mesh)
+        .env("MESHQ_TEST_CLUSTER_SECRET", secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("worker exited before listening")
+            .unwrap();
+        log.lock().unwrap().push(line.clone());
+        if let Some(url) = line.strip_prefix("meshq worker listening on ") {
+            break Url::parse(url).unwrap();
+        }
+    };
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    WorkerProcess { child, url, log }
+}
+
+/// A client that sends `header` (or none) as the credential of every
+/// request.
+async fn raw_client(url: &Url, header: Option<String>) -> Box<dyn WorkerChannel> {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |mut r: http::Request<tonic::body::Body>| {
+            if let Some(h) = &header {
+                r.headers_mut()
+                    .insert(CLUSTER_AUTH_HEADER, http::HeaderValue::from_str(h).unwrap());
+            }
+            r
+        })
+        .service(channel);
+    create_worker_client(BoxCloneSyncChannel::new(service))
+}
+
+/// The error of a call that must have been refused.
+fn refusal<T>(r: datafusion::error::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("a request without a valid credential was served"),
+        Err(e) => refused(e),
+    }
+}
+
+fn refused(e: datafusion::error::DataFusionError) -> String {
+    let text = e.to_string();
+    assert!(
+        text.contains("Unauthenticated") || text.contains("cluster credential"),
+        "{text}"
+    );
+    text
+}
+
+#[tokio::test]
+async fn a_worker_refuses_requests_without_the_cluster_credential() {
+    let mesh = worker_mesh();
+    let worker = start_worker(mesh.path(), SECRET);
+
+    // Signed with the cluster secret: served.
+    let signed = AuthChannelResolver::new(ClusterKey::new(SECRET).unwrap(), None);
+    let mut client = signed.get_worker_client_for_url(&worker.url).await.unwrap();
+    let info = client
+        .get_worker_info(GetWorkerInfoRequest {})
+        .await
+        .unwrap();
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+
+    // No credential, another cluster's secret, garbage.
+    let other = ClusterKey::new("another cluster's secret").unwrap();
+    for header in [None, Some(other.credential()), Some("v1.0.x.y".to_string())] {
+        let mut c = raw_client(&worker.url, header).await;
+        refusal(c.get_worker_info(GetWorkerInfoRequest {}).await);
+    }
+    // A credential seen once is not accepted again.
+    let once = ClusterKey::new(SECRET).unwrap().credential();
+    let mut c = raw_client(&worker.url, Some(once)).await;
+    c.get_worker_info(GetWorkerInfoRequest {}).await.unwrap();
+    let text = refusal(c.get_worker_info(GetWorkerInfoRequest {}).await);
+    assert!(text.contains("already used"), "{text}");
+
+    // A hand-made plan reading a file, sent without the secret: refused
+    // before it is decoded.
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("t.parquet");
+    let ctx = SessionContext::new();
+    ctx.sql("SELECT 1 AS secret_value")
+        .await
+        .unwrap()
+        .write_parquet(file.to_str().unwrap(), Default::default(), None)
+        .await
+        .unwrap();
+    let plan = ctx
+        .read_parquet(file.to_str().unwrap(), ParquetReadOptions::default())
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let task_ctx = Arc::new(TaskContext::default());
+    let bytes = MaybeEncoded::Decoded(plan).encode(&task_ctx).unwrap();
+    let mut c = raw_client(&worker.url, None).await;
+    let request = SetPlanRequest {
+        task_key: TaskKey {
+            query_id: uuid::Uuid::new_v4(),
+            stage_id: 1,
+            task_number: 0,
+        },
+        task_count: 1,
+        plan: MaybeEncoded::Encoded(bytes),
+        work_unit_feed_declarations: vec![],
+        target_worker_url: worker.url.clone(),
+        query_start_time_ns: 0,
+    };
+    let outcome = c
+        .coordinator_channel(
+            http::HeaderMap::new(),
+            request,
+            Box::pin(futures::stream::empty()),
+            ExecutionPlanMetricsSet::new(),
+            &task_ctx,
+        )
+        .await;
+    match outcome {
+        Err(e) => {
+            refused(e);
+        }
+        Ok(mut replies) => {
+            use futures::StreamExt;
+            let first = replies.next().await.expect("a reply or an error");
+            refused(first.err().expect("the plan was refused"));
+        }
+    }
+    assert!(
+        worker
+            .logs("refused a request without a valid cluster credential")
+            .await
+    );
+}
+
+#[tokio::test]
+async fn a_worker_without_a_usable_secret_does_not_start() {
+    let mesh = worker_mesh();
+    let out = meshq()
+        .args(["worker", "--bind", "127.0.0.1:0", "--mesh"])
+        .arg(mesh.path())
+        .env("MESHQ_TEST_CLUSTER_SECRET", "short")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster.secret") && err.contains("16 bytes"),
+        "{err}"
+    );
+    let out = meshq()
+        .args(["worker", "--bind", "127.0.0.1:0", "--mesh"])
+        .arg(mesh.path())
+        .env_remove("MESHQ_TEST_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MESHQ_TEST_CLUSTER_SECRET"), "{err}");
+}

@@ -1,0 +1,21 @@
+//! meshq across machines, on [datafusion-distributed]: the coordinator
+//! (`meshq serve --workers …`) plans every query — the policy rewrite, the
+//! barrier, the leakproof pushdown — and workers (`meshq worker`) execute
+//! fragments of its physical plans. A worker holds no catalog and no
+//! principal; it reads only `meshq.yaml` for the cluster secret, the
+//! secrets mask keys name, and object-store credentials.
+//!
+//! Invariants:
+//! - A worker answers only requests carrying a fresh credential made with
+//!   the cluster secret ([`auth`]); anything else is `UNAUTHENTICATED`,
+//!   logged and counted, before a plan is decoded.
+//! - Connections to workers sign every request ([`transport`]).
+//!
+//! [datafusion-distributed]: https://github.com/datafusion-contrib/datafusion-distributed
+
+pub mod auth;
+pub mod transport;
+pub mod worker;
+
+pub use auth::{CLUSTER_AUTH_HEADER, ClusterKey, Refusal, Verifier};
+pub use transport::{AuthChannelResolver, StaticWorkers, serve_worker};

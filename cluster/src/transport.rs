@@ -1,0 +1,167 @@
+//! The wire between nodes: connections that sign every request
+//! ([`AuthChannelResolver`]), and a worker's gRPC service that checks
+//! every request before the library sees it ([`serve_worker`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::common::DataFusionError;
+use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
+use datafusion_distributed::{ChannelResolver, Worker, WorkerChannel, WorkerResolver};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConfig};
+use tracing::warn;
+use url::Url;
+
+use crate::auth::{CLUSTER_AUTH_HEADER, ClusterKey, Verifier};
+
+/// How long connecting to a worker may take before the query fails with
+/// the worker named.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens connections to workers (TLS for `https://` URLs), each request
+/// carrying a fresh credential. Connections are kept per URL and dropped
+/// when one fails, so a restarted worker is reached again.
+#[derive(Clone)]
+pub struct AuthChannelResolver {
+    key: ClusterKey,
+    tls: Option<ClientTlsConfig>,
+    channels: Arc<Mutex<HashMap<Url, Channel>>>,
+}
+
+impl std::fmt::Debug for AuthChannelResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthChannelResolver")
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthChannelResolver {
+    /// Signs with `key`; `tls` configures `https://` connections.
+    pub fn new(key: ClusterKey, tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            key,
+            tls,
+            channels: Arc::default(),
+        }
+    }
+
+    fn channel(&self, url: &Url) -> Result<Channel, DataFusionError> {
+        if let Some(c) = self.channels.lock().get(url) {
+            return Ok(c.clone());
+        }
+        let unreachable = |e: &dyn std::fmt::Display| {
+            DataFusionError::External(
+                format!("worker {url} cannot be used: {e}; check `cluster.workers` in meshq.yaml")
+                    .into(),
+            )
+        };
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| unreachable(&e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if url.scheme() == "https" {
+            let Some(tls) = self.tls.clone() else {
+                return Err(unreachable(
+                    &"an https:// worker needs `cluster.tls.ca` (the CA that signed the workers' certificates)",
+                ));
+            };
+            endpoint = endpoint.tls_config(tls).map_err(|e| unreachable(&e))?;
+        }
+        // Connects on first use; a worker that is down fails the request
+        // that needs it, not the plan.
+        let channel = endpoint.connect_lazy();
+        self.channels.lock().insert(url.clone(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets the connection to `url` (it failed).
+    pub fn forget(&self, url: &Url) {
+        self.channels.lock().remove(url);
+    }
+}
+
+#[async_trait::async_trait]
+impl ChannelResolver for AuthChannelResolver {
+    async fn get_worker_client_for_url(
+        &self,
+        url: &Url,
+    ) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
+        let channel = self.channel(url)?;
+        let key = self.key.clone();
+        let signed = tower::ServiceBuilder::new()
+            .map_request(move |mut request: http::Request<tonic::body::Body>| {
+                if let Ok(value) = http::HeaderValue::from_str(&key.credential()) {
+                    request.headers_mut().insert(CLUSTER_AUTH_HEADER, value);
+                }
+                request
+            })
+            .service(channel);
+        Ok(create_worker_client(BoxCloneSyncChannel::new(signed)))
+    }
+}
+
+/// The workers named in the configuration.
+#[derive(Debug, Clone)]
+pub struct StaticWorkers {
+    urls: Arc<Vec<Url>>,
+}
+
+impl StaticWorkers {
+    /// These URLs.
+    pub fn new(urls: Vec<Url>) -> Self {
+        Self {
+            urls: Arc::new(urls),
+        }
+    }
+}
+
+impl WorkerResolver for StaticWorkers {
+    fn get_urls(&self) -> Result<Vec<Url>, DataFusionError> {
+        Ok(self.urls.as_ref().clone())
+    }
+}
+
+/// Serves `worker` on `listener` until `shutdown` completes: every request
+/// is checked by `verifier` first, and one without a valid credential is
+/// refused with `UNAUTHENTICATED` and logged.
+pub async fn serve_worker(
+    worker: Worker,
+    verifier: Verifier,
+    listener: tokio::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let check = move |request: tonic::Request<()>| {
+        let header = request
+            .metadata()
+            .get(CLUSTER_AUTH_HEADER)
+            .and_then(|v| v.to_str().ok());
+        match verifier.check(header) {
+            Ok(()) => Ok(request),
+            Err(why) => {
+                let peer = request
+                    .remote_addr()
+                    .map(|a: SocketAddr| a.to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                warn!(peer, reason = %why, "refused a request without a valid cluster credential");
+                Err(tonic::Status::unauthenticated(format!(
+                    "this meshq worker serves only its cluster's coordinator and workers: {why}"
+                )))
+            }
+        }
+    };
+    let service =
+        tonic::service::interceptor::InterceptedService::new(worker.into_worker_server(), check);
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    server
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

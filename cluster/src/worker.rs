@@ -1,0 +1,215 @@
+//! `meshq worker`: what a worker is built from. It reads only
+//! `meshq.yaml` — the cluster secret, the memory limit and spill
+//! directory, and the object stores — never contracts or principals.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion_distributed::{DistributedExt, Worker, WorkerQueryContext, WorkerSessionBuilder};
+use meshq_catalog::platform::PlatformConfig;
+use meshq_connectors::store::StoreRegistry;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use url::Url;
+
+use crate::auth::{ClusterKey, Verifier};
+use crate::transport::AuthChannelResolver;
+
+/// A worker ready to serve: the library's worker and the check every
+/// request passes first.
+pub struct WorkerSetup {
+    /// The library's worker service.
+    pub worker: Worker,
+    /// Checks each request's credential.
+    pub verifier: Verifier,
+    /// TLS of the worker's server, from `cluster.tls`.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// Why a worker cannot start; names the `meshq.yaml` key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `cluster.secret` is missing or unusable.
+    #[error("cluster.secret in meshq.yaml: {0}")]
+    Secret(String),
+    /// The runtime (memory pool, spill directory) cannot be built.
+    #[error("limits in meshq.yaml: {0}")]
+    Runtime(String),
+    /// `cluster.tls` names files that cannot be read.
+    #[error("cluster.tls in meshq.yaml: {0}")]
+    Tls(String),
+}
+
+fn read_pem(dir: &Path, path: &str) -> Result<Vec<u8>, SetupError> {
+    let file = dir.join(path);
+    std::fs::read(&file)
+        .map_err(|e| SetupError::Tls(format!("cannot read {}: {e}", file.display())))
+}
+
+/// The server TLS of a worker: `cert` and `key`, and with `ca` only
+/// clients with a certificate it signed (mutual TLS).
+pub fn server_tls(
+    config: &PlatformConfig,
+    dir: &Path,
+) -> Result<Option<ServerTlsConfig>, SetupError> {
+    let Some(tls) = &config.cluster.tls else {
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return Err(SetupError::Tls(
+            "a worker serving TLS needs both `cert` and `key`".into(),
+        ));
+    };
+    let mut server = ServerTlsConfig::new().identity(Identity::from_pem(
+        read_pem(dir, cert)?,
+        read_pem(dir, key)?,
+    ));
+    if let Some(ca) = &tls.ca {
+        server = server.client_ca_root(Certificate::from_pem(read_pem(dir, ca)?));
+    }
+    Ok(Some(server))
+}
+
+/// The client TLS of connections to `https://` workers: `ca` checks them,
+/// and `cert` and `key`, when set, identify this node.
+pub fn client_tls(
+    config: &PlatformConfig,
+    dir: &Path,
+) -> Result<Option<ClientTlsConfig>, SetupError> {
+    let Some(tls) = &config.cluster.tls else {
+        return Ok(None);
+    };
+    let Some(ca) = &tls.ca else {
+        return Ok(None);
+    };
+    let mut client =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(dir, ca)?));
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        client = client.identity(Identity::from_pem(
+            read_pem(dir, cert)?,
+            read_pem(dir, key)?,
+        ));
+    }
+    Ok(Some(client))
+}
+
+/// The cluster key of `config`, from `cluster.secret` (`{ env: VAR }`).
+pub fn cluster_key(config: &PlatformConfig) -> Result<ClusterKey, SetupError> {
+    let secret = config
+        .cluster
+        .secret
+        .as_ref()
+        .ok_or_else(|| {
+            SetupError::Secret(
+                "not set; every node of a cluster needs the same secret, e.g. `cluster: { secret: { env: MESHQ_CLUSTER_SECRET } }`"
+                    .into(),
+            )
+        })?
+        .resolve()
+        .map_err(SetupError::Secret)?;
+    ClusterKey::new(&secret).map_err(SetupError::Secret)
+}
+
+/// A worker for the mesh directory `dir` whose platform config is
+/// `config`.
+pub fn worker_setup(config: &PlatformConfig, dir: &Path) -> Result<WorkerSetup, SetupError> {
+    let key = cluster_key(config)?;
+    let runtime = runtime(config)?;
+    let resolver = AuthChannelResolver::new(key.clone(), client_tls(config, dir)?);
+    let worker = Worker::from_session_builder(MeshWorkerSession { resolver })
+        .with_runtime_env(runtime)
+        .with_version(env!("CARGO_PKG_VERSION"));
+    Ok(WorkerSetup {
+        worker,
+        verifier: Verifier::new(key),
+        tls: server_tls(config, dir)?,
+    })
+}
+
+/// One runtime for every task: the memory pool of `limits.memory` (shared
+/// by all queries, spilling), the spill directory, and object stores
+/// resolved from `stores` on first use.
+fn runtime(config: &PlatformConfig) -> Result<Arc<RuntimeEnv>, SetupError> {
+    let mut builder = RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(MeshStores {
+        known: DefaultObjectStoreRegistry::new(),
+        stores: StoreRegistry::new(config),
+    }));
+    if let Some(limit) = config.limits.memory {
+        builder = builder.with_memory_pool(Arc::new(FairSpillPool::new(limit.0 as usize)));
+    }
+    if let Some(dir) = &config.limits.spill_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SetupError::Runtime(format!("cannot create spill_dir {dir}: {e}")))?;
+        builder = builder.with_temp_file_path(dir);
+    }
+    builder
+        .build_arc()
+        .map_err(|e| SetupError::Runtime(e.to_string()))
+}
+
+/// Object stores by URL: those registered, else the `stores` entry that
+/// serves the URL's bucket.
+#[derive(Debug)]
+struct MeshStores {
+    known: DefaultObjectStoreRegistry,
+    stores: StoreRegistry,
+}
+
+impl ObjectStoreRegistry for MeshStores {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> Option<Arc<dyn object_store::ObjectStore>> {
+        self.known.register_store(url, store)
+    }
+
+    fn deregister_store(
+        &self,
+        url: &Url,
+    ) -> datafusion::error::Result<Arc<dyn object_store::ObjectStore>> {
+        self.known.deregister_store(url)
+    }
+
+    fn get_store(
+        &self,
+        url: &Url,
+    ) -> datafusion::error::Result<Arc<dyn object_store::ObjectStore>> {
+        if let Ok(store) = self.known.get_store(url) {
+            return Ok(store);
+        }
+        match self.stores.store_for(url) {
+            Ok(Some(store)) => {
+                self.known.register_store(url, Arc::clone(&store));
+                Ok(store)
+            }
+            Ok(None) => self.known.get_store(url),
+            Err(e) => Err(DataFusionError::External(Box::new(e))),
+        }
+    }
+}
+
+/// Each task's session on a worker: connections to other workers sign
+/// their requests too.
+#[derive(Clone)]
+struct MeshWorkerSession {
+    resolver: AuthChannelResolver,
+}
+
+#[async_trait]
+impl WorkerSessionBuilder for MeshWorkerSession {
+    async fn build_session_state(
+        &self,
+        ctx: WorkerQueryContext,
+    ) -> Result<SessionState, DataFusionError> {
+        Ok(ctx
+            .builder
+            .with_distributed_channel_resolver(self.resolver.clone())
+            .build())
+    }
+}
