@@ -99,6 +99,11 @@ pub struct ClusterConfig {
     /// certificate when workers require one).
     #[serde(default)]
     pub tls: Option<ClusterTlsConfig>,
+    /// datafusion-distributed's settings (`distributed.*` keys, e.g.
+    /// `distributed.file_scan_config_bytes_per_partition`), applied on the
+    /// coordinator.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// `cluster.tls`: paths relative to the mesh directory.

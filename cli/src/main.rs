@@ -158,6 +158,11 @@ struct ServeArgs {
     mesh: MeshArgs,
     #[command(flatten)]
     server: ServerArgs,
+    /// Workers (`meshq worker`) to run queries on, as `http://host:port`
+    /// (or `https://` with `cluster.tls`), comma-separated; overrides
+    /// `cluster.workers` in meshq.yaml. Read at start.
+    #[arg(long, env = "MESHQ_WORKERS", value_delimiter = ',')]
+    workers: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -378,6 +383,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => {
             let mut config = EngineConfig::new(&args.mesh.mesh);
             config.protected_paths = args.server.protected_paths();
+            match coordinator(&args.mesh.mesh, &args.workers) {
+                Ok(c) => config.distribution = c,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return Ok(ExitCode::from(EXIT_INVALID));
+                }
+            }
             let live = LiveEngine::new(config);
             serve(live, args.server, |_| {}).await
         }
@@ -597,6 +609,26 @@ async fn reload_on_sighup(
         let _ = (hangups, live, on_reload);
         std::future::pending::<()>().await;
     }
+}
+
+/// The cluster this server coordinates, if `workers` or `cluster.workers`
+/// name any.
+fn coordinator(
+    dir: &std::path::Path,
+    workers: &[String],
+) -> Result<Option<Arc<dyn meshq_engine::engine::Distribution>>, String> {
+    let config = match meshq_catalog::platform::PlatformConfig::read(dir) {
+        Ok(c) => c,
+        // The mesh load reports a missing or broken meshq.yaml.
+        Err(_) if workers.is_empty() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let coordinator = meshq_cluster::worker::coordinator_setup(&config, dir, workers)
+        .map_err(|e| e.to_string())?;
+    Ok(coordinator.map(|c| {
+        eprintln!("meshq distributes queries to {}", c.describe());
+        Arc::new(c) as Arc<dyn meshq_engine::engine::Distribution>
+    }))
 }
 
 /// Serves as a worker until ctrl-c or SIGTERM.

@@ -63,6 +63,7 @@ fn worker_mesh() -> tempfile::TempDir {
 /// Starts `meshq worker` on port 0 and reads the URL it announces.
 pub(super) fn start_worker(mesh: &std::path::Path, secret: &str) -> WorkerProcess {
     let mut child = meshq()
+        .args(["--log-filter", "meshq_cluster=debug"])
         .args(["worker", "--bind", "127.0.0.1:0", "--mesh"])
         .arg(mesh)
         .env("MESHQ_TEST_CLUSTER_SECRET", secret)
@@ -238,4 +239,67 @@ async fn a_worker_without_a_usable_secret_does_not_start() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("MESHQ_TEST_CLUSTER_SECRET"), "{err}");
+}
+
+/// Queries whose answers must not depend on where they ran: scans,
+/// aggregates and joins over Delta, Iceberg and Parquet products, masked
+/// columns and row filters.
+const SAME_ANSWERS: [&str; 5] = [
+    "SELECT region, count(*) AS n, sum(total_amount) AS total FROM sales.orders GROUP BY region ORDER BY region",
+    "SELECT c.region, count(*) AS n, sum(o.total_amount) AS total FROM sales.orders o JOIN customers.profiles c USING (customer_id) GROUP BY 1 ORDER BY 1",
+    "SELECT customer_id, email, phone FROM customers.profiles ORDER BY customer_id LIMIT 25",
+    "SELECT o.order_id, o.email, t.amount FROM sales.orders o JOIN payments.transactions t USING (order_id) ORDER BY o.order_id, t.amount LIMIT 40",
+    "SELECT count(DISTINCT email) AS emails, count(*) AS n FROM sales.orders",
+];
+
+/// A coordinator over two workers answers every principal as a single
+/// node does, and the workers ran fragments of its plans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_answers_each_principal_as_one_node_does() {
+    use super::flight::{login, start_on, text};
+    use super::ops::try_query;
+    // The answer, or the refusal (code and message): both must agree.
+    async fn answer(
+        c: &mut arrow_flight::sql::client::FlightSqlServiceClient<Channel>,
+        sql: &str,
+    ) -> String {
+        match try_query(c, sql).await {
+            Ok(batches) => text(&batches),
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        }
+    }
+    let (_dir, mesh) = super::ops::copy_mesh();
+    let yaml = mesh.join("meshq.yaml");
+    let mut config = std::fs::read_to_string(&yaml).unwrap();
+    config.push_str(
+        "\ncluster:\n  secret: { env: MESHQ_TEST_CLUSTER_SECRET }\n  settings:\n    distributed.file_scan_config_bytes_per_partition: \"1\"\n",
+    );
+    std::fs::write(&yaml, config).unwrap();
+    let workers = [start_worker(&mesh, SECRET), start_worker(&mesh, SECRET)];
+    let urls = workers
+        .iter()
+        .map(|w| w.url.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let single = start_on(&mesh, &[], &[]);
+    let cluster = start_on(
+        &mesh,
+        &["--workers", &urls],
+        &[("MESHQ_TEST_CLUSTER_SECRET", SECRET)],
+    );
+    for user in ["ana", "ben", "gina", "pat"] {
+        let mut one = login(&single, user).await;
+        let mut many = login(&cluster, user).await;
+        for sql in SAME_ANSWERS {
+            let expected = answer(&mut one, sql).await;
+            let got = answer(&mut many, sql).await;
+            assert_eq!(got, expected, "{user}: {sql}");
+        }
+    }
+    for w in &workers {
+        assert!(
+            w.logs("a plan fragment arrived from the coordinator").await,
+            "a worker ran nothing"
+        );
+    }
 }

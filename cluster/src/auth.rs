@@ -121,6 +121,7 @@ pub struct Verifier {
     key: ClusterKey,
     seen: Arc<Mutex<Nonces>>,
     refused: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +137,7 @@ impl Verifier {
             key,
             seen: Arc::default(),
             refused: Arc::default(),
+            accepted: Arc::default(),
         }
     }
 
@@ -144,12 +146,18 @@ impl Verifier {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// Requests accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
     /// Checks one request's credential header value.
     pub fn check(&self, header: Option<&str>) -> Result<(), Refusal> {
         let result = self.check_at(header, now_millis());
-        if result.is_err() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-        }
+        match result {
+            Ok(()) => self.accepted.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.refused.fetch_add(1, Ordering::Relaxed),
+        };
         result
     }
 

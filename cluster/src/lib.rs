@@ -14,8 +14,12 @@
 //! [datafusion-distributed]: https://github.com/datafusion-contrib/datafusion-distributed
 
 pub mod auth;
+pub mod codec;
+pub mod coordinator;
 pub mod transport;
 pub mod worker;
 
 pub use auth::{CLUSTER_AUTH_HEADER, ClusterKey, Refusal, Verifier};
+pub use codec::MeshCodec;
+pub use coordinator::Coordinator;
 pub use transport::{AuthChannelResolver, StaticWorkers, serve_worker};

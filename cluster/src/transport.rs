@@ -116,6 +116,11 @@ impl StaticWorkers {
             urls: Arc::new(urls),
         }
     }
+
+    /// The URLs.
+    pub fn urls(&self) -> &[Url] {
+        &self.urls
+    }
 }
 
 impl WorkerResolver for StaticWorkers {

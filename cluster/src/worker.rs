@@ -43,6 +43,50 @@ pub enum SetupError {
     /// `cluster.tls` names files that cannot be read.
     #[error("cluster.tls in meshq.yaml: {0}")]
     Tls(String),
+    /// A worker URL or a setting is not usable.
+    #[error("{0}")]
+    Workers(String),
+}
+
+/// The coordinator of a mesh whose platform config is `config`: over the
+/// workers given on the command line, else `cluster.workers`; `None`
+/// when there are none (queries run in this process).
+pub fn coordinator_setup(
+    config: &PlatformConfig,
+    dir: &Path,
+    workers: &[String],
+) -> Result<Option<crate::Coordinator>, SetupError> {
+    let urls = if workers.is_empty() {
+        &config.cluster.workers
+    } else {
+        workers
+    };
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let urls = urls
+        .iter()
+        .map(|u| {
+            let url =
+                Url::parse(u).map_err(|e| SetupError::Workers(format!("worker URL `{u}`: {e}")))?;
+            match url.scheme() {
+                "http" | "https" => Ok(url),
+                other => Err(SetupError::Workers(format!(
+                    "worker URL `{u}`: scheme `{other}` is not http or https"
+                ))),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let resolver = AuthChannelResolver::new(cluster_key(config)?, client_tls(config, dir)?);
+    let settings = config
+        .cluster
+        .settings
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    crate::Coordinator::new(crate::StaticWorkers::new(urls), resolver, settings)
+        .map(Some)
+        .map_err(SetupError::Workers)
 }
 
 fn read_pem(dir: &Path, path: &str) -> Result<Vec<u8>, SetupError> {
@@ -118,10 +162,19 @@ pub fn cluster_key(config: &PlatformConfig) -> Result<ClusterKey, SetupError> {
 /// A worker for the mesh directory `dir` whose platform config is
 /// `config`.
 pub fn worker_setup(config: &PlatformConfig, dir: &Path) -> Result<WorkerSetup, SetupError> {
-    let key = cluster_key(config)?;
+    worker_setup_with_key(config, dir, cluster_key(config)?)
+}
+
+/// [`worker_setup`] with the cluster key given.
+pub fn worker_setup_with_key(
+    config: &PlatformConfig,
+    dir: &Path,
+    key: ClusterKey,
+) -> Result<WorkerSetup, SetupError> {
     let runtime = runtime(config)?;
     let resolver = AuthChannelResolver::new(key.clone(), client_tls(config, dir)?);
-    let worker = Worker::from_session_builder(MeshWorkerSession { resolver })
+    let codec = Arc::new(crate::codec::MeshCodec);
+    let worker = Worker::from_session_builder(MeshWorkerSession { resolver, codec })
         .with_runtime_env(runtime)
         .with_version(env!("CARGO_PKG_VERSION"));
     Ok(WorkerSetup {
@@ -194,11 +247,12 @@ impl ObjectStoreRegistry for MeshStores {
     }
 }
 
-/// Each task's session on a worker: connections to other workers sign
-/// their requests too.
+/// Each task's session on a worker: meshq's codec decodes its nodes and
+/// masks, and connections to other workers sign their requests too.
 #[derive(Clone)]
 struct MeshWorkerSession {
     resolver: AuthChannelResolver,
+    codec: Arc<crate::codec::MeshCodec>,
 }
 
 #[async_trait]
@@ -207,9 +261,11 @@ impl WorkerSessionBuilder for MeshWorkerSession {
         &self,
         ctx: WorkerQueryContext,
     ) -> Result<SessionState, DataFusionError> {
+        tracing::debug!("a plan fragment arrived from the coordinator");
         Ok(ctx
             .builder
             .with_distributed_channel_resolver(self.resolver.clone())
+            .with_distributed_user_codec_arc(Arc::clone(&self.codec) as _)
             .build())
     }
 }

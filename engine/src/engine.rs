@@ -69,6 +69,19 @@ pub struct EngineConfig {
     /// meshq's defaults, for every session; an unknown key or bad value
     /// fails the load.
     pub settings: Vec<(String, String)>,
+    /// Runs physical plans across machines (the cluster's coordinator);
+    /// every query runs in this process when unset.
+    pub distribution: Option<Arc<dyn Distribution>>,
+}
+
+/// Turns the query planner of every mesh version into one that may run
+/// plans across machines. It is applied after the mesh's own planner is
+/// installed, so whatever it distributes was planned, policy-rewritten and
+/// verified here first; a plan it cannot ship must run in this process.
+pub trait Distribution: Send + Sync + std::fmt::Debug {
+    /// The state builder with the distributed planner installed over the
+    /// one `builder` holds.
+    fn apply(&self, builder: SessionStateBuilder) -> SessionStateBuilder;
 }
 
 impl EngineConfig {
@@ -83,6 +96,7 @@ impl EngineConfig {
             spill_dir: None,
             protected_paths: Vec::new(),
             settings: Vec::new(),
+            distribution: None,
         }
     }
 }
@@ -249,7 +263,12 @@ impl Engine {
         }
         files.register(&runtime);
         let tables = Arc::new(tables);
-        let template = template_state(session_config, Arc::clone(&runtime), &tables);
+        let template = template_state(
+            session_config,
+            Arc::clone(&runtime),
+            &tables,
+            config.distribution.as_deref(),
+        );
         let table_functions = Arc::new(template.table_functions().clone());
         let cache = Arc::new(crate::cache::ResultCache::new(
             &mesh.config.cache,
@@ -1026,6 +1045,7 @@ fn template_state(
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
     tables: &Arc<GovernedTables>,
+    distribution: Option<&dyn Distribution>,
 ) -> SessionState {
     let policy_rule: Arc<dyn AnalyzerRule + Send + Sync> =
         Arc::new(PolicyAnalyzerRule::new(Arc::clone(tables)));
@@ -1041,14 +1061,17 @@ fn template_state(
             optimizer_rules.push(rule);
         }
     }
-    let mut state = SessionStateBuilder::new()
+    let mut builder = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
         .with_analyzer_rules(analyzer_rules)
         .with_optimizer_rules(optimizer_rules)
-        .with_query_planner(Arc::new(MeshQueryPlanner::new(Arc::clone(tables))))
-        .build();
+        .with_query_planner(Arc::new(MeshQueryPlanner::new(Arc::clone(tables))));
+    if let Some(d) = distribution {
+        builder = d.apply(builder);
+    }
+    let mut state = builder.build();
     let mut functions: Vec<Arc<ScalarUDF>> = PrincipalFn::ALL
         .into_iter()
         .map(|f| Arc::new(ScalarUDF::new_from_impl(PrincipalUdf::new(f))))

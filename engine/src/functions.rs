@@ -77,6 +77,13 @@ pub fn bounded_functions(state: &SessionState) -> Vec<Arc<ScalarUDF>> {
     out
 }
 
+/// Whether `udf` is one of meshq's bounded functions: it goes by a
+/// built-in's name and reads its bound from the session, so it must not be
+/// shipped by name to a process that would take the unbounded built-in.
+pub fn is_bounded(udf: &ScalarUDF) -> bool {
+    (udf.inner().as_ref() as &dyn std::any::Any).is::<BoundedUdf>()
+}
+
 /// A growing function with its output bounded.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct BoundedUdf {

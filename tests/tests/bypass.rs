@@ -238,6 +238,67 @@ async fn the_result_cache_serves_no_raw_value_to_a_restricted_principal() {
     );
 }
 
+/// The corpus through a coordinator whose plans run on two workers
+/// (in this process, on loopback, behind the cluster credential): ana
+/// still sees no raw value, and the workers did run fragments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
+    use meshq_cluster::{AuthChannelResolver, ClusterKey, Coordinator, StaticWorkers};
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let key = ClusterKey::new("the cluster secret of the corpus").unwrap();
+    let platform = meshq_catalog::platform::PlatformConfig::default();
+    let mut urls = Vec::new();
+    let mut verifiers = Vec::new();
+    for _ in 0..2 {
+        let setup =
+            meshq_cluster::worker::worker_setup_with_key(&platform, dir.path(), key.clone())
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(url::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap());
+        verifiers.push(setup.verifier.clone());
+        tokio::spawn(meshq_cluster::serve_worker(
+            setup.worker,
+            setup.verifier,
+            listener,
+            None,
+            std::future::pending(),
+        ));
+    }
+    let coordinator = Coordinator::new(
+        StaticWorkers::new(urls),
+        AuthChannelResolver::new(key, None),
+        vec![(
+            "distributed.file_scan_config_bytes_per_partition".into(),
+            "1".into(),
+        )],
+    )
+    .unwrap();
+    let mut config = meshq_tests::fixture_engine_config(dir.path());
+    config.distribution = Some(std::sync::Arc::new(coordinator));
+    let engine = meshq_engine::Engine::load(config).await.unwrap();
+    let mesh = dir.path().canonicalize().unwrap().display().to_string();
+    let secrets = secrets().await;
+    let as_ = |name: &str| engine.session(&engine.mesh().config.principal(name).unwrap());
+    for served in [false, true] {
+        let CorpusRun {
+            found, answered, ..
+        } = run_corpus(&as_("ana"), &secrets, &mesh, served).await;
+        assert!(
+            found.is_empty(),
+            "leaks as ana through the cluster: {found:#?}"
+        );
+        assert!(answered >= 20, "only {answered} queries answered");
+        // Control: pat's raw values come through the cluster too.
+        let CorpusRun { found, .. } = run_corpus(&as_("pat"), &secrets, &mesh, served).await;
+        assert!(found.len() >= 10, "the detector found only {found:?}");
+    }
+    for v in &verifiers {
+        assert!(v.accepted() > 0, "a worker ran no fragment");
+        assert_eq!(v.refused(), 0);
+    }
+}
+
 #[tokio::test]
 async fn restricted_principal_never_sees_a_raw_value() {
     let (dir, _) = fixture().await;

@@ -409,7 +409,7 @@ fn compile_mask(
                 return Err(BuildFailure::EmptySecret(key_ref.clone()));
             }
             MaskBody::Call(Arc::new(
-                datafusion::logical_expr::ScalarUDF::new_from_impl(StringMask::hash(&key)),
+                datafusion::logical_expr::ScalarUDF::new_from_impl(StringMask::hash(key_ref, &key)),
             ))
         }
         MaskSpec::Partial {

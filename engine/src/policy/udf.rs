@@ -75,6 +75,9 @@ fn string_type(t: &DataType) -> bool {
 pub enum StringMaskKind {
     /// Lowercase hex HMAC-SHA256 of the value's text, keyed by a secret.
     Hash {
+        /// The secret's name in `meshq.yaml` `secrets` (what travels to a
+        /// worker, which resolves it from its own configuration).
+        secret: String,
         /// The secret's UTF-8 bytes.
         key: Vec<u8>,
     },
@@ -121,11 +124,17 @@ impl StringMask {
         }
     }
 
-    /// A hash mask keyed by the secret's UTF-8 bytes.
-    pub fn hash(key: &str) -> Self {
+    /// A hash mask keyed by the UTF-8 bytes of the secret named `secret`.
+    pub fn hash(secret: &str, key: &str) -> Self {
         Self::new(StringMaskKind::Hash {
+            secret: secret.to_string(),
             key: key.as_bytes().to_vec(),
         })
+    }
+
+    /// What the mask does.
+    pub fn kind(&self) -> &StringMaskKind {
+        &self.kind
     }
 
     /// A partial mask.
@@ -163,7 +172,7 @@ impl ScalarUDFImpl for StringMask {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let array = single_array(&args)?;
         let out = match &self.kind {
-            StringMaskKind::Hash { key } => {
+            StringMaskKind::Hash { key, .. } => {
                 // Keyed once per batch; each value clones the keyed state.
                 let mac = Hmac::<Sha256>::new_from_slice(key)
                     .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
@@ -221,6 +230,11 @@ impl RoundMask {
             digits,
             signature: Signature::any(1, Volatility::Immutable),
         }
+    }
+
+    /// The digits it rounds to.
+    pub fn digits(&self) -> i32 {
+        self.digits
     }
 
     /// Whether the mask supports values of type `t`.
@@ -480,7 +494,7 @@ mod tests {
             Some("what do ya want for nothing?"),
             None,
         ]));
-        let out = run(StringMask::hash("Jefe"), input);
+        let out = run(StringMask::hash("k", "Jefe"), input);
         assert_eq!(
             strings(&out),
             vec![
@@ -488,7 +502,7 @@ mod tests {
                 None
             ]
         );
-        assert!(!format!("{:?}", StringMask::hash("Jefe")).contains("Jefe"));
+        assert!(!format!("{:?}", StringMask::hash("k", "Jefe")).contains("Jefe"));
     }
 
     #[test]

@@ -1,0 +1,131 @@
+//! [`MeshCodec`]: meshq's plan nodes as they travel to a worker — the scan
+//! mark with its policy token and the policy barrier — and
+//! [`udf_travels`], which says which functions may not travel.
+//!
+//! A stage holding a node this codec cannot send, or a function that may
+//! not travel, runs on the coordinator (see [`crate::coordinator`]).
+
+use std::sync::Arc;
+
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use meshq_connectors::{MeshScanExec, ScanToken};
+use meshq_engine::policy::barrier::PolicyBarrierExec;
+use meshq_engine::policy::udf::{RoundMask, StringMask};
+use serde::{Deserialize, Serialize};
+
+/// A node as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+enum Node {
+    Scan { table: String, token: Option<Token> },
+    Barrier { table: String, token: Token },
+}
+
+/// A [`ScanToken`] as it travels.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Token {
+    mesh_version: u64,
+    principal: u64,
+    policies: u64,
+}
+
+impl From<ScanToken> for Token {
+    fn from(t: ScanToken) -> Self {
+        Self {
+            mesh_version: t.mesh_version,
+            principal: t.principal,
+            policies: t.policies,
+        }
+    }
+}
+
+impl From<Token> for ScanToken {
+    fn from(t: Token) -> Self {
+        Self {
+            mesh_version: t.mesh_version,
+            principal: t.principal,
+            policies: t.policies,
+        }
+    }
+}
+
+/// Whether `udf` may run on a worker. meshq's mask functions hold their
+/// parameters (a hash mask its key) and its bounded functions go by a
+/// built-in's name; datafusion-distributed 4.0 puts its own codec first,
+/// so a function always travels by name alone and a worker would decode
+/// them as something else, or not at all. A stage that calls one runs on
+/// the coordinator. DataFusion's own functions travel.
+pub fn udf_travels(udf: &ScalarUDF) -> bool {
+    let inner = udf.inner().as_ref() as &dyn std::any::Any;
+    !(inner.is::<StringMask>()
+        || inner.is::<RoundMask>()
+        || meshq_engine::functions::is_bounded(udf)
+        || MESHQ_FUNCTIONS.contains(&udf.name())
+        || meshq_engine::policy::udf::PrincipalFn::ALL
+            .iter()
+            .any(|f| f.name() == udf.name()))
+}
+
+/// Names of meshq functions that must never be decoded by name alone.
+const MESHQ_FUNCTIONS: [&str; 4] = ["mask_hash", "mask_partial", "mask_redact", "mask_round"];
+
+/// The codec of meshq's plan nodes.
+#[derive(Debug, Default)]
+pub struct MeshCodec;
+
+fn codec_error(what: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!("meshq plan codec: {what}"))
+}
+
+impl PhysicalExtensionCodec for MeshCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let node: Node = serde_json::from_slice(buf).map_err(codec_error)?;
+        let [input] = inputs else {
+            return Err(codec_error("a meshq node has exactly one input"));
+        };
+        let input = Arc::clone(input);
+        Ok(match node {
+            Node::Scan { table, token } => {
+                let scan = MeshScanExec::new(table, input);
+                Arc::new(match token {
+                    Some(t) => scan.with_token(t.into()),
+                    None => scan,
+                })
+            }
+            Node::Barrier { table, token } => {
+                Arc::new(PolicyBarrierExec::new(table, token.into(), input))
+            }
+        })
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let n = if let Some(scan) = node.downcast_ref::<MeshScanExec>() {
+            Node::Scan {
+                table: scan.table().to_string(),
+                token: scan.token().map(|t| Token::from(*t)),
+            }
+        } else if let Some(barrier) = node.downcast_ref::<PolicyBarrierExec>() {
+            Node::Barrier {
+                table: barrier.table().to_string(),
+                token: (*barrier.token()).into(),
+            }
+        } else {
+            return Err(codec_error(format!("{} cannot be sent", node.name())));
+        };
+        serde_json::to_writer(buf, &n).map_err(codec_error)
+    }
+}

@@ -1,0 +1,189 @@
+//! The coordinator: meshq's planner (policy rewrite, barrier, verifier)
+//! first, then datafusion-distributed's, which cuts the verified plan into
+//! stages for the workers. A plan with a stage that cannot be encoded is
+//! planned again to run in this process, never sent in part.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::Result;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_distributed::{
+    DistributedExec, DistributedExt, DistributedLeafExec, MaybeEncoded, SessionStateBuilderExt,
+};
+use tracing::debug;
+
+use crate::codec::MeshCodec;
+use crate::transport::{AuthChannelResolver, StaticWorkers};
+
+/// Distributes the plans of every mesh version over `workers`.
+#[derive(Clone)]
+pub struct Coordinator {
+    workers: StaticWorkers,
+    resolver: AuthChannelResolver,
+    settings: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    /// Over `workers`, connecting with `resolver`, with datafusion-
+    /// distributed's `settings` (`distributed.*`); an unknown key or a bad
+    /// value is an error naming it.
+    pub fn new(
+        workers: StaticWorkers,
+        resolver: AuthChannelResolver,
+        settings: Vec<(String, String)>,
+    ) -> Result<Self, String> {
+        let check = SessionStateBuilder::new()
+            .with_distributed_planner()
+            .build();
+        let mut options = check.config_options().as_ref().clone();
+        for (key, value) in &settings {
+            if !key.starts_with("distributed.") {
+                return Err(format!(
+                    "cluster.settings: `{key}` is not a datafusion-distributed setting (distributed.*)"
+                ));
+            }
+            options
+                .set(key, value)
+                .map_err(|e| format!("cluster.settings: `{key}`: {e}"))?;
+        }
+        Ok(Self {
+            workers,
+            resolver,
+            settings,
+        })
+    }
+}
+
+impl Coordinator {
+    /// The workers, for people: `N workers: URL, URL`.
+    pub fn describe(&self) -> String {
+        let urls = self.workers.urls();
+        let list: Vec<&str> = urls.iter().map(|u| u.as_str()).collect();
+        format!("{} worker(s): {}", urls.len(), list.join(", "))
+    }
+}
+
+impl meshq_engine::engine::Distribution for Coordinator {
+    fn apply(&self, builder: SessionStateBuilder) -> SessionStateBuilder {
+        let mut builder = builder
+            .with_distributed_worker_resolver(self.workers.clone())
+            .with_distributed_channel_resolver(self.resolver.clone())
+            .with_distributed_user_codec(MeshCodec);
+        let local = builder.query_planner().clone();
+        let mut builder = builder.with_distributed_planner();
+        if let Some(config) = builder.config() {
+            for (key, value) in &self.settings {
+                // Checked when the coordinator was made.
+                let _ = config.options_mut().set(key, value);
+            }
+        }
+        let distributed = builder.query_planner().clone();
+        match (local, distributed) {
+            (Some(local), Some(distributed)) => {
+                builder.with_query_planner(Arc::new(ClusterPlanner { local, distributed }))
+            }
+            // Nothing to wrap: leave the state as it was built.
+            _ => builder,
+        }
+    }
+}
+
+/// meshq's planner, then the distributed one when every stage can travel.
+#[derive(Debug)]
+struct ClusterPlanner {
+    local: Arc<dyn QueryPlanner + Send + Sync>,
+    distributed: Arc<dyn QueryPlanner + Send + Sync>,
+}
+
+#[async_trait]
+impl QueryPlanner for ClusterPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = self
+            .distributed
+            .create_physical_plan(logical_plan, session)
+            .await?;
+        if !plan.exists(|p| Ok(p.is::<DistributedExec>()))? {
+            return Ok(plan);
+        }
+        match every_stage_encodes(&plan, &session.task_ctx()) {
+            Ok(()) => Ok(plan),
+            Err(why) => {
+                debug!(%why, "a stage cannot be sent to workers; the query runs on the coordinator");
+                self.local.create_physical_plan(logical_plan, session).await
+            }
+        }
+    }
+}
+
+/// Encodes what each [`DistributedExec`] would send: its input, whose
+/// network boundaries hold their stages' plans as children, so every
+/// stage is encoded as the workers would receive it.
+fn every_stage_encodes(
+    plan: &Arc<dyn ExecutionPlan>,
+    ctx: &Arc<datafusion::execution::TaskContext>,
+) -> Result<()> {
+    plan.apply(|node| {
+        if node.is::<DistributedExec>() {
+            for child in node.children() {
+                // Each task receives its own variant of a scaled-up leaf.
+                let sent = Arc::clone(child).transform_up(|n| {
+                    Ok(match n.downcast_ref::<DistributedLeafExec>() {
+                        Some(leaf) => Transformed::yes(
+                            leaf.variants()
+                                .first()
+                                .cloned()
+                                .unwrap_or_else(|| Arc::clone(leaf.original())),
+                        ),
+                        None => Transformed::no(n),
+                    })
+                })?;
+                let sent = sent.data;
+                calls_only_travelling_functions(&sent)?;
+                MaybeEncoded::Decoded(sent).encode(ctx)?;
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })
+    .map(|_| ())
+}
+
+/// Fails when a node of `plan` calls a function that may not travel
+/// ([`crate::codec::udf_travels`]).
+fn calls_only_travelling_functions(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::physical_expr::ScalarFunctionExpr;
+    plan.apply(|node| {
+        node.apply_expressions(&mut |expr| {
+            expr.apply(|e| {
+                if let Some(f) = e.downcast_ref::<ScalarFunctionExpr>()
+                    && !crate::codec::udf_travels(f.fun())
+                {
+                    return Err(datafusion::error::DataFusionError::NotImplemented(format!(
+                        "{} runs on the coordinator only",
+                        f.name()
+                    )));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })
+    .map(|_| ())
+}
