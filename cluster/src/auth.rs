@@ -126,8 +126,8 @@ pub struct Verifier {
 
 #[derive(Debug, Default)]
 struct Nonces {
-    by_nonce: HashMap<String, u64>,
-    order: VecDeque<(u64, String)>,
+    by_nonce: HashMap<u64, u64>,
+    order: VecDeque<(u64, u64)>,
 }
 
 impl Verifier {
@@ -177,6 +177,7 @@ impl Verifier {
         if nonce.len() != 16 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Refusal::Malformed);
         }
+        let nonce_bits = u64::from_str_radix(nonce, 16).map_err(|_| Refusal::Malformed)?;
         let tag = hex::decode(tag).map_err(|_| Refusal::Malformed)?;
         self.key
             .mac(millis, nonce)
@@ -195,14 +196,14 @@ impl Verifier {
                 seen.by_nonce.remove(&n);
             }
         }
-        if seen.by_nonce.contains_key(nonce) {
+        if seen.by_nonce.contains_key(&nonce_bits) {
             return Err(Refusal::Replayed);
         }
         if seen.by_nonce.len() >= MAX_REMEMBERED_NONCES {
             return Err(Refusal::Overloaded);
         }
-        seen.by_nonce.insert(nonce.to_string(), millis);
-        seen.order.push_back((now, nonce.to_string()));
+        seen.by_nonce.insert(nonce_bits, millis);
+        seen.order.push_back((now, nonce_bits));
         Ok(())
     }
 }
@@ -267,7 +268,7 @@ mod tests {
         let later = t0 + 2 * MAX_SKEW.as_millis() as u64 + 1;
         let d = k.credential_at(later, "00000000000000bb");
         assert_eq!(v.check_at(Some(&d), later), Ok(()));
-        assert!(!v.seen.lock().by_nonce.contains_key("00000000000000aa"));
+        assert!(!v.seen.lock().by_nonce.contains_key(&0xaa));
     }
 
     #[test]

@@ -52,21 +52,34 @@ impl From<Token> for ScanToken {
     }
 }
 
-/// Whether `udf` may run on a worker. meshq's mask functions hold their
-/// parameters (a hash mask its key) and its bounded functions go by a
-/// built-in's name; datafusion-distributed 4.0 puts its own codec first,
-/// so a function always travels by name alone and a worker would decode
-/// them as something else, or not at all. A stage that calls one runs on
-/// the coordinator. DataFusion's own functions travel.
+/// Whether `udf` may run on a worker: only DataFusion's built-ins, as a
+/// worker's registry has them. datafusion-distributed 4.0 puts its own
+/// codec first, so a function always travels by name alone; meshq's mask
+/// functions hold their parameters (a hash mask its key), its bounded
+/// functions go by a built-in's name, and a worker would decode them as
+/// something else, or not at all. A stage that calls any other function
+/// runs on the coordinator.
 pub fn udf_travels(udf: &ScalarUDF) -> bool {
+    static BUILT_IN: std::sync::LazyLock<datafusion::execution::SessionState> =
+        std::sync::LazyLock::new(|| {
+            datafusion::execution::SessionStateBuilder::new()
+                .with_default_features()
+                .build()
+        });
     let inner = udf.inner().as_ref() as &dyn std::any::Any;
-    !(inner.is::<StringMask>()
+    if inner.is::<StringMask>()
         || inner.is::<RoundMask>()
         || meshq_engine::functions::is_bounded(udf)
         || MESHQ_FUNCTIONS.contains(&udf.name())
-        || meshq_engine::policy::udf::PrincipalFn::ALL
-            .iter()
-            .any(|f| f.name() == udf.name()))
+    {
+        return false;
+    }
+    // Only what a worker decodes to the very same function: a built-in
+    // of the same name and the same implementation.
+    BUILT_IN
+        .scalar_functions()
+        .get(udf.name())
+        .is_some_and(|b| (b.inner().as_ref() as &dyn std::any::Any).type_id() == inner.type_id())
 }
 
 /// Names of meshq functions that must never be decoded by name alone.

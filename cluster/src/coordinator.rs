@@ -79,12 +79,16 @@ impl Coordinator {
 
 impl meshq_engine::engine::Distribution for Coordinator {
     fn apply(&self, builder: SessionStateBuilder) -> SessionStateBuilder {
+        let mut builder = builder;
+        let Some(local) = builder.query_planner().clone() else {
+            // No planner of meshq's to wrap: nothing is distributed.
+            return builder;
+        };
         let mut builder = builder
             .with_distributed_worker_resolver(self.workers.clone())
             .with_distributed_channel_resolver(self.resolver.clone())
-            .with_distributed_user_codec(MeshCodec);
-        let local = builder.query_planner().clone();
-        let mut builder = builder.with_distributed_planner();
+            .with_distributed_user_codec(MeshCodec)
+            .with_distributed_planner();
         if let Some(config) = builder.config() {
             for (key, value) in &self.settings {
                 // Checked when the coordinator was made.
@@ -92,12 +96,12 @@ impl meshq_engine::engine::Distribution for Coordinator {
             }
         }
         let distributed = builder.query_planner().clone();
-        match (local, distributed) {
-            (Some(local), Some(distributed)) => {
+        match distributed {
+            Some(distributed) => {
                 builder.with_query_planner(Arc::new(ClusterPlanner { local, distributed }))
             }
-            // Nothing to wrap: leave the state as it was built.
-            _ => builder,
+            // The library installed no planner: plan as meshq alone does.
+            None => builder.with_query_planner(local),
         }
     }
 }
@@ -143,21 +147,26 @@ fn every_stage_encodes(
     plan.apply(|node| {
         if node.is::<DistributedExec>() {
             for child in node.children() {
-                // Each task receives its own variant of a scaled-up leaf.
-                let sent = Arc::clone(child).transform_up(|n| {
-                    Ok(match n.downcast_ref::<DistributedLeafExec>() {
-                        Some(leaf) => Transformed::yes(
-                            leaf.variants()
-                                .first()
-                                .cloned()
-                                .unwrap_or_else(|| Arc::clone(leaf.original())),
-                        ),
-                        None => Transformed::no(n),
-                    })
-                })?;
-                let sent = sent.data;
-                calls_only_travelling_functions(&sent)?;
-                MaybeEncoded::Decoded(sent).encode(ctx)?;
+                // Task i receives variant i of each scaled-up leaf: check
+                // every variant.
+                let tasks = max_variants(child)?;
+                for task in 0..tasks.max(1) {
+                    let sent = Arc::clone(child).transform_up(|n| {
+                        Ok(match n.downcast_ref::<DistributedLeafExec>() {
+                            Some(leaf) => Transformed::yes(
+                                leaf.variants()
+                                    .get(task)
+                                    .cloned()
+                                    .unwrap_or_else(|| Arc::clone(leaf.original())),
+                            ),
+                            None => Transformed::no(n),
+                        })
+                    })?;
+                    let sent = sent.data;
+                    calls_only_travelling_functions(&sent)?;
+                    scans_travel_whole(&sent)?;
+                    MaybeEncoded::Decoded(sent).encode(ctx)?;
+                }
             }
         }
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
@@ -186,4 +195,100 @@ fn calls_only_travelling_functions(plan: &Arc<dyn ExecutionPlan>) -> Result<()> 
         })
     })
     .map(|_| ())
+}
+
+/// Fails when a scan of `plan` holds rows in memory, or when a file scan
+/// maps file columns to table columns
+/// with an adapter of its own (Iceberg's field ids): datafusion-proto does
+/// not carry the adapter, and a worker would map columns by name.
+fn scans_travel_whole(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    plan.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<DataSourceExec>()
+            && (scan.data_source().as_ref() as &dyn std::any::Any).is::<MemorySourceConfig>()
+        {
+            // In-memory rows (accelerated copies, scratch tables) would
+            // travel inside the plan.
+            return Err(datafusion::error::DataFusionError::NotImplemented(
+                "rows held in memory stay on the coordinator".into(),
+            ));
+        }
+        if let Some(scan) = node.downcast_ref::<DataSourceExec>()
+            && let Some(config) =
+                (scan.data_source().as_ref() as &dyn std::any::Any).downcast_ref::<FileScanConfig>()
+            && config.expr_adapter_factory.is_some()
+        {
+            return Err(datafusion::error::DataFusionError::NotImplemented(
+                "a scan with its own column mapping (Iceberg field ids) runs on the coordinator only"
+                    .into(),
+            ));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .map(|_| ())
+}
+
+/// The most variants any scaled-up leaf of `plan` has.
+fn max_variants(plan: &Arc<dyn ExecutionPlan>) -> Result<usize> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut most = 0;
+    plan.apply(|n| {
+        if let Some(leaf) = n.downcast_ref::<DistributedLeafExec>() {
+            most = most.max(leaf.variants().len());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(most)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::execution::object_store::ObjectStoreUrl;
+    use datafusion::physical_expr_adapter::DefaultPhysicalExprAdapterFactory;
+
+    fn parquet_scan(adapter: bool) -> Arc<dyn ExecutionPlan> {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
+        let source = Arc::new(ParquetSource::new(schema));
+        let mut config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source);
+        if adapter {
+            config = config.with_expr_adapter(Some(Arc::new(DefaultPhysicalExprAdapterFactory)));
+        }
+        DataSourceExec::from_data_source(config.build())
+    }
+
+    #[test]
+    fn scans_with_their_own_column_mapping_or_rows_in_memory_stay() {
+        assert!(scans_travel_whole(&parquet_scan(false)).is_ok());
+        assert!(scans_travel_whole(&parquet_scan(true)).is_err());
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
+        let memory = MemorySourceConfig::try_new_exec(&[vec![]], schema, None).unwrap();
+        assert!(scans_travel_whole(&(memory as Arc<dyn ExecutionPlan>)).is_err());
+    }
+
+    #[test]
+    fn only_built_in_functions_travel() {
+        use datafusion::logical_expr::ScalarUDF;
+        use meshq_engine::policy::udf::{RoundMask, StringMask};
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_default_features()
+            .build();
+        assert!(crate::codec::udf_travels(
+            &state.scalar_functions()["upper"]
+        ));
+        for udf in [
+            ScalarUDF::new_from_impl(StringMask::hash("k", "key")),
+            ScalarUDF::new_from_impl(StringMask::redact('x', '9')),
+            ScalarUDF::new_from_impl(RoundMask::new(2)),
+        ] {
+            assert!(!crate::codec::udf_travels(&udf), "{}", udf.name());
+        }
+    }
 }

@@ -2,8 +2,8 @@
 //! (`meshq serve --workers …`) plans every query — the policy rewrite, the
 //! barrier, the leakproof pushdown — and workers (`meshq worker`) execute
 //! fragments of its physical plans. A worker holds no catalog and no
-//! principal; it reads only `meshq.yaml` for the cluster secret, the
-//! secrets mask keys name, and object-store credentials.
+//! principal; it reads only `meshq.yaml` for the cluster secret, its
+//! memory limits and object-store credentials.
 //!
 //! Invariants:
 //! - A worker answers only requests carrying a fresh credential made with

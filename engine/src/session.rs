@@ -667,6 +667,8 @@ fn check_setting(variable: &str) -> Result<()> {
         "the statement limits (limits.max_expression_depth) assume the parser's own limit"
     } else if key.starts_with("datafusion.catalog.") {
         "the catalog is the mesh; use the session option `schema` to change the default schema"
+    } else if key.starts_with("distributed.") {
+        "how queries are spread over workers is the operator's (cluster.settings in meshq.yaml)"
     } else if key.starts_with("meshq.") {
         "the principal comes from authentication and limits from meshq.yaml"
     } else {

@@ -297,6 +297,13 @@ async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
         assert!(v.accepted() > 0, "a worker ran no fragment");
         assert_eq!(v.refused(), 0);
     }
+    // Nobody spreads their own queries differently, admins included: the
+    // settings are the operator's (ana may not SET at all).
+    let set = "SET distributed.file_scan_config_bytes_per_partition = '1'";
+    let e = run(&as_("ana"), set).await.unwrap_err();
+    assert!(e.contains("requires the `admin` role"), "{e}");
+    let e = run(&as_("root"), set).await.unwrap_err();
+    assert!(e.contains("cluster.settings"), "{e}");
 }
 
 #[tokio::test]
