@@ -1,6 +1,8 @@
 //! Runs every `tests/slt/*.slt` file against a fresh session over the
-//! fixture mesh. `-- --complete` rewrites the expected results in place.
-//! A file name filter may be given: `-- joins`.
+//! fixture mesh, then again on a coordinator whose plans run on two
+//! workers (in this process, on loopback): the answers must not depend on
+//! where a query ran. `-- --complete` rewrites the expected results in
+//! place (single node only). A file name filter may be given: `-- joins`.
 
 use std::path::{Path, PathBuf};
 
@@ -38,8 +40,77 @@ async fn main() -> std::process::ExitCode {
         })
         .collect();
     files.sort();
+    let (mut passed, mut failed) = run_files(&engine, &files, &mesh_dir, complete, "").await;
+    if !complete {
+        let (cluster, verifiers) = cluster_engine(dir.path()).await;
+        let (p, f) = run_files(&cluster, &files, &mesh_dir, false, "on a cluster: ").await;
+        passed += p;
+        failed += f;
+        let accepted: Vec<u64> = verifiers.iter().map(|v| v.accepted()).collect();
+        println!("requests the workers accepted: {accepted:?}");
+        if accepted.contains(&0) {
+            println!("FAILED: a worker ran no fragment of the slt suites");
+            failed += 1;
+        }
+    }
+    println!("sqllogictests: {passed} passed, {failed} failed");
+    if failed > 0 || files.is_empty() {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+/// The fixture mesh on a coordinator over two workers, every file scan
+/// split as finely as the library allows.
+async fn cluster_engine(dir: &Path) -> (Engine, Vec<meshq_cluster::Verifier>) {
+    use meshq_cluster::{AuthChannelResolver, ClusterKey, Coordinator, StaticWorkers};
+    let key = ClusterKey::new("the cluster secret of the slt suites").expect("key");
+    let platform = meshq_catalog::platform::PlatformConfig::default();
+    let mut urls = Vec::new();
+    let mut verifiers = Vec::new();
+    for _ in 0..2 {
+        let setup = meshq_cluster::worker::worker_setup_with_key(&platform, dir, key.clone())
+            .expect("worker");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        urls.push(url::Url::parse(&format!("http://{addr}")).expect("url"));
+        verifiers.push(setup.verifier.clone());
+        tokio::spawn(meshq_cluster::serve_worker(
+            setup.worker,
+            setup.verifier,
+            listener,
+            None,
+            std::future::pending(),
+        ));
+    }
+    let coordinator = Coordinator::new(
+        StaticWorkers::new(urls),
+        AuthChannelResolver::new(key, None),
+        vec![(
+            "distributed.file_scan_config_bytes_per_partition".into(),
+            "1".into(),
+        )],
+    )
+    .expect("coordinator");
+    let mut config = fixture_engine_config(dir);
+    config.distribution = Some(std::sync::Arc::new(coordinator));
+    let engine = Engine::load(config).await.expect("fixture mesh loads");
+    (engine, verifiers)
+}
+
+/// Runs `files` on `engine`; (passed, failed).
+async fn run_files(
+    engine: &Engine,
+    files: &[PathBuf],
+    mesh_dir: &str,
+    complete: bool,
+    label: &str,
+) -> (usize, usize) {
     let (mut passed, mut failed) = (0, 0);
-    for file in &files {
+    for file in files {
         let name = file.file_name().unwrap_or_default().to_string_lossy();
         let text = std::fs::read_to_string(file).expect("slt file");
         let principal = match principal_of(&text) {
@@ -55,7 +126,7 @@ async fn main() -> std::process::ExitCode {
             let session = engine.session(&principal);
             async move { Ok::<_, meshq_tests::slt::SltError>(SltDb::new(session)) }
         });
-        runner.set_var("MESH".into(), mesh_dir.clone());
+        runner.set_var("MESH".into(), mesh_dir.to_string());
         let result = if complete {
             runner
                 .update_test_file(
@@ -76,18 +147,13 @@ async fn main() -> std::process::ExitCode {
         match result {
             Ok(()) => {
                 passed += 1;
-                println!("ok: {name}");
+                println!("ok: {label}{name}");
             }
             Err(e) => {
                 failed += 1;
-                println!("FAILED: {name}\n{e}");
+                println!("FAILED: {label}{name}\n{e}");
             }
         }
     }
-    println!("sqllogictests: {passed} passed, {failed} failed");
-    if failed > 0 || files.is_empty() {
-        std::process::ExitCode::FAILURE
-    } else {
-        std::process::ExitCode::SUCCESS
-    }
+    (passed, failed)
 }
