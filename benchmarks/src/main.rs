@@ -41,13 +41,13 @@ struct Args {
     #[arg(long)]
     partitions: Option<usize>,
     /// Measurements to run: policy, format, flight, clients, accel,
-    /// catalog, memory, peers; not in the default set: `settings` (a sweep
+    /// distributed, catalog, memory, peers; not in the default set: `settings` (a sweep
     /// of DataFusion settings) and `fetch` (only the `lineitem` fetch over
     /// Flight SQL, to profile).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "policy,format,flight,clients,accel,catalog,memory,peers"
+        default_value = "policy,format,flight,clients,accel,distributed,catalog,memory,peers"
     )]
     only: Vec<String>,
     /// Products in the catalog-scale mesh.
@@ -126,7 +126,14 @@ async fn run(args: &Args) -> Result<String> {
     )?;
     let ds = Dataset::new(&root, args.sf);
     if [
-        "policy", "format", "flight", "clients", "accel", "peers", "settings",
+        "policy",
+        "format",
+        "flight",
+        "clients",
+        "accel",
+        "distributed",
+        "peers",
+        "settings",
     ]
     .iter()
     .any(|m| want(m))
@@ -162,6 +169,9 @@ async fn run(args: &Args) -> Result<String> {
         for engine in ["memory", "parquet"] {
             differ += accelerated(args, &ds, partitions, engine, &mut out).await?;
         }
+    }
+    if want("distributed") {
+        differ += distributed(args, &ds, partitions, &mut out).await?;
     }
     if want("catalog") {
         catalog(args, &root, &mut out).await?;
@@ -317,6 +327,37 @@ async fn format(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) 
 sales as Delta, customers as Parquet, supply as Iceberg, against every table as Parquet.\n"
     )?;
     write_table(out, &labels, &table, 0, &[1])
+}
+
+/// The 22 queries on the split mesh as a single node, and as the
+/// coordinator of one and of two workers served in this process.
+async fn distributed(
+    args: &Args,
+    ds: &Dataset,
+    partitions: usize,
+    out: &mut String,
+) -> Result<usize> {
+    let single = runners::engine(&ds.mesh_split(), partitions).await?;
+    let one = runners::cluster_engine(&ds.mesh_split(), partitions, 1).await?;
+    let two = runners::cluster_engine(&ds.mesh_split(), partitions, 2).await?;
+    let labels = ["single node", "1 worker", "2 workers"];
+    let table = run_queries(
+        args,
+        &[
+            (
+                labels[0],
+                Runner::Meshq(runners::session(&single, "exempt")?),
+            ),
+            (labels[1], Runner::Meshq(runners::session(&one, "exempt")?)),
+            (labels[2], Runner::Meshq(runners::session(&two, "exempt")?)),
+        ],
+    )
+    .await?;
+    writeln!(
+        out,
+        "## Distributed (datafusion-distributed; exempt principal, split mesh)\n\nThe coordinator and its workers share this process and its cores, over loopback: these ratios are the cost of going through the cluster, not a speed-up.\n"
+    )?;
+    write_table(out, &labels, &table, 0, &[1, 2])
 }
 
 /// DataFusion settings tried one at a time against meshq's defaults.

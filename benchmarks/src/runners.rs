@@ -56,6 +56,57 @@ pub async fn engine_with(
     memory_limit: Option<usize>,
     settings: &[(&str, &str)],
 ) -> Result<Engine> {
+    load(config_for(mesh, target_partitions, memory_limit, settings)).await
+}
+
+/// [`engine`] as the coordinator of `workers` workers served in this
+/// process on loopback (datafusion-distributed, behind the cluster
+/// credential), every file scan split as finely as the library allows.
+pub async fn cluster_engine(
+    mesh: &Path,
+    target_partitions: usize,
+    workers: usize,
+) -> Result<Engine> {
+    use meshq_cluster::{AuthChannelResolver, ClusterKey, Coordinator, StaticWorkers};
+    let key =
+        ClusterKey::new("the cluster secret of the benchmarks").map_err(anyhow::Error::msg)?;
+    let platform = meshq_catalog::platform::PlatformConfig::default();
+    let mut urls = Vec::new();
+    for _ in 0..workers {
+        let setup = meshq_cluster::worker::worker_setup_with_key(&platform, mesh, key.clone())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        urls.push(url::Url::parse(&format!(
+            "http://{}",
+            listener.local_addr()?
+        ))?);
+        tokio::spawn(meshq_cluster::serve_worker(
+            setup.worker,
+            setup.verifier,
+            listener,
+            None,
+            std::future::pending(),
+        ));
+    }
+    let coordinator = Coordinator::new(
+        StaticWorkers::new(urls),
+        AuthChannelResolver::new(key, None),
+        vec![(
+            "distributed.file_scan_config_bytes_per_partition".into(),
+            "1".into(),
+        )],
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut config = config_for(mesh, target_partitions, None, &[]);
+    config.distribution = Some(std::sync::Arc::new(coordinator));
+    load(config).await
+}
+
+fn config_for(
+    mesh: &Path,
+    target_partitions: usize,
+    memory_limit: Option<usize>,
+    settings: &[(&str, &str)],
+) -> EngineConfig {
     let mut config = EngineConfig::new(mesh);
     config.settings = SETTINGS.get().cloned().unwrap_or_default();
     config
@@ -64,6 +115,10 @@ pub async fn engine_with(
     config.target_partitions = Some(target_partitions);
     config.memory_limit = memory_limit;
     config.secret_env_fallback = BTreeMap::from([(KEY_ENV.into(), KEY_VALUE.into())]);
+    config
+}
+
+async fn load(config: EngineConfig) -> Result<Engine> {
     let engine = Engine::load(config).await?;
     let errors: Vec<String> = engine
         .problems()

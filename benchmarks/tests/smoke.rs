@@ -1,7 +1,8 @@
 //! The benchmark harness at a tiny scale factor, so it keeps working: it
 //! checks that meshq's answers equal raw DataFusion's and that the
 //! Delta/Iceberg mesh answers as the Parquet one does, and that the result
-//! cache and accelerated ports answer as the files do. No timing is judged.
+//! cache, accelerated ports and a two-worker cluster answer as the files
+//! do. No timing is judged.
 
 #[test]
 fn the_harness_answers_like_raw_datafusion() {
@@ -11,7 +12,7 @@ fn the_harness_answers_like_raw_datafusion() {
         .arg(dir.path())
         .args([
             "--only",
-            "policy,format,flight,accel,catalog",
+            "policy,format,flight,accel,distributed,catalog",
             "--products",
             "100",
             "--latency-queries",
@@ -30,6 +31,7 @@ fn the_harness_answers_like_raw_datafusion() {
         "Policy overhead",
         "Result cache",
         "Accelerated ports",
+        "Distributed",
         "Catalog scale",
     ] {
         assert!(report.contains(section), "{report}");
