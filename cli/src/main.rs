@@ -627,6 +627,8 @@ fn coordinator(
         .map_err(|e| e.to_string())?;
     Ok(coordinator.map(|c| {
         eprintln!("meshq distributes queries to {}", c.describe());
+        // Runs for the life of the server.
+        let _checks = c.spawn_health_checks();
         Arc::new(c) as Arc<dyn meshq_engine::engine::Distribution>
     }))
 }

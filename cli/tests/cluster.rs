@@ -304,3 +304,67 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
         );
     }
 }
+
+/// A worker killed under a running coordinator: a query that needed it
+/// fails as UNAVAILABLE, the coordinator stays up, and within a few
+/// health checks queries run on the worker that is left, with the same
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_fails_only_the_queries_that_needed_it() {
+    use super::flight::{login, start_on, text};
+    use super::ops::try_query;
+    let (_dir, mesh) = super::ops::copy_mesh();
+    let yaml = mesh.join("meshq.yaml");
+    let mut config = std::fs::read_to_string(&yaml).unwrap();
+    config.push_str(
+        "\ncluster:\n  secret: { env: MESHQ_TEST_CLUSTER_SECRET }\n  settings:\n    distributed.file_scan_config_bytes_per_partition: \"1\"\n",
+    );
+    std::fs::write(&yaml, config).unwrap();
+    let survivor = start_worker(&mesh, SECRET);
+    let victim = start_worker(&mesh, SECRET);
+    let urls = format!("{},{}", survivor.url, victim.url);
+    let cluster = start_on(
+        &mesh,
+        &["--workers", &urls],
+        &[("MESHQ_TEST_CLUSTER_SECRET", SECRET)],
+    );
+    let mut pat = login(&cluster, "pat").await;
+    // Each query differs, so none is answered from the result cache.
+    let sql = |i: usize| {
+        format!(
+            "SELECT region, count(*) AS n FROM sales.orders WHERE order_id <> 'none-{i}' GROUP BY region ORDER BY region"
+        )
+    };
+    let expected = text(&try_query(&mut pat, &sql(0)).await.unwrap());
+    drop(victim);
+    // Before the next health check: queries whose tasks went to the dead
+    // worker fail as UNAVAILABLE (tasks are spread over both at random).
+    let mut failures = Vec::new();
+    for i in 1..=10 {
+        match try_query(&mut pat, &sql(i)).await {
+            Ok(batches) => assert_eq!(text(&batches), expected),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                assert!(
+                    status.message().contains("a worker of the cluster failed"),
+                    "{status}"
+                );
+                failures.push(status.message().to_string());
+            }
+        }
+    }
+    assert!(!failures.is_empty(), "no query needed the dead worker");
+    // After a health check, every query runs on the worker that is left.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut i = 100;
+    while try_query(&mut pat, &sql(i)).await.is_err() {
+        i += 1;
+        assert!(std::time::Instant::now() < until, "queries never recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The next queries go to the worker that is left.
+    for i in 1000..1003 {
+        assert_eq!(text(&try_query(&mut pat, &sql(i)).await.unwrap()), expected);
+    }
+    assert!(cluster.logs("a worker stopped answering").await);
+}

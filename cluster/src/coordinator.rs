@@ -69,6 +69,12 @@ impl Coordinator {
 }
 
 impl Coordinator {
+    /// Checks the workers every [`crate::transport::HEALTH_INTERVAL`] from
+    /// now on, for the life of the runtime (abort the handle to stop).
+    pub fn spawn_health_checks(&self) -> tokio::task::JoinHandle<()> {
+        self.workers.spawn_checks(self.resolver.clone())
+    }
+
     /// The workers, for people: `N workers: URL, URL`.
     pub fn describe(&self) -> String {
         let urls = self.workers.urls();
@@ -97,9 +103,11 @@ impl meshq_engine::engine::Distribution for Coordinator {
         }
         let distributed = builder.query_planner().clone();
         match distributed {
-            Some(distributed) => {
-                builder.with_query_planner(Arc::new(ClusterPlanner { local, distributed }))
-            }
+            Some(distributed) => builder.with_query_planner(Arc::new(ClusterPlanner {
+                local,
+                distributed,
+                workers: self.workers.clone(),
+            })),
             // The library installed no planner: plan as meshq alone does.
             None => builder.with_query_planner(local),
         }
@@ -111,6 +119,7 @@ impl meshq_engine::engine::Distribution for Coordinator {
 struct ClusterPlanner {
     local: Arc<dyn QueryPlanner + Send + Sync>,
     distributed: Arc<dyn QueryPlanner + Send + Sync>,
+    workers: StaticWorkers,
 }
 
 #[async_trait]
@@ -120,6 +129,10 @@ impl QueryPlanner for ClusterPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if self.workers.healthy().is_empty() {
+            // No worker answers: the coordinator runs the query.
+            return self.local.create_physical_plan(logical_plan, session).await;
+        }
         let plan = self
             .distributed
             .create_physical_plan(logical_plan, session)

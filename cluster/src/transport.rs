@@ -103,16 +103,26 @@ impl ChannelResolver for AuthChannelResolver {
     }
 }
 
-/// The workers named in the configuration.
+/// How often a coordinator checks each worker.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a worker may take to answer a check.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The workers named in the configuration, and which of them answered
+/// their last check. Queries are planned over the ones that did; with
+/// none, queries run on the coordinator.
 #[derive(Debug, Clone)]
 pub struct StaticWorkers {
     urls: Arc<Vec<Url>>,
+    healthy: Arc<Mutex<Vec<Url>>>,
 }
 
 impl StaticWorkers {
-    /// These URLs.
+    /// These URLs, all taken as healthy until a check says otherwise.
     pub fn new(urls: Vec<Url>) -> Self {
         Self {
+            healthy: Arc::new(Mutex::new(urls.clone())),
             urls: Arc::new(urls),
         }
     }
@@ -121,11 +131,66 @@ impl StaticWorkers {
     pub fn urls(&self) -> &[Url] {
         &self.urls
     }
+
+    /// The workers that answered their last check.
+    pub fn healthy(&self) -> Vec<Url> {
+        self.healthy.lock().clone()
+    }
+
+    /// Checks every worker once (a signed `GetWorkerInfo`), keeping those
+    /// that answer within [`HEALTH_TIMEOUT`]; a worker that stops or comes
+    /// back is logged.
+    pub async fn check(&self, resolver: &AuthChannelResolver) {
+        let mut answered = Vec::new();
+        for url in self.urls.iter() {
+            let ok = tokio::time::timeout(HEALTH_TIMEOUT, async {
+                let mut client = resolver.get_worker_client_for_url(url).await?;
+                client
+                    .get_worker_info(datafusion_distributed::GetWorkerInfoRequest {})
+                    .await
+            })
+            .await;
+            match ok {
+                Ok(Ok(_)) => answered.push(url.clone()),
+                Ok(Err(e)) => {
+                    resolver.forget(url);
+                    if self.healthy.lock().contains(url) {
+                        warn!(worker = %url, error = %e, "a worker stopped answering; queries go to the others");
+                    }
+                }
+                Err(_) => {
+                    resolver.forget(url);
+                    if self.healthy.lock().contains(url) {
+                        warn!(worker = %url, "a worker did not answer in time; queries go to the others");
+                    }
+                }
+            }
+        }
+        let mut healthy = self.healthy.lock();
+        for url in &answered {
+            if !healthy.contains(url) {
+                tracing::info!(worker = %url, "a worker answers again");
+            }
+        }
+        *healthy = answered;
+    }
+
+    /// Checks every worker each [`HEALTH_INTERVAL`] until dropped.
+    pub fn spawn_checks(&self, resolver: AuthChannelResolver) -> tokio::task::JoinHandle<()> {
+        let workers = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+            loop {
+                tick.tick().await;
+                workers.check(&resolver).await;
+            }
+        })
+    }
 }
 
 impl WorkerResolver for StaticWorkers {
     fn get_urls(&self) -> Result<Vec<Url>, DataFusionError> {
-        Ok(self.urls.as_ref().clone())
+        Ok(self.healthy())
     }
 }
 

@@ -79,9 +79,48 @@ pub fn error_kind(e: &datafusion::error::DataFusionError) -> ErrorKind {
 /// otherwise the innermost cause without wrappers or backtraces. Only for
 /// kinds other than [`ErrorKind::Internal`], whose text stays in the log.
 pub fn error_message(e: &datafusion::error::DataFusionError) -> String {
-    match crate::policy::policy_error(e) {
-        Some(p) => p.to_string(),
-        None => meshq_connectors::describe(e),
+    if let Some(p) = crate::policy::policy_error(e) {
+        return p.to_string();
+    }
+    if let Some(s) = remote_status(e) {
+        return format!(
+            "a worker of the cluster failed during the query ({s}); retry it: the coordinator stops sending work to a worker that does not answer its health checks"
+        );
+    }
+    meshq_connectors::describe(e)
+}
+
+/// Whether `e` is the failure of a remote call (a cluster worker), not of
+/// the storage a table reads.
+pub fn is_remote_failure(e: &datafusion::error::DataFusionError) -> bool {
+    remote_status(e).is_some()
+}
+
+/// The status of a failed remote call inside `e`, if that is its cause.
+fn remote_status(e: &datafusion::error::DataFusionError) -> Option<&tonic::Status> {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        E::External(inner) => inner
+            .downcast_ref::<tonic::Status>()
+            .or_else(|| inner.downcast_ref::<E>().and_then(remote_status)),
+        E::Context(_, inner) | E::Diagnostic(_, inner) => remote_status(inner),
+        E::Shared(inner) => remote_status(inner),
+        E::Collection(all) => all.first().and_then(remote_status),
+        _ => None,
+    }
+}
+
+/// The kind of a failed remote call: transport failures and a peer that
+/// went away are `Unavailable`; anything else it reports is internal.
+fn status_kind(s: &tonic::Status) -> ErrorKind {
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted => {
+            ErrorKind::Unavailable
+        }
+        Code::Cancelled => ErrorKind::Cancelled,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        _ => ErrorKind::Internal,
     }
 }
 
@@ -153,6 +192,8 @@ fn cause_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind 
         ErrorKind::Unavailable
     } else if e.downcast_ref::<crate::files::Confined>().is_some() {
         ErrorKind::PermissionDenied
+    } else if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        status_kind(s)
     } else {
         ErrorKind::Internal
     }

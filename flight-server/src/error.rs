@@ -112,6 +112,14 @@ impl Error {
         session: Option<(&MeshSession, &[String])>,
     ) -> Self {
         let kind = error_kind(e);
+        if kind == ErrorKind::Unavailable && meshq_engine::error::is_remote_failure(e) {
+            warn!(query_id = %id, error = %e, "a cluster worker failed");
+            return Self::Statement {
+                id,
+                kind,
+                message: meshq_engine::error_message(e),
+            };
+        }
         if let Some((session, tables)) = session
             && let Some(f) = session.storage_failure(e, tables)
         {
