@@ -66,16 +66,14 @@ impl Coordinator {
             settings,
         })
     }
-}
 
-impl Coordinator {
     /// Checks the workers every [`crate::transport::HEALTH_INTERVAL`] from
     /// now on, for the life of the runtime (abort the handle to stop).
     pub fn spawn_health_checks(&self) -> tokio::task::JoinHandle<()> {
         self.workers.spawn_checks(self.resolver.clone())
     }
 
-    /// The workers, for people: `N workers: URL, URL`.
+    /// The workers, for people: `N worker(s): URL, URL`.
     pub fn describe(&self) -> String {
         let urls = self.workers.urls();
         let list: Vec<&str> = urls.iter().map(|u| u.as_str()).collect();

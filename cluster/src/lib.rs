@@ -10,6 +10,10 @@
 //!   the cluster secret ([`auth`]); anything else is `UNAUTHENTICATED`,
 //!   logged and counted, before a plan is decoded.
 //! - Connections to workers sign every request ([`transport`]).
+//! - A plan goes to the workers only if every stage encodes intact and
+//!   calls only DataFusion's built-in functions; otherwise, and when no
+//!   worker answers its health check, the coordinator runs it
+//!   ([`coordinator`]).
 //!
 //! [datafusion-distributed]: https://github.com/datafusion-contrib/datafusion-distributed
 
