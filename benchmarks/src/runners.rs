@@ -67,35 +67,7 @@ pub async fn cluster_engine(
     target_partitions: usize,
     workers: usize,
 ) -> Result<Engine> {
-    use meshq_cluster::{AuthChannelResolver, ClusterKey, Coordinator, StaticWorkers};
-    let key =
-        ClusterKey::new("the cluster secret of the benchmarks").map_err(anyhow::Error::msg)?;
-    let platform = meshq_catalog::platform::PlatformConfig::default();
-    let mut urls = Vec::new();
-    for _ in 0..workers {
-        let setup = meshq_cluster::worker::worker_setup_with_key(&platform, mesh, key.clone())?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        urls.push(url::Url::parse(&format!(
-            "http://{}",
-            listener.local_addr()?
-        ))?);
-        tokio::spawn(meshq_cluster::serve_worker(
-            setup.worker,
-            setup.verifier,
-            listener,
-            None,
-            std::future::pending(),
-        ));
-    }
-    let coordinator = Coordinator::new(
-        StaticWorkers::new(urls),
-        AuthChannelResolver::new(key, None),
-        vec![(
-            "distributed.file_scan_config_bytes_per_partition".into(),
-            "1".into(),
-        )],
-    )
-    .map_err(anyhow::Error::msg)?;
+    let (coordinator, _) = meshq_cluster::loopback::loopback_cluster(mesh, workers).await?;
     let mut config = config_for(mesh, target_partitions, None, &[]);
     config.distribution = Some(std::sync::Arc::new(coordinator));
     load(config).await

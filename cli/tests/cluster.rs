@@ -60,6 +60,17 @@ fn worker_mesh() -> tempfile::TempDir {
     dir
 }
 
+/// A copy of the demo mesh with the cluster secret, every file scan split
+/// as finely as datafusion-distributed allows.
+fn cluster_demo_mesh() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (dir, mesh) = super::ops::copy_mesh();
+    super::ops::append(
+        &mesh,
+        "\ncluster:\n  secret: { env: MESHQ_TEST_CLUSTER_SECRET }\n  settings:\n    distributed.file_scan_config_bytes_per_partition: \"1\"\n",
+    );
+    (dir, mesh)
+}
+
 /// Starts `meshq worker` on port 0 and reads the URL it announces.
 pub(super) fn start_worker(mesh: &std::path::Path, secret: &str) -> WorkerProcess {
     let mut child = meshq()
@@ -269,13 +280,7 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
             Err(status) => format!("{:?}: {}", status.code(), status.message()),
         }
     }
-    let (_dir, mesh) = super::ops::copy_mesh();
-    let yaml = mesh.join("meshq.yaml");
-    let mut config = std::fs::read_to_string(&yaml).unwrap();
-    config.push_str(
-        "\ncluster:\n  secret: { env: MESHQ_TEST_CLUSTER_SECRET }\n  settings:\n    distributed.file_scan_config_bytes_per_partition: \"1\"\n",
-    );
-    std::fs::write(&yaml, config).unwrap();
+    let (_dir, mesh) = cluster_demo_mesh();
     let workers = [start_worker(&mesh, SECRET), start_worker(&mesh, SECRET)];
     let urls = workers
         .iter()
@@ -313,13 +318,7 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
 async fn a_killed_worker_fails_only_the_queries_that_needed_it() {
     use super::flight::{login, start_on, text};
     use super::ops::try_query;
-    let (_dir, mesh) = super::ops::copy_mesh();
-    let yaml = mesh.join("meshq.yaml");
-    let mut config = std::fs::read_to_string(&yaml).unwrap();
-    config.push_str(
-        "\ncluster:\n  secret: { env: MESHQ_TEST_CLUSTER_SECRET }\n  settings:\n    distributed.file_scan_config_bytes_per_partition: \"1\"\n",
-    );
-    std::fs::write(&yaml, config).unwrap();
+    let (_dir, mesh) = cluster_demo_mesh();
     let survivor = start_worker(&mesh, SECRET);
     let victim = start_worker(&mesh, SECRET);
     let urls = format!("{},{}", survivor.url, victim.url);

@@ -19,7 +19,7 @@ use super::flight::{Server, fetch, login, query, start_on, status_of, text};
 
 /// A private copy of the demo mesh.
 /// Appends `yaml` to the mesh's `meshq.yaml`.
-fn append(mesh: &Path, yaml: &str) {
+pub(super) fn append(mesh: &Path, yaml: &str) {
     let path = mesh.join("meshq.yaml");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(yaml);
@@ -132,6 +132,19 @@ fn count(batches: &[RecordBatch]) -> i64 {
         .column(0)
         .as_primitive::<arrow::datatypes::Int64Type>()
         .value(0)
+}
+
+/// The profiles contract of `mesh` and its text with the phone mask
+/// changed from redact to nullify (not written yet).
+fn phone_mask_nullified(mesh: &Path) -> (PathBuf, String) {
+    let contract = mesh.join("customers/profiles.odcs.yaml");
+    let old = std::fs::read_to_string(&contract).unwrap();
+    let new = old.replace(
+        "{ kind: redact, exceptRoles: [pii-reader] }",
+        "{ kind: nullify, exceptRoles: [pii-reader] }",
+    );
+    assert_ne!(old, new);
+    (contract, new)
 }
 
 /// Sends SIGHUP and waits for the reload to be done.
@@ -255,13 +268,7 @@ async fn kept_plans_run_once_per_ticket_and_are_planned_again_after_ddl_or_a_rel
         .execute("SELECT phone FROM customers.profiles".into(), None)
         .await
         .unwrap();
-    let contract = mesh.join("customers/profiles.odcs.yaml");
-    let old = std::fs::read_to_string(&contract).unwrap();
-    let new = old.replace(
-        "{ kind: redact, exceptRoles: [pii-reader] }",
-        "{ kind: nullify, exceptRoles: [pii-reader] }",
-    );
-    assert_ne!(old, new);
+    let (contract, new) = phone_mask_nullified(&mesh);
     replace_file(&contract, &new);
     reload_now(&server).await;
     let (_, batches) = fetch(&mut ana, info).await;
@@ -299,13 +306,7 @@ async fn reload_swaps_atomically_and_keeps_the_last_good_version() {
     assert!(n > 0);
 
     // Clients loop while the phone mask changes from redact to nullify.
-    let contract = mesh.join("customers/profiles.odcs.yaml");
-    let old = std::fs::read_to_string(&contract).unwrap();
-    let new = old.replace(
-        "{ kind: redact, exceptRoles: [pii-reader] }",
-        "{ kind: nullify, exceptRoles: [pii-reader] }",
-    );
-    assert_ne!(old, new);
+    let (contract, new) = phone_mask_nullified(&mesh);
     let mut loops = Vec::new();
     // How many loops have had an answer: the contract changes only once
     // every loop is running.

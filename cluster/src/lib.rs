@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod codec;
 pub mod coordinator;
+pub mod loopback;
 pub mod transport;
 pub mod worker;
 

@@ -243,37 +243,11 @@ async fn the_result_cache_serves_no_raw_value_to_a_restricted_principal() {
 /// still sees no raw value, and the workers did run fragments.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
-    use meshq_cluster::{AuthChannelResolver, ClusterKey, Coordinator, StaticWorkers};
     let dir = tempfile::tempdir().unwrap();
     meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
-    let key = ClusterKey::new("the cluster secret of the corpus").unwrap();
-    let platform = meshq_catalog::platform::PlatformConfig::default();
-    let mut urls = Vec::new();
-    let mut verifiers = Vec::new();
-    for _ in 0..2 {
-        let setup =
-            meshq_cluster::worker::worker_setup_with_key(&platform, dir.path(), key.clone())
-                .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        urls.push(url::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap());
-        verifiers.push(setup.verifier.clone());
-        tokio::spawn(meshq_cluster::serve_worker(
-            setup.worker,
-            setup.verifier,
-            listener,
-            None,
-            std::future::pending(),
-        ));
-    }
-    let coordinator = Coordinator::new(
-        StaticWorkers::new(urls),
-        AuthChannelResolver::new(key, None),
-        vec![(
-            "distributed.file_scan_config_bytes_per_partition".into(),
-            "1".into(),
-        )],
-    )
-    .unwrap();
+    let (coordinator, verifiers) = meshq_cluster::loopback::loopback_cluster(dir.path(), 2)
+        .await
+        .unwrap();
     let mut config = meshq_tests::fixture_engine_config(dir.path());
     config.distribution = Some(std::sync::Arc::new(coordinator));
     let engine = meshq_engine::Engine::load(config).await.unwrap();

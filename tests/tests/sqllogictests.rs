@@ -64,37 +64,9 @@ async fn main() -> std::process::ExitCode {
 /// The fixture mesh on a coordinator over two workers, every file scan
 /// split as finely as the library allows.
 async fn cluster_engine(dir: &Path) -> (Engine, Vec<meshq_cluster::Verifier>) {
-    use meshq_cluster::{AuthChannelResolver, ClusterKey, Coordinator, StaticWorkers};
-    let key = ClusterKey::new("the cluster secret of the slt suites").expect("key");
-    let platform = meshq_catalog::platform::PlatformConfig::default();
-    let mut urls = Vec::new();
-    let mut verifiers = Vec::new();
-    for _ in 0..2 {
-        let setup = meshq_cluster::worker::worker_setup_with_key(&platform, dir, key.clone())
-            .expect("worker");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        urls.push(url::Url::parse(&format!("http://{addr}")).expect("url"));
-        verifiers.push(setup.verifier.clone());
-        tokio::spawn(meshq_cluster::serve_worker(
-            setup.worker,
-            setup.verifier,
-            listener,
-            None,
-            std::future::pending(),
-        ));
-    }
-    let coordinator = Coordinator::new(
-        StaticWorkers::new(urls),
-        AuthChannelResolver::new(key, None),
-        vec![(
-            "distributed.file_scan_config_bytes_per_partition".into(),
-            "1".into(),
-        )],
-    )
-    .expect("coordinator");
+    let (coordinator, verifiers) = meshq_cluster::loopback::loopback_cluster(dir, 2)
+        .await
+        .expect("cluster");
     let mut config = fixture_engine_config(dir);
     config.distribution = Some(std::sync::Arc::new(coordinator));
     let engine = Engine::load(config).await.expect("fixture mesh loads");
