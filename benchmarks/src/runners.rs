@@ -67,8 +67,10 @@ pub async fn cluster_engine(
     target_partitions: usize,
     workers: usize,
 ) -> Result<Engine> {
-    let (coordinator, _) = meshq_cluster::loopback::loopback_cluster(mesh, workers).await?;
     let mut config = config_for(mesh, target_partitions, None, &[]);
+    let (coordinator, _) =
+        meshq_cluster::loopback::loopback_cluster(mesh, workers, &config.secret_env_fallback)
+            .await?;
     config.distribution = Some(std::sync::Arc::new(coordinator));
     load(config).await
 }

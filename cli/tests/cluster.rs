@@ -36,6 +36,11 @@ impl Drop for WorkerProcess {
 }
 
 impl WorkerProcess {
+    /// Whether the worker logged `needle` so far.
+    fn log_has(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
     /// Whether the worker logged `needle` within ten seconds.
     async fn logs(&self, needle: &str) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -73,11 +78,21 @@ fn cluster_demo_mesh() -> (tempfile::TempDir, std::path::PathBuf) {
 
 /// Starts `meshq worker` on port 0 and reads the URL it announces.
 pub(super) fn start_worker(mesh: &std::path::Path, secret: &str) -> WorkerProcess {
+    start_worker_with(mesh, secret, &[])
+}
+
+/// [`start_worker`] with more environment variables.
+pub(super) fn start_worker_with(
+    mesh: &std::path::Path,
+    secret: &str,
+    env: &[(&str, &str)],
+) -> WorkerProcess {
     let mut child = meshq()
         .args(["--log-filter", "meshq_cluster=debug"])
         .args(["worker", "--bind", "127.0.0.1:0", "--mesh"])
         .arg(mesh)
         .env("MESHQ_TEST_CLUSTER_SECRET", secret)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -306,6 +321,81 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
         assert!(
             w.logs("a plan fragment arrived from the coordinator").await,
             "a worker ran nothing"
+        );
+    }
+    // Masked stages ran on the workers too, not only unmasked ones.
+    let mut masked = false;
+    for w in &workers {
+        masked |= w.logs("the fragment's masks are registered").await;
+    }
+    assert!(masked, "no masked stage went to a worker");
+}
+
+/// A worker whose hash-mask key differs from the coordinator's fails a
+/// query that hashes, naming the secret, rather than hashing with its own
+/// key; a worker without the key at all fails it the same way. Queries
+/// without a hash mask still run on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_with_another_mask_key_fails_the_query_and_hashes_nothing() {
+    use super::flight::{login, start_on, text};
+    use super::ops::try_query;
+    let (_dir, mesh) = cluster_demo_mesh();
+    let single = start_on(&mesh, &[], &[]);
+    let mut one = login(&single, "ana").await;
+    let hashed = "SELECT customer_id, count(*) AS n FROM sales.orders GROUP BY customer_id ORDER BY customer_id";
+    let plain = "SELECT region, count(*) AS n FROM sales.orders GROUP BY region ORDER BY region";
+    let plain_answer = text(&try_query(&mut one, plain).await.unwrap());
+    for (env, why) in [
+        (
+            vec![("MESHQ_DEMO_PII_KEY", "another key")],
+            "differs from the coordinator's",
+        ),
+        (vec![("MESHQ_DEMO_PII_KEY", "")], "is empty on this worker"),
+    ] {
+        // Two: datafusion-distributed gives a plan to one worker no stage.
+        let workers = [
+            start_worker_with(&mesh, SECRET, &env),
+            start_worker_with(&mesh, SECRET, &env),
+        ];
+        let urls = format!("{},{}", workers[0].url, workers[1].url);
+        let cluster = start_on(
+            &mesh,
+            &["--workers", &urls],
+            &[("MESHQ_TEST_CLUSTER_SECRET", SECRET)],
+        );
+        let mut ana = login(&cluster, "ana").await;
+        // Until the coordinator's health check has seen the worker.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        for i in 0.. {
+            // Each differs, so none is answered from the result cache.
+            let plain = plain.replace(
+                "GROUP BY",
+                &format!("WHERE order_id <> 'none-{i}' GROUP BY"),
+            );
+            assert_eq!(
+                text(&try_query(&mut ana, &plain).await.unwrap()),
+                plain_answer,
+                "{env:?}"
+            );
+            if workers.iter().all(|w| w.log_has("a plan fragment arrived")) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker got no fragment"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let status = try_query(&mut ana, hashed).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status}");
+        assert!(
+            status.message().contains("`pii-key`") && status.message().contains(why),
+            "{env:?}: the error names the secret and why: {status}"
+        );
+        assert_eq!(
+            text(&try_query(&mut ana, plain).await.unwrap()),
+            plain_answer,
+            "{env:?}"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! [`MeshCodec`]: meshq's plan nodes as they travel to a worker — the scan
 //! mark with its policy token and the policy barrier — and
-//! [`udf_travels`], which says which functions may not travel.
+//! [`udf_travels`], which says which functions may travel.
 //!
 //! A stage holding a node this codec cannot send, or a function that may
 //! not travel, runs on the coordinator (see [`crate::coordinator`]).
@@ -14,7 +14,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use meshq_connectors::{MeshScanExec, ScanToken};
 use meshq_engine::policy::barrier::PolicyBarrierExec;
-use meshq_engine::policy::udf::{RoundMask, StringMask};
 use serde::{Deserialize, Serialize};
 
 /// A node as it travels.
@@ -52,13 +51,13 @@ impl From<Token> for ScanToken {
     }
 }
 
-/// Whether `udf` may run on a worker: only DataFusion's built-ins, as a
-/// worker's registry has them. datafusion-distributed 4.0 puts its own
-/// codec first, so a function always travels by name alone; meshq's mask
-/// functions hold their parameters (a hash mask its key), its bounded
-/// functions go by a built-in's name, and a worker would decode them as
-/// something else, or not at all. A stage that calls any other function
-/// runs on the coordinator.
+/// Whether `udf` may run on a worker: DataFusion's built-ins, as a
+/// worker's registry has them, and meshq's masks, which the worker
+/// registers from the statement's list ([`crate::travel`]).
+/// datafusion-distributed 4.0 puts its own codec first, so a function
+/// always travels by name alone; meshq's bounded functions go by a
+/// built-in's name and a worker would decode them unbounded. A stage that
+/// calls any other function runs on the coordinator.
 pub fn udf_travels(udf: &ScalarUDF) -> bool {
     static BUILT_IN: std::sync::LazyLock<datafusion::execution::SessionState> =
         std::sync::LazyLock::new(|| {
@@ -66,12 +65,11 @@ pub fn udf_travels(udf: &ScalarUDF) -> bool {
                 .with_default_features()
                 .build()
         });
+    if crate::travel::TravellingMask::of(udf).is_some() {
+        return true;
+    }
     let inner = udf.inner().as_ref() as &dyn std::any::Any;
-    if inner.is::<StringMask>()
-        || inner.is::<RoundMask>()
-        || meshq_engine::functions::is_bounded(udf)
-        || MESHQ_FUNCTIONS.contains(&udf.name())
-    {
+    if meshq_engine::functions::is_bounded(udf) || MESHQ_FUNCTIONS.contains(&udf.name()) {
         return false;
     }
     // Only what a worker decodes to the very same function: a built-in

@@ -20,6 +20,7 @@ use tracing::debug;
 
 use crate::codec::MeshCodec;
 use crate::transport::{AuthChannelResolver, StaticWorkers};
+use crate::travel::MaskFunctions;
 
 /// Distributes the plans of every mesh version over `workers`.
 #[derive(Clone)]
@@ -92,6 +93,7 @@ impl meshq_engine::engine::Distribution for Coordinator {
             .with_distributed_worker_resolver(self.workers.clone())
             .with_distributed_channel_resolver(self.resolver.clone())
             .with_distributed_user_codec(MeshCodec)
+            .with_distributed_option_extension(MaskFunctions::fresh())
             .with_distributed_planner();
         if let Some(config) = builder.config() {
             for (key, value) in &self.settings {
@@ -109,6 +111,11 @@ impl meshq_engine::engine::Distribution for Coordinator {
             // The library installed no planner: plan as meshq alone does.
             None => builder.with_query_planner(local),
         }
+    }
+
+    fn prepare_statement(&self, options: &mut datafusion::config::ConfigOptions) {
+        // The statement's own list, which its plan fills in.
+        options.extensions.insert(MaskFunctions::fresh());
     }
 }
 
@@ -131,6 +138,9 @@ impl QueryPlanner for ClusterPlanner {
             // No worker answers: the coordinator runs the query.
             return self.local.create_physical_plan(logical_plan, session).await;
         }
+        if let LogicalPlan::Explain(explain) = logical_plan {
+            return self.explain(logical_plan, explain, session).await;
+        }
         let plan = self
             .distributed
             .create_physical_plan(logical_plan, session)
@@ -138,13 +148,82 @@ impl QueryPlanner for ClusterPlanner {
         if !plan.exists(|p| Ok(p.is::<DistributedExec>()))? {
             return Ok(plan);
         }
-        match every_stage_encodes(&plan, &session.task_ctx()) {
+        match every_stage_encodes(&plan, &session.task_ctx())
+            .and_then(|()| send_masks(&plan, session))
+        {
             Ok(()) => Ok(plan),
             Err(why) => {
                 debug!(%why, "a stage cannot be sent to workers; the query runs on the coordinator");
                 self.local.create_physical_plan(logical_plan, session).await
             }
         }
+    }
+}
+
+impl ClusterPlanner {
+    /// `EXPLAIN`: meshq's own output, with the physical plan replaced by
+    /// the stages the statement would run as, and the workers their tasks
+    /// go to, when it would be distributed. (`EXPLAIN ANALYZE` is the
+    /// library's, with each stage's metrics.)
+    async fn explain(
+        &self,
+        logical_plan: &LogicalPlan,
+        explain: &datafusion::logical_expr::Explain,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        use datafusion::logical_expr::{PlanType, StringifiedPlan};
+        use datafusion::physical_plan::explain::ExplainExec;
+        let local = self
+            .local
+            .create_physical_plan(logical_plan, session)
+            .await?;
+        let Some(output) = local.downcast_ref::<ExplainExec>() else {
+            return Ok(local);
+        };
+        let statement = self.create_physical_plan(&explain.plan, session).await?;
+        if !statement.is::<DistributedExec>() {
+            return Ok(local);
+        }
+        let urls = self.workers.healthy();
+        let list: Vec<&str> = urls.iter().map(|u| u.as_str()).collect();
+        let stages = format!(
+            "{}tasks go to the workers that answer: {}",
+            datafusion_distributed::display_plan_ascii(statement.as_ref(), false),
+            list.join(", ")
+        );
+        let plans = output
+            .stringified_plans()
+            .iter()
+            .map(|p| match p.plan_type {
+                PlanType::FinalPhysicalPlan => {
+                    StringifiedPlan::new(PlanType::FinalPhysicalPlan, stages.clone())
+                }
+                _ => p.clone(),
+            })
+            .collect();
+        Ok(Arc::new(ExplainExec::new(
+            output.schema(),
+            plans,
+            output.verbose(),
+        )))
+    }
+}
+
+/// Lists the masks `plan` calls in the statement's [`MaskFunctions`], the
+/// list its requests carry to the workers; fails when it cannot (two
+/// masks of one name, or a statement without a list).
+fn send_masks(plan: &Arc<dyn ExecutionPlan>, session: &dyn Session) -> Result<()> {
+    let masks = crate::travel::masks_of(plan)?;
+    match session.config().options().extensions.get::<MaskFunctions>() {
+        Some(list) => {
+            // Always written, so nothing but this plan's masks travels.
+            list.set_all(masks);
+            Ok(())
+        }
+        None if masks.is_empty() => Ok(()),
+        None => Err(datafusion::error::DataFusionError::NotImplemented(
+            "the statement has no list of masks for the workers".into(),
+        )),
     }
 }
 
@@ -285,8 +364,10 @@ mod tests {
     }
 
     #[test]
-    fn only_built_in_functions_travel() {
-        use datafusion::logical_expr::ScalarUDF;
+    fn built_in_functions_and_masks_travel_and_nothing_else() {
+        use datafusion::logical_expr::{
+            ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+        };
         use meshq_engine::policy::udf::{RoundMask, StringMask};
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_default_features()
@@ -299,7 +380,35 @@ mod tests {
             ScalarUDF::new_from_impl(StringMask::redact('x', '9')),
             ScalarUDF::new_from_impl(RoundMask::new(2)),
         ] {
-            assert!(!crate::codec::udf_travels(&udf), "{}", udf.name());
+            assert!(crate::codec::udf_travels(&udf), "{}", udf.name());
+        }
+        // A bounded function goes by a built-in's name: it stays.
+        let bounded = meshq_engine::functions::bounded_functions(&state);
+        assert!(!bounded.is_empty());
+        for udf in &bounded {
+            assert!(!crate::codec::udf_travels(udf), "{}", udf.name());
+        }
+        // Another function under a mask's name or a built-in's name stays.
+        #[derive(Debug, PartialEq, Eq, Hash)]
+        struct Impostor(&'static str, Signature);
+        impl ScalarUDFImpl for Impostor {
+            fn name(&self) -> &str {
+                self.0
+            }
+            fn signature(&self) -> &Signature {
+                &self.1
+            }
+            fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+                Ok(DataType::Utf8)
+            }
+            fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+                Ok(args.args[0].clone())
+            }
+        }
+        for name in ["mask_hash", "upper"] {
+            let udf =
+                ScalarUDF::new_from_impl(Impostor(name, Signature::any(1, Volatility::Immutable)));
+            assert!(!crate::codec::udf_travels(&udf), "{name}");
         }
     }
 }

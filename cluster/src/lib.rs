@@ -11,9 +11,10 @@
 //!   logged and counted, before a plan is decoded.
 //! - Connections to workers sign every request ([`transport`]).
 //! - A plan goes to the workers only if every stage encodes intact and
-//!   calls only DataFusion's built-in functions; otherwise, and when no
-//!   worker answers its health check, the coordinator runs it
-//!   ([`coordinator`]).
+//!   calls only DataFusion's built-in functions and meshq's masks (which
+//!   travel by name, with their parameters beside the plan, [`travel`]);
+//!   otherwise, and when no worker answers its health check, the
+//!   coordinator runs it ([`coordinator`]).
 //!
 //! [datafusion-distributed]: https://github.com/datafusion-contrib/datafusion-distributed
 
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod coordinator;
 pub mod loopback;
 pub mod transport;
+pub mod travel;
 pub mod worker;
 
 pub use auth::{CLUSTER_AUTH_HEADER, ClusterKey, Refusal, Verifier};

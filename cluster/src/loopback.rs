@@ -6,22 +6,33 @@
 use crate::auth::{ClusterKey, Verifier};
 use crate::coordinator::Coordinator;
 use crate::transport::{AuthChannelResolver, StaticWorkers, serve_worker};
-use crate::worker::{SetupError, worker_setup_with_key};
+use std::collections::BTreeMap;
+
+use crate::travel::WorkerSecrets;
+use crate::worker::{SetupError, worker_setup_with};
 
 /// Starts `n` workers on `127.0.0.1:0` (served until the runtime ends),
-/// reading from the mesh directory `dir`; the coordinator over them and
-/// each worker's credential check (its accepted and refused counts).
+/// reading from the mesh directory `dir` with its `meshq.yaml` (secrets
+/// read from the environment, else from `secret_env_fallback`, as the
+/// coordinator's engine reads them); the coordinator over them and each
+/// worker's credential check (its accepted and refused counts).
 pub async fn loopback_cluster(
     dir: &std::path::Path,
     n: usize,
+    secret_env_fallback: &BTreeMap<String, String>,
 ) -> Result<(Coordinator, Vec<Verifier>), SetupError> {
     let key =
         ClusterKey::new("the cluster secret of a loopback cluster").map_err(SetupError::Secret)?;
-    let platform = meshq_catalog::platform::PlatformConfig::default();
+    let platform = if dir.join(meshq_catalog::platform::PLATFORM_FILE).exists() {
+        meshq_catalog::platform::PlatformConfig::read(dir).map_err(SetupError::Runtime)?
+    } else {
+        meshq_catalog::platform::PlatformConfig::default()
+    };
+    let secrets = WorkerSecrets::resolve_with(&platform, secret_env_fallback);
     let mut urls = Vec::new();
     let mut verifiers = Vec::new();
     for _ in 0..n {
-        let setup = worker_setup_with_key(&platform, dir, key.clone())?;
+        let setup = worker_setup_with(&platform, dir, key.clone(), secrets.clone())?;
         let io = |e: std::io::Error| SetupError::Workers(format!("a loopback worker: {e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

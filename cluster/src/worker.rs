@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::error::DataFusionError;
-use datafusion::execution::SessionState;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion_distributed::{DistributedExt, Worker, WorkerQueryContext, WorkerSessionBuilder};
 use meshq_catalog::platform::PlatformConfig;
 use meshq_connectors::store::StoreRegistry;
@@ -171,12 +171,27 @@ pub fn worker_setup_with_key(
     dir: &Path,
     key: ClusterKey,
 ) -> Result<WorkerSetup, SetupError> {
+    let secrets = crate::travel::WorkerSecrets::resolve(config);
+    worker_setup_with(config, dir, key, secrets)
+}
+
+/// [`worker_setup`] with the cluster key and the resolved secrets given.
+pub fn worker_setup_with(
+    config: &PlatformConfig,
+    dir: &Path,
+    key: ClusterKey,
+    secrets: crate::travel::WorkerSecrets,
+) -> Result<WorkerSetup, SetupError> {
     let runtime = runtime(config)?;
     let resolver = AuthChannelResolver::new(key.clone(), client_tls(config, dir)?);
     let codec = Arc::new(crate::codec::MeshCodec);
-    let worker = Worker::from_session_builder(MeshWorkerSession { resolver, codec })
-        .with_runtime_env(runtime)
-        .with_version(env!("CARGO_PKG_VERSION"));
+    let worker = Worker::from_session_builder(MeshWorkerSession {
+        resolver,
+        codec,
+        secrets,
+    })
+    .with_runtime_env(runtime)
+    .with_version(env!("CARGO_PKG_VERSION"));
     Ok(WorkerSetup {
         worker,
         verifier: Verifier::new(key),
@@ -247,12 +262,15 @@ impl ObjectStoreRegistry for MeshStores {
     }
 }
 
-/// Each task's session on a worker: meshq's codec decodes its nodes and
-/// masks, and connections to other workers sign their requests too.
+/// Each task's session on a worker: meshq's codec decodes its nodes, the
+/// statement's masks are registered under their names (hash keys from
+/// this worker's own secrets), and connections to other workers sign
+/// their requests too.
 #[derive(Clone)]
 struct MeshWorkerSession {
     resolver: AuthChannelResolver,
     codec: Arc<crate::codec::MeshCodec>,
+    secrets: crate::travel::WorkerSecrets,
 }
 
 #[async_trait]
@@ -262,10 +280,39 @@ impl WorkerSessionBuilder for MeshWorkerSession {
         ctx: WorkerQueryContext,
     ) -> Result<SessionState, DataFusionError> {
         tracing::debug!("a plan fragment arrived from the coordinator");
-        Ok(ctx
-            .builder
+        let mut builder = ctx.builder;
+        if let Some(config) = builder.config() {
+            // This request's own list, never one shared with another.
+            config
+                .options_mut()
+                .extensions
+                .insert(crate::travel::MaskFunctions::fresh());
+        }
+        let mut state = builder
+            .with_distributed_option_extension_from_headers::<crate::travel::MaskFunctions>(
+                &ctx.headers,
+            )?
             .with_distributed_channel_resolver(self.resolver.clone())
             .with_distributed_user_codec_arc(Arc::clone(&self.codec) as _)
-            .build())
+            .build();
+        let masks = state
+            .config()
+            .options()
+            .extensions
+            .get::<crate::travel::MaskFunctions>()
+            .cloned()
+            .unwrap_or_default();
+        let functions =
+            crate::travel::worker_functions(&masks, &self.secrets).inspect_err(|e| {
+                tracing::warn!(error = %e, "a fragment's masks cannot be made on this worker");
+            })?;
+        if !functions.is_empty() {
+            let names: Vec<&str> = functions.iter().map(|f| f.name()).collect();
+            tracing::debug!(masks = %names.join(", "), "the fragment's masks are registered");
+        }
+        for f in functions {
+            state.register_udf(f)?;
+        }
+        Ok(state)
     }
 }

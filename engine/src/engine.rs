@@ -82,6 +82,11 @@ pub trait Distribution: Send + Sync + std::fmt::Debug {
     /// The state builder with the distributed planner installed over the
     /// one `builder` holds.
     fn apply(&self, builder: SessionStateBuilder) -> SessionStateBuilder;
+
+    /// Prepares the configuration of one statement, before it is planned:
+    /// what the distributed planner fills in for the workers of that
+    /// statement alone.
+    fn prepare_statement(&self, _options: &mut datafusion::config::ConfigOptions) {}
 }
 
 impl EngineConfig {
@@ -127,6 +132,8 @@ struct Inner {
     /// Functions, rules and config every session of this version starts
     /// from.
     template: SessionState,
+    /// Spreads plans over workers, when the server has any.
+    distribution: Option<Arc<dyn Distribution>>,
     /// Its table functions, for `information_schema.routines`.
     table_functions:
         Arc<std::collections::HashMap<String, Arc<datafusion::catalog::TableFunction>>>,
@@ -289,6 +296,7 @@ impl Engine {
                 problems,
                 runtime,
                 template,
+                distribution: config.distribution.clone(),
                 table_functions,
                 domains,
                 served,
@@ -469,6 +477,9 @@ impl Engine {
                 // Checked when it was set; a value a newer version rejects
                 // is dropped rather than failing every statement.
                 let _ = options.set(&key, &value);
+            }
+            if let Some(d) = &self.inner.distribution {
+                d.prepare_statement(options);
             }
         }
         let catalog = MeshCatalog::new(

@@ -69,9 +69,41 @@ pub fn error_kind(e: &datafusion::error::DataFusionError) -> ErrorKind {
         E::ExecutionJoin(j) if j.is_cancelled() => ErrorKind::Cancelled,
         E::ExecutionJoin(_) | E::Internal(_) | E::Substrait(_) | E::Ffi(_) => ErrorKind::Internal,
         E::External(inner) => cause_kind(inner.as_ref()),
+        E::Context(label, _) if label == WORKER_CONFIGURATION => ErrorKind::FailedPrecondition,
         E::Context(_, inner) | E::Diagnostic(_, inner) => error_kind(inner),
         E::Shared(inner) => error_kind(inner),
         E::Collection(all) => all.first().map(error_kind).unwrap_or(ErrorKind::Internal),
+    }
+}
+
+/// The context of an error a cluster worker finds in its own configuration
+/// (a secret missing or different from the coordinator's): the statement
+/// fails as [`ErrorKind::FailedPrecondition`], an operator's to fix.
+pub const WORKER_CONFIGURATION: &str = "the configuration of a cluster worker";
+
+/// An error in a cluster worker's own configuration, as `message` says.
+pub fn worker_configuration(message: String) -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::Context(
+        WORKER_CONFIGURATION.to_string(),
+        Box::new(datafusion::error::DataFusionError::Configuration(message)),
+    )
+}
+
+/// The message of a worker configuration error inside `e`.
+fn worker_configuration_message(e: &datafusion::error::DataFusionError) -> Option<String> {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        E::Context(label, inner) if label == WORKER_CONFIGURATION => Some(match inner.as_ref() {
+            E::Configuration(m) => m.clone(),
+            other => other.to_string(),
+        }),
+        E::Context(_, inner) | E::Diagnostic(_, inner) => worker_configuration_message(inner),
+        E::Shared(inner) => worker_configuration_message(inner),
+        E::External(inner) => inner
+            .downcast_ref::<E>()
+            .and_then(worker_configuration_message),
+        E::Collection(all) => all.first().and_then(worker_configuration_message),
+        _ => None,
     }
 }
 
@@ -81,6 +113,9 @@ pub fn error_kind(e: &datafusion::error::DataFusionError) -> ErrorKind {
 pub fn error_message(e: &datafusion::error::DataFusionError) -> String {
     if let Some(p) = crate::policy::policy_error(e) {
         return p.to_string();
+    }
+    if let Some(m) = worker_configuration_message(e) {
+        return format!("a worker of the cluster cannot run the query: {m}");
     }
     if let Some(s) = remote_status(e) {
         return format!(

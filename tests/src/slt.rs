@@ -153,3 +153,44 @@ impl sqllogictest::AsyncDB for SltDb {
         tokio::time::sleep(dur).await;
     }
 }
+
+/// The validator of the cluster pass. There `EXPLAIN` shows the stages a
+/// distributed statement runs as, so its physical plan cannot match the
+/// single node's: the logical plan must match exactly, and every policy
+/// node the single node's physical plan shows (the scan mark, the barrier,
+/// the masks) must be in the stages, with the same text. Everything else
+/// is compared as the default validator does.
+pub fn cluster_validator(
+    normalizer: sqllogictest::Normalizer,
+    actual: &[Vec<String>],
+    expected: &[String],
+) -> bool {
+    let lines: Vec<String> = actual.iter().map(|r| r.join(" ")).collect();
+    let physical = |l: &String| l.starts_with("physical_plan");
+    let (Some(e), Some(a)) = (
+        expected.iter().position(physical),
+        lines.iter().position(physical),
+    ) else {
+        return sqllogictest::default_validator(normalizer, actual, expected);
+    };
+    if !lines[a..].iter().any(|l| l.contains("DistributedExec")) {
+        return sqllogictest::default_validator(normalizer, actual, expected);
+    }
+    let content = |l: &str| {
+        l.trim_start_matches("physical_plan")
+            .trim_start_matches(['-', ' ', '│'])
+            .trim_end()
+            .to_string()
+    };
+    let stages: Vec<String> = lines[a..].iter().map(|l| content(l)).collect();
+    let policy_nodes_kept = expected[e..]
+        .iter()
+        .map(|l| content(l))
+        .filter(|l| {
+            l.starts_with("PolicyBarrierExec")
+                || l.starts_with("MeshScanExec")
+                || l.contains("mask_")
+        })
+        .all(|node| stages.iter().any(|s| s == &node));
+    policy_nodes_kept && sqllogictest::default_validator(normalizer, &actual[..a], &expected[..e])
+}

@@ -245,10 +245,11 @@ async fn the_result_cache_serves_no_raw_value_to_a_restricted_principal() {
 async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
     let dir = tempfile::tempdir().unwrap();
     meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
-    let (coordinator, verifiers) = meshq_cluster::loopback::loopback_cluster(dir.path(), 2)
-        .await
-        .unwrap();
     let mut config = meshq_tests::fixture_engine_config(dir.path());
+    let (coordinator, verifiers) =
+        meshq_cluster::loopback::loopback_cluster(dir.path(), 2, &config.secret_env_fallback)
+            .await
+            .unwrap();
     config.distribution = Some(std::sync::Arc::new(coordinator));
     let engine = meshq_engine::Engine::load(config).await.unwrap();
     let mesh = dir.path().canonicalize().unwrap().display().to_string();
@@ -271,6 +272,51 @@ async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
         assert!(v.accepted() > 0, "a worker ran no fragment");
         assert_eq!(v.refused(), 0);
     }
+    // Masked scans are among what the workers run: the hash mask sits
+    // inside a stage of ana's plan, below the barrier.
+    let plan = run(
+        &as_("ana"),
+        "EXPLAIN SELECT customer_id, count(*) FROM sales.orders GROUP BY 1",
+    )
+    .await
+    .unwrap();
+    let plan = arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    let stage = plan
+        .split("Stage ")
+        .find(|s| s.contains("MeshScanExec"))
+        .unwrap_or_else(|| panic!("no stage scans: {plan}"));
+    assert!(stage.contains("tasks=2"), "{plan}");
+    let (barrier, mask) = (
+        stage
+            .find("PolicyBarrierExec")
+            .expect("barrier in the stage"),
+        stage
+            .find("mask_hash(customer_id")
+            .expect("mask in the stage"),
+    );
+    assert!(barrier < mask, "the mask is below the barrier: {plan}");
+    assert!(
+        plan.contains("tasks go to the workers that answer: http://127.0.0.1:"),
+        "{plan}"
+    );
+    // EXPLAIN ANALYZE (admins only) shows what each stage's tasks did.
+    let mut admin = engine.mesh().config.principal("ana").unwrap();
+    admin.roles.insert("admin".into());
+    let analyzed = run(
+        &engine.session(&admin),
+        "EXPLAIN ANALYZE SELECT region, count(*) FROM sales.orders GROUP BY 1",
+    )
+    .await
+    .unwrap();
+    let analyzed = arrow::util::pretty::pretty_format_batches(&analyzed)
+        .unwrap()
+        .to_string();
+    assert!(
+        analyzed.contains("Stage 1") && analyzed.contains("output_rows"),
+        "{analyzed}"
+    );
     // Nobody spreads their own queries differently, admins included: the
     // settings are the operator's (ana may not SET at all).
     let set = "SET distributed.file_scan_config_bytes_per_partition = '1'";
@@ -278,6 +324,19 @@ async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
     assert!(e.contains("requires the `admin` role"), "{e}");
     let e = run(&as_("root"), set).await.unwrap_err();
     assert!(e.contains("cluster.settings"), "{e}");
+    // Nor the masks the workers register: a forged list (a partial mask
+    // that shows everything) is refused before it could travel.
+    let forged =
+        hex::encode(r#"[{"mask":"partial","show_first":100000,"padding":"","show_last":0}]"#);
+    for who in ["ana", "root"] {
+        let e = run(&as_(who), &format!("SET meshq_cluster.masks = '{forged}'"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("requires the `admin` role") || e.contains("masks each plan's workers need"),
+            "{who}: {e}"
+        );
+    }
 }
 
 #[tokio::test]

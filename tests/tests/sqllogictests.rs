@@ -1,7 +1,8 @@
 //! Runs every `tests/slt/*.slt` file against a fresh session over the
 //! fixture mesh, then again on a coordinator whose plans run on two
 //! workers (in this process, on loopback): the answers must not depend on
-//! where a query ran. `-- --complete` rewrites the expected results in
+//! where a query ran (`EXPLAIN` shows the stages there: see
+//! `cluster_validator`). `-- --complete` rewrites the expected results in
 //! place (single node only). A file name filter may be given: `-- joins`.
 
 use std::path::{Path, PathBuf};
@@ -40,10 +41,10 @@ async fn main() -> std::process::ExitCode {
         })
         .collect();
     files.sort();
-    let (mut passed, mut failed) = run_files(&engine, &files, &mesh_dir, complete, "").await;
+    let (mut passed, mut failed) = run_files(&engine, &files, &mesh_dir, complete, false, "").await;
     if !complete {
         let (cluster, verifiers) = cluster_engine(dir.path()).await;
-        let (p, f) = run_files(&cluster, &files, &mesh_dir, false, "on a cluster: ").await;
+        let (p, f) = run_files(&cluster, &files, &mesh_dir, false, true, "on a cluster: ").await;
         passed += p;
         failed += f;
         let accepted: Vec<u64> = verifiers.iter().map(|v| v.accepted()).collect();
@@ -64,10 +65,11 @@ async fn main() -> std::process::ExitCode {
 /// The fixture mesh on a coordinator over two workers, every file scan
 /// split as finely as the library allows.
 async fn cluster_engine(dir: &Path) -> (Engine, Vec<meshq_cluster::Verifier>) {
-    let (coordinator, verifiers) = meshq_cluster::loopback::loopback_cluster(dir, 2)
-        .await
-        .expect("cluster");
     let mut config = fixture_engine_config(dir);
+    let (coordinator, verifiers) =
+        meshq_cluster::loopback::loopback_cluster(dir, 2, &config.secret_env_fallback)
+            .await
+            .expect("cluster");
     config.distribution = Some(std::sync::Arc::new(coordinator));
     let engine = Engine::load(config).await.expect("fixture mesh loads");
     (engine, verifiers)
@@ -79,6 +81,7 @@ async fn run_files(
     files: &[PathBuf],
     mesh_dir: &str,
     complete: bool,
+    cluster: bool,
     label: &str,
 ) -> (usize, usize) {
     let (mut passed, mut failed) = (0, 0);
@@ -99,6 +102,9 @@ async fn run_files(
             async move { Ok::<_, meshq_tests::slt::SltError>(SltDb::new(session)) }
         });
         runner.set_var("MESH".into(), mesh_dir.to_string());
+        if cluster {
+            runner.with_validator(meshq_tests::slt::cluster_validator);
+        }
         let result = if complete {
             runner
                 .update_test_file(
