@@ -74,6 +74,10 @@ struct Args {
     /// Delta/Iceberg mesh's from the Parquet mesh's.
     #[arg(long)]
     check: bool,
+    /// Serve as a cluster worker over this mesh directory (started by the
+    /// `distributed` measurement itself, pinned to a core).
+    #[arg(long, hide = true)]
+    serve_worker: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -81,6 +85,17 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(mesh) = &args.serve_worker {
+        return rt.block_on(async {
+            let (url, _) = meshq_cluster::loopback::serve_loopback_worker(
+                mesh,
+                &runners::secret_env_fallback(),
+            )
+            .await?;
+            println!("{}{url}", runners::WORKER_LISTENING);
+            std::future::pending::<Result<()>>().await
+        });
+    }
     let report = rt.block_on(run(&args))?;
     print!("{report}");
     if let Some(out) = &args.out {
@@ -329,35 +344,87 @@ sales as Delta, customers as Parquet, supply as Iceberg, against every table as 
     write_table(out, &labels, &table, 0, &[1])
 }
 
-/// The 22 queries on the split mesh as a single node, and as the
-/// coordinator of one and of two workers served in this process.
+/// The 22 queries on the split mesh through a coordinator (this process,
+/// pinned to core 0) over worker processes pinned with `taskset`: one
+/// worker on core 1, then two on cores 0 and 1; and as a single node on
+/// core 0. Where `taskset` or a second core is missing, the workers share
+/// this process instead and the ratios are only the cluster's cost.
 async fn distributed(
     args: &Args,
     ds: &Dataset,
     partitions: usize,
     out: &mut String,
 ) -> Result<usize> {
-    let single = runners::engine(&ds.mesh_split(), partitions).await?;
-    let one = runners::cluster_engine(&ds.mesh_split(), partitions, 1).await?;
-    let two = runners::cluster_engine(&ds.mesh_split(), partitions, 2).await?;
-    let labels = ["single node", "1 worker", "2 workers"];
-    let table = run_queries(
-        args,
-        &[
-            (
-                labels[0],
-                Runner::Meshq(runners::session(&single, "exempt")?),
-            ),
-            (labels[1], Runner::Meshq(runners::session(&one, "exempt")?)),
-            (labels[2], Runner::Meshq(runners::session(&two, "exempt")?)),
-        ],
-    )
-    .await?;
-    writeln!(
-        out,
-        "## Distributed (datafusion-distributed; exempt principal, split mesh)\n\nThe coordinator and its workers share this process and its cores, over loopback: these ratios are the cost of going through the cluster, not a speed-up.\n"
-    )?;
-    write_table(out, &labels, &table, 0, &[1, 2])
+    let mesh = ds.mesh_split();
+    // Before pinning: the count follows this process's affinity.
+    let all = cores();
+    let pinned = all >= 2 && runners::pin_this_process("0").is_ok();
+    if !pinned {
+        let single = runners::engine(&mesh, partitions).await?;
+        let one = runners::cluster_engine(&mesh, partitions, 1).await?;
+        let two = runners::cluster_engine(&mesh, partitions, 2).await?;
+        let labels = ["single node", "1 worker", "2 workers"];
+        let table = run_queries(
+            args,
+            &[
+                (
+                    labels[0],
+                    Runner::Meshq(runners::session(&single, "exempt")?),
+                ),
+                (labels[1], Runner::Meshq(runners::session(&one, "exempt")?)),
+                (labels[2], Runner::Meshq(runners::session(&two, "exempt")?)),
+            ],
+        )
+        .await?;
+        writeln!(
+            out,
+            "## Distributed (datafusion-distributed; exempt principal, split mesh)\n\nNo `taskset` or one core: the coordinator and its workers share this process and its cores, over loopback. These ratios are the cost of going through the cluster, not a speed-up.\n"
+        )?;
+        return write_table(out, &labels, &table, 0, &[1, 2]);
+    }
+    let result = async {
+        let one_worker = runners::pinned_workers(&mesh, &[1])?;
+        let two_workers = runners::pinned_workers(&mesh, &[0, 1])?;
+        let single = runners::engine(&mesh, partitions).await?;
+        let one = runners::cluster_engine_over(&mesh, partitions, one_worker.urls.clone()).await?;
+        let two = runners::cluster_engine_over(&mesh, partitions, two_workers.urls.clone()).await?;
+        let labels = [
+            "single node (core 0)",
+            "1 worker (core 1)",
+            "2 workers (cores 0, 1)",
+        ];
+        let table = run_queries(
+            args,
+            &[
+                (labels[0], Runner::Meshq(runners::session(&single, "exempt")?)),
+                (labels[1], Runner::Meshq(runners::session(&one, "exempt")?)),
+                (labels[2], Runner::Meshq(runners::session(&two, "exempt")?)),
+            ],
+        )
+        .await?;
+        let total = |i: usize| -> f64 {
+            table
+                .iter()
+                .map(|(_, cells)| cells[i].0.median().as_secs_f64())
+                .sum()
+        };
+        writeln!(
+            out,
+            "## Distributed (datafusion-distributed; exempt principal, split mesh)\n\n\
+The coordinator is this process, pinned to core 0 with `taskset`; each worker is a process of its own pinned to one core (`meshq-bench --serve-worker`), reached over loopback with the cluster credential. The single node is this process alone on core 0.\n"
+        )?;
+        let differ = write_table(out, &labels, &table, 0, &[1, 2])?;
+        writeln!(
+            out,
+            "Speed-up of 2 workers over 1 worker (total of medians): **{:.2}×**; a 1-worker cluster against the single node: **{:.3}×**.\n",
+            total(1) / total(2),
+            total(1) / total(0),
+        )?;
+        Ok::<_, anyhow::Error>(differ)
+    }
+    .await;
+    runners::pin_this_process(&format!("0-{}", all - 1))?;
+    result
 }
 
 /// DataFusion settings tried one at a time against meshq's defaults.

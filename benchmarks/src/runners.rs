@@ -75,6 +75,89 @@ pub async fn cluster_engine(
     load(config).await
 }
 
+/// [`engine`] as the coordinator of the loopback workers at `urls`
+/// (processes of their own, see [`PinnedWorkers`]).
+pub async fn cluster_engine_over(
+    mesh: &Path,
+    target_partitions: usize,
+    urls: Vec<url::Url>,
+) -> Result<Engine> {
+    let mut config = config_for(mesh, target_partitions, None, &[]);
+    let coordinator = meshq_cluster::loopback::loopback_coordinator(urls)?;
+    config.distribution = Some(std::sync::Arc::new(coordinator));
+    load(config).await
+}
+
+/// The secrets a benchmark worker resolves when the environment lacks
+/// them, as the benchmark's engines do.
+pub fn secret_env_fallback() -> BTreeMap<String, String> {
+    BTreeMap::from([(KEY_ENV.into(), KEY_VALUE.into())])
+}
+
+/// Worker processes of this benchmark (`meshq-bench --serve-worker`),
+/// each pinned to one core with `taskset`; killed when dropped.
+pub struct PinnedWorkers {
+    children: Vec<std::process::Child>,
+    /// Their URLs.
+    pub urls: Vec<url::Url>,
+}
+
+impl Drop for PinnedWorkers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What a worker process prints once it listens.
+pub const WORKER_LISTENING: &str = "meshq-bench worker listening on ";
+
+/// Starts one worker process per entry of `cores`, pinned to that core,
+/// serving the mesh directory `mesh`.
+pub fn pinned_workers(mesh: &Path, cores: &[usize]) -> Result<PinnedWorkers> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe()?;
+    let mut workers = PinnedWorkers {
+        children: Vec::new(),
+        urls: Vec::new(),
+    };
+    for core in cores {
+        let mut child = std::process::Command::new("taskset")
+            .arg("-c")
+            .arg(core.to_string())
+            .arg(&exe)
+            .arg("--serve-worker")
+            .arg(mesh)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting a worker with taskset (util-linux)")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        workers.children.push(child);
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .strip_prefix(WORKER_LISTENING)
+            .with_context(|| format!("a worker on core {core} did not start: {line:?}"))?;
+        workers.urls.push(url::Url::parse(url)?);
+    }
+    Ok(workers)
+}
+
+/// Pins every thread of this process to the CPUs `cpus` (`taskset` list
+/// syntax, e.g. `0` or `0-1`); threads made later inherit it.
+pub fn pin_this_process(cpus: &str) -> Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?;
+    anyhow::ensure!(status.success(), "taskset -a -p -c {cpus} failed");
+    Ok(())
+}
+
 fn config_for(
     mesh: &Path,
     target_partitions: usize,
@@ -88,7 +171,7 @@ fn config_for(
         .extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     config.target_partitions = Some(target_partitions);
     config.memory_limit = memory_limit;
-    config.secret_env_fallback = BTreeMap::from([(KEY_ENV.into(), KEY_VALUE.into())]);
+    config.secret_env_fallback = secret_env_fallback();
     config
 }
 

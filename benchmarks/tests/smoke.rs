@@ -36,4 +36,14 @@ fn the_harness_answers_like_raw_datafusion() {
     ] {
         assert!(report.contains(section), "{report}");
     }
+    // With taskset and two cores, the cluster is worker processes pinned
+    // to cores, and the report gives the speed-up.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let taskset = std::process::Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if cores >= 2 && taskset {
+        assert!(report.contains("Speed-up of 2 workers over 1 worker"), "{report}");
+    }
 }
