@@ -74,6 +74,11 @@ struct Args {
     /// Delta/Iceberg mesh's from the Parquet mesh's.
     #[arg(long)]
     check: bool,
+    /// A datafusion-distributed setting of the `distributed` measurement's
+    /// coordinator (`KEY=VALUE`; repeatable), e.g.
+    /// `distributed.compression=none`; the library's defaults otherwise.
+    #[arg(long = "cluster-set", value_name = "KEY=VALUE")]
+    cluster_set: Vec<String>,
     /// Serve as a cluster worker over this mesh directory (started by the
     /// `distributed` measurement itself, pinned to a core).
     #[arg(long, hide = true)]
@@ -386,8 +391,25 @@ async fn distributed(
         let one_worker = runners::pinned_workers(&mesh, &[1])?;
         let two_workers = runners::pinned_workers(&mesh, &[0, 1])?;
         let single = runners::engine(&mesh, partitions).await?;
-        let one = runners::cluster_engine_over(&mesh, partitions, one_worker.urls.clone()).await?;
-        let two = runners::cluster_engine_over(&mesh, partitions, two_workers.urls.clone()).await?;
+        let settings = args
+            .cluster_set
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .with_context(|| format!("--cluster-set {kv}: write KEY=VALUE"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let one = runners::cluster_engine_over(
+            &mesh,
+            partitions,
+            one_worker.urls.clone(),
+            settings.clone(),
+        )
+        .await?;
+        let two =
+            runners::cluster_engine_over(&mesh, partitions, two_workers.urls.clone(), settings)
+                .await?;
         let labels = [
             "single node (core 0)",
             "1 worker (core 1)",
@@ -411,7 +433,12 @@ async fn distributed(
         writeln!(
             out,
             "## Distributed (datafusion-distributed; exempt principal, split mesh)\n\n\
-The coordinator is this process, pinned to core 0 with `taskset`; each worker is a process of its own pinned to one core (`meshq-bench --serve-worker`), reached over loopback with the cluster credential. The single node is this process alone on core 0.\n"
+The coordinator is this process, pinned to core 0 with `taskset`; each worker is a process of its own pinned to one core (`meshq-bench --serve-worker`), reached over loopback with the cluster credential. The single node is this process alone on core 0. Coordinator settings: {}.\n",
+            if args.cluster_set.is_empty() {
+                "datafusion-distributed's defaults".to_string()
+            } else {
+                args.cluster_set.join(", ")
+            }
         )?;
         let differ = write_table(out, &labels, &table, 0, &[1, 2])?;
         writeln!(

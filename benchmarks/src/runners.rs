@@ -76,14 +76,16 @@ pub async fn cluster_engine(
 }
 
 /// [`engine`] as the coordinator of the loopback workers at `urls`
-/// (processes of their own, see [`PinnedWorkers`]).
+/// (processes of their own, see [`PinnedWorkers`]), with
+/// datafusion-distributed's `settings`.
 pub async fn cluster_engine_over(
     mesh: &Path,
     target_partitions: usize,
     urls: Vec<url::Url>,
+    settings: Vec<(String, String)>,
 ) -> Result<Engine> {
     let mut config = config_for(mesh, target_partitions, None, &[]);
-    let coordinator = meshq_cluster::loopback::loopback_coordinator(urls)?;
+    let coordinator = meshq_cluster::loopback::loopback_coordinator(urls, settings)?;
     config.distribution = Some(std::sync::Arc::new(coordinator));
     load(config).await
 }

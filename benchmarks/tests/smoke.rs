@@ -18,6 +18,9 @@ fn the_harness_answers_like_raw_datafusion() {
             "--latency-queries",
             "10",
             "--check",
+            // Split even these tiny files, so the cluster runs stages.
+            "--cluster-set",
+            "distributed.file_scan_config_bytes_per_partition=1",
         ])
         .output()
         .unwrap();
@@ -44,6 +47,9 @@ fn the_harness_answers_like_raw_datafusion() {
         .output()
         .is_ok_and(|o| o.status.success());
     if cores >= 2 && taskset {
-        assert!(report.contains("Speed-up of 2 workers over 1 worker"), "{report}");
+        assert!(
+            report.contains("Speed-up of 2 workers over 1 worker"),
+            "{report}"
+        );
     }
 }

@@ -303,9 +303,17 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
         .collect::<Vec<_>>()
         .join(",");
     let single = start_on(&mesh, &[], &[]);
+    let audit = _dir.path().join("cluster-audit.jsonl");
     let cluster = start_on(
         &mesh,
-        &["--workers", &urls],
+        &[
+            "--workers",
+            &urls,
+            "--audit-log",
+            audit.to_str().unwrap(),
+            "--metrics-bind",
+            "127.0.0.1:0",
+        ],
         &[("MESHQ_TEST_CLUSTER_SECRET", SECRET)],
     );
     for user in ["ana", "ben", "gina", "pat"] {
@@ -329,6 +337,27 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
         masked |= w.logs("the fragment's masks are registered").await;
     }
     assert!(masked, "no masked stage went to a worker");
+    // Each statement is audited and counted once, however many workers
+    // ran its stages.
+    let statements = 4 * SAME_ANSWERS.len();
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["call"] == "statement")
+        .collect();
+    assert_eq!(records.len(), statements, "{records:#?}");
+    let mut shapes = std::collections::BTreeMap::<String, usize>::new();
+    for r in &records {
+        *shapes.entry(r["sql_shape"].to_string()).or_default() += 1;
+    }
+    assert!(shapes.values().all(|&n| n == 4), "{shapes:#?}");
+    let counted: f64 = super::ops::scrape(&cluster)
+        .iter()
+        .filter(|(k, _)| k.starts_with("meshq_queries_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(counted as usize, statements);
 }
 
 /// A worker whose hash-mask key differs from the coordinator's fails a

@@ -20,7 +20,7 @@ use tracing::debug;
 
 use crate::codec::MeshCodec;
 use crate::transport::{AuthChannelResolver, StaticWorkers};
-use crate::travel::MaskFunctions;
+use crate::travel::{MaskFunctions, SessionSettings};
 
 /// Distributes the plans of every mesh version over `workers`.
 #[derive(Clone)]
@@ -94,6 +94,7 @@ impl meshq_engine::engine::Distribution for Coordinator {
             .with_distributed_channel_resolver(self.resolver.clone())
             .with_distributed_user_codec(MeshCodec)
             .with_distributed_option_extension(MaskFunctions::fresh())
+            .with_distributed_option_extension(SessionSettings::default())
             .with_distributed_planner();
         if let Some(config) = builder.config() {
             for (key, value) in &self.settings {
@@ -116,6 +117,8 @@ impl meshq_engine::engine::Distribution for Coordinator {
     fn prepare_statement(&self, options: &mut datafusion::config::ConfigOptions) {
         // The statement's own list, which its plan fills in.
         options.extensions.insert(MaskFunctions::fresh());
+        let settings = SessionSettings::of(options);
+        options.extensions.insert(settings);
     }
 }
 

@@ -1,8 +1,7 @@
 //! A cluster on loopback: workers behind the cluster credential, in this
 //! process ([`loopback_cluster`]) or in processes of their own
 //! ([`serve_loopback_worker`]), and a coordinator over them
-//! ([`loopback_coordinator`]) that splits every file scan as finely as the
-//! library allows. For tests and benchmarks, which compare its answers
+//! ([`loopback_coordinator`]). For tests and benchmarks, which compare its answers
 //! with a single node's.
 
 use std::collections::BTreeMap;
@@ -54,22 +53,24 @@ pub async fn serve_loopback_worker(
     Ok((url, verifier))
 }
 
-/// A coordinator over the loopback workers at `urls`, every file scan
-/// split as finely as the library allows.
-pub fn loopback_coordinator(urls: Vec<Url>) -> Result<Coordinator, SetupError> {
+/// A coordinator over the loopback workers at `urls`, with
+/// datafusion-distributed's `settings` (`distributed.*`).
+pub fn loopback_coordinator(
+    urls: Vec<Url>,
+    settings: Vec<(String, String)>,
+) -> Result<Coordinator, SetupError> {
     Coordinator::new(
         StaticWorkers::new(urls),
         AuthChannelResolver::new(loopback_key()?, None),
-        vec![(
-            "distributed.file_scan_config_bytes_per_partition".into(),
-            "1".into(),
-        )],
+        settings,
     )
     .map_err(SetupError::Workers)
 }
 
 /// `n` workers in this process ([`serve_loopback_worker`]), the
-/// coordinator over them and each worker's credential check.
+/// coordinator over them, every file scan split as finely as the library
+/// allows (so even tiny test tables are distributed), and each worker's
+/// credential check.
 pub async fn loopback_cluster(
     dir: &std::path::Path,
     n: usize,
@@ -82,5 +83,9 @@ pub async fn loopback_cluster(
         urls.push(url);
         verifiers.push(verifier);
     }
-    Ok((loopback_coordinator(urls)?, verifiers))
+    let split_finely = vec![(
+        "distributed.file_scan_config_bytes_per_partition".to_string(),
+        "1".to_string(),
+    )];
+    Ok((loopback_coordinator(urls, split_finely)?, verifiers))
 }

@@ -1,4 +1,5 @@
-//! Mask functions on workers.
+//! What travels beside a plan: the mask functions its stages call, and
+//! the session's settings that change what a stage computes.
 //!
 //! A mask function holds its parameters (a hash mask its key), but a plan
 //! fragment names a function only by its name, and a worker looks the name
@@ -16,6 +17,13 @@
 //!   registered; the coordinator then runs the statement itself.
 //! - The list a user could `SET` is refused like every `meshq*` setting,
 //!   and the coordinator overwrites it for every distributed plan.
+//!
+//! [`SessionSettings`] carries the statement's `datafusion.execution.*`
+//! settings that differ from DataFusion's defaults (the session's time
+//! zone, say, which functions such as `to_timestamp` take when they are
+//! made), but not the knobs of the worker's own resources (partitions,
+//! memory, spilling). The worker applies them before it builds the
+//! session that decodes the fragment.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -246,6 +254,116 @@ impl ExtensionOptions for MaskFunctions {
     }
 }
 
+/// The statement's settings the workers apply, as `(key, value)`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSettings(Vec<(String, String)>);
+
+impl SessionSettings {
+    /// The settings of `options` to send: `datafusion.execution.*` values
+    /// that differ from DataFusion's defaults, but for the worker's own
+    /// resources.
+    pub fn of(options: &datafusion::config::ConfigOptions) -> Self {
+        static DEFAULTS: std::sync::LazyLock<BTreeMap<String, Option<String>>> =
+            std::sync::LazyLock::new(|| {
+                datafusion::config::ConfigOptions::default()
+                    .entries()
+                    .into_iter()
+                    .map(|e| (e.key, e.value))
+                    .collect()
+            });
+        Self(
+            options
+                .entries()
+                .into_iter()
+                .filter(|e| travels(&e.key))
+                .filter(|e| DEFAULTS.get(&e.key) != Some(&e.value))
+                .filter_map(|e| e.value.map(|v| (e.key, v)))
+                .collect(),
+        )
+    }
+
+    /// Applies the settings to a worker's `options`; only keys that may
+    /// travel, so a request cannot reach the worker's own resources.
+    pub fn apply(&self, options: &mut datafusion::config::ConfigOptions) -> Result<()> {
+        for (key, value) in &self.0 {
+            if !travels(key) {
+                return Err(DataFusionError::Configuration(format!(
+                    "`{key}` is not a setting a coordinator may send"
+                )));
+            }
+            options.set(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+/// Whether the setting `key` travels to workers.
+fn travels(key: &str) -> bool {
+    const OWN: [&str; 4] = [
+        "target_partitions",
+        "planning_concurrency",
+        "spill",
+        "memory",
+    ];
+    key.strip_prefix("datafusion.execution.")
+        .is_some_and(|rest| !OWN.iter().any(|own| rest.contains(own)))
+}
+
+const SETTINGS_KEY: &str = "settings";
+
+impl ConfigExtension for SessionSettings {
+    const PREFIX: &'static str = "meshq_session";
+}
+
+impl ExtensionOptions for SessionSettings {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        if key != SETTINGS_KEY {
+            return Err(DataFusionError::Configuration(format!(
+                "meshq_session.{key} is not a setting"
+            )));
+        }
+        self.0 = if value.is_empty() {
+            Vec::new()
+        } else {
+            let json = hex::decode(value).map_err(|e| {
+                DataFusionError::Configuration(format!("meshq_session.settings: {e}"))
+            })?;
+            serde_json::from_slice(&json).map_err(|e| {
+                DataFusionError::Configuration(format!("meshq_session.settings: {e}"))
+            })?
+        };
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        let value = (!self.0.is_empty())
+            .then(|| serde_json::to_vec(&self.0).ok().map(hex::encode))
+            .flatten();
+        vec![ConfigEntry {
+            key: SETTINGS_KEY.to_string(),
+            value,
+            description: "the statement's settings the workers apply (set by the coordinator)",
+        }]
+    }
+}
+
 /// The functions to register on a worker for the masks `masks`.
 pub fn worker_functions(
     masks: &MaskFunctions,
@@ -364,6 +482,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(unset.contains("`K` is not set"), "{unset}");
+    }
+
+    #[test]
+    fn only_execution_settings_that_differ_travel_and_apply() {
+        let mut options = datafusion::config::ConfigOptions::default();
+        options
+            .set("datafusion.execution.time_zone", "+02:00")
+            .unwrap();
+        options
+            .set("datafusion.execution.target_partitions", "7")
+            .unwrap();
+        options.set("datafusion.optimizer.max_passes", "9").unwrap();
+        let sent = SessionSettings::of(&options);
+        assert_eq!(
+            sent.settings(),
+            [(
+                "datafusion.execution.time_zone".to_string(),
+                "+02:00".to_string()
+            )]
+        );
+        let value = sent.entries().pop().unwrap().value.unwrap();
+        let mut received = SessionSettings::default();
+        received.set(SETTINGS_KEY, &value).unwrap();
+        let mut worker = datafusion::config::ConfigOptions::default();
+        received.apply(&mut worker).unwrap();
+        assert_eq!(worker.execution.time_zone.as_deref(), Some("+02:00"));
+        // A forged list cannot reach the worker's own resources.
+        let forged = hex::encode(r#"[["datafusion.execution.memory_pool","x"]]"#);
+        let mut received = SessionSettings::default();
+        received.set(SETTINGS_KEY, &forged).unwrap();
+        assert!(received.apply(&mut worker).is_err());
+        let forged = hex::encode(r#"[["datafusion.catalog.location","/"]]"#);
+        received.set(SETTINGS_KEY, &forged).unwrap();
+        assert!(received.apply(&mut worker).is_err());
     }
 
     #[test]

@@ -282,16 +282,30 @@ impl WorkerSessionBuilder for MeshWorkerSession {
         tracing::debug!("a plan fragment arrived from the coordinator");
         let mut builder = ctx.builder;
         if let Some(config) = builder.config() {
-            // This request's own list, never one shared with another.
-            config
-                .options_mut()
-                .extensions
-                .insert(crate::travel::MaskFunctions::fresh());
+            // This request's own lists, never ones shared with another.
+            let extensions = &mut config.options_mut().extensions;
+            extensions.insert(crate::travel::MaskFunctions::fresh());
+            extensions.insert(crate::travel::SessionSettings::default());
         }
-        let mut state = builder
+        let mut builder = builder
             .with_distributed_option_extension_from_headers::<crate::travel::MaskFunctions>(
                 &ctx.headers,
             )?
+            .with_distributed_option_extension_from_headers::<crate::travel::SessionSettings>(
+                &ctx.headers,
+            )?;
+        if let Some(config) = builder.config() {
+            // Before the state is built, so functions made from the
+            // settings (a time zone) are made with the statement's.
+            let settings = config
+                .options()
+                .extensions
+                .get::<crate::travel::SessionSettings>()
+                .cloned()
+                .unwrap_or_default();
+            settings.apply(config.options_mut())?;
+        }
+        let mut state = builder
             .with_distributed_channel_resolver(self.resolver.clone())
             .with_distributed_user_codec_arc(Arc::clone(&self.codec) as _)
             .build();

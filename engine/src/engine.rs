@@ -482,6 +482,21 @@ impl Engine {
                 d.prepare_statement(options);
             }
         }
+        if !data.settings().is_empty() {
+            // Functions made from the configuration (`to_timestamp` takes
+            // the time zone) are made again, as DataFusion's own `SET`
+            // does.
+            let options = state.config().options();
+            let updated: Vec<_> = state
+                .scalar_functions()
+                .values()
+                .filter_map(|f| f.inner().with_updated_config(options).map(Arc::new))
+                .collect();
+            for f in updated {
+                // Replacing a function by name cannot fail.
+                let _ = state.register_udf(f);
+            }
+        }
         let catalog = MeshCatalog::new(
             Arc::clone(&self.inner.domains),
             Arc::clone(&self.inner.tables),

@@ -669,8 +669,8 @@ fn check_setting(variable: &str) -> Result<()> {
         "the catalog is the mesh; use the session option `schema` to change the default schema"
     } else if key.starts_with("distributed.") {
         "how queries are spread over workers is the operator's (cluster.settings in meshq.yaml)"
-    } else if key.starts_with("meshq_cluster.") {
-        "the coordinator lists the masks each plan's workers need"
+    } else if key.starts_with("meshq_cluster.") || key.starts_with("meshq_session.") {
+        "the coordinator lists what each plan's workers need"
     } else if key.starts_with("meshq") {
         "the principal comes from authentication and limits from meshq.yaml"
     } else {

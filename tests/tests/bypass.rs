@@ -333,7 +333,7 @@ async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
             .await
             .unwrap_err();
         assert!(
-            e.contains("requires the `admin` role") || e.contains("masks each plan's workers need"),
+            e.contains("requires the `admin` role") || e.contains("what each plan's workers need"),
             "{who}: {e}"
         );
     }

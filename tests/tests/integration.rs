@@ -5,6 +5,7 @@ mod abuse;
 mod acceleration;
 mod bad_input;
 mod bypass;
+mod cluster;
 mod common;
 mod discovery;
 mod iceberg;
