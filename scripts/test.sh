@@ -3,7 +3,8 @@
 # end-to-end tests against the real binary, and interop tests with real
 # Flight SQL clients. Needs only the Rust toolchain (pinned in
 # rust-toolchain.toml) and python3; the Python clients are installed from
-# PyPI into a venv under ~/.cache/meshq (MESHQ_VENV overrides).
+# PyPI into a venv under ~/.cache/meshq (MESHQ_VENV overrides), and
+# Debian's postgresql server package with apt when it is missing.
 #
 # One cargo build, debug, into the same target dir `cargo run --bin meshq`
 # uses (./target, or CARGO_TARGET_DIR when set): the demo and the suite
@@ -23,6 +24,20 @@ if [[ "${MESHQ_LINT:-0}" == 1 ]]; then
   echo "== fmt + clippy"
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+# PostgreSQL for the tests of database sources: Debian's server package.
+# The tests start servers of their own (initdb into temporary directories,
+# as the `postgres` user when run as root); no cluster of the package's
+# own is created or used.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "== installing Debian's postgresql server"
+  SUDO=""
+  if [[ "$(id -u)" != 0 ]]; then SUDO="sudo"; fi
+  $SUDO mkdir -p /etc/postgresql-common
+  echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
 echo "== build"

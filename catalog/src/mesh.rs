@@ -19,6 +19,9 @@ pub enum Format {
     Iceberg,
     Csv,
     Json,
+    /// A table or view of a PostgreSQL database (server `type:
+    /// postgresql`).
+    Postgres,
 }
 
 impl Format {
@@ -43,6 +46,7 @@ impl std::fmt::Display for Format {
             Self::Iceberg => "iceberg",
             Self::Csv => "csv",
             Self::Json => "json",
+            Self::Postgres => "postgresql",
         })
     }
 }
@@ -63,6 +67,19 @@ pub enum Location {
         /// `namespace.table`.
         table: String,
     },
+    /// A table or view of a PostgreSQL database.
+    Postgres {
+        /// Server host.
+        host: String,
+        /// Server port.
+        port: u16,
+        /// Database.
+        database: String,
+        /// Schema of the table.
+        schema: String,
+        /// Table or view name.
+        table: String,
+    },
 }
 
 impl std::fmt::Display for Location {
@@ -71,6 +88,16 @@ impl std::fmt::Display for Location {
             Self::Local(p) => write!(f, "{}", p.display()),
             Self::Url(u) => write!(f, "{u}"),
             Self::Catalog { catalog, table } => write!(f, "catalog `{catalog}` table `{table}`"),
+            Self::Postgres {
+                host,
+                port,
+                database,
+                schema,
+                table,
+            } => write!(
+                f,
+                "postgresql://{host}:{port}/{database} table {schema}.{table}"
+            ),
         }
     }
 }

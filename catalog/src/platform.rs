@@ -281,6 +281,33 @@ pub enum StoreConfig {
         #[serde(default)]
         use_emulator: bool,
     },
+    /// A PostgreSQL database whose tables or views products publish: the
+    /// contract server with the same `host`, `port` and `database` uses
+    /// this entry's login.
+    Postgresql {
+        /// Server host, as the contract server names it.
+        host: String,
+        /// Server port (5432 when unset on both sides).
+        #[serde(default)]
+        port: Option<u16>,
+        /// Database name.
+        database: String,
+        /// Login.
+        user: String,
+        /// Password, `{ env: VAR }`.
+        #[serde(default)]
+        password: Option<SecretRef>,
+        /// `disable` (the default) or `prefer`; TLS to PostgreSQL is not
+        /// built yet, so `require` and stricter are refused when loaded.
+        #[serde(default)]
+        sslmode: Option<String>,
+        /// Connections kept at most (default 4).
+        #[serde(default)]
+        pool_size: Option<usize>,
+        /// Server-side limit of each statement, e.g. `30s` or `2m`.
+        #[serde(default)]
+        statement_timeout: Option<String>,
+    },
 }
 
 /// An Iceberg catalog.

@@ -5,7 +5,9 @@
 //! listed by delta-rs and read by DataFusion's Parquet scan (delta-rs's own
 //! scan only for deletion vectors and column mapping); Iceberg ports are planned with the `iceberg` crate and
 //! read with DataFusion's Parquet scan. Object stores (S3, GCS, Azure) come from
-//! `meshq.yaml` through [`StoreRegistry`].
+//! `meshq.yaml` through [`StoreRegistry`]. PostgreSQL ports are tables or
+//! views read with `tokio-postgres` ([`postgres`]), with only policy-safe
+//! filters sent to the database.
 //!
 //! Invariants:
 //! - A table is exposed through its contract: only contract columns, in
@@ -22,6 +24,7 @@ mod file_groups;
 pub mod iceberg;
 pub mod mesh_scan;
 pub mod open;
+pub mod postgres;
 pub mod store;
 pub mod types;
 

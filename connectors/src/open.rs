@@ -52,14 +52,26 @@ pub struct Sources {
     pub stores: StoreRegistry,
     /// Iceberg catalogs, by name.
     pub iceberg: Arc<IcebergCatalogs>,
+    /// PostgreSQL connection pools, by host, port and database.
+    pub postgres: Arc<crate::postgres::PostgresPools>,
 }
 
 impl Sources {
     /// The `stores` and `catalogs` sections of `config`.
     pub fn new(config: &meshq_catalog::platform::PlatformConfig) -> Self {
+        Self::with_secrets(config, &Default::default())
+    }
+
+    /// [`Self::new`], with database passwords read from the environment,
+    /// else from `fallback` (variables a program supplies).
+    pub fn with_secrets(
+        config: &meshq_catalog::platform::PlatformConfig,
+        fallback: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
         Self {
             stores: StoreRegistry::new(config),
             iceberg: Arc::new(IcebergCatalogs::new(config.catalogs.clone())),
+            postgres: Arc::new(crate::postgres::PostgresPools::new(config, fallback)),
         }
     }
 }
@@ -73,6 +85,28 @@ pub async fn open_table(
     def: &TableDef,
 ) -> Result<OpenedTable> {
     let stores = &sources.stores;
+    if let Location::Postgres {
+        host,
+        port,
+        database,
+        schema,
+        table,
+    } = &def.source.location
+    {
+        let location = def.source.location.to_string();
+        let pool = sources
+            .postgres
+            .pool_for(host, *port, database)
+            .map_err(|message| Error::Config {
+                name: format!("{host}:{port}/{database}"),
+                message,
+            })?;
+        let opened =
+            crate::postgres::PostgresTable::open(pool, &def.qualified_name(), schema, table)
+                .await
+                .map_err(|e| Error::read(format!("cannot open {location}"), location.clone(), e))?;
+        return contract_view(def, Arc::new(opened));
+    }
     if def.source.format == Format::Iceberg {
         let opened = crate::iceberg::open_iceberg(state, stores, &sources.iceberg, def).await?;
         let mut table = contract_view(def, opened.provider)?;
@@ -98,7 +132,7 @@ pub async fn open_table(
             let (provider, facts) = open_delta(state, &url).await?;
             (provider, Some(facts))
         }
-        Format::Iceberg => unreachable!("opened above"),
+        Format::Iceberg | Format::Postgres => unreachable!("opened above"),
     };
     let mut table = contract_view(def, inner)?;
     table.facts = facts;
@@ -109,6 +143,10 @@ pub async fn open_table(
 fn location_url(location: &Location, format: Format) -> Result<Url> {
     match location {
         Location::Url(u) => Ok(u.clone()),
+        Location::Postgres { .. } => Err(Error::unsupported(
+            location.to_string(),
+            "a PostgreSQL table is opened by its pool, not by URL",
+        )),
         Location::Catalog { catalog, table } => Err(Error::unsupported(
             table.as_str(),
             format!(
@@ -200,7 +238,9 @@ async fn open_listing(
                 ".json",
             )
         }
-        Format::Delta | Format::Iceberg => unreachable!("not a listing format"),
+        Format::Delta | Format::Iceberg | Format::Postgres => {
+            unreachable!("not a listing format")
+        }
     };
     let table_url = listing_url(url.as_str())
         .map_err(|e| Error::read(format!("location `{url}`"), url.as_str(), e))?;

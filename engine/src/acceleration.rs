@@ -192,6 +192,8 @@ pub(crate) async fn source_version(
                 .await
                 .map(|v| format!("files:{v:016x}"))
         }
+        // A database table has no version meshq can read.
+        Format::Postgres => None,
     }
 }
 

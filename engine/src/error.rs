@@ -229,6 +229,15 @@ fn cause_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind 
         ErrorKind::PermissionDenied
     } else if let Some(s) = e.downcast_ref::<tonic::Status>() {
         status_kind(s)
+    } else if let Some(p) = e.downcast_ref::<meshq_connectors::postgres::PostgresError>() {
+        use meshq_connectors::postgres::PostgresErrorKind as K;
+        match p.kind {
+            K::Unavailable => ErrorKind::Unavailable,
+            K::PermissionDenied => ErrorKind::PermissionDenied,
+            K::NotFound => ErrorKind::NotFound,
+            K::Cancelled => ErrorKind::Cancelled,
+            K::Source => ErrorKind::InvalidInput,
+        }
     } else {
         ErrorKind::Internal
     }

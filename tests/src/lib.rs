@@ -5,6 +5,7 @@
 //! CSV and a JSON product, so the suites cover every file format.
 //! [`SltDb`] runs `.slt` files against an engine session.
 
+pub mod postgres;
 pub mod slt;
 
 use std::path::Path;

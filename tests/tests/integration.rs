@@ -11,4 +11,5 @@ mod discovery;
 mod iceberg;
 mod policy_equivalence;
 mod policy_plans;
+mod postgres;
 mod result_cache;

@@ -83,8 +83,10 @@ impl Loader {
                     continue;
                 }
                 let in_catalog = format == Format::Iceberg && server.catalog.is_some();
+                let in_database = format == Format::Postgres;
                 if lc.contract.schema.len() > 1
                     && !in_catalog
+                    && !in_database
                     && !location_template.contains("{model}")
                 {
                     self.error(
@@ -108,7 +110,15 @@ impl Loader {
                 };
                 for obj in &lc.contract.schema {
                     let physical = obj.physical_name.as_deref().unwrap_or(&obj.name);
-                    let location = if in_catalog {
+                    let location = if in_database {
+                        Location::Postgres {
+                            host: server.host.clone().unwrap_or_default(),
+                            port: server.port.map_or(5432, |p| p as u16),
+                            database: server.database.clone().unwrap_or_default(),
+                            schema: server.schema.clone().unwrap_or_else(|| "public".into()),
+                            table: physical.to_string(),
+                        }
+                    } else if in_catalog {
                         let Some(location) = self.catalog_location(lc, server, physical) else {
                             continue;
                         };
@@ -221,6 +231,20 @@ impl Loader {
         s: &Server,
     ) -> Option<(Format, String)> {
         let line = line_of(&lc.text, &format!("server: {}", s.server));
+        if s.kind == "postgresql" {
+            if s.host.is_none() || s.database.is_none() {
+                self.error(
+                    &lc.file,
+                    line,
+                    format!(
+                        "server `{}` (type postgresql) needs `host` and `database`",
+                        s.server
+                    ),
+                );
+                return None;
+            }
+            return Some((Format::Postgres, String::new()));
+        }
         let Some(format_text) = s.format.as_deref() else {
             self.error(
                 &lc.file,
@@ -251,7 +275,7 @@ impl Loader {
                     &lc.file,
                     line,
                     format!(
-                        "server `{}`: type `{other}` is not supported; meshq reads local, s3, gcs and azure servers",
+                        "server `{}`: type `{other}` is not supported; meshq reads local, s3, gcs, azure and postgresql servers",
                         s.server
                     ),
                 );

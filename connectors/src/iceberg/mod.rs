@@ -70,6 +70,12 @@ pub(crate) async fn open_iceberg(
                 Location::Local(p) => p.to_string_lossy().into_owned(),
                 Location::Url(u) => u.to_string(),
                 Location::Catalog { .. } => unreachable!("matched above"),
+                Location::Postgres { .. } => {
+                    return Err(crate::Error::unsupported(
+                        location.to_string(),
+                        "an Iceberg table is not in a PostgreSQL database",
+                    ));
+                }
             };
             let metadata_file = find_metadata_file(&storage, &text).await?;
             let ident = TableIdent::new(NamespaceIdent::new(def.domain.clone()), def.name.clone());
