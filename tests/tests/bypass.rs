@@ -381,3 +381,122 @@ async fn dataframe_api_is_governed_too() {
     });
     assert!(emails, "raw email through the DataFrame API");
 }
+
+/// The corpus with `sales.orders` served from a PostgreSQL table (the same
+/// rows, loaded into a server this test starts): ana sees no raw value,
+/// whatever reaches the database, and pat's raw values come through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_product_serves_no_raw_value_to_a_restricted_principal() {
+    use meshq_tests::postgres::TestPostgres;
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    // The orders' rows, raw, into PostgreSQL.
+    let files = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let pat = files.session(&files.mesh().config.principal("pat").unwrap());
+    let rows = run(
+        &pat,
+        "SELECT order_id, customer_id, email, region, status, item_count, total_amount, created_at, order_date FROM sales.orders",
+    )
+    .await
+    .unwrap();
+    let pg = TestPostgres::start();
+    let csv = pg.dir().join("orders.csv");
+    {
+        let file = std::fs::File::create(&csv).unwrap();
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(file);
+        for b in &rows {
+            w.write(b).unwrap();
+        }
+    }
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql(
+        "shop",
+        "CREATE ROLE meshq_reader LOGIN PASSWORD 'reader-secret';
+         CREATE TABLE public.orders (order_id text, customer_id text, email text, region text,
+           status text, item_count integer, total_amount numeric(12,2), created_at timestamp,
+           order_date date);
+         GRANT SELECT ON public.orders TO meshq_reader;",
+    );
+    pg.psql(
+        "shop",
+        &format!(
+            "\\copy public.orders FROM '{}' WITH (FORMAT csv, HEADER true)",
+            csv.display()
+        ),
+    );
+    let loaded = pg.psql("shop", "SELECT count(*) FROM public.orders");
+    assert_eq!(loaded.trim(), crate::bypass::rows(&rows).to_string());
+    // The product's server becomes the database, under the same name.
+    let contract = dir.path().join("sales/orders.odcs.yaml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    let local = "- { server: local, type: local, format: delta, path: ./data/orders }";
+    assert!(text.contains(local));
+    std::fs::write(
+        &contract,
+        text.replace(
+            local,
+            &format!(
+                "- {{ server: local, type: postgresql, host: 127.0.0.1, port: {}, database: shop, schema: public }}",
+                pg.port
+            ),
+        ),
+    )
+    .unwrap();
+    let platform = dir.path().join("meshq.yaml");
+    let mut yaml = std::fs::read_to_string(&platform).unwrap();
+    yaml.push_str(&format!(
+        "stores:\n  shop_db: {{ type: postgresql, host: 127.0.0.1, port: {}, database: shop, user: meshq_reader, password: {{ env: MESHQ_TEST_PG_PASSWORD }} }}\n",
+        pg.port
+    ));
+    std::fs::write(&platform, yaml).unwrap();
+    let mut config = meshq_tests::fixture_engine_config(dir.path());
+    config
+        .secret_env_fallback
+        .insert("MESHQ_TEST_PG_PASSWORD".into(), "reader-secret".into());
+    let engine = meshq_engine::Engine::load(config).await.unwrap();
+    let errors: Vec<String> = engine
+        .problems()
+        .iter()
+        .filter(|p| p.is_error())
+        .map(ToString::to_string)
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let plan = run(
+        &engine.session(&engine.mesh().config.principal("ana").unwrap()),
+        "EXPLAIN SELECT * FROM sales.orders",
+    )
+    .await
+    .unwrap();
+    let plan = arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(plan.contains("PostgresExec: table=sales.orders"), "{plan}");
+    let mesh = dir.path().canonicalize().unwrap().display().to_string();
+    let secrets = secrets().await;
+    let as_ = |name: &str| engine.session(&engine.mesh().config.principal(name).unwrap());
+    for served in [false, true] {
+        let CorpusRun {
+            found, answered, ..
+        } = run_corpus(&as_("ana"), &secrets, &mesh, served).await;
+        assert!(
+            found.is_empty(),
+            "leaks as ana through PostgreSQL: {found:#?}"
+        );
+        assert!(answered >= 20, "only {answered} queries answered");
+        let CorpusRun { found, .. } = run_corpus(&as_("pat"), &secrets, &mesh, served).await;
+        assert!(found.len() >= 10, "the detector found only {found:?}");
+    }
+    // The raw emails never went to the database as a predicate.
+    let log = pg.log();
+    for s in secrets.iter().filter(|s| s.contains('@')) {
+        assert!(!log.contains(s.as_str()), "{s} reached PostgreSQL");
+    }
+}
+
+fn rows(batches: &[arrow::array::RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
