@@ -106,6 +106,10 @@ pub struct AuditRecord {
     pub row_filters: Vec<String>,
     /// Global policy ids among them.
     pub global_policies: Vec<String>,
+    /// The statements sent to database sources (PostgreSQL), each with
+    /// every literal replaced by `?`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_statements: Vec<String>,
     /// Rows returned.
     pub rows: u64,
     /// Arrow bytes returned.

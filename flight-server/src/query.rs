@@ -467,6 +467,7 @@ impl Lifecycle {
             Err(_) => return trace.check(Err(panicked(id, "execution"))),
         };
         trace.record.result_cache = query.cache_use();
+        trace.sources(&query.plan);
         let inner = trace.check(query.execute().map_err(|e| errors(&e)))?;
         let control = Arc::new(QueryControl::new(
             id,

@@ -100,6 +100,25 @@ impl QueryTrace {
         }
     }
 
+    /// Records the shapes of the statements `plan` sends to database
+    /// sources.
+    pub(crate) fn sources(&mut self, plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) {
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        if self.ops.audit.is_none() {
+            return;
+        }
+        let mut shapes = Vec::new();
+        let _ = plan.apply(|node| {
+            if let Some(pg) = node.downcast_ref::<meshq_connectors::postgres::PostgresExec>()
+                && let (Some(shape), _) = audit::sql_shape(pg.sql())
+            {
+                shapes.push(shape);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        self.record.source_statements = shapes;
+    }
+
     /// The statement starts running: its OpenLineage START event.
     pub(crate) fn begin(&mut self) {
         if let Some((engine, job)) = &self.lineage {

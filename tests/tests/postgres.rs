@@ -336,3 +336,86 @@ async fn a_dropped_query_cancels_its_statement() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A database that is down when the mesh loads: the product is listed and
+/// unreadable with the cause, the others load; once the database is back,
+/// the next load (a reload) serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_at_load_is_unreadable_until_a_reload_finds_it() {
+    let pg = TestPostgres::start();
+    shop(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    mesh(dir.path(), &pg);
+    pg.stop();
+    let engine = Engine::load(config(dir.path())).await.unwrap();
+    let problems: Vec<String> = engine.problems().iter().map(ToString::to_string).collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("crm.customers") && p.contains("cannot be reached")),
+        "{problems:#?}"
+    );
+    assert_eq!(engine.unopened(), 1);
+    let e = query(&engine, "pat", "SELECT count(*) FROM crm.customers")
+        .await
+        .unwrap_err();
+    assert!(e.contains("crm.customers"), "{e}");
+    pg.start_again();
+    let reloaded = Engine::load_after(config(dir.path()), Some(&engine))
+        .await
+        .unwrap();
+    assert_eq!(reloaded.unopened(), 0);
+    assert!(
+        query(&reloaded, "pat", "SELECT count(*) AS n FROM crm.customers")
+            .await
+            .unwrap()
+            .contains("| 200 ")
+    );
+}
+
+/// What a Flight SQL client is told, through the server's own mapping of
+/// errors: a database that is down is UNAVAILABLE naming the table and its
+/// product; a login without SELECT is PERMISSION_DENIED naming the table
+/// and the `stores` entry to fix, never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_failures_reach_clients_as_unavailable_or_permission_denied() {
+    use meshq_flight_server::error::Error;
+    use meshq_flight_server::query::QueryId;
+    let pg = TestPostgres::start();
+    shop(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    mesh(dir.path(), &pg);
+    let engine = Engine::load(config(dir.path())).await.unwrap();
+    let pat = engine.session(&engine.mesh().config.principal("pat").unwrap());
+    let tables = vec!["crm.customers".to_string()];
+    let status = |e: datafusion::error::DataFusionError| {
+        let e = Error::statement(QueryId::new(), &e, Some((&pat, &tables)));
+        tonic::Status::from(e)
+    };
+    let sql = "SELECT count(*) FROM crm.customers";
+    pg.psql(
+        "shop",
+        &format!("REVOKE SELECT ON crm.customers FROM {}", READER.0),
+    );
+    let e = pat.sql(sql).await.unwrap().collect().await.unwrap_err();
+    let s = status(e);
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s}");
+    assert!(
+        s.message().contains("crm.customers") && s.message().contains("stores"),
+        "{s}"
+    );
+    assert!(!s.message().contains(READER.1), "{s}");
+    pg.psql(
+        "shop",
+        &format!("GRANT SELECT ON crm.customers TO {}", READER.0),
+    );
+    pg.stop();
+    let e = pat.sql(sql).await.unwrap().collect().await.unwrap_err();
+    let s = status(e);
+    assert_eq!(s.code(), tonic::Code::Unavailable, "{s}");
+    assert!(
+        s.message().contains("crm.customers")
+            && s.message().contains("urn:dataproduct:crm:customers"),
+        "{s}"
+    );
+}
