@@ -470,7 +470,12 @@ fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<Opened
             continue;
         };
         let field = schema.field(idx);
-        if let Some(expected) = type_mismatch(col, field.data_type()) {
+        let mismatch = if def.source.format == Format::Postgres {
+            crate::types::postgres_type_mismatch(col, field.data_type())
+        } else {
+            type_mismatch(col, field.data_type())
+        };
+        if let Some(expected) = mismatch {
             let what = format!(
                 "the table has type {} but the contract says {expected}",
                 field.data_type()

@@ -10,9 +10,26 @@ use meshq_catalog::odcs::LogicalType;
 /// What the contract declares (`physicalType DECIMAL(12,2)`), when
 /// `actual` does not satisfy the contract column; `None` when it does.
 pub fn type_mismatch(col: &ColumnDef, actual: &DataType) -> Option<String> {
+    type_mismatch_with(col, actual, physical_matches)
+}
+
+/// [`type_mismatch`] for a column of a PostgreSQL table, whose contract
+/// names PostgreSQL's types (`int8` is a bigint there, `timestamptz` a
+/// timestamp with a zone).
+pub fn postgres_type_mismatch(col: &ColumnDef, actual: &DataType) -> Option<String> {
+    type_mismatch_with(col, actual, |physical, t| {
+        postgres_physical_matches(physical, t).or_else(|| physical_matches(physical, t))
+    })
+}
+
+fn type_mismatch_with(
+    col: &ColumnDef,
+    actual: &DataType,
+    physical_check: impl Fn(&str, &DataType) -> Option<bool>,
+) -> Option<String> {
     let actual = value_type(actual);
     if let Some(physical) = col.physical_type.as_deref()
-        && let Some(matches) = physical_matches(physical, actual)
+        && let Some(matches) = physical_check(physical, actual)
     {
         return (!matches).then(|| format!("physicalType {physical}"));
     }
@@ -138,10 +155,36 @@ fn physical_matches(physical: &str, t: &DataType) -> Option<bool> {
     Some(ok)
 }
 
+/// Whether `t` is what meshq reads for the PostgreSQL type `physical`
+/// (see `crate::postgres`); `None` for names PostgreSQL shares with other
+/// dialects, which [`physical_matches`] decides.
+fn postgres_physical_matches(physical: &str, t: &DataType) -> Option<bool> {
+    let lower = physical.trim().to_ascii_lowercase();
+    if lower.ends_with("[]") {
+        return Some(is_list(t));
+    }
+    let base = lower.split('(').next().unwrap_or_default().trim();
+    Some(match base {
+        "int2" | "smallserial" => matches!(t, DataType::Int16),
+        "int4" | "serial" => matches!(t, DataType::Int32),
+        "int8" | "bigserial" => matches!(t, DataType::Int64),
+        "float4" => matches!(t, DataType::Float32),
+        "float8" => matches!(t, DataType::Float64),
+        "bpchar" | "character" | "name" | "citext" | "uuid" | "json" | "jsonb" => is_string(t),
+        "bytea" => is_binary(t),
+        "timestamp without time zone" => matches!(t, DataType::Timestamp(_, None)),
+        "timestamptz" | "timestamp with time zone" => {
+            matches!(t, DataType::Timestamp(_, Some(_)))
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::datatypes::TimeUnit;
+    use std::sync::Arc;
 
     fn col(logical: Option<LogicalType>, physical: Option<&str>) -> ColumnDef {
         ColumnDef {
@@ -187,6 +230,33 @@ mod tests {
         assert!(type_mismatch(&c, &DataType::Date32).is_some());
         let c = col(None, Some("BIGINT"));
         assert!(type_mismatch(&c, &DataType::Int32).is_some());
+    }
+
+    #[test]
+    fn postgres_names_are_postgres_types() {
+        let c = col(None, Some("int8"));
+        assert!(postgres_type_mismatch(&c, &DataType::Int64).is_none());
+        assert!(
+            type_mismatch(&c, &DataType::Int64).is_some(),
+            "Spark's int8 is a byte"
+        );
+        let c = col(None, Some("timestamptz"));
+        let zoned = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        assert!(postgres_type_mismatch(&c, &zoned).is_none());
+        assert!(
+            postgres_type_mismatch(&c, &DataType::Timestamp(TimeUnit::Microsecond, None)).is_some()
+        );
+        let c = col(None, Some("numeric(12,2)"));
+        assert!(postgres_type_mismatch(&c, &DataType::Decimal128(12, 2)).is_none());
+        assert!(postgres_type_mismatch(&c, &DataType::Decimal128(38, 10)).is_some());
+        let c = col(None, Some("text[]"));
+        let list = DataType::List(Arc::new(arrow::datatypes::Field::new(
+            "item",
+            DataType::Utf8,
+            true,
+        )));
+        assert!(postgres_type_mismatch(&c, &list).is_none());
+        assert!(postgres_type_mismatch(&col(None, Some("jsonb")), &DataType::Utf8).is_none());
     }
 
     #[test]

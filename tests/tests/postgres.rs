@@ -101,17 +101,17 @@ schema:
       - { name: region, logicalType: string, physicalType: VARCHAR, required: true }
       - { name: balance, logicalType: number, physicalType: "NUMERIC(12,2)" }
       - { name: signed_up, logicalType: date }
-      - { name: last_seen, logicalType: timestamp }
+      - { name: last_seen, logicalType: timestamp, physicalType: timestamptz }
       - { name: created, logicalType: timestamp }
-      - { name: tags, logicalType: array }
+      - { name: tags, logicalType: array, physicalType: "text[]" }
       - { name: scores, logicalType: array }
-      - { name: profile, logicalType: string }
+      - { name: profile, logicalType: string, physicalType: jsonb }
       - { name: uid, logicalType: string }
       - { name: photo }
       - { name: active, logicalType: boolean }
       - { name: score, logicalType: number }
       - { name: small, logicalType: integer }
-      - { name: big, logicalType: integer, physicalType: BIGINT }
+      - { name: big, logicalType: integer, physicalType: int8 }
       - { name: code, logicalType: string }
 "#
         .replace("PORT", &pg.port.to_string()),
@@ -418,4 +418,42 @@ async fn source_failures_reach_clients_as_unavailable_or_permission_denied() {
             && s.message().contains("urn:dataproduct:crm:customers"),
         "{s}"
     );
+}
+
+/// A contract that no longer matches the database: a missing column and a
+/// column of another type are drift, listed and refused by name; the
+/// other columns are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_table_that_drifted_from_its_contract_is_refused_by_column() {
+    let pg = TestPostgres::start();
+    shop(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    mesh(dir.path(), &pg);
+    let file = dir.path().join("customers.odcs.yaml");
+    let contract = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        contract
+            .replace(
+                "      - { name: small, logicalType: integer }",
+                "      - { name: small, logicalType: integer, physicalType: int8 }\n      - { name: gone, logicalType: string }",
+            ),
+    )
+    .unwrap();
+    let engine = Engine::load(config(dir.path())).await.unwrap();
+    let problems: Vec<String> = engine.problems().iter().map(ToString::to_string).collect();
+    let text = problems.join("\n");
+    assert!(text.contains("`gone` is missing"), "{text}");
+    assert!(
+        text.contains("column `small`") && text.contains("int8"),
+        "{text}"
+    );
+    let e = query(&engine, "pat", "SELECT small FROM crm.customers")
+        .await
+        .unwrap_err();
+    assert!(e.contains("`small`") && e.contains("drifted"), "{e}");
+    let ok = query(&engine, "pat", "SELECT count(big) AS n FROM crm.customers")
+        .await
+        .unwrap();
+    assert!(ok.contains("| 200 "), "{ok}");
 }
