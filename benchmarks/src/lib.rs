@@ -6,6 +6,7 @@
 //! not tests: nothing here asserts a time.
 
 pub mod catalog_scale;
+pub mod federation;
 pub mod flight;
 pub mod runners;
 pub mod tpch;

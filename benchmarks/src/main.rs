@@ -41,7 +41,9 @@ struct Args {
     #[arg(long)]
     partitions: Option<usize>,
     /// Measurements to run: policy, format, flight, clients, accel,
-    /// distributed, catalog, memory, peers; not in the default set: `settings` (a sweep
+    /// distributed, catalog, memory, peers; not in the default set:
+    /// `federation` (PostgreSQL, which needs Debian's `postgresql`
+    /// package), `settings` (a sweep
     /// of DataFusion settings) and `fetch` (only the `lineitem` fetch over
     /// Flight SQL, to profile).
     #[arg(
@@ -50,6 +52,9 @@ struct Args {
         default_value = "policy,format,flight,clients,accel,distributed,catalog,memory,peers"
     )]
     only: Vec<String>,
+    /// Rows of the PostgreSQL table of the `federation` measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    federation_rows: u64,
     /// Products in the catalog-scale mesh.
     #[arg(long, default_value_t = 10_000)]
     products: usize,
@@ -195,6 +200,15 @@ async fn run(args: &Args) -> Result<String> {
     }
     if want("catalog") {
         catalog(args, &root, &mut out).await?;
+    }
+    if want("federation") {
+        differ += meshq_benchmarks::federation::federation(
+            args.warmup,
+            args.runs,
+            args.federation_rows,
+            &mut out,
+        )
+        .await?;
     }
     if want("memory") {
         memory(args, &root, partitions, &mut out).await?;

@@ -12,7 +12,9 @@ fn the_harness_answers_like_raw_datafusion() {
         .arg(dir.path())
         .args([
             "--only",
-            "policy,format,flight,accel,distributed,catalog",
+            "policy,format,flight,accel,distributed,catalog,federation",
+            "--federation-rows",
+            "10000",
             "--products",
             "100",
             "--latency-queries",
@@ -36,6 +38,7 @@ fn the_harness_answers_like_raw_datafusion() {
         "Accelerated ports",
         "Distributed",
         "Catalog scale",
+        "Federation (PostgreSQL",
     ] {
         assert!(report.contains(section), "{report}");
     }

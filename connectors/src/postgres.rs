@@ -728,6 +728,8 @@ pub struct PostgresExec {
     schema: SchemaRef,
     reads: Vec<Read>,
     properties: Arc<PlanProperties>,
+    /// `output_rows`: the rows PostgreSQL sent.
+    metrics: datafusion::physical_plan::metrics::ExecutionPlanMetricsSet,
 }
 
 impl PostgresExec {
@@ -751,6 +753,7 @@ impl PostgresExec {
             schema,
             reads,
             properties,
+            metrics: Default::default(),
         }
     }
 
@@ -813,6 +816,10 @@ impl ExecutionPlan for PostgresExec {
         Ok(self)
     }
 
+    fn metrics(&self) -> Option<datafusion::physical_plan::metrics::MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -831,6 +838,8 @@ impl ExecutionPlan for PostgresExec {
         let schema = Arc::clone(&self.schema);
         let reads = self.reads.clone();
         let table = self.table.clone();
+        let sent = datafusion::physical_plan::metrics::MetricBuilder::new(&self.metrics)
+            .output_rows(partition);
         builder.spawn(async move {
             let db = pool.describe();
             let fail = |e: &tokio_postgres::Error| source_error(&table, &db, e);
@@ -848,6 +857,7 @@ impl ExecutionPlan for PostgresExec {
             let mut batch = Batch::new(&schema, batch_size);
             while let Some(row) = rows.try_next().await.map_err(|e| fail(&e))? {
                 batch.push(&row, &reads, &table)?;
+                sent.add(1);
                 if batch.rows == batch_size {
                     let full = std::mem::replace(&mut batch, Batch::new(&schema, batch_size));
                     if tx.send(full.finish(&schema)).await.is_err() {
