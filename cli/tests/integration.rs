@@ -11,6 +11,7 @@ mod cluster;
 mod flight;
 mod governance;
 mod ops;
+mod sources;
 
 fn meshq() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshq"));
