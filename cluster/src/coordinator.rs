@@ -93,7 +93,7 @@ impl meshq_engine::engine::Distribution for Coordinator {
             .with_distributed_worker_resolver(self.workers.clone())
             .with_distributed_channel_resolver(self.resolver.clone())
             .with_distributed_user_codec(MeshCodec)
-            .with_distributed_option_extension(MaskFunctions::fresh())
+            .with_distributed_option_extension(MaskFunctions::default())
             .with_distributed_option_extension(SessionSettings::default())
             .with_distributed_planner();
         if let Some(config) = builder.config() {
@@ -218,11 +218,15 @@ impl ClusterPlanner {
 fn send_masks(plan: &Arc<dyn ExecutionPlan>, session: &dyn Session) -> Result<()> {
     let masks = crate::travel::masks_of(plan)?;
     match session.config().options().extensions.get::<MaskFunctions>() {
-        Some(list) => {
+        Some(list) if list.is_own() => {
             // Always written, so nothing but this plan's masks travels.
             list.set_all(masks);
             Ok(())
         }
+        Some(_) if !masks.is_empty() => Err(datafusion::error::DataFusionError::NotImplemented(
+            "the statement has no list of masks of its own".into(),
+        )),
+        Some(_) => Ok(()),
         None if masks.is_empty() => Ok(()),
         None => Err(datafusion::error::DataFusionError::NotImplemented(
             "the statement has no list of masks for the workers".into(),

@@ -184,22 +184,37 @@ impl WorkerSecrets {
 /// its requests. Clones share the list: the planner writes it into the
 /// statement's configuration, and the copy that runs the plan reads it.
 #[derive(Debug, Clone, Default)]
-pub struct MaskFunctions(Arc<Mutex<Vec<TravellingMask>>>);
+pub struct MaskFunctions {
+    list: Arc<Mutex<Vec<TravellingMask>>>,
+    /// Made for one statement ([`Self::fresh`]). The instance every
+    /// statement's configuration starts from is shared, and a plan whose
+    /// masks it would hold stays on the coordinator rather than risk
+    /// another statement's list.
+    own: bool,
+}
 
 impl MaskFunctions {
     /// A list of this statement's own (not shared with another's).
     pub fn fresh() -> Self {
-        Self::default()
+        Self {
+            list: Arc::default(),
+            own: true,
+        }
+    }
+
+    /// Whether this list belongs to one statement.
+    pub fn is_own(&self) -> bool {
+        self.own
     }
 
     /// Replaces the list.
     pub fn set_all(&self, masks: Vec<TravellingMask>) {
-        *self.0.lock() = masks;
+        *self.list.lock() = masks;
     }
 
     /// The list.
     pub fn masks(&self) -> Vec<TravellingMask> {
-        self.0.lock().clone()
+        self.list.lock().clone()
     }
 }
 
