@@ -395,14 +395,16 @@ fn map_type(
         "bigint" => (DataType::Int64, Read::Native, Ordered),
         "real" => (DataType::Float32, Read::Native, Ordered),
         "double precision" => (DataType::Float64, Read::Native, Ordered),
-        "numeric" => {
-            let (p, s) = match (precision, scale) {
-                (Some(p), Some(s)) if (1..=38).contains(&p) => (p as u8, s as i8),
-                // Unconstrained numeric: 38 digits, 10 after the point.
-                _ => (38, 10),
-            };
-            (DataType::Decimal128(p, s), Read::Text, Ordered)
-        }
+        "numeric" => match (precision, scale) {
+            (Some(p), Some(s)) if (1..=38).contains(&p) && (0..=p).contains(&s) => {
+                (DataType::Decimal128(p as u8, s as i8), Read::Text, Ordered)
+            }
+            // Unconstrained numeric: 38 digits, 10 after the point.
+            (None, _) => (DataType::Decimal128(38, 10), Read::Text, Ordered),
+            // More than 38 digits, or a scale outside 0..=precision
+            // (PostgreSQL 15 allows both): its text.
+            _ => (DataType::Utf8, Read::Text, Never),
+        },
         "boolean" => (DataType::Boolean, Read::Native, Ordered),
         "text" | "character varying" => (DataType::Utf8, Read::Native, Equality),
         // Blank-padded: its comparisons pad, DataFusion's do not.
@@ -893,11 +895,15 @@ fn builder_for(t: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
         DataType::Boolean => Box::new(BooleanBuilder::with_capacity(capacity)),
         DataType::Date32 => Box::new(Date32Builder::with_capacity(capacity)),
         DataType::Binary => Box::new(BinaryBuilder::with_capacity(capacity, capacity * 16)),
-        DataType::Decimal128(p, s) => Box::new(
-            Decimal128Builder::with_capacity(capacity)
-                .with_precision_and_scale(*p, *s)
-                .expect("checked when the table was opened"),
-        ),
+        DataType::Decimal128(p, s) => {
+            let b = Decimal128Builder::with_capacity(capacity);
+            // Precision and scale come from `map_type`, which keeps them
+            // valid; the cast in `finish` would catch one that is not.
+            Box::new(
+                b.with_precision_and_scale(*p, *s)
+                    .unwrap_or_else(|_| Decimal128Builder::with_capacity(capacity)),
+            )
+        }
         DataType::Timestamp(TimeUnit::Microsecond, tz) => Box::new(
             TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone_opt(tz.clone()),
         ),
@@ -1120,6 +1126,15 @@ mod tests {
             DataType::Decimal128(12, 2)
         );
         assert_eq!(t("numeric", "numeric"), DataType::Decimal128(38, 10));
+        // PostgreSQL 15 allows a scale above the precision, and 1000 digits.
+        assert_eq!(
+            map_type("numeric", "numeric", Some(2), Some(5)).0,
+            DataType::Utf8
+        );
+        assert_eq!(
+            map_type("numeric", "numeric", Some(60), Some(2)).0,
+            DataType::Utf8
+        );
         assert_eq!(
             t("timestamp with time zone", "timestamptz"),
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
