@@ -218,6 +218,37 @@ impl MaskFunctions {
     }
 }
 
+/// A list as it travels in a header value: JSON in hex (a header value is
+/// visible ASCII, a mask's padding may not be); `None` when empty.
+fn encode_list<T: Serialize>(list: &[T]) -> Option<String> {
+    if list.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(list).ok().map(hex::encode)
+}
+
+/// The list `value` holds for the setting `prefix.key`; an error naming
+/// it when `key` is not `expected` or the value is not a list.
+fn decode_list<T: for<'de> Deserialize<'de>>(
+    prefix: &str,
+    key: &str,
+    expected: &str,
+    value: &str,
+) -> Result<Vec<T>> {
+    if key != expected {
+        return Err(DataFusionError::Configuration(format!(
+            "{prefix}.{key} is not a setting"
+        )));
+    }
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad =
+        |e: &dyn std::fmt::Display| DataFusionError::Configuration(format!("{prefix}.{key}: {e}"));
+    let json = hex::decode(value).map_err(|e| bad(&e))?;
+    serde_json::from_slice(&json).map_err(|e| bad(&e))
+}
+
 const KEY: &str = "masks";
 
 impl ConfigExtension for MaskFunctions {
@@ -238,32 +269,14 @@ impl ExtensionOptions for MaskFunctions {
     }
 
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        if key != KEY {
-            return Err(DataFusionError::Configuration(format!(
-                "meshq_cluster.{key} is not a setting"
-            )));
-        }
-        let masks = if value.is_empty() {
-            Vec::new()
-        } else {
-            // Hex: a header value is visible ASCII, a padding may not be.
-            let json = hex::decode(value)
-                .map_err(|e| DataFusionError::Configuration(format!("meshq_cluster.masks: {e}")))?;
-            serde_json::from_slice(&json)
-                .map_err(|e| DataFusionError::Configuration(format!("meshq_cluster.masks: {e}")))?
-        };
-        self.set_all(masks);
+        self.set_all(decode_list(Self::PREFIX, key, KEY, value)?);
         Ok(())
     }
 
     fn entries(&self) -> Vec<ConfigEntry> {
-        let masks = self.masks();
-        let value = (!masks.is_empty())
-            .then(|| serde_json::to_vec(&masks).ok().map(hex::encode))
-            .flatten();
         vec![ConfigEntry {
             key: KEY.to_string(),
-            value,
+            value: encode_list(&self.masks()),
             description: "mask functions the statement's plan fragments call (set by the coordinator)",
         }]
     }
@@ -349,31 +362,14 @@ impl ExtensionOptions for SessionSettings {
     }
 
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        if key != SETTINGS_KEY {
-            return Err(DataFusionError::Configuration(format!(
-                "meshq_session.{key} is not a setting"
-            )));
-        }
-        self.0 = if value.is_empty() {
-            Vec::new()
-        } else {
-            let json = hex::decode(value).map_err(|e| {
-                DataFusionError::Configuration(format!("meshq_session.settings: {e}"))
-            })?;
-            serde_json::from_slice(&json).map_err(|e| {
-                DataFusionError::Configuration(format!("meshq_session.settings: {e}"))
-            })?
-        };
+        self.0 = decode_list(Self::PREFIX, key, SETTINGS_KEY, value)?;
         Ok(())
     }
 
     fn entries(&self) -> Vec<ConfigEntry> {
-        let value = (!self.0.is_empty())
-            .then(|| serde_json::to_vec(&self.0).ok().map(hex::encode))
-            .flatten();
         vec![ConfigEntry {
             key: SETTINGS_KEY.to_string(),
-            value,
+            value: encode_list(&self.0),
             description: "the statement's settings the workers apply (set by the coordinator)",
         }]
     }

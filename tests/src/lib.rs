@@ -24,6 +24,19 @@ pub fn fixture_engine_config(dir: &Path) -> EngineConfig {
     config
 }
 
+/// The mesh at `dir` on a coordinator over two workers served in this
+/// process on loopback (every file scan split as finely as the library
+/// allows), with each worker's credential check.
+pub async fn fixture_cluster_engine(
+    dir: &Path,
+) -> Result<(meshq_engine::Engine, Vec<meshq_cluster::Verifier>)> {
+    let mut config = fixture_engine_config(dir);
+    let (coordinator, verifiers) =
+        meshq_cluster::loopback::loopback_cluster(dir, 2, &config.secret_env_fallback).await?;
+    config.distribution = Some(std::sync::Arc::new(coordinator));
+    Ok((meshq_engine::Engine::load(config).await?, verifiers))
+}
+
 /// Scale of the fixture's demo domains: small, but enough rows per region
 /// and day for joins and aggregates to mean something.
 pub const FIXTURE_SCALE: DemoScale = DemoScale {

@@ -199,6 +199,27 @@ async fn run_corpus(
     out
 }
 
+/// The corpus on `engine` (the fixture mesh at `dir`, served `through`
+/// a cluster or a database), on both paths: ana sees no raw value, and
+/// pat's raw values come through (the control).
+async fn corpus_holds(engine: &meshq_engine::Engine, dir: &std::path::Path, through: &str) {
+    let mesh = dir.canonicalize().unwrap().display().to_string();
+    let secrets = secrets().await;
+    let as_ = |name: &str| engine.session(&engine.mesh().config.principal(name).unwrap());
+    for served in [false, true] {
+        let CorpusRun {
+            found, answered, ..
+        } = run_corpus(&as_("ana"), &secrets, &mesh, served).await;
+        assert!(
+            found.is_empty(),
+            "leaks as ana through {through}: {found:#?}"
+        );
+        assert!(answered >= 20, "only {answered} queries answered");
+        let CorpusRun { found, .. } = run_corpus(&as_("pat"), &secrets, &mesh, served).await;
+        assert!(found.len() >= 10, "the detector found only {found:?}");
+    }
+}
+
 /// With the result cache on and every query first run by pat (who sees raw
 /// values), ana's answers, fresh or from the cache, still reveal nothing.
 #[tokio::test]
@@ -245,29 +266,11 @@ async fn the_result_cache_serves_no_raw_value_to_a_restricted_principal() {
 async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
     let dir = tempfile::tempdir().unwrap();
     meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
-    let mut config = meshq_tests::fixture_engine_config(dir.path());
-    let (coordinator, verifiers) =
-        meshq_cluster::loopback::loopback_cluster(dir.path(), 2, &config.secret_env_fallback)
-            .await
-            .unwrap();
-    config.distribution = Some(std::sync::Arc::new(coordinator));
-    let engine = meshq_engine::Engine::load(config).await.unwrap();
-    let mesh = dir.path().canonicalize().unwrap().display().to_string();
-    let secrets = secrets().await;
+    let (engine, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
     let as_ = |name: &str| engine.session(&engine.mesh().config.principal(name).unwrap());
-    for served in [false, true] {
-        let CorpusRun {
-            found, answered, ..
-        } = run_corpus(&as_("ana"), &secrets, &mesh, served).await;
-        assert!(
-            found.is_empty(),
-            "leaks as ana through the cluster: {found:#?}"
-        );
-        assert!(answered >= 20, "only {answered} queries answered");
-        // Control: pat's raw values come through the cluster too.
-        let CorpusRun { found, .. } = run_corpus(&as_("pat"), &secrets, &mesh, served).await;
-        assert!(found.len() >= 10, "the detector found only {found:?}");
-    }
+    corpus_holds(&engine, dir.path(), "the cluster").await;
     for v in &verifiers {
         assert!(v.accepted() > 0, "a worker ran no fragment");
         assert_eq!(v.refused(), 0);
@@ -458,12 +461,7 @@ async fn a_postgres_product_serves_no_raw_value_to_a_restricted_principal() {
         .secret_env_fallback
         .insert("MESHQ_TEST_PG_PASSWORD".into(), "reader-secret".into());
     let engine = meshq_engine::Engine::load(config).await.unwrap();
-    let errors: Vec<String> = engine
-        .problems()
-        .iter()
-        .filter(|p| p.is_error())
-        .map(ToString::to_string)
-        .collect();
+    let errors = crate::common::error_problems(&engine);
     assert!(errors.is_empty(), "{errors:#?}");
     let plan = run(
         &engine.session(&engine.mesh().config.principal("ana").unwrap()),
@@ -475,22 +473,9 @@ async fn a_postgres_product_serves_no_raw_value_to_a_restricted_principal() {
         .unwrap()
         .to_string();
     assert!(plan.contains("PostgresExec: table=sales.orders"), "{plan}");
-    let mesh = dir.path().canonicalize().unwrap().display().to_string();
-    let secrets = secrets().await;
-    let as_ = |name: &str| engine.session(&engine.mesh().config.principal(name).unwrap());
-    for served in [false, true] {
-        let CorpusRun {
-            found, answered, ..
-        } = run_corpus(&as_("ana"), &secrets, &mesh, served).await;
-        assert!(
-            found.is_empty(),
-            "leaks as ana through PostgreSQL: {found:#?}"
-        );
-        assert!(answered >= 20, "only {answered} queries answered");
-        let CorpusRun { found, .. } = run_corpus(&as_("pat"), &secrets, &mesh, served).await;
-        assert!(found.len() >= 10, "the detector found only {found:?}");
-    }
+    corpus_holds(&engine, dir.path(), "PostgreSQL").await;
     // The raw emails never went to the database as a predicate.
+    let secrets = secrets().await;
     let log = pg.log();
     for s in secrets.iter().filter(|s| s.contains('@')) {
         assert!(!log.contains(s.as_str()), "{s} reached PostgreSQL");

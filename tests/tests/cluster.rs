@@ -13,13 +13,9 @@ async fn a_worker_runs_a_stage_with_the_sessions_time_zone() {
     let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
         .await
         .unwrap();
-    let mut config = meshq_tests::fixture_engine_config(dir.path());
-    let (coordinator, verifiers) =
-        meshq_cluster::loopback::loopback_cluster(dir.path(), 2, &config.secret_env_fallback)
-            .await
-            .unwrap();
-    config.distribution = Some(std::sync::Arc::new(coordinator));
-    let cluster = meshq_engine::Engine::load(config).await.unwrap();
+    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
     // SET is an admin's: pat with the admin role.
     let answer = |engine: meshq_engine::Engine| async move {
         let mut pat = engine.mesh().config.principal("pat").unwrap();

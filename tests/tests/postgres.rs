@@ -150,12 +150,7 @@ async fn a_postgres_table_is_a_governed_product() {
     let dir = tempfile::tempdir().unwrap();
     mesh(dir.path(), &pg);
     let engine = Engine::load(config(dir.path())).await.unwrap();
-    let errors: Vec<String> = engine
-        .problems()
-        .iter()
-        .filter(|p| p.is_error())
-        .map(ToString::to_string)
-        .collect();
+    let errors = crate::common::error_problems(&engine);
     assert!(errors.is_empty(), "{errors:#?}");
 
     // Every type, as pat (no mask, no filter) sees it.

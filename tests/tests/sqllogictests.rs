@@ -43,7 +43,9 @@ async fn main() -> std::process::ExitCode {
     files.sort();
     let (mut passed, mut failed) = run_files(&engine, &files, &mesh_dir, complete, false, "").await;
     if !complete {
-        let (cluster, verifiers) = cluster_engine(dir.path()).await;
+        let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
+            .await
+            .expect("cluster");
         let (p, f) = run_files(&cluster, &files, &mesh_dir, false, true, "on a cluster: ").await;
         passed += p;
         failed += f;
@@ -60,19 +62,6 @@ async fn main() -> std::process::ExitCode {
     } else {
         std::process::ExitCode::SUCCESS
     }
-}
-
-/// The fixture mesh on a coordinator over two workers, every file scan
-/// split as finely as the library allows.
-async fn cluster_engine(dir: &Path) -> (Engine, Vec<meshq_cluster::Verifier>) {
-    let mut config = fixture_engine_config(dir);
-    let (coordinator, verifiers) =
-        meshq_cluster::loopback::loopback_cluster(dir, 2, &config.secret_env_fallback)
-            .await
-            .expect("cluster");
-    config.distribution = Some(std::sync::Arc::new(coordinator));
-    let engine = Engine::load(config).await.expect("fixture mesh loads");
-    (engine, verifiers)
 }
 
 /// Runs `files` on `engine`; (passed, failed).
