@@ -22,6 +22,9 @@ pub enum Format {
     /// A table or view of a PostgreSQL database (server `type:
     /// postgresql`).
     Postgres,
+    /// A table of a remote Flight SQL server (server `type: custom,
+    /// format: flightsql`).
+    FlightSql,
 }
 
 impl Format {
@@ -33,6 +36,7 @@ impl Format {
             "iceberg" => Self::Iceberg,
             "csv" => Self::Csv,
             "json" => Self::Json,
+            "flightsql" => Self::FlightSql,
             _ => return None,
         })
     }
@@ -47,6 +51,7 @@ impl std::fmt::Display for Format {
             Self::Csv => "csv",
             Self::Json => "json",
             Self::Postgres => "postgresql",
+            Self::FlightSql => "flightsql",
         })
     }
 }
@@ -80,6 +85,23 @@ pub enum Location {
         /// Table or view name.
         table: String,
     },
+    /// A table of a remote Flight SQL server.
+    FlightSql {
+        /// `grpc://host:port` or `grpc+tls://host:port`, as the contract
+        /// server's `endpointUrl` gives it.
+        endpoint: String,
+        /// The remote `catalog.schema.table`, `schema.table` or `table`.
+        table: String,
+    },
+}
+
+impl Location {
+    /// Whether the table lives in a database or a remote server rather
+    /// than in files: no result caching, statistics or acceleration
+    /// versions from files apply.
+    pub fn is_remote_database(&self) -> bool {
+        matches!(self, Self::Postgres { .. } | Self::FlightSql { .. })
+    }
 }
 
 impl std::fmt::Display for Location {
@@ -98,6 +120,7 @@ impl std::fmt::Display for Location {
                 f,
                 "postgresql://{host}:{port}/{database} table {schema}.{table}"
             ),
+            Self::FlightSql { endpoint, table } => write!(f, "{endpoint} table {table}"),
         }
     }
 }

@@ -308,6 +308,33 @@ pub enum StoreConfig {
         #[serde(default)]
         statement_timeout: Option<String>,
     },
+    /// A remote Flight SQL server whose tables products publish: the
+    /// contract server (`format: flightsql`) with the same `endpointUrl`
+    /// uses this entry's credentials.
+    Flightsql {
+        /// `grpc://host:port` or `grpc+tls://host:port`.
+        endpoint: String,
+        /// Basic authentication (a Flight handshake): the login…
+        #[serde(default)]
+        username: Option<String>,
+        /// …and its password, `{ env: VAR }`.
+        #[serde(default)]
+        password: Option<SecretRef>,
+        /// Bearer authentication: a token, `{ env: VAR }`.
+        #[serde(default)]
+        token: Option<SecretRef>,
+        /// A PEM file of the certificate authority that signed the
+        /// server's certificate (for `grpc+tls://`); the system's roots
+        /// otherwise. Relative to the mesh root.
+        #[serde(default)]
+        ca_certificate: Option<String>,
+        /// Statements run at once at most (default 4).
+        #[serde(default)]
+        pool_size: Option<usize>,
+        /// Limit of each remote statement, e.g. `30s` or `2m`.
+        #[serde(default)]
+        timeout: Option<String>,
+    },
 }
 
 /// An Iceberg catalog.

@@ -154,3 +154,31 @@ mod tests {
         );
     }
 }
+
+/// A failure of a database or remote server behind a table, named for the
+/// table and the source it served; the engine maps it to a status
+/// (UNAVAILABLE, PERMISSION_DENIED, …) by [`Self::kind`].
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    /// What to tell the user, naming the table and source, never the
+    /// credentials.
+    pub message: String,
+    /// What kind of failure it is.
+    pub kind: SourceErrorKind,
+}
+
+/// Kinds of [`SourceError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// The source could not be reached, or the connection broke.
+    Unavailable,
+    /// The login or the table's privileges refused the read.
+    PermissionDenied,
+    /// The table or a column is missing at the source.
+    NotFound,
+    /// The statement ran out of its time or was cancelled.
+    Cancelled,
+    /// Anything else the source reported.
+    Source,
+}

@@ -142,7 +142,7 @@ async fn listed_files(
         Format::Parquet => ".parquet",
         Format::Csv => ".csv",
         Format::Json => ".json",
-        Format::Delta | Format::Iceberg | Format::Postgres => return None,
+        Format::Delta | Format::Iceberg | Format::Postgres | Format::FlightSql => return None,
     };
     let mut files = Vec::new();
     let mut listing = store.list(Some(&prefix));

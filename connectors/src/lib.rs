@@ -21,10 +21,12 @@ pub mod delta;
 pub mod error;
 pub mod facts;
 mod file_groups;
+pub mod flightsql;
 pub mod iceberg;
 pub mod mesh_scan;
 pub mod open;
 pub mod postgres;
+pub mod pushdown;
 pub mod store;
 pub mod types;
 

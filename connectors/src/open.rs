@@ -54,24 +54,31 @@ pub struct Sources {
     pub iceberg: Arc<IcebergCatalogs>,
     /// PostgreSQL connection pools, by host, port and database.
     pub postgres: Arc<crate::postgres::PostgresPools>,
+    /// Remote Flight SQL servers, by endpoint.
+    pub flightsql: Arc<crate::flightsql::FlightSqlRemotes>,
 }
 
 impl Sources {
     /// The `stores` and `catalogs` sections of `config`.
     pub fn new(config: &meshq_catalog::platform::PlatformConfig) -> Self {
-        Self::with_secrets(config, &Default::default())
+        Self::with_secrets(config, &Default::default(), std::path::Path::new("."))
     }
 
-    /// [`Self::new`], with database passwords read from the environment,
-    /// else from `fallback` (variables a program supplies).
+    /// [`Self::new`], with database passwords and tokens read from the
+    /// environment, else from `fallback` (variables a program supplies);
+    /// files the entries name are read from under the mesh's `root`.
     pub fn with_secrets(
         config: &meshq_catalog::platform::PlatformConfig,
         fallback: &std::collections::BTreeMap<String, String>,
+        root: &std::path::Path,
     ) -> Self {
         Self {
             stores: StoreRegistry::new(config),
             iceberg: Arc::new(IcebergCatalogs::new(config.catalogs.clone())),
             postgres: Arc::new(crate::postgres::PostgresPools::new(config, fallback)),
+            flightsql: Arc::new(crate::flightsql::FlightSqlRemotes::new(
+                config, fallback, root,
+            )),
         }
     }
 }
@@ -107,6 +114,20 @@ pub async fn open_table(
                 .map_err(|e| Error::read(format!("cannot open {location}"), location.clone(), e))?;
         return contract_view(def, Arc::new(opened));
     }
+    if let Location::FlightSql { endpoint, table } = &def.source.location {
+        let location = def.source.location.to_string();
+        let remote = sources
+            .flightsql
+            .remote_for(endpoint)
+            .map_err(|message| Error::Config {
+                name: endpoint.clone(),
+                message,
+            })?;
+        let opened = crate::flightsql::FlightSqlTable::open(remote, &def.qualified_name(), table)
+            .await
+            .map_err(|e| Error::read(format!("cannot open {location}"), location.clone(), e))?;
+        return contract_view(def, Arc::new(opened));
+    }
     if def.source.format == Format::Iceberg {
         let opened = crate::iceberg::open_iceberg(state, stores, &sources.iceberg, def).await?;
         let mut table = contract_view(def, opened.provider)?;
@@ -132,7 +153,7 @@ pub async fn open_table(
             let (provider, facts) = open_delta(state, &url).await?;
             (provider, Some(facts))
         }
-        Format::Iceberg | Format::Postgres => unreachable!("opened above"),
+        Format::Iceberg | Format::Postgres | Format::FlightSql => unreachable!("opened above"),
     };
     let mut table = contract_view(def, inner)?;
     table.facts = facts;
@@ -143,9 +164,9 @@ pub async fn open_table(
 fn location_url(location: &Location, format: Format) -> Result<Url> {
     match location {
         Location::Url(u) => Ok(u.clone()),
-        Location::Postgres { .. } => Err(Error::unsupported(
+        Location::Postgres { .. } | Location::FlightSql { .. } => Err(Error::unsupported(
             location.to_string(),
-            "a PostgreSQL table is opened by its pool, not by URL",
+            "a database or remote table is opened by its connection, not by URL",
         )),
         Location::Catalog { catalog, table } => Err(Error::unsupported(
             table.as_str(),
@@ -238,7 +259,7 @@ async fn open_listing(
                 ".json",
             )
         }
-        Format::Delta | Format::Iceberg | Format::Postgres => {
+        Format::Delta | Format::Iceberg | Format::Postgres | Format::FlightSql => {
             unreachable!("not a listing format")
         }
     };

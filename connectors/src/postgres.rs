@@ -7,7 +7,7 @@
 //! filters, and user predicates on unmasked columns the barrier lets
 //! through — so a predicate on a masked column never runs on the raw value
 //! at the source. Of those, this provider accepts only comparisons whose
-//! meaning PostgreSQL shares with DataFusion ([`pushable`]): `=`, `<>`,
+//! meaning PostgreSQL shares with DataFusion ([`crate::pushdown::pushable`]): `=`, `<>`,
 //! `IN` and `IS NULL` on text; ordering comparisons on numbers, dates and
 //! times only (text order depends on the database's collation); anything
 //! else stays in meshq.
@@ -30,20 +30,21 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DataFusionError, Result, ScalarValue};
+use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
-use datafusion::sql::unparser::Unparser;
 use datafusion::sql::unparser::dialect::PostgreSqlDialect;
 use futures::TryStreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls};
+
+use crate::error::{SourceError, SourceErrorKind};
+use crate::pushdown::Compare;
 
 /// How to reach one PostgreSQL database: the contract server's `host`,
 /// `port` and `database`, and the `stores` entry's credentials and limits.
@@ -109,7 +110,7 @@ pub struct PostgresPools(
 );
 
 /// A duration such as `30s`, `2m`, `500ms` or `1h`.
-fn parse_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let t = text.trim();
     let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit())?);
     let n: u64 = n.parse().ok()?;
@@ -275,39 +276,11 @@ impl PgPool {
     }
 }
 
-/// A PostgreSQL failure, named for the product it served; the engine maps
-/// it to a status (UNAVAILABLE, PERMISSION_DENIED, …) by [`Self::kind`].
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct PostgresError {
-    /// What to tell the user, naming the table and database, never the
-    /// credentials.
-    pub message: String,
-    /// What kind of failure it is.
-    pub kind: PostgresErrorKind,
-}
-
-/// Kinds of [`PostgresError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PostgresErrorKind {
-    /// The server could not be reached, or the connection broke.
-    Unavailable,
-    /// The login or the table's privileges refused the read.
-    PermissionDenied,
-    /// The table or a column is missing at the source.
-    NotFound,
-    /// The statement ran out of its time (`statement_timeout`) or was
-    /// cancelled.
-    Cancelled,
-    /// Anything else the server reported.
-    Source,
-}
-
 fn source_error(table: &str, db: &str, e: &tokio_postgres::Error) -> DataFusionError {
     use tokio_postgres::error::SqlState;
     let (kind, what) = match e.code() {
         Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => (
-            PostgresErrorKind::PermissionDenied,
+            SourceErrorKind::PermissionDenied,
             "the source refused the read (permission denied); the login in meshq.yaml `stores` needs SELECT on the table".to_string(),
         ),
         Some(c)
@@ -315,35 +288,35 @@ fn source_error(table: &str, db: &str, e: &tokio_postgres::Error) -> DataFusionE
                 || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
         {
             (
-                PostgresErrorKind::PermissionDenied,
+                SourceErrorKind::PermissionDenied,
                 "the source refused the login; check the user and password of its meshq.yaml `stores` entry".to_string(),
             )
         }
         Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_COLUMN => (
-            PostgresErrorKind::NotFound,
+            SourceErrorKind::NotFound,
             format!(
                 "the source has no such table or column: {}",
                 e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
             ),
         ),
         Some(c) if *c == SqlState::QUERY_CANCELED => (
-            PostgresErrorKind::Cancelled,
+            SourceErrorKind::Cancelled,
             "the statement was cancelled at the source (statement_timeout or a cancelled query)"
                 .to_string(),
         ),
         Some(_) => (
-            PostgresErrorKind::Source,
+            SourceErrorKind::Source,
             format!(
                 "the source failed: {}",
                 e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
             ),
         ),
         None => (
-            PostgresErrorKind::Unavailable,
+            SourceErrorKind::Unavailable,
             format!("the source cannot be reached ({e})"),
         ),
     };
-    DataFusionError::External(Box::new(PostgresError {
+    DataFusionError::External(Box::new(SourceError {
         message: format!("table `{table}` ({db}): {what}"),
         kind,
     }))
@@ -364,19 +337,6 @@ struct PgColumn {
     read: Read,
     /// Whether predicates on it may go to PostgreSQL, and which.
     compare: Compare,
-}
-
-/// Which comparisons on a column mean the same in PostgreSQL as in
-/// DataFusion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compare {
-    /// None: the column is compared in meshq only.
-    Never,
-    /// `=`, `<>`, `IN`, `IS NULL` (text: ordering follows the database's
-    /// collation).
-    Equality,
-    /// All comparisons (numbers, dates, times, booleans).
-    Ordered,
 }
 
 /// The Arrow type, read and comparisons of a column of PostgreSQL type
@@ -475,11 +435,11 @@ impl PostgresTable {
             .await
             .map_err(|e| source_error(table, &db, &e))?;
         if rows.is_empty() {
-            return Err(DataFusionError::External(Box::new(PostgresError {
+            return Err(DataFusionError::External(Box::new(SourceError {
                 message: format!(
                     "table `{table}` ({db}): the source shows no table `{schema}.{name}`; it does not exist, or the login in meshq.yaml `stores` may not see it"
                 ),
-                kind: PostgresErrorKind::NotFound,
+                kind: SourceErrorKind::NotFound,
             })));
         }
         let mut columns = Vec::new();
@@ -507,132 +467,15 @@ impl PostgresTable {
     }
 
     /// The SQL text of `filter`, when PostgreSQL evaluates it exactly as
-    /// DataFusion would ([`pushable`]).
+    /// DataFusion would ([`crate::pushdown::pushable`]).
     fn filter_sql(&self, filter: &Expr) -> Option<String> {
-        if !pushable(filter, &|name| {
+        let compare = |name: &str| {
             self.columns
                 .iter()
                 .find(|c| c.name == name)
                 .map(|c| c.compare)
-        }) {
-            return None;
-        }
-        // Columns as PostgreSQL knows them: unqualified.
-        let bare = filter
-            .clone()
-            .transform(|e| {
-                Ok(match e {
-                    Expr::Column(c) if c.relation.is_some() => {
-                        Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
-                    }
-                    other => Transformed::no(other),
-                })
-            })
-            .ok()?
-            .data;
-        let dialect = PostgreSqlDialect {};
-        Unparser::new(&dialect)
-            .expr_to_sql(&bare)
-            .ok()
-            .map(|ast| ast.to_string())
-    }
-}
-
-/// Whether `e` means the same in PostgreSQL as in DataFusion: columns
-/// whose comparisons `compare` allows, non-null literals of plain types,
-/// `AND`/`OR`/`NOT`, comparisons, `IN` lists, `IS [NOT] NULL` and
-/// `BETWEEN`. `compare` gives a column's [`Compare`], `None` for a column
-/// this table does not have.
-fn pushable(e: &Expr, compare: &dyn Fn(&str) -> Option<Compare>) -> bool {
-    // The weakest comparison an operand allows: a column's, or a literal's
-    // (text only equality, like text columns).
-    fn operand(e: &Expr, compare: &dyn Fn(&str) -> Option<Compare>) -> Option<Compare> {
-        match e {
-            Expr::Column(c) => compare(&c.name).filter(|c| *c != Compare::Never),
-            Expr::Literal(v, _) => literal(v),
-            _ => None,
-        }
-    }
-    fn literal(v: &ScalarValue) -> Option<Compare> {
-        if v.is_null() {
-            return None;
-        }
-        match v {
-            ScalarValue::Utf8(_) | ScalarValue::Utf8View(_) | ScalarValue::LargeUtf8(_) => {
-                Some(Compare::Equality)
-            }
-            ScalarValue::Boolean(_)
-            | ScalarValue::Int8(_)
-            | ScalarValue::Int16(_)
-            | ScalarValue::Int32(_)
-            | ScalarValue::Int64(_)
-            | ScalarValue::UInt8(_)
-            | ScalarValue::UInt16(_)
-            | ScalarValue::UInt32(_)
-            | ScalarValue::Float32(_)
-            | ScalarValue::Float64(_)
-            | ScalarValue::Decimal128(..)
-            | ScalarValue::Date32(_)
-            | ScalarValue::TimestampMicrosecond(..)
-            | ScalarValue::TimestampMillisecond(..)
-            | ScalarValue::TimestampSecond(..)
-            | ScalarValue::TimestampNanosecond(..) => Some(Compare::Ordered),
-            _ => None,
-        }
-    }
-    fn both(l: &Expr, r: &Expr, compare: &dyn Fn(&str) -> Option<Compare>, need: Compare) -> bool {
-        // One side is a column, the other a column or a literal.
-        let is_col = |e: &Expr| matches!(e, Expr::Column(_));
-        (is_col(l) || is_col(r))
-            && matches!(
-                (operand(l, compare), operand(r, compare)),
-                (Some(a), Some(b)) if a.min(b) >= need
-            )
-    }
-    match e {
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
-            Operator::And | Operator::Or => pushable(left, compare) && pushable(right, compare),
-            Operator::Eq | Operator::NotEq => both(left, right, compare, Compare::Equality),
-            Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq => {
-                both(left, right, compare, Compare::Ordered)
-            }
-            _ => false,
-        },
-        Expr::Not(inner) => pushable(inner, compare),
-        Expr::IsNull(inner) | Expr::IsNotNull(inner) => {
-            matches!(inner.as_ref(), Expr::Column(c) if compare(&c.name).is_some_and(|c| c != Compare::Never))
-        }
-        Expr::InList(list) => {
-            matches!(list.expr.as_ref(), Expr::Column(_))
-                && list.list.iter().all(|v| matches!(v, Expr::Literal(..)))
-                && list
-                    .list
-                    .iter()
-                    .all(|v| both(&list.expr, v, compare, Compare::Equality))
-        }
-        Expr::Between(b) => {
-            matches!(b.expr.as_ref(), Expr::Column(_))
-                && both(&b.expr, &b.low, compare, Compare::Ordered)
-                && both(&b.expr, &b.high, compare, Compare::Ordered)
-        }
-        _ => false,
-    }
-}
-
-impl PartialOrd for Compare {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Compare {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let rank = |c: &Compare| match c {
-            Compare::Never => 0,
-            Compare::Equality => 1,
-            Compare::Ordered => 2,
         };
-        rank(self).cmp(&rank(other))
+        crate::pushdown::filter_sql(filter, &compare, &PostgreSqlDialect {})
     }
 }
 
@@ -1077,45 +920,6 @@ fn append(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::logical_expr::{col, lit};
-
-    fn kinds(name: &str) -> Option<Compare> {
-        match name {
-            "id" | "amount" | "day" => Some(Compare::Ordered),
-            "region" | "email" => Some(Compare::Equality),
-            "code" => Some(Compare::Never),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn only_comparisons_postgres_shares_are_pushed() {
-        for e in [
-            col("region").eq(lit("EMEA")),
-            col("id").gt(lit(5)).and(col("region").not_eq(lit("AMER"))),
-            col("region").in_list(vec![lit("EMEA"), lit("APAC")], false),
-            col("amount").between(lit(1.0), lit(2.0)),
-            col("email").is_null(),
-            col("id").lt_eq(col("amount")),
-        ] {
-            assert!(pushable(&e, &kinds), "{e}");
-        }
-        for e in [
-            // Text order follows the database's collation.
-            col("region").lt(lit("M")),
-            // A blank-padded column, or one meshq reads as text.
-            col("code").eq(lit("x")),
-            // A function: its meaning at the source is not checked.
-            datafusion::functions::expr_fn::upper(col("region")).eq(lit("EMEA")),
-            col("region").like(lit("E%")),
-            // A column this table does not have.
-            col("other").eq(lit(1)),
-            col("id").eq(lit(ScalarValue::Int32(None))),
-            col("id").eq(lit(1)).or(col("region").lt(lit("M"))),
-        ] {
-            assert!(!pushable(&e, &kinds), "{e}");
-        }
-    }
 
     #[test]
     fn postgres_types_map_to_arrow() {

@@ -69,7 +69,7 @@ impl StoreRegistry {
                         bucket.as_deref()
                     }
                     StoreConfig::Azure { container, .. } => container.as_deref(),
-                    StoreConfig::Postgresql { .. } => return false,
+                    StoreConfig::Postgresql { .. } | StoreConfig::Flightsql { .. } => return false,
                 };
                 explicit.unwrap_or(name.as_str()) == bucket
             })

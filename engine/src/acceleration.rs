@@ -193,7 +193,7 @@ pub(crate) async fn source_version(
                 .map(|v| format!("files:{v:016x}"))
         }
         // A database table has no version meshq can read.
-        Format::Postgres => None,
+        Format::Postgres | Format::FlightSql => None,
     }
 }
 

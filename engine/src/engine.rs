@@ -197,7 +197,8 @@ impl Engine {
         let memory = memory_settings(&config, &mesh);
         let runtime = runtime_for(&memory, previous)?;
         let session_config = session_config(&config, memory.0.is_some())?;
-        let connections = Sources::with_secrets(&mesh.config, &config.secret_env_fallback);
+        let connections =
+            Sources::with_secrets(&mesh.config, &config.secret_env_fallback, &config.mesh_dir);
         let opener = SessionContext::new_with_state(
             SessionStateBuilder::new()
                 .with_config(session_config.clone())

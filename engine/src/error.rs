@@ -229,8 +229,8 @@ fn cause_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind 
         ErrorKind::PermissionDenied
     } else if let Some(s) = e.downcast_ref::<tonic::Status>() {
         status_kind(s)
-    } else if let Some(p) = e.downcast_ref::<meshq_connectors::postgres::PostgresError>() {
-        use meshq_connectors::postgres::PostgresErrorKind as K;
+    } else if let Some(p) = e.downcast_ref::<meshq_connectors::error::SourceError>() {
+        use meshq_connectors::error::SourceErrorKind as K;
         match p.kind {
             K::Unavailable => ErrorKind::Unavailable,
             K::PermissionDenied => ErrorKind::PermissionDenied,

@@ -109,8 +109,15 @@ impl QueryTrace {
         }
         let mut shapes = Vec::new();
         let _ = plan.apply(|node| {
-            if let Some(pg) = node.downcast_ref::<meshq_connectors::postgres::PostgresExec>()
-                && let (Some(shape), _) = audit::sql_shape(pg.sql())
+            let sql =
+                if let Some(pg) = node.downcast_ref::<meshq_connectors::postgres::PostgresExec>() {
+                    Some(pg.sql())
+                } else {
+                    node.downcast_ref::<meshq_connectors::flightsql::FlightSqlExec>()
+                        .map(|f| f.sql())
+                };
+            if let Some(sql) = sql
+                && let (Some(shape), _) = audit::sql_shape(sql)
             {
                 shapes.push(shape);
             }

@@ -6,6 +6,7 @@
 //! [`SltDb`] runs `.slt` files against an engine session.
 
 pub mod postgres;
+pub mod remote;
 pub mod slt;
 
 use std::path::Path;

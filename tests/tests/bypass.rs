@@ -202,7 +202,11 @@ async fn run_corpus(
 /// The corpus on `engine` (the fixture mesh at `dir`, served `through`
 /// a cluster or a database), on both paths: ana sees no raw value, and
 /// pat's raw values come through (the control).
-async fn corpus_holds(engine: &meshq_engine::Engine, dir: &std::path::Path, through: &str) {
+pub(crate) async fn corpus_holds(
+    engine: &meshq_engine::Engine,
+    dir: &std::path::Path,
+    through: &str,
+) {
     let mesh = dir.canonicalize().unwrap().display().to_string();
     let secrets = secrets().await;
     let as_ = |name: &str| engine.session(&engine.mesh().config.principal(name).unwrap());

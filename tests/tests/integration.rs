@@ -8,6 +8,7 @@ mod bypass;
 mod cluster;
 mod common;
 mod discovery;
+mod flightsql;
 mod iceberg;
 mod policy_equivalence;
 mod policy_plans;

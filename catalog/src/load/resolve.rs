@@ -83,7 +83,7 @@ impl Loader {
                     continue;
                 }
                 let in_catalog = format == Format::Iceberg && server.catalog.is_some();
-                let in_database = format == Format::Postgres;
+                let in_database = matches!(format, Format::Postgres | Format::FlightSql);
                 if lc.contract.schema.len() > 1
                     && !in_catalog
                     && !in_database
@@ -110,7 +110,12 @@ impl Loader {
                 };
                 for obj in &lc.contract.schema {
                     let physical = obj.physical_name.as_deref().unwrap_or(&obj.name);
-                    let location = if in_database {
+                    let location = if format == Format::FlightSql {
+                        Location::FlightSql {
+                            endpoint: location_template.clone(),
+                            table: physical.to_string(),
+                        }
+                    } else if in_database {
                         Location::Postgres {
                             host: server.host.clone().unwrap_or_default(),
                             port: server.port.map_or(5432, |p| p as u16),
@@ -250,7 +255,7 @@ impl Loader {
                 &lc.file,
                 line,
                 format!(
-                    "server `{}` has no `format`; use parquet, delta, iceberg, csv or json",
+                    "server `{}` has no `format`; use parquet, delta, iceberg, csv, json or flightsql",
                     s.server
                 ),
             );
@@ -261,12 +266,48 @@ impl Loader {
                 &lc.file,
                 line,
                 format!(
-                    "server `{}`: format `{format_text}` is not supported; use parquet, delta, iceberg, csv or json",
+                    "server `{}`: format `{format_text}` is not supported; use parquet, delta, iceberg, csv, json or flightsql",
                     s.server
                 ),
             );
             return None;
         };
+        if format == Format::FlightSql {
+            if s.kind != "custom" {
+                self.error(
+                    &lc.file,
+                    line,
+                    format!(
+                        "server `{}`: format flightsql is a remote Flight SQL server; declare it as `type: custom` with `endpointUrl: grpc://host:port`",
+                        s.server
+                    ),
+                );
+                return None;
+            }
+            let endpoint = s.endpoint_url.clone().unwrap_or_default();
+            let valid = ["grpc://", "grpc+tls://"].iter().any(|scheme| {
+                endpoint
+                    .strip_prefix(scheme)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+            });
+            if !valid {
+                self.error(
+                    &lc.file,
+                    line_of(&lc.text, "endpointUrl").or(line),
+                    format!(
+                        "server `{}` (format flightsql) needs `endpointUrl: grpc://host:port` (or `grpc+tls://host:port` for TLS){}",
+                        s.server,
+                        if endpoint.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", not `{endpoint}`")
+                        }
+                    ),
+                );
+                return None;
+            }
+            return Some((format, endpoint));
+        }
         let text = match s.kind.as_str() {
             "local" => s.path.clone().or_else(|| s.location.clone()),
             "s3" | "gcs" | "azure" | "custom" => s.location.clone().or_else(|| s.path.clone()),
@@ -275,7 +316,7 @@ impl Loader {
                     &lc.file,
                     line,
                     format!(
-                        "server `{}`: type `{other}` is not supported; meshq reads local, s3, gcs, azure and postgresql servers",
+                        "server `{}`: type `{other}` is not supported; meshq reads local, s3, gcs, azure, postgresql and custom (flightsql) servers",
                         s.server
                     ),
                 );
