@@ -1,7 +1,8 @@
-//! A PostgreSQL product served by the real `meshq serve`: the audit log
-//! records the statement sent to the database as a shape without
+//! Database and remote products served by the real `meshq serve`: the
+//! audit log records the statement sent to the source as a shape without
 //! literals, and a client gets UNAVAILABLE naming the product when the
-//! database stops, while the other products answer.
+//! source stops, while the other products answer. The remote Flight SQL
+//! source is a second `meshq serve` process behind TLS.
 
 use meshq_tests::postgres::TestPostgres;
 
@@ -102,6 +103,131 @@ async fn a_postgres_product_is_audited_with_its_source_statement() {
     );
     assert!(
         try_query(&mut ana, "SELECT count(*) FROM sales.orders")
+            .await
+            .is_ok()
+    );
+}
+
+/// The demo's `sales.orders` read from a second `meshq serve` (the demo
+/// mesh behind TLS, logged in to as `pat`, who sees raw values there): ana
+/// gets exactly what the remote would give her, the remote receives the
+/// row filter and the predicate on an unmasked column, and both audit
+/// logs show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_meshq_over_tls_is_a_governed_product() {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let (remote_dir, remote_mesh) = super::ops::copy_mesh();
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, cert_key) = (
+        remote_dir.path().join("cert.pem"),
+        remote_dir.path().join("key.pem"),
+    );
+    std::fs::write(&cert, key.cert.pem()).unwrap();
+    std::fs::write(&cert_key, key.signing_key.serialize_pem()).unwrap();
+    let remote_audit = remote_dir.path().join("audit.jsonl");
+    let remote = start_on(
+        &remote_mesh,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            cert_key.to_str().unwrap(),
+            "--audit-log",
+            remote_audit.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let endpoint = format!("grpc+tls://127.0.0.1:{}", remote.port);
+
+    let (dir, mesh) = super::ops::copy_mesh();
+    std::fs::write(mesh.join("remote-ca.pem"), key.cert.pem()).unwrap();
+    let contract_path = mesh.join("sales/orders.odcs.yaml");
+    let contract = std::fs::read_to_string(&contract_path).unwrap();
+    let server = "  - { server: local, type: local, format: delta, path: ./data/orders }";
+    assert!(contract.contains(server));
+    std::fs::write(
+        &contract_path,
+        contract
+            .replace(
+                server,
+                &format!("  - {{ server: local, type: custom, format: flightsql, endpointUrl: {endpoint} }}"),
+            )
+            .replace("    physicalName: orders\n", "    physicalName: sales.orders\n"),
+    )
+    .unwrap();
+    super::ops::append(
+        &mesh,
+        &format!(
+            "\nstores:\n  hub: {{ type: flightsql, endpoint: {endpoint}, username: pat, password: {{ env: MESHQ_TEST_REMOTE_PASSWORD }}, ca_certificate: remote-ca.pem }}\n"
+        ),
+    );
+    let audit = dir.path().join("audit.jsonl");
+    let local = start_on(
+        &mesh,
+        &["--audit-log", audit.to_str().unwrap()],
+        &[("MESHQ_TEST_REMOTE_PASSWORD", "pat-demo")],
+    );
+    let sql = "SELECT order_id, email, region, total_amount FROM sales.orders \
+               WHERE item_count > 3 ORDER BY order_id LIMIT 25";
+    let mut ana = login(&local, "ana").await;
+    let through_local = text(&try_query(&mut ana, sql).await.unwrap());
+    // The same question asked of the remote directly, as ana.
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{}", remote.port))
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(key.cert.pem())))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut ana_there = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    ana_there.handshake("ana", "ana-demo").await.unwrap();
+    let direct = text(&try_query(&mut ana_there, sql).await.unwrap());
+    assert_eq!(through_local, direct);
+    assert!(
+        through_local.contains("EMEA") && !through_local.contains("AMER"),
+        "{through_local}"
+    );
+
+    // The local audit: the statement sent, without literals.
+    let record: serde_json::Value = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["tables"] == serde_json::json!(["sales.orders"]))
+        .expect("the query's audit record");
+    let sent = record["source_statements"].to_string();
+    assert!(
+        sent.contains("\\\"region\\\" = ?") && sent.contains("\\\"item_count\\\" > ?"),
+        "{record}"
+    );
+    // The remote's audit: pat's statement, with the same predicates.
+    let received: Vec<serde_json::Value> = std::fs::read_to_string(&remote_audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["principal"] == "pat")
+        .collect();
+    assert!(
+        received.iter().any(|r| r["sql_shape"]
+            .as_str()
+            .is_some_and(|s| s.contains("\"region\" = ?") && s.contains("\"item_count\" > ?"))),
+        "{received:#?}"
+    );
+
+    // The remote stops: the product is UNAVAILABLE, named; the others
+    // answer.
+    drop(remote);
+    let status = try_query(&mut ana, "SELECT count(*) FROM sales.orders")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(
+        status.message().contains("sales.orders")
+            && status.message().contains("urn:dataproduct:sales:orders"),
+        "{status}"
+    );
+    assert!(
+        try_query(&mut ana, "SELECT count(*) FROM customers.profiles")
             .await
             .is_ok()
     );
