@@ -3,6 +3,8 @@
 //! through meshq with predicates PostgreSQL does not get (the same answer,
 //! every row transferred), and run directly in PostgreSQL. The server is
 //! started here (Debian's package, `initdb` into a temporary directory).
+//! Then the same three over a remote meshq serving a Parquet file of
+//! `rows` rows over Flight SQL ([`federation_flightsql`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -56,6 +58,11 @@ fn write_mesh(dir: &Path, port: u16) -> Result<()> {
 
 /// The rows `PostgresExec` received, from `EXPLAIN ANALYZE`.
 async fn rows_from_postgres(session: &meshq_engine::MeshSession, sql: &str) -> Result<u64> {
+    rows_received(session, sql, "PostgresExec").await
+}
+
+/// The rows the source node `node` received, from `EXPLAIN ANALYZE`.
+async fn rows_received(session: &meshq_engine::MeshSession, sql: &str, node: &str) -> Result<u64> {
     let batches = session
         .sql(&format!("EXPLAIN ANALYZE {sql}"))
         .await?
@@ -64,13 +71,13 @@ async fn rows_from_postgres(session: &meshq_engine::MeshSession, sql: &str) -> R
     let text = arrow::util::pretty::pretty_format_batches(&batches)?.to_string();
     let line = text
         .lines()
-        .find(|l| l.contains("PostgresExec"))
-        .context("no PostgresExec in the plan")?;
+        .find(|l| l.contains(node))
+        .with_context(|| format!("no {node} in the plan"))?;
     let n = line
         .split("output_rows=")
         .nth(1)
         .and_then(|r| r.split([',', ']']).next())
-        .context("no output_rows on PostgresExec")?;
+        .with_context(|| format!("no output_rows on {node}"))?;
     parse_count(n.trim()).with_context(|| format!("output_rows in {line}"))
 }
 
@@ -210,5 +217,236 @@ pub async fn federation(warmup: usize, runs: usize, rows: u64, out: &mut String)
             " All three answers are the same."
         }
     )?;
+    Ok(differ)
+}
+
+/// The remote mesh: `ops.events`, a Parquet file of `rows` rows like the
+/// PostgreSQL table, readable by `reader` (password [`PASSWORD`]).
+fn write_remote_mesh(dir: &Path, rows: u64) -> Result<()> {
+    use arrow::array::{
+        Decimal128Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("account", DataType::Int32, false),
+        Field::new("region", DataType::Utf8, false),
+        Field::new("amount", DataType::Decimal128(12, 2), false),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            false,
+        ),
+        Field::new("note", DataType::Utf8, false),
+    ]));
+    let file = std::fs::File::create(dir.join("events.parquet"))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, Arc::clone(&schema), None)?;
+    let regions = ["EMEA", "AMER", "APAC"];
+    let mut start = 1u64;
+    while start <= rows {
+        let end = (start + 65_535).min(rows);
+        let ids: Vec<i64> = (start as i64..=end as i64).collect();
+        let batch = arrow::array::RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(ids.clone())),
+                Arc::new(Int32Array::from_iter_values(
+                    ids.iter().map(|i| (i % 10_000) as i32),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    ids.iter().map(|i| regions[(i % 3) as usize]),
+                )),
+                Arc::new(
+                    Decimal128Array::from_iter_values(ids.iter().map(|i| (i % 100_000) as i128))
+                        .with_precision_and_scale(12, 2)?,
+                ),
+                Arc::new(TimestampMicrosecondArray::from_iter_values(
+                    ids.iter().map(|i| 1_767_225_600_000_000 + i * 1_000_000),
+                )),
+                Arc::new(StringArray::from_iter_values(ids.iter().map(|i| {
+                    format!("{:032x}", (*i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                }))),
+            ],
+        )?;
+        w.write(&batch)?;
+        start = end + 1;
+    }
+    w.close()?;
+    let hash = meshq_cli::hash_password(PASSWORD)?;
+    std::fs::write(
+        dir.join("meshq.yaml"),
+        format!(
+            "principals:\n  - {{ name: reader, password_hash: \"{hash}\", roles: [analyst] }}\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("events.odps.yaml"),
+        "apiVersion: v1.0.0\nkind: DataProduct\nid: urn:dataproduct:ops:events\nname: events\nversion: 1.0.0\n\
+         status: active\ndomain: ops\noutputPorts:\n  - { name: events, type: tables, version: 1.0.0, contractId: urn:datacontract:ops:events }\n",
+    )?;
+    std::fs::write(
+        dir.join("events.odcs.yaml"),
+        events_contract(
+            "{ server: files, type: local, format: parquet, path: ./events.parquet }",
+            "events",
+        ),
+    )?;
+    Ok(())
+}
+
+fn events_contract(server: &str, physical: &str) -> String {
+    format!(
+        "apiVersion: v3.1.0\nkind: DataContract\nid: urn:datacontract:ops:events\nname: events\nversion: 1.0.0\nstatus: active\ndomain: ops\n\
+         servers:\n  - {server}\n\
+         schema:\n  - name: events\n    physicalName: {physical}\n    customProperties: [ {{ property: readRoles, value: [analyst] }} ]\n    properties:\n\
+         \x20     - {{ name: id, logicalType: integer }}\n\
+         \x20     - {{ name: account, logicalType: integer }}\n\
+         \x20     - {{ name: region, logicalType: string }}\n\
+         \x20     - {{ name: amount, logicalType: number }}\n\
+         \x20     - {{ name: at, logicalType: timestamp }}\n\
+         \x20     - {{ name: note, logicalType: string }}\n"
+    )
+}
+
+/// The same query over a remote meshq (in this process, over loopback
+/// Flight SQL) serving `ops.events` from a Parquet file of `rows` rows:
+/// through a local meshq with its predicates sent, without, and asked of
+/// the remote directly with a Flight SQL client. The report section, and
+/// the number of answers that differ from the remote's own.
+pub async fn federation_flightsql(
+    warmup: usize,
+    runs: usize,
+    rows: u64,
+    out: &mut String,
+) -> Result<usize> {
+    use futures::TryStreamExt;
+    let remote_dir = tempfile::tempdir()?;
+    write_remote_mesh(remote_dir.path(), rows)?;
+    let remote = meshq_tests::remote::RemoteMeshq::start(
+        remote_dir.path(),
+        &remote_dir.path().join("audit.jsonl"),
+    )
+    .await?;
+    let endpoint = remote.endpoint();
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("meshq.yaml"),
+        format!(
+            "stores:\n  hub: {{ type: flightsql, endpoint: {endpoint}, username: reader, password: {{ env: {PASSWORD_ENV} }}, pool_size: 2 }}\n\
+             principals:\n  - {{ name: analyst, roles: [analyst, admin] }}\n"
+        ),
+    )?;
+    std::fs::copy(
+        remote_dir.path().join("events.odps.yaml"),
+        dir.path().join("events.odps.yaml"),
+    )?;
+    std::fs::write(
+        dir.path().join("events.odcs.yaml"),
+        events_contract(
+            &format!("{{ server: hub, type: custom, format: flightsql, endpointUrl: {endpoint} }}"),
+            "ops.events",
+        ),
+    )?;
+    let mut config = EngineConfig::new(dir.path());
+    config
+        .secret_env_fallback
+        .insert(PASSWORD_ENV.into(), PASSWORD.into());
+    let engine = Engine::load(config).await?;
+    if let Some(p) = engine.problems().iter().find(|p| p.is_error()) {
+        anyhow::bail!("the federation mesh did not load: {p}");
+    }
+    let principal = engine
+        .mesh()
+        .config
+        .principal("analyst")
+        .context("principal")?;
+    let session = engine.session(&principal);
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", remote.port))?
+            .connect()
+            .await?;
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    client.handshake("reader", PASSWORD).await?;
+
+    let meshq = |sql: &'static str| {
+        let session = &session;
+        move || async move { Ok(session.sql(sql).await?.collect().await?) }
+    };
+    let (pushed, pushed_rows) = measure(warmup, runs, meshq(WITH_PUSHDOWN)).await?;
+    let (unpushed, unpushed_rows) = measure(warmup, runs, meshq(WITHOUT_PUSHDOWN)).await?;
+    let (direct, direct_rows) = measure(warmup, runs, || {
+        let mut client = client.clone();
+        async move {
+            let info = client.execute(WITH_PUSHDOWN.to_string(), None).await?;
+            let mut batches = Vec::new();
+            for point in info.endpoint {
+                let ticket = point.ticket.context("a ticket")?;
+                let stream = client.do_get(ticket).await?;
+                batches.extend(stream.try_collect::<Vec<_>>().await?);
+            }
+            Ok::<_, anyhow::Error>(batches)
+        }
+    })
+    .await?;
+    let answer = |b: &[arrow::array::RecordBatch]| fingerprint(b).join(";");
+    let mut differ = 0;
+    if answer(&pushed_rows) != answer(&unpushed_rows) {
+        differ += 1;
+    }
+    if answer(&pushed_rows) != answer(&direct_rows) {
+        differ += 1;
+    }
+    let sent_pushed = rows_received(&session, WITH_PUSHDOWN, "FlightSqlExec").await?;
+    let sent_unpushed = rows_received(&session, WITHOUT_PUSHDOWN, "FlightSqlExec").await?;
+    let row = |label: &str, t: &Timing, sent: String, out: &mut String| -> Result<()> {
+        writeln!(
+            out,
+            "| {label} | {} ({}–{}) | {sent} | {:.2}× |",
+            ms(t.median()),
+            ms(t.min()),
+            ms(t.max()),
+            t.median().as_secs_f64() / direct.median().as_secs_f64()
+        )?;
+        Ok(())
+    };
+    writeln!(
+        out,
+        "## Federation (remote meshq over Flight SQL, {rows} rows)\n\n\
+`{WITH_PUSHDOWN}` over a remote meshq serving `ops.events` from one Parquet file, in the same process, over loopback Flight SQL; the answer: {}.\n\n\
+| | median (min–max) ms | rows from the remote | vs the remote alone |\n|---|---:|---:|---:|",
+        answer(&direct_rows),
+    )?;
+    row(
+        "meshq, predicates sent to the remote",
+        &pushed,
+        sent_pushed.to_string(),
+        out,
+    )?;
+    row(
+        "meshq, predicates kept in meshq (`account + 0`, `region || ''`)",
+        &unpushed,
+        sent_unpushed.to_string(),
+        out,
+    )?;
+    row(
+        "the remote alone (Flight SQL client, the same SELECT)",
+        &direct,
+        "1".into(),
+        out,
+    )?;
+    writeln!(
+        out,
+        "\nmeshq with the predicates sent is {:.1}× faster than without, and receives {} rows instead of {}.{}\n",
+        unpushed.median().as_secs_f64() / pushed.median().as_secs_f64(),
+        sent_pushed,
+        sent_unpushed,
+        if differ > 0 {
+            " **The answers DIFFER.**"
+        } else {
+            " All three answers are the same."
+        }
+    )?;
+    drop(remote);
     Ok(differ)
 }

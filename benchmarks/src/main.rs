@@ -209,6 +209,13 @@ async fn run(args: &Args) -> Result<String> {
             &mut out,
         )
         .await?;
+        differ += meshq_benchmarks::federation::federation_flightsql(
+            args.warmup,
+            args.runs,
+            args.federation_rows,
+            &mut out,
+        )
+        .await?;
     }
     if want("memory") {
         memory(args, &root, partitions, &mut out).await?;

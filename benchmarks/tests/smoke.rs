@@ -39,6 +39,7 @@ fn the_harness_answers_like_raw_datafusion() {
         "Distributed",
         "Catalog scale",
         "Federation (PostgreSQL",
+        "Federation (remote meshq over Flight SQL",
     ] {
         assert!(report.contains(section), "{report}");
     }
