@@ -297,10 +297,15 @@ pub enum StoreConfig {
         /// Password, `{ env: VAR }`.
         #[serde(default)]
         password: Option<SecretRef>,
-        /// `disable` (the default) or `prefer`; TLS to PostgreSQL is not
-        /// built yet, so `require` and stricter are refused when loaded.
+        /// libpq's `sslmode`: `disable` (the default), `allow`, `prefer`,
+        /// `require`, `verify-ca` or `verify-full`.
         #[serde(default)]
         sslmode: Option<String>,
+        /// A PEM file of the certificate authorities to trust (libpq's
+        /// `sslrootcert`), relative to the mesh root; the system's roots
+        /// otherwise.
+        #[serde(default)]
+        sslrootcert: Option<String>,
         /// Connections kept at most (default 4).
         #[serde(default)]
         pool_size: Option<usize>,

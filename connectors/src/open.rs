@@ -75,7 +75,7 @@ impl Sources {
         Self {
             stores: StoreRegistry::new(config),
             iceberg: Arc::new(IcebergCatalogs::new(config.catalogs.clone())),
-            postgres: Arc::new(crate::postgres::PostgresPools::new(config, fallback)),
+            postgres: Arc::new(crate::postgres::PostgresPools::new(config, fallback, root)),
             flightsql: Arc::new(crate::flightsql::FlightSqlRemotes::new(
                 config, fallback, root,
             )),

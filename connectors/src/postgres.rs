@@ -19,6 +19,7 @@
 //! [`scan`]: TableProvider::scan
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,227 @@ pub struct PostgresConnection {
     pub pool_size: usize,
     /// Server-side limit of each statement.
     pub statement_timeout: Option<Duration>,
+    /// TLS to the server, per the entry's `sslmode`.
+    pub tls: PgTls,
+}
+
+/// How a connection to PostgreSQL is encrypted: libpq's `sslmode`.
+#[derive(Clone)]
+pub enum PgTls {
+    /// `disable`: plaintext.
+    Disable,
+    /// `allow`, `prefer`: TLS when the server offers it, else plaintext;
+    /// the certificate is not checked (as libpq does).
+    Prefer(tokio_postgres_rustls::MakeRustlsConnect),
+    /// `require`, `verify-ca`, `verify-full`: TLS or no connection; the
+    /// certificate checked as the mode says.
+    Require(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl PgTls {
+    /// The TLS of `sslmode` (libpq's names), trusting `root` (a PEM file
+    /// of certificate authorities, libpq's `sslrootcert`) or, for
+    /// `verify-ca` and `verify-full` without one, the system's roots.
+    pub fn from_sslmode(mode: &str, root: Option<&Path>) -> std::result::Result<Self, String> {
+        use rustls::client::danger::ServerCertVerifier;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let roots = || -> std::result::Result<Arc<rustls::RootCertStore>, String> {
+            let mut store = rustls::RootCertStore::empty();
+            match root {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        format!("sslrootcert `{}` cannot be read: {e}", path.display())
+                    })?;
+                    let mut reader = std::io::BufReader::new(pem.as_slice());
+                    let mut any = false;
+                    for cert in rustls_pemfile_certs(&mut reader) {
+                        let cert =
+                            cert.map_err(|e| format!("sslrootcert `{}`: {e}", path.display()))?;
+                        store
+                            .add(cert)
+                            .map_err(|e| format!("sslrootcert `{}`: {e}", path.display()))?;
+                        any = true;
+                    }
+                    if !any {
+                        return Err(format!(
+                            "sslrootcert `{}` holds no PEM certificate",
+                            path.display()
+                        ));
+                    }
+                }
+                None => {
+                    let found = rustls_native_certs::load_native_certs();
+                    for cert in found.certs {
+                        let _ = store.add(cert);
+                    }
+                }
+            }
+            Ok(Arc::new(store))
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = match (mode, root) {
+            ("allow" | "prefer", _) | ("require", None) => {
+                Arc::new(Unverified(Arc::clone(&provider)))
+            }
+            ("require" | "verify-ca", _) => Arc::new(Verified {
+                inner: rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    roots()?,
+                    Arc::clone(&provider),
+                )
+                .build()
+                .map_err(|e| e.to_string())?,
+                check_name: false,
+            }),
+            ("verify-full", _) => Arc::new(Verified {
+                inner: rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    roots()?,
+                    Arc::clone(&provider),
+                )
+                .build()
+                .map_err(|e| e.to_string())?,
+                check_name: true,
+            }),
+            ("disable", _) => return Ok(Self::Disable),
+            (other, _) => {
+                return Err(format!(
+                    "sslmode `{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                ));
+            }
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+        Ok(match mode {
+            "allow" | "prefer" => Self::Prefer(tls),
+            _ => Self::Require(tls),
+        })
+    }
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(
+    reader: &mut dyn std::io::BufRead,
+) -> impl Iterator<Item = std::result::Result<rustls::pki_types::CertificateDer<'static>, String>> + '_
+{
+    use rustls::pki_types::pem::PemObject;
+    let mut text = Vec::new();
+    let read = reader.read_to_end(&mut text).map_err(|e| e.to_string());
+    let certs: Vec<_> = match read {
+        Ok(_) => rustls::pki_types::CertificateDer::pem_slice_iter(&text)
+            .map(|c| c.map_err(|e| e.to_string()))
+            .collect(),
+        Err(e) => vec![Err(e)],
+    };
+    certs.into_iter()
+}
+
+/// libpq's `prefer` and `require` without a root certificate: encrypted,
+/// the server's certificate not checked, its handshake signatures still
+/// verified.
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca` (the chain only) and `verify-full` (the chain and the host
+/// name).
+#[derive(Debug)]
+struct Verified {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    check_name: bool,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Verified {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 impl fmt::Debug for PostgresConnection {
@@ -89,7 +311,12 @@ impl PostgresConnection {
             .dbname(&self.database)
             .user(&self.user)
             .application_name("meshq")
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10))
+            .ssl_mode(match self.tls {
+                PgTls::Disable => tokio_postgres::config::SslMode::Disable,
+                PgTls::Prefer(_) => tokio_postgres::config::SslMode::Prefer,
+                PgTls::Require(_) => tokio_postgres::config::SslMode::Require,
+            });
         if let Some(p) = &self.password {
             c.password(p);
         }
@@ -129,6 +356,7 @@ impl PostgresPools {
     pub fn new(
         config: &meshq_catalog::platform::PlatformConfig,
         fallback: &std::collections::BTreeMap<String, String>,
+        root: &Path,
     ) -> Self {
         use meshq_catalog::platform::StoreConfig;
         let mut pools = std::collections::BTreeMap::new();
@@ -140,6 +368,7 @@ impl PostgresPools {
                 user,
                 password,
                 sslmode,
+                sslrootcert,
                 pool_size,
                 statement_timeout,
             } = store
@@ -148,14 +377,12 @@ impl PostgresPools {
             };
             let key = (host.clone(), port.unwrap_or(5432), database.clone());
             let pool = (|| {
-                match sslmode.as_deref().unwrap_or("disable") {
-                    "disable" | "allow" | "prefer" => {}
-                    other => {
-                        return Err(format!(
-                            "stores `{name}`: sslmode `{other}` needs TLS to PostgreSQL, which meshq does not speak yet; use `disable` or `prefer` on a network you trust"
-                        ));
-                    }
-                }
+                let sslrootcert = sslrootcert.as_ref().map(|p| root.join(p));
+                let tls = PgTls::from_sslmode(
+                    sslmode.as_deref().unwrap_or("disable"),
+                    sslrootcert.as_deref(),
+                )
+                .map_err(|e| format!("stores `{name}`: {e}"))?;
                 let password = match password {
                     Some(p) => Some(
                         p.resolve_with(fallback)
@@ -177,6 +404,7 @@ impl PostgresPools {
                     password,
                     pool_size: pool_size.unwrap_or(4),
                     statement_timeout,
+                    tls,
                 }))
             })();
             pools.insert(key, pool);
@@ -258,13 +486,22 @@ impl PgPool {
         let client = match idle {
             Some(c) => c,
             None => {
-                let (client, connection) = self.connection.config().connect(NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "a PostgreSQL connection ended");
+                let config = self.connection.config();
+                let ended = |e: tokio_postgres::Error| {
+                    tracing::debug!(error = %e, "a PostgreSQL connection ended");
+                };
+                match &self.connection.tls {
+                    PgTls::Disable => {
+                        let (client, connection) = config.connect(NoTls).await?;
+                        tokio::spawn(async move { connection.await.map_err(ended) });
+                        client
                     }
-                });
-                client
+                    PgTls::Prefer(tls) | PgTls::Require(tls) => {
+                        let (client, connection) = config.connect(tls.clone()).await?;
+                        tokio::spawn(async move { connection.await.map_err(ended) });
+                        client
+                    }
+                }
             }
         };
         Ok(Pooled {
@@ -311,10 +548,24 @@ fn source_error(table: &str, db: &str, e: &tokio_postgres::Error) -> DataFusionE
                 e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string())
             ),
         ),
-        None => (
-            SourceErrorKind::Unavailable,
-            format!("the source cannot be reached ({e})"),
-        ),
+        None => {
+            // The driver's message, with its causes (a TLS handshake's
+            // says why the certificate was refused).
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let next = c.to_string();
+                if !text.contains(&next) {
+                    text.push_str(": ");
+                    text.push_str(&next);
+                }
+                cause = c.source();
+            }
+            (
+                SourceErrorKind::Unavailable,
+                format!("the source cannot be reached ({text})"),
+            )
+        }
     };
     DataFusionError::External(Box::new(SourceError {
         message: format!("table `{table}` ({db}): {what}"),
@@ -616,7 +867,7 @@ impl DisplayAs for PostgresExec {
 
 /// Cancels the running statement at the server when dropped armed (the
 /// query's stream went away before the rows were all read).
-struct CancelOnDrop(Option<tokio_postgres::CancelToken>);
+struct CancelOnDrop(Option<(tokio_postgres::CancelToken, PgTls)>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -624,7 +875,12 @@ impl Drop for CancelOnDrop {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move {
-                if let Err(e) = token.cancel_query(NoTls).await {
+                let (token, tls) = token;
+                let sent = match tls {
+                    PgTls::Disable => token.cancel_query(NoTls).await,
+                    PgTls::Prefer(tls) | PgTls::Require(tls) => token.cancel_query(tls).await,
+                };
+                if let Err(e) = sent {
                     tracing::debug!(error = %e, "cancelling a PostgreSQL statement failed");
                 }
             });
@@ -692,7 +948,8 @@ impl ExecutionPlan for PostgresExec {
             let client = conn.client.as_ref().expect("held until dropped");
             // Armed until the last row: a dropped stream cancels the
             // statement, and the connection is not reused.
-            let mut cancel = CancelOnDrop(Some(client.cancel_token()));
+            let mut cancel =
+                CancelOnDrop(Some((client.cancel_token(), pool.connection.tls.clone())));
             conn.reuse = false;
             let rows = client
                 .query_raw(sql.as_str(), std::iter::empty::<&str>())

@@ -188,6 +188,47 @@ impl TestPostgres {
     }
 
     /// Everything the server logged so far (every statement it ran).
+    /// Stops the server, gives it `cert_pem` and `key_pem` for TLS, lets
+    /// TCP logins in over TLS only (`hostssl`), and starts it again.
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        self.stop();
+        let data = PathBuf::from(self.data());
+        std::fs::write(data.join("server.crt"), cert_pem).unwrap();
+        std::fs::write(data.join("server.key"), key_pem).unwrap();
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        if let Some(user) = self.run_as {
+            for f in ["server.crt", "server.key"] {
+                let ok = Command::new("chown")
+                    .arg(user)
+                    .arg(data.join(f))
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "chown of {f} to `{user}` failed");
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}"),
+                None => l.to_string(),
+            })
+            .collect();
+        std::fs::write(&hba, text.join("\n") + "\n").unwrap();
+        self.start_again();
+    }
+
+    /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }

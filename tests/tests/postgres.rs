@@ -452,3 +452,128 @@ async fn a_database_table_that_drifted_from_its_contract_is_refused_by_column() 
         .unwrap();
     assert!(ok.contains("| 200 "), "{ok}");
 }
+
+/// A certificate authority, and a server certificate it signed for
+/// `names`: the CA's PEM, the server's certificate and key PEMs.
+fn certificates(names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// The mesh's `stores` entry with `tls` added (e.g. `sslmode: require`).
+fn with_tls(dir: &Path, tls: &str) {
+    let platform = dir.join("meshq.yaml");
+    let yaml = std::fs::read_to_string(&platform).unwrap();
+    let start = yaml.find("pool_size: 2").expect("the stores entry");
+    let end = start + yaml[start..].find('}').unwrap();
+    let entry = if tls.is_empty() {
+        "pool_size: 2 ".to_string()
+    } else {
+        format!("pool_size: 2, {tls} ")
+    };
+    std::fs::write(
+        &platform,
+        format!("{}{entry}{}", &yaml[..start], &yaml[end..]),
+    )
+    .unwrap();
+}
+
+async fn problems_of(dir: &Path) -> (Engine, Vec<String>) {
+    let engine = Engine::load(config(dir)).await.unwrap();
+    let problems = engine.problems().iter().map(ToString::to_string).collect();
+    (engine, problems)
+}
+
+/// A database that lets logins in over TLS only: each `sslmode` connects
+/// (or refuses to) as libpq's does, and the connections meshq keeps are
+/// encrypted (`pg_stat_ssl`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_encrypts_and_checks_the_server_as_libpq_does() {
+    let pg = TestPostgres::start();
+    shop(&pg);
+    let (ca, cert, key) = certificates(&["127.0.0.1"]);
+    pg.require_tls(&cert, &key);
+    let dir = tempfile::tempdir().unwrap();
+    mesh(dir.path(), &pg);
+    std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+    let (other_ca, _, _) = certificates(&["127.0.0.1"]);
+    std::fs::write(dir.path().join("other-ca.pem"), &other_ca).unwrap();
+    let sql = "SELECT count(*) AS n FROM crm.customers";
+
+    // Plaintext is refused by the server.
+    with_tls(dir.path(), "sslmode: disable");
+    let (_, problems) = problems_of(dir.path()).await;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("crm.customers") && p.contains("refused the login")),
+        "{problems:#?}"
+    );
+
+    // verify-full with the CA that signed the server's certificate.
+    with_tls(dir.path(), "sslmode: verify-full, sslrootcert: ca.pem");
+    let (engine, problems) = problems_of(dir.path()).await;
+    assert!(
+        !problems.iter().any(|p| p.contains("crm.customers")),
+        "{problems:#?}"
+    );
+    assert!(query(&engine, "pat", sql).await.unwrap().contains("| 200 "));
+    let encrypted = pg.psql(
+        "shop",
+        "SELECT count(*) > 0 AND bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'meshq_reader'",
+    );
+    assert_eq!(encrypted.trim(), "t", "meshq's connections use TLS");
+
+    // Another CA: the certificate is not trusted.
+    with_tls(
+        dir.path(),
+        "sslmode: verify-full, sslrootcert: other-ca.pem",
+    );
+    let (_, problems) = problems_of(dir.path()).await;
+    assert!(
+        problems.iter().any(|p| p.contains("crm.customers")
+            && p.contains("cannot be reached")
+            && p.contains("certificate")),
+        "{problems:#?}"
+    );
+
+    // require without a root certificate encrypts without checking, as
+    // libpq's does.
+    with_tls(dir.path(), "sslmode: require");
+    let (engine, _) = problems_of(dir.path()).await;
+    assert!(query(&engine, "pat", sql).await.unwrap().contains("| 200 "));
+
+    // A certificate for another name: verify-full refuses it, verify-ca
+    // (the chain only) accepts it.
+    let (ca, cert, key) = certificates(&["db.example"]);
+    pg.require_tls(&cert, &key);
+    std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+    with_tls(dir.path(), "sslmode: verify-full, sslrootcert: ca.pem");
+    let (_, problems) = problems_of(dir.path()).await;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("crm.customers") && p.contains("cannot be reached")),
+        "{problems:#?}"
+    );
+    with_tls(dir.path(), "sslmode: verify-ca, sslrootcert: ca.pem");
+    let (engine, _) = problems_of(dir.path()).await;
+    assert!(query(&engine, "pat", sql).await.unwrap().contains("| 200 "));
+
+    // An unknown mode is refused when the mesh loads, naming the entry.
+    with_tls(dir.path(), "sslmode: always");
+    let (_, problems) = problems_of(dir.path()).await;
+    assert!(
+        problems.iter().any(|p| p.contains("sslmode `always`")),
+        "{problems:#?}"
+    );
+}
