@@ -236,6 +236,20 @@ impl Engine {
         let name = table.def.qualified_name();
         let version = match source_version(self.runtime(), table).await {
             Some(v) => v,
+            // A database or remote table: no version to watch, so its copy
+            // is rebuilt on its interval only.
+            None if table.def.source.location.is_remote_database() => {
+                if !matches!(slot.spec.refresh, Refresh::Every(_)) {
+                    return fail(
+                        slot,
+                        format!(
+                            "`{name}` is a {} table, which has no version to watch for `refresh: on-change`; give an interval such as `refresh: 5m`",
+                            table.def.source.format
+                        ),
+                    );
+                }
+                format!("{}:interval", table.def.source.format)
+            }
             None => {
                 return fail(
                     slot,

@@ -128,6 +128,32 @@ async fn a_remote_table_answers_each_principal_as_the_file_product_does() {
             assert_eq!(got, expected, "{who}: {sql}");
         }
     }
+    // meta covers it like any product: its format, and its contract's
+    // quality rules run against the remote table.
+    let listed = query(
+        &remote,
+        "pat",
+        "SELECT format, readable FROM meta.tables WHERE table_schema = 'sales' AND table_name = 'orders'",
+    )
+    .await
+    .unwrap();
+    assert!(listed.contains("| flightsql | true "), "{listed}");
+    meshq_engine::quality::check_and_record(&remote, 2).await;
+    let checks = query(
+        &remote,
+        "pat",
+        "SELECT rule, status FROM meta.quality WHERE table_name = 'orders' ORDER BY rule",
+    )
+    .await
+    .unwrap();
+    assert!(
+        checks.contains("| orders_not_empty ")
+            && checks.contains("| no_negative_totals ")
+            && checks.contains("| freshness                     | skipped |")
+            && !checks.contains("error")
+            && !checks.contains("failed"),
+        "{checks}"
+    );
     // The remote server saw pat's login for every statement.
     let records = m.remote.audit_records();
     assert!(
@@ -462,4 +488,80 @@ async fn a_dropped_query_ends_its_remote_statement() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// An accelerated remote product is copied on its interval and answers
+/// each principal as the remote does; `refresh: on-change` is refused by
+/// name, since a remote table has no version to watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_product_is_accelerated_on_its_interval_only() {
+    use meshq_engine::acceleration::RefreshOutcome;
+    let m = meshes().await;
+    let odps = m.local_dir.path().join("sales/orders.odps.yaml");
+    let text = std::fs::read_to_string(&odps).unwrap();
+    let port = "customProperties: [ { property: server, value: local } ]";
+    assert!(text.contains(port));
+    let accelerate = |refresh: &str| {
+        std::fs::write(
+            &odps,
+            text.replace(
+                port,
+                &format!(
+                    "customProperties: [ {{ property: server, value: local }}, {{ property: acceleration, value: {{ engine: memory, refresh: {refresh} }} }} ]"
+                ),
+            ),
+        )
+        .unwrap();
+    };
+    let sql = "SELECT order_id, email, region FROM sales.orders ORDER BY order_id";
+
+    accelerate("on-change");
+    let engine = Engine::load(config(m.local_dir.path(), "pat-demo"))
+        .await
+        .unwrap();
+    let outcomes = engine.refresh_accelerations().await;
+    let (_, outcome) = outcomes
+        .iter()
+        .find(|(t, _)| t == "sales.orders")
+        .expect("sales.orders is accelerated");
+    match outcome {
+        RefreshOutcome::Failed(why) => assert!(why.contains("refresh: 5m"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+
+    accelerate("1h");
+    let engine = Engine::load(config(m.local_dir.path(), "pat-demo"))
+        .await
+        .unwrap();
+    let direct = Engine::load(config(m.local_dir.path(), "pat-demo"))
+        .await
+        .unwrap();
+    let before = m.remote.audit_records().len();
+    let outcomes = engine.refresh_accelerations().await;
+    assert!(
+        outcomes
+            .iter()
+            .any(|(t, o)| t == "sales.orders" && matches!(o, RefreshOutcome::Built { .. })),
+        "{outcomes:?}"
+    );
+    let copied = m.remote.audit_records().len();
+    assert!(copied > before, "the copy was read from the remote");
+    // A second refresh within the hour builds nothing.
+    let again = engine.refresh_accelerations().await;
+    assert!(
+        again
+            .iter()
+            .any(|(t, o)| t == "sales.orders" && matches!(o, RefreshOutcome::Current)),
+        "{again:?}"
+    );
+    for who in ["ana", "ben", "gina", "pat"] {
+        let from_copy = query(&engine, who, sql).await.unwrap();
+        assert_eq!(from_copy, query(&direct, who, sql).await.unwrap(), "{who}");
+    }
+    // The copy answered: the remote saw no statement of the queries above
+    // from the accelerated engine (the direct one's are the rest).
+    let plan = query(&engine, "pat", &format!("EXPLAIN {sql}"))
+        .await
+        .unwrap();
+    assert!(!plan.contains("FlightSqlExec"), "{plan}");
 }

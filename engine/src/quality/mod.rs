@@ -222,6 +222,13 @@ async fn check_table(engine: &Engine, ctx: &SessionContext, t: &ServedTable) -> 
             Check::Sql { query, .. } => {
                 own_queries.push((i, fill_placeholders(query, &tref, rule.column.as_deref())))
             }
+            Check::Freshness { column: None, .. } if t.def.source.location.is_remote_database() => {
+                results[i] = Some(not_run(
+                    rule,
+                    Status::Skipped,
+                    "a database or remote table has no commit time to measure; name a timestamp column as the latency SLA's `element` to measure freshness from the data",
+                ));
+            }
             Check::Freshness { column: None, .. } => {
                 let facts = engine.facts(t).await;
                 let age = facts
