@@ -25,6 +25,10 @@ pub enum Format {
     /// A table of a remote Flight SQL server (server `type: custom,
     /// format: flightsql`).
     FlightSql,
+    /// A product defined by a `SELECT` over other products (server `type:
+    /// custom, format: meshq-sql`), evaluated as the product's `runAs`
+    /// principal.
+    Sql,
 }
 
 impl Format {
@@ -37,6 +41,7 @@ impl Format {
             "csv" => Self::Csv,
             "json" => Self::Json,
             "flightsql" => Self::FlightSql,
+            "meshq-sql" => Self::Sql,
             _ => return None,
         })
     }
@@ -52,6 +57,7 @@ impl std::fmt::Display for Format {
             Self::Json => "json",
             Self::Postgres => "postgresql",
             Self::FlightSql => "flightsql",
+            Self::Sql => "meshq-sql",
         })
     }
 }
@@ -85,6 +91,13 @@ pub enum Location {
         /// Table or view name.
         table: String,
     },
+    /// A `SELECT` over other products' tables.
+    Sql {
+        /// The statement.
+        query: String,
+        /// The file it was read from (`path` of the server), if any.
+        file: Option<PathBuf>,
+    },
     /// A table of a remote Flight SQL server.
     FlightSql {
         /// `grpc://host:port` or `grpc+tls://host:port`, as the contract
@@ -96,11 +109,14 @@ pub enum Location {
 }
 
 impl Location {
-    /// Whether the table lives in a database or a remote server rather
-    /// than in files: no result caching, statistics or acceleration
-    /// versions from files apply.
-    pub fn is_remote_database(&self) -> bool {
-        matches!(self, Self::Postgres { .. } | Self::FlightSql { .. })
+    /// Whether the table has no version meshq can read: it lives in a
+    /// database or a remote server, or is computed by SQL. No result
+    /// caching, file statistics or change-driven acceleration apply.
+    pub fn has_no_version(&self) -> bool {
+        matches!(
+            self,
+            Self::Postgres { .. } | Self::FlightSql { .. } | Self::Sql { .. }
+        )
     }
 }
 
@@ -121,6 +137,10 @@ impl std::fmt::Display for Location {
                 "postgresql://{host}:{port}/{database} table {schema}.{table}"
             ),
             Self::FlightSql { endpoint, table } => write!(f, "{endpoint} table {table}"),
+            Self::Sql {
+                file: Some(file), ..
+            } => write!(f, "SQL of {}", file.display()),
+            Self::Sql { file: None, .. } => f.write_str("SQL of the contract's server"),
         }
     }
 }
@@ -221,6 +241,9 @@ pub struct TableDef {
     /// Served from a local copy (customProperty `acceleration` of the port
     /// or the contract's server).
     pub acceleration: Option<crate::acceleration::Acceleration>,
+    /// The principal a SQL-defined product is evaluated as (the product's
+    /// customProperty `runAs`).
+    pub run_as: Option<String>,
 }
 
 impl TableDef {

@@ -142,7 +142,9 @@ async fn listed_files(
         Format::Parquet => ".parquet",
         Format::Csv => ".csv",
         Format::Json => ".json",
-        Format::Delta | Format::Iceberg | Format::Postgres | Format::FlightSql => return None,
+        Format::Delta | Format::Iceberg | Format::Postgres | Format::FlightSql | Format::Sql => {
+            return None;
+        }
     };
     let mut files = Vec::new();
     let mut listing = store.list(Some(&prefix));

@@ -153,7 +153,9 @@ pub async fn open_table(
             let (provider, facts) = open_delta(state, &url).await?;
             (provider, Some(facts))
         }
-        Format::Iceberg | Format::Postgres | Format::FlightSql => unreachable!("opened above"),
+        Format::Iceberg | Format::Postgres | Format::FlightSql | Format::Sql => {
+            unreachable!("opened above")
+        }
     };
     let mut table = contract_view(def, inner)?;
     table.facts = facts;
@@ -164,10 +166,12 @@ pub async fn open_table(
 fn location_url(location: &Location, format: Format) -> Result<Url> {
     match location {
         Location::Url(u) => Ok(u.clone()),
-        Location::Postgres { .. } | Location::FlightSql { .. } => Err(Error::unsupported(
-            location.to_string(),
-            "a database or remote table is opened by its connection, not by URL",
-        )),
+        Location::Postgres { .. } | Location::FlightSql { .. } | Location::Sql { .. } => {
+            Err(Error::unsupported(
+                location.to_string(),
+                "a database or remote table is opened by its connection, not by URL",
+            ))
+        }
         Location::Catalog { catalog, table } => Err(Error::unsupported(
             table.as_str(),
             format!(
@@ -259,7 +263,7 @@ async fn open_listing(
                 ".json",
             )
         }
-        Format::Delta | Format::Iceberg | Format::Postgres | Format::FlightSql => {
+        Format::Delta | Format::Iceberg | Format::Postgres | Format::FlightSql | Format::Sql => {
             unreachable!("not a listing format")
         }
     };
@@ -468,7 +472,7 @@ async fn open_delta(
 /// Columns that drifted from the contract are kept in the schema but refused
 /// when read (see [`ContractColumn::Drifted`]); each is reported in
 /// [`OpenedTable::drift`].
-fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<OpenedTable> {
+pub fn contract_view(def: &TableDef, inner: Arc<dyn TableProvider>) -> Result<OpenedTable> {
     let schema: SchemaRef = inner.schema();
     let mut warnings = Vec::new();
     let mut drift = Vec::new();

@@ -193,7 +193,7 @@ pub(crate) async fn source_version(
                 .map(|v| format!("files:{v:016x}"))
         }
         // A database table has no version meshq can read.
-        Format::Postgres | Format::FlightSql => None,
+        Format::Postgres | Format::FlightSql | Format::Sql => None,
     }
 }
 
@@ -238,7 +238,7 @@ impl Engine {
             Some(v) => v,
             // A database or remote table: no version to watch, so its copy
             // is rebuilt on its interval only.
-            None if table.def.source.location.is_remote_database() => {
+            None if table.def.source.location.has_no_version() => {
                 if !matches!(slot.spec.refresh, Refresh::Every(_)) {
                     return fail(
                         slot,

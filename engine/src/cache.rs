@@ -559,7 +559,7 @@ pub(crate) async fn cache_key(
             }
             // A database table changes without a version to see: its
             // results are never cached.
-            Format::Postgres | Format::FlightSql => return None,
+            Format::Postgres | Format::FlightSql | Format::Sql => return None,
         };
         versions.insert(&s.table, version);
     }

@@ -161,12 +161,27 @@ struct Inner {
     accelerations: Arc<crate::acceleration::Accelerations>,
 }
 
+/// A handle on a mesh version that does not keep it alive: how a table
+/// defined by SQL reaches the version that serves it.
+#[derive(Debug, Clone)]
+pub(crate) struct WeakEngine(std::sync::Weak<Inner>);
+
+impl WeakEngine {
+    /// The version, while it is served.
+    pub(crate) fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
+}
+
 /// Identity of each mesh version loaded in this process.
 static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
 
 /// What opening the tables gave.
 struct Opened {
     served: Vec<ServedTable>,
+    /// The tables defined by SQL among them, bound to the version once it
+    /// is built.
+    defined: Vec<Arc<crate::defined::DefinedTable>>,
     /// (`domain.table`, location) of every mesh table's data.
     locations: Vec<(String, String)>,
     unopened: usize,
@@ -208,6 +223,7 @@ impl Engine {
         );
         let Opened {
             mut served,
+            defined,
             mut locations,
             unopened,
         } = open_tables(
@@ -291,7 +307,7 @@ impl Engine {
             kept = kept.len(),
             "mesh loaded"
         );
-        Ok(Self {
+        let engine = Self {
             inner: Arc::new(Inner {
                 mesh,
                 problems,
@@ -313,7 +329,31 @@ impl Engine {
                 cache,
                 accelerations,
             }),
-        })
+        };
+        Ok(engine.with_defined(&defined).await)
+    }
+
+    /// Checks the tables defined by SQL against this version (see
+    /// [`crate::defined::verify`]), adds what it found to the problems,
+    /// and binds them to the version.
+    async fn with_defined(self, defined: &[Arc<crate::defined::DefinedTable>]) -> Self {
+        if defined.is_empty() {
+            return self;
+        }
+        let verified = crate::defined::verify(&self, defined).await;
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.problems.extend(verified.problems);
+                Arc::new(inner)
+            }
+            // Nothing else holds the version yet; should something, the
+            // refusals are kept in the tables all the same.
+            Err(inner) => inner,
+        };
+        for t in defined {
+            t.bind(WeakEngine(Arc::downgrade(&inner)));
+        }
+        Self { inner }
     }
 
     /// What `table`'s metadata says of it (rows, version, last change),
@@ -740,7 +780,15 @@ async fn open_tables(
         .map(|def| {
             let state = &state;
             async move {
-                let res = open_table(state, connections, &def).await;
+                let res = if matches!(def.source.location, Location::Sql { .. }) {
+                    let table = Arc::new(crate::defined::DefinedTable::new(Arc::clone(&def)));
+                    meshq_connectors::open::contract_view(&def, Arc::clone(&table) as _)
+                        .map(|opened| (opened, Some(table)))
+                } else {
+                    open_table(state, connections, &def)
+                        .await
+                        .map(|o| (o, None))
+                };
                 (def, res)
             }
         })
@@ -748,6 +796,7 @@ async fn open_tables(
         .collect()
         .await;
     let mut served = Vec::new();
+    let mut defined = Vec::new();
     let mut unopened = 0;
     // The declared location, plus the data folder found on opening
     // (Iceberg tables named through a catalog).
@@ -761,7 +810,10 @@ async fn open_tables(
         let file = mesh.display_path(&def.contract_file);
         let name = def.qualified_name();
         match res {
-            Ok(t) => {
+            Ok((t, defined_table)) => {
+                if let Some(d) = defined_table {
+                    defined.push(d);
+                }
                 if let Some(data) = &t.data_location {
                     locations.push((name.clone(), data.clone()));
                 }
@@ -801,6 +853,7 @@ async fn open_tables(
     }
     Opened {
         served,
+        defined,
         locations,
         unopened,
     }

@@ -17,6 +17,7 @@
 
 pub mod acceleration;
 pub mod cache;
+pub mod defined;
 pub mod domain_schema;
 pub mod engine;
 pub mod error;

@@ -13,4 +13,5 @@ mod iceberg;
 mod policy_equivalence;
 mod policy_plans;
 mod postgres;
+mod products;
 mod result_cache;

@@ -83,7 +83,36 @@ impl Loader {
                     continue;
                 }
                 let in_catalog = format == Format::Iceberg && server.catalog.is_some();
-                let in_database = matches!(format, Format::Postgres | Format::FlightSql);
+                let in_database =
+                    matches!(format, Format::Postgres | Format::FlightSql | Format::Sql);
+                if format == Format::Sql {
+                    if lc.contract.schema.len() != 1 {
+                        self.error(
+                            &lc.file,
+                            line_of(&lc.text, &format!("server: {}", server.server)),
+                            format!(
+                                "server `{}` (format meshq-sql) defines one table, but the contract has {} schema objects",
+                                server.server,
+                                lc.contract.schema.len()
+                            ),
+                        );
+                        continue;
+                    }
+                    match find_custom(&lp.product.custom_properties, "runAs") {
+                        Some(cp) if cp.value.as_str().is_some_and(|v| !v.is_empty()) => {}
+                        _ => {
+                            self.error(
+                                &lp.file,
+                                line_of(&lp.text, "runAs").or_else(|| line_of(&lp.text, "id:")),
+                                format!(
+                                    "product `{}`: a product defined by SQL is evaluated as its own principal; name it with customProperties [{{ property: runAs, value: PRINCIPAL }}]",
+                                    lp.product.id
+                                ),
+                            );
+                            continue;
+                        }
+                    }
+                }
                 if lc.contract.schema.len() > 1
                     && !in_catalog
                     && !in_database
@@ -110,7 +139,12 @@ impl Loader {
                 };
                 for obj in &lc.contract.schema {
                     let physical = obj.physical_name.as_deref().unwrap_or(&obj.name);
-                    let location = if format == Format::FlightSql {
+                    let location = if format == Format::Sql {
+                        let Some(location) = self.sql_location(lc, server) else {
+                            continue;
+                        };
+                        location
+                    } else if format == Format::FlightSql {
                         Location::FlightSql {
                             endpoint: location_template.clone(),
                             table: physical.to_string(),
@@ -272,6 +306,20 @@ impl Loader {
             );
             return None;
         };
+        if format == Format::Sql {
+            if s.kind != "custom" {
+                self.error(
+                    &lc.file,
+                    line,
+                    format!(
+                        "server `{}`: format meshq-sql is a product defined by SQL; declare it as `type: custom` with `path: ./FILE.sql` or the custom property `sql`",
+                        s.server
+                    ),
+                );
+                return None;
+            }
+            return Some((format, String::new()));
+        }
         if format == Format::FlightSql {
             if s.kind != "custom" {
                 self.error(
@@ -340,6 +388,76 @@ impl Loader {
             return None;
         };
         Some((format, text))
+    }
+
+    /// The statement of a `format: meshq-sql` server: the file its `path`
+    /// names (relative to the contract), or its custom property `sql`.
+    pub(super) fn sql_location(&mut self, lc: &LoadedContract, s: &Server) -> Option<Location> {
+        let line = line_of(&lc.text, &format!("server: {}", s.server));
+        let inline = find_custom(&s.custom_properties, "sql").map(|cp| cp.value.as_str());
+        let (query, file) = match (&s.path, inline) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    &lc.file,
+                    line,
+                    format!(
+                        "server `{}` gives its SQL twice (`path` and the custom property `sql`); keep one",
+                        s.server
+                    ),
+                );
+                return None;
+            }
+            (None, Some(Some(text))) => (text.to_string(), None),
+            (None, Some(None)) => {
+                self.error(
+                    &lc.file,
+                    line_of(&lc.text, "property: sql").or(line),
+                    format!(
+                        "server `{}`: the custom property `sql` must be a string",
+                        s.server
+                    ),
+                );
+                return None;
+            }
+            (Some(path), None) => {
+                let base = lc.file.parent().unwrap_or(Path::new("."));
+                let file = normalize(&base.join(path));
+                match std::fs::read_to_string(&file) {
+                    Ok(text) => (text, Some(file)),
+                    Err(e) => {
+                        self.error(
+                            &lc.file,
+                            line,
+                            format!(
+                                "server `{}`: the SQL file `{path}` cannot be read ({e})",
+                                s.server
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (None, None) => {
+                self.error(
+                    &lc.file,
+                    line,
+                    format!(
+                        "server `{}` (format meshq-sql) has no SQL; give `path: ./FILE.sql` or customProperties [{{ property: sql, value: \"SELECT …\" }}]",
+                        s.server
+                    ),
+                );
+                return None;
+            }
+        };
+        if query.trim().is_empty() {
+            self.error(
+                &lc.file,
+                line,
+                format!("server `{}`: the SQL is empty", s.server),
+            );
+            return None;
+        }
+        Some(Location::Sql { query, file })
     }
 
     /// The location of an Iceberg table named through a catalog:
@@ -562,6 +680,8 @@ impl Loader {
             policy,
             quality: self.quality_rules(lc, obj, &qualified),
             acceleration,
+            run_as: find_custom(&lp.product.custom_properties, "runAs")
+                .and_then(|cp| cp.value.as_str().map(str::to_string)),
         })
     }
 

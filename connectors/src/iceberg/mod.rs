@@ -70,7 +70,7 @@ pub(crate) async fn open_iceberg(
                 Location::Local(p) => p.to_string_lossy().into_owned(),
                 Location::Url(u) => u.to_string(),
                 Location::Catalog { .. } => unreachable!("matched above"),
-                Location::Postgres { .. } | Location::FlightSql { .. } => {
+                Location::Postgres { .. } | Location::FlightSql { .. } | Location::Sql { .. } => {
                     return Err(crate::Error::unsupported(
                         location.to_string(),
                         "an Iceberg table is not in a database or a remote server",

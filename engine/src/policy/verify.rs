@@ -58,6 +58,17 @@ fn walk<'a>(
     options: &MeshqOptions,
     in_mesh_scan: bool,
 ) -> Result<()> {
+    if let Some(defined) = node.downcast_ref::<crate::defined::DefinedExec>() {
+        // A product defined by SQL: its plan is checked as the principal
+        // it runs as, from the top.
+        return walk(
+            defined.input(),
+            &mut Vec::new(),
+            tables,
+            defined.options(),
+            false,
+        );
+    }
     if let Some(scan) = node.downcast_ref::<MeshScanExec>() {
         check_scan(scan, path, tables, options)?;
     } else if !in_mesh_scan {

@@ -222,7 +222,7 @@ async fn check_table(engine: &Engine, ctx: &SessionContext, t: &ServedTable) -> 
             Check::Sql { query, .. } => {
                 own_queries.push((i, fill_placeholders(query, &tref, rule.column.as_deref())))
             }
-            Check::Freshness { column: None, .. } if t.def.source.location.is_remote_database() => {
+            Check::Freshness { column: None, .. } if t.def.source.location.has_no_version() => {
                 results[i] = Some(not_run(
                     rule,
                     Status::Skipped,

@@ -1,0 +1,427 @@
+//! Products defined by SQL: a Customer 360 aggregate over the fixture's
+//! profiles, orders and payments, evaluated as its team's service
+//! principal (no PII reader), served under its own contract to callers
+//! who may not read its inputs; a consumer-aligned product over it; and
+//! the load-time checks (cycles, drift, a missing principal).
+
+use std::path::Path;
+
+use arrow::array::RecordBatch;
+use meshq_engine::Engine;
+
+use crate::common::run;
+
+/// The Customer 360 statement: every customer's order count, lifetime
+/// value (settled payments) and segment.
+const PROFILE_360_SQL: &str = "
+SELECT customer_id, region, tier, order_count, lifetime_value,
+       CASE WHEN lifetime_value >= 1000 THEN 'premium'
+            WHEN lifetime_value >= 200 THEN 'standard'
+            ELSE 'basic' END AS segment
+FROM (
+  SELECT p.customer_id, p.region, p.tier,
+         count(DISTINCT o.order_id) AS order_count,
+         CAST(coalesce(sum(t.amount), 0) AS DECIMAL(22,2)) AS lifetime_value
+  FROM customers.profiles p
+  LEFT JOIN sales.orders o ON o.customer_id = p.customer_id
+  LEFT JOIN payments.transactions t ON t.order_id = o.order_id AND t.status = 'settled'
+  GROUP BY p.customer_id, p.region, p.tier
+) AS totals
+";
+
+fn product(domain: &str, name: &str, run_as: &str, inputs: &[&str]) -> String {
+    let inputs: String = inputs
+        .iter()
+        .map(|c| {
+            format!(
+                "  - {{ name: {}, version: 1.0.0, contractId: {c} }}\n",
+                c.rsplit(':').next().unwrap()
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: v1.0.0\nkind: DataProduct\nid: urn:dataproduct:{domain}:{name}\nname: {name}\nversion: 1.0.0\n\
+         status: active\ndomain: {domain}\n\
+         customProperties:\n  - {{ property: runAs, value: {run_as} }}\n\
+         inputPorts:\n{inputs}\
+         outputPorts:\n  - {{ name: {name}, type: tables, version: 1.0.0, contractId: urn:datacontract:{domain}:{name} }}\n"
+    )
+}
+
+fn contract(domain: &str, name: &str, server: &str, table: &str) -> String {
+    format!(
+        "apiVersion: v3.1.0\nkind: DataContract\nid: urn:datacontract:{domain}:{name}\nname: {name}\nversion: 1.0.0\nstatus: active\ndomain: {domain}\n\
+         servers:\n  - {server}\n\
+         schema:\n{table}"
+    )
+}
+
+/// The fixture mesh at `dir` with `customer360.profile_360` (run as
+/// `svc-c360`: analyst and global analyst, no PII) readable by the
+/// `marketing` role, each marketer seeing their region; and
+/// `marketing.segments` over it (run as `svc-marketing`).
+fn add_products(dir: &Path) {
+    let platform = dir.join("meshq.yaml");
+    let mut yaml = std::fs::read_to_string(&platform).unwrap();
+    yaml.push_str(
+        "  - { name: svc-c360, roles: [analyst, global-analyst] }\n\
+         \x20 - { name: svc-marketing, roles: [marketing, global-analyst] }\n\
+         \x20 - { name: mia, roles: [marketing], attributes: { region: EMEA } }\n\
+         \x20 - { name: max, roles: [marketing, marketing-lead] }\n",
+    );
+    std::fs::write(&platform, yaml).unwrap();
+    let c360 = dir.join("customer360");
+    std::fs::create_dir_all(&c360).unwrap();
+    std::fs::write(c360.join("profile_360.sql"), PROFILE_360_SQL).unwrap();
+    std::fs::write(
+        c360.join("profile_360.odps.yaml"),
+        product(
+            "customer360",
+            "profile_360",
+            "svc-c360",
+            &[
+                "urn:datacontract:customers:profiles",
+                "urn:datacontract:sales:orders",
+                "urn:datacontract:payments:transactions",
+            ],
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        c360.join("profile_360.odcs.yaml"),
+        contract(
+            "customer360",
+            "profile_360",
+            "{ server: sql, type: custom, format: meshq-sql, path: ./profile_360.sql }",
+            "  - name: profile_360\n    customProperties:\n\
+             \x20     - { property: readRoles, value: [marketing] }\n\
+             \x20     - property: rowFilters\n        value: [ { id: own_region, expression: \"region = principal_attr('region')\", exceptRoles: [global-analyst, marketing-lead] } ]\n\
+             \x20   properties:\n\
+             \x20     - { name: customer_id, logicalType: string, description: \"Pseudonymised by the inputs' PII policy for the team.\" }\n\
+             \x20     - { name: region, logicalType: string }\n\
+             \x20     - { name: tier, logicalType: string }\n\
+             \x20     - { name: order_count, logicalType: integer }\n\
+             \x20     - { name: lifetime_value, logicalType: number, physicalType: \"DECIMAL(22,2)\" }\n\
+             \x20     - { name: segment, logicalType: string }\n",
+        ),
+    )
+    .unwrap();
+    let marketing = dir.join("marketing");
+    std::fs::create_dir_all(&marketing).unwrap();
+    std::fs::write(
+        marketing.join("segments.odps.yaml"),
+        product(
+            "marketing",
+            "segments",
+            "svc-marketing",
+            &["urn:datacontract:customer360:profile_360"],
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        marketing.join("segments.odcs.yaml"),
+        contract(
+            "marketing",
+            "segments",
+            "{ server: sql, type: custom, format: meshq-sql, customProperties: [ { property: sql, value: \"SELECT segment, count(*) AS customers, sum(lifetime_value) AS value FROM customer360.profile_360 GROUP BY segment\" } ] }",
+            "  - name: segments\n    customProperties:\n\
+             \x20     - { property: readRoles, value: [marketing] }\n\
+             \x20   properties:\n\
+             \x20     - { name: segment, logicalType: string }\n\
+             \x20     - { name: customers, logicalType: integer }\n\
+             \x20     - { name: value, logicalType: number, physicalType: \"DECIMAL(32,2)\" }\n",
+        ),
+    )
+    .unwrap();
+}
+
+fn text(batches: &[RecordBatch]) -> String {
+    arrow::util::pretty::pretty_format_batches(batches)
+        .unwrap()
+        .to_string()
+}
+
+async fn query(engine: &Engine, who: &str, sql: &str) -> Result<String, String> {
+    let principal = engine.mesh().config.principal(who).unwrap();
+    run(&engine.session(&principal), sql)
+        .await
+        .map(|b| text(&b))
+}
+
+async fn loaded() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    (dir, engine)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_is_computed_as_its_team_and_served_under_its_own_contract() {
+    let (_dir, engine) = loaded().await;
+    let errors = crate::common::error_problems(&engine);
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    // What the team's principal computes from the inputs it may read.
+    let ordered = |sql: &str| format!("{sql} ORDER BY customer_id");
+    let by_team = query(
+        &engine,
+        "svc-c360",
+        &ordered(&format!("SELECT * FROM ({PROFILE_360_SQL}) AS c")),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !by_team.contains("| C0"),
+        "the team sees hashed ids: {by_team}"
+    );
+
+    // max (marketing lead) may not read any input, and gets exactly
+    // the team's rows.
+    for input in [
+        "customers.profiles",
+        "sales.orders",
+        "payments.transactions",
+    ] {
+        let e = query(&engine, "max", &format!("SELECT count(*) FROM {input}"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("PermissionDenied") || e.contains("may not read"),
+            "{input}: {e}"
+        );
+    }
+    let by_max = query(
+        &engine,
+        "max",
+        &ordered("SELECT * FROM customer360.profile_360"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_max, by_team);
+
+    // mia (marketing, EMEA) gets the aggregate's own row filter.
+    let by_mia = query(
+        &engine,
+        "mia",
+        &ordered("SELECT * FROM customer360.profile_360"),
+    )
+    .await
+    .unwrap();
+    let emea = query(
+        &engine,
+        "svc-c360",
+        &ordered(&format!(
+            "SELECT * FROM ({PROFILE_360_SQL}) AS c WHERE region = 'EMEA'"
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_mia, emea);
+    assert!(
+        by_mia.contains("EMEA") && !by_mia.contains("AMER"),
+        "{by_mia}"
+    );
+
+    // pat may read every input, raw, but not the aggregate.
+    let e = query(&engine, "pat", "SELECT * FROM customer360.profile_360")
+        .await
+        .unwrap_err();
+    assert!(e.contains("customer360.profile_360"), "{e}");
+    assert!(
+        e.contains("PermissionDenied") || e.contains("may not read"),
+        "{e}"
+    );
+
+    // A caller's predicate is applied to the aggregate's output.
+    let premium = query(
+        &engine,
+        "max",
+        "SELECT count(*) AS n FROM customer360.profile_360 WHERE segment = 'premium' AND order_count > 1",
+    )
+    .await
+    .unwrap();
+    let expected = query(
+        &engine,
+        "svc-c360",
+        &format!("SELECT count(*) AS n FROM ({PROFILE_360_SQL}) AS c WHERE segment = 'premium' AND order_count > 1"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(premium, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_over_an_aggregate_nests() {
+    let (_dir, engine) = loaded().await;
+    let segments = query(
+        &engine,
+        "mia",
+        "SELECT * FROM marketing.segments ORDER BY segment",
+    )
+    .await
+    .unwrap();
+    // Its principal is a global analyst: every region's customers.
+    let expected = query(
+        &engine,
+        "max",
+        "SELECT segment, count(*) AS customers, sum(lifetime_value) AS value FROM customer360.profile_360 GROUP BY segment ORDER BY segment",
+    )
+    .await
+    .unwrap();
+    assert_eq!(segments, expected);
+    assert!(segments.contains("basic"), "{segments}");
+}
+
+/// The bypass queries an outsider would try against an aggregate: none
+/// returns a raw customer id or email of its inputs, to a marketer who
+/// may read the aggregate but none of its inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_leaks_nothing_of_its_inputs() {
+    let (_dir, engine) = loaded().await;
+    let secrets: Vec<String> = {
+        let raw = query(
+            &engine,
+            "pat",
+            "SELECT customer_id, email FROM customers.profiles",
+        )
+        .await
+        .unwrap();
+        raw.lines()
+            .skip(3)
+            .flat_map(|l| {
+                l.split('|')
+                    .map(|c| c.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|c| c.len() > 4)
+            .collect()
+    };
+    assert!(secrets.len() > 50, "{}", secrets.len());
+    let first = secrets[0].clone();
+    let corpus = [
+        "SELECT * FROM customer360.profile_360".to_string(),
+        "SELECT * FROM customer360.profile_360 WHERE region = 'AMER'".to_string(),
+        format!("SELECT * FROM customer360.profile_360 WHERE customer_id = '{first}'"),
+        "SELECT customer_id FROM customer360.profile_360 WHERE customer_id LIKE 'C%'".to_string(),
+        "SELECT max(customer_id), min(customer_id) FROM customer360.profile_360".to_string(),
+        "WITH x AS (SELECT * FROM customer360.profile_360) SELECT * FROM x ORDER BY lifetime_value DESC".to_string(),
+        "SELECT a.* FROM customer360.profile_360 a JOIN customers.profiles p ON a.customer_id = p.customer_id".to_string(),
+        "SELECT * FROM sales.orders".to_string(),
+        "EXPLAIN SELECT * FROM customer360.profile_360".to_string(),
+        "EXPLAIN VERBOSE SELECT * FROM customer360.profile_360 WHERE segment = 'premium'".to_string(),
+        "SELECT * FROM marketing.segments".to_string(),
+        "SELECT * FROM meta.tables WHERE table_schema = 'customer360'".to_string(),
+        "SELECT * FROM meta.columns WHERE table_schema = 'customer360'".to_string(),
+        "SELECT * FROM information_schema.views".to_string(),
+        "SHOW CREATE TABLE customer360.profile_360".to_string(),
+        format!("SELECT count(*) FROM customer360.profile_360 WHERE starts_with(customer_id, '{}')", &first[..3]),
+    ];
+    let mut answered = 0;
+    for who in ["mia", "max"] {
+        for sql in &corpus {
+            let out = match query(&engine, who, sql).await {
+                Ok(t) => {
+                    answered += 1;
+                    t
+                }
+                Err(e) => e,
+            };
+            if let Some(s) = secrets.iter().find(|s| out.contains(s.as_str())) {
+                panic!("{who}: `{sql}` shows the raw value {s}:\n{out}");
+            }
+        }
+    }
+    assert!(answered >= 16, "only {answered} answered");
+    // The detector finds what it looks for.
+    let raw = query(
+        &engine,
+        "pat",
+        "SELECT customer_id FROM customers.profiles LIMIT 5",
+    )
+    .await
+    .unwrap();
+    assert!(secrets.iter().any(|s| raw.contains(s.as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cycles_drift_and_missing_principals_are_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    // customer360 now also reads marketing.segments: a cycle.
+    std::fs::write(
+        dir.path().join("customer360/profile_360.sql"),
+        format!("{PROFILE_360_SQL} HAVING count(*) > (SELECT count(*) - count(*) FROM marketing.segments)"),
+    )
+    .unwrap();
+    // A third product whose contract names a column its SQL lacks, run as
+    // a principal nobody declared.
+    let ops = dir.path().join("ops");
+    std::fs::write(
+        ops.join("drifted.odps.yaml"),
+        product("ops", "drifted", "svc-c360", &[]),
+    )
+    .unwrap();
+    std::fs::write(
+        ops.join("drifted.odcs.yaml"),
+        contract(
+            "ops",
+            "drifted",
+            "{ server: sql, type: custom, format: meshq-sql, customProperties: [ { property: sql, value: \"SELECT region, count(*) AS n FROM sales.orders GROUP BY region\" } ] }",
+            "  - name: drifted\n    customProperties: [ { property: readRoles, value: [analyst] } ]\n    properties:\n\
+             \x20     - { name: region, logicalType: string }\n\
+             \x20     - { name: orders, logicalType: integer }\n",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ops.join("orphan.odps.yaml"),
+        product("ops", "orphan", "nobody", &[]),
+    )
+    .unwrap();
+    std::fs::write(
+        ops.join("orphan.odcs.yaml"),
+        contract(
+            "ops",
+            "orphan",
+            "{ server: sql, type: custom, format: meshq-sql, customProperties: [ { property: sql, value: \"SELECT 1 AS one\" } ] }",
+            "  - name: orphan\n    properties:\n      - { name: one, logicalType: integer }\n",
+        ),
+    )
+    .unwrap();
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let errors = crate::common::error_problems(&engine);
+    let find = |needle: &[&str]| {
+        errors
+            .iter()
+            .find(|p| needle.iter().all(|n| p.contains(n)))
+            .unwrap_or_else(|| panic!("{needle:?} in {errors:#?}"))
+            .clone()
+    };
+    let cycle = find(&["customer360.profile_360", "cycle"]);
+    assert!(
+        cycle.contains("urn:dataproduct:marketing:segments")
+            && cycle.contains("urn:dataproduct:customer360:profile_360"),
+        "{cycle}"
+    );
+    find(&["marketing.segments", "cycle"]);
+    find(&["ops.drifted", "`orders` is not in the SQL's output"]);
+    find(&["ops.orphan", "runAs `nobody`"]);
+    // Refused when read, with the reason; the rest of the mesh answers.
+    let e = query(&engine, "max", "SELECT * FROM marketing.segments")
+        .await
+        .unwrap_err();
+    assert!(e.contains("cycle"), "{e}");
+    let e = query(&engine, "ana", "SELECT region FROM ops.drifted")
+        .await
+        .unwrap_err();
+    assert!(e.contains("`orders`"), "{e}");
+    query(&engine, "ana", "SELECT count(*) FROM sales.orders")
+        .await
+        .unwrap();
+}
