@@ -253,6 +253,65 @@ async fn an_aggregate_is_computed_as_its_team_and_served_under_its_own_contract(
     assert_eq!(premium, expected);
 }
 
+/// Lineage comes from the statements: the aggregate's inputs and the
+/// product over it, in `meta.lineage`; an input the SQL reads but the
+/// product does not declare is shown too, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lineage_follows_the_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    // Declare only profiles: orders and payments come from the SQL.
+    let odps = dir.path().join("customer360/profile_360.odps.yaml");
+    let text = std::fs::read_to_string(&odps).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            !l.contains("contractId: urn:datacontract:sales:orders")
+                && !l.contains("contractId: urn:datacontract:payments:transactions")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&odps, kept).unwrap();
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let edges = query(
+        &engine,
+        "max",
+        "SELECT from_product, to_product FROM meta.lineage \
+         WHERE to_product IN ('urn:dataproduct:customer360:profile_360', 'urn:dataproduct:marketing:segments') \
+         ORDER BY to_product, from_product",
+    )
+    .await
+    .unwrap();
+    for (from, to) in [
+        ("customers:profiles", "customer360:profile_360"),
+        ("sales:orders", "customer360:profile_360"),
+        ("payments:transactions", "customer360:profile_360"),
+        ("customer360:profile_360", "marketing:segments"),
+    ] {
+        assert!(
+            edges.contains(&format!("| urn:dataproduct:{from} "))
+                && edges.contains(&format!("urn:dataproduct:{to} ")),
+            "{from} → {to}: {edges}"
+        );
+    }
+    assert_eq!(
+        edges.matches("customer360:profile_360 |").count(),
+        3 + 1,
+        "{edges}"
+    );
+    let warnings: Vec<String> = engine.problems().iter().map(ToString::to_string).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("its SQL reads `sales.orders`")
+                && w.contains("inputPorts do not declare")),
+        "{warnings:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_product_over_an_aggregate_nests() {
     let (_dir, engine) = loaded().await;

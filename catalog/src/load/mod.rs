@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::mesh::Mesh;
 use crate::odcs::DataContract;
 use crate::odps::DataProduct;
-use crate::problem::{Problem, display_path};
+use crate::problem::{Problem, display_path, line_of};
 use crate::products::{ContractInfo, ProductInfo};
 
 /// Suffix of ODPS product descriptors.
@@ -77,15 +77,17 @@ pub fn load_mesh(root: &Path) -> Result<LoadOutcome> {
     let policy_sets = loader.load_policy_sets(&files.policies);
     let tables = loader.resolve_tables(&products, &contracts);
     loader.warn_unused_contracts(&products, &contracts);
+    let mut infos: Vec<ProductInfo> = products
+        .iter()
+        .map(|p| ProductInfo::from_odps(&p.product, &p.file))
+        .collect();
+    loader.sql_inputs(&tables, &mut infos, &products);
     let mesh = Mesh {
         root,
         config,
         tables,
         policy_sets,
-        products: products
-            .iter()
-            .map(|p| Arc::new(ProductInfo::from_odps(&p.product, &p.file)))
-            .collect(),
+        products: infos.into_iter().map(Arc::new).collect(),
         contracts: contracts
             .iter()
             .map(|(id, c)| {
@@ -163,4 +165,82 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+impl Loader {
+    /// Adds to each product defined by SQL the inputs its statement reads
+    /// (the mesh tables it names, by their contracts), so lineage shows
+    /// them; a table read but not declared in `inputPorts`, or declared
+    /// but not read, is a warning.
+    fn sql_inputs(
+        &mut self,
+        tables: &[Arc<crate::mesh::TableDef>],
+        infos: &mut [ProductInfo],
+        products: &[LoadedProduct],
+    ) {
+        use sqlparser::dialect::GenericDialect;
+        use sqlparser::parser::Parser;
+        for t in tables {
+            let crate::mesh::Location::Sql { query, .. } = &t.source.location else {
+                continue;
+            };
+            // A statement that does not parse is reported when the
+            // mesh is served.
+            let Ok(statements) = Parser::parse_sql(&GenericDialect {}, query) else {
+                continue;
+            };
+            let mut read: Vec<(String, String)> = Vec::new();
+            for s in &statements {
+                let _ = sqlparser::ast::visit_relations(s, |name| {
+                    let parts: Vec<String> = name
+                        .0
+                        .iter()
+                        .filter_map(|p| p.as_ident().map(|i| i.value.to_ascii_lowercase()))
+                        .collect();
+                    let key = parts[parts.len().saturating_sub(2)..].join(".");
+                    if let Some(input) = tables.iter().find(|d| d.qualified_name() == key)
+                        && !read.iter().any(|(k, _)| *k == key)
+                    {
+                        read.push((key, input.contract_id.clone()));
+                    }
+                    std::ops::ControlFlow::<()>::Continue(())
+                });
+            }
+            let Some(info) = infos.iter_mut().find(|p| p.id == t.product_id) else {
+                continue;
+            };
+            let Some(lp) = products.iter().find(|p| p.product.id == t.product_id) else {
+                continue;
+            };
+            for (table, contract) in &read {
+                if !info.inputs.iter().any(|(_, c)| c == contract) {
+                    self.warn(
+                        &lp.file,
+                        line_of(&lp.text, "inputPorts").or_else(|| line_of(&lp.text, "id:")),
+                        format!(
+                            "product `{}`: its SQL reads `{table}` (contract `{contract}`), which its inputPorts do not declare; lineage shows it from the SQL",
+                            t.product_id
+                        ),
+                    );
+                    info.inputs.push(("sql".to_string(), contract.clone()));
+                }
+            }
+            let unread: Vec<String> = info
+                .inputs
+                .iter()
+                .filter(|(_, c)| !read.iter().any(|(_, r)| r == c))
+                .map(|(port, c)| format!("`{port}` ({c})"))
+                .collect();
+            for port in unread {
+                self.warn(
+                    &lp.file,
+                    line_of(&lp.text, "inputPorts"),
+                    format!(
+                        "product `{}`: input port {port} is declared but its SQL does not read it",
+                        t.product_id
+                    ),
+                );
+            }
+        }
+    }
 }
