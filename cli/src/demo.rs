@@ -457,8 +457,15 @@ pub async fn write_demo_mesh(dir: &Path, scale: DemoScale) -> Result<()> {
         ("payments/transactions.odcs.yaml", TRANSACTIONS_ODCS),
         ("logistics/shipments.odps.yaml", SHIPMENTS_ODPS),
         ("logistics/shipments.odcs.yaml", SHIPMENTS_ODCS),
+        ("customer360/profile_360.odps.yaml", PROFILE_360_ODPS),
+        ("customer360/profile_360.odcs.yaml", PROFILE_360_ODCS),
+        ("customer360/profile_360.sql", PROFILE_360_SQL),
+        ("marketing/segments.odps.yaml", SEGMENTS_ODPS),
+        ("marketing/segments.odcs.yaml", SEGMENTS_ODCS),
     ];
     std::fs::create_dir_all(dir.join("governance"))?;
+    std::fs::create_dir_all(dir.join("customer360"))?;
+    std::fs::create_dir_all(dir.join("marketing"))?;
     for (name, text) in files {
         std::fs::write(dir.join(name), text)?;
     }
@@ -487,8 +494,127 @@ fn platform_yaml() -> Result<String> {
             out.push_str(&format!("    attributes: {{ region: {r} }}\n"));
         }
     }
+    out.push_str(
+        "# Service principals of products defined by SQL (their runAs): no\n\
+         # password, so nobody logs in as them.\n\
+         \x20 - { name: svc-customer360, roles: [analyst, global-analyst] }\n\
+         \x20 - { name: svc-marketing, roles: [marketing, global-analyst] }\n",
+    );
     Ok(out)
 }
+
+const PROFILE_360_ODPS: &str = r#"apiVersion: v1.0.0
+kind: DataProduct
+id: urn:dataproduct:customer360:profile_360
+name: customer 360
+version: 1.0.0
+status: active
+domain: customer360
+description:
+  purpose: One row per customer with order count, lifetime value and segment, built by SQL from profiles, orders and payments.
+tags: [customers, aggregate]
+team: { name: customer360, members: [ { username: cora@example.com, role: owner } ] }
+# Built as the team's own principal, which is not a PII reader: customer
+# ids are hashed in its inputs, so they are hashed here.
+customProperties:
+  - { property: runAs, value: svc-customer360 }
+inputPorts:
+  - { name: profiles, version: 1.0.0, contractId: urn:datacontract:customers:profiles }
+  - { name: orders, version: 1.0.0, contractId: urn:datacontract:sales:orders }
+  - { name: payments, version: 1.0.0, contractId: urn:datacontract:payments:transactions }
+outputPorts:
+  - { name: profile_360, type: tables, version: 1.0.0, contractId: urn:datacontract:customer360:profile_360 }
+"#;
+
+const PROFILE_360_ODCS: &str = r#"apiVersion: v3.1.0
+kind: DataContract
+id: urn:datacontract:customer360:profile_360
+name: profile_360
+version: 1.0.0
+status: active
+domain: customer360
+slaProperties:
+  - { property: availability, value: 99.5, unit: percent }
+servers:
+  - { server: sql, type: custom, format: meshq-sql, path: ./profile_360.sql }
+schema:
+  - name: profile_360
+    description: Every customer with their orders and settled payments summed.
+    customProperties:
+      - { property: readRoles, value: [analyst, marketing] }
+      - property: rowFilters
+        value: [ { id: own_region, expression: "region = principal_attr('region')", exceptRoles: [global-analyst] } ]
+    properties:
+      - { name: customer_id, logicalType: string, description: "Customer identifier, pseudonymised (hashed) by the inputs' PII policy." }
+      - { name: region, logicalType: string, description: "EMEA, AMER or APAC." }
+      - { name: tier, logicalType: string, description: Loyalty tier. }
+      - { name: order_count, logicalType: integer, description: Orders placed. }
+      - { name: lifetime_value, logicalType: number, physicalType: "DECIMAL(22,2)", description: Settled payments summed. }
+      - { name: segment, logicalType: string, description: "premium (1000 or more), standard (200 or more) or basic." }
+team: { name: customer360, members: [ { username: cora@example.com, role: owner } ] }
+"#;
+
+const PROFILE_360_SQL: &str = "-- Customer 360: one row per customer, evaluated as svc-customer360.
+SELECT customer_id, region, tier, order_count, lifetime_value,
+       CASE WHEN lifetime_value >= 1000 THEN 'premium'
+            WHEN lifetime_value >= 200 THEN 'standard'
+            ELSE 'basic' END AS segment
+FROM (
+  SELECT p.customer_id, p.region, p.tier,
+         count(DISTINCT o.order_id) AS order_count,
+         CAST(coalesce(sum(t.amount), 0) AS DECIMAL(22,2)) AS lifetime_value
+  FROM customers.profiles p
+  LEFT JOIN sales.orders o ON o.customer_id = p.customer_id
+  LEFT JOIN payments.transactions t ON t.order_id = o.order_id AND t.status = 'settled'
+  GROUP BY p.customer_id, p.region, p.tier
+) AS totals
+";
+
+const SEGMENTS_ODPS: &str = r#"apiVersion: v1.0.0
+kind: DataProduct
+id: urn:dataproduct:marketing:segments
+name: customer segments
+version: 1.0.0
+status: active
+domain: marketing
+description:
+  purpose: Customers and value per segment, for campaign planning; built on the Customer 360.
+tags: [marketing, consumer-aligned]
+team: { name: marketing-analytics, members: [ { username: mo@example.com, role: owner } ] }
+customProperties:
+  - { property: runAs, value: svc-marketing }
+inputPorts:
+  - { name: customer360, version: 1.0.0, contractId: urn:datacontract:customer360:profile_360 }
+outputPorts:
+  - { name: segments, type: tables, version: 1.0.0, contractId: urn:datacontract:marketing:segments }
+"#;
+
+const SEGMENTS_ODCS: &str = r#"apiVersion: v3.1.0
+kind: DataContract
+id: urn:datacontract:marketing:segments
+name: segments
+version: 1.0.0
+status: active
+domain: marketing
+slaProperties:
+  - { property: availability, value: 99.5, unit: percent }
+servers:
+  - server: sql
+    type: custom
+    format: meshq-sql
+    customProperties:
+      - { property: sql, value: "SELECT segment, count(*) AS customers, sum(lifetime_value) AS lifetime_value FROM customer360.profile_360 GROUP BY segment" }
+schema:
+  - name: segments
+    description: One row per segment, every region.
+    customProperties:
+      - { property: readRoles, value: [analyst, marketing] }
+    properties:
+      - { name: segment, logicalType: string, description: "premium, standard or basic." }
+      - { name: customers, logicalType: integer, description: Customers in the segment. }
+      - { name: lifetime_value, logicalType: number, physicalType: "DECIMAL(32,2)", description: Their lifetime value summed. }
+team: { name: marketing-analytics, members: [ { username: mo@example.com, role: owner } ] }
+"#;
 
 const PII_POLICY: &str = r#"apiVersion: v1
 kind: GovernancePolicySet

@@ -191,7 +191,7 @@ fn rego_policies_deny_and_warn_per_product() {
         validate(&mesh),
         (
             Some(0),
-            "4 table(s) served; 0 error(s), 0 warning(s)\n".into()
+            "6 table(s) served; 0 error(s), 0 warning(s)\n".into()
         )
     );
 
@@ -414,7 +414,7 @@ fn check_reports_junit_for_ci() {
             _ => {}
         }
     }
-    assert_eq!(suites, 4);
+    assert_eq!(suites, 6);
     assert!(cases > 40, "{cases}");
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0].0, "refunds_are_rare");

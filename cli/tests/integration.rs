@@ -85,7 +85,7 @@ fn demo_mesh_is_deterministic_and_valid() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert_eq!(
         stdout(&out),
-        "4 table(s) served; 0 error(s), 0 warning(s)\n"
+        "6 table(s) served; 0 error(s), 0 warning(s)\n"
     );
 
     // These figures are quoted in the README.
@@ -130,7 +130,7 @@ fn demo_reuses_an_existing_mesh_and_runs_the_shell_on_stdin() {
     assert!(text.contains("| 12000 |"), "{text}");
     assert!(
         text.contains(
-            "| sales     | orders       | delta   | urn:dataproduct:sales:orders          |"
+            "| sales       | orders       | delta     | urn:dataproduct:sales:orders            |"
         ),
         "{text}"
     );
@@ -291,7 +291,7 @@ fn shell_as_a_principal_sees_what_they_may() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
-        "Error: no principal `mallory` in meshq.yaml (known: ana, ben, gina, pat, root)\n"
+        "Error: no principal `mallory` in meshq.yaml (known: ana, ben, gina, pat, root, svc-customer360, svc-marketing)\n"
     );
 }
 
@@ -352,20 +352,27 @@ fn lineage(args: &[&str]) -> String {
 }
 
 /// The demo's products feed each other through their input ports:
-/// customers → sales → logistics and payments.
+/// customers → sales → logistics and payments, and the Customer 360 (from
+/// its SQL) → marketing's segments.
 #[test]
 fn lineage_draws_the_demo_products_as_mermaid_dot_json_and_svg() {
     assert_eq!(
         lineage(&[]),
         "\
 flowchart LR
-  p0[\"customers.customer profiles<br/><small>urn:dataproduct:customers:profiles</small>\"]
-  p1[\"logistics.shipments<br/><small>urn:dataproduct:logistics:shipments</small>\"]
-  p2[\"payments.payment transactions<br/><small>urn:dataproduct:payments:transactions</small>\"]
-  p3[\"sales.orders<br/><small>urn:dataproduct:sales:orders</small>\"]
-  p0 -->|\"customers\"| p3
-  p3 -->|\"orders\"| p1
-  p3 -->|\"orders\"| p2
+  p0[\"customer360.customer 360<br/><small>urn:dataproduct:customer360:profile_360</small>\"]
+  p1[\"customers.customer profiles<br/><small>urn:dataproduct:customers:profiles</small>\"]
+  p2[\"logistics.shipments<br/><small>urn:dataproduct:logistics:shipments</small>\"]
+  p3[\"marketing.customer segments<br/><small>urn:dataproduct:marketing:segments</small>\"]
+  p4[\"payments.payment transactions<br/><small>urn:dataproduct:payments:transactions</small>\"]
+  p5[\"sales.orders<br/><small>urn:dataproduct:sales:orders</small>\"]
+  p0 -->|\"customer360\"| p3
+  p1 -->|\"profiles\"| p0
+  p1 -->|\"customers\"| p5
+  p4 -->|\"payments\"| p0
+  p5 -->|\"orders\"| p0
+  p5 -->|\"orders\"| p2
+  p5 -->|\"orders\"| p4
 "
     );
     // One product: what is upstream and downstream of it, nothing else.
@@ -384,7 +391,7 @@ digraph lineage {
 "
     );
     let json: serde_json::Value = serde_json::from_str(&lineage(&["--format", "json"])).unwrap();
-    assert_eq!(json["products"].as_array().unwrap().len(), 4);
+    assert_eq!(json["products"].as_array().unwrap().len(), 6);
     let edges: Vec<(String, String)> = json["edges"]
         .as_array()
         .unwrap()
@@ -400,8 +407,24 @@ digraph lineage {
         edges,
         [
             (
+                "urn:dataproduct:customer360:profile_360",
+                "urn:dataproduct:marketing:segments"
+            ),
+            (
+                "urn:dataproduct:customers:profiles",
+                "urn:dataproduct:customer360:profile_360"
+            ),
+            (
                 "urn:dataproduct:customers:profiles",
                 "urn:dataproduct:sales:orders"
+            ),
+            (
+                "urn:dataproduct:payments:transactions",
+                "urn:dataproduct:customer360:profile_360"
+            ),
+            (
+                "urn:dataproduct:sales:orders",
+                "urn:dataproduct:customer360:profile_360"
             ),
             (
                 "urn:dataproduct:sales:orders",
@@ -416,7 +439,7 @@ digraph lineage {
     );
     assert_eq!(
         json["edges"][0]["declared_in"].as_str(),
-        Some("sales/orders.odps.yaml")
+        Some("marketing/segments.odps.yaml")
     );
     // The SVG is well-formed XML with a text element per product label.
     let svg = lineage(&["--format", "svg"]);
@@ -441,6 +464,8 @@ digraph lineage {
     }
     assert_eq!(root.as_deref(), Some("svg"));
     for label in [
+        "customer360.customer 360",
+        "marketing.customer segments",
         "customers.customer profiles",
         "logistics.shipments",
         "payments.payment transactions",

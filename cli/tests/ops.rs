@@ -924,7 +924,7 @@ async fn metrics_and_health_describe_the_server() {
     assert_eq!(get("meshq_sessions_active"), 1.0);
     assert_eq!(get("meshq_reloads_total{result=\"ok\"}"), 1.0);
     assert_eq!(get("meshq_ready"), 1.0);
-    assert_eq!(get("meshq_tables_served"), 4.0);
+    assert_eq!(get("meshq_tables_served"), 6.0);
     // The demo turns the result cache on: the one result is kept, its
     // bytes reserved from the memory pool, as are those of the copy of
     // `customers.profiles`.

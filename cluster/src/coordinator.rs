@@ -137,8 +137,11 @@ impl QueryPlanner for ClusterPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if self.workers.healthy().is_empty() {
-            // No worker answers: the coordinator runs the query.
+        if self.workers.healthy().is_empty()
+            || meshq_engine::options::MeshqOptions::of(session.config_options()).local_only
+        {
+            // No worker answers, or the plan is one that runs inside
+            // another (a product defined by SQL): the coordinator runs it.
             return self.local.create_physical_plan(logical_plan, session).await;
         }
         if let LogicalPlan::Explain(explain) = logical_plan {

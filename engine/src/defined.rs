@@ -137,7 +137,16 @@ impl DefinedTable {
             })?;
         let session = engine.session(&principal);
         let plan = session.plan(&self.query).await?;
-        let state = session.context().state();
+        let mut state = session.context().state();
+        // Planned here, inside its caller's plan: never over workers.
+        if let Some(o) = state
+            .config_mut()
+            .options_mut()
+            .extensions
+            .get_mut::<MeshqOptions>()
+        {
+            o.local_only = true;
+        }
         let options = MeshqOptions::of(state.config_options());
         let frame = DataFrame::new(state, plan);
         let output = frame.schema().clone();

@@ -26,6 +26,9 @@ pub struct MeshqOptions {
     /// arguments (`repeat`, `lpad`, …) may produce for one batch; `None`:
     /// unbounded.
     pub max_function_output: Option<usize>,
+    /// Plan on this node only, never over workers: the plan of a product
+    /// defined by SQL, which runs inside its caller's plan.
+    pub local_only: bool,
 }
 
 impl Default for MeshqOptions {
@@ -44,6 +47,7 @@ impl MeshqOptions {
             principal,
             principal_key,
             max_function_output,
+            local_only: false,
         }
     }
 

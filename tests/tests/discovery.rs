@@ -279,8 +279,10 @@ async fn quality_results_show_measured_values_only_to_unrestricted_callers() {
             "events|passed",
             "incidents|passed",
             "orders|passed",
+            "profile_360|passed",
             "profiles|passed",
             "region_totals|passed",
+            "segments|passed",
             "shipments|passed",
             "transactions|failed"
         ]

@@ -65,7 +65,6 @@ fn add_products(dir: &Path) {
     let mut yaml = std::fs::read_to_string(&platform).unwrap();
     yaml.push_str(
         "  - { name: svc-c360, roles: [analyst, global-analyst] }\n\
-         \x20 - { name: svc-marketing, roles: [marketing, global-analyst] }\n\
          \x20 - { name: mia, roles: [marketing], attributes: { region: EMEA } }\n\
          \x20 - { name: max, roles: [marketing, marketing-lead] }\n",
     );
@@ -235,6 +234,21 @@ async fn an_aggregate_is_computed_as_its_team_and_served_under_its_own_contract(
         "{e}"
     );
 
+    // EXPLAIN shows the definer's plan under DefinedExec, below the
+    // aggregate's own barrier.
+    let plan = query(
+        &engine,
+        "mia",
+        "EXPLAIN SELECT * FROM customer360.profile_360 WHERE segment = 'premium'",
+    )
+    .await
+    .unwrap();
+    let barrier = plan.find("PolicyBarrierExec: table=customer360.profile_360");
+    let defined = plan.find("DefinedExec: table=customer360.profile_360 run_as=svc-c360");
+    assert!(
+        matches!((barrier, defined), (Some(b), Some(d)) if b < d),
+        "{plan}"
+    );
     // A caller's predicate is applied to the aggregate's output.
     let premium = query(
         &engine,
