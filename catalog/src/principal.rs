@@ -29,6 +29,11 @@ pub struct PrincipalConfig {
     /// `defaults`).
     #[serde(default)]
     pub defaults: SessionDefaults,
+    /// The products defined by SQL this principal may run (their
+    /// `runAs`): product ids, or `domain:NAME` for every product of a
+    /// domain. Only a principal without a password may run products.
+    #[serde(default)]
+    pub runs: Vec<String>,
 }
 
 /// `defaults:` — where a new session starts.

@@ -497,8 +497,8 @@ fn platform_yaml() -> Result<String> {
     out.push_str(
         "# Service principals of products defined by SQL (their runAs): no\n\
          # password, so nobody logs in as them.\n\
-         \x20 - { name: svc-customer360, roles: [analyst, global-analyst] }\n\
-         \x20 - { name: svc-marketing, roles: [marketing, global-analyst] }\n",
+         \x20 - { name: svc-customer360, roles: [analyst, global-analyst], runs: [urn:dataproduct:customer360:profile_360] }\n\
+         \x20 - { name: svc-marketing, roles: [marketing, global-analyst], runs: [\"domain:marketing\"] }\n",
     );
     Ok(out)
 }

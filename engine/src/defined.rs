@@ -444,11 +444,7 @@ pub(crate) async fn verify(engine: &Engine, tables: &[Arc<DefinedTable>]) -> Ver
             t.refuse(&why);
             continue;
         }
-        if engine.mesh().config.principal(&t.run_as).is_none() {
-            let why = format!(
-                "runAs `{}` is not a principal of meshq.yaml; declare it (without a password) under `principals`",
-                t.run_as
-            );
+        if let Err(why) = may_run(engine, t) {
             out.problems.push(problem(t, &why));
             t.refuse(&why);
             continue;
@@ -470,6 +466,43 @@ pub(crate) async fn verify(engine: &Engine, tables: &[Arc<DefinedTable>]) -> Ver
     }
     out.inputs = inputs;
     out
+}
+
+/// Whether `meshq.yaml` lets `t`'s `runAs` principal run it: a service
+/// principal (no password: nobody logs in as it) whose `runs` names the
+/// product or its domain. A product descriptor alone cannot borrow any
+/// principal's rights.
+fn may_run(engine: &Engine, t: &DefinedTable) -> std::result::Result<(), String> {
+    let Some(p) = engine
+        .mesh()
+        .config
+        .principals
+        .iter()
+        .find(|p| p.name == t.run_as)
+    else {
+        return Err(format!(
+            "runAs `{}` is not a principal of meshq.yaml; declare it (without a password) under `principals`, with `runs: [{}]`",
+            t.run_as, t.def.product_id
+        ));
+    };
+    if p.password_hash.is_some() {
+        return Err(format!(
+            "runAs `{}` can log in with a password; a product runs as a service principal nobody logs in as (one without `password_hash`)",
+            t.run_as
+        ));
+    }
+    let domain = format!("domain:{}", t.def.domain);
+    if !p
+        .runs
+        .iter()
+        .any(|r| *r == t.def.product_id || *r == domain)
+    {
+        return Err(format!(
+            "meshq.yaml does not let `{}` run this product; add `runs: [{}]` (or `{domain}`) to that principal",
+            t.run_as, t.def.product_id
+        ));
+    }
+    Ok(())
 }
 
 /// The SQL planned as `t`'s principal: an error when it fails or an

@@ -64,7 +64,8 @@ fn add_products(dir: &Path) {
     let platform = dir.join("meshq.yaml");
     let mut yaml = std::fs::read_to_string(&platform).unwrap();
     yaml.push_str(
-        "  - { name: svc-c360, roles: [analyst, global-analyst] }\n\
+        "  - { name: svc-c360, roles: [analyst, global-analyst], runs: [urn:dataproduct:customer360:profile_360, \"domain:ops\"] }\n\
+         \x20 - { name: svc-stranger, roles: [admin] }\n\
          \x20 - { name: mia, roles: [marketing], attributes: { region: EMEA } }\n\
          \x20 - { name: max, roles: [marketing, marketing-lead] }\n",
     );
@@ -455,6 +456,26 @@ async fn cycles_drift_and_missing_principals_are_reported_by_name() {
         product("ops", "orphan", "nobody", &[]),
     )
     .unwrap();
+    // Products that try to borrow rights meshq.yaml did not give them: a
+    // person's (root can log in) and a service principal's that does not
+    // run them.
+    for (name, run_as) in [("borrowed", "root"), ("stranger", "svc-stranger")] {
+        std::fs::write(
+            ops.join(format!("{name}.odps.yaml")),
+            product("ops", name, run_as, &[]),
+        )
+        .unwrap();
+        std::fs::write(
+            ops.join(format!("{name}.odcs.yaml")),
+            contract(
+                "ops",
+                name,
+                "{ server: sql, type: custom, format: meshq-sql, customProperties: [ { property: sql, value: \"SELECT email FROM customers.profiles\" } ] }",
+                &format!("  - name: {name}\n    properties:\n      - {{ name: email, logicalType: string }}\n"),
+            ),
+        )
+        .unwrap();
+    }
     std::fs::write(
         ops.join("orphan.odcs.yaml"),
         contract(
@@ -485,6 +506,17 @@ async fn cycles_drift_and_missing_principals_are_reported_by_name() {
     find(&["marketing.segments", "cycle"]);
     find(&["ops.drifted", "`orders` is not in the SQL's output"]);
     find(&["ops.orphan", "runAs `nobody`"]);
+    find(&["ops.borrowed", "runAs `root` can log in with a password"]);
+    find(&[
+        "ops.stranger",
+        "does not let `svc-stranger` run this product",
+    ]);
+    for table in ["ops.borrowed", "ops.stranger"] {
+        let e = query(&engine, "ana", &format!("SELECT * FROM {table}"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("cannot be read"), "{e}");
+    }
     // Refused when read, with the reason; the rest of the mesh answers.
     let e = query(&engine, "max", "SELECT * FROM marketing.segments")
         .await
