@@ -530,3 +530,77 @@ async fn cycles_drift_and_missing_principals_are_reported_by_name() {
         .await
         .unwrap();
 }
+
+/// A product defined by SQL kept as a local Parquet copy, rebuilt on its
+/// interval: the copy is computed as the team's principal (the scan of
+/// the product is always the definer's), and each caller's answers are
+/// the same as from the SQL; `on-change` is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_can_be_kept_as_a_copy_refreshed_on_an_interval() {
+    use meshq_engine::acceleration::RefreshOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    let direct = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let odps = dir.path().join("customer360/profile_360.odps.yaml");
+    let text = std::fs::read_to_string(&odps).unwrap();
+    let port = "contractId: urn:datacontract:customer360:profile_360 }";
+    assert!(text.contains(port));
+    let accelerate = |refresh: &str| {
+        std::fs::write(
+            &odps,
+            text.replace(
+                port,
+                &format!("contractId: urn:datacontract:customer360:profile_360, customProperties: [ {{ property: acceleration, value: {{ engine: parquet, refresh: {refresh} }} }} ] }}"),
+            ),
+        )
+        .unwrap();
+    };
+    accelerate("on-change");
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let outcomes = engine.refresh_accelerations().await;
+    assert!(
+        outcomes.iter().any(|(t, o)| t == "customer360.profile_360"
+            && matches!(o, RefreshOutcome::Failed(why) if why.contains("refresh: 5m"))),
+        "{outcomes:?}"
+    );
+    accelerate("1h");
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let outcomes = engine.refresh_accelerations().await;
+    assert!(
+        outcomes
+            .iter()
+            .any(|(t, o)| t == "customer360.profile_360"
+                && matches!(o, RefreshOutcome::Built { .. })),
+        "{outcomes:?}"
+    );
+    let sql = "SELECT * FROM customer360.profile_360 ORDER BY customer_id";
+    for who in ["mia", "max"] {
+        assert_eq!(
+            query(&engine, who, sql).await.unwrap(),
+            query(&direct, who, sql).await.unwrap(),
+            "{who}"
+        );
+    }
+    let plan = query(&engine, "max", &format!("EXPLAIN {sql}"))
+        .await
+        .unwrap();
+    assert!(
+        !plan.contains("DefinedExec"),
+        "served from the copy: {plan}"
+    );
+    let listed = query(
+        &engine,
+        "max",
+        "SELECT accelerated FROM meta.tables WHERE table_name = 'profile_360'",
+    )
+    .await
+    .unwrap();
+    assert!(listed.contains("true"), "{listed}");
+}
