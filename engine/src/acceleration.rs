@@ -197,6 +197,38 @@ pub(crate) async fn source_version(
     }
 }
 
+/// The version of `table` as `engine` serves it: its source's
+/// ([`source_version`]); for a product defined by SQL, the versions of the
+/// tables its statement reads (`sql:domain.table@version,…`), when every
+/// one of them has a version.
+pub(crate) async fn version_in(engine: &crate::Engine, table: &ServedTable) -> Option<String> {
+    version_at(engine, table, 0).await
+}
+
+fn version_at<'a>(
+    engine: &'a crate::Engine,
+    table: &'a ServedTable,
+    depth: usize,
+) -> futures::future::BoxFuture<'a, Option<String>> {
+    Box::pin(async move {
+        let meshq_catalog::Location::Sql { query, .. } = &table.def.source.location else {
+            return source_version(engine.runtime(), table).await;
+        };
+        // Cycles are refused when the mesh loads; the depth is a bound
+        // all the same.
+        if depth > 16 {
+            return None;
+        }
+        let mut parts = Vec::new();
+        for name in crate::defined::inputs_of(query).ok()? {
+            let input = engine.served_table(&name)?;
+            let v = version_at(engine, input, depth + 1).await?;
+            parts.push(format!("{name}@{v}"));
+        }
+        Some(format!("sql:{}", parts.join(",")))
+    })
+}
+
 /// What one refresh did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshOutcome {
@@ -234,16 +266,16 @@ impl Engine {
     async fn refresh_one(&self, table: &ServedTable, slot: &Arc<CopySlot>) -> RefreshOutcome {
         let _one_at_a_time = slot.building.lock().await;
         let name = table.def.qualified_name();
-        let version = match source_version(self.runtime(), table).await {
+        let version = match version_in(self, table).await {
             Some(v) => v,
-            // A database or remote table: no version to watch, so its copy
-            // is rebuilt on its interval only.
+            // A database or remote table (or SQL over one): no version to
+            // watch, so its copy is rebuilt on its interval only.
             None if table.def.source.location.has_no_version() => {
                 if !matches!(slot.spec.refresh, Refresh::Every(_)) {
                     return fail(
                         slot,
                         format!(
-                            "`{name}` is a {} table, which has no version to watch for `refresh: on-change`; give an interval such as `refresh: 5m`",
+                            "`{name}` ({}) has no version to watch for `refresh: on-change` (a database or remote table, or SQL over one); give an interval such as `refresh: 5m`",
                             table.def.source.format
                         ),
                     );

@@ -346,7 +346,7 @@ impl ExecutionPlan for DefinedExec {
 }
 
 /// The `domain.table` names `query` reads, or why it is not one query.
-fn inputs_of(query: &str) -> std::result::Result<BTreeSet<String>, String> {
+pub(crate) fn inputs_of(query: &str) -> std::result::Result<BTreeSet<String>, String> {
     use datafusion::sql::parser::{DFParser, Statement};
     let statements = DFParser::parse_sql(query).map_err(|e| e.to_string())?;
     let [statement] = statements.iter().collect::<Vec<_>>()[..] else {
