@@ -30,8 +30,8 @@ pub struct PrincipalConfig {
     #[serde(default)]
     pub defaults: SessionDefaults,
     /// The products defined by SQL this principal may run (their
-    /// `runAs`): product ids, or `domain:NAME` for every product of a
-    /// domain. Only a principal without a password may run products.
+    /// `runAs`), by product id. Only a principal without a password may
+    /// run products.
     #[serde(default)]
     pub runs: Vec<String>,
 }

@@ -498,7 +498,7 @@ fn platform_yaml() -> Result<String> {
         "# Service principals of products defined by SQL (their runAs): no\n\
          # password, so nobody logs in as them.\n\
          \x20 - { name: svc-customer360, roles: [analyst, global-analyst], runs: [urn:dataproduct:customer360:profile_360] }\n\
-         \x20 - { name: svc-marketing, roles: [marketing, global-analyst], runs: [\"domain:marketing\"] }\n",
+         \x20 - { name: svc-marketing, roles: [marketing, global-analyst], runs: [urn:dataproduct:marketing:segments] }\n",
     );
     Ok(out)
 }

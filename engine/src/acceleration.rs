@@ -113,6 +113,14 @@ pub struct AccelerationStatus {
 }
 
 impl CopySlot {
+    /// Drops the copy, which may no longer be served (`why`); the next
+    /// refresh builds a new one.
+    pub(crate) fn discard(&self, why: &str) {
+        let mut state = self.state.write();
+        state.copy = None;
+        state.error = Some(why.to_string());
+    }
+
     /// The copy's state now.
     pub fn status(&self) -> AccelerationStatus {
         let state = self.state.read();
@@ -136,7 +144,8 @@ pub struct Accelerations {
 /// Whether two definitions describe the same rows (a copy of one serves
 /// the other).
 fn same_rows(a: &TableDef, b: &TableDef) -> bool {
-    a.source == b.source && a.columns == b.columns
+    // A product defined by SQL is the rows its principal may see.
+    a.source == b.source && a.columns == b.columns && a.run_as == b.run_as
 }
 
 impl Accelerations {
@@ -219,13 +228,24 @@ fn version_at<'a>(
         if depth > 16 {
             return None;
         }
+        // Who computes it, and what the inputs' policies give that
+        // principal, are part of the version: a change of either rebuilds
+        // the copy.
+        let run_as = table.def.run_as.as_deref()?;
+        let principal = engine.mesh().config.principal(run_as)?;
         let mut parts = Vec::new();
         for name in crate::defined::inputs_of(query).ok()? {
             let input = engine.served_table(&name)?;
             let v = version_at(engine, input, depth + 1).await?;
-            parts.push(format!("{name}@{v}"));
+            let policies = engine.tables().policies_for(&name, &principal).ok()?;
+            let key = crate::policy::governed::policy_key(policies, &principal);
+            parts.push(format!("{name}@{v}#{key:x}"));
         }
-        Some(format!("sql:{}", parts.join(",")))
+        Some(format!(
+            "sql:{run_as}#{:x}:{}",
+            crate::options::principal_key(&principal),
+            parts.join(",")
+        ))
     })
 }
 

@@ -28,12 +28,12 @@ use std::sync::{Arc, OnceLock};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Column, DataFusionError, Result};
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, cast, col};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, cast};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use meshq_catalog::odcs::LogicalType;
 use meshq_catalog::{ColumnDef, Location, Problem, TableDef};
@@ -103,6 +103,16 @@ impl DefinedTable {
             engine: OnceLock::new(),
             broken: OnceLock::new(),
         }
+    }
+
+    /// Why it cannot be read, when [`verify`] refused it.
+    pub(crate) fn broken(&self) -> Option<&String> {
+        self.broken.get()
+    }
+
+    /// Its `domain.table`.
+    pub(crate) fn qualified_name(&self) -> String {
+        self.def.qualified_name()
     }
 
     /// Binds the table to the mesh version that serves it.
@@ -178,19 +188,6 @@ impl DefinedTable {
     }
 }
 
-fn unqualified(e: &Expr) -> Result<Expr> {
-    Ok(e.clone()
-        .transform(|e| {
-            Ok(match e {
-                Expr::Column(c) if c.relation.is_some() => {
-                    Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
-                }
-                other => Transformed::no(other),
-            })
-        })?
-        .data)
-}
-
 #[async_trait]
 impl TableProvider for DefinedTable {
     fn schema(&self) -> SchemaRef {
@@ -205,8 +202,13 @@ impl TableProvider for DefinedTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Applied to the statement's output, and again above the scan.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // None: a caller's predicate given to the definer's plan would be
+        // pushed below its own filters, joins and HAVING, and run on rows
+        // the product never serves. It runs above, on the product's rows.
+        Ok(vec![
+            TableProviderFilterPushDown::Unsupported;
+            filters.len()
+        ])
     }
 
     async fn scan(
@@ -229,7 +231,45 @@ impl TableProvider for DefinedTable {
                     self.name()
                 ))
             })?;
-        let (mut frame, options) = self.defined_frame(&engine).await.map_err(|e| {
+        // A product read inside its own plan (a cycle the load check
+        // could not see, such as an unqualified self-reference) stops
+        // here, not in a stack overflow.
+        if !filters.is_empty() {
+            return Err(DataFusionError::Internal(format!(
+                "table `{}`: a filter reached a product defined by SQL, which accepts none",
+                self.name()
+            )));
+        }
+        let depth = NESTING.try_with(|d| *d).unwrap_or(0);
+        if depth >= MAX_NESTING {
+            return Err(DataFusionError::Plan(format!(
+                "table `{}`: products defined by SQL nest more than {MAX_NESTING} deep here; its SQL probably reads itself",
+                self.name()
+            )));
+        }
+        NESTING
+            .scope(depth + 1, self.plan_for_caller(&engine, projection, limit))
+            .await
+    }
+}
+
+tokio::task_local! {
+    /// How many products defined by SQL are being planned, one inside the
+    /// other, on this task.
+    static NESTING: usize;
+}
+
+/// The deepest nesting of products defined by SQL planned.
+const MAX_NESTING: usize = 16;
+
+impl DefinedTable {
+    async fn plan_for_caller(
+        &self,
+        engine: &Engine,
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (mut frame, options) = self.defined_frame(engine).await.map_err(|e| {
             DataFusionError::Context(
                 format!(
                     "table `{}` (product `{}`, defined by SQL as `{}`)",
@@ -240,15 +280,12 @@ impl TableProvider for DefinedTable {
                 Box::new(e),
             )
         })?;
-        for f in filters {
-            frame = frame.filter(unqualified(f)?)?;
-        }
         if let Some(p) = projection {
-            let names: Vec<&str> = p
+            let columns: Vec<Expr> = p
                 .iter()
-                .map(|&i| self.schema.field(i).name().as_str())
+                .map(|&i| Expr::Column(Column::new_unqualified(self.schema.field(i).name())))
                 .collect();
-            frame = frame.select(names.into_iter().map(col).collect::<Vec<_>>())?;
+            frame = frame.select(columns)?;
         }
         if let Some(n) = limit {
             frame = frame.limit(0, Some(n))?;
@@ -264,9 +301,10 @@ impl TableProvider for DefinedTable {
 }
 
 /// The plan of a product defined by SQL, made (and verified) by its
-/// `runAs` principal's session. The plan verifier checks what is below it
-/// again as that principal; nothing of the caller's plan crosses it (no
-/// filter, projection or limit is pushed into it).
+/// `runAs` principal's session, as a leaf of the caller's plan: the
+/// caller's optimizer rules do not reach into it, nothing of the caller's
+/// plan crosses it, and `EXPLAIN` does not show it. The plan verifier
+/// checks what is inside it again as that principal.
 #[derive(Debug)]
 pub struct DefinedExec {
     input: Arc<dyn ExecutionPlan>,
@@ -315,21 +353,29 @@ impl ExecutionPlan for DefinedExec {
         self.input.properties()
     }
 
+    /// None: the definer's plan is not the caller's to see (EXPLAIN) or
+    /// to rewrite (the caller's optimizer rules).
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
+        vec![]
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
+        if !children.is_empty() {
             return Err(DataFusionError::Internal(
-                "DefinedExec has one child".into(),
+                "DefinedExec has no children".into(),
             ));
         }
+        Ok(self)
+    }
+
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(Self {
-            input: children.remove(0),
+            input: datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(
+                &self.input,
+            ))?,
             table: self.table.clone(),
             run_as: self.run_as.clone(),
             options: Arc::clone(&self.options),
@@ -470,7 +516,7 @@ pub(crate) async fn verify(engine: &Engine, tables: &[Arc<DefinedTable>]) -> Ver
 
 /// Whether `meshq.yaml` lets `t`'s `runAs` principal run it: a service
 /// principal (no password: nobody logs in as it) whose `runs` names the
-/// product or its domain. A product descriptor alone cannot borrow any
+/// product. A product descriptor alone cannot borrow any
 /// principal's rights.
 fn may_run(engine: &Engine, t: &DefinedTable) -> std::result::Result<(), String> {
     let Some(p) = engine
@@ -491,14 +537,10 @@ fn may_run(engine: &Engine, t: &DefinedTable) -> std::result::Result<(), String>
             t.run_as
         ));
     }
-    let domain = format!("domain:{}", t.def.domain);
-    if !p
-        .runs
-        .iter()
-        .any(|r| *r == t.def.product_id || *r == domain)
-    {
+    // Product ids only: a descriptor chooses its own domain.
+    if !p.runs.iter().any(|r| *r == t.def.product_id) {
         return Err(format!(
-            "meshq.yaml does not let `{}` run this product; add `runs: [{}]` (or `{domain}`) to that principal",
+            "meshq.yaml does not let `{}` run this product; add `runs: [{}]` to that principal",
             t.run_as, t.def.product_id
         ));
     }
@@ -525,6 +567,24 @@ async fn check_output(
             crate::error::error_message(&e)
         )
     })?;
+    // Its own table among the scans of its plan: a cycle its text did not
+    // show (an unqualified name).
+    let own = t.name();
+    let mut reads_itself = false;
+    let _ = plan.apply(|node| {
+        if let datafusion::logical_expr::LogicalPlan::TableScan(s) = node
+            && s.table_name.table() == t.def.name
+            && s.table_name.schema() == Some(t.def.domain.as_str())
+        {
+            reads_itself = true;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    if reads_itself {
+        return Err(format!(
+            "its SQL forms a cycle: it reads `{own}`, itself; a product cannot be built from itself"
+        ));
+    }
     let output = plan.schema();
     let mut warnings = Vec::new();
     for c in &t.def.columns {

@@ -341,6 +341,15 @@ impl Engine {
             return self;
         }
         let verified = crate::defined::verify(&self, defined).await;
+        // A copy of a product that may no longer be computed (its runAs
+        // lost its consent, its SQL broke) is never served again.
+        for t in defined {
+            if let Some(why) = t.broken()
+                && let Some(slot) = self.inner.accelerations.get(&t.qualified_name())
+            {
+                slot.discard(why);
+            }
+        }
         let inner = match Arc::try_unwrap(self.inner) {
             Ok(mut inner) => {
                 inner.problems.extend(verified.problems);

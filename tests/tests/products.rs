@@ -64,7 +64,7 @@ fn add_products(dir: &Path) {
     let platform = dir.join("meshq.yaml");
     let mut yaml = std::fs::read_to_string(&platform).unwrap();
     yaml.push_str(
-        "  - { name: svc-c360, roles: [analyst, global-analyst], runs: [urn:dataproduct:customer360:profile_360, \"domain:ops\"] }\n\
+        "  - { name: svc-c360, roles: [analyst, global-analyst], runs: [urn:dataproduct:customer360:profile_360, urn:dataproduct:ops:drifted, urn:dataproduct:ops:big_regions] }\n\
          \x20 - { name: svc-stranger, roles: [admin] }\n\
          \x20 - { name: mia, roles: [marketing], attributes: { region: EMEA } }\n\
          \x20 - { name: max, roles: [marketing, marketing-lead] }\n",
@@ -572,7 +572,8 @@ async fn an_aggregate_can_be_kept_as_a_copy_rebuilt_when_an_input_changes() {
     };
     let first = built(&engine.refresh_accelerations().await).expect("a copy is built");
     assert!(
-        first.starts_with("sql:customers.profiles@files:")
+        first.starts_with("sql:svc-c360#")
+            && first.contains(":customers.profiles@files:")
             && first.contains(",payments.transactions@files:")
             && first.contains(",sales.orders@delta:"),
         "{first}"
@@ -620,4 +621,85 @@ async fn an_aggregate_can_be_kept_as_a_copy_rebuilt_when_an_input_changes() {
         query(&direct, "max", sql).await.unwrap(),
         "the copy follows the new payments"
     );
+    // The platform withdraws the team principal's consent: after the
+    // reload the product is refused, and its copy is not served.
+    let platform = dir.path().join("meshq.yaml");
+    let yaml = std::fs::read_to_string(&platform).unwrap();
+    std::fs::write(
+        &platform,
+        yaml.replace(
+            "runs: [urn:dataproduct:customer360:profile_360, ",
+            "runs: [",
+        ),
+    )
+    .unwrap();
+    let reloaded = Engine::load_after(
+        meshq_tests::fixture_engine_config(dir.path()),
+        Some(&engine),
+    )
+    .await
+    .unwrap();
+    let e = query(&reloaded, "max", sql).await.unwrap_err();
+    assert!(
+        e.contains("does not let `svc-c360` run this product"),
+        "{e}"
+    );
+}
+
+/// A caller's predicate is never run inside the product's plan: here one
+/// that fails on the values it reads (a cast of the region) would have
+/// run on groups the product's HAVING suppresses, and its error would
+/// have named them. It runs on the product's rows only (there are none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_predicate_runs_on_the_products_rows_only() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    let ops = dir.path().join("ops");
+    std::fs::write(
+        ops.join("big_regions.odps.yaml"),
+        product(
+            "ops",
+            "big_regions",
+            "svc-c360",
+            &["urn:datacontract:sales:orders"],
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ops.join("big_regions.odcs.yaml"),
+        contract(
+            "ops",
+            "big_regions",
+            "{ server: sql, type: custom, format: meshq-sql, customProperties: [ { property: sql, value: \"SELECT region, count(*) AS n FROM sales.orders GROUP BY region HAVING count(*) >= 1000000\" } ] }",
+            "  - name: big_regions\n    customProperties: [ { property: readRoles, value: [marketing] } ]\n    properties:\n\
+             \x20     - { name: region, logicalType: string }\n\
+             \x20     - { name: n, logicalType: integer }\n",
+        ),
+    )
+    .unwrap();
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let errors = crate::common::error_problems(&engine);
+    assert!(errors.is_empty(), "{errors:#?}");
+    for sql in [
+        "SELECT * FROM ops.big_regions WHERE CAST(region AS INT) = 1",
+        "SELECT * FROM ops.big_regions WHERE CASE WHEN region > 'A' THEN CAST(region AS INT) ELSE 0 END = 1",
+    ] {
+        let out = query(&engine, "max", sql).await.unwrap();
+        assert!(
+            !out.contains("EMEA") && !out.contains("AMER") && !out.contains("APAC"),
+            "{sql}: {out}"
+        );
+    }
+    // EXPLAIN shows the product's node, not the plan inside it.
+    let plan = query(&engine, "max", "EXPLAIN SELECT * FROM ops.big_regions")
+        .await
+        .unwrap();
+    assert!(
+        plan.contains("DefinedExec: table=ops.big_regions"),
+        "{plan}"
+    );
+    assert!(!plan.contains("sales.orders"), "{plan}");
 }
