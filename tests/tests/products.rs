@@ -703,3 +703,37 @@ async fn a_callers_predicate_runs_on_the_products_rows_only() {
     );
     assert!(!plan.contains("sales.orders"), "{plan}");
 }
+
+/// An input that cannot be opened makes the product unreadable, with the
+/// input named as the cause; the other products are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_input_makes_the_product_unavailable_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    std::fs::remove_dir_all(dir.path().join("payments/data/transactions")).unwrap();
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let errors = crate::common::error_problems(&engine);
+    assert!(
+        errors
+            .iter()
+            .any(|p| p.contains("customer360.profile_360") && p.contains("payments.transactions")),
+        "{errors:#?}"
+    );
+    let e = query(
+        &engine,
+        "max",
+        "SELECT count(*) FROM customer360.profile_360",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("customer360.profile_360") && e.contains("payments.transactions"),
+        "{e}"
+    );
+    query(&engine, "ana", "SELECT count(*) FROM sales.orders")
+        .await
+        .unwrap();
+}
