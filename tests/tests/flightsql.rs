@@ -4,7 +4,8 @@
 //! see every raw value there) and applies its own contract's policies on
 //! top. Answers per principal equal the file product's; what reaches the
 //! remote server is the projection, the row filter and predicates on
-//! unmasked columns; faults name the product.
+//! unmasked columns; faults name the product. It joins with the Parquet
+//! and Iceberg products like any other.
 
 use std::path::Path;
 
@@ -120,6 +121,9 @@ async fn a_remote_table_answers_each_principal_as_the_file_product_does() {
          JOIN customers.profiles p ON o.customer_id = p.customer_id \
          WHERE o.item_count > 2 ORDER BY o.order_id LIMIT 20",
         "SELECT count(*) AS n FROM sales.orders o JOIN payments.transactions t ON o.order_id = t.order_id",
+        // With the Iceberg product.
+        "SELECT s.carrier, count(*) AS n, sum(o.total_amount) AS total FROM logistics.shipments s \
+         JOIN sales.orders o ON s.order_id = o.order_id GROUP BY s.carrier ORDER BY s.carrier",
         "SELECT order_id, region FROM sales.orders WHERE item_count BETWEEN 2 AND 4 AND status <> 'cancelled' ORDER BY order_id",
     ] {
         for who in ["ana", "ben", "gina", "pat"] {
