@@ -169,17 +169,6 @@ pub async fn federation(warmup: usize, runs: usize, rows: u64, out: &mut String)
     }
     let sent_pushed = rows_from_postgres(&session, WITH_PUSHDOWN).await?;
     let sent_unpushed = rows_from_postgres(&session, WITHOUT_PUSHDOWN).await?;
-    let row = |label: &str, t: &Timing, sent: String, out: &mut String| -> Result<()> {
-        writeln!(
-            out,
-            "| {label} | {} ({}–{}) | {sent} | {:.2}× |",
-            ms(t.median()),
-            ms(t.min()),
-            ms(t.max()),
-            t.median().as_secs_f64() / direct.median().as_secs_f64()
-        )?;
-        Ok(())
-    };
     writeln!(
         out,
         "## Federation (PostgreSQL, {rows} rows)\n\n\
@@ -187,37 +176,71 @@ pub async fn federation(warmup: usize, runs: usize, rows: u64, out: &mut String)
 | | median (min–max) ms | rows from PostgreSQL | vs PostgreSQL alone |\n|---|---:|---:|---:|",
         row_count(&pushed_rows),
     )?;
-    row(
-        "meshq, predicates sent to PostgreSQL",
-        &pushed,
-        sent_pushed.to_string(),
+    rows_and_summary(
         out,
-    )?;
-    row(
-        "meshq, predicates kept in meshq (`account + 0`, `region || ''`)",
-        &unpushed,
-        sent_unpushed.to_string(),
-        out,
-    )?;
-    row(
+        &Measured {
+            pushed,
+            unpushed,
+            direct,
+            sent_pushed,
+            sent_unpushed,
+            differ,
+        },
+        "PostgreSQL",
         "PostgreSQL alone (tokio-postgres, the same SELECT)",
-        &direct,
-        "1".into(),
-        out,
     )?;
+    Ok(differ)
+}
+
+/// The three ways one source's query ran, and what was received.
+struct Measured {
+    pushed: Timing,
+    unpushed: Timing,
+    direct: Timing,
+    sent_pushed: u64,
+    sent_unpushed: u64,
+    differ: usize,
+}
+
+/// The rows of a section's table (`source` names where predicates go,
+/// `direct` the source asked alone) and its summary line.
+fn rows_and_summary(out: &mut String, m: &Measured, source: &str, direct: &str) -> Result<()> {
+    let vs = m.direct.median().as_secs_f64();
+    for (label, t, sent) in [
+        (
+            format!("meshq, predicates sent to {source}"),
+            &m.pushed,
+            m.sent_pushed,
+        ),
+        (
+            "meshq, predicates kept in meshq (`account + 0`, `region || ''`)".to_string(),
+            &m.unpushed,
+            m.sent_unpushed,
+        ),
+        (direct.to_string(), &m.direct, 1),
+    ] {
+        writeln!(
+            out,
+            "| {label} | {} ({}–{}) | {sent} | {:.2}× |",
+            ms(t.median()),
+            ms(t.min()),
+            ms(t.max()),
+            t.median().as_secs_f64() / vs
+        )?;
+    }
     writeln!(
         out,
         "\nmeshq with the predicates sent is {:.1}× faster than without, and receives {} rows instead of {}.{}\n",
-        unpushed.median().as_secs_f64() / pushed.median().as_secs_f64(),
-        sent_pushed,
-        sent_unpushed,
-        if differ > 0 {
+        m.unpushed.median().as_secs_f64() / m.pushed.median().as_secs_f64(),
+        m.sent_pushed,
+        m.sent_unpushed,
+        if m.differ > 0 {
             " **The answers DIFFER.**"
         } else {
             " All three answers are the same."
         }
     )?;
-    Ok(differ)
+    Ok(())
 }
 
 /// The remote mesh: `ops.events`, a Parquet file of `rows` rows like the
@@ -399,17 +422,6 @@ pub async fn federation_flightsql(
     }
     let sent_pushed = rows_received(&session, WITH_PUSHDOWN, "FlightSqlExec").await?;
     let sent_unpushed = rows_received(&session, WITHOUT_PUSHDOWN, "FlightSqlExec").await?;
-    let row = |label: &str, t: &Timing, sent: String, out: &mut String| -> Result<()> {
-        writeln!(
-            out,
-            "| {label} | {} ({}–{}) | {sent} | {:.2}× |",
-            ms(t.median()),
-            ms(t.min()),
-            ms(t.max()),
-            t.median().as_secs_f64() / direct.median().as_secs_f64()
-        )?;
-        Ok(())
-    };
     writeln!(
         out,
         "## Federation (remote meshq over Flight SQL, {rows} rows)\n\n\
@@ -417,35 +429,18 @@ pub async fn federation_flightsql(
 | | median (min–max) ms | rows from the remote | vs the remote alone |\n|---|---:|---:|---:|",
         answer(&direct_rows),
     )?;
-    row(
-        "meshq, predicates sent to the remote",
-        &pushed,
-        sent_pushed.to_string(),
+    rows_and_summary(
         out,
-    )?;
-    row(
-        "meshq, predicates kept in meshq (`account + 0`, `region || ''`)",
-        &unpushed,
-        sent_unpushed.to_string(),
-        out,
-    )?;
-    row(
+        &Measured {
+            pushed,
+            unpushed,
+            direct,
+            sent_pushed,
+            sent_unpushed,
+            differ,
+        },
+        "the remote",
         "the remote alone (Flight SQL client, the same SELECT)",
-        &direct,
-        "1".into(),
-        out,
-    )?;
-    writeln!(
-        out,
-        "\nmeshq with the predicates sent is {:.1}× faster than without, and receives {} rows instead of {}.{}\n",
-        unpushed.median().as_secs_f64() / pushed.median().as_secs_f64(),
-        sent_pushed,
-        sent_unpushed,
-        if differ > 0 {
-            " **The answers DIFFER.**"
-        } else {
-            " All three answers are the same."
-        }
     )?;
     drop(remote);
     Ok(differ)

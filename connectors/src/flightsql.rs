@@ -36,8 +36,6 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_expr::EquivalenceProperties;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::sql::unparser::dialect::CustomDialectBuilder;
@@ -47,7 +45,7 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::{SourceError, SourceErrorKind};
-use crate::pushdown::Compare;
+use crate::pushdown::{Compare, quote};
 
 /// How a remote server wants to be logged in to.
 enum Auth {
@@ -387,10 +385,6 @@ fn compare_of(t: &DataType) -> Compare {
     }
 }
 
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
 /// A table of a remote Flight SQL server as a DataFusion table.
 #[derive(Debug)]
 pub struct FlightSqlTable {
@@ -618,35 +612,15 @@ impl TableProvider for FlightSqlTable {
             .iter()
             .map(|&i| quote(self.schema.field(i).name()))
             .collect();
-        let mut sql = format!(
-            "SELECT {} FROM {}",
-            if select.is_empty() {
-                "1".to_string()
-            } else {
-                select.join(", ")
-            },
-            self.relation
-        );
-        let mut conditions = Vec::new();
-        for f in filters {
-            // Only filters accepted as Exact arrive here; one that does
-            // not unparse now is an error, never a silently dropped row
-            // filter.
-            let Some(text) = self.filter_sql(f) else {
-                return Err(DataFusionError::Internal(format!(
-                    "table `{}`: a filter accepted for the remote server no longer unparses: {f}",
-                    self.table
-                )));
-            };
-            conditions.push(format!("({text})"));
-        }
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        if let Some(n) = limit {
-            sql.push_str(&format!(" LIMIT {n}"));
-        }
+        let sql = crate::pushdown::select_statement(
+            &self.table,
+            "the remote server",
+            &self.relation,
+            &select,
+            filters,
+            limit,
+            |f| self.filter_sql(f),
+        )?;
         let schema = Arc::new(self.schema.project(&indices)?);
         Ok(Arc::new(FlightSqlExec::new(
             Arc::clone(&self.remote),
@@ -671,12 +645,7 @@ pub struct FlightSqlExec {
 
 impl FlightSqlExec {
     fn new(remote: Arc<FlightSqlRemote>, table: String, sql: String, schema: SchemaRef) -> Self {
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&schema)),
-            datafusion::physical_plan::Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let properties = crate::pushdown::statement_properties(&schema);
         Self {
             remote,
             table,

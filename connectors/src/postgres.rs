@@ -35,8 +35,6 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_expr::EquivalenceProperties;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use datafusion::sql::unparser::dialect::PostgreSqlDialect;
@@ -45,7 +43,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{SourceError, SourceErrorKind};
-use crate::pushdown::Compare;
+use crate::pushdown::{Compare, quote};
 
 /// How to reach one PostgreSQL database: the contract server's `host`,
 /// `port` and `database`, and the `stores` entry's credentials and limits.
@@ -658,10 +656,6 @@ pub struct PostgresTable {
     schema: SchemaRef,
 }
 
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
 impl PostgresTable {
     /// Opens `schema.name` (the contract's server `schema` and the schema
     /// object's `physicalName`) for meshq's table `table`: reads its
@@ -774,35 +768,15 @@ impl TableProvider for PostgresTable {
                 }
             })
             .collect();
-        let mut sql = format!(
-            "SELECT {} FROM {}",
-            if select.is_empty() {
-                "1".to_string()
-            } else {
-                select.join(", ")
-            },
-            self.relation
-        );
-        let mut conditions = Vec::new();
-        for f in filters {
-            // Only filters accepted as Exact arrive here; one that does
-            // not unparse now is an error, never a silently dropped row
-            // filter.
-            let Some(text) = self.filter_sql(f) else {
-                return Err(DataFusionError::Internal(format!(
-                    "table `{}`: a filter accepted for PostgreSQL no longer unparses: {f}",
-                    self.table
-                )));
-            };
-            conditions.push(format!("({text})"));
-        }
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        if let Some(n) = limit {
-            sql.push_str(&format!(" LIMIT {n}"));
-        }
+        let sql = crate::pushdown::select_statement(
+            &self.table,
+            "PostgreSQL",
+            &self.relation,
+            &select,
+            filters,
+            limit,
+            |f| self.filter_sql(f),
+        )?;
         let schema = Arc::new(self.schema.project(&indices)?);
         let reads = indices.iter().map(|&i| self.columns[i].read).collect();
         Ok(Arc::new(PostgresExec::new(
@@ -836,12 +810,7 @@ impl PostgresExec {
         schema: SchemaRef,
         reads: Vec<Read>,
     ) -> Self {
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(Arc::clone(&schema)),
-            datafusion::physical_plan::Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let properties = crate::pushdown::statement_properties(&schema);
         Self {
             pool,
             table,

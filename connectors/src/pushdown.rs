@@ -7,9 +7,15 @@
 //! meaning it shares with DataFusion ([`pushable`]); anything else runs in
 //! meshq, above the scan.
 
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, ScalarValue};
+use datafusion::common::{Column, DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::PlanProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::sql::unparser::Unparser;
 use datafusion::sql::unparser::dialect::Dialect;
 
@@ -150,6 +156,64 @@ pub(crate) fn filter_sql(
         .expr_to_sql(&bare)
         .ok()
         .map(|ast| ast.to_string())
+}
+
+/// The one `SELECT` a source runs for a scan: `select` (the projected
+/// columns as the source reads them; `1` when none is), the filters the
+/// provider accepted, each as `filter_sql` renders it, and the limit.
+/// `table` and `source` name the table and its kind for the error.
+pub(crate) fn select_statement(
+    table: &str,
+    source: &str,
+    relation: &str,
+    select: &[String],
+    filters: &[Expr],
+    limit: Option<usize>,
+    filter_sql: impl Fn(&Expr) -> Option<String>,
+) -> Result<String> {
+    let mut sql = format!(
+        "SELECT {} FROM {relation}",
+        if select.is_empty() {
+            "1".to_string()
+        } else {
+            select.join(", ")
+        }
+    );
+    let mut conditions = Vec::new();
+    for f in filters {
+        // Only filters accepted as Exact arrive here; one that does not
+        // unparse now is an error, never a silently dropped row filter.
+        let Some(text) = filter_sql(f) else {
+            return Err(DataFusionError::Internal(format!(
+                "table `{table}`: a filter accepted for {source} no longer unparses: {f}"
+            )));
+        };
+        conditions.push(format!("({text})"));
+    }
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    if let Some(n) = limit {
+        sql.push_str(&format!(" LIMIT {n}"));
+    }
+    Ok(sql)
+}
+
+/// The properties of a scan that streams one source statement's answer:
+/// one partition, incremental, bounded.
+pub(crate) fn statement_properties(schema: &SchemaRef) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(Arc::clone(schema)),
+        datafusion::physical_plan::Partitioning::UnknownPartitioning(1),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
+}
+
+/// An identifier quoted for SQL (`"` doubled inside).
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 #[cfg(test)]

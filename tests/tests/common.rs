@@ -52,6 +52,27 @@ pub(crate) async fn run_served(
     Ok((batches, cached))
 }
 
+/// Batches as the shell prints them.
+pub(crate) fn text(batches: &[RecordBatch]) -> String {
+    arrow::util::pretty::pretty_format_batches(batches)
+        .unwrap()
+        .to_string()
+}
+
+/// Runs SQL on `engine` as the principal `who`: the result as text, or
+/// the error's full text.
+pub(crate) async fn query(engine: &Engine, who: &str, sql: &str) -> Result<String, String> {
+    let principal = engine.mesh().config.principal(who).unwrap();
+    run(&engine.session(&principal), sql)
+        .await
+        .map(|b| text(&b))
+}
+
+/// Every problem of a loaded mesh, as text.
+pub(crate) fn all_problems(engine: &Engine) -> Vec<String> {
+    engine.problems().iter().map(ToString::to_string).collect()
+}
+
 /// The error-severity problems of a loaded mesh, as text.
 pub(crate) fn error_problems(engine: &Engine) -> Vec<String> {
     engine

@@ -13,22 +13,9 @@ use arrow::array::RecordBatch;
 use meshq_engine::{Engine, EngineConfig};
 use meshq_tests::remote::RemoteMeshq;
 
-use crate::common::run;
+use crate::common::{all_problems, query};
 
 const PASSWORD_ENV: &str = "MESHQ_TEST_REMOTE_PASSWORD";
-
-fn text(batches: &[RecordBatch]) -> String {
-    arrow::util::pretty::pretty_format_batches(batches)
-        .unwrap()
-        .to_string()
-}
-
-async fn query(engine: &Engine, who: &str, sql: &str) -> Result<String, String> {
-    let principal = engine.mesh().config.principal(who).unwrap();
-    run(&engine.session(&principal), sql)
-        .await
-        .map(|b| text(&b))
-}
 
 fn config(dir: &Path, password: &str) -> EngineConfig {
     let mut config = meshq_tests::fixture_engine_config(dir);
@@ -284,7 +271,7 @@ async fn a_remote_down_at_load_is_unreadable_until_a_reload_finds_it() {
     let engine = Engine::load(config(m.local_dir.path(), "pat-demo"))
         .await
         .unwrap();
-    let problems: Vec<String> = engine.problems().iter().map(ToString::to_string).collect();
+    let problems: Vec<String> = all_problems(&engine);
     assert!(
         problems
             .iter()
@@ -316,7 +303,7 @@ async fn a_refused_login_names_the_product_not_the_credentials() {
     let engine = Engine::load(config(m.local_dir.path(), "not-the-password"))
         .await
         .unwrap();
-    let problems: Vec<String> = engine.problems().iter().map(ToString::to_string).collect();
+    let problems: Vec<String> = all_problems(&engine);
     let problem = problems
         .iter()
         .find(|p| p.contains("sales.orders"))
@@ -347,7 +334,7 @@ async fn a_contract_that_disagrees_with_the_remote_table_is_drift() {
     let engine = Engine::load(config(m.local_dir.path(), "pat-demo"))
         .await
         .unwrap();
-    let problems: Vec<String> = engine.problems().iter().map(ToString::to_string).collect();
+    let problems: Vec<String> = all_problems(&engine);
     assert!(
         problems
             .iter()

@@ -6,11 +6,10 @@
 
 use std::path::Path;
 
-use arrow::array::RecordBatch;
 use meshq_engine::{Engine, EngineConfig};
 use meshq_tests::postgres::TestPostgres;
 
-use crate::common::run;
+use crate::common::{all_problems, query, run};
 
 const READER: (&str, &str) = ("meshq_reader", "reader-secret");
 
@@ -128,19 +127,6 @@ fn config(dir: &Path) -> EngineConfig {
         .secret_env_fallback
         .insert("MESHQ_TEST_PG_PASSWORD".into(), READER.1.into());
     config
-}
-
-fn text(batches: &[RecordBatch]) -> String {
-    arrow::util::pretty::pretty_format_batches(batches)
-        .unwrap()
-        .to_string()
-}
-
-async fn query(engine: &Engine, who: &str, sql: &str) -> Result<String, String> {
-    let principal = engine.mesh().config.principal(who).unwrap();
-    run(&engine.session(&principal), sql)
-        .await
-        .map(|b| text(&b))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +329,7 @@ async fn a_database_down_at_load_is_unreadable_until_a_reload_finds_it() {
     mesh(dir.path(), &pg);
     pg.stop();
     let engine = Engine::load(config(dir.path())).await.unwrap();
-    let problems: Vec<String> = engine.problems().iter().map(ToString::to_string).collect();
+    let problems: Vec<String> = all_problems(&engine);
     assert!(
         problems
             .iter()
@@ -436,7 +422,7 @@ async fn a_database_table_that_drifted_from_its_contract_is_refused_by_column() 
     )
     .unwrap();
     let engine = Engine::load(config(dir.path())).await.unwrap();
-    let problems: Vec<String> = engine.problems().iter().map(ToString::to_string).collect();
+    let problems: Vec<String> = all_problems(&engine);
     let text = problems.join("\n");
     assert!(text.contains("`gone` is missing"), "{text}");
     assert!(
@@ -489,7 +475,7 @@ fn with_tls(dir: &Path, tls: &str) {
 
 async fn problems_of(dir: &Path) -> (Engine, Vec<String>) {
     let engine = Engine::load(config(dir)).await.unwrap();
-    let problems = engine.problems().iter().map(ToString::to_string).collect();
+    let problems = all_problems(&engine);
     (engine, problems)
 }
 

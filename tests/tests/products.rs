@@ -6,10 +6,9 @@
 
 use std::path::Path;
 
-use arrow::array::RecordBatch;
 use meshq_engine::Engine;
 
-use crate::common::run;
+use crate::common::{all_problems, query};
 
 /// The Customer 360 statement: every customer's order count, lifetime
 /// value (settled payments) and segment.
@@ -133,19 +132,6 @@ fn add_products(dir: &Path) {
         ),
     )
     .unwrap();
-}
-
-fn text(batches: &[RecordBatch]) -> String {
-    arrow::util::pretty::pretty_format_batches(batches)
-        .unwrap()
-        .to_string()
-}
-
-async fn query(engine: &Engine, who: &str, sql: &str) -> Result<String, String> {
-    let principal = engine.mesh().config.principal(who).unwrap();
-    run(&engine.session(&principal), sql)
-        .await
-        .map(|b| text(&b))
 }
 
 async fn loaded() -> (tempfile::TempDir, Engine) {
@@ -317,7 +303,7 @@ async fn lineage_follows_the_sql() {
         3 + 1,
         "{edges}"
     );
-    let warnings: Vec<String> = engine.problems().iter().map(ToString::to_string).collect();
+    let warnings: Vec<String> = all_problems(&engine);
     assert!(
         warnings
             .iter()
