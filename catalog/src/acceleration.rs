@@ -7,6 +7,15 @@
 //!   - property: acceleration
 //!     value: { engine: memory, refresh: on-change, maxStaleness: 10m }
 //! ```
+//!
+//! `materialize`: a product defined by SQL computed as its service
+//! principal and written where its team chooses, then served from there.
+//!
+//! ```yaml
+//! customProperties:
+//!   - property: materialize
+//!     value: { format: delta, location: ./build/profile_360, refresh: on-change }
+//! ```
 
 use std::time::Duration;
 
@@ -19,9 +28,12 @@ use crate::limits::DurationSpec;
 pub enum AccelerationEngine {
     /// Arrow record batches in memory, accounted in the memory pool.
     Memory,
-    /// Parquet files on the server's local disk, for tables larger than
-    /// memory.
+    /// Parquet files: on the server's local disk (`acceleration`), or at
+    /// the team's location (`materialize`).
     Parquet,
+    /// A Delta table at the team's location, one commit per refresh
+    /// (`materialize` only).
+    Delta,
 }
 
 impl AccelerationEngine {
@@ -30,6 +42,7 @@ impl AccelerationEngine {
         match self {
             Self::Memory => "memory",
             Self::Parquet => "parquet",
+            Self::Delta => "delta",
         }
     }
 }
@@ -45,7 +58,7 @@ pub enum Refresh {
 }
 
 /// A port's acceleration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acceleration {
     /// Where the copy is kept.
     pub engine: AccelerationEngine,
@@ -54,6 +67,10 @@ pub struct Acceleration {
     /// How long the last good copy is served while refreshes fail; past
     /// it, queries read the source. Unbounded when unset.
     pub max_staleness: Option<Duration>,
+    /// Where the copy is written when the product is materialised (a
+    /// directory URL, `file://` for a local path): kept across restarts,
+    /// readable by the team's other tools. `None`: a server-local copy.
+    pub location: Option<url::Url>,
 }
 
 impl Acceleration {
@@ -119,8 +136,118 @@ impl Acceleration {
             engine,
             refresh,
             max_staleness,
+            location: None,
         })
     }
+
+    /// Reads a `materialize` value; a relative `location` is resolved
+    /// against `base` (the folder of the file that declares it).
+    pub fn parse_materialize(value: &Value, base: &std::path::Path) -> Result<Self, String> {
+        let Value::Mapping(map) = value else {
+            return Err(
+                "customProperty `materialize` must be a mapping, e.g. { format: delta, location: ./build/table, refresh: on-change }"
+                    .into(),
+            );
+        };
+        let mut engine = None;
+        let mut location = None;
+        let mut refresh = Refresh::OnChange;
+        let mut max_staleness = None;
+        for (k, v) in map {
+            let key = k.as_str().unwrap_or_default();
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return Err(format!("materialize `{key}` must be a string")),
+            };
+            match key {
+                "format" => {
+                    engine = Some(match text.as_str() {
+                        "parquet" => AccelerationEngine::Parquet,
+                        "delta" => AccelerationEngine::Delta,
+                        other => {
+                            return Err(format!(
+                                "materialize format `{other}` is not supported; use parquet or delta"
+                            ));
+                        }
+                    })
+                }
+                "location" => location = Some(location_url(&text, base)?),
+                "refresh" => {
+                    refresh = match text.as_str() {
+                        "on-change" => Refresh::OnChange,
+                        interval => Refresh::Every(
+                            DurationSpec::parse(interval)
+                                .map_err(|e| format!("materialize refresh: {e}, or on-change"))?
+                                .0,
+                        ),
+                    }
+                }
+                "maxStaleness" => {
+                    max_staleness = Some(
+                        DurationSpec::parse(&text)
+                            .map_err(|e| format!("materialize maxStaleness: {e}"))?
+                            .0,
+                    )
+                }
+                other => {
+                    return Err(format!(
+                        "materialize has no `{other}`; it takes format, location, refresh and maxStaleness"
+                    ));
+                }
+            }
+        }
+        let engine = engine.ok_or("materialize needs a `format`: parquet or delta")?;
+        let location = location.ok_or(
+            "materialize needs a `location`: a folder (relative to this file) or a store URL such as s3://bucket/prefix",
+        )?;
+        if refresh == Refresh::Every(Duration::ZERO) {
+            return Err("materialize refresh interval must be longer than 0".into());
+        }
+        Ok(Self {
+            engine,
+            refresh,
+            max_staleness,
+            location: Some(location),
+        })
+    }
+
+    /// The local folder of a materialised copy, if it is on this machine.
+    pub fn local_dir(&self) -> Option<std::path::PathBuf> {
+        self.location
+            .as_ref()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok())
+    }
+}
+
+/// A `location` as a directory URL (with a trailing slash).
+fn location_url(text: &str, base: &std::path::Path) -> Result<url::Url, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("materialize `location` is empty".into());
+    }
+    if text.contains(['*', '?', '[']) {
+        return Err(format!(
+            "materialize location `{text}` is a pattern; give one folder"
+        ));
+    }
+    let mut url = if text.contains("://") {
+        url::Url::parse(text).map_err(|e| format!("materialize location `{text}`: {e}"))?
+    } else {
+        let path = crate::load::normalize(&base.join(text));
+        url::Url::from_directory_path(&path)
+            .map_err(|()| format!("materialize location `{text}` is not a usable path"))?
+    };
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    if url.path() == "/" {
+        return Err(format!(
+            "materialize location `{text}` is the root of its store; give a folder under it"
+        ));
+    }
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -161,5 +288,44 @@ mod tests {
                 .contains("no `size`")
         );
         assert!(parse("memory").unwrap_err().contains("mapping"));
+        assert!(
+            parse("{ engine: delta }")
+                .unwrap_err()
+                .contains("memory or parquet")
+        );
+    }
+
+    fn materialize(yaml: &str) -> Result<Acceleration, String> {
+        Acceleration::parse_materialize(
+            &serde_yaml_ng::from_str(yaml).unwrap(),
+            std::path::Path::new("/mesh/c360"),
+        )
+    }
+
+    #[test]
+    fn materialize_values() {
+        let m = materialize("{ format: delta, location: ../build/p360, refresh: 1h }").unwrap();
+        assert_eq!(m.engine, AccelerationEngine::Delta);
+        assert_eq!(m.refresh, Refresh::Every(Duration::from_secs(3600)));
+        assert_eq!(m.location.unwrap().as_str(), "file:///mesh/build/p360/");
+        let m = materialize("{ format: parquet, location: \"s3://lake/c360\" }").unwrap();
+        assert_eq!(m.engine, AccelerationEngine::Parquet);
+        assert_eq!(m.refresh, Refresh::OnChange);
+        assert_eq!(m.location.unwrap().as_str(), "s3://lake/c360/");
+        for (bad, says) in [
+            ("{ location: ./x }", "needs a `format`"),
+            ("{ format: delta }", "needs a `location`"),
+            ("{ format: memory, location: ./x }", "parquet or delta"),
+            ("{ format: delta, location: \"./x/*\" }", "pattern"),
+            (
+                "{ format: delta, location: \"s3://lake\" }",
+                "root of its store",
+            ),
+            ("{ format: delta, location: ./x, engine: y }", "no `engine`"),
+            ("delta", "mapping"),
+        ] {
+            let e = materialize(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -586,7 +586,14 @@ customProperties:
 inputPorts:
   - { name: customer360, version: 1.0.0, contractId: urn:datacontract:customer360:profile_360 }
 outputPorts:
-  - { name: segments, type: tables, version: 1.0.0, contractId: urn:datacontract:marketing:segments }
+  - name: segments
+    type: tables
+    version: 1.0.0
+    contractId: urn:datacontract:marketing:segments
+    # Computed as svc-marketing and written as a Delta table (one commit
+    # per refresh) when the Customer 360's inputs change; served from there.
+    customProperties:
+      - { property: materialize, value: { format: delta, location: ./build/segments, refresh: on-change } }
 "#;
 
 const SEGMENTS_ODCS: &str = r#"apiVersion: v3.1.0

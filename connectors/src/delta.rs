@@ -190,6 +190,63 @@ pub(crate) fn native_provider(
     }))
 }
 
+impl DeltaNativeProvider {
+    /// The same files read as `schema`: the same column names in the same
+    /// order (a table without partitions), each column's type one the
+    /// Parquet scan casts the file's to. Statistics of a column whose type
+    /// changes are dropped (their bounds are of the file's type).
+    pub(crate) fn with_table_schema(
+        mut self,
+        schema: SchemaRef,
+    ) -> std::result::Result<Self, String> {
+        if !self.partition_fields.is_empty() {
+            return Err("a partitioned Delta table cannot be read in another schema".into());
+        }
+        let names = |s: &Schema| {
+            s.fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        };
+        if names(&schema) != names(&self.file_schema) {
+            return Err(format!(
+                "the Delta table's columns ({}) are not the product's ({})",
+                names(&self.file_schema).join(", "),
+                names(&schema).join(", ")
+            ));
+        }
+        let changed: Vec<bool> = schema
+            .fields()
+            .iter()
+            .zip(self.file_schema.fields())
+            .map(|(a, b)| a.data_type() != b.data_type())
+            .collect();
+        let forget = |stats: &mut Statistics| {
+            for (c, changed) in stats.column_statistics.iter_mut().zip(&changed) {
+                if *changed {
+                    *c = ColumnStatistics::new_unknown();
+                }
+            }
+        };
+        forget(&mut self.statistics);
+        for f in &mut self.files {
+            if let Some(stats) = &f.statistics {
+                let mut stats = stats.as_ref().clone();
+                forget(&mut stats);
+                f.statistics = Some(Arc::new(stats));
+            }
+        }
+        self.file_schema = Arc::clone(&schema);
+        self.schema = schema;
+        Ok(self)
+    }
+
+    /// Bytes of the version's data files.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.object_meta.size).sum()
+    }
+}
+
 /// A file's statistics in the table's column order (data columns, then
 /// partition columns). Only bounds that cannot mislead are used: integers
 /// and dates as written and partition values, exact (the Delta protocol

@@ -23,6 +23,7 @@ pub mod facts;
 mod file_groups;
 pub mod flightsql;
 pub mod iceberg;
+pub mod materialize;
 pub mod mesh_scan;
 pub mod open;
 pub mod postgres;

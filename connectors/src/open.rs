@@ -379,7 +379,7 @@ async fn find_bad_file(
 /// features fill. meshq hands delta-rs its own object stores (built from
 /// `meshq.yaml`) and only reads, so the default log store serves every
 /// scheme; registering it here avoids compiling the AWS, GCP and Azure SDKs.
-fn register_delta_log_stores() {
+pub(crate) fn register_delta_log_stores() {
     use deltalake::DeltaResult;
     use deltalake::logstore::{
         LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,

@@ -10,6 +10,11 @@
 //! port's `maxStaleness` has passed, after which queries read the source.
 //! Copies live in [`Accelerations`], carried from one mesh version to the
 //! next, so a reload that does not change a table keeps its copy.
+//!
+//! A materialised product (`materialize:`) is the same copy written where
+//! its team chose, as Delta (one commit per build) or Parquet, with a
+//! record of the inputs it was built from; a restart serves the last build
+//! when its inputs have not changed (see [`meshq_connectors::materialize`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +41,11 @@ struct Copy {
     provider: Arc<dyn TableProvider>,
     /// The source version it was built from.
     version: String,
+    /// The source tables it was computed from, `domain.table@version`
+    /// (a product defined by SQL).
+    built_from: Vec<String>,
+    /// Its build record (a materialised product).
+    record: Option<meshq_connectors::materialize::BuildRecord>,
     built_at: SystemTime,
     built: Instant,
     bytes: u64,
@@ -60,6 +70,9 @@ struct SlotState {
     error: Option<String>,
     /// Since when refreshes have failed (staleness counts from here).
     failing_since: Option<Instant>,
+    /// Whether the last build at a materialisation's location was looked
+    /// for (once per slot).
+    looked_for_last_build: bool,
 }
 
 /// One accelerated table's copy.
@@ -97,8 +110,13 @@ impl LocalCopy for CopySlot {
 /// What `meta.tables` and the metrics say of an accelerated table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccelerationStatus {
-    /// `memory` or `parquet`.
+    /// `memory`, `parquet` or `delta`.
     pub engine: &'static str,
+    /// Where a materialised product is written.
+    pub location: Option<String>,
+    /// The source tables the served copy was computed from,
+    /// `domain.table@version` (a product defined by SQL).
+    pub built_from: Vec<String>,
     /// Queries read the copy now.
     pub serving: bool,
     /// When the served copy was built.
@@ -126,6 +144,12 @@ impl CopySlot {
         let state = self.state.read();
         AccelerationStatus {
             engine: self.spec.engine.name(),
+            location: self.spec.location.as_ref().map(ToString::to_string),
+            built_from: state
+                .copy
+                .as_ref()
+                .map(|c| c.built_from.clone())
+                .unwrap_or_default(),
             serving: self.current().is_some(),
             built_at: state.copy.as_ref().map(|c| c.built_at),
             version: state.copy.as_ref().map(|c| c.version.clone()),
@@ -249,6 +273,43 @@ fn version_at<'a>(
     })
 }
 
+/// The source tables `table` is computed from, `domain.table@version`,
+/// through the products defined by SQL it reads; empty for a source.
+pub(crate) fn built_from<'a>(
+    engine: &'a crate::Engine,
+    table: &'a ServedTable,
+    depth: usize,
+) -> futures::future::BoxFuture<'a, Vec<String>> {
+    Box::pin(async move {
+        let meshq_catalog::Location::Sql { query, .. } = &table.def.source.location else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if depth > 16 {
+            return out;
+        }
+        for name in crate::defined::inputs_of(query).unwrap_or_default() {
+            let Some(input) = engine.served_table(&name) else {
+                continue;
+            };
+            if matches!(
+                input.def.source.location,
+                meshq_catalog::Location::Sql { .. }
+            ) {
+                out.extend(built_from(engine, input, depth + 1).await);
+            } else {
+                let v = source_version(engine.runtime(), input)
+                    .await
+                    .unwrap_or_else(|| input.def.source.format.to_string());
+                out.push(format!("{name}@{v}"));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    })
+}
+
 /// What one refresh did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshOutcome {
@@ -264,6 +325,12 @@ pub enum RefreshOutcome {
     /// The refresh failed; the last good copy (if any) is still served
     /// within `maxStaleness`.
     Failed(String),
+    /// A materialised product's last build, written before this server
+    /// started, is of the current inputs and is served as it is.
+    Found {
+        /// The inputs' version.
+        version: String,
+    },
 }
 
 impl Engine {
@@ -312,6 +379,9 @@ impl Engine {
                 );
             }
         };
+        if let Some(outcome) = self.find_last_build(table, slot, &version).await {
+            return outcome;
+        }
         let due = {
             let state = slot.state.read();
             match &state.copy {
@@ -347,9 +417,61 @@ impl Engine {
         }
     }
 
+    /// Serves the last build at a materialised product's location when it
+    /// is of `version` (once per slot, before its first build).
+    async fn find_last_build(
+        &self,
+        table: &ServedTable,
+        slot: &CopySlot,
+        version: &str,
+    ) -> Option<RefreshOutcome> {
+        let location = slot.spec.location.as_ref()?;
+        {
+            let mut state = slot.state.write();
+            if state.looked_for_last_build || state.copy.is_some() {
+                return None;
+            }
+            state.looked_for_last_build = true;
+        }
+        let state = self.unpoliced_context().state();
+        let schema = table.provider.schema();
+        let found = match slot.spec.engine {
+            AccelerationEngine::Delta => {
+                meshq_connectors::materialize::last_delta(&state, location, &schema).await
+            }
+            _ => last_parquet(&state, location, &schema).await,
+        };
+        let build = match found {
+            Ok(Some(b)) if b.record.version == version => b,
+            Ok(_) => return None,
+            Err(e) => {
+                warn!(table = %slot.table, error = %e, "the last materialised build cannot be read; it is built again");
+                return None;
+            }
+        };
+        info!(table = %slot.table, location = %location, "serving the last materialised build");
+        let built_at = SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_millis(build.record.built_at_ms.max(0) as u64);
+        let mut state = slot.state.write();
+        state.copy = Some(Arc::new(Copy {
+            provider: build.provider,
+            version: version.to_string(),
+            built_from: build.record.built_from.clone(),
+            record: Some(build.record),
+            built_at,
+            built: Instant::now(),
+            bytes: build.bytes,
+            _reservation: None,
+            dir: None,
+        }));
+        Some(RefreshOutcome::Found {
+            version: version.to_string(),
+        })
+    }
+
     /// The copy slot of an accelerated table.
     pub fn acceleration_of(&self, name: &str) -> Option<Arc<CopySlot>> {
-        self.served_table(name)?.def.acceleration?;
+        self.served_table(name)?.def.acceleration.as_ref()?;
         self.accelerations().get(name)
     }
 }
@@ -381,11 +503,53 @@ async fn build(
     let name = table.def.qualified_name();
     let source = Arc::new(table.provider.source_view());
     let schema = source.schema();
-    let df = engine
-        .unpoliced_context()
+    let context = engine.unpoliced_context();
+    let df = context
         .read_table(source)
         .map_err(|e| format!("cannot read `{name}` to accelerate it: {e}"))?;
+    let built_from = built_from(engine, table, 0).await;
+    if let Some(location) = &slot.spec.location {
+        let previous = slot
+            .state
+            .read()
+            .copy
+            .as_ref()
+            .and_then(|c| c.record.clone());
+        let record = meshq_connectors::materialize::BuildRecord {
+            version: version.to_string(),
+            built_at_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            built_from: built_from.clone(),
+            folder: None,
+        };
+        let build = materialize(
+            &context,
+            df,
+            slot.spec.engine,
+            location,
+            &schema,
+            record,
+            previous.as_ref(),
+        )
+        .await
+        .map_err(|e| format!("cannot materialise `{name}` at `{location}`: {e}"))?;
+        return Ok(Copy {
+            provider: build.provider,
+            version: version.to_string(),
+            built_from,
+            record: Some(build.record),
+            built_at: SystemTime::now(),
+            built: Instant::now(),
+            bytes: build.bytes,
+            _reservation: None,
+            dir: None,
+        });
+    }
     match slot.spec.engine {
+        AccelerationEngine::Delta => Err(format!(
+            "`{name}`: a Delta copy is written only by `materialize`, which names its location"
+        )),
         AccelerationEngine::Memory => {
             let partitions = df
                 .collect_partitioned()
@@ -410,6 +574,8 @@ async fn build(
             Ok(Copy {
                 provider: Arc::new(mem),
                 version: version.to_string(),
+                built_from,
+                record: None,
                 built_at: SystemTime::now(),
                 built: Instant::now(),
                 bytes: bytes as u64,
@@ -462,6 +628,8 @@ async fn build(
             Ok(Copy {
                 provider: Arc::new(listing),
                 version: version.to_string(),
+                built_from,
+                record: None,
                 built_at: SystemTime::now(),
                 built: Instant::now(),
                 bytes,
@@ -469,6 +637,99 @@ async fn build(
                 dir: Some(dir),
             })
         }
+    }
+}
+
+/// Writes a materialised product's new build at `location`.
+async fn materialize(
+    context: &datafusion::prelude::SessionContext,
+    df: datafusion::dataframe::DataFrame,
+    engine: AccelerationEngine,
+    location: &url::Url,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    mut record: meshq_connectors::materialize::BuildRecord,
+    previous: Option<&meshq_connectors::materialize::BuildRecord>,
+) -> Result<meshq_connectors::materialize::Build, String> {
+    let state = context.state();
+    match engine {
+        AccelerationEngine::Delta => {
+            let batches = df.collect().await.map_err(|e| e.to_string())?;
+            meshq_connectors::materialize::write_delta(&state, location, schema, batches, record)
+                .await
+        }
+        AccelerationEngine::Parquet | AccelerationEngine::Memory => {
+            let folder = format!("build-{}", record.built_at_ms);
+            let url = location
+                .join(&format!("{folder}/"))
+                .map_err(|e| e.to_string())?;
+            df.write_parquet(
+                url.as_str(),
+                datafusion::dataframe::DataFrameWriteOptions::new(),
+                None,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            record.folder = Some(folder);
+            let build = parquet_build(&state, location, schema, record).await?;
+            meshq_connectors::materialize::commit_parquet(
+                &state,
+                location,
+                &build.record,
+                previous,
+            )
+            .await?;
+            Ok(build)
+        }
+    }
+}
+
+/// The Parquet build `record` names, as a listing of its folder.
+async fn parquet_build(
+    state: &datafusion::execution::SessionState,
+    location: &url::Url,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+    record: meshq_connectors::materialize::BuildRecord,
+) -> Result<meshq_connectors::materialize::Build, String> {
+    let folder = record
+        .folder
+        .as_deref()
+        .ok_or("the build record names no folder")?;
+    let url = location
+        .join(&format!("{folder}/"))
+        .map_err(|e| e.to_string())?;
+    let table_url = ListingTableUrl::parse(url.as_str()).map_err(|e| e.to_string())?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(table_url.clone())
+        .with_listing_options(options)
+        .with_schema(Arc::clone(schema));
+    let listing = ListingTable::try_new(config).map_err(|e| e.to_string())?;
+    let (store, root) = meshq_connectors::materialize::store_of(state, &url)?;
+    use futures::TryStreamExt;
+    let files: Vec<_> = store
+        .list(Some(&root))
+        .try_collect()
+        .await
+        .map_err(|e| format!("cannot list `{url}`: {e}"))?;
+    let bytes = files.iter().map(|f| f.size).sum();
+    Ok(meshq_connectors::materialize::Build {
+        provider: Arc::new(listing),
+        record,
+        bytes,
+    })
+}
+
+/// The last Parquet build at `location`, if there is one.
+async fn last_parquet(
+    state: &datafusion::execution::SessionState,
+    location: &url::Url,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+) -> Result<Option<meshq_connectors::materialize::Build>, String> {
+    match meshq_connectors::materialize::parquet_manifest(state, location).await? {
+        Some(record) => parquet_build(state, location, schema, record)
+            .await
+            .map(Some),
+        None => Ok(None),
     }
 }
 

@@ -234,10 +234,11 @@ impl Engine {
             &mut problems,
         )
         .await;
+        refuse_reads_of_materializations(&mesh, &mut served, &locations, &mut problems);
         let accelerations = previous
             .map(|p| Arc::clone(&p.inner.accelerations))
             .unwrap_or_default();
-        accelerate(&accelerations, &runtime, &mut served).await;
+        accelerate(&accelerations, &runtime, &connections.stores, &mut served).await;
         let version = NEXT_VERSION.fetch_add(1, Ordering::Relaxed);
         let mut tables = compile_policies(
             version,
@@ -695,19 +696,95 @@ fn memory_settings(config: &EngineConfig, mesh: &Mesh) -> (Option<usize>, Option
     (limit, spill_dir)
 }
 
-/// The runtime for `memory`; the previous version's when the settings are
-/// the same, so queries still running on it share the pool.
+/// Refuses every table whose data is where a product is materialised, or
+/// whose folder holds that place: it would read the product's rows
+/// without the product's own policies (and a materialisation inside
+/// another product's folder would change that product's data).
+fn refuse_reads_of_materializations(
+    mesh: &Mesh,
+    served: &mut Vec<ServedTable>,
+    locations: &[(String, String)],
+    problems: &mut Vec<Problem>,
+) {
+    let targets: Vec<(String, String)> = mesh
+        .tables
+        .iter()
+        .filter_map(|t| {
+            let url = t.acceleration.as_ref()?.location.as_ref()?;
+            Some((
+                t.qualified_name(),
+                url.as_str().trim_end_matches('/').to_string(),
+            ))
+        })
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    let mut refused = Vec::new();
+    for (name, location) in locations {
+        let cut = location.find(['*', '?', '[']).unwrap_or(location.len());
+        let text = &location[..cut];
+        let url = if text.contains("://") {
+            text.to_string()
+        } else {
+            match url::Url::from_file_path(text) {
+                Ok(u) => u.to_string(),
+                Err(()) => continue,
+            }
+        };
+        let url = url.trim_end_matches('/');
+        for (owner, target) in &targets {
+            let overlaps = url == target
+                || url.starts_with(&format!("{target}/"))
+                || target.starts_with(&format!("{url}/"));
+            if name != owner && overlaps && !refused.iter().any(|(n, _)| n == name) {
+                refused.push((name.clone(), owner.clone()));
+            }
+        }
+    }
+    for (name, owner) in refused {
+        let Some(i) = served.iter().position(|t| t.def.qualified_name() == name) else {
+            continue;
+        };
+        let t = served.remove(i);
+        problems.push(Problem::error(
+            mesh.display_path(&t.def.contract_file),
+            format!(
+                "table `{name}` (product `{}`): its data overlaps the folder where `{owner}` is materialised, whose rows are served only under `{owner}`'s contract; move one of them; the table is not served",
+                t.def.product_id
+            ),
+        ));
+    }
+}
+
 /// Puts every accelerated table's copy slot under its contract view (the
 /// slot it had before when its definition is unchanged).
 async fn accelerate(
     accelerations: &crate::acceleration::Accelerations,
     runtime: &Arc<RuntimeEnv>,
+    stores: &meshq_connectors::StoreRegistry,
     served: &mut [ServedTable],
 ) {
     for t in served.iter_mut() {
-        let Some(spec) = t.def.acceleration else {
+        let Some(spec) = t.def.acceleration.clone() else {
             continue;
         };
+        // A materialisation in an object store is written through the
+        // store `meshq.yaml` gives its bucket.
+        if let Some(url) = spec.location.as_ref().filter(|u| u.scheme() != "file") {
+            match stores.store_for(url) {
+                Ok(Some(store)) => {
+                    let root = &url[..url::Position::BeforePath];
+                    if let Ok(root) = url::Url::parse(root) {
+                        runtime.register_object_store(&root, store);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(table = %t.def.qualified_name(), error = %e, "no store for the materialisation's location");
+                }
+            }
+        }
         let slot = accelerations.slot(&t.def, spec);
         let version = crate::acceleration::source_version(runtime, t).await;
         t.provider = Arc::new(
@@ -717,6 +794,8 @@ async fn accelerate(
     }
 }
 
+/// The runtime for `memory`; the previous version's when the settings are
+/// the same, so queries still running on it share the pool.
 fn runtime_for(
     memory: &(Option<usize>, Option<PathBuf>),
     previous: Option<&Engine>,
@@ -1079,9 +1158,18 @@ fn forbidden_paths(
     paths.extend(memory.1.iter().cloned());
     // Local copies of accelerated ports hold raw rows.
     let copies_on_disk = mesh.tables.iter().any(|t| {
-        t.acceleration
-            .is_some_and(|a| a.engine == meshq_catalog::acceleration::AccelerationEngine::Parquet)
+        t.acceleration.as_ref().is_some_and(|a| {
+            a.engine == meshq_catalog::acceleration::AccelerationEngine::Parquet
+                && a.location.is_none()
+        })
     });
+    // Materialised products' folders hold their rows before the
+    // product's own policies.
+    paths.extend(
+        mesh.tables
+            .iter()
+            .filter_map(|t| t.acceleration.as_ref()?.local_dir()),
+    );
     if copies_on_disk {
         paths.push(crate::acceleration::copies_dir(memory.1.as_deref()));
     }

@@ -41,6 +41,7 @@ fn explain_rows(rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
 /// One `.slt` file's connection: a fresh session.
 pub struct SltDb {
     session: Arc<MeshSession>,
+    engine: Option<meshq_engine::Engine>,
 }
 
 impl SltDb {
@@ -48,7 +49,44 @@ impl SltDb {
     pub fn new(session: MeshSession) -> Self {
         Self {
             session: Arc::new(session),
+            engine: None,
         }
+    }
+
+    /// Lets the file run `REFRESH ACCELERATIONS`, a command of this
+    /// harness (as a server's refresher would): it refreshes `engine`'s
+    /// accelerated and materialised tables and answers one row per table,
+    /// `table, outcome` (`built`, `current`, `found` or `failed`; why it
+    /// failed is in `meta.tables`).
+    pub fn with_refresh(mut self, engine: meshq_engine::Engine) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
+    async fn refresh(&self) -> Result<DBOutput<DefaultColumnType>, SltError> {
+        use meshq_engine::acceleration::RefreshOutcome;
+        let engine = self
+            .engine
+            .as_ref()
+            .ok_or_else(|| SltError("REFRESH ACCELERATIONS: no engine".into()))?;
+        let rows = engine
+            .refresh_accelerations()
+            .await
+            .into_iter()
+            .map(|(table, outcome)| {
+                let outcome = match outcome {
+                    RefreshOutcome::Built { .. } => "built".to_string(),
+                    RefreshOutcome::Current => "current".to_string(),
+                    RefreshOutcome::Found { .. } => "found".to_string(),
+                    RefreshOutcome::Failed(_) => "failed".to_string(),
+                };
+                vec![table, outcome]
+            })
+            .collect();
+        Ok(DBOutput::Rows {
+            types: vec![DefaultColumnType::Text; 2],
+            rows,
+        })
     }
 }
 
@@ -128,6 +166,9 @@ impl sqllogictest::AsyncDB for SltDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
+        if sql.trim().eq_ignore_ascii_case("REFRESH ACCELERATIONS") {
+            return self.refresh().await;
+        }
         let df = self.session.sql(sql).await?;
         let schema = df.schema().as_arrow().clone();
         let batches = df.collect().await?;

@@ -341,9 +341,43 @@ async fn a_product_over_an_aggregate_nests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aggregate_leaks_nothing_of_its_inputs() {
     let (_dir, engine) = loaded().await;
+    leaks_nothing(&engine).await;
+}
+
+/// The same corpus against the aggregate served from its materialised
+/// Delta table (and `marketing.segments` computed over it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_materialised_aggregate_leaks_nothing_of_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    materialize_profile_360(dir.path(), "{ format: delta, location: ../build/p360 }");
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let outcome = outcome_of(&engine.refresh_accelerations().await);
+    assert!(
+        matches!(
+            outcome,
+            meshq_engine::acceleration::RefreshOutcome::Built { .. }
+        ),
+        "{outcome:?}"
+    );
+    leaks_nothing(&engine).await;
+    let plan = query(
+        &engine,
+        "max",
+        "EXPLAIN SELECT * FROM customer360.profile_360",
+    )
+    .await
+    .unwrap();
+    assert!(plan.contains("build/p360"), "{plan}");
+}
+
+async fn leaks_nothing(engine: &Engine) {
     let secrets: Vec<String> = {
         let raw = query(
-            &engine,
+            engine,
             "pat",
             "SELECT customer_id, email FROM customers.profiles",
         )
@@ -382,7 +416,7 @@ async fn an_aggregate_leaks_nothing_of_its_inputs() {
     let mut answered = 0;
     for who in ["mia", "max"] {
         for sql in &corpus {
-            let out = match query(&engine, who, sql).await {
+            let out = match query(engine, who, sql).await {
                 Ok(t) => {
                     answered += 1;
                     t
@@ -397,7 +431,7 @@ async fn an_aggregate_leaks_nothing_of_its_inputs() {
     assert!(answered >= 16, "only {answered} answered");
     // The detector finds what it looks for.
     let raw = query(
-        &engine,
+        engine,
         "pat",
         "SELECT customer_id FROM customers.profiles LIMIT 5",
     )
@@ -722,4 +756,372 @@ async fn an_unavailable_input_makes_the_product_unavailable_with_the_cause() {
     query(&engine, "ana", "SELECT count(*) FROM sales.orders")
         .await
         .unwrap();
+}
+
+/// Writes `materialize: {value}` on the Customer 360 port.
+fn materialize_profile_360(dir: &Path, value: &str) {
+    let odps = dir.join("customer360/profile_360.odps.yaml");
+    let text = std::fs::read_to_string(&odps).unwrap();
+    let port = "contractId: urn:datacontract:customer360:profile_360 }";
+    assert!(text.contains(port));
+    std::fs::write(
+        &odps,
+        text.replace(
+            port,
+            &format!("contractId: urn:datacontract:customer360:profile_360, customProperties: [ {{ property: materialize, value: {value} }} ] }}"),
+        ),
+    )
+    .unwrap();
+}
+
+fn outcome_of(
+    outcomes: &[(String, meshq_engine::acceleration::RefreshOutcome)],
+) -> meshq_engine::acceleration::RefreshOutcome {
+    outcomes
+        .iter()
+        .find(|(t, _)| t == "customer360.profile_360")
+        .map(|(_, o)| o.clone())
+        .expect("profile_360 is materialised")
+}
+
+/// The commits of the Delta table at `dir`: (version, meshq's record).
+async fn delta_commits(dir: &Path) -> Vec<(i64, serde_json::Value)> {
+    use futures::StreamExt;
+    let url = url::Url::from_directory_path(dir).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let history: Vec<_> = table.history(None).collect().await;
+    let mut out: Vec<_> = history
+        .into_iter()
+        .map(|c| c.unwrap())
+        .map(|c| {
+            (
+                c.read_version.map_or(0, |v| v as i64 + 1),
+                c.info.get("meshq").cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort_by_key(|(v, _)| *v);
+    out
+}
+
+/// A copy of a payments file: a new input version.
+fn add_payments_file(dir: &Path, name: &str) {
+    let payments = dir.join("payments/data/transactions");
+    let a_file = std::fs::read_dir(&payments)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    std::fs::copy(&a_file, payments.join(name)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_is_materialised_as_delta_one_commit_per_refresh() {
+    use meshq_engine::acceleration::RefreshOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    let direct = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    materialize_profile_360(
+        dir.path(),
+        "{ format: delta, location: ../build/profile_360, refresh: on-change }",
+    );
+    let table_dir = dir.path().join("build/profile_360");
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    assert!(
+        !all_problems(&engine)
+            .iter()
+            .any(|p| p.contains("materialize")),
+        "{:?}",
+        all_problems(&engine)
+    );
+    let first = outcome_of(&engine.refresh_accelerations().await);
+    let RefreshOutcome::Built { version, .. } = first else {
+        panic!("the first refresh builds the table: {first:?}");
+    };
+    // The team's own Delta table, written by meshq as the team: one commit
+    // recording what it was built from.
+    let commits = delta_commits(&table_dir).await;
+    assert_eq!(commits.len(), 1, "{commits:?}");
+    assert_eq!(commits[0].1["version"], version.as_str());
+    let from = commits[0].1["builtFrom"].to_string();
+    for input in [
+        "customers.profiles@files:",
+        "payments.transactions@files:",
+        "sales.orders@delta:",
+    ] {
+        assert!(from.contains(input), "{from}");
+    }
+    assert_eq!(
+        outcome_of(&engine.refresh_accelerations().await),
+        RefreshOutcome::Current
+    );
+    // Served from the table, with the product's own policies per caller.
+    let sql = "SELECT * FROM customer360.profile_360 ORDER BY customer_id";
+    for who in ["mia", "max"] {
+        assert_eq!(
+            query(&engine, who, sql).await.unwrap(),
+            query(&direct, who, sql).await.unwrap(),
+            "{who}"
+        );
+    }
+    let plan = query(&engine, "max", &format!("EXPLAIN {sql}"))
+        .await
+        .unwrap();
+    assert!(!plan.contains("DefinedExec"), "{plan}");
+    assert!(plan.contains("build/profile_360"), "{plan}");
+    let listed = query(
+        &engine,
+        "max",
+        "SELECT accelerated, materialized_at, built_from, accelerated_at IS NOT NULL AS at FROM meta.tables WHERE table_name = 'profile_360'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        listed.contains("build/profile_360/")
+            && listed.contains("sales.orders@delta:")
+            && listed.contains("| true        |"),
+        "{listed}"
+    );
+    // The folder is the product's: a table declared over it is refused, and
+    // SQL cannot read it.
+    let leak = dir.path().join("leak");
+    std::fs::create_dir_all(&leak).unwrap();
+    std::fs::write(
+        leak.join("leak.odps.yaml"),
+        product("leak", "copy", "nobody", &[]),
+    )
+    .unwrap();
+    std::fs::write(
+        leak.join("leak.odcs.yaml"),
+        contract(
+            "leak",
+            "copy",
+            "{ server: local, type: local, format: delta, path: ../build/profile_360 }",
+            "  - name: copy\n    properties:\n      - { name: customer_id, logicalType: string }\n",
+        ),
+    )
+    .unwrap();
+    let with_leak = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    assert!(
+        all_problems(&with_leak).iter().any(|p| p.contains(
+            "table `leak.copy` (product `urn:dataproduct:leak:copy`): its data overlaps the folder where `customer360.profile_360` is materialised"
+        )),
+        "{:?}",
+        all_problems(&with_leak)
+    );
+    let e = query(&with_leak, "root", "SELECT * FROM leak.copy")
+        .await
+        .unwrap_err();
+    assert!(e.contains("leak.copy"), "{e}");
+    std::fs::remove_dir_all(&leak).unwrap();
+
+    // An input changes: one more commit, the answers follow.
+    add_payments_file(dir.path(), "2099-01-01.parquet");
+    let RefreshOutcome::Built {
+        version: second, ..
+    } = outcome_of(&engine.refresh_accelerations().await)
+    else {
+        panic!("an input changed: the table is rebuilt");
+    };
+    assert_ne!(version, second);
+    assert_eq!(delta_commits(&table_dir).await.len(), 2);
+    assert_eq!(
+        query(&engine, "max", sql).await.unwrap(),
+        query(&direct, "max", sql).await.unwrap(),
+        "the table follows the new payments"
+    );
+
+    // A restart serves the last build without computing it again.
+    let restarted = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome_of(&restarted.refresh_accelerations().await),
+        RefreshOutcome::Found {
+            version: second.clone()
+        }
+    );
+    assert_eq!(delta_commits(&table_dir).await.len(), 2);
+    let served = query(&restarted, "max", sql).await.unwrap();
+    assert_eq!(served, query(&direct, "max", sql).await.unwrap());
+
+    // A refresh that fails (an input file that is not Parquet) keeps the
+    // last version served and reports why.
+    std::fs::write(
+        dir.path()
+            .join("payments/data/transactions/2099-01-02.parquet"),
+        b"not parquet",
+    )
+    .unwrap();
+    let RefreshOutcome::Failed(why) = outcome_of(&restarted.refresh_accelerations().await) else {
+        panic!("the refresh fails");
+    };
+    assert!(
+        why.contains("cannot materialise `customer360.profile_360`"),
+        "{why}"
+    );
+    assert_eq!(
+        delta_commits(&table_dir).await.len(),
+        2,
+        "nothing committed"
+    );
+    assert_eq!(query(&restarted, "max", sql).await.unwrap(), served);
+    let listed = query(
+        &restarted,
+        "max",
+        "SELECT accelerated, acceleration_error FROM meta.tables WHERE table_name = 'profile_360'",
+    )
+    .await
+    .unwrap();
+    assert!(
+        listed.contains("true") && listed.contains("cannot materialise"),
+        "{listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_is_materialised_as_parquet_with_a_folder_per_build() {
+    use meshq_engine::acceleration::RefreshOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    let direct = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    // A folder outside the mesh, as a team's lake would be.
+    let out = tempfile::tempdir().unwrap();
+    let location = out.path().join("p360");
+    materialize_profile_360(
+        dir.path(),
+        &format!(
+            "{{ format: parquet, location: \"{}\" }}",
+            location.display()
+        ),
+    );
+    let builds = || {
+        let mut b: Vec<String> = std::fs::read_dir(&location)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("build-"))
+            .collect();
+        b.sort();
+        b
+    };
+    let manifest = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(location.join("_meshq_build.json")).unwrap()).unwrap()
+    };
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome_of(&engine.refresh_accelerations().await),
+        RefreshOutcome::Built { .. }
+    ));
+    assert_eq!(builds().len(), 1);
+    assert_eq!(manifest()["folder"], builds()[0].as_str());
+    let sql = "SELECT * FROM customer360.profile_360 ORDER BY customer_id";
+    for who in ["mia", "max"] {
+        assert_eq!(
+            query(&engine, who, sql).await.unwrap(),
+            query(&direct, who, sql).await.unwrap(),
+            "{who}"
+        );
+    }
+    // Two more builds: the current one and the one before it are kept.
+    for name in ["2099-01-01.parquet", "2099-01-02.parquet"] {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        add_payments_file(dir.path(), name);
+        assert!(matches!(
+            outcome_of(&engine.refresh_accelerations().await),
+            RefreshOutcome::Built { .. }
+        ));
+        assert_eq!(builds().len(), 2, "{:?}", builds());
+        assert_eq!(manifest()["folder"], builds()[1].as_str());
+    }
+    assert_eq!(
+        query(&engine, "max", sql).await.unwrap(),
+        query(&direct, "max", sql).await.unwrap()
+    );
+    let restarted = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome_of(&restarted.refresh_accelerations().await),
+        RefreshOutcome::Found { .. }
+    ));
+    assert_eq!(
+        query(&restarted, "mia", sql).await.unwrap(),
+        query(&direct, "mia", sql).await.unwrap()
+    );
+    // SQL's file areas may not overlap the materialisation.
+    let platform = dir.path().join("meshq.yaml");
+    let mut yaml = std::fs::read_to_string(&platform).unwrap();
+    yaml.push_str(&format!(
+        "files: {{ scratch: \"{}\" }}\n",
+        out.path().display()
+    ));
+    std::fs::write(&platform, yaml).unwrap();
+    let with_scratch = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let problems = all_problems(&with_scratch);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("scratch") && p.contains("p360") && p.contains("overlaps")),
+        "{problems:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialize_is_checked_when_the_mesh_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    add_products(dir.path());
+    materialize_profile_360(dir.path(), "{ format: csv, location: ../build/x }");
+    // On a source table it means nothing.
+    let odps = dir.path().join("sales/orders.odps.yaml");
+    let text = std::fs::read_to_string(&odps).unwrap();
+    let port = "customProperties: [ { property: server, value: local } ]";
+    assert!(text.contains(port), "{text}");
+    std::fs::write(
+        &odps,
+        text.replace(
+            port,
+            "customProperties: [ { property: server, value: local }, { property: materialize, value: { format: delta, location: ../build/orders } } ]",
+        ),
+    )
+    .unwrap();
+    let engine = Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let problems = all_problems(&engine);
+    assert!(
+        problems.iter().any(|p| p.contains("materialize format `csv` is not supported; use parquet or delta; the product is computed when it is read")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("`materialize` is for products defined in SQL")),
+        "{problems:?}"
+    );
+    // Both still served: the aggregate computed when read.
+    assert!(
+        query(
+            &engine,
+            "max",
+            "SELECT count(*) FROM customer360.profile_360"
+        )
+        .await
+        .is_ok()
+    );
+    assert!(engine.acceleration_of("customer360.profile_360").is_none());
 }

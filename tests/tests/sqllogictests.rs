@@ -21,6 +21,9 @@ async fn main() -> std::process::ExitCode {
     let engine = Engine::load(fixture_engine_config(dir.path()))
         .await
         .expect("fixture mesh loads");
+    // As a server does once a mesh is loaded: materialised products are
+    // built (and then read from their tables).
+    refresh(&engine).await;
 
     let mesh_dir = dir
         .path()
@@ -46,6 +49,7 @@ async fn main() -> std::process::ExitCode {
         let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
             .await
             .expect("cluster");
+        refresh(&cluster).await;
         let (p, f) = run_files(&cluster, &files, &mesh_dir, false, true, "on a cluster: ").await;
         passed += p;
         failed += f;
@@ -61,6 +65,16 @@ async fn main() -> std::process::ExitCode {
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Builds (or finds) the copies of the mesh's accelerated and
+/// materialised tables; a failure stops the run.
+async fn refresh(engine: &Engine) {
+    for (table, outcome) in engine.refresh_accelerations().await {
+        if let meshq_engine::acceleration::RefreshOutcome::Failed(e) = outcome {
+            panic!("{table}: {e}");
+        }
     }
 }
 
@@ -88,7 +102,8 @@ async fn run_files(
         let engine = engine.clone();
         let mut runner = sqllogictest::Runner::new(move || {
             let session = engine.session(&principal);
-            async move { Ok::<_, meshq_tests::slt::SltError>(SltDb::new(session)) }
+            let db = SltDb::new(session).with_refresh(engine.clone());
+            async move { Ok::<_, meshq_tests::slt::SltError>(db) }
         });
         runner.set_var("MESH".into(), mesh_dir.to_string());
         if cluster {

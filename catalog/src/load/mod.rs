@@ -152,7 +152,7 @@ pub fn is_plain_identifier(s: &str) -> bool {
 
 /// Removes `.` and `..` components without touching the filesystem (the
 /// path may not exist yet; that is reported when the table is opened).
-fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for c in path.components() {

@@ -656,7 +656,10 @@ impl Loader {
         } else {
             None
         };
-        let acceleration = self.acceleration(lp, port, lc, server);
+        let acceleration = match self.materialization(lp, port, lc, server, format) {
+            Some(m) => Some(m),
+            None => self.acceleration(lp, port, lc, server),
+        };
         if !ok {
             return None;
         }
@@ -683,6 +686,71 @@ impl Loader {
             run_as: find_custom(&lp.product.custom_properties, "runAs")
                 .and_then(|cp| cp.value.as_str().map(str::to_string)),
         })
+    }
+
+    /// The port's `materialize` (else the server's), for a product
+    /// defined by SQL; a bad value, or one on another kind of table, is a
+    /// warning and the table is served as without it.
+    fn materialization(
+        &mut self,
+        lp: &LoadedProduct,
+        port: &OutputPort,
+        lc: &LoadedContract,
+        server: &Server,
+        format: Format,
+    ) -> Option<crate::acceleration::Acceleration> {
+        const NAME: &str = "materialize";
+        let (file, text, cp) = match find_custom(&port.custom_properties, NAME) {
+            Some(cp) => (&lp.file, &lp.text, cp),
+            None => (
+                &lc.file,
+                &lc.text,
+                find_custom(&server.custom_properties, NAME)?,
+            ),
+        };
+        let file = file.clone();
+        let line = line_of(text, "property: materialize");
+        if format != Format::Sql {
+            self.warn(
+                &file,
+                line,
+                format!(
+                    "output port `{}`: `materialize` is for products defined in SQL (format: meshq-sql); this {format} table is served from its source (`acceleration` keeps a copy of a source)",
+                    port.name
+                ),
+            );
+            return None;
+        }
+        let base = file.parent().unwrap_or(std::path::Path::new("."));
+        match crate::acceleration::Acceleration::parse_materialize(&cp.value, base) {
+            Ok(m) => {
+                if find_custom(&port.custom_properties, "acceleration")
+                    .or_else(|| find_custom(&server.custom_properties, "acceleration"))
+                    .is_some()
+                {
+                    self.warn(
+                        &file,
+                        line,
+                        format!(
+                            "output port `{}`: both `materialize` and `acceleration`; the materialised table is served and `acceleration` is ignored",
+                            port.name
+                        ),
+                    );
+                }
+                Some(m)
+            }
+            Err(e) => {
+                self.warn(
+                    &file,
+                    line,
+                    format!(
+                        "output port `{}`: {e}; the product is computed when it is read",
+                        port.name
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// The port's `acceleration` (else the server's); a bad value is a

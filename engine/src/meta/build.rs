@@ -374,6 +374,24 @@ impl View<'_> {
                     .map(|a| a.as_ref().and_then(|a| a.error.clone()))
                     .collect(),
             )
+            .opt_text(
+                "materialized_at",
+                accelerated
+                    .iter()
+                    .map(|a| a.as_ref().and_then(|a| a.location.clone()))
+                    .collect(),
+            )
+            .opt_text(
+                "built_from",
+                accelerated
+                    .iter()
+                    .map(|a| {
+                        a.as_ref()
+                            .filter(|a| !a.built_from.is_empty())
+                            .map(|a| a.built_from.join(", "))
+                    })
+                    .collect(),
+            )
             .finish()
     }
 
