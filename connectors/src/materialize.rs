@@ -142,16 +142,20 @@ pub async fn write_delta(
     batches: Vec<RecordBatch>,
     record: BuildRecord,
 ) -> Result<Build, String> {
+    let mut exists = true;
     if let Some(dir) = local_dir(url) {
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        exists = dir.join("_delta_log").exists();
     }
     let mut table = delta_builder(state, url)?
         .build()
         .map_err(|e| format!("Delta table at `{url}`: {e}"))?;
-    match table.load().await {
-        Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
-        Err(e) => return Err(format!("cannot read the Delta table at `{url}`: {e}")),
+    if exists {
+        match table.load().await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
+            Err(e) => return Err(format!("cannot read the Delta table at `{url}`: {e}")),
+        }
     }
     let metadata = serde_json::to_value(&record).map_err(|e| e.to_string())?;
     let table = table
@@ -173,7 +177,7 @@ pub async fn last_delta(
     url: &Url,
     schema: &SchemaRef,
 ) -> Result<Option<Build>, String> {
-    if local_dir(url).is_some_and(|d| !d.exists()) {
+    if local_dir(url).is_some_and(|d| !d.join("_delta_log").exists()) {
         return Ok(None);
     }
     let mut table = delta_builder(state, url)?
