@@ -1,4 +1,5 @@
-//! The `meshq` command line: `demo`, `shell` and `validate`.
+//! The `meshq` command line: `demo`, `shell`, `validate`, `check`, `diff`,
+//! `lineage` and `import`.
 //!
 //! The binary is a thin clap front end over this library, so tests can drive
 //! the shell, the validator and the demo writer directly.
@@ -7,6 +8,7 @@ pub mod check;
 pub mod demo;
 mod demo_iceberg;
 pub mod diff;
+pub mod import;
 pub mod lineage;
 pub mod output;
 pub mod rego;

@@ -68,6 +68,11 @@ enum Command {
     /// Compare two mesh directories and classify every change for
     /// consumers; exit 1 on a breaking change without a major version bump.
     Diff(DiffArgs),
+    /// Convert data-mesh product manifests (datamesh/v1) or Data Contract
+    /// Specification 0.9.3 contracts into ODPS products and ODCS contracts;
+    /// exit 1 when a source could not be converted, 2 when the result does
+    /// not load.
+    Import(ImportArgs),
     /// Execute fragments of query plans for a coordinator (`meshq serve
     /// --workers`); reads only the mesh's meshq.yaml (cluster secret,
     /// secrets, stores, limits).
@@ -81,6 +86,27 @@ struct WorkerArgs {
     /// Address to listen on (port 0: any free port, printed on stderr).
     #[arg(long, env = "MESHQ_WORKER_BIND", default_value = "127.0.0.1:50052")]
     bind: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The format of the source files.
+    #[arg(long = "from", value_enum)]
+    from: meshq_cli::import::Source,
+    /// Source files (YAML; several documents per file are read one by one).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Where to write `DOMAIN/NAME.odps.yaml`, `DOMAIN/TABLE.odcs.yaml` and
+    /// `import-report.md`.
+    #[arg(long)]
+    out: PathBuf,
+    /// The domain of every imported product, instead of the one each source
+    /// names.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Replace files that exist.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +361,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(args) => check(args).await,
+        Command::Import(args) => import(args),
         Command::Worker(args) => worker(args).await,
         Command::Diff(args) => {
             let mut meshes = Vec::new();
@@ -774,6 +801,62 @@ async fn load(mesh: &std::path::Path, config: EngineConfig) -> Result<Engine> {
     Engine::load(config)
         .await
         .with_context(|| format!("loading mesh {}", mesh.display()))
+}
+
+/// `meshq import`: converts, writes the report, then loads the output as
+/// meshq would and lists its problems.
+fn import(args: ImportArgs) -> Result<ExitCode> {
+    use meshq_cli::import;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let reports = import::import(
+        args.from,
+        &args.files,
+        &args.out,
+        args.domain.as_deref(),
+        args.force,
+    );
+    let report_file = args.out.join("import-report.md");
+    std::fs::write(&report_file, import::render(&reports, args.from))
+        .with_context(|| format!("writing {}", report_file.display()))?;
+    print!("{}", import::summary(&reports));
+    println!("Details: {}", report_file.display());
+    let failed = reports.iter().any(|r| r.error.is_some());
+    let written: Vec<PathBuf> = reports
+        .iter()
+        .flat_map(|r| r.written.iter().map(|w| args.out.join(w)))
+        .collect();
+    if written.is_empty() {
+        return Ok(ExitCode::from(1));
+    }
+    // What meshq makes of the result (the data itself is not opened).
+    let outcome = meshq_catalog::load_mesh(&args.out)
+        .with_context(|| format!("loading {}", args.out.display()))?;
+    let mine: Vec<_> = outcome
+        .problems
+        .iter()
+        .filter(|p| {
+            let file = args.out.join(&p.file);
+            written.iter().any(|w| w.ends_with(&p.file) || *w == file)
+        })
+        .collect();
+    let errors = mine.iter().filter(|p| p.is_error()).count();
+    println!(
+        "meshq reads the converted files: {} table(s) in {} product(s), {errors} error(s), {} warning(s)",
+        outcome.mesh.tables.len(),
+        outcome.mesh.products.len(),
+        mine.len() - errors
+    );
+    for p in &mine {
+        println!("  {p}");
+    }
+    Ok(if errors > 0 {
+        ExitCode::from(EXIT_INVALID)
+    } else if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// [`load`] for answering queries (shell, demo): accelerated tables are

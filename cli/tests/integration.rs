@@ -10,6 +10,7 @@ mod abuse;
 mod cluster;
 mod flight;
 mod governance;
+mod import;
 mod ops;
 mod sources;
 
