@@ -76,6 +76,65 @@ pub async fn write_fixture_mesh(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Adds the products `meshq import` makes of `tests/import/served/` to the
+/// mesh at `dir` (a data-mesh manifest over local Parquet, a DCS contract
+/// over a local CSV file), with their data.
+pub fn add_imported_products(dir: &Path) -> Result<()> {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use meshq_cli::import::{Source, import};
+    let served = Path::new(env!("CARGO_MANIFEST_DIR")).join("import/served");
+    for (source, file) in [
+        (Source::DatameshV1, "accounts.datamesh.yaml"),
+        (Source::Dcs, "tickets.dcs.yaml"),
+    ] {
+        for r in import(source, &[served.join(file)], dir, None, false) {
+            if let Some(e) = r.error {
+                anyhow::bail!("importing {file}: {e}");
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("account_id", DataType::Int64, false),
+        Field::new("contact_email", DataType::Utf8, true),
+        Field::new("region", DataType::Utf8, true),
+        Field::new("tier", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+            Arc::new(StringArray::from(vec![
+                "ada@acme.example",
+                "bo@beta.example",
+                "cy@corp.example",
+                "di@delta.example",
+            ])),
+            Arc::new(StringArray::from(vec!["EMEA", "AMER", "APAC", "EMEA"])),
+            Arc::new(StringArray::from(vec!["gold", "silver", "gold", "bronze"])),
+        ],
+    )?;
+    let accounts = dir.join("crm/data/accounts");
+    std::fs::create_dir_all(&accounts)?;
+    let file = std::fs::File::create(accounts.join("part-0.parquet"))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
+    w.write(&batch)?;
+    w.close()?;
+    std::fs::create_dir_all(dir.join("support/data"))?;
+    std::fs::write(
+        dir.join("support/data/tickets.csv"),
+        concat!(
+            "ticket_id,account_id,opened_by,severity\n",
+            "10,1,ada@acme.example,high\n",
+            "11,1,ada@acme.example,low\n",
+            "12,3,cy@corp.example,high\n",
+        ),
+    )?;
+    Ok(())
+}
+
 /// Parquet in Hive-style partitions by region (`region=EMEA/…`), so listing
 /// tables' partition pruning is covered too: two days per region.
 fn write_region_totals(dir: &Path) -> Result<()> {

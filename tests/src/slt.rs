@@ -53,14 +53,37 @@ impl SltDb {
         }
     }
 
-    /// Lets the file run `REFRESH ACCELERATIONS`, a command of this
-    /// harness (as a server's refresher would): it refreshes `engine`'s
+    /// Lets the file run `REFRESH ACCELERATIONS` and `CHECK QUALITY`,
+    /// commands of this harness. `REFRESH ACCELERATIONS` (as a server's refresher would): it refreshes `engine`'s
     /// accelerated and materialised tables and answers one row per table,
     /// `table, outcome` (`built`, `current`, `found` or `failed`; why it
     /// failed is in `meta.tables`).
     pub fn with_refresh(mut self, engine: meshq_engine::Engine) -> Self {
         self.engine = Some(engine);
         self
+    }
+
+    /// `CHECK QUALITY`, a command of this harness: runs every table's
+    /// quality rules as a server's periodic checks do (filling
+    /// `meta.quality`) and answers how many tables do not pass.
+    async fn check_quality(&self) -> Result<DBOutput<DefaultColumnType>, SltError> {
+        let engine = self
+            .engine
+            .as_ref()
+            .ok_or_else(|| SltError("CHECK QUALITY: no engine".into()))?;
+        // On a thread of its own: the checks' future is not `Send` as this
+        // trait's futures must be.
+        let engine = engine.clone();
+        let handle = tokio::runtime::Handle::current();
+        let checked = tokio::task::spawn_blocking(move || {
+            handle.block_on(meshq_engine::quality::check_and_record(&engine, 2))
+        })
+        .await
+        .map_err(|e| SltError(format!("CHECK QUALITY: {e}")))?;
+        Ok(DBOutput::Rows {
+            types: vec![DefaultColumnType::Integer],
+            rows: vec![vec![checked.to_string()]],
+        })
     }
 
     async fn refresh(&self) -> Result<DBOutput<DefaultColumnType>, SltError> {
@@ -168,6 +191,9 @@ impl sqllogictest::AsyncDB for SltDb {
     async fn run(&mut self, sql: &str) -> Result<DBOutput<Self::ColumnType>, Self::Error> {
         if sql.trim().eq_ignore_ascii_case("REFRESH ACCELERATIONS") {
             return self.refresh().await;
+        }
+        if sql.trim().eq_ignore_ascii_case("CHECK QUALITY") {
+            return self.check_quality().await;
         }
         let df = self.session.sql(sql).await?;
         let schema = df.schema().as_arrow().clone();

@@ -18,6 +18,8 @@ async fn main() -> std::process::ExitCode {
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let dir = tempfile::tempdir().expect("temp dir");
     write_fixture_mesh(dir.path()).await.expect("fixture mesh");
+    // Products `meshq import` converted (tests/slt/imported_ana.slt).
+    meshq_tests::add_imported_products(dir.path()).expect("imported products");
     let engine = Engine::load(fixture_engine_config(dir.path()))
         .await
         .expect("fixture mesh loads");
