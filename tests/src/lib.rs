@@ -135,6 +135,26 @@ pub fn add_imported_products(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Adds `tests/slt/mesh/checks/` to the mesh at `dir`: products defined by
+/// SQL that meshq must refuse by name (two that read each other, one whose
+/// contract names a column its SQL lacks), run as `svc-checks`.
+pub fn add_refused_sql_products(dir: &Path) -> Result<()> {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("slt/mesh/checks");
+    let to = dir.join("checks");
+    std::fs::create_dir_all(&to)?;
+    for entry in std::fs::read_dir(&from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    let platform = dir.join("meshq.yaml");
+    let mut yaml = std::fs::read_to_string(&platform)?;
+    yaml.push_str(
+        "  - { name: svc-checks, roles: [analyst], runs: [urn:dataproduct:checks:loop_a, urn:dataproduct:checks:loop_b, urn:dataproduct:checks:drifted] }\n",
+    );
+    std::fs::write(&platform, yaml)?;
+    Ok(())
+}
+
 /// Parquet in Hive-style partitions by region (`region=EMEA/…`), so listing
 /// tables' partition pruning is covered too: two days per region.
 fn write_region_totals(dir: &Path) -> Result<()> {

@@ -68,6 +68,15 @@ async fn mesh(dir: &Path, accelerate: &[(&str, Option<&str>)], extra: &str) -> E
     Engine::load(fixture_engine_config(dir)).await.unwrap()
 }
 
+/// The outcomes of the tables this file accelerates, without the fixture's
+/// materialised product.
+fn without_materialized(outcomes: Vec<(String, RefreshOutcome)>) -> Vec<(String, RefreshOutcome)> {
+    outcomes
+        .into_iter()
+        .filter(|(t, _)| t != "marketing.segments")
+        .collect()
+}
+
 fn session(engine: &Engine, name: &str) -> MeshSession {
     engine.session(&engine.mesh().config.principal(name).unwrap())
 }
@@ -117,7 +126,8 @@ async fn accelerated_answers_equal_the_sources_for_every_principal() {
         "",
     )
     .await;
-    let built = fast.refresh_accelerations().await;
+    // The fixture's materialised `marketing.segments` is built too.
+    let built = without_materialized(fast.refresh_accelerations().await);
     assert_eq!(built.len(), 2, "{built:?}");
     for (table, outcome) in &built {
         assert!(
@@ -150,7 +160,7 @@ async fn accelerated_answers_equal_the_sources_for_every_principal() {
         }
     }
     let meta = session(&fast, "pat")
-        .sql("SELECT table_name, accelerated, accelerated_version, acceleration_error FROM meta.tables WHERE accelerated")
+        .sql("SELECT table_name, accelerated, accelerated_version, acceleration_error FROM meta.tables WHERE accelerated AND materialized_at IS NULL")
         .await
         .unwrap()
         .collect()
@@ -329,7 +339,10 @@ async fn copies_outlive_reloads_that_do_not_change_their_table() {
         "",
     )
     .await;
-    assert_eq!(first.refresh_accelerations().await.len(), 2);
+    assert_eq!(
+        without_materialized(first.refresh_accelerations().await).len(),
+        2
+    );
     let second = Engine::load_after(fixture_engine_config(dir.path()), Some(&first))
         .await
         .unwrap();

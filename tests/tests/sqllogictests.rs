@@ -20,6 +20,8 @@ async fn main() -> std::process::ExitCode {
     write_fixture_mesh(dir.path()).await.expect("fixture mesh");
     // Products `meshq import` converted (tests/slt/imported_ana.slt).
     meshq_tests::add_imported_products(dir.path()).expect("imported products");
+    // Products defined by SQL that are refused (tests/slt/products_refused.slt).
+    meshq_tests::add_refused_sql_products(dir.path()).expect("refused products");
     let engine = Engine::load(fixture_engine_config(dir.path()))
         .await
         .expect("fixture mesh loads");
