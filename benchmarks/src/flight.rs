@@ -59,6 +59,7 @@ pub fn start(engine: Engine, worker_threads: usize) -> Result<RunningServer> {
                 tls: None,
                 shutdown_grace: Duration::from_secs(1),
                 metrics_bind: None,
+                http_bind: None,
             };
             // Served as loaded; the benchmark never reloads it.
             let live = LiveEngine::with_engine(EngineConfig::new(&engine.mesh().root), engine);

@@ -428,6 +428,10 @@ pub struct AuthConfig {
     /// Bearer JWT validation.
     #[serde(default)]
     pub jwt: Option<JwtConfig>,
+    /// How long a login to the web catalog lasts (default 8h); idle
+    /// sessions end sooner, as Flight SQL sessions do.
+    #[serde(default)]
+    pub web_session_ttl: Option<crate::limits::DurationSpec>,
 }
 
 impl Default for AuthConfig {
@@ -435,6 +439,7 @@ impl Default for AuthConfig {
         Self {
             admin_role: default_admin_role(),
             jwt: None,
+            web_session_ttl: None,
         }
     }
 }

@@ -217,6 +217,11 @@ struct ServerArgs {
     /// Serve Prometheus metrics over HTTP on this address (`/metrics`).
     #[arg(long, env = "MESHQ_METRICS_BIND")]
     metrics_bind: Option<std::net::SocketAddr>,
+    /// Serve the web catalog (search, product pages, SQL) over HTTP on this
+    /// address; `meshq demo` serves it on 127.0.0.1:8080 unless told
+    /// otherwise.
+    #[arg(long = "http", env = "MESHQ_HTTP_BIND", value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
     /// Append one JSON line per query and per failed login to this file
     /// (`-` for stdout).
     #[arg(long, env = "MESHQ_AUDIT_LOG", value_name = "FILE")]
@@ -446,6 +451,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             config.protected_paths = args.server.protected_paths();
             let mut args = args;
             args.server.quality_interval = args.server.quality_interval.or(Some(300.0));
+            // The web catalog on 127.0.0.1:8080 (on any free port when the
+            // Flight SQL port is chosen that way).
+            if args.server.http.is_none() {
+                let port = if args.server.bind.port() == 0 {
+                    0
+                } else {
+                    8080
+                };
+                args.server.http = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+            }
             let engine = load_for_queries(&args.dir, config.clone()).await?;
             report_problems(&engine);
             let Some(principal) = principal(&engine, Some(&args.principal)) else {
@@ -496,6 +511,7 @@ async fn serve(
         tls: args.tls_cert.zip(args.tls_key),
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
         metrics_bind: args.metrics_bind,
+        http_bind: args.http,
     };
     let tls = config.tls.is_some();
     // Stops with the server.
@@ -537,7 +553,12 @@ async fn serve(
             } else {
                 ops.metrics.reloaded("ok");
             }
-            let Ok(meshq_flight_server::Listening { flight, metrics }) = listening_rx.await else {
+            let Ok(meshq_flight_server::Listening {
+                flight,
+                metrics,
+                http,
+            }) = listening_rx.await
+            else {
                 return;
             };
             // Written once the server can answer, so a script that waits for
@@ -552,6 +573,9 @@ async fn serve(
             }
             if let Some(m) = metrics {
                 eprintln!("meshq metrics on http://{m}/metrics");
+            }
+            if let Some(h) = http {
+                eprintln!("meshq web catalog on http://{h}/");
             }
             let scheme = if tls { "grpc+tls" } else { "grpc" };
             eprintln!("meshq serving Flight SQL on {scheme}://{flight}");

@@ -23,6 +23,8 @@ pub(super) struct Server {
     pub(super) port: u16,
     /// The metrics port, when started with `--metrics-bind`.
     pub(super) metrics: Option<u16>,
+    /// The web catalog's port, when started with `--http`.
+    pub(super) http: Option<u16>,
     /// Everything the server wrote to stderr so far.
     pub(super) log: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -80,6 +82,7 @@ pub(super) fn start_on(mesh: &std::path::Path, extra: &[&str], env: &[(&str, &st
     let mut lines = BufReader::new(stderr).lines();
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut metrics = None;
+    let mut http = None;
     let port = loop {
         let line = lines
             .next()
@@ -89,6 +92,10 @@ pub(super) fn start_on(mesh: &std::path::Path, extra: &[&str], env: &[(&str, &st
         if let Some(addr) = line.strip_prefix("meshq metrics on http://") {
             let addr = addr.trim_end_matches("/metrics");
             metrics = Some(addr.rsplit(':').next().unwrap().parse().unwrap());
+        }
+        if let Some(addr) = line.strip_prefix("meshq web catalog on http://") {
+            let addr = addr.trim_end_matches('/');
+            http = Some(addr.rsplit(':').next().unwrap().parse().unwrap());
         }
         if let Some(addr) = line.strip_prefix("meshq serving Flight SQL on ") {
             break addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -105,6 +112,7 @@ pub(super) fn start_on(mesh: &std::path::Path, extra: &[&str], env: &[(&str, &st
         child,
         port,
         metrics,
+        http,
         log,
     }
 }

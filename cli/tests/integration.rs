@@ -13,6 +13,7 @@ mod governance;
 mod import;
 mod ops;
 mod sources;
+mod web;
 
 fn meshq() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meshq"));

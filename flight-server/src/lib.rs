@@ -33,6 +33,7 @@ pub mod session_options;
 pub mod sessions;
 pub mod ticket;
 pub mod trace;
+pub mod web;
 mod wire;
 
 pub use wire::{COMPRESSION_HEADER, VIEW_TYPES_HEADER, WireOptions};
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     pub shutdown_grace: std::time::Duration,
     /// Serve Prometheus metrics over HTTP here.
     pub metrics_bind: Option<SocketAddr>,
+    /// Serve the web catalog here.
+    pub http_bind: Option<SocketAddr>,
 }
 
 /// Where the server listens, once it does.
@@ -72,6 +75,8 @@ pub struct Listening {
     pub flight: SocketAddr,
     /// Prometheus metrics, when enabled.
     pub metrics: Option<SocketAddr>,
+    /// The web catalog, when enabled.
+    pub http: Option<SocketAddr>,
 }
 
 /// Each served table's last change and freshness against its SLA.
@@ -177,6 +182,31 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let flight = MeshFlightService::new(Arc::clone(&live), Arc::clone(&ops));
     let sessions = flight.sessions_counter();
+    let (web_stop, web_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut _web_task = None;
+    let http_addr = match config.http_bind {
+        Some(bind) => {
+            let listener = tokio::net::TcpListener::bind(bind).await?;
+            let addr = listener.local_addr()?;
+            let state = Arc::new(web::WebState::new(
+                flight.authenticator(),
+                Arc::clone(&live),
+                Arc::clone(&ops),
+                false,
+            ));
+            _web_task = Some(SpawnedTask::spawn(async move {
+                let stop = async move {
+                    let _ = web_stopped.await;
+                };
+                if let Err(e) = web::serve_web(listener, state, stop).await {
+                    tracing::warn!(error = %e, "web catalog stopped");
+                }
+            }));
+            info!(%addr, "serving the web catalog");
+            Some(addr)
+        }
+        None => None,
+    };
     let service = FlightServiceServer::new(flight)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -251,6 +281,7 @@ pub async fn serve(
     let _ = listening_tx.send(Listening {
         flight: addr,
         metrics: metrics_addr,
+        http: http_addr,
     });
     // On shutdown, stop accepting and let in-flight calls finish, but no
     // longer than the grace period: idle clients keep connections open.
@@ -282,6 +313,7 @@ pub async fn serve(
         _ = grace => info!("shutdown grace period over; closing remaining connections"),
     }
     let _ = metrics_stop.send(());
+    let _ = web_stop.send(());
     info!("server stopped");
     Ok(())
 }

@@ -82,6 +82,12 @@ impl MeshFlightService {
         }
     }
 
+    /// The authenticator, shared with the web catalog (one set of
+    /// sessions).
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        Arc::clone(&self.auth)
+    }
+
     /// Counts logged-in sessions (for metrics), after the service is moved
     /// into the server.
     pub fn sessions_counter(&self) -> impl Fn() -> usize + Send + Sync + 'static {

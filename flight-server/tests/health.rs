@@ -37,6 +37,7 @@ async fn not_ready_until_the_first_load_completes() {
         tls: None,
         shutdown_grace: Duration::from_secs(1),
         metrics_bind: None,
+        http_bind: None,
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let ops = Arc::new(Operations::new(Arc::new(Metrics::new()), None));

@@ -76,6 +76,85 @@ pub async fn write_fixture_mesh(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The bypass corpus: statements a restricted principal (the fixture's
+/// `ana`) runs to read what her policies hide, over the mesh at `mesh`.
+/// Run against every path that answers SQL (the engine, Flight SQL, the
+/// web catalog's `/sql`).
+pub fn bypass_corpus(mesh: &str) -> Vec<String> {
+    let q = [
+        "SELECT * FROM sales.orders",
+        "SELECT * FROM sales.orders WHERE region = 'AMER'",
+        "SELECT order_id FROM sales.orders WHERE region <> 'EMEA'",
+        "SELECT (SELECT max(order_id) FROM sales.orders WHERE region = 'APAC')",
+        "WITH o AS (SELECT * FROM sales.orders) SELECT * FROM o WHERE region = 'AMER'",
+        "SELECT order_id FROM sales.orders UNION SELECT customer_id FROM customers.profiles",
+        "SELECT order_id, lag(email) OVER (ORDER BY order_id), first_value(customer_id) OVER () FROM sales.orders",
+        "SELECT DISTINCT email FROM sales.orders",
+        "SELECT DISTINCT customer_id, full_name FROM customers.profiles",
+        "SELECT o.email, c.email, c.full_name FROM sales.orders o JOIN customers.profiles c ON o.customer_id = c.customer_id",
+        "SELECT * FROM sales.orders WHERE customer_id = 'C00001'",
+        "SELECT * FROM customers.profiles c JOIN sales.orders o ON substr(o.email, 1, 1) = substr(c.email, 1, 1) LIMIT 50",
+        "SELECT * FROM information_schema.columns",
+        "SELECT * FROM information_schema.tables",
+        "SELECT * FROM information_schema.views",
+        "EXPLAIN SELECT * FROM sales.orders WHERE region = 'AMER'",
+        "EXPLAIN ANALYZE SELECT * FROM sales.orders",
+        "EXPLAIN VERBOSE SELECT * FROM sales.orders",
+        "SELECT CAST(email AS INT) FROM sales.orders",
+        "SELECT * FROM sales.orders WHERE CAST(customer_id AS INT) = 1",
+        "SELECT * FROM sales.orders WHERE 1 / (CASE WHEN region = 'AMER' THEN 0 ELSE 1 END) = 1",
+        "SELECT * FROM sales.orders WHERE CAST(CASE WHEN region <> 'EMEA' THEN order_id ELSE '1' END AS INT) = 1",
+        "CREATE VIEW v AS SELECT * FROM sales.orders",
+        &format!(
+            "CREATE EXTERNAL TABLE raw_orders STORED AS PARQUET LOCATION '{mesh}/sales/data/orders/'"
+        ),
+        &format!(
+            "CREATE EXTERNAL TABLE raw_profiles STORED AS PARQUET LOCATION '{mesh}/customers/data/profiles/'"
+        ),
+        "COPY (SELECT * FROM sales.orders) TO '/tmp/meshq-bypass.csv'",
+        &format!("SELECT * FROM read_parquet('{mesh}/customers/data/profiles/part-00000.parquet')"),
+        &format!("SELECT * FROM '{mesh}/customers/data/profiles/part-00000.parquet'"),
+        "SET datafusion.explain.show_statistics = true",
+        "SELECT min(customer_id), max(customer_id), min(email), max(email) FROM sales.orders",
+        "SELECT min(order_id), max(order_id), count(*) FROM sales.orders",
+        "SELECT * FROM payments.transactions",
+        "SELECT * FROM mesh.payments.transactions",
+        "SELECT order_id FROM sales.orders o WHERE EXISTS (SELECT 1 FROM payments.transactions p WHERE p.order_id = o.order_id)",
+        "SELECT email FROM sales.orders WHERE email LIKE 'a%@example.com'",
+        "SELECT email, count(*) FROM sales.orders GROUP BY 1",
+        "SELECT order_id FROM sales.orders ORDER BY email LIMIT 5",
+        "SELECT regexp_replace(email, 'x', 'y'), upper(full_name) FROM customers.profiles",
+        "SELECT substr(full_name, 1, 10), phone, arrow_cast(phone, 'Binary') FROM customers.profiles",
+        "SELECT array_agg(email), string_agg(customer_id, ',') FROM sales.orders",
+        "SELECT * FROM customers.profiles WHERE region = 'APAC'",
+        "PREPARE p(VARCHAR) AS SELECT * FROM sales.orders WHERE region = $1",
+        "DESCRIBE sales.orders",
+        "SHOW TABLES",
+        "SHOW COLUMNS FROM sales.orders",
+        "SELECT * FROM (VALUES (1)) v JOIN sales.orders o ON true WHERE o.region = 'AMER'",
+        "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r, sales.orders o WHERE o.region = 'APAC'",
+        "SELECT * FROM generate_series(1, 3) g, sales.orders o WHERE o.region = 'APAC'",
+        "INSERT INTO sales.orders SELECT * FROM sales.orders",
+        "DROP TABLE sales.orders",
+        "CREATE TABLE copy AS SELECT * FROM sales.orders",
+        "SELECT * FROM sales.orders o FULL JOIN customers.profiles c ON o.customer_id = c.customer_id WHERE c.region = 'AMER' OR o.region = 'AMER'",
+        "SELECT * FROM information_schema.df_settings",
+        // The metadata tables, alone and joined with the data.
+        "SELECT * FROM meta.products",
+        "SELECT * FROM meta.tables",
+        "SELECT * FROM meta.columns",
+        "SELECT * FROM meta.my_access",
+        "SELECT * FROM meta.whoami",
+        "SELECT * FROM meta.lineage",
+        "SELECT * FROM meta.quality",
+        "SELECT q.rule, q.measured, o.email FROM meta.quality q JOIN sales.orders o ON q.measured IS NOT NULL OR o.region = 'AMER'",
+        "SELECT t.table_name, o.* FROM meta.tables t JOIN sales.orders o ON o.region <> 'EMEA' OR t.readable",
+        "SELECT c.column_name, o.email FROM meta.columns c, sales.orders o WHERE c.masked AND o.region = 'AMER'",
+        "SELECT * FROM payments.transactions p JOIN meta.my_access a ON a.table_name = 'transactions'",
+    ];
+    q.into_iter().map(str::to_string).collect()
+}
+
 /// Adds the products `meshq import` makes of `tests/import/served/` to the
 /// mesh at `dir` (a data-mesh manifest over local Parquet, a DCS contract
 /// over a local CSV file), with their data.

@@ -48,6 +48,7 @@ impl RemoteMeshq {
             tls: None,
             shutdown_grace: std::time::Duration::from_millis(100),
             metrics_bind: None,
+            http_bind: None,
         };
         let task = SpawnedTask::spawn(async move {
             let shutdown = async move {

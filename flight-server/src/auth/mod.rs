@@ -329,6 +329,28 @@ impl Authenticator {
         key
     }
 
+    /// Checks a user and password (throttled, audited like the Handshake)
+    /// and opens a session: the web catalog's login.
+    pub async fn login_password(
+        &self,
+        user: &str,
+        password: &str,
+        peer: Option<SocketAddr>,
+    ) -> Result<(String, Arc<ClientSession>)> {
+        let engine = self.engine()?;
+        self.password_session(&engine, user, password, peer).await
+    }
+
+    /// The session of a bearer `token` (a session token or a JWT).
+    pub fn session_for(&self, token: &str, peer: Option<SocketAddr>) -> Result<Arc<ClientSession>> {
+        self.bearer_session(token, peer)
+    }
+
+    /// Ends the session of `token`; whether there was one.
+    pub fn end(&self, token: &str) -> bool {
+        self.sessions.remove(token)
+    }
+
     /// Ends the session of this call's token, if it has one.
     pub fn logout(&self, metadata: &MetadataMap) -> bool {
         match header(metadata).map(parse_authorization) {

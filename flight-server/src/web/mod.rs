@@ -1,0 +1,277 @@
+//! The web catalog: server-rendered pages beside Flight SQL (`meshq serve
+//! --http ADDR`). Every page is computed from the `meta` schema queried in
+//! the visitor's own session, so it shows what `meta` shows them, under
+//! the same policies; `/sql` runs statements through the same path as
+//! Flight SQL (admission, limits, audit). Logins are the Flight SQL
+//! sessions (same principals, argon2 hashes, throttling, session limits),
+//! carried by an `HttpOnly`, `SameSite=Strict` cookie; `Authorization:
+//! Bearer` (a session token or a JWT) works too. Forms carry a CSRF token
+//! derived from the session. No script runs in the pages; the stylesheet
+//! is served from the binary.
+
+mod html;
+mod pages;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use hmac::{Hmac, Mac};
+use meshq_engine::LiveEngine;
+use parking_lot::Mutex;
+use sha2::Sha256;
+
+use crate::audit::{self, AuditRecord};
+use crate::auth::Authenticator;
+use crate::cancel::CancelRegistry;
+use crate::operations::Operations;
+use crate::query::Lifecycle;
+use crate::sessions::ClientSession;
+
+/// The name of the session cookie.
+const COOKIE: &str = "meshq_session";
+
+/// What the pages share.
+pub struct WebState {
+    auth: Arc<Authenticator>,
+    queries: Lifecycle,
+    ops: Arc<Operations>,
+    live: Arc<LiveEngine>,
+    /// Signs CSRF tokens (one per session).
+    csrf_key: [u8; 32],
+    /// When each web login was made (they last `auth.web_session_ttl`).
+    logins: Mutex<HashMap<String, Instant>>,
+    /// The cookie is marked `Secure` (the catalog is served over TLS).
+    secure: bool,
+}
+
+impl WebState {
+    /// Over the Flight SQL service's authenticator: one set of sessions.
+    pub fn new(
+        auth: Arc<Authenticator>,
+        live: Arc<LiveEngine>,
+        ops: Arc<Operations>,
+        secure: bool,
+    ) -> Self {
+        Self {
+            auth,
+            queries: Lifecycle::new(Arc::clone(&ops), Arc::new(CancelRegistry::default())),
+            ops,
+            live,
+            csrf_key: rand::random(),
+            logins: Mutex::new(HashMap::new()),
+            secure,
+        }
+    }
+
+    fn ttl(&self) -> Duration {
+        self.live
+            .current()
+            .and_then(|e| e.mesh().config.auth.web_session_ttl.as_ref().map(|d| d.0))
+            .unwrap_or(Duration::from_secs(8 * 3600))
+    }
+
+    /// The CSRF token of the session `token`.
+    fn csrf(&self, token: &str) -> String {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.csrf_key).expect("any key length");
+        mac.update(token.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    fn page_view(&self, visitor: &Visitor, path: &str) {
+        self.ops.audit(&AuditRecord {
+            ts: audit::now(),
+            event: "web_page",
+            principal: visitor.client.principal().name.clone(),
+            client: visitor.peer.map(|p| p.to_string()),
+            sql_shape: Some(path.to_string()),
+            outcome: "ok",
+            ..Default::default()
+        });
+    }
+}
+
+/// The logged-in visitor of a request.
+pub(crate) struct Visitor {
+    client: Arc<ClientSession>,
+    /// The session token (cookie or bearer), for the CSRF token.
+    token: String,
+    peer: Option<SocketAddr>,
+}
+
+/// A request without a valid session: to the login page (an API call gets
+/// 401).
+pub(crate) struct NotLoggedIn {
+    api: bool,
+    next: String,
+}
+
+impl IntoResponse for NotLoggedIn {
+    fn into_response(self) -> Response {
+        if self.api {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "log in at /login, or send Authorization: Bearer <token or JWT>\n",
+            )
+                .into_response();
+        }
+        let next = form_urlencoded(&self.next);
+        Redirect::to(&format!("/login?next={next}")).into_response()
+    }
+}
+
+fn form_urlencoded(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == COOKIE && !v.is_empty()).then(|| v.to_string())
+        })
+}
+
+impl FromRequestParts<Arc<WebState>> for Visitor {
+    type Rejection = NotLoggedIn;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<WebState>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let rejection = || NotLoggedIn {
+            api: parts.uri.path().starts_with("/api/"),
+            next: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+        };
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        if let Some(token) = bearer {
+            return match state.auth.session_for(&token, peer) {
+                Ok(client) => Ok(Self {
+                    client,
+                    token,
+                    peer,
+                }),
+                Err(_) => Err(rejection()),
+            };
+        }
+        let Some(token) = cookie_token(&parts.headers) else {
+            return Err(rejection());
+        };
+        // A web login ends after its lifetime, whatever its use.
+        let started = state.logins.lock().get(&token).copied();
+        match started {
+            Some(at) if at.elapsed() < state.ttl() => {}
+            _ => {
+                state.logins.lock().remove(&token);
+                state.auth.end(&token);
+                return Err(rejection());
+            }
+        }
+        match state.auth.session_for(&token, peer) {
+            Ok(client) => Ok(Self {
+                client,
+                token,
+                peer,
+            }),
+            Err(_) => {
+                state.logins.lock().remove(&token);
+                Err(rejection())
+            }
+        }
+    }
+}
+
+/// Security headers on every response: no framing, no inline script or
+/// style, nothing from elsewhere, no caching of pages that hold a
+/// principal's view.
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(
+        h,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    if !h.contains_key(header::CACHE_CONTROL) {
+        set(h, header::CACHE_CONTROL, "no-store");
+    }
+    res
+}
+
+/// The catalog's routes.
+pub fn router(state: Arc<WebState>) -> Router {
+    Router::new()
+        .route("/", get(pages::products))
+        .route("/products", get(pages::products))
+        .route("/products/{id}", get(pages::product))
+        .route("/tables/{table}", get(pages::table))
+        .route("/me", get(pages::me))
+        .route("/lineage", get(pages::lineage))
+        .route("/sql", get(pages::sql_form).post(pages::sql_run))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/static/style.css", get(pages::stylesheet))
+        .route("/api/products", get(pages::api_products))
+        .route("/api/products/{id}", get(pages::api_product))
+        .route("/api/tables/{table}", get(pages::api_table))
+        .route("/api/lineage", get(pages::api_lineage))
+        .route("/api/me", get(pages::api_me))
+        .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// Serves the catalog on `listener` until `shutdown` resolves.
+pub async fn serve_web(
+    listener: tokio::net::TcpListener,
+    state: Arc<WebState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
