@@ -362,8 +362,16 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
 
 /// What `meshq demo` prints once it serves: the address, the demo users and
 /// an ADBC snippet that works as printed.
-pub fn connect_banner(dir: &str, tables: usize, addr: std::net::SocketAddr) -> String {
+pub fn connect_banner(
+    dir: &str,
+    tables: usize,
+    addr: std::net::SocketAddr,
+    web: Option<std::net::SocketAddr>,
+) -> String {
     let uri = format!("grpc://{addr}");
+    let web = web.map_or(String::new(), |w| {
+        format!("Browse the catalog: http://{w}/ (log in as one of the users above)\n\n")
+    });
     format!(
         "meshq demo: {tables} tables from {dir}, serving Arrow Flight SQL on {uri}\n\
          \n\
@@ -385,7 +393,7 @@ pub fn connect_banner(dir: &str, tables: usize, addr: std::net::SocketAddr) -> S
          Find products and why you see what you see: SELECT * FROM meta.products;\n\
          SELECT * FROM meta.my_access; (or \\dp and \\access in the shell).\n\
          \n\
-         Or run SQL here: meshq demo --shell. Ctrl-C stops the server."
+         {web}Or run SQL here: meshq demo --shell. Ctrl-C stops the server."
     )
 }
 

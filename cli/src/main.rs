@@ -423,7 +423,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             let live = LiveEngine::new(config);
-            serve(live, args.server, |_| {}).await
+            serve(live, args.server, |_, _| {}).await
         }
         Command::Shell(args) => {
             let engine =
@@ -471,8 +471,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let tables = engine.served_tables().len();
                 let dir = args.dir.display().to_string();
                 let live = LiveEngine::with_engine(config, engine);
-                return serve(live, args.server, move |addr| {
-                    println!("{}", meshq_cli::demo::connect_banner(&dir, tables, addr));
+                return serve(live, args.server, move |addr, web| {
+                    println!(
+                        "{}",
+                        meshq_cli::demo::connect_banner(&dir, tables, addr, web)
+                    );
                 })
                 .await;
             }
@@ -494,7 +497,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 async fn serve(
     live: Arc<LiveEngine>,
     args: ServerArgs,
-    banner: impl FnOnce(std::net::SocketAddr) + Send + 'static,
+    banner: impl FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>) + Send + 'static,
 ) -> Result<ExitCode> {
     let audit = match &args.audit_log {
         Some(path) => Some(
@@ -579,7 +582,7 @@ async fn serve(
             }
             let scheme = if tls { "grpc+tls" } else { "grpc" };
             eprintln!("meshq serving Flight SQL on {scheme}://{flight}");
-            banner(flight);
+            banner(flight, http);
             let on_reload = {
                 let ops = Arc::clone(&ops);
                 move |o: &ReloadOutcome| ops.metrics.reloaded(o.status.label())

@@ -145,6 +145,11 @@ pub(crate) fn lineage_svg(edges: &[(String, String)], focus: Option<&str>) -> Ma
         r#"<svg class="lineage" role="img" aria-label="Lineage" viewBox="0 0 {width:.0} {height:.0}" width="{width:.0}" height="{height:.0}" xmlns="http://www.w3.org/2000/svg">"#
     );
     svg.push_str(r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>"##);
+    // Edges that skip a layer pass below the boxes between, each lower
+    // than the last, so none seems to start at a box it passes.
+    let mut long = 0usize;
+    let mut paths = String::new();
+    let mut bottom = height;
     for (a, b) in edges {
         let (Some(i), Some(j)) = (
             nodes.iter().position(|n| n == a),
@@ -154,12 +159,29 @@ pub(crate) fn lineage_svg(edges: &[(String, String)], focus: Option<&str>) -> Ma
         };
         let (x1, y1) = (pos[i].0 + w, pos[i].1 + h / 2.0);
         let (x2, y2) = (pos[j].0, pos[j].1 + h / 2.0);
-        svg.push_str(&format!(
-            r##"<path d="M {x1:.0} {y1:.0} C {:.0} {y1:.0}, {:.0} {y2:.0}, {x2:.0} {y2:.0}" fill="none" stroke="#555" marker-end="url(#arrow)"/>"##,
-            x1 + gap_x / 2.0,
-            x2 - gap_x / 2.0
-        ));
+        if depth[j] > depth[i] + 1 {
+            long += 1;
+            let below = height - 10.0 + 14.0 * long as f64;
+            bottom = bottom.max(below + 10.0);
+            paths.push_str(&format!(
+                r##"<path d="M {x1:.0} {y1:.0} C {:.0} {below:.0}, {:.0} {below:.0}, {x2:.0} {y2:.0}" fill="none" stroke="#555" stroke-dasharray="4 3" marker-end="url(#arrow)"/>"##,
+                x1 + gap_x,
+                x2 - gap_x,
+            ));
+        } else {
+            paths.push_str(&format!(
+                r##"<path d="M {x1:.0} {y1:.0} C {:.0} {y1:.0}, {:.0} {y2:.0}, {x2:.0} {y2:.0}" fill="none" stroke="#555" marker-end="url(#arrow)"/>"##,
+                x1 + gap_x / 2.0,
+                x2 - gap_x / 2.0
+            ));
+        }
     }
+    let svg_open = svg.clone();
+    svg = svg_open.replace(
+        &format!(r#"viewBox="0 0 {width:.0} {height:.0}" width="{width:.0}" height="{height:.0}""#),
+        &format!(r#"viewBox="0 0 {width:.0} {bottom:.0}" width="{width:.0}" height="{bottom:.0}""#),
+    );
+    svg.push_str(&paths);
     for (i, n) in nodes.iter().enumerate() {
         let (x, y) = pos[i];
         let label = n.strip_prefix("urn:dataproduct:").unwrap_or(n);
