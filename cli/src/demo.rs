@@ -366,11 +366,11 @@ pub fn connect_banner(
     dir: &str,
     tables: usize,
     addr: std::net::SocketAddr,
-    web: Option<std::net::SocketAddr>,
+    web: Option<String>,
 ) -> String {
     let uri = format!("grpc://{addr}");
     let web = web.map_or(String::new(), |w| {
-        format!("Browse the catalog: http://{w}/ (log in as one of the users above)\n\n")
+        format!("Browse the catalog: {w} (log in as one of the users above)\n\n")
     });
     format!(
         "meshq demo: {tables} tables from {dir}, serving Arrow Flight SQL on {uri}\n\

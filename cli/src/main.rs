@@ -497,7 +497,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 async fn serve(
     live: Arc<LiveEngine>,
     args: ServerArgs,
-    banner: impl FnOnce(std::net::SocketAddr, Option<std::net::SocketAddr>) + Send + 'static,
+    banner: impl FnOnce(std::net::SocketAddr, Option<String>) + Send + 'static,
 ) -> Result<ExitCode> {
     let audit = match &args.audit_log {
         Some(path) => Some(
@@ -577,12 +577,13 @@ async fn serve(
             if let Some(m) = metrics {
                 eprintln!("meshq metrics on http://{m}/metrics");
             }
-            if let Some(h) = http {
-                eprintln!("meshq web catalog on http://{h}/");
+            let web = http.map(|h| format!("{}://{h}/", if tls { "https" } else { "http" }));
+            if let Some(url) = &web {
+                eprintln!("meshq web catalog on {url}");
             }
             let scheme = if tls { "grpc+tls" } else { "grpc" };
             eprintln!("meshq serving Flight SQL on {scheme}://{flight}");
-            banner(flight, http);
+            banner(flight, web);
             let on_reload = {
                 let ops = Arc::clone(&ops);
                 move |o: &ReloadOutcome| ops.metrics.reloaded(o.status.label())

@@ -93,7 +93,10 @@ pub(super) fn start_on(mesh: &std::path::Path, extra: &[&str], env: &[(&str, &st
             let addr = addr.trim_end_matches("/metrics");
             metrics = Some(addr.rsplit(':').next().unwrap().parse().unwrap());
         }
-        if let Some(addr) = line.strip_prefix("meshq web catalog on http://") {
+        if let Some(addr) = line
+            .strip_prefix("meshq web catalog on http://")
+            .or_else(|| line.strip_prefix("meshq web catalog on https://"))
+        {
             let addr = addr.trim_end_matches('/');
             http = Some(addr.rsplit(':').next().unwrap().parse().unwrap());
         }

@@ -188,17 +188,26 @@ pub async fn serve(
         Some(bind) => {
             let listener = tokio::net::TcpListener::bind(bind).await?;
             let addr = listener.local_addr()?;
+            // Over TLS when the server has a certificate; its cookie is
+            // then `Secure`.
+            let tls = match &config.tls {
+                Some((cert, key)) => {
+                    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                    Some(web::tls_config(cert, key).map_err(ServeError::Tls)?)
+                }
+                None => None,
+            };
             let state = Arc::new(web::WebState::new(
                 flight.authenticator(),
                 Arc::clone(&live),
                 Arc::clone(&ops),
-                false,
+                tls.is_some(),
             ));
             _web_task = Some(SpawnedTask::spawn(async move {
                 let stop = async move {
                     let _ = web_stopped.await;
                 };
-                if let Err(e) = web::serve_web(listener, state, stop).await {
+                if let Err(e) = web::serve_web(listener, state, tls, stop).await {
                     tracing::warn!(error = %e, "web catalog stopped");
                 }
             }));

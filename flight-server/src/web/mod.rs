@@ -262,16 +262,129 @@ pub fn router(state: Arc<WebState>) -> Router {
         .with_state(state)
 }
 
-/// Serves the catalog on `listener` until `shutdown` resolves.
+/// Serves the catalog on `listener` until `shutdown` resolves; over TLS
+/// with `tls` (the server's certificate and key).
 pub async fn serve_web(
     listener: tokio::net::TcpListener,
     state: Arc<WebState>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    use axum::serve::ListenerExt;
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config).tap_io(|_| ()), app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener.tap_io(|_| ()), app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// The rustls configuration of the catalog from PEM files (HTTP/1.1).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let mut config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+mod tls {
+    //! Connections accepted over TLS: handshakes run beside the accept
+    //! loop (a slow or silent client holds up no other), bounded in time.
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::server::TlsStream;
+
+    /// How long a client has to finish its handshake.
+    const HANDSHAKE: Duration = Duration::from_secs(10);
+
+    pub(super) struct TlsListener {
+        ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+        local: std::io::Result<SocketAddr>,
+        _accepting: datafusion::common::runtime::SpawnedTask<()>,
+    }
+
+    impl TlsListener {
+        pub(super) fn new(
+            listener: TcpListener,
+            config: Arc<tokio_rustls::rustls::ServerConfig>,
+        ) -> Self {
+            let local = listener.local_addr();
+            let (tx, ready) = tokio::sync::mpsc::channel(64);
+            let acceptor = TlsAcceptor::from(config);
+            let accepting = datafusion::common::runtime::SpawnedTask::spawn(async move {
+                loop {
+                    let (tcp, peer) = match listener.accept().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "web catalog: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => {
+                                let _ = tx.send((tls, peer)).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "web catalog: TLS handshake failed")
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "web catalog: TLS handshake timed out")
+                            }
+                        }
+                    });
+                }
+            });
+            Self {
+                ready,
+                local,
+                _accepting: accepting,
+            }
+        }
+    }
+
+    impl axum::serve::Listener for TlsListener {
+        type Io = TlsStream<TcpStream>;
+        type Addr = SocketAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            match self.ready.recv().await {
+                Some(c) => c,
+                // The accept loop ended: nothing more will come.
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            match &self.local {
+                Ok(a) => Ok(*a),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            }
+        }
+    }
 }
