@@ -398,12 +398,24 @@ async fn sessions_end_on_logout_and_expire() {
     let yaml = std::fs::read_to_string(&platform).unwrap();
     std::fs::write(
         &platform,
-        format!("{yaml}auth: {{ web_session_ttl: 2s }}\n"),
+        format!(
+            "{yaml}auth: {{ web_session_ttl: 2s }}\ndiscovery: {{ visibility: readable-only }}\n"
+        ),
     )
     .unwrap();
     let server = start_on(&mesh, &["--http", "127.0.0.1:0"], &[]);
     let mut ana = Browser::login(&server, "ana").await;
     assert_eq!(ana.get("/me").await.0, 200);
+    // `discovery.visibility: readable-only` hides here what it hides in
+    // `meta`: the payments product she may not read.
+    let (_, page, _) = ana.get("/products").await;
+    assert!(!page.contains("payments:transactions"), "{page}");
+    assert!(page.contains("sales:orders"), "{page}");
+    let (status, _, _) = ana
+        .get("/products/urn%3Adataproduct%3Apayments%3Atransactions")
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(ana.get("/tables/payments.transactions").await.0, 404);
     // Logging out needs the CSRF token too.
     let (status, _) = ana.post("/logout", &[("csrf", "nope")]).await;
     assert_eq!(status, 403);
