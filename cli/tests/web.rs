@@ -433,6 +433,19 @@ async fn sessions_end_on_logout_and_expire() {
     let (status, _, headers) = ana.get("/me").await;
     assert_eq!(status, 303);
     assert_eq!(headers["location"], "/login?next=/me");
+    // Guessing passwords is throttled by the same counters as Flight SQL
+    // logins: after repeated failures from one address, refused at once.
+    let mut guesser = Browser::new(&server);
+    let mut last = (0, String::new());
+    let mut tries = 0;
+    while last.0 != 429 && tries < 12 {
+        tries += 1;
+        last = guesser
+            .post("/login", &[("user", "ben"), ("password", "guess")])
+            .await;
+    }
+    assert_eq!(last.0, 429, "after {tries}: {}", last.1);
+    assert!(last.1.contains("too many failed logins"), "{}", last.1);
 }
 
 /// One HTTP/1.1 exchange over TLS, trusting `ca` for `localhost`.

@@ -676,12 +676,11 @@ pub(crate) async fn login(
             res
         }
         Err(e) => {
-            let status = tonic::Status::from(e);
-            let code = if status.code() == tonic::Code::ResourceExhausted {
-                StatusCode::TOO_MANY_REQUESTS
-            } else {
-                StatusCode::UNAUTHORIZED
+            let code = match e {
+                crate::error::Error::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::UNAUTHORIZED,
             };
+            let status = tonic::Status::from(e);
             (code, html_page(login_page(&next, Some(status.message())))).into_response()
         }
     }
