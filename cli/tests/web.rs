@@ -267,6 +267,43 @@ async fn login_pages_and_security_headers() {
             .iter()
             .any(|p| p["product_id"] == "urn:dataproduct:sales:orders")
     );
+    // The session token as a bearer token (what a script or an SSO proxy
+    // sends): no cookie, so no CSRF token is needed either.
+    let token = ana
+        .cookie
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("meshq_session=");
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("{}/api/me", ana.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = client
+        .post(format!("{}/sql", ana.base))
+        .bearer_auth(token)
+        .form(&[
+            (
+                "sql",
+                "SELECT region, count(*) AS n FROM sales.orders GROUP BY 1",
+            ),
+            ("format", "csv"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(res.text().await.unwrap().starts_with("region,n\nEMEA,"));
+    let res = client
+        .get(format!("{}/api/me", ana.base))
+        .bearer_auth("not-a-session")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
     let (_, body, _) = ana.get("/api/tables/sales.orders").await;
     let columns: serde_json::Value = serde_json::from_str(&body).unwrap();
     let email = columns

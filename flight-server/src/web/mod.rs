@@ -38,6 +38,10 @@ use crate::sessions::ClientSession;
 /// The name of the session cookie.
 const COOKIE: &str = "meshq_session";
 
+/// Web logins remembered before expired ones are forgotten (the session
+/// store bounds the live ones).
+const MAX_LOGINS: usize = 10_000;
+
 /// What the pages share.
 pub struct WebState {
     auth: Arc<Authenticator>,
@@ -69,6 +73,17 @@ impl WebState {
             logins: Mutex::new(HashMap::new()),
             secure,
         }
+    }
+
+    /// Records a web login made now (forgetting those past their lifetime
+    /// when there are many).
+    fn logged_in(&self, token: &str) {
+        let ttl = self.ttl();
+        let mut logins = self.logins.lock();
+        if logins.len() >= MAX_LOGINS {
+            logins.retain(|_, at| at.elapsed() < ttl);
+        }
+        logins.insert(token.to_string(), Instant::now());
     }
 
     fn ttl(&self) -> Duration {
@@ -105,6 +120,16 @@ pub(crate) struct Visitor {
     /// The session token (cookie or bearer), for the CSRF token.
     token: String,
     peer: Option<SocketAddr>,
+    /// Authenticated by the cookie a browser sends by itself (forms need
+    /// the CSRF token); a bearer header is sent only on purpose.
+    by_cookie: bool,
+}
+
+impl Visitor {
+    /// Whether a form's `csrf` field may act for this visitor.
+    pub(crate) fn csrf_ok(&self, state: &WebState, csrf: &str) -> bool {
+        !self.by_cookie || csrf == state.csrf(&self.token)
+    }
 }
 
 /// A request without a valid session: to the login page (an API call gets
@@ -185,6 +210,7 @@ impl FromRequestParts<Arc<WebState>> for Visitor {
                     client,
                     token,
                     peer,
+                    by_cookie: false,
                 }),
                 Err(_) => Err(rejection()),
             };
@@ -207,6 +233,7 @@ impl FromRequestParts<Arc<WebState>> for Visitor {
                 client,
                 token,
                 peer,
+                by_cookie: true,
             }),
             Err(_) => {
                 state.logins.lock().remove(&token);

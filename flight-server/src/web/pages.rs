@@ -497,7 +497,7 @@ pub(crate) async fn sql_run(
     v: Visitor,
     Form(f): Form<SqlForm>,
 ) -> Response {
-    if f.csrf != state.csrf(&v.token) {
+    if !v.csrf_ok(&state, &f.csrf) {
         return (
             StatusCode::FORBIDDEN,
             "the form's CSRF token does not match your session; reload the page\n",
@@ -663,7 +663,7 @@ pub(crate) async fn login(
     {
         Ok((token, _)) => {
             let ttl = state.ttl();
-            state.logins.lock().insert(token.clone(), Instant::now());
+            state.logged_in(&token);
             let cookie = format!(
                 "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
                 ttl.as_secs(),
@@ -697,7 +697,7 @@ pub(crate) async fn logout(
     v: Visitor,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if f.csrf != state.csrf(&v.token) {
+    if !v.csrf_ok(&state, &f.csrf) {
         return (
             StatusCode::FORBIDDEN,
             "the form's CSRF token does not match your session\n",
