@@ -454,7 +454,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             // The web catalog on 127.0.0.1:8080 (on any free port when the
             // Flight SQL port is chosen that way).
             if args.server.http.is_none() {
+                let preferred = std::net::SocketAddr::from(([127, 0, 0, 1], 8080));
                 let port = if args.server.bind.port() == 0 {
+                    0
+                } else if std::net::TcpListener::bind(preferred).is_err() {
+                    eprintln!("127.0.0.1:8080 is in use; the web catalog takes a free port");
                     0
                 } else {
                     8080
