@@ -451,20 +451,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             config.protected_paths = args.server.protected_paths();
             let mut args = args;
             args.server.quality_interval = args.server.quality_interval.or(Some(300.0));
-            // The web catalog on 127.0.0.1:8080 (on any free port when the
-            // Flight SQL port is chosen that way).
-            if args.server.http.is_none() {
-                let preferred = std::net::SocketAddr::from(([127, 0, 0, 1], 8080));
-                let port = if args.server.bind.port() == 0 {
-                    0
-                } else if std::net::TcpListener::bind(preferred).is_err() {
-                    eprintln!("127.0.0.1:8080 is in use; the web catalog takes a free port");
-                    0
-                } else {
-                    8080
-                };
-                args.server.http = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-            }
             let engine = load_for_queries(&args.dir, config.clone()).await?;
             report_problems(&engine);
             let Some(principal) = principal(&engine, Some(&args.principal)) else {
@@ -472,6 +458,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let interactive = args.query.command.is_none() && args.query.file.is_none();
             if interactive && !args.shell {
+                // The web catalog on 127.0.0.1:8080 (on any free port when the
+                // Flight SQL port is chosen that way).
+                if args.server.http.is_none() {
+                    let preferred = std::net::SocketAddr::from(([127, 0, 0, 1], 8080));
+                    let port = if args.server.bind.port() == 0 {
+                        0
+                    } else if std::net::TcpListener::bind(preferred).is_err() {
+                        eprintln!("127.0.0.1:8080 is in use; the web catalog takes a free port");
+                        0
+                    } else {
+                        8080
+                    };
+                    args.server.http = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+                }
                 let tables = engine.served_tables().len();
                 let dir = args.dir.display().to_string();
                 let live = LiveEngine::with_engine(config, engine);
