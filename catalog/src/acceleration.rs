@@ -104,23 +104,8 @@ impl Acceleration {
                         }
                     })
                 }
-                "refresh" => {
-                    refresh = match text.as_str() {
-                        "on-change" => Refresh::OnChange,
-                        interval => Refresh::Every(
-                            DurationSpec::parse(interval)
-                                .map_err(|e| format!("acceleration refresh: {e}, or on-change"))?
-                                .0,
-                        ),
-                    }
-                }
-                "maxStaleness" => {
-                    max_staleness = Some(
-                        DurationSpec::parse(&text)
-                            .map_err(|e| format!("acceleration maxStaleness: {e}"))?
-                            .0,
-                    )
-                }
+                "refresh" => refresh = parse_refresh(&text, "acceleration")?,
+                "maxStaleness" => max_staleness = Some(parse_staleness(&text, "acceleration")?),
                 other => {
                     return Err(format!(
                         "acceleration has no `{other}`; it takes engine, refresh and maxStaleness"
@@ -173,23 +158,8 @@ impl Acceleration {
                     })
                 }
                 "location" => location = Some(location_url(&text, base)?),
-                "refresh" => {
-                    refresh = match text.as_str() {
-                        "on-change" => Refresh::OnChange,
-                        interval => Refresh::Every(
-                            DurationSpec::parse(interval)
-                                .map_err(|e| format!("materialize refresh: {e}, or on-change"))?
-                                .0,
-                        ),
-                    }
-                }
-                "maxStaleness" => {
-                    max_staleness = Some(
-                        DurationSpec::parse(&text)
-                            .map_err(|e| format!("materialize maxStaleness: {e}"))?
-                            .0,
-                    )
-                }
+                "refresh" => refresh = parse_refresh(&text, "materialize")?,
+                "maxStaleness" => max_staleness = Some(parse_staleness(&text, "materialize")?),
                 other => {
                     return Err(format!(
                         "materialize has no `{other}`; it takes format, location, refresh and maxStaleness"
@@ -219,6 +189,25 @@ impl Acceleration {
             .filter(|u| u.scheme() == "file")
             .and_then(|u| u.to_file_path().ok())
     }
+}
+
+/// `on-change` or an interval, for the property `what`.
+fn parse_refresh(text: &str, what: &str) -> Result<Refresh, String> {
+    Ok(match text {
+        "on-change" => Refresh::OnChange,
+        interval => Refresh::Every(
+            DurationSpec::parse(interval)
+                .map_err(|e| format!("{what} refresh: {e}, or on-change"))?
+                .0,
+        ),
+    })
+}
+
+/// A `maxStaleness`, for the property `what`.
+fn parse_staleness(text: &str, what: &str) -> Result<Duration, String> {
+    Ok(DurationSpec::parse(text)
+        .map_err(|e| format!("{what} maxStaleness: {e}"))?
+        .0)
 }
 
 /// A `location` as a directory URL (with a trailing slash).

@@ -699,15 +699,7 @@ impl Loader {
         server: &Server,
         format: Format,
     ) -> Option<crate::acceleration::Acceleration> {
-        const NAME: &str = "materialize";
-        let (file, text, cp) = match find_custom(&port.custom_properties, NAME) {
-            Some(cp) => (&lp.file, &lp.text, cp),
-            None => (
-                &lc.file,
-                &lc.text,
-                find_custom(&server.custom_properties, NAME)?,
-            ),
-        };
+        let (file, text, cp) = port_or_server(lp, port, lc, server, "materialize")?;
         let file = file.clone();
         let line = line_of(text, "property: materialize");
         if format != Format::Sql {
@@ -724,10 +716,7 @@ impl Loader {
         let base = file.parent().unwrap_or(std::path::Path::new("."));
         match crate::acceleration::Acceleration::parse_materialize(&cp.value, base) {
             Ok(m) => {
-                if find_custom(&port.custom_properties, "acceleration")
-                    .or_else(|| find_custom(&server.custom_properties, "acceleration"))
-                    .is_some()
-                {
+                if port_or_server(lp, port, lc, server, "acceleration").is_some() {
                     self.warn(
                         &file,
                         line,
@@ -762,15 +751,7 @@ impl Loader {
         lc: &LoadedContract,
         server: &Server,
     ) -> Option<crate::acceleration::Acceleration> {
-        const NAME: &str = "acceleration";
-        let (file, text, cp) = match find_custom(&port.custom_properties, NAME) {
-            Some(cp) => (&lp.file, &lp.text, cp),
-            None => (
-                &lc.file,
-                &lc.text,
-                find_custom(&server.custom_properties, NAME)?,
-            ),
-        };
+        let (file, text, cp) = port_or_server(lp, port, lc, server, "acceleration")?;
         match crate::acceleration::Acceleration::parse(&cp.value) {
             Ok(a) => Some(a),
             Err(e) => {
@@ -813,5 +794,24 @@ impl Loader {
             }
         }
         rules
+    }
+}
+
+/// The custom property `name` of the output port, else of the contract's
+/// server (the port wins), with the file and text that declare it.
+fn port_or_server<'a>(
+    lp: &'a LoadedProduct,
+    port: &'a OutputPort,
+    lc: &'a LoadedContract,
+    server: &'a Server,
+    name: &str,
+) -> Option<(&'a PathBuf, &'a String, &'a crate::common::CustomProperty)> {
+    match find_custom(&port.custom_properties, name) {
+        Some(cp) => Some((&lp.file, &lp.text, cp)),
+        None => Some((
+            &lc.file,
+            &lc.text,
+            find_custom(&server.custom_properties, name)?,
+        )),
     }
 }

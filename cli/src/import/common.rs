@@ -245,6 +245,43 @@ pub(crate) fn logical_type(source: &str) -> Option<&'static str> {
     })
 }
 
+/// A field's logical type (from its `type`) and physical type (the type
+/// as written, with `precision` and `scale`); a type with no logical
+/// counterpart is noted.
+pub(crate) fn field_types(
+    f: &Mapping,
+    path: &str,
+    notes: &mut Notes,
+) -> (Option<&'static str>, Option<String>) {
+    let source_type = get_text(f, "type");
+    let logical = source_type.as_deref().and_then(logical_type);
+    if let (Some(t), None) = (&source_type, logical) {
+        notes.changed(
+            join(path, "type"),
+            format!("type `{t}` has no ODCS logical type; kept as physicalType only"),
+        );
+    }
+    let physical = source_type.map(|t| match (get_text(f, "precision"), get_text(f, "scale")) {
+        (Some(p), Some(s)) => format!("{t}({p},{s})"),
+        (Some(p), None) => format!("{t}({p})"),
+        _ => t,
+    });
+    (logical, physical)
+}
+
+/// A field's `example` and `examples` values.
+pub(crate) fn examples(f: &Mapping) -> Vec<Value> {
+    let mut out = Vec::new();
+    for key in ["example", "examples"] {
+        match f.get(key) {
+            Some(Value::Sequence(items)) => out.extend(items.iter().cloned()),
+            Some(v) => out.push(v.clone()),
+            None => {}
+        }
+    }
+    out
+}
+
 /// A server entry from a data location (`s3://…`, `abfss://…`, `gs://…`,
 /// a local path), or why it cannot be one.
 pub(crate) fn server_for_location(

@@ -7,7 +7,7 @@ use serde_yaml_ng::{Mapping, Value};
 use super::Imported;
 use super::common::{
     Notes, duration, full, get_bool, get_list, get_map, get_strings, get_text, join, key_text,
-    logical_type, num_value, number, server_for_location, short, slug, text,
+    num_value, number, server_for_location, short, slug, text,
 };
 use super::model::{
     Contract, Description, InputPort, Map, OutputPort, Product, Property, SchemaObject, Team,
@@ -580,18 +580,7 @@ fn field_property(
         notes.dropped(path, "a field without `name`");
         return None;
     };
-    let source_type = get_text(f, "type");
-    let logical = source_type.as_deref().and_then(logical_type);
-    if let (Some(t), None) = (&source_type, logical) {
-        notes.changed(
-            join(path, "type"),
-            format!("type `{t}` has no ODCS logical type; kept as physicalType only"),
-        );
-    }
-    let physical = source_type.map(|t| match (get_text(f, "precision"), get_text(f, "scale")) {
-        (Some(p), Some(s)) => format!("{t}({p},{s})"),
-        _ => t,
-    });
+    let (logical, physical) = super::common::field_types(f, path, notes);
     let required = get_bool(f, "required")
         .or_else(|| get_bool(f, "nullable").map(|n| !n))
         .unwrap_or(false);
@@ -658,14 +647,7 @@ fn field_property(
             Some("conformity"),
         ));
     }
-    for key in ["example", "examples"] {
-        if let Some(v) = f.get(key) {
-            match v {
-                Value::Sequence(items) => p.examples.extend(items.iter().cloned()),
-                v => p.examples.push(v.clone()),
-            }
-        }
-    }
+    p.examples = super::common::examples(f);
     Some(p)
 }
 

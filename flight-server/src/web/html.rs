@@ -107,15 +107,19 @@ pub(crate) fn lineage_svg(edges: &[(String, String)], focus: Option<&str>) -> Ma
     nodes.sort();
     // Depth: the longest path from a source (cycles are cut by a bound).
     let mut depth = vec![0usize; nodes.len()];
+    // Each edge as the indexes of its two nodes.
+    let pairs: Vec<(usize, usize)> = edges
+        .iter()
+        .filter_map(|(a, b)| {
+            Some((
+                nodes.iter().position(|n| n == a)?,
+                nodes.iter().position(|n| n == b)?,
+            ))
+        })
+        .collect();
     for _ in 0..nodes.len() {
         let mut changed = false;
-        for (a, b) in edges {
-            let (Some(i), Some(j)) = (
-                nodes.iter().position(|n| n == a),
-                nodes.iter().position(|n| n == b),
-            ) else {
-                continue;
-            };
+        for &(i, j) in &pairs {
             if depth[j] < depth[i] + 1 && depth[i] + 1 < nodes.len() {
                 depth[j] = depth[i] + 1;
                 changed = true;
@@ -150,13 +154,7 @@ pub(crate) fn lineage_svg(edges: &[(String, String)], focus: Option<&str>) -> Ma
     let mut long = 0usize;
     let mut paths = String::new();
     let mut bottom = height;
-    for (a, b) in edges {
-        let (Some(i), Some(j)) = (
-            nodes.iter().position(|n| n == a),
-            nodes.iter().position(|n| n == b),
-        ) else {
-            continue;
-        };
+    for &(i, j) in &pairs {
         let (x1, y1) = (pos[i].0 + w, pos[i].1 + h / 2.0);
         let (x2, y2) = (pos[j].0, pos[j].1 + h / 2.0);
         if depth[j] > depth[i] + 1 {
