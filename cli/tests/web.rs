@@ -467,6 +467,21 @@ async fn sessions_end_on_logout_and_expire() {
     let ana = Browser::login(&server, "ana").await;
     assert_eq!(ana.get("/me").await.0, 200);
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Past its lifetime the login ends, sent as a bearer token as well as
+    // as the cookie.
+    let token = ana
+        .cookie
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("meshq_session=")
+        .to_string();
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/me", ana.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
     let (status, _, headers) = ana.get("/me").await;
     assert_eq!(status, 303);
     assert_eq!(headers["location"], "/login?next=/me");

@@ -86,6 +86,20 @@ impl WebState {
         logins.insert(token.to_string(), Instant::now());
     }
 
+    /// Whether `token` is a web login past its lifetime; such a login is
+    /// ended.
+    fn expired(&self, token: &str) -> bool {
+        let started = self.logins.lock().get(token).copied();
+        match started {
+            Some(at) if at.elapsed() >= self.ttl() => {
+                self.logins.lock().remove(token);
+                self.auth.end(token);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn ttl(&self) -> Duration {
         self.live
             .current()
@@ -205,6 +219,10 @@ impl FromRequestParts<Arc<WebState>> for Visitor {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_string());
         if let Some(token) = bearer {
+            // A web login's token keeps its lifetime when sent as a bearer.
+            if state.expired(&token) {
+                return Err(rejection());
+            }
             return match state.auth.session_for(&token, peer) {
                 Ok(client) => Ok(Self {
                     client,
@@ -219,14 +237,8 @@ impl FromRequestParts<Arc<WebState>> for Visitor {
             return Err(rejection());
         };
         // A web login ends after its lifetime, whatever its use.
-        let started = state.logins.lock().get(&token).copied();
-        match started {
-            Some(at) if at.elapsed() < state.ttl() => {}
-            _ => {
-                state.logins.lock().remove(&token);
-                state.auth.end(&token);
-                return Err(rejection());
-            }
+        if !state.logins.lock().contains_key(&token) || state.expired(&token) {
+            return Err(rejection());
         }
         match state.auth.session_for(&token, peer) {
             Ok(client) => Ok(Self {
