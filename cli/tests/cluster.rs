@@ -462,7 +462,12 @@ async fn a_killed_worker_fails_only_the_queries_that_needed_it() {
         match try_query(&mut pat, &sql(i)).await {
             Ok(batches) => assert_eq!(text(&batches), expected),
             Err(status) => {
-                assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::Unavailable,
+                    "{status}\n{}",
+                    cluster.log.lock().unwrap().join("\n")
+                );
                 assert!(
                     status.message().contains("a worker of the cluster failed"),
                     "{status}"

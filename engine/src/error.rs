@@ -117,7 +117,10 @@ pub fn error_message(e: &datafusion::error::DataFusionError) -> String {
     if let Some(m) = worker_configuration_message(e) {
         return format!("a worker of the cluster cannot run the query: {m}");
     }
-    if let Some(s) = remote_status(e) {
+    let remote = remote_status(e)
+        .map(ToString::to_string)
+        .or_else(|| relayed_status(e));
+    if let Some(s) = remote {
         return format!(
             "a worker of the cluster failed during the query ({s}); retry it: the coordinator stops sending work to a worker that does not answer its health checks"
         );
@@ -128,7 +131,7 @@ pub fn error_message(e: &datafusion::error::DataFusionError) -> String {
 /// Whether `e` is the failure of a remote call (a cluster worker), not of
 /// the storage a table reads.
 pub fn is_remote_failure(e: &datafusion::error::DataFusionError) -> bool {
-    remote_status(e).is_some()
+    remote_status(e).is_some() || relayed_status(e).is_some()
 }
 
 /// The status of a failed remote call inside `e`, if that is its cause.
@@ -153,6 +156,10 @@ fn status_kind(s: &tonic::Status) -> ErrorKind {
         Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Aborted => {
             ErrorKind::Unavailable
         }
+        // A status made on this side from a broken connection (an h2 or
+        // I/O error as its source: the worker went away mid-stream), not
+        // one the worker sent.
+        Code::Internal if std::error::Error::source(s).is_some() => ErrorKind::Unavailable,
         Code::Cancelled => ErrorKind::Cancelled,
         Code::ResourceExhausted => ErrorKind::ResourceExhausted,
         _ => ErrorKind::Internal,
@@ -238,8 +245,47 @@ fn cause_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind 
             K::Cancelled => ErrorKind::Cancelled,
             K::Source => ErrorKind::InvalidInput,
         }
+    } else if let Some(code) = relayed_code(e) {
+        status_kind(&tonic::Status::new(code, ""))
     } else {
         ErrorKind::Internal
+    }
+}
+
+/// The code of a status a worker relayed from a call of its own (reading
+/// a stage from another worker): datafusion-distributed sends such errors
+/// between nodes as text, so it arrives as an error of a type of its own
+/// whose text is the status's, `code: '<description>', message: …`.
+fn relayed_code(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<tonic::Code> {
+    use tonic::Code;
+    let text = e.to_string();
+    let rest = text.strip_prefix("code: '")?;
+    let description = &rest[..rest.find('\'')?];
+    [
+        Code::Unavailable,
+        Code::Unknown,
+        Code::DeadlineExceeded,
+        Code::Aborted,
+        Code::Cancelled,
+        Code::ResourceExhausted,
+    ]
+    .into_iter()
+    .find(|c| c.description() == description)
+}
+
+/// The text of a status relayed by a worker inside `e` (see
+/// [`relayed_code`]), when that is its cause.
+fn relayed_status(e: &datafusion::error::DataFusionError) -> Option<String> {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        E::External(inner) => match inner.downcast_ref::<E>() {
+            Some(d) => relayed_status(d),
+            None => relayed_code(inner.as_ref()).map(|_| inner.to_string()),
+        },
+        E::Context(_, inner) | E::Diagnostic(_, inner) => relayed_status(inner),
+        E::Shared(inner) => relayed_status(inner),
+        E::Collection(all) => all.first().and_then(relayed_status),
+        _ => None,
     }
 }
 
@@ -247,6 +293,39 @@ fn cause_kind(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ErrorKind 
 mod tests {
     use super::*;
     use datafusion::error::DataFusionError;
+
+    /// An error a worker relayed as text (its type lost on the wire).
+    #[derive(Debug)]
+    struct Relayed(String);
+
+    impl std::fmt::Display for Relayed {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Relayed {}
+
+    #[test]
+    fn a_status_relayed_by_a_worker_is_a_worker_failure() {
+        let status = tonic::Status::unavailable("tcp connect error");
+        let relayed = DataFusionError::External(Box::new(Relayed(status.to_string())));
+        assert_eq!(error_kind(&relayed), ErrorKind::Unavailable);
+        assert!(is_remote_failure(&relayed));
+        assert!(
+            error_message(&relayed).starts_with("a worker of the cluster failed during the query (code: 'The service is currently unavailable'"),
+            "{}",
+            error_message(&relayed)
+        );
+        // Anything else of an unknown type stays internal.
+        let other = DataFusionError::External(Box::new(Relayed(
+            "code: 'Some requested entity was not found'".into(),
+        )));
+        assert_eq!(error_kind(&other), ErrorKind::Internal);
+        assert!(!is_remote_failure(&other));
+        let plain = DataFusionError::External(Box::new(Relayed("disk on fire".into())));
+        assert_eq!(error_kind(&plain), ErrorKind::Internal);
+    }
 
     #[test]
     fn kinds_follow_the_cause_not_the_message() {
