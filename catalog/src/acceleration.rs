@@ -85,13 +85,7 @@ impl Acceleration {
         let mut engine = None;
         let mut refresh = Refresh::OnChange;
         let mut max_staleness = None;
-        for (k, v) in map {
-            let key = k.as_str().unwrap_or_default();
-            let text = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => return Err(format!("acceleration `{key}` must be a string")),
-            };
+        for (key, text) in entries(map, "acceleration")? {
             match key {
                 "engine" => {
                     engine = Some(match text.as_str() {
@@ -138,13 +132,7 @@ impl Acceleration {
         let mut location = None;
         let mut refresh = Refresh::OnChange;
         let mut max_staleness = None;
-        for (k, v) in map {
-            let key = k.as_str().unwrap_or_default();
-            let text = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => return Err(format!("materialize `{key}` must be a string")),
-            };
+        for (key, text) in entries(map, "materialize")? {
             match key {
                 "format" => {
                     engine = Some(match text.as_str() {
@@ -189,6 +177,23 @@ impl Acceleration {
             .filter(|u| u.scheme() == "file")
             .and_then(|u| u.to_file_path().ok())
     }
+}
+
+/// The entries of the property `what`'s mapping, each value as text.
+fn entries<'a>(
+    map: &'a serde_yaml_ng::Mapping,
+    what: &str,
+) -> Result<Vec<(&'a str, String)>, String> {
+    map.iter()
+        .map(|(k, v)| {
+            let key = k.as_str().unwrap_or_default();
+            match v {
+                Value::String(s) => Ok((key, s.clone())),
+                Value::Number(n) => Ok((key, n.to_string())),
+                _ => Err(format!("{what} `{key}` must be a string")),
+            }
+        })
+        .collect()
 }
 
 /// `on-change` or an interval, for the property `what`.

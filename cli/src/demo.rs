@@ -562,7 +562,9 @@ schema:
 team: { name: customer360, members: [ { username: cora@example.com, role: owner } ] }
 "#;
 
-const PROFILE_360_SQL: &str = "-- Customer 360: one row per customer, evaluated as svc-customer360.
+/// The demo's Customer 360 statement (`customer360/profile_360.sql`).
+pub const PROFILE_360_SQL: &str =
+    "-- Customer 360: one row per customer, evaluated as svc-customer360.
 SELECT customer_id, region, tier, order_count, lifetime_value,
        CASE WHEN lifetime_value >= 1000 THEN 'premium'
             WHEN lifetime_value >= 200 THEN 'standard'

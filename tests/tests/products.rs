@@ -6,27 +6,12 @@
 
 use std::path::Path;
 
+// The Customer 360 statement is the demo's: every customer's order count,
+// lifetime value from settled payments, and segment.
+use meshq_cli::demo::PROFILE_360_SQL;
 use meshq_engine::Engine;
 
 use crate::common::{all_problems, query};
-
-/// The Customer 360 statement: every customer's order count, lifetime
-/// value (settled payments) and segment.
-const PROFILE_360_SQL: &str = "
-SELECT customer_id, region, tier, order_count, lifetime_value,
-       CASE WHEN lifetime_value >= 1000 THEN 'premium'
-            WHEN lifetime_value >= 200 THEN 'standard'
-            ELSE 'basic' END AS segment
-FROM (
-  SELECT p.customer_id, p.region, p.tier,
-         count(DISTINCT o.order_id) AS order_count,
-         CAST(coalesce(sum(t.amount), 0) AS DECIMAL(22,2)) AS lifetime_value
-  FROM customers.profiles p
-  LEFT JOIN sales.orders o ON o.customer_id = p.customer_id
-  LEFT JOIN payments.transactions t ON t.order_id = o.order_id AND t.status = 'settled'
-  GROUP BY p.customer_id, p.region, p.tier
-) AS totals
-";
 
 fn product(domain: &str, name: &str, run_as: &str, inputs: &[&str]) -> String {
     let inputs: String = inputs
