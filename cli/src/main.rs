@@ -86,6 +86,12 @@ struct WorkerArgs {
     /// Address to listen on (port 0: any free port, printed on stderr).
     #[arg(long, env = "MESHQ_WORKER_BIND", default_value = "127.0.0.1:50052")]
     bind: std::net::SocketAddr,
+    /// The URLs coordinators reach this worker by (comma-separated, e.g.
+    /// `http://10.0.3.7:50052`): requests addressed to any other name are
+    /// refused, so a credential made for another worker cannot be used
+    /// here. Unset: requests for any name are served.
+    #[arg(long, env = "MESHQ_WORKER_ADVERTISE", value_delimiter = ',')]
+    advertise: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -709,15 +715,32 @@ async fn worker(args: WorkerArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
+    let mut names = Vec::new();
+    for u in &args.advertise {
+        match url::Url::parse(u)
+            .ok()
+            .and_then(|url| meshq_cluster::transport::authority(&url))
+        {
+            Some(name) => names.push(name),
+            None => {
+                eprintln!("Error: --advertise `{u}` is not a URL like http://host:port");
+                return Ok(ExitCode::from(EXIT_INVALID));
+            }
+        }
+    }
+    let verifier = setup.verifier.answering_to(names);
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("binding {}", args.bind))?;
     let addr = listener.local_addr()?;
     let scheme = if setup.tls.is_some() { "https" } else { "http" };
     eprintln!("meshq worker listening on {scheme}://{addr}");
+    if !verifier.names().is_empty() {
+        eprintln!("meshq worker answers to {}", verifier.names().join(", "));
+    }
     meshq_cluster::serve_worker(
         setup.worker,
-        setup.verifier,
+        verifier,
         listener,
         setup.tls,
         shutdown_signal(),

@@ -1,6 +1,8 @@
 //! `meshq worker` as a process: it serves only requests signed with the
-//! cluster secret. A raw client — no credential, a wrong secret, a replayed
-//! credential, a hand-made plan — is refused with UNAUTHENTICATED, logged.
+//! cluster secret for that worker, RPC, settings and plan. A raw client —
+//! no credential, a wrong secret, a replayed credential, a hand-made plan,
+//! a signed plan or setting altered on the way, a credential made for
+//! another worker — is refused with UNAUTHENTICATED, logged.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -13,6 +15,7 @@ use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
 use datafusion_distributed::{
     ChannelResolver, GetWorkerInfoRequest, MaybeEncoded, SetPlanRequest, TaskKey, WorkerChannel,
 };
+use meshq_cluster::wire::Signing;
 use meshq_cluster::{AuthChannelResolver, CLUSTER_AUTH_HEADER, ClusterKey};
 use tonic::transport::Channel;
 use url::Url;
@@ -149,7 +152,8 @@ fn refusal<T>(r: datafusion::error::Result<T>) -> String {
 fn refused(e: datafusion::error::DataFusionError) -> String {
     let text = e.to_string();
     assert!(
-        text.contains("Unauthenticated") || text.contains("cluster credential"),
+        text.contains("Unauthenticated")
+            || text.contains("does not have valid authentication credentials"),
         "{text}"
     );
     text
@@ -169,18 +173,43 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
         .unwrap();
     assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
 
-    // No credential, another cluster's secret, garbage.
-    let other = ClusterKey::new("another cluster's secret").unwrap();
-    for header in [None, Some(other.credential()), Some("v1.0.x.y".to_string())] {
+    // No credential, garbage, another cluster's secret.
+    for header in [None, Some("v2.0.x.y".to_string())] {
         let mut c = raw_client(&worker.url, header).await;
         refusal(c.get_worker_info(GetWorkerInfoRequest {}).await);
     }
-    // A credential seen once is not accepted again.
-    let once = ClusterKey::new(SECRET).unwrap().credential();
-    let mut c = raw_client(&worker.url, Some(once)).await;
+    let other = ClusterKey::new("another cluster's secret").unwrap();
+    let mut c = signed_client(&worker.url, other, &worker.url, |r| r).await;
+    refusal(c.get_worker_info(GetWorkerInfoRequest {}).await);
+
+    // A credential seen once is not accepted again: the same request,
+    // byte for byte, sent a second time.
+    let seen = Arc::new(std::sync::Mutex::new(None::<String>));
+    let sink = Arc::clone(&seen);
+    let key = ClusterKey::new(SECRET).unwrap();
+    let mut c = signed_client(&worker.url, key.clone(), &worker.url, move |r| {
+        *sink.lock().unwrap() = r
+            .headers()
+            .get(CLUSTER_AUTH_HEADER)
+            .map(|v| v.to_str().unwrap().to_string());
+        r
+    })
+    .await;
     c.get_worker_info(GetWorkerInfoRequest {}).await.unwrap();
+    let once = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the request was signed");
+    let mut c = raw_client(&worker.url, Some(once)).await;
     let text = refusal(c.get_worker_info(GetWorkerInfoRequest {}).await);
     assert!(text.contains("already used"), "{text}");
+
+    // A credential made for another worker (another authority).
+    let elsewhere = Url::parse("http://127.0.0.1:1").unwrap();
+    let mut c = signed_client(&worker.url, key.clone(), &elsewhere, |r| r).await;
+    let text = refusal(c.get_worker_info(GetWorkerInfoRequest {}).await);
+    assert!(text.contains("for this worker, RPC and headers"), "{text}");
 
     // A hand-made plan reading a file, sent without the secret: refused
     // before it is decoded.
@@ -201,8 +230,13 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
         .await
         .unwrap();
     let task_ctx = Arc::new(TaskContext::default());
-    let bytes = MaybeEncoded::Decoded(plan).encode(&task_ctx).unwrap();
+    let plan_bytes = MaybeEncoded::Decoded(plan).encode(&task_ctx).unwrap();
     let mut c = raw_client(&worker.url, None).await;
+    send_plan(&mut c, &worker.url, &plan_bytes, &task_ctx).await;
+
+    // Signed with the cluster's secret and sent as signed: served (the
+    // control of the next two).
+    let mut c = signed_client(&worker.url, key.clone(), &worker.url, |r| r).await;
     let request = SetPlanRequest {
         task_key: TaskKey {
             query_id: uuid::Uuid::new_v4(),
@@ -210,12 +244,12 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
             task_number: 0,
         },
         task_count: 1,
-        plan: MaybeEncoded::Encoded(bytes),
+        plan: MaybeEncoded::Encoded(plan_bytes.clone()),
         work_unit_feed_declarations: vec![],
         target_worker_url: worker.url.clone(),
         query_start_time_ns: 0,
     };
-    let outcome = c
+    let served = c
         .coordinator_channel(
             http::HeaderMap::new(),
             request,
@@ -224,21 +258,161 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
             &task_ctx,
         )
         .await;
-    match outcome {
-        Err(e) => {
-            refused(e);
-        }
-        Ok(mut replies) => {
-            use futures::StreamExt;
-            let first = replies.next().await.expect("a reply or an error");
-            refused(first.err().expect("the plan was refused"));
-        }
+    if let Err(e) = served {
+        assert!(!e.to_string().contains("cluster credential"), "{e}");
+    }
+
+    // The same plan, signed with the cluster's secret, then altered on
+    // the way (one byte of the fragment; a setting added to the headers,
+    // here a mask list): refused, never decoded.
+    let flip: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> = |r| {
+        let (parts, body) = r.into_parts();
+        http::Request::from_parts(parts, tonic::body::Body::new(FlipLastByte(body, false)))
+    };
+    let add_setting: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> =
+        |mut r| {
+            r.headers_mut().insert(
+                "x-datafusion-distributed-config-meshq_cluster.masks",
+                http::HeaderValue::from_static("[]"),
+            );
+            r
+        };
+    for (tamper, why) in [
+        (flip, "altered after it was signed"),
+        (add_setting, "for this worker, RPC and headers"),
+    ] {
+        let mut c = signed_client(&worker.url, key.clone(), &worker.url, tamper).await;
+        let text = send_plan(&mut c, &worker.url, &plan_bytes, &task_ctx).await;
+        assert!(text.contains(why), "{text}");
     }
     assert!(
         worker
             .logs("refused a request without a valid cluster credential")
             .await
     );
+}
+
+/// A worker started with `--advertise` answers only to that name: a
+/// credential made for the URL it is reached by is refused when that is
+/// not the name.
+#[tokio::test]
+async fn a_worker_answers_only_to_the_names_it_advertises() {
+    let mesh = worker_mesh();
+    let worker = start_worker_with(
+        mesh.path(),
+        SECRET,
+        &[(
+            "MESHQ_WORKER_ADVERTISE",
+            "http://worker-7.meshq.internal:50052",
+        )],
+    );
+    assert!(
+        worker
+            .logs("answers to worker-7.meshq.internal:50052")
+            .await
+    );
+    let key = ClusterKey::new(SECRET).unwrap();
+    let mut c = signed_client(&worker.url, key, &worker.url, |r| r).await;
+    let text = refusal(c.get_worker_info(GetWorkerInfoRequest {}).await);
+    assert!(text.contains("which is not this worker"), "{text}");
+}
+
+/// Sends the plan `bytes` on `client`; the refusal's text.
+async fn send_plan(
+    client: &mut Box<dyn WorkerChannel>,
+    url: &Url,
+    bytes: &[u8],
+    task_ctx: &Arc<TaskContext>,
+) -> String {
+    let request = SetPlanRequest {
+        task_key: TaskKey {
+            query_id: uuid::Uuid::new_v4(),
+            stage_id: 1,
+            task_number: 0,
+        },
+        task_count: 1,
+        plan: MaybeEncoded::Encoded(bytes.to_vec()),
+        work_unit_feed_declarations: vec![],
+        target_worker_url: url.clone(),
+        query_start_time_ns: 0,
+    };
+    let outcome = client
+        .coordinator_channel(
+            http::HeaderMap::new(),
+            request,
+            Box::pin(futures::stream::empty()),
+            ExecutionPlanMetricsSet::new(),
+            task_ctx,
+        )
+        .await;
+    match outcome {
+        Err(e) => refused(e),
+        Ok(mut replies) => {
+            use futures::StreamExt;
+            let first = replies.next().await.expect("a reply or an error");
+            refused(first.err().expect("the plan was refused"))
+        }
+    }
+}
+
+/// A client signing with `key` for the worker `signed_for`, connected to
+/// `url`; `tamper` changes each request after it is signed.
+async fn signed_client(
+    url: &Url,
+    key: ClusterKey,
+    signed_for: &Url,
+    tamper: impl Fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body>
+    + Clone
+    + Send
+    + Sync
+    + 'static,
+) -> Box<dyn WorkerChannel> {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let tampered = tower::ServiceBuilder::new()
+        .map_request(tamper)
+        .service(channel);
+    let authority = meshq_cluster::transport::authority(signed_for).unwrap();
+    create_worker_client(BoxCloneSyncChannel::new(Signing::new(
+        tampered, key, &authority,
+    )))
+}
+
+/// A body whose first data frame has its last byte changed.
+struct FlipLastByte(tonic::body::Body, bool);
+
+impl http_body::Body for FlipLastByte {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.0).poll_frame(cx);
+        let std::task::Poll::Ready(Some(Ok(frame))) = polled else {
+            return polled;
+        };
+        let frame = match frame.into_data() {
+            Ok(data) if !this.1 && !data.is_empty() => {
+                this.1 = true;
+                let mut changed = data.to_vec();
+                *changed.last_mut().unwrap() ^= 0x01;
+                http_body::Frame::data(bytes::Bytes::from(changed))
+            }
+            Ok(data) => http_body::Frame::data(data),
+            Err(frame) => frame,
+        };
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
 }
 
 #[tokio::test]

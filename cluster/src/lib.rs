@@ -9,7 +9,8 @@
 //! - A worker answers only requests carrying a fresh credential made with
 //!   the cluster secret ([`auth`]); anything else is `UNAUTHENTICATED`,
 //!   logged and counted, before a plan is decoded.
-//! - Connections to workers sign every request ([`transport`]).
+//! - Connections to workers sign every request, bound to the worker, the
+//!   RPC, the travelling settings and the plan fragment ([`wire`]).
 //! - A plan goes to the workers only if every stage encodes intact and
 //!   calls only DataFusion's built-in functions and meshq's masks (which
 //!   travel by name, with their parameters beside the plan, [`travel`]);
@@ -24,6 +25,7 @@ pub mod coordinator;
 pub mod loopback;
 pub mod transport;
 pub mod travel;
+pub mod wire;
 pub mod worker;
 
 pub use auth::{CLUSTER_AUTH_HEADER, ClusterKey, Refusal, Verifier};

@@ -42,10 +42,13 @@ pub async fn serve_loopback_worker(
     let addr = listener.local_addr().map_err(io)?;
     let url =
         Url::parse(&format!("http://{addr}")).map_err(|e| SetupError::Workers(e.to_string()))?;
-    let verifier = setup.verifier.clone();
+    // Credentials made for another worker are refused here.
+    let verifier = setup
+        .verifier
+        .answering_to(crate::transport::authority(&url).into_iter().collect());
     tokio::spawn(serve_worker(
         setup.worker,
-        setup.verifier,
+        verifier.clone(),
         listener,
         None,
         std::future::pending(),

@@ -2,7 +2,6 @@
 //! ([`AuthChannelResolver`]), and a worker's gRPC service that checks
 //! every request before the library sees it ([`serve_worker`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,8 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server, ServerTlsConf
 use tracing::warn;
 use url::Url;
 
-use crate::auth::{CLUSTER_AUTH_HEADER, ClusterKey, Verifier};
+use crate::auth::{ClusterKey, Verifier};
+use crate::wire::{Checked, Signing};
 
 /// How long connecting to a worker may take before the query fails with
 /// the worker named.
@@ -90,17 +90,19 @@ impl ChannelResolver for AuthChannelResolver {
         url: &Url,
     ) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
         let channel = self.channel(url)?;
-        let key = self.key.clone();
-        let signed = tower::ServiceBuilder::new()
-            .map_request(move |mut request: http::Request<tonic::body::Body>| {
-                if let Ok(value) = http::HeaderValue::from_str(&key.credential()) {
-                    request.headers_mut().insert(CLUSTER_AUTH_HEADER, value);
-                }
-                request
-            })
-            .service(channel);
+        let authority = authority(url).ok_or_else(|| {
+            DataFusionError::External(format!("worker URL {url} names no host").into())
+        })?;
+        let signed = Signing::new(channel, self.key.clone(), &authority);
         Ok(create_worker_client(BoxCloneSyncChannel::new(signed)))
     }
+}
+
+/// The authority (`host:port`) a request to `url` carries, as the
+/// connection writes it; what a worker's credential is bound to.
+pub fn authority(url: &Url) -> Option<String> {
+    let uri = http::Uri::try_from(url.as_str()).ok()?;
+    Some(uri.authority()?.as_str().to_string())
 }
 
 /// How often a coordinator checks each worker.
@@ -195,8 +197,8 @@ impl WorkerResolver for StaticWorkers {
 }
 
 /// Serves `worker` on `listener` until `shutdown` completes: every request
-/// is checked by `verifier` first, and one without a valid credential is
-/// refused with `UNAUTHENTICATED` and logged.
+/// is checked by `verifier` first ([`Checked`]), and one without a valid
+/// credential is refused with `UNAUTHENTICATED` and logged.
 pub async fn serve_worker(
     worker: Worker,
     verifier: Verifier,
@@ -204,27 +206,7 @@ pub async fn serve_worker(
     tls: Option<ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let check = move |request: tonic::Request<()>| {
-        let header = request
-            .metadata()
-            .get(CLUSTER_AUTH_HEADER)
-            .and_then(|v| v.to_str().ok());
-        match verifier.check(header) {
-            Ok(()) => Ok(request),
-            Err(why) => {
-                let peer = request
-                    .remote_addr()
-                    .map(|a: SocketAddr| a.to_string())
-                    .unwrap_or_else(|| "unknown".into());
-                warn!(peer, reason = %why, "refused a request without a valid cluster credential");
-                Err(tonic::Status::unauthenticated(format!(
-                    "this meshq worker serves only its cluster's coordinator and workers: {why}"
-                )))
-            }
-        }
-    };
-    let service =
-        tonic::service::interceptor::InterceptedService::new(worker.into_worker_server(), check);
+    let service = Checked::new(worker.into_worker_server(), verifier);
     let mut server = Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;

@@ -1,0 +1,293 @@
+//! Signing and checking requests between nodes at the HTTP layer, where
+//! the request's first gRPC message can be read: [`Signing`] wraps a
+//! connection and signs each request ([`crate::auth`]); [`Checked`] wraps
+//! a worker's service and refuses a request whose credential does not
+//! hold before the service (and its plan decoder) sees it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tower::Service;
+use tracing::warn;
+
+use crate::auth::{CLUSTER_AUTH_HEADER, ClusterKey, Refusal, Target, Verifier};
+
+/// How long a worker waits for a signed request's first message.
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The bytes read from the start of a body, and what is left of it.
+struct Prefix {
+    data: Bytes,
+    /// A trailers frame or an error met while reading; the body ends
+    /// after it.
+    last: Option<Result<Frame<Bytes>, Status>>,
+    /// The rest of the body; `None` when it ended.
+    rest: Option<Body>,
+}
+
+/// Reads `body` until `enough` says the bytes read suffice, or it ends.
+async fn read_prefix(mut body: Body, enough: impl Fn(&[u8]) -> bool) -> Prefix {
+    let mut data = BytesMut::new();
+    loop {
+        if enough(&data) {
+            return Prefix {
+                data: data.freeze(),
+                last: None,
+                rest: Some(body),
+            };
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(trailers) => {
+                    return Prefix {
+                        data: data.freeze(),
+                        last: Some(Ok(trailers)),
+                        rest: None,
+                    };
+                }
+            },
+            Some(Err(e)) => {
+                return Prefix {
+                    data: data.freeze(),
+                    last: Some(Err(e)),
+                    rest: None,
+                };
+            }
+            None => {
+                return Prefix {
+                    data: data.freeze(),
+                    last: None,
+                    rest: None,
+                };
+            }
+        }
+    }
+}
+
+/// The length of the first gRPC message (its 5-byte frame header
+/// included) at the start of `data`, once that header is there.
+fn first_message_len(data: &[u8]) -> Option<usize> {
+    let header: [u8; 4] = data.get(1..5)?.try_into().ok()?;
+    Some(5 + u32::from_be_bytes(header) as usize)
+}
+
+/// A body replaying the bytes read before the rest.
+struct Replay {
+    head: Option<Bytes>,
+    last: Option<Result<Frame<Bytes>, Status>>,
+    rest: Option<Body>,
+}
+
+impl From<Prefix> for Replay {
+    fn from(p: Prefix) -> Self {
+        Self {
+            head: (!p.data.is_empty()).then_some(p.data),
+            last: p.last,
+            rest: p.rest,
+        }
+    }
+}
+
+impl http_body::Body for Replay {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if let Some(last) = this.last.take() {
+            return Poll::Ready(Some(last));
+        }
+        match &mut this.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none()
+            && self.last.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+}
+
+/// A connection to one worker that signs every request for that worker
+/// (`authority`), its RPC, its `x-` headers and its first message.
+#[derive(Clone)]
+pub struct Signing<S> {
+    inner: S,
+    key: ClusterKey,
+    authority: Arc<str>,
+}
+
+impl<S> Signing<S> {
+    /// Signs requests sent through `inner` to the worker `authority`
+    /// (`host:port` as the request's URI names it).
+    pub fn new(inner: S, key: ClusterKey, authority: &str) -> Self {
+        Self {
+            inner,
+            key,
+            authority: authority.into(),
+        }
+    }
+}
+
+impl<S> Service<http::Request<Body>> for Signing<S>
+where
+    S: Service<http::Request<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The clone that was made ready goes with this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let key = self.key.clone();
+        let authority = Arc::clone(&self.authority);
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let prefix =
+                read_prefix(body, |d| first_message_len(d).is_some_and(|n| d.len() >= n)).await;
+            let first = &prefix.data[..first_message_len(&prefix.data)
+                .unwrap_or(prefix.data.len())
+                .min(prefix.data.len())];
+            let credential = key.credential(
+                &Target {
+                    path: parts.uri.path(),
+                    authority: &authority,
+                    headers: &parts.headers,
+                },
+                first,
+            );
+            if let Ok(value) = http::HeaderValue::from_str(&credential) {
+                parts.headers.insert(CLUSTER_AUTH_HEADER, value);
+            }
+            inner
+                .call(http::Request::from_parts(
+                    parts,
+                    Body::new(Replay::from(prefix)),
+                ))
+                .await
+        })
+    }
+}
+
+/// A worker's service behind the credential check.
+#[derive(Clone)]
+pub struct Checked<S> {
+    inner: S,
+    verifier: Verifier,
+}
+
+impl<S> Checked<S> {
+    /// `inner`, serving only requests `verifier` accepts.
+    pub fn new(inner: S, verifier: Verifier) -> Self {
+        Self { inner, verifier }
+    }
+}
+
+impl<S: NamedService> NamedService for Checked<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+fn refuse(why: &Refusal, peer: Option<SocketAddr>) -> http::Response<Body> {
+    let peer = peer
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    warn!(peer, reason = %why, "refused a request without a valid cluster credential");
+    Status::unauthenticated(format!(
+        "this meshq worker serves only its cluster's coordinator and workers: {why}"
+    ))
+    .into_http()
+}
+
+impl<S> Service<http::Request<Body>> for Checked<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let peer = parts
+                .extensions
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|i| i.remote_addr());
+            let header = parts
+                .headers
+                .get(CLUSTER_AUTH_HEADER)
+                .and_then(|v| v.to_str().ok());
+            let target = Target {
+                path: parts.uri.path(),
+                authority: parts.uri.authority().map(|a| a.as_str()).unwrap_or(""),
+                headers: &parts.headers,
+            };
+            // Before a byte of the body is read.
+            let claim = match verifier.check(header, &target) {
+                Ok(claim) => claim,
+                Err(why) => return Ok(refuse(&why, peer)),
+            };
+            let want = usize::try_from(claim.len).unwrap_or(usize::MAX);
+            let prefix = match tokio::time::timeout(
+                FIRST_MESSAGE_TIMEOUT,
+                read_prefix(body, |d| d.len() >= want),
+            )
+            .await
+            {
+                Ok(prefix) => prefix,
+                Err(_) => {
+                    verifier.count_refused();
+                    return Ok(refuse(&Refusal::Slow(FIRST_MESSAGE_TIMEOUT), peer));
+                }
+            };
+            let first = &prefix.data[..want.min(prefix.data.len())];
+            if let Err(why) = verifier.confirm(&claim, first) {
+                return Ok(refuse(&why, peer));
+            }
+            inner
+                .call(http::Request::from_parts(
+                    parts,
+                    Body::new(Replay::from(prefix)),
+                ))
+                .await
+        })
+    }
+}
