@@ -1,7 +1,9 @@
 //! The coordinator: meshq's planner (policy rewrite, barrier, verifier)
 //! first, then datafusion-distributed's, which cuts the verified plan into
-//! stages for the workers. A plan with a stage that cannot be encoded is
-//! planned again to run in this process, never sent in part.
+//! stages for the workers; the plan verifier then checks the stages again,
+//! as each task will run them. A plan with a stage that cannot be encoded,
+//! or that fails the second check, is planned again to run in this
+//! process, never sent in part.
 
 use std::sync::Arc;
 
@@ -14,9 +16,13 @@ use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_distributed::{
-    DistributedExec, DistributedExt, DistributedLeafExec, MaybeEncoded, SessionStateBuilderExt,
+    BroadcastExec, DistributedExec, DistributedExt, DistributedLeafExec, MaybeEncoded,
+    NetworkBroadcastExec, NetworkCoalesceExec, NetworkShuffleExec, SessionStateBuilderExt,
 };
-use tracing::debug;
+use meshq_engine::policy::governed::GovernedTables;
+use meshq_engine::policy::verify::{StageReader, verify_stages};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tracing::{debug, warn};
 
 use crate::codec::MeshCodec;
 use crate::transport::{AuthChannelResolver, StaticWorkers};
@@ -83,7 +89,11 @@ impl Coordinator {
 }
 
 impl meshq_engine::engine::Distribution for Coordinator {
-    fn apply(&self, builder: SessionStateBuilder) -> SessionStateBuilder {
+    fn apply(
+        &self,
+        builder: SessionStateBuilder,
+        tables: &Arc<GovernedTables>,
+    ) -> SessionStateBuilder {
         let mut builder = builder;
         let Some(local) = builder.query_planner().clone() else {
             // No planner of meshq's to wrap: nothing is distributed.
@@ -108,6 +118,7 @@ impl meshq_engine::engine::Distribution for Coordinator {
                 local,
                 distributed,
                 workers: self.workers.clone(),
+                tables: Arc::clone(tables),
             })),
             // The library installed no planner: plan as meshq alone does.
             None => builder.with_query_planner(local),
@@ -128,6 +139,7 @@ struct ClusterPlanner {
     local: Arc<dyn QueryPlanner + Send + Sync>,
     distributed: Arc<dyn QueryPlanner + Send + Sync>,
     workers: StaticWorkers,
+    tables: Arc<GovernedTables>,
 }
 
 #[async_trait]
@@ -153,6 +165,15 @@ impl QueryPlanner for ClusterPlanner {
             .await?;
         if !plan.exists(|p| Ok(p.is::<DistributedExec>()))? {
             return Ok(plan);
+        }
+        let options = meshq_engine::options::MeshqOptions::of(session.config_options());
+        if let Err(why) = verify_distributed(&plan, &self.tables, &options) {
+            // The verified plan lost a policy property when it was cut
+            // into stages: never sent. The plan made for this node alone
+            // is verified as always.
+            UNVERIFIED.fetch_add(1, Ordering::Relaxed);
+            warn!(%why, "a distributed plan failed the plan verifier; the query runs on the coordinator");
+            return self.local.create_physical_plan(logical_plan, session).await;
         }
         match every_stage_encodes(&plan, &session.task_ctx())
             .and_then(|()| send_masks(&plan, session))
@@ -212,6 +233,64 @@ impl ClusterPlanner {
             plans,
             output.verbose(),
         )))
+    }
+}
+
+/// Distributed plans the verifier refused since the process started (each
+/// ran on the coordinator instead).
+static UNVERIFIED: AtomicU64 = AtomicU64::new(0);
+
+/// How many distributed plans failed [`verify_distributed`] in this
+/// process (and ran on the coordinator): a library change that moves a
+/// policy node shows here and in the log.
+pub fn unverified_distributions() -> u64 {
+    UNVERIFIED.load(Ordering::Relaxed)
+}
+
+/// Runs meshq's plan verifier over a distributed plan as its tasks will
+/// run it: network boundaries are read through to the stages they hold,
+/// and a scan split across tasks is checked in every task's part. A
+/// boundary whose stage is not in the plan fails the check.
+pub fn verify_distributed(
+    plan: &Arc<dyn ExecutionPlan>,
+    tables: &GovernedTables,
+    options: &meshq_engine::options::MeshqOptions,
+) -> Result<()> {
+    verify_stages(plan, tables, options, &Stages)
+}
+
+/// Reads datafusion-distributed's plans for the verifier.
+struct Stages;
+
+impl Stages {
+    fn is_network(node: &dyn ExecutionPlan) -> bool {
+        node.is::<NetworkShuffleExec>()
+            || node.is::<NetworkCoalesceExec>()
+            || node.is::<NetworkBroadcastExec>()
+    }
+}
+
+impl StageReader for Stages {
+    fn is_boundary(&self, node: &dyn ExecutionPlan) -> bool {
+        Self::is_network(node) || node.is::<DistributedExec>() || node.is::<BroadcastExec>()
+    }
+
+    fn children(&self, node: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
+        if let Some(leaf) = node.downcast_ref::<DistributedLeafExec>() {
+            return Ok(if leaf.variants().is_empty() {
+                vec![Arc::clone(leaf.original())]
+            } else {
+                leaf.variants().to_vec()
+            });
+        }
+        let children: Vec<_> = node.children().into_iter().cloned().collect();
+        if children.is_empty() && Self::is_network(node.as_ref()) {
+            return Err(datafusion::error::DataFusionError::Plan(format!(
+                "{} holds no stage plan to verify",
+                node.name()
+            )));
+        }
+        Ok(children)
     }
 }
 

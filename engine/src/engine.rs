@@ -80,8 +80,13 @@ pub struct EngineConfig {
 /// verified here first; a plan it cannot ship must run in this process.
 pub trait Distribution: Send + Sync + std::fmt::Debug {
     /// The state builder with the distributed planner installed over the
-    /// one `builder` holds.
-    fn apply(&self, builder: SessionStateBuilder) -> SessionStateBuilder;
+    /// one `builder` holds; `tables` (the mesh version's) is what its
+    /// distributed plans are verified against again.
+    fn apply(
+        &self,
+        builder: SessionStateBuilder,
+        tables: &Arc<GovernedTables>,
+    ) -> SessionStateBuilder;
 
     /// Prepares the configuration of one statement, before it is planned:
     /// what the distributed planner fills in for the workers of that
@@ -1246,7 +1251,7 @@ fn template_state(
         .with_optimizer_rules(optimizer_rules)
         .with_query_planner(Arc::new(MeshQueryPlanner::new(Arc::clone(tables))));
     if let Some(d) = distribution {
-        builder = d.apply(builder);
+        builder = d.apply(builder, tables);
     }
     let mut state = builder.build();
     let mut functions: Vec<Arc<ScalarUDF>> = PrincipalFn::ALL

@@ -53,3 +53,96 @@ async fn a_worker_runs_a_stage_with_the_sessions_time_zone() {
         assert!(v.accepted() > b, "a worker ran no fragment");
     }
 }
+
+/// The plan verifier checks a distributed plan again, as its tasks run it:
+/// ana's plan passes; the same plan with the barrier or the mask taken out
+/// of a stage fails, naming what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_verifier_checks_each_distributed_plan_again() {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+    use meshq_cluster::coordinator::{unverified_distributions, verify_distributed};
+    use meshq_engine::policy::barrier::PolicyBarrierExec;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let (cluster, _) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
+    let before = unverified_distributions();
+    let ana = cluster.mesh().config.principal("ana").unwrap();
+    let session = cluster.session(&ana);
+    let plan = session
+        .plan("SELECT email, count(*) AS n FROM sales.orders GROUP BY email")
+        .await
+        .unwrap();
+    let query = session.execute(plan, None).await.unwrap();
+    let plan = Arc::clone(&query.plan);
+    assert!(
+        plan.exists(|p| Ok(p.is::<datafusion_distributed::DistributedExec>()))
+            .unwrap(),
+        "the query is distributed"
+    );
+    assert_eq!(unverified_distributions(), before);
+    let options = meshq_engine::MeshqOptions::of(query.task.session_config().options());
+    let tables = cluster.tables();
+    verify_distributed(&plan, tables, &options).unwrap();
+
+    // The barrier taken out.
+    let no_barrier = Arc::clone(&plan)
+        .transform_up(|n| {
+            Ok(match n.downcast_ref::<PolicyBarrierExec>() {
+                Some(b) => Transformed::yes(Arc::clone(b.children()[0])),
+                None => Transformed::no(n),
+            })
+        })
+        .unwrap()
+        .data;
+    let e = verify_distributed(&no_barrier, tables, &options).unwrap_err();
+    assert!(
+        e.to_string().contains("no policy barrier above the scan"),
+        "{e}"
+    );
+
+    // The mask replaced by the raw column.
+    let raw = Arc::clone(&plan)
+        .transform_up(|n| {
+            let Some(p) = n.downcast_ref::<ProjectionExec>() else {
+                return Ok(Transformed::no(n));
+            };
+            if !p
+                .expr()
+                .iter()
+                .any(|e| e.alias == "email" && !e.expr.is::<Column>())
+            {
+                return Ok(Transformed::no(n));
+            }
+            let input = Arc::clone(p.input());
+            let exprs: Vec<ProjectionExpr> = p
+                .expr()
+                .iter()
+                .map(|e| {
+                    if e.alias == "email" {
+                        let column = Column::new_with_schema("email", &input.schema()).unwrap();
+                        ProjectionExpr::new(Arc::new(column), "email".to_string())
+                    } else {
+                        e.clone()
+                    }
+                })
+                .collect();
+            Ok(Transformed::yes(
+                Arc::new(ProjectionExec::try_new(exprs, input)?) as Arc<dyn ExecutionPlan>,
+            ))
+        })
+        .unwrap()
+        .data;
+    let e = verify_distributed(&raw, tables, &options).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`email` is not masked below the barrier"),
+        "{e}"
+    );
+}

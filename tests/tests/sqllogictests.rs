@@ -63,6 +63,14 @@ async fn main() -> std::process::ExitCode {
             println!("FAILED: a worker ran no fragment of the slt suites");
             failed += 1;
         }
+        // Every distributed plan passed the verifier a second time, as
+        // its tasks run it (a refusal would have run it on the
+        // coordinator, which the answers alone would not show).
+        let unverified = meshq_cluster::coordinator::unverified_distributions();
+        if unverified > 0 {
+            println!("FAILED: {unverified} distributed plan(s) failed the plan verifier");
+            failed += 1;
+        }
     }
     println!("sqllogictests: {passed} passed, {failed} failed");
     if failed > 0 || files.is_empty() {

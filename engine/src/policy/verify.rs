@@ -47,16 +47,55 @@ pub fn verify_plan(
     tables: &GovernedTables,
     options: &MeshqOptions,
 ) -> Result<()> {
-    let mut path: Vec<&Arc<dyn ExecutionPlan>> = Vec::new();
-    walk(plan, &mut path, tables, options, false)
+    verify_stages(plan, tables, options, &OneNode)
 }
 
-fn walk<'a>(
-    node: &'a Arc<dyn ExecutionPlan>,
-    path: &mut Vec<&'a Arc<dyn ExecutionPlan>>,
+/// How to read a plan that a distributed planner cut into stages, so the
+/// verifier checks it as each task will run it.
+pub trait StageReader {
+    /// Whether `node` only moves rows between stages (a network boundary,
+    /// the root of a distributed plan): checked as if it were absent.
+    fn is_boundary(&self, node: &dyn ExecutionPlan) -> bool;
+
+    /// The plans below `node`: its children, a boundary's stage, or every
+    /// task's part of a scan split across tasks. An error when they cannot
+    /// be read (the plan is then refused).
+    fn children(&self, node: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn ExecutionPlan>>>;
+}
+
+/// A plan run by one node: no boundaries.
+struct OneNode;
+
+impl StageReader for OneNode {
+    fn is_boundary(&self, _: &dyn ExecutionPlan) -> bool {
+        false
+    }
+
+    fn children(&self, node: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
+        Ok(node.children().into_iter().cloned().collect())
+    }
+}
+
+/// [`verify_plan`] for a plan cut into stages, read through `reader`: every
+/// policy node must be where the verifier requires it in the plan each
+/// task runs, with only boundaries added in between.
+pub fn verify_stages(
+    plan: &Arc<dyn ExecutionPlan>,
+    tables: &GovernedTables,
+    options: &MeshqOptions,
+    reader: &dyn StageReader,
+) -> Result<()> {
+    let mut path: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    walk(plan, &mut path, tables, options, false, reader)
+}
+
+fn walk(
+    node: &Arc<dyn ExecutionPlan>,
+    path: &mut Vec<Arc<dyn ExecutionPlan>>,
     tables: &GovernedTables,
     options: &MeshqOptions,
     in_mesh_scan: bool,
+    reader: &dyn StageReader,
 ) -> Result<()> {
     if let Some(defined) = node.downcast_ref::<crate::defined::DefinedExec>() {
         // A product defined by SQL: its plan is checked as the principal
@@ -67,6 +106,7 @@ fn walk<'a>(
             tables,
             defined.options(),
             false,
+            reader,
         );
     }
     if let Some(scan) = node.downcast_ref::<MeshScanExec>() {
@@ -75,11 +115,16 @@ fn walk<'a>(
         check_files(node)?;
     }
     let in_mesh_scan = in_mesh_scan || node.is::<MeshScanExec>();
-    path.push(node);
-    for child in node.children() {
-        walk(child, path, tables, options, in_mesh_scan)?;
+    let boundary = reader.is_boundary(node.as_ref());
+    if !boundary {
+        path.push(Arc::clone(node));
     }
-    path.pop();
+    for child in reader.children(node)? {
+        walk(&child, path, tables, options, in_mesh_scan, reader)?;
+    }
+    if !boundary {
+        path.pop();
+    }
     Ok(())
 }
 
@@ -104,7 +149,7 @@ fn pass_through_or_policy(node: &dyn ExecutionPlan) -> bool {
 
 fn check_scan(
     scan: &MeshScanExec,
-    path: &[&Arc<dyn ExecutionPlan>],
+    path: &[Arc<dyn ExecutionPlan>],
     tables: &GovernedTables,
     options: &MeshqOptions,
 ) -> Result<()> {
