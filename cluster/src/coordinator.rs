@@ -175,7 +175,10 @@ impl QueryPlanner for ClusterPlanner {
             warn!(%why, "a distributed plan failed the plan verifier; the query runs on the coordinator");
             return self.local.create_physical_plan(logical_plan, session).await;
         }
-        match every_stage_encodes(&plan, &session.task_ctx())
+        let local_files = session
+            .config()
+            .get_extension::<meshq_engine::engine::LocalFiles>();
+        match every_stage_encodes(&plan, &session.task_ctx(), local_files.as_deref())
             .and_then(|()| send_masks(&plan, session))
         {
             Ok(()) => Ok(plan),
@@ -322,6 +325,7 @@ fn send_masks(plan: &Arc<dyn ExecutionPlan>, session: &dyn Session) -> Result<()
 fn every_stage_encodes(
     plan: &Arc<dyn ExecutionPlan>,
     ctx: &Arc<datafusion::execution::TaskContext>,
+    local_files: Option<&meshq_engine::engine::LocalFiles>,
 ) -> Result<()> {
     plan.apply(|node| {
         if node.is::<DistributedExec>() {
@@ -343,7 +347,7 @@ fn every_stage_encodes(
                     })?;
                     let sent = sent.data;
                     calls_only_travelling_functions(&sent)?;
-                    scans_travel_whole(&sent)?;
+                    scans_travel_whole(&sent, local_files)?;
                     MaybeEncoded::Decoded(sent).encode(ctx)?;
                 }
             }
@@ -376,11 +380,15 @@ fn calls_only_travelling_functions(plan: &Arc<dyn ExecutionPlan>) -> Result<()> 
     .map(|_| ())
 }
 
-/// Fails when a scan of `plan` holds rows in memory, or when a file scan
-/// maps file columns to table columns
-/// with an adapter of its own (Iceberg's field ids): datafusion-proto does
-/// not carry the adapter, and a worker would map columns by name.
-fn scans_travel_whole(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+/// Fails when a scan of `plan` holds rows in memory, reads files only
+/// this process has (`local_files`: accelerated ports' `parquet` copies,
+/// the scratch location), or maps file columns to table columns with an
+/// adapter of its own (Iceberg's field ids): datafusion-proto does not
+/// carry the adapter, and a worker would map columns by name.
+fn scans_travel_whole(
+    plan: &Arc<dyn ExecutionPlan>,
+    local_files: Option<&meshq_engine::engine::LocalFiles>,
+) -> Result<()> {
     use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::datasource::physical_plan::FileScanConfig;
@@ -395,9 +403,17 @@ fn scans_travel_whole(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
                 "rows held in memory stay on the coordinator".into(),
             ));
         }
-        if let Some(scan) = node.downcast_ref::<DataSourceExec>()
-            && let Some(config) =
-                (scan.data_source().as_ref() as &dyn std::any::Any).downcast_ref::<FileScanConfig>()
+        let files = node.downcast_ref::<DataSourceExec>().and_then(|scan| {
+            (scan.data_source().as_ref() as &dyn std::any::Any).downcast_ref::<FileScanConfig>()
+        });
+        if let Some(config) = files
+            && local_files.is_some_and(|l| l.holds(config))
+        {
+            return Err(datafusion::error::DataFusionError::NotImplemented(
+                "a scan of files only the coordinator has (an accelerated copy, the scratch location) runs on the coordinator".into(),
+            ));
+        }
+        if let Some(config) = files
             && config.expr_adapter_factory.is_some()
         {
             return Err(datafusion::error::DataFusionError::NotImplemented(
@@ -443,13 +459,41 @@ mod tests {
         DataSourceExec::from_data_source(config.build())
     }
 
+    fn scan_of(url: &str, file: &str) -> Arc<dyn ExecutionPlan> {
+        use datafusion::datasource::listing::PartitionedFile;
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
+        let source = Arc::new(ParquetSource::new(schema));
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(url).unwrap(), source)
+            .with_file(PartitionedFile::new(file, 10));
+        DataSourceExec::from_data_source(config.build())
+    }
+
+    #[test]
+    fn scans_of_files_only_the_coordinator_has_stay() {
+        let local = meshq_engine::engine::LocalFiles::new(vec!["/tmp/meshq-acceleration-7".into()]);
+        let copy = scan_of(
+            "file://",
+            "tmp/meshq-acceleration-7/sales.orders/1/part-0.parquet",
+        );
+        assert!(scans_travel_whole(&copy, Some(&local)).is_err());
+        let shared = scan_of("file://", "srv/mesh/sales/orders/part-0.parquet");
+        assert!(scans_travel_whole(&shared, Some(&local)).is_ok());
+        // Another process's copies, or a name that only starts alike.
+        let other = scan_of("file://", "tmp/meshq-acceleration-70/t/part-0.parquet");
+        assert!(scans_travel_whole(&other, Some(&local)).is_ok());
+        let scratch = scan_of("scratch://", "t/part-0.parquet");
+        assert!(scans_travel_whole(&scratch, Some(&local)).is_err());
+        let bucket = scan_of("s3://bucket", "tmp/meshq-acceleration-7/t.parquet");
+        assert!(scans_travel_whole(&bucket, Some(&local)).is_ok());
+    }
+
     #[test]
     fn scans_with_their_own_column_mapping_or_rows_in_memory_stay() {
-        assert!(scans_travel_whole(&parquet_scan(false)).is_ok());
-        assert!(scans_travel_whole(&parquet_scan(true)).is_err());
+        assert!(scans_travel_whole(&parquet_scan(false), None).is_ok());
+        assert!(scans_travel_whole(&parquet_scan(true), None).is_err());
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
         let memory = MemorySourceConfig::try_new_exec(&[vec![]], schema, None).unwrap();
-        assert!(scans_travel_whole(&(memory as Arc<dyn ExecutionPlan>)).is_err());
+        assert!(scans_travel_whole(&(memory as Arc<dyn ExecutionPlan>), None).is_err());
     }
 
     #[test]

@@ -94,6 +94,48 @@ pub trait Distribution: Send + Sync + std::fmt::Debug {
     fn prepare_statement(&self, _options: &mut datafusion::config::ConfigOptions) {}
 }
 
+/// Files only this process has: the `parquet` copies of accelerated
+/// ports (under its spill or temp directory) and the `scratch://` and
+/// `export://` locations. In every session's config, so a distributed
+/// planner keeps plans that scan them on this node: a worker elsewhere
+/// would not find them.
+#[derive(Debug, Clone, Default)]
+pub struct LocalFiles {
+    dirs: Vec<object_store::path::Path>,
+}
+
+impl LocalFiles {
+    /// The files under `dirs` (absolute), and the scratch and export
+    /// locations.
+    pub fn new(dirs: Vec<PathBuf>) -> Self {
+        Self {
+            dirs: dirs
+                .iter()
+                .filter_map(|d| object_store::path::Path::from_absolute_path(d).ok())
+                .collect(),
+        }
+    }
+
+    /// Whether `scan` reads any file only this process has.
+    pub fn holds(&self, scan: &datafusion::datasource::physical_plan::FileScanConfig) -> bool {
+        let url = scan.object_store_url.as_str();
+        if [crate::files::SCRATCH_SCHEME, crate::files::EXPORT_SCHEME]
+            .iter()
+            .any(|s| url.starts_with(&format!("{s}://")))
+        {
+            return true;
+        }
+        url.starts_with("file://")
+            && scan.file_groups.iter().any(|group| {
+                group.iter().any(|file| {
+                    self.dirs
+                        .iter()
+                        .any(|d| file.object_meta.location.prefix_matches(d))
+                })
+            })
+    }
+}
+
 impl EngineConfig {
     /// Defaults for a mesh directory.
     pub fn new(mesh_dir: impl Into<PathBuf>) -> Self {
@@ -293,6 +335,9 @@ impl Engine {
         }
         files.register(&runtime);
         let tables = Arc::new(tables);
+        let session_config = session_config.with_extension(Arc::new(LocalFiles::new(vec![
+            crate::acceleration::copies_dir(memory.1.as_deref()),
+        ])));
         let template = template_state(
             session_config,
             Arc::clone(&runtime),

@@ -15,7 +15,7 @@ const SERVER: &str = "customProperties: [ { property: server, value: local } ]";
 
 /// Sets the acceleration of the product in `odps` (relative to `dir`):
 /// `value` as written in the port, or none.
-fn set_acceleration(dir: &Path, odps: &str, value: Option<&str>) {
+pub(crate) fn set_acceleration(dir: &Path, odps: &str, value: Option<&str>) {
     let path = dir.join(odps);
     // The demo writes some ports' properties as a block list: one line.
     let text = std::fs::read_to_string(&path)

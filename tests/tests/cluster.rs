@@ -146,3 +146,66 @@ async fn the_verifier_checks_each_distributed_plan_again() {
         "{e}"
     );
 }
+
+/// A port accelerated as a `parquet` copy lives in the coordinator's own
+/// directory: a plan reading it runs on the coordinator (a worker on
+/// another machine would not find the files), with the same answers. The
+/// same query over the port without acceleration goes to the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plans_reading_a_coordinators_own_copy_stay_on_the_coordinator() {
+    use datafusion::common::tree_node::TreeNode;
+    use datafusion_distributed::DistributedExec;
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let (from_files, _) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
+    crate::acceleration::set_acceleration(
+        dir.path(),
+        "sales/orders.odps.yaml",
+        Some("{ engine: parquet }"),
+    );
+    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let (cluster, _) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
+    for engine in [&single, &cluster] {
+        engine.refresh_accelerations().await;
+        assert!(
+            engine
+                .served_table("sales.orders")
+                .unwrap()
+                .provider
+                .is_accelerated()
+        );
+    }
+    let distributed = |engine: &meshq_engine::Engine, sql: &'static str| {
+        let session = engine.session(&engine.mesh().config.principal("ana").unwrap());
+        async move {
+            let plan = session.plan(sql).await.unwrap();
+            let query = session.execute(plan, None).await.unwrap();
+            query
+                .plan
+                .exists(|p| Ok(p.is::<DistributedExec>()))
+                .unwrap()
+        }
+    };
+    let orders = "SELECT region, count(*), sum(total_amount) FROM sales.orders GROUP BY region";
+    assert!(!distributed(&cluster, orders).await);
+    assert!(distributed(&from_files, orders).await);
+    let ana = |engine: &meshq_engine::Engine| {
+        engine.session(&engine.mesh().config.principal("ana").unwrap())
+    };
+    let expected = run(&ana(&single), orders).await.unwrap();
+    let got = run(&ana(&cluster), orders).await.unwrap();
+    assert_eq!(
+        arrow::util::pretty::pretty_format_batches(&got)
+            .unwrap()
+            .to_string(),
+        arrow::util::pretty::pretty_format_batches(&expected)
+            .unwrap()
+            .to_string()
+    );
+}
