@@ -191,8 +191,9 @@ struct ServeArgs {
     #[command(flatten)]
     server: ServerArgs,
     /// Workers (`meshq worker`) to run queries on, as `http://host:port`
-    /// (or `https://` with `cluster.tls`), comma-separated; overrides
-    /// `cluster.workers` in meshq.yaml. Read at start.
+    /// (or `https://` with `cluster.tls`), or `dns+http://name:port` for a
+    /// worker at every address of a DNS name (looked up again every 2 s),
+    /// comma-separated; overrides `cluster.workers` in meshq.yaml.
     #[arg(long, env = "MESHQ_WORKERS", value_delimiter = ',')]
     workers: Vec<String>,
 }

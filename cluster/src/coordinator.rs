@@ -25,13 +25,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::{debug, warn};
 
 use crate::codec::MeshCodec;
-use crate::transport::{AuthChannelResolver, StaticWorkers};
+use crate::transport::{AuthChannelResolver, Workers};
 use crate::travel::{MaskFunctions, SessionSettings};
 
 /// Distributes the plans of every mesh version over `workers`.
 #[derive(Clone)]
 pub struct Coordinator {
-    workers: StaticWorkers,
+    workers: Workers,
     resolver: AuthChannelResolver,
     settings: Vec<(String, String)>,
 }
@@ -49,7 +49,7 @@ impl Coordinator {
     /// distributed's `settings` (`distributed.*`); an unknown key or a bad
     /// value is an error naming it.
     pub fn new(
-        workers: StaticWorkers,
+        workers: Workers,
         resolver: AuthChannelResolver,
         settings: Vec<(String, String)>,
     ) -> Result<Self, String> {
@@ -80,11 +80,12 @@ impl Coordinator {
         self.workers.spawn_checks(self.resolver.clone())
     }
 
-    /// The workers, for people: `N worker(s): URL, URL`.
+    /// The workers, for people: `N worker(s): URL, URL` (a DNS name
+    /// counts as one source of workers).
     pub fn describe(&self) -> String {
-        let urls = self.workers.urls();
-        let list: Vec<&str> = urls.iter().map(|u| u.as_str()).collect();
-        format!("{} worker(s): {}", urls.len(), list.join(", "))
+        let sources = self.workers.sources();
+        let list: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        format!("{} worker(s): {}", sources.len(), list.join(", "))
     }
 }
 
@@ -138,7 +139,7 @@ impl meshq_engine::engine::Distribution for Coordinator {
 struct ClusterPlanner {
     local: Arc<dyn QueryPlanner + Send + Sync>,
     distributed: Arc<dyn QueryPlanner + Send + Sync>,
-    workers: StaticWorkers,
+    workers: Workers,
     tables: Arc<GovernedTables>,
 }
 

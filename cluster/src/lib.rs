@@ -31,4 +31,4 @@ pub mod worker;
 pub use auth::{CLUSTER_AUTH_HEADER, ClusterKey, Refusal, Verifier};
 pub use codec::MeshCodec;
 pub use coordinator::Coordinator;
-pub use transport::{AuthChannelResolver, StaticWorkers, serve_worker};
+pub use transport::{AuthChannelResolver, WorkerSource, Workers, serve_worker};

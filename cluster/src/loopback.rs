@@ -10,12 +10,13 @@ use url::Url;
 
 use crate::auth::{ClusterKey, Verifier};
 use crate::coordinator::Coordinator;
-use crate::transport::{AuthChannelResolver, StaticWorkers, serve_worker};
+use crate::transport::{AuthChannelResolver, Workers, serve_worker};
 use crate::travel::WorkerSecrets;
 use crate::worker::{SetupError, worker_setup_with};
 
 /// The cluster key every loopback node shares.
-fn loopback_key() -> Result<ClusterKey, SetupError> {
+/// The key of loopback clusters (their workers and coordinators).
+pub fn loopback_key() -> Result<ClusterKey, SetupError> {
     ClusterKey::new("the cluster secret of a loopback cluster").map_err(SetupError::Secret)
 }
 
@@ -63,7 +64,7 @@ pub fn loopback_coordinator(
     settings: Vec<(String, String)>,
 ) -> Result<Coordinator, SetupError> {
     Coordinator::new(
-        StaticWorkers::new(urls),
+        Workers::new(urls),
         AuthChannelResolver::new(loopback_key()?, None),
         settings,
     )

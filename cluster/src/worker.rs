@@ -64,18 +64,9 @@ pub fn coordinator_setup(
     if urls.is_empty() {
         return Ok(None);
     }
-    let urls = urls
+    let sources = urls
         .iter()
-        .map(|u| {
-            let url =
-                Url::parse(u).map_err(|e| SetupError::Workers(format!("worker URL `{u}`: {e}")))?;
-            match url.scheme() {
-                "http" | "https" => Ok(url),
-                other => Err(SetupError::Workers(format!(
-                    "worker URL `{u}`: scheme `{other}` is not http or https"
-                ))),
-            }
-        })
+        .map(|u| crate::transport::WorkerSource::parse(u).map_err(SetupError::Workers))
         .collect::<Result<Vec<_>, _>>()?;
     let resolver = AuthChannelResolver::new(cluster_key(config)?, client_tls(config, dir)?);
     let settings = config
@@ -84,7 +75,7 @@ pub fn coordinator_setup(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    crate::Coordinator::new(crate::StaticWorkers::new(urls), resolver, settings)
+    crate::Coordinator::new(crate::Workers::from_sources(sources), resolver, settings)
         .map(Some)
         .map_err(SetupError::Workers)
 }

@@ -209,3 +209,80 @@ async fn plans_reading_a_coordinators_own_copy_stay_on_the_coordinator() {
             .to_string()
     );
 }
+
+/// Answers a name with the addresses it is given (none: the name does not
+/// resolve), as a DNS server whose records change would.
+#[derive(Debug, Default)]
+struct ChangingRecords(std::sync::Mutex<Vec<std::net::SocketAddr>>);
+
+#[async_trait::async_trait]
+impl meshq_cluster::transport::Lookup for ChangingRecords {
+    async fn lookup(&self, host: &str, _: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        let addrs = self.0.lock().unwrap().clone();
+        if addrs.is_empty() {
+            return Err(std::io::Error::other(format!("{host}: no such name")));
+        }
+        Ok(addrs)
+    }
+}
+
+/// A DNS name of workers (a headless Service): every check looks it up
+/// again, so workers that appear are used, those no longer named or not
+/// answering are left out, and a name that stops resolving leaves none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_named_by_dns_are_found_dropped_and_found_again() {
+    use meshq_cluster::transport::{AuthChannelResolver, WorkerSource, Workers};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let fallback = meshq_tests::fixture_engine_config(dir.path()).secret_env_fallback;
+    let (w1, _) = meshq_cluster::loopback::serve_loopback_worker(dir.path(), &fallback)
+        .await
+        .unwrap();
+    let (w2, _) = meshq_cluster::loopback::serve_loopback_worker(dir.path(), &fallback)
+        .await
+        .unwrap();
+    let addr = |u: &url::Url| -> std::net::SocketAddr {
+        format!("{}:{}", u.host_str().unwrap(), u.port().unwrap())
+            .parse()
+            .unwrap()
+    };
+    let dead: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let records = Arc::new(ChangingRecords::default());
+    let source = WorkerSource::parse("dns+http://workers.meshq.test:50052").unwrap();
+    let workers = Workers::with_lookup(vec![source], Arc::clone(&records) as _);
+    assert!(workers.healthy().is_empty(), "known only once looked up");
+    let resolver = AuthChannelResolver::new(meshq_cluster::loopback::loopback_key().unwrap(), None);
+    let mut steps = vec![
+        (vec![addr(&w1)], vec![w1.clone()]),
+        (
+            vec![addr(&w1), addr(&w2), dead],
+            vec![w1.clone(), w2.clone()],
+        ),
+        (vec![addr(&w2)], vec![w2.clone()]),
+        (vec![], vec![]),
+        (vec![addr(&w2), addr(&w1)], vec![w2.clone(), w1.clone()]),
+    ];
+    for (i, (answer, expected)) in steps.drain(..).enumerate() {
+        *records.0.lock().unwrap() = answer;
+        workers.check(&resolver).await;
+        assert_eq!(workers.healthy(), expected, "step {i}");
+    }
+
+    // The system's resolver: `localhost` names the first worker (and
+    // perhaps ::1, where nothing answers).
+    let system = Workers::from_sources(vec![
+        WorkerSource::parse(&format!("dns+http://localhost:{}", w1.port().unwrap())).unwrap(),
+    ]);
+    system.check(&resolver).await;
+    assert_eq!(system.healthy(), vec![w1.clone()]);
+
+    for bad in [
+        "dns+http://workers.meshq.test",
+        "dns+ftp://workers:1",
+        "ftp://w:1",
+    ] {
+        assert!(WorkerSource::parse(bad).is_err(), "{bad}");
+    }
+}
