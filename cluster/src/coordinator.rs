@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use crate::codec::MeshCodec;
 use crate::transport::{AuthChannelResolver, Workers};
-use crate::travel::{MaskFunctions, SessionSettings};
+use crate::travel::{MaskFunctions, QueryBudget, SessionSettings};
 
 /// Distributes the plans of every mesh version over `workers`.
 #[derive(Clone)]
@@ -106,6 +106,7 @@ impl meshq_engine::engine::Distribution for Coordinator {
             .with_distributed_user_codec(MeshCodec)
             .with_distributed_option_extension(MaskFunctions::default())
             .with_distributed_option_extension(SessionSettings::default())
+            .with_distributed_option_extension(QueryBudget::default())
             .with_distributed_planner();
         if let Some(config) = builder.config() {
             for (key, value) in &self.settings {
@@ -131,6 +132,12 @@ impl meshq_engine::engine::Distribution for Coordinator {
         options.extensions.insert(MaskFunctions::fresh());
         let settings = SessionSettings::of(options);
         options.extensions.insert(settings);
+        // No limit unless the statement gets one.
+        options.extensions.insert(QueryBudget::default());
+    }
+
+    fn limit_query(&self, options: &mut datafusion::config::ConfigOptions, memory: usize) {
+        options.extensions.insert(QueryBudget::new(memory as u64));
     }
 }
 

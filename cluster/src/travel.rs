@@ -375,6 +375,81 @@ impl ExtensionOptions for SessionSettings {
     }
 }
 
+/// One query's memory limit, sent to its workers so each bounds its part
+/// of the query as the coordinator bounds its own: every task of the
+/// query (`id`, one per statement) on a worker shares one pool of
+/// `memory` bytes, drawn from the worker's pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryBudget {
+    /// The query's memory limit, in bytes; none: only the worker's pool.
+    pub memory: Option<u64>,
+    /// The query's id on this coordinator.
+    pub id: String,
+}
+
+impl QueryBudget {
+    /// A budget of `memory` bytes for a new query.
+    pub fn new(memory: u64) -> Self {
+        Self {
+            memory: Some(memory),
+            id: format!("{:032x}", rand::random::<u128>()),
+        }
+    }
+}
+
+impl ConfigExtension for QueryBudget {
+    const PREFIX: &'static str = "meshq_query";
+}
+
+impl ExtensionOptions for QueryBudget {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "memory" if value.is_empty() => self.memory = None,
+            "memory" => {
+                self.memory = Some(value.parse().map_err(|_| {
+                    DataFusionError::Configuration(format!(
+                        "meshq_query.memory: `{value}` is not a number of bytes"
+                    ))
+                })?)
+            }
+            "id" => self.id = value.to_string(),
+            other => {
+                return Err(DataFusionError::Configuration(format!(
+                    "meshq_query has no setting `{other}`"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        vec![
+            ConfigEntry {
+                key: "memory".to_string(),
+                value: self.memory.map(|m| m.to_string()),
+                description: "the query's memory limit in bytes (set by the coordinator)",
+            },
+            ConfigEntry {
+                key: "id".to_string(),
+                value: Some(self.id.clone()),
+                description: "the query's id, shared by its tasks (set by the coordinator)",
+            },
+        ]
+    }
+}
+
 /// The functions to register on a worker for the masks `masks`.
 pub fn worker_functions(
     masks: &MaskFunctions,

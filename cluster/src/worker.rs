@@ -3,7 +3,7 @@
 //! directory, and the object stores — never contracts or principals.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use datafusion::error::DataFusionError;
@@ -14,6 +14,7 @@ use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion_distributed::{DistributedExt, Worker, WorkerQueryContext, WorkerSessionBuilder};
 use meshq_catalog::platform::PlatformConfig;
 use meshq_connectors::store::StoreRegistry;
+use meshq_engine::memory::QueryMemoryPool;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use url::Url;
 
@@ -180,6 +181,7 @@ pub fn worker_setup_with(
         resolver,
         codec,
         secrets,
+        queries: Arc::default(),
     })
     .with_runtime_env(runtime)
     .with_version(env!("CARGO_PKG_VERSION"));
@@ -262,6 +264,29 @@ struct MeshWorkerSession {
     resolver: AuthChannelResolver,
     codec: Arc<crate::codec::MeshCodec>,
     secrets: crate::travel::WorkerSecrets,
+    /// The pools of the queries whose tasks run here, by query id; a pool
+    /// lives as long as a task of its query.
+    queries: Arc<parking_lot::Mutex<std::collections::HashMap<String, Weak<QueryMemoryPool>>>>,
+}
+
+impl MeshWorkerSession {
+    /// The pool of the query `budget` names: the one its other tasks here
+    /// use, or a new one of its limit within the worker's `global` pool.
+    fn pool_of(
+        &self,
+        budget: &crate::travel::QueryBudget,
+        limit: usize,
+        global: &Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    ) -> Arc<QueryMemoryPool> {
+        let mut queries = self.queries.lock();
+        queries.retain(|_, pool| pool.strong_count() > 0);
+        if let Some(pool) = queries.get(&budget.id).and_then(Weak::upgrade) {
+            return pool;
+        }
+        let pool = Arc::new(QueryMemoryPool::new(Arc::clone(global), limit));
+        queries.insert(budget.id.clone(), Arc::downgrade(&pool));
+        pool
+    }
 }
 
 #[async_trait]
@@ -284,7 +309,29 @@ impl WorkerSessionBuilder for MeshWorkerSession {
             )?
             .with_distributed_option_extension_from_headers::<crate::travel::SessionSettings>(
                 &ctx.headers,
+            )?
+            .with_distributed_option_extension_from_headers::<crate::travel::QueryBudget>(
+                &ctx.headers,
             )?;
+        let budget = builder.config().as_ref().and_then(|c| {
+            c.options()
+                .extensions
+                .get::<crate::travel::QueryBudget>()
+                .cloned()
+        });
+        if let Some(budget) = budget
+            && let Some(memory) = budget.memory
+            && let Some(runtime) = builder.runtime_env().clone()
+        {
+            // The query's limit holds here too, across its tasks.
+            let limit = usize::try_from(memory).unwrap_or(usize::MAX);
+            let pool = self.pool_of(&budget, limit, &runtime.memory_pool);
+            let runtime = meshq_engine::memory::runtime_with_pool(&runtime, pool)?;
+            if let Some(config) = builder.config() {
+                meshq_engine::memory::limit_spill_reservation(config.options_mut(), limit);
+            }
+            builder = builder.with_runtime_env(runtime);
+        }
         if let Some(config) = builder.config() {
             // Before the state is built, so functions made from the
             // settings (a time zone) are made with the statement's.
@@ -319,5 +366,116 @@ impl WorkerSessionBuilder for MeshWorkerSession {
             state.register_udf(f)?;
         }
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::execution::memory_pool::{MemoryLimit, MemoryPool};
+    use datafusion::prelude::SessionConfig;
+
+    fn session() -> MeshWorkerSession {
+        let key = ClusterKey::new("a cluster secret of some length").unwrap();
+        MeshWorkerSession {
+            resolver: AuthChannelResolver::new(key, None),
+            codec: Arc::new(crate::codec::MeshCodec),
+            secrets: crate::travel::WorkerSecrets::resolve(&PlatformConfig::default()),
+            queries: Arc::default(),
+        }
+    }
+
+    /// The worker's state for a task whose request carries `budget`
+    /// (memory, query id) in its headers, as the coordinator sends it.
+    async fn task_state(
+        worker: &MeshWorkerSession,
+        global: &Arc<dyn MemoryPool>,
+        budget: Option<(&str, &str)>,
+    ) -> SessionState {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(global))
+            .build_arc()
+            .unwrap();
+        let mut headers = http::HeaderMap::new();
+        if let Some((memory, id)) = budget {
+            headers.insert(
+                "x-datafusion-distributed-config-meshq_query.memory",
+                memory.parse().unwrap(),
+            );
+            headers.insert(
+                "x-datafusion-distributed-config-meshq_query.id",
+                id.parse().unwrap(),
+            );
+        }
+        worker
+            .build_session_state(WorkerQueryContext {
+                builder: SessionStateBuilder::new()
+                    .with_default_features()
+                    .with_config(SessionConfig::default())
+                    .with_runtime_env(runtime),
+                headers,
+            })
+            .await
+            .unwrap()
+    }
+
+    fn pool(state: &SessionState) -> *const () {
+        Arc::as_ptr(&state.runtime_env().memory_pool) as *const ()
+    }
+
+    #[tokio::test]
+    async fn a_querys_tasks_on_a_worker_share_one_pool_of_its_limit() {
+        let worker = session();
+        let global: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(1 << 30));
+        let first = task_state(&worker, &global, Some(("1048576", "q1"))).await;
+        assert!(matches!(
+            first.runtime_env().memory_pool.memory_limit(),
+            MemoryLimit::Finite(n) if n == 1 << 20
+        ));
+        // The sort's merge reservation is a share of the limit.
+        assert_eq!(
+            first
+                .config()
+                .options()
+                .execution
+                .sort_spill_reservation_bytes,
+            1 << 18
+        );
+        // Another task of the same query: the same pool.
+        let second = task_state(&worker, &global, Some(("1048576", "q1"))).await;
+        assert_eq!(pool(&first), pool(&second));
+        // Another query: a pool of its own.
+        let other = task_state(&worker, &global, Some(("2097152", "q2"))).await;
+        assert_ne!(pool(&first), pool(&other));
+        assert!(matches!(
+            other.runtime_env().memory_pool.memory_limit(),
+            MemoryLimit::Finite(n) if n == 2 << 20
+        ));
+        // Without a limit: the worker's pool.
+        let unlimited = task_state(&worker, &global, None).await;
+        assert_eq!(pool(&unlimited), Arc::as_ptr(&global) as *const ());
+        // A query's pool is gone once its tasks are.
+        drop((first, second));
+        let again = task_state(&worker, &global, Some(("1048576", "q3"))).await;
+        assert!(!worker.queries.lock().contains_key("q1"));
+        drop(again);
+        // A bad value is refused, not ignored.
+        let runtime = RuntimeEnvBuilder::new().build_arc().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-datafusion-distributed-config-meshq_query.memory",
+            "lots".parse().unwrap(),
+        );
+        let refused = worker
+            .build_session_state(WorkerQueryContext {
+                builder: SessionStateBuilder::new()
+                    .with_default_features()
+                    .with_config(SessionConfig::default())
+                    .with_runtime_env(runtime),
+                headers,
+            })
+            .await;
+        assert!(refused.is_err());
     }
 }

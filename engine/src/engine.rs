@@ -92,6 +92,10 @@ pub trait Distribution: Send + Sync + std::fmt::Debug {
     /// what the distributed planner fills in for the workers of that
     /// statement alone.
     fn prepare_statement(&self, _options: &mut datafusion::config::ConfigOptions) {}
+
+    /// Bounds one query to `memory` bytes: what its workers are told, so
+    /// each bounds its part of the query too.
+    fn limit_query(&self, _options: &mut datafusion::config::ConfigOptions, _memory: usize) {}
 }
 
 /// Files only this process has: the `parquet` copies of accelerated
@@ -525,6 +529,11 @@ impl Engine {
     /// The scratch and export locations SQL may use.
     pub fn files(&self) -> &FileAccess {
         &self.inner.files
+    }
+
+    /// How this engine's queries are spread over workers, if they are.
+    pub fn distribution(&self) -> Option<&Arc<dyn Distribution>> {
+        self.inner.distribution.as_ref()
     }
 
     /// Every table with its policies.

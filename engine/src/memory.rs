@@ -10,6 +10,26 @@ use datafusion::execution::memory_pool::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 
+/// Within a query limit of `limit` bytes, what a sort sets aside for
+/// merging its spills must be a share of it, not the 10 MiB default.
+pub fn limit_spill_reservation(options: &mut datafusion::config::ConfigOptions, limit: usize) {
+    let share = (limit / 4).max(64 * 1024);
+    if options.execution.sort_spill_reservation_bytes > share {
+        options.execution.sort_spill_reservation_bytes = share;
+    }
+}
+
+/// `runtime` with `pool` as its memory pool (spill files and object
+/// stores unchanged).
+pub fn runtime_with_pool(
+    runtime: &Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+    pool: Arc<dyn MemoryPool>,
+) -> Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+    datafusion::execution::runtime_env::RuntimeEnvBuilder::from_runtime_env(runtime)
+        .with_memory_pool(pool)
+        .build_arc()
+}
+
 /// One query's memory pool: at most `limit` bytes for the query (shared
 /// fairly among its spilling operators), and every byte also reserved from
 /// the server-wide pool. Spilling operators spill when either says no.

@@ -20,8 +20,6 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::memory_pool::MemoryPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::{SessionState, SessionStateBuilder, TaskContext};
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, Statement};
@@ -635,21 +633,18 @@ impl MeshSession {
         let Some(limit) = memory_limit else {
             return Ok(state);
         };
-        // A sort sets memory aside for merging its spills; within a small
-        // query limit that must be a share of it, not the 10 MiB default.
         let options = state.config_mut().options_mut();
-        let share = (limit / 4).max(64 * 1024);
-        if options.execution.sort_spill_reservation_bytes > share {
-            options.execution.sort_spill_reservation_bytes = share;
+        crate::memory::limit_spill_reservation(options, limit);
+        if let Some(d) = self.engine.distribution() {
+            // The workers bound their part of the query the same way.
+            d.limit_query(options, limit);
         }
         let runtime = state.runtime_env();
         let pool = Arc::new(QueryMemoryPool::new(
             Arc::clone(&runtime.memory_pool),
             limit,
         ));
-        let runtime = RuntimeEnvBuilder::from_runtime_env(runtime)
-            .with_memory_pool(pool as Arc<dyn MemoryPool>)
-            .build_arc()?;
+        let runtime = crate::memory::runtime_with_pool(runtime, pool)?;
         Ok(SessionStateBuilder::new_from_existing(state)
             .with_runtime_env(runtime)
             .build())
@@ -669,7 +664,10 @@ fn check_setting(variable: &str) -> Result<()> {
         "the catalog is the mesh; use the session option `schema` to change the default schema"
     } else if key.starts_with("distributed.") {
         "how queries are spread over workers is the operator's (cluster.settings in meshq.yaml)"
-    } else if key.starts_with("meshq_cluster.") || key.starts_with("meshq_session.") {
+    } else if key.starts_with("meshq_cluster.")
+        || key.starts_with("meshq_session.")
+        || key.starts_with("meshq_query.")
+    {
         "the coordinator lists what each plan's workers need"
     } else if key.starts_with("meshq") {
         "the principal comes from authentication and limits from meshq.yaml"

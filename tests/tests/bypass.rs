@@ -273,6 +273,11 @@ async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
             "{who}: {e}"
         );
     }
+    // Nor a query's memory limit on the workers.
+    let e = run(&as_("root"), "SET meshq_query.memory = ''")
+        .await
+        .unwrap_err();
+    assert!(e.contains("what each plan's workers need"), "{e}");
 }
 
 #[tokio::test]

@@ -286,3 +286,64 @@ async fn workers_named_by_dns_are_found_dropped_and_found_again() {
         assert!(WorkerSource::parse(bad).is_err(), "{bad}");
     }
 }
+
+/// A query's memory limit travels to its workers: a limited statement's
+/// requests carry the limit and an id of its own (each worker then runs
+/// that query's tasks in one pool of that size, see the worker's tests);
+/// an unlimited one carries none. A limit too small fails the query
+/// naming `limits.query_memory`; a large one gives the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_querys_memory_limit_travels_to_its_workers() {
+    use datafusion::common::tree_node::TreeNode;
+    use meshq_cluster::travel::QueryBudget;
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let (cluster, _) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
+    let pat = cluster.mesh().config.principal("pat").unwrap();
+    let session = cluster.session(&pat);
+    let sql = "SELECT customer_id, array_agg(order_id ORDER BY order_id) AS orders FROM sales.orders GROUP BY customer_id";
+    let plan_with = |limit: Option<usize>| {
+        let session = &session;
+        async move {
+            let plan = session.plan(sql).await.unwrap();
+            session.execute(plan, limit).await.unwrap()
+        }
+    };
+    let budget = |q: &meshq_engine::PhysicalQuery| {
+        q.task
+            .session_config()
+            .options()
+            .extensions
+            .get::<QueryBudget>()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let limited = plan_with(Some(64 << 20)).await;
+    assert!(
+        limited
+            .plan
+            .exists(|p| Ok(p.is::<datafusion_distributed::DistributedExec>()))
+            .unwrap()
+    );
+    let sent = budget(&limited);
+    assert_eq!(sent.memory, Some(64 << 20));
+    assert_eq!(sent.id.len(), 32);
+    let again = budget(&plan_with(Some(64 << 20)).await);
+    assert_ne!(again.id, sent.id, "each query has a pool of its own");
+    assert_eq!(budget(&plan_with(None).await).memory, None);
+
+    let rows: usize = datafusion::physical_plan::collect(limited.plan, limited.task)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert!(rows > 0);
+    let tiny = plan_with(Some(1024)).await;
+    let e = datafusion::physical_plan::collect(tiny.plan, tiny.task)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("limits.query_memory"), "{e}");
+}
