@@ -92,6 +92,10 @@ struct WorkerArgs {
     /// here. Unset: requests for any name are served.
     #[arg(long, env = "MESHQ_WORKER_ADVERTISE", value_delimiter = ',')]
     advertise: Vec<String>,
+    /// Serve the worker's Prometheus metrics (`meshq_worker_*`) at
+    /// `http://ADDR/metrics` (port 0: any free port, printed on stderr).
+    #[arg(long, env = "MESHQ_WORKER_METRICS_BIND")]
+    metrics_bind: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -739,9 +743,34 @@ async fn worker(args: WorkerArgs) -> Result<ExitCode> {
     if !verifier.names().is_empty() {
         eprintln!("meshq worker answers to {}", verifier.names().join(", "));
     }
+    if let Some(bind) = args.metrics_bind {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding the metrics address {bind}"))?;
+        eprintln!(
+            "meshq worker metrics on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let metrics = Arc::clone(&setup.metrics);
+        let render: meshq_flight_server::metrics::Render = Arc::new(move || {
+            let metrics = Arc::clone(&metrics);
+            Box::pin(async move {
+                metrics.sample();
+                metrics.render()
+            })
+        });
+        tokio::spawn(async move {
+            if let Err(e) =
+                meshq_flight_server::metrics::serve_text(listener, render, shutdown_signal()).await
+            {
+                tracing::warn!(error = %e, "the worker's metrics endpoint stopped");
+            }
+        });
+    }
     meshq_cluster::serve_worker(
         setup.worker,
         verifier,
+        setup.metrics,
         listener,
         setup.tls,
         shutdown_signal(),

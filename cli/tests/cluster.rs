@@ -317,6 +317,58 @@ async fn a_worker_answers_only_to_the_names_it_advertises() {
     assert!(text.contains("which is not this worker"), "{text}");
 }
 
+/// A worker with `--metrics-bind` counts what it serves and refuses, by
+/// RPC and reason, the bytes it sends, and its memory.
+#[tokio::test]
+async fn a_worker_counts_what_it_serves_and_refuses() {
+    let mesh = worker_mesh();
+    let worker = start_worker_with(
+        mesh.path(),
+        SECRET,
+        &[("MESHQ_WORKER_METRICS_BIND", "127.0.0.1:0")],
+    );
+    assert!(worker.logs("meshq worker metrics on").await);
+    let address = worker
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("meshq worker metrics on ")
+                .map(str::to_string)
+        })
+        .unwrap();
+    let key = ClusterKey::new(SECRET).unwrap();
+    let mut c = signed_client(&worker.url, key.clone(), &worker.url, |r| r).await;
+    for _ in 0..2 {
+        c.get_worker_info(GetWorkerInfoRequest {}).await.unwrap();
+    }
+    let mut c = raw_client(&worker.url, None).await;
+    refusal(c.get_worker_info(GetWorkerInfoRequest {}).await);
+    let elsewhere = Url::parse("http://127.0.0.1:1").unwrap();
+    let mut c = signed_client(&worker.url, key, &elsewhere, |r| r).await;
+    refusal(c.get_worker_info(GetWorkerInfoRequest {}).await);
+
+    let text = reqwest::get(&address).await.unwrap().text().await.unwrap();
+    for line in [
+        r#"meshq_worker_requests_total{rpc="GetWorkerInfo",outcome="accepted"} 2"#,
+        r#"meshq_worker_requests_total{rpc="GetWorkerInfo",outcome="refused"} 2"#,
+        r#"meshq_worker_refusals_total{reason="missing"} 1"#,
+        r#"meshq_worker_refusals_total{reason="wrong_credential"} 1"#,
+        "meshq_worker_tasks 0",
+        "meshq_worker_memory_limit_bytes",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    let sent: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("meshq_worker_sent_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent > 0, "{text}");
+}
+
 /// Sends the plan `bytes` on `client`; the refusal's text.
 async fn send_plan(
     client: &mut Box<dyn WorkerChannel>,
@@ -504,6 +556,17 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
             w.logs("a plan fragment arrived from the coordinator").await,
             "a worker ran nothing"
         );
+        // The worker's own audit: who sent which fragment.
+        assert!(w.logs("a plan fragment was accepted").await);
+        let line = w
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("a plan fragment was accepted"))
+            .cloned()
+            .unwrap();
+        assert!(line.contains("fragment_sha256"), "{line}");
     }
     // Masked stages ran on the workers too, not only unmasked ones.
     let mut masked = false;

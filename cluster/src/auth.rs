@@ -116,6 +116,14 @@ pub struct Claim {
     digest: [u8; 32],
 }
 
+impl Claim {
+    /// The first message's SHA-256, in hex: names the plan fragment in the
+    /// worker's log.
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+}
+
 /// The SHA-256 of a request's first message.
 pub fn digest(first_message: &[u8]) -> [u8; 32] {
     Sha256::digest(first_message).into()

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod codec;
 pub mod coordinator;
 pub mod loopback;
+pub mod metrics;
 pub mod transport;
 pub mod travel;
 pub mod wire;

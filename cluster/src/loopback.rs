@@ -50,6 +50,7 @@ pub async fn serve_loopback_worker(
     tokio::spawn(serve_worker(
         setup.worker,
         verifier.clone(),
+        setup.metrics,
         listener,
         None,
         std::future::pending(),

@@ -367,11 +367,12 @@ impl WorkerResolver for Workers {
 pub async fn serve_worker(
     worker: Worker,
     verifier: Verifier,
+    metrics: Arc<crate::metrics::WorkerMetrics>,
     listener: tokio::net::TcpListener,
     tls: Option<ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let service = Checked::new(worker.into_worker_server(), verifier);
+    let service = Checked::new(worker.into_worker_server(), verifier, metrics);
     let mut server = Server::builder();
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;

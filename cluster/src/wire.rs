@@ -19,9 +19,10 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tower::Service;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::auth::{CLUSTER_AUTH_HEADER, ClusterKey, Refusal, Target, Verifier};
+use crate::metrics::{TaskGuard, WorkerMetrics, rpc_name};
 
 /// How long a worker waits for a signed request's first message.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -201,12 +202,53 @@ where
 pub struct Checked<S> {
     inner: S,
     verifier: Verifier,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl<S> Checked<S> {
-    /// `inner`, serving only requests `verifier` accepts.
-    pub fn new(inner: S, verifier: Verifier) -> Self {
-        Self { inner, verifier }
+    /// `inner`, serving only requests `verifier` accepts; each request is
+    /// counted in `metrics`.
+    pub fn new(inner: S, verifier: Verifier, metrics: Arc<WorkerMetrics>) -> Self {
+        Self {
+            inner,
+            verifier,
+            metrics,
+        }
+    }
+}
+
+/// A response body that counts the bytes it sends, and holds its task's
+/// place in the metrics while it is open.
+struct Counted {
+    inner: Body,
+    metrics: Arc<WorkerMetrics>,
+    _task: Option<TaskGuard>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.metrics.sent(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -214,11 +256,17 @@ impl<S: NamedService> NamedService for Checked<S> {
     const NAME: &'static str = S::NAME;
 }
 
-fn refuse(why: &Refusal, peer: Option<SocketAddr>) -> http::Response<Body> {
+fn refuse(
+    why: &Refusal,
+    peer: Option<SocketAddr>,
+    path: &str,
+    metrics: &WorkerMetrics,
+) -> http::Response<Body> {
+    metrics.refused(path, why);
     let peer = peer
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unknown".into());
-    warn!(peer, reason = %why, "refused a request without a valid cluster credential");
+    warn!(peer, rpc = rpc_name(path), reason = %why, "refused a request without a valid cluster credential");
     Status::unauthenticated(format!(
         "this meshq worker serves only its cluster's coordinator and workers: {why}"
     ))
@@ -245,8 +293,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.verifier.clone();
+        let metrics = Arc::clone(&self.metrics);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
+            let path = parts.uri.path().to_string();
             let peer = parts
                 .extensions
                 .get::<tonic::transport::server::TcpConnectInfo>()
@@ -263,7 +313,7 @@ where
             // Before a byte of the body is read.
             let claim = match verifier.check(header, &target) {
                 Ok(claim) => claim,
-                Err(why) => return Ok(refuse(&why, peer)),
+                Err(why) => return Ok(refuse(&why, peer, &path, &metrics)),
             };
             let want = usize::try_from(claim.len).unwrap_or(usize::MAX);
             let prefix = match tokio::time::timeout(
@@ -275,19 +325,49 @@ where
                 Ok(prefix) => prefix,
                 Err(_) => {
                     verifier.count_refused();
-                    return Ok(refuse(&Refusal::Slow(FIRST_MESSAGE_TIMEOUT), peer));
+                    return Ok(refuse(
+                        &Refusal::Slow(FIRST_MESSAGE_TIMEOUT),
+                        peer,
+                        &path,
+                        &metrics,
+                    ));
                 }
             };
             let first = &prefix.data[..want.min(prefix.data.len())];
             if let Err(why) = verifier.confirm(&claim, first) {
-                return Ok(refuse(&why, peer));
+                return Ok(refuse(&why, peer, &path, &metrics));
             }
-            inner
+            metrics.accepted(&path);
+            let rpc = rpc_name(&path);
+            let peer_text = peer.map(|a| a.to_string()).unwrap_or_default();
+            let task = if rpc == "CoordinatorChannel" {
+                // The worker's audit: who sent which fragment.
+                info!(
+                    target: "meshq_cluster::audit",
+                    peer = %peer_text,
+                    rpc,
+                    fragment_bytes = claim.len,
+                    fragment_sha256 = %claim.digest_hex(),
+                    "a plan fragment was accepted"
+                );
+                Some(metrics.task())
+            } else {
+                debug!(target: "meshq_cluster::audit", peer = %peer_text, rpc, "a request was accepted");
+                None
+            };
+            let response = inner
                 .call(http::Request::from_parts(
                     parts,
                     Body::new(Replay::from(prefix)),
                 ))
-                .await
+                .await?;
+            Ok(response.map(|inner| {
+                Body::new(Counted {
+                    inner,
+                    metrics,
+                    _task: task,
+                })
+            }))
         })
     }
 }

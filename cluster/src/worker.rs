@@ -30,6 +30,8 @@ pub struct WorkerSetup {
     pub verifier: Verifier,
     /// TLS of the worker's server, from `cluster.tls`.
     pub tls: Option<ServerTlsConfig>,
+    /// The worker's metrics.
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 /// Why a worker cannot start; names the `meshq.yaml` key to fix.
@@ -175,6 +177,9 @@ pub fn worker_setup_with(
     secrets: crate::travel::WorkerSecrets,
 ) -> Result<WorkerSetup, SetupError> {
     let runtime = runtime(config)?;
+    let metrics = Arc::new(crate::metrics::WorkerMetrics::new(Some(Arc::clone(
+        &runtime,
+    ))));
     let resolver = AuthChannelResolver::new(key.clone(), client_tls(config, dir)?);
     let codec = Arc::new(crate::codec::MeshCodec);
     let worker = Worker::from_session_builder(MeshWorkerSession {
@@ -189,6 +194,7 @@ pub fn worker_setup_with(
         worker,
         verifier: Verifier::new(key),
         tls: server_tls(config, dir)?,
+        metrics,
     })
 }
 

@@ -467,19 +467,38 @@ pub async fn serve_metrics(
     sample: Sampler,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let render: Render = Arc::new(move || {
+        let metrics = Arc::clone(&metrics);
+        let sample = Arc::clone(&sample);
+        Box::pin(async move {
+            sample(Arc::clone(&metrics)).await;
+            metrics.render()
+        })
+    });
+    serve_text(listener, render, shutdown).await
+}
+
+/// Renders metrics as OpenMetrics text at each scrape.
+pub type Render = Arc<dyn Fn() -> futures::future::BoxFuture<'static, String> + Send + Sync>;
+
+/// Serves what `render` gives, as OpenMetrics text, at `GET /metrics` (and
+/// `/`) on `listener` until `shutdown` resolves (a worker's metrics too).
+pub async fn serve_text(
+    listener: tokio::net::TcpListener,
+    render: Render,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::http::header::CONTENT_TYPE;
     let addr = listener.local_addr()?;
     let handler = move || {
-        let metrics = Arc::clone(&metrics);
-        let sample = Arc::clone(&sample);
+        let render = Arc::clone(&render);
         async move {
-            sample(Arc::clone(&metrics)).await;
             (
                 [(
                     CONTENT_TYPE,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )],
-                metrics.render(),
+                render().await,
             )
         }
     };
