@@ -200,8 +200,8 @@ mod tests {
             &Refusal::Altered,
         );
         m.sent(1000);
-        let tasks = [m.task(), m.task(), m.task(), m.task()];
-        drop(tasks.into_iter().next());
+        let running = [m.task(), m.task(), m.task()];
+        drop(m.task());
         m.sample();
         let text = m.render();
         for line in [
@@ -213,5 +213,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+        drop(running);
+        assert!(m.render().contains("meshq_worker_tasks 0"));
     }
 }
