@@ -139,6 +139,12 @@ impl meshq_engine::engine::Distribution for Coordinator {
     fn limit_query(&self, options: &mut datafusion::config::ConfigOptions, memory: usize) {
         options.extensions.insert(QueryBudget::new(memory as u64));
     }
+
+    fn recheck(&self) -> futures::future::BoxFuture<'static, ()> {
+        let workers = self.workers.clone();
+        let resolver = self.resolver.clone();
+        Box::pin(async move { workers.check(&resolver).await })
+    }
 }
 
 /// meshq's planner, then the distributed one when every stage can travel.

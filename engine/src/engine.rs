@@ -96,6 +96,12 @@ pub trait Distribution: Send + Sync + std::fmt::Debug {
     /// Bounds one query to `memory` bytes: what its workers are told, so
     /// each bounds its part of the query too.
     fn limit_query(&self, _options: &mut datafusion::config::ConfigOptions, _memory: usize) {}
+
+    /// Checks the workers now (a worker failed a query), so the query's
+    /// second run is planned over those that answer.
+    fn recheck(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Files only this process has: the `parquet` copies of accelerated

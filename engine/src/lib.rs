@@ -29,6 +29,7 @@ pub mod meta;
 pub mod options;
 pub mod policy;
 pub mod quality;
+pub mod retry;
 pub mod session;
 pub mod statement;
 pub mod storage_error;

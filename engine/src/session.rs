@@ -577,6 +577,7 @@ impl MeshSession {
                 task: state.task_ctx(),
                 fill: None,
                 cached: false,
+                again: None,
             });
         }
         if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) {
@@ -587,6 +588,7 @@ impl MeshSession {
                 task: ctx.task_ctx(),
                 fill: None,
                 cached: false,
+                again: None,
             });
         }
         let optimized = state.optimize(&plan)?;
@@ -606,6 +608,7 @@ impl MeshSession {
                             task: state.task_ctx(),
                             fill: None,
                             cached: true,
+                            again: None,
                         });
                     }
                     crate::cache::Probe::Miss(fill) => Some(fill),
@@ -619,11 +622,20 @@ impl MeshSession {
             .query_planner()
             .create_physical_plan(&optimized, &state)
             .await?;
+        let again = match self.engine.distribution() {
+            Some(distribution) if is_distributed(&physical) => Some(RunAgain {
+                state: state.clone(),
+                plan: optimized,
+                distribution: Arc::clone(distribution),
+            }),
+            _ => None,
+        };
         Ok(PhysicalQuery {
             plan: physical,
             task: state.task_ctx(),
             fill,
             cached: false,
+            again,
         })
     }
 
@@ -692,15 +704,60 @@ pub struct PhysicalQuery {
     fill: Option<crate::cache::CacheFill>,
     /// Answered from the result cache.
     cached: bool,
+    /// How to run a distributed query again when a worker fails before it
+    /// sent a row ([`crate::retry`]).
+    again: Option<RunAgain>,
+}
+
+/// What running a distributed query again takes: its state (the same
+/// memory pool, settings and principal) and its optimized plan, planned
+/// anew after the workers are checked.
+#[derive(Clone)]
+struct RunAgain {
+    state: SessionState,
+    plan: LogicalPlan,
+    distribution: Arc<dyn crate::engine::Distribution>,
+}
+
+impl std::fmt::Debug for RunAgain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunAgain").finish_non_exhaustive()
+    }
+}
+
+/// Whether `plan` runs on workers (datafusion-distributed's root node).
+fn is_distributed(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    plan.exists(|p| Ok(p.name() == "DistributedExec"))
+        .unwrap_or(false)
 }
 
 impl PhysicalQuery {
-    /// Starts the query.
+    /// Starts the query. A distributed one whose worker fails before the
+    /// first batch runs again, once, over the workers that answer.
     pub fn execute(&self) -> Result<SendableRecordBatchStream> {
         let stream = datafusion::physical_plan::execute_stream(
             Arc::clone(&self.plan),
             Arc::clone(&self.task),
         )?;
+        let stream = match self.again.clone() {
+            Some(again) => crate::retry::before_first_batch(
+                stream,
+                Box::new(move || {
+                    Box::pin(async move {
+                        again.distribution.recheck().await;
+                        let plan = again
+                            .state
+                            .query_planner()
+                            .create_physical_plan(&again.plan, &again.state)
+                            .await?;
+                        datafusion::physical_plan::execute_stream(plan, again.state.task_ctx())
+                    })
+                }),
+                crate::retry::worker_failed,
+            ),
+            None => stream,
+        };
         Ok(match &self.fill {
             Some(fill) => fill.clone().wrap(stream),
             None => stream,
