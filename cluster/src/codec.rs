@@ -19,8 +19,18 @@ use serde::{Deserialize, Serialize};
 /// A node as it travels.
 #[derive(Debug, Serialize, Deserialize)]
 enum Node {
-    Scan { table: String, token: Option<Token> },
-    Barrier { table: String, token: Token },
+    Scan {
+        table: String,
+        token: Option<Token>,
+        /// An Iceberg scan read by field id: its identity-partition
+        /// source ids; the adapter is made again here.
+        #[serde(default)]
+        field_ids: Option<Vec<i32>>,
+    },
+    Barrier {
+        table: String,
+        token: Token,
+    },
 }
 
 /// A [`ScanToken`] as it travels.
@@ -87,6 +97,36 @@ const MESHQ_FUNCTIONS: [&str; 4] = ["mask_hash", "mask_partial", "mask_redact", 
 #[derive(Debug, Default)]
 pub struct MeshCodec;
 
+/// `plan` with every file scan in it reading by Iceberg field id, with the
+/// adapter of these identity-partition source ids (datafusion-proto does
+/// not carry a scan's adapter; the Iceberg scan's is made again from the
+/// ids its scan mark carries).
+fn read_by_field_id(
+    plan: Arc<dyn ExecutionPlan>,
+    identity_sources: &[i32],
+) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder};
+    use datafusion::datasource::source::DataSourceExec;
+    let factory = Arc::new(meshq_connectors::iceberg::FieldIdAdapterFactory::new(
+        identity_sources.iter().copied().collect(),
+    ));
+    plan.transform_up(|node| {
+        let Some(config) = node.downcast_ref::<DataSourceExec>().and_then(|scan| {
+            (scan.data_source().as_ref() as &dyn std::any::Any).downcast_ref::<FileScanConfig>()
+        }) else {
+            return Ok(Transformed::no(node));
+        };
+        let config = FileScanConfigBuilder::from(config.clone())
+            .with_expr_adapter(Some(Arc::clone(&factory) as _))
+            .build();
+        Ok(Transformed::yes(
+            DataSourceExec::from_data_source(config) as Arc<dyn ExecutionPlan>
+        ))
+    })
+    .map(|t| t.data)
+}
+
 fn codec_error(what: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Internal(format!("meshq plan codec: {what}"))
 }
@@ -105,8 +145,16 @@ impl PhysicalExtensionCodec for MeshCodec {
         };
         let input = Arc::clone(input);
         Ok(match node {
-            Node::Scan { table, token } => {
-                let scan = MeshScanExec::new(table, input);
+            Node::Scan {
+                table,
+                token,
+                field_ids,
+            } => {
+                let input = match &field_ids {
+                    Some(ids) => read_by_field_id(input, ids)?,
+                    None => input,
+                };
+                let scan = MeshScanExec::new(table, input).with_field_ids(field_ids);
                 Arc::new(match token {
                     Some(t) => scan.with_token(t.into()),
                     None => scan,
@@ -128,6 +176,7 @@ impl PhysicalExtensionCodec for MeshCodec {
             Node::Scan {
                 table: scan.table().to_string(),
                 token: scan.token().map(|t| Token::from(*t)),
+                field_ids: scan.field_ids().map(<[i32]>::to_vec),
             }
         } else if let Some(barrier) = node.downcast_ref::<PolicyBarrierExec>() {
             Node::Barrier {
@@ -138,5 +187,74 @@ impl PhysicalExtensionCodec for MeshCodec {
             return Err(codec_error(format!("{} cannot be sent", node.name())));
         };
         serde_json::to_writer(buf, &n).map_err(codec_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::physical_plan::{
+        FileScanConfig, FileScanConfigBuilder, ParquetSource,
+    };
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::execution::object_store::ObjectStoreUrl;
+    use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
+
+    fn adapter_of(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+        let scan = plan.downcast_ref::<DataSourceExec>()?;
+        let config =
+            (scan.data_source().as_ref() as &dyn std::any::Any).downcast_ref::<FileScanConfig>()?;
+        config
+            .expr_adapter_factory
+            .as_ref()
+            .map(|f| format!("{f:?}"))
+    }
+
+    /// What a worker receives: the scan mark with the identity ids, over
+    /// a file scan whose adapter datafusion-proto dropped. The decoded
+    /// scan reads by field id again; a mark without ids leaves it alone.
+    #[test]
+    fn an_iceberg_scan_mark_makes_its_field_id_adapter_again() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
+        let bare = DataSourceExec::from_data_source(
+            FileScanConfigBuilder::new(
+                ObjectStoreUrl::local_filesystem(),
+                Arc::new(ParquetSource::new(schema)),
+            )
+            .build(),
+        ) as Arc<dyn ExecutionPlan>;
+        let ctx = TaskContext::default();
+        for (ids, expected) in [
+            (Some(vec![3, 1]), Some("FieldIdAdapterFactory")),
+            (None, None),
+        ] {
+            let mark = Arc::new(
+                MeshScanExec::new("logistics.shipments", Arc::clone(&bare))
+                    .with_field_ids(ids.clone()),
+            );
+            let mut buf = Vec::new();
+            MeshCodec
+                .try_encode(mark, &mut buf, &DefaultPhysicalProtoConverter {})
+                .unwrap();
+            let decoded = MeshCodec
+                .try_decode(
+                    &buf,
+                    &[Arc::clone(&bare)],
+                    &ctx,
+                    &DefaultPhysicalProtoConverter {},
+                )
+                .unwrap();
+            let scan = decoded.downcast_ref::<MeshScanExec>().unwrap();
+            assert_eq!(scan.field_ids(), ids.as_deref());
+            let adapter = adapter_of(scan.input());
+            assert_eq!(
+                adapter.as_deref().map(|a| a.split(' ').next().unwrap()),
+                expected
+            );
+            if let Some(a) = adapter {
+                assert!(a.contains('1') && a.contains('3'), "{a}");
+            }
+        }
     }
 }

@@ -403,41 +403,53 @@ fn scans_travel_whole(
     plan: &Arc<dyn ExecutionPlan>,
     local_files: Option<&meshq_engine::engine::LocalFiles>,
 ) -> Result<()> {
-    use datafusion::common::tree_node::TreeNodeRecursion;
+    scans_travel_whole_under(plan, local_files, false)
+}
+
+/// [`scans_travel_whole`] below a node; `field_ids`: inside the scan mark
+/// of an Iceberg table read by field id, whose adapter the worker makes
+/// again from the mark ([`crate::codec`]).
+fn scans_travel_whole_under(
+    node: &Arc<dyn ExecutionPlan>,
+    local_files: Option<&meshq_engine::engine::LocalFiles>,
+    field_ids: bool,
+) -> Result<()> {
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::datasource::physical_plan::FileScanConfig;
     use datafusion::datasource::source::DataSourceExec;
-    plan.apply(|node| {
-        if let Some(scan) = node.downcast_ref::<DataSourceExec>()
-            && (scan.data_source().as_ref() as &dyn std::any::Any).is::<MemorySourceConfig>()
-        {
+    let stay = |why: &str| {
+        Err(datafusion::error::DataFusionError::NotImplemented(
+            why.into(),
+        ))
+    };
+    if let Some(scan) = node.downcast_ref::<DataSourceExec>() {
+        let source = scan.data_source().as_ref() as &dyn std::any::Any;
+        if source.is::<MemorySourceConfig>() {
             // In-memory rows (accelerated copies, scratch tables) would
             // travel inside the plan.
-            return Err(datafusion::error::DataFusionError::NotImplemented(
-                "rows held in memory stay on the coordinator".into(),
-            ));
+            return stay("rows held in memory stay on the coordinator");
         }
-        let files = node.downcast_ref::<DataSourceExec>().and_then(|scan| {
-            (scan.data_source().as_ref() as &dyn std::any::Any).downcast_ref::<FileScanConfig>()
-        });
-        if let Some(config) = files
-            && local_files.is_some_and(|l| l.holds(config))
-        {
-            return Err(datafusion::error::DataFusionError::NotImplemented(
-                "a scan of files only the coordinator has (an accelerated copy, the scratch location) runs on the coordinator".into(),
-            ));
+        if let Some(config) = source.downcast_ref::<FileScanConfig>() {
+            if local_files.is_some_and(|l| l.holds(config)) {
+                return stay(
+                    "a scan of files only the coordinator has (an accelerated copy, the scratch location) runs on the coordinator",
+                );
+            }
+            if config.expr_adapter_factory.is_some() && !field_ids {
+                return stay(
+                    "a scan with a column mapping of its own that no scan mark describes runs on the coordinator only",
+                );
+            }
         }
-        if let Some(config) = files
-            && config.expr_adapter_factory.is_some()
-        {
-            return Err(datafusion::error::DataFusionError::NotImplemented(
-                "a scan with its own column mapping (Iceberg field ids) runs on the coordinator only"
-                    .into(),
-            ));
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })
-    .map(|_| ())
+    }
+    let field_ids = field_ids
+        || node
+            .downcast_ref::<meshq_connectors::MeshScanExec>()
+            .is_some_and(|s| s.field_ids().is_some());
+    for child in node.children() {
+        scans_travel_whole_under(child, local_files, field_ids)?;
+    }
+    Ok(())
 }
 
 /// The most variants any scaled-up leaf of `plan` has.
@@ -505,6 +517,15 @@ mod tests {
     fn scans_with_their_own_column_mapping_or_rows_in_memory_stay() {
         assert!(scans_travel_whole(&parquet_scan(false), None).is_ok());
         assert!(scans_travel_whole(&parquet_scan(true), None).is_err());
+        // Under the mark of an Iceberg scan read by field id, which the
+        // worker makes the adapter again from: it travels.
+        let marked = |ids: Option<Vec<i32>>| -> Arc<dyn ExecutionPlan> {
+            Arc::new(
+                meshq_connectors::MeshScanExec::new("d.t", parquet_scan(true)).with_field_ids(ids),
+            )
+        };
+        assert!(scans_travel_whole(&marked(Some(vec![])), None).is_ok());
+        assert!(scans_travel_whole(&marked(None), None).is_err());
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
         let memory = MemorySourceConfig::try_new_exec(&[vec![]], schema, None).unwrap();
         assert!(scans_travel_whole(&(memory as Arc<dyn ExecutionPlan>), None).is_err());

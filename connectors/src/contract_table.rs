@@ -186,6 +186,16 @@ impl ContractTableProvider {
     }
 }
 
+impl ContractTableProvider {
+    /// The field-id adapter spec of the format's scans (an Iceberg table
+    /// read by field id), for nodes that receive them without it.
+    fn field_id_spec(&self) -> Option<Vec<i32>> {
+        self.inner
+            .downcast_ref::<crate::iceberg::IcebergTableProvider>()
+            .and_then(|p| p.field_id_spec())
+    }
+}
+
 #[async_trait]
 impl TableProvider for ContractTableProvider {
     fn schema(&self) -> SchemaRef {
@@ -217,7 +227,9 @@ impl TableProvider for ContractTableProvider {
             .inner
             .scan(state, Some(&projection), filters, limit)
             .await?;
-        Ok(Arc::new(MeshScanExec::new(self.table.clone(), plan)))
+        Ok(Arc::new(
+            MeshScanExec::new(self.table.clone(), plan).with_field_ids(self.field_id_spec()),
+        ))
     }
 
     async fn scan_with_args<'a>(
@@ -239,8 +251,10 @@ impl TableProvider for ContractTableProvider {
             .with_limit(args.limit())
             .with_statistics_requests(args.statistics_requests());
         let result = self.inner.scan_with_args(state, inner_args).await?;
-        let plan: Arc<dyn ExecutionPlan> =
-            Arc::new(MeshScanExec::new(self.table.clone(), result.into_inner()));
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(
+            MeshScanExec::new(self.table.clone(), result.into_inner())
+                .with_field_ids(self.field_id_spec()),
+        );
         Ok(ScanResult::new(plan))
     }
 

@@ -54,6 +54,10 @@ pub struct MeshScanExec {
     /// Filters from above that the format's scan took over entirely (they
     /// are applied to every row it produces).
     absorbed: Vec<Arc<dyn PhysicalExpr>>,
+    /// For an Iceberg table read by field id: the source field ids of its
+    /// identity partitions, from which a node that receives this scan
+    /// without its file scans' adapter (a cluster worker) makes it again.
+    field_ids: Option<Vec<i32>>,
 }
 
 impl MeshScanExec {
@@ -65,7 +69,21 @@ impl MeshScanExec {
             token: None,
             input,
             absorbed: Vec::new(),
+            field_ids: None,
         }
+    }
+
+    /// The same scan, whose file scans read by Iceberg field id with the
+    /// adapter of these identity-partition source ids.
+    pub fn with_field_ids(mut self, identity_sources: Option<Vec<i32>>) -> Self {
+        self.field_ids = identity_sources;
+        self
+    }
+
+    /// The identity-partition source ids of an Iceberg scan read by field
+    /// id ([`MeshScanExec::with_field_ids`]).
+    pub fn field_ids(&self) -> Option<&[i32]> {
+        self.field_ids.as_deref()
     }
 
     /// The same scan, stamped with the planner's decision.
@@ -75,6 +93,7 @@ impl MeshScanExec {
             token: Some(token),
             input: Arc::clone(&self.input),
             absorbed: self.absorbed.clone(),
+            field_ids: self.field_ids.clone(),
         }
     }
 
@@ -150,6 +169,7 @@ impl ExecutionPlan for MeshScanExec {
             token: self.token,
             input,
             absorbed: self.absorbed.clone(),
+            field_ids: self.field_ids.clone(),
         }))
     }
 
@@ -225,6 +245,7 @@ impl ExecutionPlan for MeshScanExec {
             token: self.token,
             input: Arc::clone(&self.input),
             absorbed: all,
+            field_ids: self.field_ids.clone(),
         });
         Ok(propagation.with_updated_node(node))
     }

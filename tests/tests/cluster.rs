@@ -347,3 +347,64 @@ async fn a_querys_memory_limit_travels_to_its_workers() {
         .unwrap_err();
     assert!(e.to_string().contains("limits.query_memory"), "{e}");
 }
+
+/// An Iceberg table read by field id (here partitioned by identity, so a
+/// file could lack the partition column) goes to the workers: its scan
+/// mark carries what the worker needs to make the field-id adapter again.
+/// The answers are the single node's, for a principal with masks and a
+/// row filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn iceberg_scans_read_by_field_id_run_on_the_workers() {
+    use datafusion::common::tree_node::TreeNode;
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
+    let sql = "SELECT s.region, count(*) AS n, count(DISTINCT o.customer_id) AS customers \
+               FROM logistics.shipments s JOIN sales.orders o USING (order_id) \
+               GROUP BY s.region ORDER BY s.region";
+    let ana = |engine: &meshq_engine::Engine| {
+        engine.session(&engine.mesh().config.principal("ana").unwrap())
+    };
+    let session = ana(&cluster);
+    let plan = session.plan(sql).await.unwrap();
+    let query = session.execute(plan, None).await.unwrap();
+    let mut marks = Vec::new();
+    query
+        .plan
+        .apply(|p| {
+            if let Some(scan) = p.downcast_ref::<meshq_connectors::MeshScanExec>() {
+                marks.push((scan.table().to_string(), scan.field_ids().is_some()));
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+    assert!(
+        marks.contains(&("logistics.shipments".to_string(), true)),
+        "{marks:?}"
+    );
+    assert!(
+        query
+            .plan
+            .exists(|p| Ok(p.is::<datafusion_distributed::DistributedExec>()))
+            .unwrap(),
+        "the query with an Iceberg scan is distributed"
+    );
+    let before: Vec<u64> = verifiers.iter().map(|v| v.accepted()).collect();
+    let got = run(&session, sql).await.unwrap();
+    let expected = run(&ana(&single), sql).await.unwrap();
+    let text = |b: &[arrow::record_batch::RecordBatch]| {
+        arrow::util::pretty::pretty_format_batches(b)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(text(&got), text(&expected));
+    assert!(!got.is_empty());
+    for (v, b) in verifiers.iter().zip(before) {
+        assert!(v.accepted() > b, "a worker ran no fragment");
+    }
+}
