@@ -311,6 +311,13 @@ struct DemoArgs {
     /// Demo principal to run as (ana, ben, gina, pat or root).
     #[arg(long = "as", value_name = "NAME", default_value = "gina")]
     principal: String,
+    /// Run queries as the coordinator of N workers started in this process
+    /// on 127.0.0.1, with a cluster secret made for this run: a cluster on
+    /// one machine, to see distributed plans (`EXPLAIN`) and the same
+    /// masked answers. Every file scan is split as finely as possible, so
+    /// the demo's small tables are distributed too.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    local_workers: usize,
     #[command(flatten)]
     query: QueryArgs,
 }
@@ -460,6 +467,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .secret_env_fallback
                 .insert(DEMO_SECRET_ENV.into(), DEMO_SECRET_VALUE.into());
             config.protected_paths = args.server.protected_paths();
+            if args.local_workers > 0 {
+                let (coordinator, _) = meshq_cluster::loopback::loopback_cluster_with_key(
+                    &args.dir,
+                    args.local_workers,
+                    &config.secret_env_fallback,
+                    meshq_cluster::loopback::random_key(),
+                )
+                .await
+                .context("starting the demo's workers")?;
+                eprintln!(
+                    "Queries run as the coordinator of {}",
+                    coordinator.describe()
+                );
+                let _checks = coordinator.spawn_health_checks();
+                config.distribution = Some(Arc::new(coordinator));
+            }
             let mut args = args;
             args.server.quality_interval = args.server.quality_interval.or(Some(300.0));
             let engine = load_for_queries(&args.dir, config.clone()).await?;

@@ -105,6 +105,46 @@ fn demo_mesh_is_deterministic_and_valid() {
     );
 }
 
+/// `meshq demo --local-workers 2`: the demo as the coordinator of two
+/// workers in its process. ana's plan is cut into stages with her masks
+/// and row filter inside them, and her answers are the single node's.
+#[test]
+fn demo_runs_queries_on_local_workers_with_the_same_masked_answers() {
+    let demo = |workers: &str, sql: &str| {
+        let out = meshq()
+            .args(["demo", "--as", "ana", "--local-workers", workers, "-c", sql])
+            .arg(mesh())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let explain = demo(
+        "2",
+        "EXPLAIN SELECT customer_id, count(*) FROM sales.orders GROUP BY 1",
+    );
+    assert!(
+        stderr(&explain).contains("Queries run as the coordinator of 2 worker(s)"),
+        "{}",
+        stderr(&explain)
+    );
+    let plan = stdout(&explain);
+    for part in [
+        "DistributedExec",
+        "Stage 1",
+        "PolicyBarrierExec: table=sales.orders",
+        "mask_hash(customer_id",
+        "FilterExec: region@1 = EMEA",
+        "tasks go to the workers that answer: http://127.0.0.1:",
+    ] {
+        assert!(plan.contains(part), "{part} in {plan}");
+    }
+    let sql = "SELECT customer_id, count(*) AS n, min(email) AS e FROM sales.orders GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5";
+    let on_workers = stdout(&demo("2", sql));
+    assert_eq!(on_workers, stdout(&demo("0", sql)));
+    assert!(on_workers.contains("***"), "{on_workers}");
+}
+
 #[test]
 fn demo_reuses_an_existing_mesh_and_runs_the_shell_on_stdin() {
     let mut child = meshq()

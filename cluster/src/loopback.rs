@@ -1,8 +1,10 @@
 //! A cluster on loopback: workers behind the cluster credential, in this
 //! process ([`loopback_cluster`]) or in processes of their own
 //! ([`serve_loopback_worker`]), and a coordinator over them
-//! ([`loopback_coordinator`]). For tests and benchmarks, which compare its answers
-//! with a single node's.
+//! ([`loopback_coordinator`]). For tests and benchmarks, which compare its
+//! answers with a single node's (with a fixed key, [`loopback_key`]), and
+//! for `meshq demo --local-workers` (with a key of its own,
+//! [`random_key`]).
 
 use std::collections::BTreeMap;
 
@@ -14,10 +16,17 @@ use crate::transport::{AuthChannelResolver, Workers, serve_worker};
 use crate::travel::WorkerSecrets;
 use crate::worker::{SetupError, worker_setup_with};
 
-/// The cluster key every loopback node shares.
-/// The key of loopback clusters (their workers and coordinators).
+/// The key of test and benchmark loopback clusters (their workers and
+/// coordinators, also across processes). Known to anyone who reads this
+/// source: never for a cluster others can reach.
 pub fn loopback_key() -> Result<ClusterKey, SetupError> {
     ClusterKey::new("the cluster secret of a loopback cluster").map_err(SetupError::Secret)
+}
+
+/// A key nobody else knows, for a cluster within one process.
+pub fn random_key() -> ClusterKey {
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    ClusterKey::new(&secret).unwrap_or_else(|_| unreachable!("64 hex characters are long enough"))
 }
 
 /// Starts a worker on `127.0.0.1:0` (served until the runtime ends),
@@ -29,13 +38,22 @@ pub async fn serve_loopback_worker(
     dir: &std::path::Path,
     secret_env_fallback: &BTreeMap<String, String>,
 ) -> Result<(Url, Verifier), SetupError> {
+    serve_loopback_worker_with_key(dir, secret_env_fallback, loopback_key()?).await
+}
+
+/// [`serve_loopback_worker`] with the cluster key `key`.
+pub async fn serve_loopback_worker_with_key(
+    dir: &std::path::Path,
+    secret_env_fallback: &BTreeMap<String, String>,
+    key: ClusterKey,
+) -> Result<(Url, Verifier), SetupError> {
     let platform = if dir.join(meshq_catalog::platform::PLATFORM_FILE).exists() {
         meshq_catalog::platform::PlatformConfig::read(dir).map_err(SetupError::Runtime)?
     } else {
         meshq_catalog::platform::PlatformConfig::default()
     };
     let secrets = WorkerSecrets::resolve_with(&platform, secret_env_fallback);
-    let setup = worker_setup_with(&platform, dir, loopback_key()?, secrets)?;
+    let setup = worker_setup_with(&platform, dir, key, secrets)?;
     let io = |e: std::io::Error| SetupError::Workers(format!("a loopback worker: {e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -64,9 +82,18 @@ pub fn loopback_coordinator(
     urls: Vec<Url>,
     settings: Vec<(String, String)>,
 ) -> Result<Coordinator, SetupError> {
+    loopback_coordinator_with_key(urls, settings, loopback_key()?)
+}
+
+/// [`loopback_coordinator`] with the cluster key `key`.
+pub fn loopback_coordinator_with_key(
+    urls: Vec<Url>,
+    settings: Vec<(String, String)>,
+    key: ClusterKey,
+) -> Result<Coordinator, SetupError> {
     Coordinator::new(
         Workers::new(urls),
-        AuthChannelResolver::new(loopback_key()?, None),
+        AuthChannelResolver::new(key, None),
         settings,
     )
     .map_err(SetupError::Workers)
@@ -81,10 +108,21 @@ pub async fn loopback_cluster(
     n: usize,
     secret_env_fallback: &BTreeMap<String, String>,
 ) -> Result<(Coordinator, Vec<Verifier>), SetupError> {
+    loopback_cluster_with_key(dir, n, secret_env_fallback, loopback_key()?).await
+}
+
+/// [`loopback_cluster`] with the cluster key `key`.
+pub async fn loopback_cluster_with_key(
+    dir: &std::path::Path,
+    n: usize,
+    secret_env_fallback: &BTreeMap<String, String>,
+    key: ClusterKey,
+) -> Result<(Coordinator, Vec<Verifier>), SetupError> {
     let mut urls = Vec::new();
     let mut verifiers = Vec::new();
     for _ in 0..n {
-        let (url, verifier) = serve_loopback_worker(dir, secret_env_fallback).await?;
+        let (url, verifier) =
+            serve_loopback_worker_with_key(dir, secret_env_fallback, key.clone()).await?;
         urls.push(url);
         verifiers.push(verifier);
     }
@@ -92,5 +130,8 @@ pub async fn loopback_cluster(
         "distributed.file_scan_config_bytes_per_partition".to_string(),
         "1".to_string(),
     )];
-    Ok((loopback_coordinator(urls, split_finely)?, verifiers))
+    Ok((
+        loopback_coordinator_with_key(urls, split_finely, key)?,
+        verifiers,
+    ))
 }
