@@ -97,9 +97,10 @@ fn main() -> Result<()> {
         .build()?;
     if let Some(mesh) = &args.serve_worker {
         return rt.block_on(async {
-            let (url, _) = meshq_cluster::loopback::serve_loopback_worker(
+            let (url, _) = meshq_cluster::loopback::serve_loopback_worker_with_key(
                 mesh,
                 &runners::secret_env_fallback(),
+                runners::cluster_key()?,
             )
             .await?;
             println!("{}{url}", runners::WORKER_LISTENING);

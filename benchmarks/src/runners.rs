@@ -85,7 +85,8 @@ pub async fn cluster_engine_over(
     settings: Vec<(String, String)>,
 ) -> Result<Engine> {
     let mut config = config_for(mesh, target_partitions, None, &[]);
-    let coordinator = meshq_cluster::loopback::loopback_coordinator(urls, settings)?;
+    let coordinator =
+        meshq_cluster::loopback::loopback_coordinator_with_key(urls, settings, cluster_key()?)?;
     config.distribution = Some(std::sync::Arc::new(coordinator));
     load(config).await
 }
@@ -113,6 +114,31 @@ impl Drop for PinnedWorkers {
     }
 }
 
+/// The environment variable that gives a worker process the cluster
+/// secret of this benchmark run.
+pub const SECRET_ENV: &str = "MESHQ_BENCH_CLUSTER_SECRET";
+
+/// The cluster secret of this run: made afresh by the benchmark (or, in a
+/// worker process, taken from [`SECRET_ENV`]) and handed to its worker
+/// processes, so no other local user can send plans to them.
+fn cluster_secret() -> &'static str {
+    static SECRET: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::env::var(SECRET_ENV).unwrap_or_else(|_| {
+            format!(
+                "{:032x}{:032x}",
+                rand::random::<u128>(),
+                rand::random::<u128>()
+            )
+        })
+    });
+    &SECRET
+}
+
+/// The cluster key of this run ([`cluster_secret`]).
+pub fn cluster_key() -> Result<meshq_cluster::ClusterKey> {
+    meshq_cluster::ClusterKey::new(cluster_secret()).map_err(anyhow::Error::msg)
+}
+
 /// What a worker process prints once it listens.
 pub const WORKER_LISTENING: &str = "meshq-bench worker listening on ";
 
@@ -132,6 +158,7 @@ pub fn pinned_workers(mesh: &Path, cores: &[usize]) -> Result<PinnedWorkers> {
             .arg(&exe)
             .arg("--serve-worker")
             .arg(mesh)
+            .env(SECRET_ENV, cluster_secret())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .context("starting a worker with taskset (util-linux)")?;

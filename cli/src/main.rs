@@ -756,11 +756,24 @@ async fn worker(args: WorkerArgs) -> Result<ExitCode> {
             }
         }
     }
-    let verifier = setup.verifier.answering_to(names);
     let listener = tokio::net::TcpListener::bind(args.bind)
         .await
         .with_context(|| format!("binding {}", args.bind))?;
     let addr = listener.local_addr()?;
+    if names.is_empty() {
+        if addr.ip().is_unspecified() {
+            eprintln!(
+                "meshq worker: bound to every address, so it serves requests addressed to any name; give --advertise (the URLs coordinators reach it by) so that a credential made for another worker is refused here"
+            );
+        } else if let Some(name) = url::Url::parse(&format!("http://{addr}"))
+            .ok()
+            .and_then(|u| meshq_cluster::transport::authority(&u))
+        {
+            // Bound to one address: that is its name.
+            names.push(name);
+        }
+    }
+    let verifier = setup.verifier.answering_to(names);
     let scheme = if setup.tls.is_some() { "https" } else { "http" };
     eprintln!("meshq worker listening on {scheme}://{addr}");
     if !verifier.names().is_empty() {

@@ -22,8 +22,14 @@
 //! reads the first message and compares its length and digest. A missing,
 //! malformed or wrong credential, one older or newer than [`MAX_SKEW`], one
 //! whose nonce was already seen within that window, one made for another
-//! worker or RPC, or a message altered after signing is refused with
-//! `UNAUTHENTICATED`, logged and counted. The secret never travels.
+//! authority or RPC than the request's, or a message altered after signing
+//! is refused with `UNAUTHENTICATED`, logged and counted. The secret never
+//! travels. A request sent unchanged to another worker with the authority
+//! it was made for is refused only by a worker that knows its own names
+//! ([`Verifier::answering_to`]: `meshq worker --advertise`, or the one
+//! address it is bound to). Only the first message is signed: later ones
+//! and the answers need TLS for integrity on a network one does not
+//! control.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -85,6 +91,9 @@ pub enum Refusal {
     /// The first message is not the one the credential was made for.
     #[error("the request's plan or task was altered after it was signed")]
     Altered,
+    /// The first message is larger than a worker reads.
+    #[error("the request's first message ({0} bytes) is larger than a worker reads")]
+    TooLarge(u64),
     /// The first message did not arrive in time.
     #[error("the request's first message did not arrive within {0:?}")]
     Slow(Duration),

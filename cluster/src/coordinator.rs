@@ -16,8 +16,8 @@ use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_distributed::{
-    BroadcastExec, DistributedExec, DistributedExt, DistributedLeafExec, MaybeEncoded,
-    NetworkBroadcastExec, NetworkCoalesceExec, NetworkShuffleExec, SessionStateBuilderExt,
+    DistributedExec, DistributedExt, DistributedLeafExec, MaybeEncoded, NetworkBoundaryExt,
+    SessionStateBuilderExt,
 };
 use meshq_engine::policy::governed::GovernedTables;
 use meshq_engine::policy::verify::{StageReader, verify_stages};
@@ -66,6 +66,13 @@ impl Coordinator {
             options
                 .set(key, value)
                 .map_err(|e| format!("cluster.settings: `{key}`: {e}"))?;
+            if key == "distributed.dynamic_task_count" && value.trim() != "false" {
+                // Stages and split scans would be made when the query
+                // runs, after the plan verifier's second check.
+                return Err(format!(
+                    "cluster.settings: `{key}` cannot be turned on: meshq verifies every stage before the query runs"
+                ));
+            }
         }
         Ok(Self {
             workers,
@@ -265,9 +272,11 @@ pub fn unverified_distributions() -> u64 {
 }
 
 /// Runs meshq's plan verifier over a distributed plan as its tasks will
-/// run it: network boundaries are read through to the stages they hold,
-/// and a scan split across tasks is checked in every task's part. A
-/// boundary whose stage is not in the plan fails the check.
+/// run it: through the network boundaries to the stages they hold, and
+/// over every task's part of a split scan. The boundaries stay in the
+/// path, so one between a scan and its barrier is refused. A boundary
+/// whose stage is not in the plan, or another node of the library's that
+/// hides a plan, fails the check.
 pub fn verify_distributed(
     plan: &Arc<dyn ExecutionPlan>,
     tables: &GovernedTables,
@@ -279,19 +288,7 @@ pub fn verify_distributed(
 /// Reads datafusion-distributed's plans for the verifier.
 struct Stages;
 
-impl Stages {
-    fn is_network(node: &dyn ExecutionPlan) -> bool {
-        node.is::<NetworkShuffleExec>()
-            || node.is::<NetworkCoalesceExec>()
-            || node.is::<NetworkBroadcastExec>()
-    }
-}
-
 impl StageReader for Stages {
-    fn is_boundary(&self, node: &dyn ExecutionPlan) -> bool {
-        Self::is_network(node) || node.is::<DistributedExec>() || node.is::<BroadcastExec>()
-    }
-
     fn children(&self, node: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
         if let Some(leaf) = node.downcast_ref::<DistributedLeafExec>() {
             return Ok(if leaf.variants().is_empty() {
@@ -301,7 +298,7 @@ impl StageReader for Stages {
             });
         }
         let children: Vec<_> = node.children().into_iter().cloned().collect();
-        if children.is_empty() && Self::is_network(node.as_ref()) {
+        if children.is_empty() && node.is_network_boundary() {
             return Err(datafusion::error::DataFusionError::Plan(format!(
                 "{} holds no stage plan to verify",
                 node.name()
@@ -435,10 +432,26 @@ fn scans_travel_whole_under(
                     "a scan of files only the coordinator has (an accelerated copy, the scratch location) runs on the coordinator",
                 );
             }
-            if config.expr_adapter_factory.is_some() && !field_ids {
-                return stay(
-                    "a scan with a column mapping of its own that no scan mark describes runs on the coordinator only",
-                );
+            // Under an Iceberg scan mark, the worker puts the field-id
+            // adapter on every file scan: only a scan that has exactly
+            // that adapter may go (told by its name, as the trait offers
+            // no downcast; any other name stays, failing closed).
+            let field_id_adapter = config
+                .expr_adapter_factory
+                .as_ref()
+                .is_some_and(|f| format!("{f:?}").starts_with("FieldIdAdapterFactory "));
+            match (field_ids, config.expr_adapter_factory.is_some()) {
+                (true, _) if !field_id_adapter => {
+                    return stay(
+                        "a file scan under an Iceberg scan mark without the field-id adapter runs on the coordinator only",
+                    );
+                }
+                (false, true) => {
+                    return stay(
+                        "a scan with a column mapping of its own that no scan mark describes runs on the coordinator only",
+                    );
+                }
+                _ => {}
             }
         }
     }
@@ -495,6 +508,24 @@ mod tests {
     }
 
     #[test]
+    fn stages_made_when_the_query_runs_are_refused() {
+        let coordinator = |settings: &[(&str, &str)]| {
+            Coordinator::new(
+                Workers::new(vec![]),
+                AuthChannelResolver::new(crate::loopback::loopback_key().unwrap(), None),
+                settings
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let e = coordinator(&[("distributed.dynamic_task_count", "true")]).unwrap_err();
+        assert!(e.contains("cannot be turned on"), "{e}");
+        assert!(coordinator(&[("distributed.dynamic_task_count", "false")]).is_ok());
+        assert!(coordinator(&[("distributed.no_such_setting", "1")]).is_err());
+    }
+
+    #[test]
     fn scans_of_files_only_the_coordinator_has_stay() {
         let local = meshq_engine::engine::LocalFiles::new(vec!["/tmp/meshq-acceleration-7".into()]);
         let copy = scan_of(
@@ -518,14 +549,28 @@ mod tests {
         assert!(scans_travel_whole(&parquet_scan(false), None).is_ok());
         assert!(scans_travel_whole(&parquet_scan(true), None).is_err());
         // Under the mark of an Iceberg scan read by field id, which the
-        // worker makes the adapter again from: it travels.
-        let marked = |ids: Option<Vec<i32>>| -> Arc<dyn ExecutionPlan> {
-            Arc::new(
-                meshq_connectors::MeshScanExec::new("d.t", parquet_scan(true)).with_field_ids(ids),
-            )
+        // worker makes the adapter again from: it travels, but only with
+        // the field-id adapter under it.
+        let marked =
+            |ids: Option<Vec<i32>>, scan: Arc<dyn ExecutionPlan>| -> Arc<dyn ExecutionPlan> {
+                Arc::new(meshq_connectors::MeshScanExec::new("d.t", scan).with_field_ids(ids))
+            };
+        let field_id_scan = {
+            let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
+            let source = Arc::new(ParquetSource::new(schema));
+            let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+                .with_expr_adapter(Some(Arc::new(
+                    meshq_connectors::iceberg::FieldIdAdapterFactory::new(Default::default()),
+                )));
+            DataSourceExec::from_data_source(config.build()) as Arc<dyn ExecutionPlan>
         };
-        assert!(scans_travel_whole(&marked(Some(vec![])), None).is_ok());
-        assert!(scans_travel_whole(&marked(None), None).is_err());
+        assert!(
+            scans_travel_whole(&marked(Some(vec![]), Arc::clone(&field_id_scan)), None).is_ok()
+        );
+        assert!(scans_travel_whole(&marked(None, Arc::clone(&field_id_scan)), None).is_err());
+        // Another adapter, or none, under a mark: stays.
+        assert!(scans_travel_whole(&marked(Some(vec![]), parquet_scan(true)), None).is_err());
+        assert!(scans_travel_whole(&marked(Some(vec![]), parquet_scan(false)), None).is_err());
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
         let memory = MemorySourceConfig::try_new_exec(&[vec![]], schema, None).unwrap();
         assert!(scans_travel_whole(&(memory as Arc<dyn ExecutionPlan>), None).is_err());

@@ -63,6 +63,7 @@ pub fn reason(why: &Refusal) -> &'static str {
         Refusal::OtherWorker(_) => "other_worker",
         Refusal::Altered => "altered",
         Refusal::Slow(_) => "slow",
+        Refusal::TooLarge(_) => "too_large",
         Refusal::Replayed => "replayed",
         Refusal::Overloaded => "overloaded",
     }

@@ -27,6 +27,10 @@ use crate::metrics::{TaskGuard, WorkerMetrics, rpc_name};
 /// How long a worker waits for a signed request's first message.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The largest first message a worker reads (a plan fragment); a
+/// credential claiming more is refused before anything is read.
+pub const MAX_FIRST_MESSAGE: u64 = 256 << 20;
+
 /// The bytes read from the start of a body, and what is left of it.
 struct Prefix {
     data: Bytes,
@@ -81,7 +85,9 @@ async fn read_prefix(mut body: Body, enough: impl Fn(&[u8]) -> bool) -> Prefix {
 /// included) at the start of `data`, once that header is there.
 fn first_message_len(data: &[u8]) -> Option<usize> {
     let header: [u8; 4] = data.get(1..5)?.try_into().ok()?;
-    Some(5 + u32::from_be_bytes(header) as usize)
+    usize::try_from(u32::from_be_bytes(header))
+        .ok()?
+        .checked_add(5)
 }
 
 /// A body replaying the bytes read before the rest.
@@ -312,6 +318,10 @@ where
             };
             // Before a byte of the body is read.
             let claim = match verifier.check(header, &target) {
+                Ok(claim) if claim.len > MAX_FIRST_MESSAGE => {
+                    verifier.count_refused();
+                    return Ok(refuse(&Refusal::TooLarge(claim.len), peer, &path, &metrics));
+                }
                 Ok(claim) => claim,
                 Err(why) => return Ok(refuse(&why, peer, &path, &metrics)),
             };

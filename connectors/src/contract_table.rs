@@ -192,7 +192,7 @@ impl ContractTableProvider {
     fn field_id_spec(&self) -> Option<Vec<i32>> {
         self.inner
             .downcast_ref::<crate::iceberg::IcebergTableProvider>()
-            .and_then(|p| p.field_id_spec())
+            .map(|p| p.field_id_spec())
     }
 }
 

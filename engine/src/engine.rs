@@ -112,17 +112,39 @@ pub trait Distribution: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, Default)]
 pub struct LocalFiles {
     dirs: Vec<object_store::path::Path>,
+    /// A directory could not be named absolutely: every local file counts
+    /// as this process's own (fail closed).
+    unknown: bool,
 }
 
 impl LocalFiles {
-    /// The files under `dirs` (absolute), and the scratch and export
-    /// locations.
+    /// The files under `dirs` (made absolute; a directory that exists also
+    /// under its canonical name, through symbolic links), and the scratch
+    /// and export locations.
     pub fn new(dirs: Vec<PathBuf>) -> Self {
+        let mut named = Vec::new();
+        let mut unknown = false;
+        for dir in &dirs {
+            let Ok(absolute) = std::path::absolute(dir) else {
+                unknown = true;
+                continue;
+            };
+            let mut forms = vec![absolute.clone()];
+            if let Some(canonical) = canonical_prefix(&absolute)
+                && canonical != absolute
+            {
+                forms.push(canonical);
+            }
+            for form in forms {
+                match object_store::path::Path::from_absolute_path(&form) {
+                    Ok(p) => named.push(p),
+                    Err(_) => unknown = true,
+                }
+            }
+        }
         Self {
-            dirs: dirs
-                .iter()
-                .filter_map(|d| object_store::path::Path::from_absolute_path(d).ok())
-                .collect(),
+            dirs: named,
+            unknown,
         }
     }
 
@@ -136,13 +158,32 @@ impl LocalFiles {
             return true;
         }
         url.starts_with("file://")
-            && scan.file_groups.iter().any(|group| {
-                group.iter().any(|file| {
-                    self.dirs
-                        .iter()
-                        .any(|d| file.object_meta.location.prefix_matches(d))
-                })
-            })
+            && (self.unknown
+                || scan.file_groups.iter().any(|group| {
+                    group.iter().any(|file| {
+                        self.dirs
+                            .iter()
+                            .any(|d| file.object_meta.location.prefix_matches(d))
+                    })
+                }))
+    }
+}
+
+/// `path` with its longest existing ancestor resolved through symbolic
+/// links (the directory itself may not exist yet).
+fn canonical_prefix(path: &std::path::Path) -> Option<PathBuf> {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(canonical) = at.canonicalize() {
+            let mut out = canonical;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return Some(out);
+        }
+        rest.push(at.file_name()?.to_os_string());
+        at = at.parent()?;
     }
 }
 

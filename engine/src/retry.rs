@@ -38,25 +38,35 @@ pub fn before_first_batch(
         again: Some(again),
         retry_on,
     };
-    let stream = futures::stream::unfold(state, |mut st| async move {
-        loop {
-            match st.stream.next().await {
-                Some(Err(e)) if st.again.is_some() && (st.retry_on)(&e) => {
-                    let Some(again) = st.again.take() else {
-                        return Some((Err(e), st));
-                    };
-                    warn!(error = %e, "a worker failed before the query sent a row; the query runs again on the workers that answer");
-                    match again().await {
-                        Ok(stream) => st.stream = stream,
-                        Err(e2) => return Some((Err(e2), st)),
+    let empty = std::sync::Arc::clone(&schema);
+    let stream = futures::stream::unfold(state, move |mut st| {
+        let empty = std::sync::Arc::clone(&empty);
+        async move {
+            loop {
+                match st.stream.next().await {
+                    Some(Err(e)) if st.again.is_some() && (st.retry_on)(&e) => {
+                        let Some(again) = st.again.take() else {
+                            return Some((Err(e), st));
+                        };
+                        warn!(error = %e, "a worker failed before the query sent a row; the query runs again on the workers that answer");
+                        // The failed run ends first: its memory and its tasks
+                        // are released before the second one starts.
+                        st.stream =
+                            Box::pin(datafusion::physical_plan::EmptyRecordBatchStream::new(
+                                std::sync::Arc::clone(&empty),
+                            ));
+                        match again().await {
+                            Ok(stream) => st.stream = stream,
+                            Err(e2) => return Some((Err(e2), st)),
+                        }
                     }
+                    Some(item) => {
+                        // A batch was sent, or the error is the query's own.
+                        st.again = None;
+                        return Some((item, st));
+                    }
+                    None => return None,
                 }
-                Some(item) => {
-                    // A batch was sent, or the error is the query's own.
-                    st.again = None;
-                    return Some((item, st));
-                }
-                None => return None,
             }
         }
     });

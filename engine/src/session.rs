@@ -623,11 +623,16 @@ impl MeshSession {
             .create_physical_plan(&optimized, &state)
             .await?;
         let again = match self.engine.distribution() {
-            Some(distribution) if is_distributed(&physical) => Some(RunAgain {
-                state: state.clone(),
-                plan: optimized,
-                distribution: Arc::clone(distribution),
-            }),
+            // A write is never run again: files a failed run completed
+            // would be written twice.
+            Some(distribution) if is_distributed(&physical) && !writes(&physical) => {
+                Some(RunAgain {
+                    state: state.clone(),
+                    plan: optimized,
+                    distribution: Arc::clone(distribution),
+                    memory_limit,
+                })
+            }
             _ => None,
         };
         Ok(PhysicalQuery {
@@ -717,12 +722,20 @@ struct RunAgain {
     state: SessionState,
     plan: LogicalPlan,
     distribution: Arc<dyn crate::engine::Distribution>,
+    memory_limit: Option<usize>,
 }
 
 impl std::fmt::Debug for RunAgain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunAgain").finish_non_exhaustive()
     }
+}
+
+/// Whether `plan` writes (a sink of `COPY` or `INSERT`).
+fn writes(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    plan.exists(|p| Ok(p.name() == "DataSinkExec"))
+        .unwrap_or(true)
 }
 
 /// Whether `plan` runs on workers (datafusion-distributed's root node).
@@ -746,12 +759,19 @@ impl PhysicalQuery {
                 Box::new(move || {
                     Box::pin(async move {
                         again.distribution.recheck().await;
-                        let plan = again
-                            .state
+                        let mut state = again.state;
+                        if let Some(limit) = again.memory_limit {
+                            // A query id of its own on the workers: the
+                            // failed run's tasks keep their own pools.
+                            again
+                                .distribution
+                                .limit_query(state.config_mut().options_mut(), limit);
+                        }
+                        let plan = state
                             .query_planner()
-                            .create_physical_plan(&again.plan, &again.state)
+                            .create_physical_plan(&again.plan, &state)
                             .await?;
-                        datafusion::physical_plan::execute_stream(plan, again.state.task_ctx())
+                        datafusion::physical_plan::execute_stream(plan, state.task_ctx())
                     })
                 }),
                 crate::retry::worker_failed,

@@ -76,39 +76,12 @@ impl IcebergTableProvider {
     }
 
     /// The identity-partition source ids of the field-id adapter this
-    /// table's scans carry, or `None` when they read by name
-    /// ([`IcebergTableProvider::needs_field_ids`]).
-    pub fn field_id_spec(&self) -> Option<Vec<i32>> {
-        self.needs_field_ids().then(|| {
-            let mut ids: Vec<i32> = self.identity_sources().into_iter().collect();
-            ids.sort_unstable();
-            ids
-        })
-    }
-
-    /// Whether reading the table's files needs the field-id adapter: when a
-    /// column was ever renamed, or a name ever named two field ids, in any
-    /// of the table's schemas, or when an identity partition's column may
-    /// be missing from a file. Otherwise every file names each column as
-    /// the table does, and DataFusion's own adapter (by name, with casts and
-    /// nulls for columns a file predates) reads it the same way. Such a
-    /// scan is plain DataFusion, so it can also run on a cluster's workers.
-    fn needs_field_ids(&self) -> bool {
-        if !self.identity_sources().is_empty() {
-            return true;
-        }
-        let mut by_id: std::collections::HashMap<i32, &str> = Default::default();
-        let mut by_name: std::collections::HashMap<&str, i32> = Default::default();
-        for schema in self.table.metadata().schemas_iter() {
-            for (id, name) in schema.field_id_to_name_map() {
-                if *by_id.entry(*id).or_insert(name.as_str()) != name.as_str()
-                    || *by_name.entry(name.as_str()).or_insert(*id) != *id
-                {
-                    return true;
-                }
-            }
-        }
-        false
+    /// table's scans carry, sorted: what a node that receives a scan
+    /// without its adapter (a cluster worker) makes it again from.
+    pub fn field_id_spec(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.identity_sources().into_iter().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Whether the snapshot's summary counts any data files.
@@ -321,10 +294,9 @@ impl TableProvider for IcebergTableProvider {
             files,
             projection,
             limit,
-            self.needs_field_ids().then(|| {
-                Arc::new(FieldIdAdapterFactory::new(self.identity_sources()))
-                    as Arc<dyn datafusion::physical_expr_adapter::PhysicalExprAdapterFactory>
-            }),
+            Some(Arc::new(FieldIdAdapterFactory::new(
+                self.identity_sources(),
+            ))),
         )
         .await
     }

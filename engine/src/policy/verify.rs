@@ -51,26 +51,21 @@ pub fn verify_plan(
 }
 
 /// How to read a plan that a distributed planner cut into stages, so the
-/// verifier checks it as each task will run it.
+/// verifier checks it as each task will run it. Every node the planner
+/// added stays in the path: a network boundary between a scan and its
+/// barrier is not a pass-through node, so such a cut (raw rows crossing
+/// the network) is refused.
 pub trait StageReader {
-    /// Whether `node` only moves rows between stages (a network boundary,
-    /// the root of a distributed plan): checked as if it were absent.
-    fn is_boundary(&self, node: &dyn ExecutionPlan) -> bool;
-
     /// The plans below `node`: its children, a boundary's stage, or every
     /// task's part of a scan split across tasks. An error when they cannot
     /// be read (the plan is then refused).
     fn children(&self, node: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn ExecutionPlan>>>;
 }
 
-/// A plan run by one node: no boundaries.
+/// A plan run by one node.
 struct OneNode;
 
 impl StageReader for OneNode {
-    fn is_boundary(&self, _: &dyn ExecutionPlan) -> bool {
-        false
-    }
-
     fn children(&self, node: &Arc<dyn ExecutionPlan>) -> Result<Vec<Arc<dyn ExecutionPlan>>> {
         Ok(node.children().into_iter().cloned().collect())
     }
@@ -78,7 +73,7 @@ impl StageReader for OneNode {
 
 /// [`verify_plan`] for a plan cut into stages, read through `reader`: every
 /// policy node must be where the verifier requires it in the plan each
-/// task runs, with only boundaries added in between.
+/// task runs.
 pub fn verify_stages(
     plan: &Arc<dyn ExecutionPlan>,
     tables: &GovernedTables,
@@ -115,16 +110,11 @@ fn walk(
         check_files(node)?;
     }
     let in_mesh_scan = in_mesh_scan || node.is::<MeshScanExec>();
-    let boundary = reader.is_boundary(node.as_ref());
-    if !boundary {
-        path.push(Arc::clone(node));
-    }
+    path.push(Arc::clone(node));
     for child in reader.children(node)? {
         walk(&child, path, tables, options, in_mesh_scan, reader)?;
     }
-    if !boundary {
-        path.pop();
-    }
+    path.pop();
     Ok(())
 }
 
