@@ -203,6 +203,64 @@ where
     }
 }
 
+/// At most this many refusals are logged per second; the rest are counted
+/// (the metrics count every one), so a flood of bad requests cannot flood
+/// the log.
+pub const REFUSALS_LOGGED_PER_SECOND: u64 = 10;
+
+static REFUSAL_LOG: LogBudget = LogBudget::new(REFUSALS_LOGGED_PER_SECOND);
+
+enum LogTurn {
+    /// Log this one; `unlogged` were left out since the last one logged.
+    Log {
+        unlogged: u64,
+    },
+    Quiet,
+}
+
+/// A budget of log lines per second.
+struct LogBudget {
+    per_second: u64,
+    /// The second of the current window, and lines logged and left out
+    /// in it.
+    state: parking_lot::Mutex<(u64, u64, u64)>,
+}
+
+impl LogBudget {
+    const fn new(per_second: u64) -> Self {
+        Self {
+            per_second,
+            state: parking_lot::const_mutex((0, 0, 0)),
+        }
+    }
+
+    fn admit(&self) -> LogTurn {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.admit_at(second)
+    }
+
+    fn admit_at(&self, second: u64) -> LogTurn {
+        let mut state = self.state.lock();
+        let (window, logged, quiet) = &mut *state;
+        let mut unlogged = 0;
+        if *window != second {
+            unlogged = *quiet;
+            *window = second;
+            *logged = 0;
+            *quiet = 0;
+        }
+        if *logged < self.per_second {
+            *logged += 1;
+            LogTurn::Log { unlogged }
+        } else {
+            *quiet += 1;
+            LogTurn::Quiet
+        }
+    }
+}
+
 /// A worker's service behind the credential check.
 #[derive(Clone)]
 pub struct Checked<S> {
@@ -272,7 +330,15 @@ fn refuse(
     let peer = peer
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unknown".into());
-    warn!(peer, rpc = rpc_name(path), reason = %why, "refused a request without a valid cluster credential");
+    match REFUSAL_LOG.admit() {
+        LogTurn::Log { unlogged } if unlogged > 0 => {
+            warn!(peer, rpc = rpc_name(path), reason = %why, unlogged, "refused a request without a valid cluster credential (and {unlogged} more in the last second, counted in meshq_worker_refusals_total)");
+        }
+        LogTurn::Log { .. } => {
+            warn!(peer, rpc = rpc_name(path), reason = %why, "refused a request without a valid cluster credential");
+        }
+        LogTurn::Quiet => {}
+    }
     Status::unauthenticated(format!(
         "this meshq worker serves only its cluster's coordinator and workers: {why}"
     ))
@@ -379,5 +445,32 @@ where
                 })
             }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_past_the_budget_are_counted_not_logged() {
+        let budget = LogBudget::new(2);
+        let turns: Vec<bool> = (0..5)
+            .map(|_| matches!(budget.admit_at(100), LogTurn::Log { .. }))
+            .collect();
+        assert_eq!(turns, [true, true, false, false, false]);
+        // The next second logs again, saying how many were left out.
+        assert!(matches!(budget.admit_at(101), LogTurn::Log { unlogged: 3 }));
+        assert!(matches!(budget.admit_at(101), LogTurn::Log { unlogged: 0 }));
+    }
+
+    #[test]
+    fn the_first_message_length_is_read_from_its_frame_header() {
+        assert_eq!(first_message_len(&[0, 0, 0, 0, 3, 1, 2]), Some(8));
+        assert_eq!(first_message_len(&[0, 0, 0]), None);
+        assert_eq!(
+            first_message_len(&[0, 255, 255, 255, 255]),
+            Some(5 + u32::MAX as usize)
+        );
     }
 }
