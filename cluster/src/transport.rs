@@ -119,6 +119,9 @@ pub fn authority(url: &Url) -> Option<String> {
     Some(uri.authority()?.as_str().to_string())
 }
 
+/// The largest header list a worker accepts.
+pub const MAX_HEADER_LIST_BYTES: u32 = 1 << 20;
+
 /// How often a coordinator checks each worker.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -373,7 +376,10 @@ pub async fn serve_worker(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let service = Checked::new(worker.into_worker_server(), verifier, metrics);
-    let mut server = Server::builder();
+    // The statement's settings and mask list travel in headers: room for
+    // them beyond HTTP/2's usual 16 KiB (they are signed, so only the
+    // cluster's nodes can send them).
+    let mut server = Server::builder().http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
