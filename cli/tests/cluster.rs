@@ -595,6 +595,11 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(counted as usize, statements);
+    // The cluster as the coordinator's metrics see it.
+    let metrics = super::ops::scrape(&cluster);
+    assert_eq!(metrics.get("meshq_cluster_workers_answering"), Some(&2.0));
+    assert_eq!(metrics.get("meshq_cluster_plans_unverified"), Some(&0.0));
+    assert_eq!(metrics.get("meshq_queries_run_again"), Some(&0.0));
 }
 
 /// A worker whose hash-mask key differs from the coordinator's fails a
@@ -679,7 +684,7 @@ async fn a_killed_workers_queries_run_again_on_the_worker_left() {
     let urls = format!("{},{}", survivor.url, victim.url);
     let cluster = start_on(
         &mesh,
-        &["--workers", &urls],
+        &["--workers", &urls, "--metrics-bind", "127.0.0.1:0"],
         &[("MESHQ_TEST_CLUSTER_SECRET", SECRET)],
     );
     let mut pat = login(&cluster, "pat").await;
@@ -711,5 +716,15 @@ async fn a_killed_workers_queries_run_again_on_the_worker_left() {
     for i in 1000..1003 {
         assert_eq!(text(&try_query(&mut pat, &sql(i)).await.unwrap()), expected);
     }
+    let metrics = super::ops::scrape(&cluster);
+    assert!(
+        metrics
+            .get("meshq_queries_run_again")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics.get("meshq_cluster_workers_answering"), Some(&1.0));
     assert!(cluster.logs("a worker stopped answering").await);
 }

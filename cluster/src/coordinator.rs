@@ -147,6 +147,13 @@ impl meshq_engine::engine::Distribution for Coordinator {
         options.extensions.insert(QueryBudget::new(memory as u64));
     }
 
+    fn status(&self) -> meshq_engine::engine::ClusterStatus {
+        meshq_engine::engine::ClusterStatus {
+            workers_answering: self.workers.healthy().len(),
+            plans_unverified: unverified_distributions(),
+        }
+    }
+
     fn recheck(&self) -> futures::future::BoxFuture<'static, ()> {
         let workers = self.workers.clone();
         let resolver = self.resolver.clone();

@@ -102,6 +102,21 @@ pub trait Distribution: Send + Sync + std::fmt::Debug {
     fn recheck(&self) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(async {})
     }
+
+    /// The cluster's state, for the metrics.
+    fn status(&self) -> ClusterStatus {
+        ClusterStatus::default()
+    }
+}
+
+/// What a coordinator reports about its cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Workers that answered their last health check.
+    pub workers_answering: usize,
+    /// Distributed plans the plan verifier refused (run on the
+    /// coordinator instead) since the process started.
+    pub plans_unverified: u64,
 }
 
 /// Files only this process has: the `parquet` copies of accelerated

@@ -10,6 +10,13 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use tracing::warn;
 
+static RUN_AGAIN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Queries run again after a worker failed, since the process started.
+pub fn runs_again() -> u64 {
+    RUN_AGAIN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Starts the query again: a new stream, from a new plan.
 pub type Again = Box<dyn FnOnce() -> BoxFuture<'static, Result<SendableRecordBatchStream>> + Send>;
 
@@ -49,6 +56,7 @@ pub fn before_first_batch(
                             return Some((Err(e), st));
                         };
                         warn!(error = %e, "a worker failed before the query sent a row; the query runs again on the workers that answer");
+                        RUN_AGAIN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         // The failed run ends first: its memory and its tasks
                         // are released before the second one starts.
                         st.stream =

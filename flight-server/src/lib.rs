@@ -147,6 +147,16 @@ fn sample(metrics: &Metrics, live: &LiveEngine, ops: &Operations, sessions: usiz
         metrics
             .tables_served
             .set(engine.served_tables().len() as i64);
+        if let Some(cluster) = engine.distribution() {
+            let status = cluster.status();
+            metrics.cluster_workers.set(status.workers_answering as i64);
+            metrics
+                .cluster_plans_unverified
+                .set(status.plans_unverified as i64);
+        }
+        metrics
+            .queries_run_again
+            .set(meshq_engine::retry::runs_again() as i64);
         metrics.result_cache(&engine.result_cache().stats().counters());
     }
 }

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub(crate) memory_reserved: Gauge,
     pub(crate) memory_limit: Gauge,
     pub(crate) tables_served: Gauge,
+    pub(crate) cluster_workers: Gauge,
+    pub(crate) cluster_plans_unverified: Gauge,
+    pub(crate) queries_run_again: Gauge,
     pub(crate) mesh_version: Gauge,
     pub(crate) ready: Gauge,
     pub(crate) mesh_loaded_at: Gauge<f64, AtomicU64>,
@@ -239,6 +242,21 @@ impl Metrics {
             "Size of the query memory pool (0: unbounded)",
         );
         let tables_served = gauge(&mut registry, "tables_served", "Tables being served");
+        let cluster_workers = gauge(
+            &mut registry,
+            "cluster_workers_answering",
+            "Workers that answered the coordinator's last health check (0 on a single node)",
+        );
+        let cluster_plans_unverified = gauge(
+            &mut registry,
+            "cluster_plans_unverified",
+            "Distributed plans the plan verifier refused since start (each ran on the coordinator)",
+        );
+        let queries_run_again = gauge(
+            &mut registry,
+            "queries_run_again",
+            "Queries run again since start because a worker failed before they sent a row",
+        );
         let mesh_version = gauge(
             &mut registry,
             "mesh_version",
@@ -287,6 +305,9 @@ impl Metrics {
             memory_reserved,
             memory_limit,
             tables_served,
+            cluster_workers,
+            cluster_plans_unverified,
+            queries_run_again,
             mesh_version,
             ready,
             mesh_loaded_at,
