@@ -237,28 +237,7 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
     // Signed with the cluster's secret and sent as signed: served (the
     // control of the next two).
     let mut c = signed_client(&worker.url, key.clone(), &worker.url, |r| r).await;
-    let request = SetPlanRequest {
-        task_key: TaskKey {
-            query_id: uuid::Uuid::new_v4(),
-            stage_id: 1,
-            task_number: 0,
-        },
-        task_count: 1,
-        plan: MaybeEncoded::Encoded(plan_bytes.clone()),
-        work_unit_feed_declarations: vec![],
-        target_worker_url: worker.url.clone(),
-        query_start_time_ns: 0,
-    };
-    let served = c
-        .coordinator_channel(
-            http::HeaderMap::new(),
-            request,
-            Box::pin(futures::stream::empty()),
-            ExecutionPlanMetricsSet::new(),
-            &task_ctx,
-        )
-        .await;
-    if let Err(e) = served {
+    if let Err(e) = plan_outcome(&mut c, &worker.url, &plan_bytes, &task_ctx).await {
         assert!(!e.to_string().contains("cluster credential"), "{e}");
     }
 
@@ -376,6 +355,22 @@ async fn send_plan(
     bytes: &[u8],
     task_ctx: &Arc<TaskContext>,
 ) -> String {
+    refused(
+        plan_outcome(client, url, bytes, task_ctx)
+            .await
+            .expect_err("the plan was refused"),
+    )
+}
+
+/// Sends the plan `bytes` on `client` as the coordinator would: the first
+/// reply, or the error of the call or of that reply.
+async fn plan_outcome(
+    client: &mut Box<dyn WorkerChannel>,
+    url: &Url,
+    bytes: &[u8],
+    task_ctx: &Arc<TaskContext>,
+) -> datafusion::error::Result<()> {
+    use futures::StreamExt;
     let request = SetPlanRequest {
         task_key: TaskKey {
             query_id: uuid::Uuid::new_v4(),
@@ -388,7 +383,7 @@ async fn send_plan(
         target_worker_url: url.clone(),
         query_start_time_ns: 0,
     };
-    let outcome = client
+    let mut replies = client
         .coordinator_channel(
             http::HeaderMap::new(),
             request,
@@ -396,14 +391,10 @@ async fn send_plan(
             ExecutionPlanMetricsSet::new(),
             task_ctx,
         )
-        .await;
-    match outcome {
-        Err(e) => refused(e),
-        Ok(mut replies) => {
-            use futures::StreamExt;
-            let first = replies.next().await.expect("a reply or an error");
-            refused(first.err().expect("the plan was refused"))
-        }
+        .await?;
+    match replies.next().await {
+        Some(Err(e)) => Err(e),
+        _ => Ok(()),
     }
 }
 

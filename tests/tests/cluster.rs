@@ -3,13 +3,40 @@
 
 use crate::common::run;
 
+/// A new directory holding the fixture mesh.
+async fn fixture_mesh() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    dir
+}
+
+/// `who`'s physical plan of `sql` on `engine`, within `memory` bytes.
+async fn physical(
+    engine: &meshq_engine::Engine,
+    who: &str,
+    sql: &str,
+    memory: Option<usize>,
+) -> meshq_engine::PhysicalQuery {
+    let session = engine.session(&engine.mesh().config.principal(who).unwrap());
+    let plan = session.plan(sql).await.unwrap();
+    session.execute(plan, memory).await.unwrap()
+}
+
+/// Whether `query` runs on workers.
+fn distributed(query: &meshq_engine::PhysicalQuery) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    query
+        .plan
+        .exists(|p| Ok(p.is::<datafusion_distributed::DistributedExec>()))
+        .unwrap()
+}
+
 /// The session's time zone shapes what `to_timestamp` returns; a stage on
 /// a worker computes it with the statement's time zone, as a single node
 /// does, not the worker's default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_runs_a_stage_with_the_sessions_time_zone() {
-    let dir = tempfile::tempdir().unwrap();
-    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let dir = fixture_mesh().await;
     let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
         .await
         .unwrap();
@@ -67,25 +94,20 @@ async fn the_verifier_checks_each_distributed_plan_again() {
     use meshq_engine::policy::barrier::PolicyBarrierExec;
     use std::sync::Arc;
 
-    let dir = tempfile::tempdir().unwrap();
-    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let dir = fixture_mesh().await;
     let (cluster, _) = meshq_tests::fixture_cluster_engine(dir.path())
         .await
         .unwrap();
     let before = unverified_distributions();
-    let ana = cluster.mesh().config.principal("ana").unwrap();
-    let session = cluster.session(&ana);
-    let plan = session
-        .plan("SELECT email, count(*) AS n FROM sales.orders GROUP BY email")
-        .await
-        .unwrap();
-    let query = session.execute(plan, None).await.unwrap();
+    let query = physical(
+        &cluster,
+        "ana",
+        "SELECT email, count(*) AS n FROM sales.orders GROUP BY email",
+        None,
+    )
+    .await;
     let plan = Arc::clone(&query.plan);
-    assert!(
-        plan.exists(|p| Ok(p.is::<datafusion_distributed::DistributedExec>()))
-            .unwrap(),
-        "the query is distributed"
-    );
+    assert!(distributed(&query), "the query is distributed");
     assert_eq!(unverified_distributions(), before);
     let options = meshq_engine::MeshqOptions::of(query.task.session_config().options());
     let tables = cluster.tables();
@@ -153,10 +175,7 @@ async fn the_verifier_checks_each_distributed_plan_again() {
 /// same query over the port without acceleration goes to the workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plans_reading_a_coordinators_own_copy_stay_on_the_coordinator() {
-    use datafusion::common::tree_node::TreeNode;
-    use datafusion_distributed::DistributedExec;
-    let dir = tempfile::tempdir().unwrap();
-    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let dir = fixture_mesh().await;
     let (from_files, _) = meshq_tests::fixture_cluster_engine(dir.path())
         .await
         .unwrap();
@@ -181,20 +200,11 @@ async fn plans_reading_a_coordinators_own_copy_stay_on_the_coordinator() {
                 .is_accelerated()
         );
     }
-    let distributed = |engine: &meshq_engine::Engine, sql: &'static str| {
-        let session = engine.session(&engine.mesh().config.principal("ana").unwrap());
-        async move {
-            let plan = session.plan(sql).await.unwrap();
-            let query = session.execute(plan, None).await.unwrap();
-            query
-                .plan
-                .exists(|p| Ok(p.is::<DistributedExec>()))
-                .unwrap()
-        }
-    };
     let orders = "SELECT region, count(*), sum(total_amount) FROM sales.orders GROUP BY region";
-    assert!(!distributed(&cluster, orders).await);
-    assert!(distributed(&from_files, orders).await);
+    assert!(!distributed(&physical(&cluster, "ana", orders, None).await));
+    assert!(distributed(
+        &physical(&from_files, "ana", orders, None).await
+    ));
     let ana = |engine: &meshq_engine::Engine| {
         engine.session(&engine.mesh().config.principal("ana").unwrap())
     };
@@ -234,8 +244,7 @@ async fn workers_named_by_dns_are_found_dropped_and_found_again() {
     use meshq_cluster::transport::{AuthChannelResolver, WorkerSource, Workers};
     use std::sync::Arc;
 
-    let dir = tempfile::tempdir().unwrap();
-    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let dir = fixture_mesh().await;
     let fallback = meshq_tests::fixture_engine_config(dir.path()).secret_env_fallback;
     let (w1, _) = meshq_cluster::loopback::serve_loopback_worker(dir.path(), &fallback)
         .await
@@ -294,23 +303,13 @@ async fn workers_named_by_dns_are_found_dropped_and_found_again() {
 /// naming `limits.query_memory`; a large one gives the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_querys_memory_limit_travels_to_its_workers() {
-    use datafusion::common::tree_node::TreeNode;
     use meshq_cluster::travel::QueryBudget;
-    let dir = tempfile::tempdir().unwrap();
-    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let dir = fixture_mesh().await;
     let (cluster, _) = meshq_tests::fixture_cluster_engine(dir.path())
         .await
         .unwrap();
-    let pat = cluster.mesh().config.principal("pat").unwrap();
-    let session = cluster.session(&pat);
     let sql = "SELECT customer_id, array_agg(order_id ORDER BY order_id) AS orders FROM sales.orders GROUP BY customer_id";
-    let plan_with = |limit: Option<usize>| {
-        let session = &session;
-        async move {
-            let plan = session.plan(sql).await.unwrap();
-            session.execute(plan, limit).await.unwrap()
-        }
-    };
+    let plan_with = |limit: Option<usize>| physical(&cluster, "pat", sql, limit);
     let budget = |q: &meshq_engine::PhysicalQuery| {
         q.task
             .session_config()
@@ -321,12 +320,7 @@ async fn a_querys_memory_limit_travels_to_its_workers() {
             .unwrap_or_default()
     };
     let limited = plan_with(Some(64 << 20)).await;
-    assert!(
-        limited
-            .plan
-            .exists(|p| Ok(p.is::<datafusion_distributed::DistributedExec>()))
-            .unwrap()
-    );
+    assert!(distributed(&limited));
     let sent = budget(&limited);
     assert_eq!(sent.memory, Some(64 << 20));
     assert_eq!(sent.id.len(), 32);
@@ -356,8 +350,7 @@ async fn a_querys_memory_limit_travels_to_its_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn iceberg_scans_read_by_field_id_run_on_the_workers() {
     use datafusion::common::tree_node::TreeNode;
-    let dir = tempfile::tempdir().unwrap();
-    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let dir = fixture_mesh().await;
     let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
         .await
         .unwrap();
@@ -370,9 +363,7 @@ async fn iceberg_scans_read_by_field_id_run_on_the_workers() {
     let ana = |engine: &meshq_engine::Engine| {
         engine.session(&engine.mesh().config.principal("ana").unwrap())
     };
-    let session = ana(&cluster);
-    let plan = session.plan(sql).await.unwrap();
-    let query = session.execute(plan, None).await.unwrap();
+    let query = physical(&cluster, "ana", sql, None).await;
     let mut marks = Vec::new();
     query
         .plan
@@ -388,12 +379,10 @@ async fn iceberg_scans_read_by_field_id_run_on_the_workers() {
         "{marks:?}"
     );
     assert!(
-        query
-            .plan
-            .exists(|p| Ok(p.is::<datafusion_distributed::DistributedExec>()))
-            .unwrap(),
+        distributed(&query),
         "the query with an Iceberg scan is distributed"
     );
+    let session = ana(&cluster);
     let before: Vec<u64> = verifiers.iter().map(|v| v.accepted()).collect();
     let got = run(&session, sql).await.unwrap();
     let expected = run(&ana(&single), sql).await.unwrap();
