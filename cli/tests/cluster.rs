@@ -269,6 +269,72 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
             .logs("refused a request without a valid cluster credential")
             .await
     );
+
+    // A sender that goes away before its first message is whole (a query
+    // cancelled): the request ends as CANCELLED, not as a refusal.
+    let cut: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> = |r| {
+        let (parts, body) = r.into_parts();
+        http::Request::from_parts(parts, tonic::body::Body::new(CutShort(body, false)))
+    };
+    let before = worker
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("refused a request"))
+        .count();
+    let mut c = signed_client(&worker.url, key.clone(), &worker.url, cut).await;
+    let e = plan_outcome(&mut c, &worker.url, &plan_bytes, &task_ctx)
+        .await
+        .expect_err("a request cut short is not served");
+    assert!(
+        e.to_string().contains("ended before its first message"),
+        "{e}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let after = worker
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("refused a request"))
+        .count();
+    assert_eq!(before, after, "a request cut short was counted as refused");
+}
+
+/// A body that sends the first 3 bytes of its first data frame, then ends.
+struct CutShort(tonic::body::Body, bool);
+
+impl http_body::Body for CutShort {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let this = &mut *self;
+        if this.1 {
+            return std::task::Poll::Ready(None);
+        }
+        let polled = std::pin::Pin::new(&mut this.0).poll_frame(cx);
+        let std::task::Poll::Ready(Some(Ok(frame))) = polled else {
+            return polled;
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                this.1 = true;
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+                    data.slice(..data.len().min(3)),
+                ))))
+            }
+            Err(frame) => std::task::Poll::Ready(Some(Ok(frame))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.1
+    }
 }
 
 /// A worker started with `--advertise` answers only to that name: a

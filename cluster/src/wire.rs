@@ -409,7 +409,22 @@ where
                     ));
                 }
             };
-            let first = &prefix.data[..want.min(prefix.data.len())];
+            if prefix.data.len() < want {
+                // The sender went away (a query cancelled, a limit reached)
+                // before its first message arrived: nothing to serve, and
+                // nothing refused.
+                debug!(
+                    target: "meshq_cluster::audit",
+                    peer = ?peer,
+                    rpc = rpc_name(&path),
+                    "a request ended before its first message arrived"
+                );
+                return Ok(
+                    Status::cancelled("the request ended before its first message arrived")
+                        .into_http(),
+                );
+            }
+            let first = &prefix.data[..want];
             if let Err(why) = verifier.confirm(&claim, first) {
                 return Ok(refuse(&why, peer, &path, &metrics));
             }
