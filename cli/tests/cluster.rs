@@ -245,8 +245,15 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
     // the way (one byte of the fragment; a setting added to the headers,
     // here a mask list): refused, never decoded.
     let flip: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> = |r| {
-        let (parts, body) = r.into_parts();
-        http::Request::from_parts(parts, tonic::body::Body::new(FlipLastByte(body, false)))
+        FirstFrame::tamper(
+            r,
+            |data| {
+                let mut changed = data.to_vec();
+                *changed.last_mut().unwrap() ^= 0x01;
+                bytes::Bytes::from(changed)
+            },
+            false,
+        )
     };
     let add_setting: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> =
         |mut r| {
@@ -272,17 +279,18 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
 
     // A sender that goes away before its first message is whole (a query
     // cancelled): the request ends as CANCELLED, not as a refusal.
-    let cut: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> = |r| {
-        let (parts, body) = r.into_parts();
-        http::Request::from_parts(parts, tonic::body::Body::new(CutShort(body, false)))
+    let cut: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> =
+        |r| FirstFrame::tamper(r, |data| data.slice(..data.len().min(3)), true);
+    let refusals_logged = || {
+        worker
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("refused a request"))
+            .count()
     };
-    let before = worker
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("refused a request"))
-        .count();
+    let before = refusals_logged();
     let mut c = signed_client(&worker.url, key.clone(), &worker.url, cut).await;
     let e = plan_outcome(&mut c, &worker.url, &plan_bytes, &task_ctx)
         .await
@@ -292,49 +300,11 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
         "{e}"
     );
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let after = worker
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("refused a request"))
-        .count();
-    assert_eq!(before, after, "a request cut short was counted as refused");
-}
-
-/// A body that sends the first 3 bytes of its first data frame, then ends.
-struct CutShort(tonic::body::Body, bool);
-
-impl http_body::Body for CutShort {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-        let this = &mut *self;
-        if this.1 {
-            return std::task::Poll::Ready(None);
-        }
-        let polled = std::pin::Pin::new(&mut this.0).poll_frame(cx);
-        let std::task::Poll::Ready(Some(Ok(frame))) = polled else {
-            return polled;
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                this.1 = true;
-                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
-                    data.slice(..data.len().min(3)),
-                ))))
-            }
-            Err(frame) => std::task::Poll::Ready(Some(Ok(frame))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.1
-    }
+    assert_eq!(
+        before,
+        refusals_logged(),
+        "a request cut short was counted as refused"
+    );
 }
 
 /// A worker started with `--advertise` answers only to that name: a
@@ -490,10 +460,34 @@ async fn signed_client(
     )))
 }
 
-/// A body whose first data frame has its last byte changed.
-struct FlipLastByte(tonic::body::Body, bool);
+/// A body whose first data frame is changed by `change`; with `then_end`,
+/// the body ends after it.
+struct FirstFrame {
+    inner: tonic::body::Body,
+    change: fn(bytes::Bytes) -> bytes::Bytes,
+    then_end: bool,
+    done: bool,
+}
 
-impl http_body::Body for FlipLastByte {
+impl FirstFrame {
+    /// `request` with its body's first frame changed after signing.
+    fn tamper(
+        request: http::Request<tonic::body::Body>,
+        change: fn(bytes::Bytes) -> bytes::Bytes,
+        then_end: bool,
+    ) -> http::Request<tonic::body::Body> {
+        let (parts, inner) = request.into_parts();
+        let body = FirstFrame {
+            inner,
+            change,
+            then_end,
+            done: false,
+        };
+        http::Request::from_parts(parts, tonic::body::Body::new(body))
+    }
+}
+
+impl http_body::Body for FirstFrame {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 
@@ -502,16 +496,17 @@ impl http_body::Body for FlipLastByte {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
         let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.0).poll_frame(cx);
+        if this.done && this.then_end {
+            return std::task::Poll::Ready(None);
+        }
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
         let std::task::Poll::Ready(Some(Ok(frame))) = polled else {
             return polled;
         };
         let frame = match frame.into_data() {
-            Ok(data) if !this.1 && !data.is_empty() => {
-                this.1 = true;
-                let mut changed = data.to_vec();
-                *changed.last_mut().unwrap() ^= 0x01;
-                http_body::Frame::data(bytes::Bytes::from(changed))
+            Ok(data) if !this.done && !data.is_empty() => {
+                this.done = true;
+                http_body::Frame::data((this.change)(data))
             }
             Ok(data) => http_body::Frame::data(data),
             Err(frame) => frame,
@@ -520,7 +515,7 @@ impl http_body::Body for FlipLastByte {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        (self.done && self.then_end) || self.inner.is_end_stream()
     }
 }
 

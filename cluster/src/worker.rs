@@ -392,27 +392,20 @@ mod tests {
         }
     }
 
-    /// The worker's state for a task whose request carries `budget`
-    /// (memory, query id) in its headers, as the coordinator sends it.
-    async fn task_state(
+    /// The worker's state for a task whose request carries `headers`, over
+    /// the worker pool `global`.
+    async fn state_for(
         worker: &MeshWorkerSession,
         global: &Arc<dyn MemoryPool>,
-        budget: Option<(&str, &str)>,
-    ) -> SessionState {
+        headers: &[(&'static str, &str)],
+    ) -> Result<SessionState, DataFusionError> {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::clone(global))
             .build_arc()
             .unwrap();
-        let mut headers = http::HeaderMap::new();
-        if let Some((memory, id)) = budget {
-            headers.insert(
-                "x-datafusion-distributed-config-meshq_query.memory",
-                memory.parse().unwrap(),
-            );
-            headers.insert(
-                "x-datafusion-distributed-config-meshq_query.id",
-                id.parse().unwrap(),
-            );
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
         }
         worker
             .build_session_state(WorkerQueryContext {
@@ -420,10 +413,27 @@ mod tests {
                     .with_default_features()
                     .with_config(SessionConfig::default())
                     .with_runtime_env(runtime),
-                headers,
+                headers: map,
             })
             .await
-            .unwrap()
+    }
+
+    /// [`state_for`] a task whose request carries `budget` (memory, query
+    /// id), as the coordinator sends it.
+    async fn task_state(
+        worker: &MeshWorkerSession,
+        global: &Arc<dyn MemoryPool>,
+        budget: Option<(&str, &str)>,
+    ) -> SessionState {
+        let headers: Vec<(&'static str, &str)> = budget
+            .map(|(memory, id)| {
+                vec![
+                    ("x-datafusion-distributed-config-meshq_query.memory", memory),
+                    ("x-datafusion-distributed-config-meshq_query.id", id),
+                ]
+            })
+            .unwrap_or_default();
+        state_for(worker, global, &headers).await.unwrap()
     }
 
     fn pool(state: &SessionState) -> *const () {
@@ -467,21 +477,12 @@ mod tests {
         assert!(!worker.queries.lock().contains_key("q1"));
         drop(again);
         // A bad value is refused, not ignored.
-        let runtime = RuntimeEnvBuilder::new().build_arc().unwrap();
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            "x-datafusion-distributed-config-meshq_query.memory",
-            "lots".parse().unwrap(),
-        );
-        let refused = worker
-            .build_session_state(WorkerQueryContext {
-                builder: SessionStateBuilder::new()
-                    .with_default_features()
-                    .with_config(SessionConfig::default())
-                    .with_runtime_env(runtime),
-                headers,
-            })
-            .await;
+        let refused = state_for(
+            &worker,
+            &global,
+            &[("x-datafusion-distributed-config-meshq_query.memory", "lots")],
+        )
+        .await;
         assert!(refused.is_err());
     }
 }
