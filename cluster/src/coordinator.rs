@@ -139,8 +139,9 @@ impl meshq_engine::engine::Distribution for Coordinator {
         options.extensions.insert(MaskFunctions::fresh());
         let settings = SessionSettings::of(options);
         options.extensions.insert(settings);
-        // No limit unless the statement gets one.
-        options.extensions.insert(QueryBudget::default());
+        // No limit unless the statement gets one; an id all the same, which
+        // ties its requests together (`EXPLAIN ANALYZE` reads it).
+        options.extensions.insert(QueryBudget::unlimited());
     }
 
     fn limit_query(&self, options: &mut datafusion::config::ConfigOptions, memory: usize) {
@@ -209,6 +210,11 @@ impl QueryPlanner for ClusterPlanner {
         match every_stage_encodes(&plan, &session.task_ctx(), local_files.as_deref())
             .and_then(|()| send_masks(&plan, session))
         {
+            // `EXPLAIN ANALYZE`: the library's stages and metrics, and
+            // the worker each task went to.
+            Ok(()) if plan.name() == "DistributedAnalyzeExec" => {
+                Ok(Arc::new(crate::placement::PlacedAnalyzeExec::new(plan)))
+            }
             Ok(()) => Ok(plan),
             Err(why) => {
                 debug!(%why, "a stage cannot be sent to workers; the query runs on the coordinator");
@@ -222,7 +228,8 @@ impl ClusterPlanner {
     /// `EXPLAIN`: meshq's own output, with the physical plan replaced by
     /// the stages the statement would run as, and the workers their tasks
     /// go to, when it would be distributed. (`EXPLAIN ANALYZE` is the
-    /// library's, with each stage's metrics.)
+    /// library's, with each stage's metrics, and a row naming the worker
+    /// each task ran on: [`crate::placement`].)
     async fn explain(
         &self,
         logical_plan: &LogicalPlan,

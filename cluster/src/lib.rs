@@ -24,6 +24,7 @@ pub mod codec;
 pub mod coordinator;
 pub mod loopback;
 pub mod metrics;
+pub mod placement;
 pub mod transport;
 pub mod travel;
 pub mod wire;

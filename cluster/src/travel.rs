@@ -392,6 +392,14 @@ impl QueryBudget {
     pub fn new(memory: u64) -> Self {
         Self {
             memory: Some(memory),
+            ..Self::unlimited()
+        }
+    }
+
+    /// No limit but the worker's own pool, for a new query.
+    pub fn unlimited() -> Self {
+        Self {
+            memory: None,
             id: format!("{:032x}", rand::random::<u128>()),
         }
     }

@@ -182,6 +182,8 @@ where
             let first = &prefix.data[..first_message_len(&prefix.data)
                 .unwrap_or(prefix.data.len())
                 .min(prefix.data.len())];
+            // `EXPLAIN ANALYZE` names the worker of each task it sends.
+            crate::placement::record(&parts.headers, first);
             let credential = key.credential(
                 &Target {
                     path: parts.uri.path(),

@@ -253,6 +253,36 @@ async fn a_cluster_serves_no_raw_value_to_a_restricted_principal() {
         analyzed.contains("Stage 1") && analyzed.contains("output_rows"),
         "{analyzed}"
     );
+    // And which worker ran each task: a row naming, per stage, every task
+    // and its worker, all among the workers that answer; a stage of two
+    // tasks ran on both.
+    let workers: Vec<&str> = plan
+        .split("tasks go to the workers that answer: ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .map(|line| {
+            line.trim_end_matches(|c: char| c == '|' || c.is_whitespace())
+                .split(", ")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(workers.len(), 2, "{plan}");
+    let tasks = analyzed
+        .lines()
+        .filter(|l| l.contains(meshq_cluster::placement::TASKS_RAN_ON) || l.contains("Stage "))
+        .filter_map(|l| l.split(" t0 → ").nth(1).map(|rest| (l, rest)))
+        .find(|(_, rest)| rest.contains(" t1 → "))
+        .unwrap_or_else(|| panic!("no stage with two tasks and their workers: {analyzed}"))
+        .1;
+    let ran_on: Vec<&str> = tasks
+        .split(" t1 → ")
+        .map(|w| w.trim_end_matches(|c: char| c == '|' || c.is_whitespace()))
+        .collect();
+    assert_eq!(ran_on.len(), 2, "{analyzed}");
+    for w in &ran_on {
+        assert!(workers.contains(w), "{w} is not a worker: {analyzed}");
+    }
+    assert_ne!(ran_on[0], ran_on[1], "{analyzed}");
     // Nobody spreads their own queries differently, admins included: the
     // settings are the operator's (ana may not SET at all).
     let set = "SET distributed.file_scan_config_bytes_per_partition = '1'";
