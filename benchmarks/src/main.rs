@@ -156,6 +156,7 @@ async fn run(args: &Args) -> Result<String> {
         "format",
         "flight",
         "clients",
+        "fetch",
         "accel",
         "distributed",
         "peers",

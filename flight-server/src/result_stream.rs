@@ -16,8 +16,9 @@ use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrayRef, AsArray, ByteView, RecordBatch, StringArray, StringViewArray};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::error::DataFusionError;
 use datafusion::physical_plan::SendableRecordBatchStream;
@@ -219,9 +220,61 @@ fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> arrow::error::Result<R
         .columns()
         .iter()
         .zip(target.fields())
-        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .map(|(c, f)| match (c.data_type(), f.data_type()) {
+            (DataType::Utf8View, DataType::Utf8) => plain_strings(c.as_string_view()),
+            _ => arrow::compute::cast(c, f.data_type()),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(Arc::clone(target), columns)
+}
+
+/// `Utf8View` → `Utf8`, the cast every string column of a result takes on
+/// its way to the wire: the offsets from the views' lengths, then each
+/// value copied once into a buffer of the right size, the null buffer
+/// kept as it is. arrow's cast appends value by value through a builder
+/// (and builds the nulls again), which the profile of a full `lineitem`
+/// fetch showed as a tenth of the server's time.
+fn plain_strings(array: &StringViewArray) -> arrow::error::Result<ArrayRef> {
+    let views = array.views();
+    let nulls = array.nulls();
+    let valid = |i: usize| nulls.is_none_or(|n| n.is_valid(i));
+    let length = |i: usize, view: &u128| {
+        if valid(i) { *view as u32 as usize } else { 0 }
+    };
+    let total: usize = views.iter().enumerate().map(|(i, v)| length(i, v)).sum();
+    if i32::try_from(total).is_err() {
+        // More than `Utf8` holds in one array: arrow's cast says so.
+        return arrow::compute::cast(array, &DataType::Utf8);
+    }
+    let mut offsets: Vec<i32> = Vec::with_capacity(views.len() + 1);
+    let mut values: Vec<u8> = Vec::with_capacity(total);
+    offsets.push(0);
+    let buffers = array.data_buffers();
+    for (i, view) in views.iter().enumerate() {
+        let len = length(i, view);
+        if len <= 12 {
+            values.extend_from_slice(&view.to_le_bytes()[4..4 + len]);
+        } else {
+            let view = ByteView::from(*view);
+            let bytes = buffers
+                .get(view.buffer_index as usize)
+                .and_then(|b| b.get(view.offset as usize..view.offset as usize + len))
+                .ok_or_else(|| {
+                    arrow::error::ArrowError::InvalidArgumentError(format!(
+                        "string view {i} points outside its buffers"
+                    ))
+                })?;
+            values.extend_from_slice(bytes);
+        }
+        // Fits: `total` does.
+        offsets.push(values.len() as i32);
+    }
+    let strings = StringArray::try_new(
+        OffsetBuffer::new(ScalarBuffer::from(offsets)),
+        Buffer::from_vec(values),
+        nulls.cloned(),
+    )?;
+    Ok(Arc::new(strings))
 }
 
 impl Stream for ResultStream {
@@ -299,5 +352,47 @@ impl Stream for ResultStream {
             return self.fail(&mut slot, error);
         }
         Poll::Ready(Some(Ok(batch)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::buffer::NullBuffer;
+
+    /// The result equals arrow's own cast, value for value and null for
+    /// null, over inline and long strings, several data buffers, nulls
+    /// (one over a view that still points at a value) and slices.
+    #[test]
+    fn plain_strings_equals_arrows_cast() {
+        let long = "a string longer than twelve bytes, with ünïcödé";
+        let mut builder = arrow::array::StringViewBuilder::new().with_fixed_block_size(64);
+        for i in 0..200 {
+            match i % 5 {
+                0 => builder.append_null(),
+                1 => builder.append_value(""),
+                2 => builder.append_value(format!("s{i}")),
+                _ => builder.append_value(format!("{long} {i}")),
+            }
+        }
+        let array = builder.finish();
+        assert!(array.data_buffers().len() > 1, "several buffers");
+        let check = |a: &StringViewArray| {
+            let ours = plain_strings(a).unwrap();
+            let theirs = arrow::compute::cast(a, &DataType::Utf8).unwrap();
+            assert_eq!(ours.as_ref(), theirs.as_ref());
+            assert_eq!(ours.data_type(), &DataType::Utf8);
+        };
+        check(&array);
+        check(&array.slice(7, 93));
+        check(&array.slice(0, 0));
+        // A null over a view that still names a long value.
+        let (views, buffers, _) = array.clone().into_parts();
+        let nulls = NullBuffer::from((0..200).map(|i| i % 3 != 0).collect::<Vec<_>>());
+        let masked = StringViewArray::new(views, buffers, Some(nulls));
+        check(&masked);
+        let plain = plain_strings(&masked).unwrap();
+        assert!(plain.is_null(3) && plain.is_valid(4));
+        assert_eq!(plain.as_string::<i32>().value(3), "");
     }
 }

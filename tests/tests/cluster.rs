@@ -299,7 +299,8 @@ async fn workers_named_by_dns_are_found_dropped_and_found_again() {
 /// A query's memory limit travels to its workers: a limited statement's
 /// requests carry the limit and an id of its own (each worker then runs
 /// that query's tasks in one pool of that size, see the worker's tests);
-/// an unlimited one carries none. A limit too small fails the query
+/// an unlimited one carries no limit, but an id of its own all the same
+/// (`EXPLAIN ANALYZE` follows a statement's tasks by it). A limit too small fails the query
 /// naming `limits.query_memory`; a large one gives the answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_querys_memory_limit_travels_to_its_workers() {
@@ -326,7 +327,10 @@ async fn a_querys_memory_limit_travels_to_its_workers() {
     assert_eq!(sent.id.len(), 32);
     let again = budget(&plan_with(Some(64 << 20)).await);
     assert_ne!(again.id, sent.id, "each query has a pool of its own");
-    assert_eq!(budget(&plan_with(None).await).memory, None);
+    let unlimited = budget(&plan_with(None).await);
+    assert_eq!(unlimited.memory, None);
+    assert_eq!(unlimited.id.len(), 32);
+    assert_ne!(unlimited.id, sent.id);
 
     let rows: usize = datafusion::physical_plan::collect(limited.plan, limited.task)
         .await
