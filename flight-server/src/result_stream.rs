@@ -237,9 +237,10 @@ fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> arrow::error::Result<R
 fn plain_strings(array: &StringViewArray) -> arrow::error::Result<ArrayRef> {
     let views = array.views();
     let nulls = array.nulls();
-    let valid = |i: usize| nulls.is_none_or(|n| n.is_valid(i));
-    let length = |i: usize, view: &u128| {
-        if valid(i) { *view as u32 as usize } else { 0 }
+    // A null's view may still name a value: it counts as empty.
+    let length = |i: usize, view: &u128| match nulls {
+        Some(n) if n.is_null(i) => 0,
+        _ => *view as u32 as usize,
     };
     let total: usize = views.iter().enumerate().map(|(i, v)| length(i, v)).sum();
     if i32::try_from(total).is_err() {
@@ -247,13 +248,17 @@ fn plain_strings(array: &StringViewArray) -> arrow::error::Result<ArrayRef> {
         return arrow::compute::cast(array, &DataType::Utf8);
     }
     let mut offsets: Vec<i32> = Vec::with_capacity(views.len() + 1);
-    let mut values: Vec<u8> = Vec::with_capacity(total);
+    // Room to copy an inlined value's whole 12 bytes and cut it back,
+    // which is cheaper than a copy of its own length.
+    let mut values: Vec<u8> = Vec::with_capacity(total + 12);
     offsets.push(0);
     let buffers = array.data_buffers();
     for (i, view) in views.iter().enumerate() {
         let len = length(i, view);
         if len <= 12 {
-            values.extend_from_slice(&view.to_le_bytes()[4..4 + len]);
+            let end = values.len() + len;
+            values.extend_from_slice(&view.to_le_bytes()[4..]);
+            values.truncate(end);
         } else {
             let view = ByteView::from(*view);
             let bytes = buffers
