@@ -293,6 +293,23 @@ mod tests {
         h
     }
 
+    /// The header is the library's prefix for travelling settings and the
+    /// id of meshq's `QueryBudget`: renaming either shows here (the
+    /// library's side, in the cluster's `EXPLAIN ANALYZE` test).
+    #[test]
+    fn the_statement_header_names_the_budgets_id() {
+        use datafusion::config::ConfigExtension;
+        assert_eq!(
+            STATEMENT_HEADER,
+            format!("x-datafusion-distributed-config-{}.id", QueryBudget::PREFIX)
+        );
+        assert!(
+            datafusion::config::ExtensionOptions::entries(&QueryBudget::unlimited())
+                .iter()
+                .any(|e| e.key == "id")
+        );
+    }
+
     #[test]
     fn a_watched_statement_records_its_tasks_and_others_do_not() {
         let watch = Watch::new("s1");
