@@ -186,6 +186,29 @@ impl ContractTableProvider {
     }
 }
 
+/// The mark over a local copy's scan, with the copy's column bounds (a
+/// memory copy's scan reports none) for the columns it reads.
+fn copy_scan(
+    table: &str,
+    copy: &Arc<dyn TableProvider>,
+    plan: Arc<dyn ExecutionPlan>,
+    projection: Option<&Vec<usize>>,
+) -> MeshScanExec {
+    let scan = MeshScanExec::new(table.to_string(), plan);
+    let Some(stats) = copy.statistics() else {
+        return scan;
+    };
+    let columns = stats.column_statistics;
+    let bounds = match projection {
+        Some(p) => p.iter().map(|&i| columns.get(i).cloned()).collect(),
+        None => Some(columns),
+    };
+    match bounds {
+        Some(b) => scan.with_column_bounds(b),
+        None => scan,
+    }
+}
+
 impl ContractTableProvider {
     /// The field-id adapter spec of the format's scans (an Iceberg table
     /// read by field id), for nodes that receive them without it.
@@ -219,7 +242,7 @@ impl TableProvider for ContractTableProvider {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         if let Some((copy, _)) = self.serving_copy() {
             let plan = copy.scan(state, projection, filters, limit).await?;
-            return Ok(Arc::new(MeshScanExec::new(self.table.clone(), plan)));
+            return Ok(Arc::new(copy_scan(&self.table, &copy, plan, projection)));
         }
         self.check_present()?;
         let projection = self.map_projection(projection)?;
@@ -238,9 +261,14 @@ impl TableProvider for ContractTableProvider {
         args: ScanArgs<'a>,
     ) -> Result<ScanResult> {
         if let Some((copy, _)) = self.serving_copy() {
+            let projection = args.projection().map(<[usize]>::to_vec);
             let result = copy.scan_with_args(state, args).await?;
-            let plan: Arc<dyn ExecutionPlan> =
-                Arc::new(MeshScanExec::new(self.table.clone(), result.into_inner()));
+            let plan: Arc<dyn ExecutionPlan> = Arc::new(copy_scan(
+                &self.table,
+                &copy,
+                result.into_inner(),
+                projection.as_ref(),
+            ));
             return Ok(ScanResult::new(plan));
         }
         self.check_present()?;

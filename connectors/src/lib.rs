@@ -24,6 +24,7 @@ mod file_groups;
 pub mod flightsql;
 pub mod iceberg;
 pub mod materialize;
+pub mod memory_copy;
 pub mod mesh_scan;
 pub mod open;
 pub mod postgres;

@@ -13,7 +13,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::common::ColumnStatistics;
 use datafusion::common::config::ConfigOptions;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -58,6 +60,10 @@ pub struct MeshScanExec {
     /// identity partitions, from which a node that receives this scan
     /// without its file scans' adapter (a cluster worker) makes it again.
     field_ids: Option<Vec<i32>>,
+    /// Column bounds the format's scan does not report (a memory copy's
+    /// minimum and maximum), one per output column, reported as inexact
+    /// where the scan reports none.
+    bounds: Option<Arc<[ColumnStatistics]>>,
 }
 
 impl MeshScanExec {
@@ -70,7 +76,15 @@ impl MeshScanExec {
             input,
             absorbed: Vec::new(),
             field_ids: None,
+            bounds: None,
         }
+    }
+
+    /// The same scan, reporting these bounds (one per output column) for
+    /// the columns whose scan reports none.
+    pub fn with_column_bounds(mut self, bounds: Vec<ColumnStatistics>) -> Self {
+        self.bounds = Some(bounds.into());
+        self
     }
 
     /// The same scan, whose file scans read by Iceberg field id with the
@@ -94,6 +108,7 @@ impl MeshScanExec {
             input: Arc::clone(&self.input),
             absorbed: self.absorbed.clone(),
             field_ids: self.field_ids.clone(),
+            bounds: self.bounds.clone(),
         }
     }
 
@@ -170,6 +185,7 @@ impl ExecutionPlan for MeshScanExec {
             input,
             absorbed: self.absorbed.clone(),
             field_ids: self.field_ids.clone(),
+            bounds: self.bounds.clone(),
         }))
     }
 
@@ -190,10 +206,40 @@ impl ExecutionPlan for MeshScanExec {
         input_stats: &[Arc<Statistics>],
         _args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
-        input_stats
+        let stats = input_stats
             .first()
-            .cloned()
-            .ok_or_else(|| DataFusionError::Internal("MeshScanExec needs one child".into()))
+            .ok_or_else(|| DataFusionError::Internal("MeshScanExec needs one child".into()))?;
+        let Some(bounds) = &self.bounds else {
+            return Ok(Arc::clone(stats));
+        };
+        if bounds.len() != stats.column_statistics.len() {
+            return Ok(Arc::clone(stats));
+        }
+        let schema = self.schema();
+        let mut stats = stats.as_ref().clone();
+        for ((column, known), field) in stats
+            .column_statistics
+            .iter_mut()
+            .zip(bounds.iter())
+            .zip(schema.fields())
+        {
+            let fits = |v: &Precision<datafusion::common::ScalarValue>| {
+                v.get_value()
+                    .is_some_and(|v| &v.data_type() == field.data_type())
+            };
+            if !fits(&known.min_value) || !fits(&known.max_value) {
+                continue;
+            }
+            // Bounds of the whole table hold for any part of it, but only
+            // as bounds: never exact, so no plan answers from them.
+            if column.min_value == Precision::Absent {
+                column.min_value = known.min_value.clone().to_inexact();
+            }
+            if column.max_value == Precision::Absent {
+                column.max_value = known.max_value.clone().to_inexact();
+            }
+        }
+        Ok(Arc::new(stats))
     }
 
     fn supports_limit_pushdown(&self) -> bool {
@@ -246,6 +292,7 @@ impl ExecutionPlan for MeshScanExec {
             input: Arc::clone(&self.input),
             absorbed: all,
             field_ids: self.field_ids.clone(),
+            bounds: self.bounds.clone(),
         });
         Ok(propagation.with_updated_node(node))
     }

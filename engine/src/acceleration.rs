@@ -26,11 +26,11 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::datasource::memory::MemTable;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use meshq_catalog::acceleration::{Acceleration, AccelerationEngine, Refresh};
 use meshq_catalog::{Format, TableDef};
 use meshq_connectors::LocalCopy;
+use meshq_connectors::memory_copy::MemoryCopy;
 use parking_lot::{Mutex, RwLock};
 use tracing::{info, warn};
 
@@ -569,7 +569,9 @@ async fn build(
                     pool.reserved() as f64 / 1048576.0
                 )
             })?;
-            let mem = MemTable::try_new(schema, partitions)
+            let spread = context.state().config().target_partitions();
+            let batches = partitions.into_iter().flatten().collect();
+            let mem = MemoryCopy::try_new(schema, batches, spread)
                 .map_err(|e| format!("cannot keep the copy of `{name}`: {e}"))?;
             Ok(Copy {
                 provider: Arc::new(mem),

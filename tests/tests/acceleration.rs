@@ -399,3 +399,62 @@ async fn copies_outlive_reloads_that_do_not_change_their_table() {
             .is_accelerated()
     );
 }
+
+/// A memory copy reports its columns' bounds to the planner (inexact, so
+/// nothing is answered from them), as the files it was copied from do:
+/// without them DataFusion planned every join of TPC-H q7 over copies on
+/// one side.
+#[tokio::test]
+async fn a_memory_copy_gives_the_planner_its_column_bounds() {
+    use datafusion::common::ScalarValue;
+    use datafusion::common::stats::Precision;
+    use datafusion::physical_plan::ExecutionPlan;
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = mesh(dir.path(), &[(ORDERS, Some("{ engine: memory }"))], "").await;
+    engine.refresh_accelerations().await;
+    assert!(
+        engine
+            .served_table("sales.orders")
+            .unwrap()
+            .provider
+            .is_accelerated()
+    );
+    let s = session(&engine, "pat");
+    let bounds = s
+        .sql("SELECT min(total_amount), max(total_amount) FROM sales.orders")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let min = ScalarValue::try_from_array(bounds[0].column(0), 0).unwrap();
+    let max = ScalarValue::try_from_array(bounds[0].column(1), 0).unwrap();
+    assert!(min < max, "{min} {max}");
+
+    let plan = s
+        .sql("SELECT order_id, total_amount FROM sales.orders")
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    fn scan(plan: &std::sync::Arc<dyn ExecutionPlan>) -> Option<std::sync::Arc<dyn ExecutionPlan>> {
+        if plan.name() == "MeshScanExec" {
+            return Some(std::sync::Arc::clone(plan));
+        }
+        plan.children().into_iter().find_map(scan)
+    }
+    let scan = scan(&plan).expect("a scan of sales.orders");
+    let stats = datafusion::physical_plan::statistics::StatisticsContext::new()
+        .compute(scan.as_ref(), &Default::default())
+        .unwrap();
+    let schema = scan.schema();
+    let amount = &stats.column_statistics[schema.index_of("total_amount").unwrap()];
+    assert_eq!(amount.min_value, Precision::Inexact(min));
+    assert_eq!(amount.max_value, Precision::Inexact(max));
+    assert!(matches!(
+        stats.column_statistics[schema.index_of("order_id").unwrap()].min_value,
+        Precision::Inexact(_)
+    ));
+}
