@@ -84,6 +84,11 @@ struct Args {
     /// `distributed.compression=none`; the library's defaults otherwise.
     #[arg(long = "cluster-set", value_name = "KEY=VALUE")]
     cluster_set: Vec<String>,
+    /// The `settings` measurement sweeps these DataFusion settings
+    /// (`KEY=VALUE`, each alone; repeatable) instead of its own list,
+    /// beside a second engine with the defaults as a control.
+    #[arg(long = "sweep", value_name = "KEY=VALUE")]
+    sweep: Vec<String>,
     /// Serve as a cluster worker over this mesh directory (started by the
     /// `distributed` measurement itself, pinned to a core).
     #[arg(long, hide = true)]
@@ -532,19 +537,45 @@ const SWEEP: &[(&str, &[(&str, &str)])] = &[
 ];
 
 /// The 22 queries in-process on the split mesh (exempt) with meshq's
-/// defaults and with each setting of [`SWEEP`], interleaved per query.
+/// defaults and with each setting of [`SWEEP`] (or of `--sweep`),
+/// interleaved per query.
 async fn settings(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<usize> {
+    // `--sweep KEY=VALUE`: those settings, each alone, beside the control.
+    let chosen: Vec<(String, Vec<(String, String)>)> = args
+        .sweep
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--sweep {kv}: write KEY=VALUE"))?;
+            Ok((format!("`{k} = {v}`"), vec![(k.to_string(), v.to_string())]))
+        })
+        .collect::<Result<_>>()?;
+    let sweep: Vec<(String, Vec<(String, String)>)> = if chosen.is_empty() {
+        SWEEP
+            .iter()
+            .map(|(l, set)| {
+                let set = set.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+                (l.to_string(), set.collect())
+            })
+            .collect()
+    } else {
+        std::iter::once((SWEEP[0].0.to_string(), Vec::new()))
+            .chain(chosen)
+            .collect()
+    };
     let mut engines = vec![runners::engine(&ds.mesh_split(), partitions).await?];
-    for (label, set) in SWEEP {
+    for (label, set) in &sweep {
         let parts = if label.starts_with("target_partitions") {
             partitions * 2
         } else {
             partitions
         };
-        engines.push(runners::engine_with(&ds.mesh_split(), parts, None, set).await?);
+        let set: Vec<(&str, &str)> = set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        engines.push(runners::engine_with(&ds.mesh_split(), parts, None, &set).await?);
     }
     let mut labels = vec!["defaults"];
-    labels.extend(SWEEP.iter().map(|(l, _)| *l));
+    labels.extend(sweep.iter().map(|(l, _)| l.as_str()));
     let runners_list = engines
         .iter()
         .zip(&labels)

@@ -13,27 +13,47 @@
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::common::ColumnStatistics;
+use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
 use datafusion::physical_plan::execution_plan::CardinalityEffect;
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
     PushedDown,
 };
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, Statistics,
 };
+use futures::StreamExt;
 
 /// Most filters offered to a format's scan for pruning; the rest are
 /// evaluated above it. Some formats' pruning grows faster than linearly in
 /// the number of filters (500 on a Delta table took half a minute).
 pub const MAX_PUSHED_FILTERS: usize = 32;
+
+/// Rows a dynamic filter is evaluated on before a scan partition judges
+/// whether it is worth evaluating (it stops when it keeps 95 % or more).
+const LATE_FILTER_SAMPLE_ROWS: usize = 65_536;
+
+/// A dynamic filter applied to one partition's rows.
+struct LateFilter {
+    expr: Arc<dyn PhysicalExpr>,
+    seen: usize,
+    passed: usize,
+    active: bool,
+}
 
 /// The policy decision the planner made for one scan, for one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
@@ -64,6 +84,14 @@ pub struct MeshScanExec {
     /// minimum and maximum), one per output column, reported as inexact
     /// where the scan reports none.
     bounds: Option<Arc<[ColumnStatistics]>>,
+    /// Dynamic filters (a hash join's build-side keys, a TopK's
+    /// threshold) that the format's scan uses at most to prune files and
+    /// row groups: applied here to the rows it yields, so fewer rows
+    /// travel up to the join. Only filters the barrier let through reach
+    /// a scan (docs/security.md), and a dynamic filter drops only rows its
+    /// join would drop.
+    late: Vec<Arc<dyn PhysicalExpr>>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl MeshScanExec {
@@ -77,6 +105,8 @@ impl MeshScanExec {
             absorbed: Vec::new(),
             field_ids: None,
             bounds: None,
+            late: Vec::new(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -109,6 +139,8 @@ impl MeshScanExec {
             absorbed: self.absorbed.clone(),
             field_ids: self.field_ids.clone(),
             bounds: self.bounds.clone(),
+            late: self.late.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -166,8 +198,15 @@ impl ExecutionPlan for MeshScanExec {
 
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
+        // The dynamic filters applied here: a join computes its filter only
+        // when a node below it holds the filter.
+        for expr in &self.late {
+            if f(expr)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
         Ok(TreeNodeRecursion::Continue)
     }
 
@@ -186,6 +225,8 @@ impl ExecutionPlan for MeshScanExec {
             absorbed: self.absorbed.clone(),
             field_ids: self.field_ids.clone(),
             bounds: self.bounds.clone(),
+            late: self.late.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
 
@@ -194,7 +235,62 @@ impl ExecutionPlan for MeshScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
+        let input = self.input.execute(partition, context)?;
+        if self.late.is_empty() {
+            return Ok(input);
+        }
+        let pruned =
+            MetricBuilder::new(&self.metrics).counter("dynamic_filter_rows_pruned", partition);
+        let mut filters: Vec<LateFilter> = self
+            .late
+            .iter()
+            .map(|f| LateFilter {
+                expr: Arc::clone(f),
+                seen: 0,
+                passed: 0,
+                active: true,
+            })
+            .collect();
+        let schema = input.schema();
+        let stream = input.map(move |batch| {
+            let mut batch = batch?;
+            for f in filters.iter_mut().filter(|f| f.active) {
+                let before = batch.num_rows();
+                if before == 0 {
+                    break;
+                }
+                match f.expr.evaluate(&batch)? {
+                    // Not yet known (the join is still building), or
+                    // known to keep every row.
+                    ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))) => continue,
+                    ColumnarValue::Scalar(_) => {
+                        batch = batch.slice(0, 0);
+                    }
+                    ColumnarValue::Array(keep) => {
+                        let keep = keep.as_boolean_opt().ok_or_else(|| {
+                            DataFusionError::Internal(
+                                "a dynamic filter gave no boolean array".into(),
+                            )
+                        })?;
+                        batch = filter_record_batch(&batch, keep)?;
+                    }
+                }
+                f.seen += before;
+                f.passed += batch.num_rows();
+                // A filter that keeps nearly every row costs more than it
+                // saves: stop evaluating it for this partition.
+                if f.seen >= LATE_FILTER_SAMPLE_ROWS && f.passed * 100 >= f.seen * 95 {
+                    f.active = false;
+                }
+                pruned.add(before - batch.num_rows());
+            }
+            Ok(batch)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
     }
 
     fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
@@ -269,7 +365,7 @@ impl ExecutionPlan for MeshScanExec {
 
     fn handle_child_pushdown_result(
         &self,
-        _phase: FilterPushdownPhase,
+        phase: FilterPushdownPhase,
         child_pushdown_result: ChildPushdownResult,
         _config: &ConfigOptions,
     ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
@@ -279,8 +375,23 @@ impl ExecutionPlan for MeshScanExec {
             .filter(|f| matches!(f.all(), PushedDown::Yes))
             .map(|f| Arc::clone(&f.filter))
             .collect();
-        let propagation = FilterPushdownPropagation::if_all(child_pushdown_result);
-        if absorbed.is_empty() {
+        // Dynamic filters the format's scan leaves to its parents (it
+        // prunes with them at most) are applied here to its rows.
+        let mut late = self.late.clone();
+        let mut results = Vec::with_capacity(child_pushdown_result.parent_filters.len());
+        for f in &child_pushdown_result.parent_filters {
+            let taken = matches!(f.all(), PushedDown::No)
+                && phase == FilterPushdownPhase::Post
+                && f.filter.is::<DynamicFilterPhysicalExpr>();
+            if taken {
+                late.push(Arc::clone(&f.filter));
+                results.push(PushedDown::Yes);
+            } else {
+                results.push(f.all());
+            }
+        }
+        let propagation = FilterPushdownPropagation::with_parent_pushdown_result(results);
+        if absorbed.is_empty() && late.len() == self.late.len() {
             return Ok(propagation);
         }
         // Remember what the scan took over, for the plan verifier.
@@ -293,6 +404,8 @@ impl ExecutionPlan for MeshScanExec {
             absorbed: all,
             field_ids: self.field_ids.clone(),
             bounds: self.bounds.clone(),
+            late,
+            metrics: ExecutionPlanMetricsSet::new(),
         });
         Ok(propagation.with_updated_node(node))
     }
