@@ -43,6 +43,24 @@ use futures::StreamExt;
 /// the number of filters (500 on a Delta table took half a minute).
 pub const MAX_PUSHED_FILTERS: usize = 32;
 
+datafusion::common::extensions_options! {
+    /// How mesh scans run (`SET meshq_scan.dynamic_filters = true`).
+    pub struct ScanOptions {
+        /// Apply the dynamic filters of joins and TopK above a scan to the
+        /// rows its format yields (formats that only prune with them, and
+        /// memory copies, which ignore them). Off by default: DataFusion
+        /// 55's filter of a partitioned hash join is a `CASE` over the
+        /// hash partitions, and evaluating it row by row cost more than it
+        /// saved on most TPC-H queries; it wins on very selective joins
+        /// (q17, q18). See BENCHMARKS.md.
+        pub dynamic_filters: bool, default = false
+    }
+}
+
+impl datafusion::common::config::ConfigExtension for ScanOptions {
+    const PREFIX: &'static str = "meshq_scan";
+}
+
 /// Rows a dynamic filter is evaluated on before a scan partition judges
 /// whether it is worth evaluating (it stops when it keeps 95 % or more).
 const LATE_FILTER_SAMPLE_ROWS: usize = 65_536;
@@ -367,8 +385,12 @@ impl ExecutionPlan for MeshScanExec {
         &self,
         phase: FilterPushdownPhase,
         child_pushdown_result: ChildPushdownResult,
-        _config: &ConfigOptions,
+        config: &ConfigOptions,
     ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let apply_dynamic = config
+            .extensions
+            .get::<ScanOptions>()
+            .is_some_and(|o| o.dynamic_filters);
         let absorbed: Vec<Arc<dyn PhysicalExpr>> = child_pushdown_result
             .parent_filters
             .iter()
@@ -381,6 +403,7 @@ impl ExecutionPlan for MeshScanExec {
         let mut results = Vec::with_capacity(child_pushdown_result.parent_filters.len());
         for f in &child_pushdown_result.parent_filters {
             let taken = matches!(f.all(), PushedDown::No)
+                && apply_dynamic
                 && phase == FilterPushdownPhase::Post
                 && f.filter.is::<DynamicFilterPhysicalExpr>();
             if taken {

@@ -957,7 +957,8 @@ fn session_config(config: &EngineConfig, memory_bounded: bool) -> Result<Session
         // The mesh catalog serves its own information_schema (see
         // domain_schema.rs); SHOW TABLES and friends find it there.
         .with_information_schema(false)
-        .with_option_extension(MeshqOptions::default());
+        .with_option_extension(MeshqOptions::default())
+        .with_option_extension(meshq_connectors::mesh_scan::ScanOptions::default());
     // Sessions run in UTC: `TIMESTAMP WITH TIME ZONE '…'` literals and now()
     // keep a zone (clients see a zoned timestamp), while plain `TIMESTAMP`
     // literals stay zone-less as before.

@@ -155,6 +155,14 @@ async fn admins_read_and_write_files_only_in_scratch_and_export() {
         let e = run(&root, set).await.unwrap_err();
         assert!(e.contains("cannot be set from SQL"), "{set}: {e}");
     }
+    // How scans run is an admin's to choose; a bad value is refused.
+    run(&root, "SET meshq_scan.dynamic_filters = true")
+        .await
+        .unwrap();
+    let e = run(&root, "SET meshq_scan.dynamic_filters = 'maybe'")
+        .await
+        .unwrap_err();
+    assert!(e.contains("as bool"), "{e}");
 }
 
 /// The relative path from `base` to `path`, both absolute.

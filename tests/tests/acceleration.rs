@@ -475,14 +475,31 @@ async fn a_join_filters_a_memory_copy_at_its_scan() {
     engine.refresh_accelerations().await;
     let sql = "SELECT count(*) FROM sales.orders o JOIN (SELECT order_id AS k FROM sales.orders WHERE total_amount < 20) s ON o.order_id = s.k";
     let s = session(&engine, "pat");
-    let df = s.sql(sql).await.unwrap();
-    let task = Arc::new(df.task_ctx());
-    let plan = df.create_physical_plan().await.unwrap();
-    let got = collect(Arc::clone(&plan), task).await.unwrap();
-    assert_eq!(
-        sorted_rows(&got),
-        rows(&session(&plain, "pat"), sql).await.unwrap()
-    );
+    let run = |s: &MeshSession| {
+        let s = s.clone();
+        async move {
+            let df = s.sql(sql).await.unwrap();
+            let task = Arc::new(df.task_ctx());
+            let plan = df.create_physical_plan().await.unwrap();
+            let got = collect(Arc::clone(&plan), task).await.unwrap();
+            (sorted_rows(&got), plan)
+        }
+    };
+    let expected = rows(&session(&plain, "pat"), sql).await.unwrap();
+    // Off by default: the scan passes every row up to the join.
+    let (got, plan_off) = run(&s).await;
+    assert_eq!(got, expected);
+    // On (an admin's `SET meshq_scan.dynamic_filters = true`, here the
+    // engine's own setting).
+    let mut config = fixture_engine_config(dir.path());
+    config
+        .settings
+        .push(("meshq_scan.dynamic_filters".into(), "true".into()));
+    let engine = Engine::load(config).await.unwrap();
+    engine.refresh_accelerations().await;
+    let s = session(&engine, "pat");
+    let (got, plan) = run(&s).await;
+    assert_eq!(got, expected);
     fn pruned(plan: &Arc<dyn ExecutionPlan>) -> usize {
         let here = if plan.name() == "MeshScanExec" {
             plan.metrics()
@@ -509,4 +526,5 @@ async fn a_join_filters_a_memory_copy_at_its_scan() {
         "the filter must select fewer rows: {kept} of {total}"
     );
     assert_eq!(pruned(&plan), total - kept);
+    assert_eq!(pruned(&plan_off), 0);
 }
