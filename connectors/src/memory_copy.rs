@@ -14,11 +14,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
-use datafusion::common::{ColumnStatistics, Statistics};
+use datafusion::common::{ColumnStatistics, ScalarValue, Statistics};
 use datafusion::datasource::memory::MemTable;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::Result;
@@ -42,7 +42,7 @@ impl MemoryCopy {
         batches: Vec<RecordBatch>,
         partitions: usize,
     ) -> Result<Self> {
-        let statistics = column_bounds(&schema, &batches)?;
+        let statistics = column_bounds(&schema, &batches);
         let table = MemTable::try_new(schema, balance(batches, partitions.max(1)))?;
         Ok(Self { table, statistics })
     }
@@ -69,42 +69,47 @@ fn balance(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
 
 /// Row count, byte size, and each column's null count, minimum and
 /// maximum (absent for types the min/max kernels do not order).
-fn column_bounds(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Statistics> {
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for (i, field) in schema.fields().iter().enumerate() {
-        let mut stats = ColumnStatistics::new_unknown();
-        let nulls: usize = batches.iter().map(|b| b.column(i).null_count()).sum();
-        stats.null_count = Precision::Exact(nulls);
-        if let (Ok(mut min), Ok(mut max)) = (
-            MinAccumulator::try_new(field.data_type()),
-            MaxAccumulator::try_new(field.data_type()),
-        ) {
-            let mut ok = true;
-            for batch in batches {
-                let column = [Arc::clone(batch.column(i))];
-                if min.update_batch(&column).is_err() || max.update_batch(&column).is_err() {
-                    ok = false;
-                    break;
-                }
-            }
-            if ok
-                && let (Ok(lo), Ok(hi)) = (min.evaluate(), max.evaluate())
-                && !lo.is_null()
-                && !hi.is_null()
-            {
+fn column_bounds(schema: &SchemaRef, batches: &[RecordBatch]) -> Statistics {
+    let columns = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let mut stats = ColumnStatistics::new_unknown();
+            stats.null_count =
+                Precision::Exact(batches.iter().map(|b| b.column(i).null_count()).sum());
+            if let Some((lo, hi)) = min_max(field.data_type(), batches, i) {
                 stats.min_value = Precision::Exact(lo);
                 stats.max_value = Precision::Exact(hi);
             }
-        }
-        columns.push(stats);
-    }
-    Ok(Statistics {
+            stats
+        })
+        .collect();
+    Statistics {
         num_rows: Precision::Exact(batches.iter().map(RecordBatch::num_rows).sum()),
         total_byte_size: Precision::Exact(
             batches.iter().map(RecordBatch::get_array_memory_size).sum(),
         ),
         column_statistics: columns,
-    })
+    }
+}
+
+/// The smallest and largest non-null value of column `i`; `None` when it
+/// holds none or its type has no order the kernels know.
+fn min_max(
+    data_type: &DataType,
+    batches: &[RecordBatch],
+    i: usize,
+) -> Option<(ScalarValue, ScalarValue)> {
+    let mut min = MinAccumulator::try_new(data_type).ok()?;
+    let mut max = MaxAccumulator::try_new(data_type).ok()?;
+    for batch in batches {
+        let column = [Arc::clone(batch.column(i))];
+        min.update_batch(&column).ok()?;
+        max.update_batch(&column).ok()?;
+    }
+    let (lo, hi) = (min.evaluate().ok()?, max.evaluate().ok()?);
+    (!lo.is_null() && !hi.is_null()).then_some((lo, hi))
 }
 
 #[async_trait]
@@ -138,8 +143,7 @@ impl TableProvider for MemoryCopy {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{Int64Array, StringViewArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::common::ScalarValue;
+    use datafusion::arrow::datatypes::{Field, Schema};
 
     fn batch(schema: &SchemaRef, ids: Vec<Option<i64>>, names: Vec<Option<&str>>) -> RecordBatch {
         RecordBatch::try_new(
