@@ -92,15 +92,44 @@ pub fn start(engine: Engine, worker_threads: usize) -> Result<RunningServer> {
     })
 }
 
-/// A logged-in client.
+/// A logged-in client, with the HTTP/2 defaults of tonic's channel
+/// (2 MiB stream window, 16 KiB frames).
 pub async fn client(
     addr: SocketAddr,
     user: &str,
     password: &str,
 ) -> Result<FlightSqlServiceClient<Channel>> {
-    let channel = Channel::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
+    connect(
+        Channel::from_shared(format!("http://{addr}"))?,
+        user,
+        password,
+    )
+    .await
+}
+
+/// A logged-in client whose connection advertises other HTTP/2 receive
+/// windows (per stream and connection) and frame sizes than tonic's
+/// defaults, as clients tuned for bulk transfer do.
+pub async fn client_tuned(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    window: Option<u32>,
+    frame: Option<u32>,
+) -> Result<FlightSqlServiceClient<Channel>> {
+    let endpoint = Channel::from_shared(format!("http://{addr}"))?
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .max_frame_size(frame);
+    connect(endpoint, user, password).await
+}
+
+async fn connect(
+    endpoint: tonic::transport::Endpoint,
+    user: &str,
+    password: &str,
+) -> Result<FlightSqlServiceClient<Channel>> {
+    let channel = endpoint.connect().await?;
     let mut c = FlightSqlServiceClient::new(channel);
     c.handshake(user, password).await?;
     Ok(c)

@@ -732,7 +732,88 @@ async fn fetch(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -
         ms(t.median()),
         bytes as f64 / 1e6 / t.median().as_secs_f64()
     )?;
+    writeln!(
+        out,
+        "| client's HTTP/2 settings | median ms | MB/s |\n|---|---:|---:|\n| tonic's defaults (2 MiB stream window, 16 KiB frames) | {} | {:.0} |",
+        ms(t.median()),
+        bytes as f64 / 1e6 / t.median().as_secs_f64()
+    )?;
+    let tunings: [(&str, Option<u32>, Option<u32>); 5] = [
+        ("64 MiB windows", Some(64 << 20), None),
+        ("1 MiB frames", None, Some(1 << 20)),
+        (
+            "64 MiB windows, 1 MiB frames",
+            Some(64 << 20),
+            Some(1 << 20),
+        ),
+        (
+            "16 MiB windows, 1 MiB frames",
+            Some(16 << 20),
+            Some(1 << 20),
+        ),
+        (
+            "8 MiB windows, 256 KiB frames",
+            Some(8 << 20),
+            Some(256 << 10),
+        ),
+    ];
+    for (name, window, frame) in tunings {
+        let tuned = flight::client_tuned(server.addr, user, password, window, frame).await?;
+        let (t_tuned, _) = measure(args.warmup, args.runs, || {
+            let mut c = tuned.clone();
+            async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
+        })
+        .await?;
+        writeln!(
+            out,
+            "| {name} | {} | {:.0} |",
+            ms(t_tuned.median()),
+            bytes as f64 / 1e6 / t_tuned.median().as_secs_f64()
+        )?;
+    }
+    writeln!(out)?;
     wire_variants(args, &client, bytes, t.median(), out).await?;
+    drop(server);
+    // The same table served from a memory copy: no Parquet decoding.
+    let engine = runners::engine(&ds.mesh_split_accelerated("memory")?, partitions).await?;
+    for (table, outcome) in engine.refresh_accelerations().await {
+        anyhow::ensure!(
+            matches!(
+                outcome,
+                meshq_engine::acceleration::RefreshOutcome::Built { .. }
+            ),
+            "{table} was not accelerated: {outcome:?}"
+        );
+    }
+    let server = flight::start(engine, cores())?;
+    writeln!(
+        out,
+        "From a memory copy (`acceleration: {{ engine: memory }}`):\n\n| client's HTTP/2 settings | median ms | MB/s |\n|---|---:|---:|"
+    )?;
+    let clients = [
+        ("tonic's defaults", None),
+        ("16 MiB windows, 1 MiB frames", Some(16u32 << 20)),
+    ];
+    for (name, window) in clients {
+        let c = flight::client_tuned(server.addr, user, password, window, window.map(|_| 1 << 20))
+            .await?;
+        let (t, (n_copy, bytes_copy)) = measure(args.warmup, args.runs, || {
+            let mut c = c.clone();
+            async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
+        })
+        .await?;
+        anyhow::ensure!(
+            n_copy == n,
+            "the copy returned {n_copy} rows, the files {n}"
+        );
+        writeln!(
+            out,
+            "| {name} | {} | {:.0} |",
+            ms(t.median()),
+            bytes_copy as f64 / 1e6 / t.median().as_secs_f64()
+        )?;
+    }
+    writeln!(out)?;
     drop(server);
     Ok(())
 }

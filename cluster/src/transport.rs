@@ -68,10 +68,13 @@ impl AuthChannelResolver {
                     .into(),
             )
         };
-        let mut endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| unreachable(&e))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+        // Stages stream Arrow over this connection: windows and frames
+        // sized for bulk results.
+        let mut endpoint = meshq_connectors::flightsql::bulk_transfer(
+            Endpoint::from_shared(url.to_string()).map_err(|e| unreachable(&e))?,
+        )
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
         if url.scheme() == "https" {
             let Some(tls) = self.tls.clone() else {
                 return Err(unreachable(
