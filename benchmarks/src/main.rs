@@ -85,7 +85,8 @@ struct Args {
     #[arg(long = "cluster-set", value_name = "KEY=VALUE")]
     cluster_set: Vec<String>,
     /// The `settings` measurement sweeps these DataFusion settings
-    /// (`KEY=VALUE`, each alone; repeatable) instead of its own list,
+    /// (`KEY=VALUE`, each alone, or `KEY=VALUE,KEY=VALUE` together;
+    /// repeatable) instead of its own list,
     /// beside a second engine with the defaults as a control.
     #[arg(long = "sweep", value_name = "KEY=VALUE")]
     sweep: Vec<String>,
@@ -545,10 +546,21 @@ async fn settings(args: &Args, ds: &Dataset, partitions: usize, out: &mut String
         .sweep
         .iter()
         .map(|kv| {
-            let (k, v) = kv
-                .split_once('=')
-                .with_context(|| format!("--sweep {kv}: write KEY=VALUE"))?;
-            Ok((format!("`{k} = {v}`"), vec![(k.to_string(), v.to_string())]))
+            let set = kv
+                .split(',')
+                .map(|one| {
+                    let (k, v) = one
+                        .split_once('=')
+                        .with_context(|| format!("--sweep {kv}: write KEY=VALUE[,KEY=VALUE]"))?;
+                    Ok((k.trim().to_string(), v.trim().to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let label = set
+                .iter()
+                .map(|(k, v)| format!("`{k} = {v}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok((label, set))
         })
         .collect::<Result<_>>()?;
     let sweep: Vec<(String, Vec<(String, String)>)> = if chosen.is_empty() {
@@ -695,6 +707,25 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
         mbps(t.min()),
         mbps(t.max())
     )?;
+    let bulk = flight::client_tuned(
+        server.addr,
+        user,
+        password,
+        Some(meshq_connectors::flightsql::BULK_WINDOW_BYTES),
+        Some(meshq_connectors::flightsql::BULK_FRAME_BYTES),
+    )
+    .await?;
+    let (t_bulk, _) = measure(args.warmup, args.runs, || {
+        let mut c = bulk.clone();
+        async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
+    })
+    .await?;
+    writeln!(
+        out,
+        "The same fetch by a client advertising 16 MiB HTTP/2 windows and 1 MiB frames (as meshq's own clients do): median {} ms = **{:.0} MB/s**.\n",
+        ms(t_bulk.median()),
+        mbps(t_bulk.median())
+    )?;
     wire_variants(args, &client, bytes, t.median(), out).await?;
     let (lat, _) = measure(10, args.latency_queries, || {
         let mut c = client.clone();
@@ -792,11 +823,14 @@ async fn fetch(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -
     )?;
     let clients = [
         ("tonic's defaults", None),
-        ("16 MiB windows, 1 MiB frames", Some(16u32 << 20)),
+        (
+            "16 MiB windows, 1 MiB frames (meshq's own clients)",
+            Some(meshq_connectors::flightsql::BULK_WINDOW_BYTES),
+        ),
     ];
     for (name, window) in clients {
-        let c = flight::client_tuned(server.addr, user, password, window, window.map(|_| 1 << 20))
-            .await?;
+        let frame = window.map(|_| meshq_connectors::flightsql::BULK_FRAME_BYTES);
+        let c = flight::client_tuned(server.addr, user, password, window, frame).await?;
         let (t, (n_copy, bytes_copy)) = measure(args.warmup, args.runs, || {
             let mut c = c.clone();
             async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }

@@ -18,18 +18,20 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::common::ColumnStatistics;
 use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
+use datafusion::common::config_field;
 use datafusion::common::stats::Precision;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
+use datafusion::physical_expr::expressions::{CaseExpr, DynamicFilterPhysicalExpr};
 use datafusion::physical_plan::execution_plan::CardinalityEffect;
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
     PushedDown,
 };
+use datafusion::physical_plan::joins::HashTableLookupExpr;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -44,21 +46,89 @@ use futures::StreamExt;
 pub const MAX_PUSHED_FILTERS: usize = 32;
 
 datafusion::common::extensions_options! {
-    /// How mesh scans run (`SET meshq_scan.dynamic_filters = true`).
+    /// How mesh scans run (`SET meshq_scan.dynamic_filters = false`).
     pub struct ScanOptions {
         /// Apply the dynamic filters of joins and TopK above a scan to the
         /// rows its format yields (formats that only prune with them, and
-        /// memory copies, which ignore them). Off by default: DataFusion
-        /// 55's filter of a partitioned hash join is a `CASE` over the
-        /// hash partitions, and evaluating it row by row cost more than it
-        /// saved on most TPC-H queries; it wins on very selective joins
-        /// (q17, q18). See BENCHMARKS.md.
-        pub dynamic_filters: bool, default = false
+        /// memory copies, which ignore them).
+        pub dynamic_filters: bool, default = true
+        /// Which of those filters that probe a join's hash table (a large
+        /// build side; a small one becomes an `IN` list) are applied:
+        /// `none` (the default), `collect_left` (those of joins that build
+        /// one table for every partition, not the `CASE` over hash
+        /// partitions of a partitioned join) or `all`. A probe at the scan
+        /// repeats the join's own work; on TPC-H SF1 applying them cost
+        /// more than it saved (BENCHMARKS.md).
+        pub dynamic_filter_probes: DynamicFilterProbes, default = DynamicFilterProbes::None
     }
 }
 
 impl datafusion::common::config::ConfigExtension for ScanOptions {
     const PREFIX: &'static str = "meshq_scan";
+}
+
+/// Which dynamic filters that probe a hash table a scan applies
+/// (`meshq_scan.dynamic_filter_probes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DynamicFilterProbes {
+    /// Every filter.
+    All,
+    /// Filters of collect-left joins, not the `CASE` over hash partitions
+    /// of a partitioned join.
+    CollectLeft,
+    /// No filter that probes a hash table: `IN` lists, bounds, TopK.
+    #[default]
+    None,
+}
+
+impl std::str::FromStr for DynamicFilterProbes {
+    type Err = DataFusionError;
+
+    fn from_str(value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(Self::All),
+            "collect_left" => Ok(Self::CollectLeft),
+            "none" => Ok(Self::None),
+            other => Err(DataFusionError::Configuration(format!(
+                "meshq_scan.dynamic_filter_probes: {other:?} is not none, collect_left or all"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for DynamicFilterProbes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::All => "all",
+            Self::CollectLeft => "collect_left",
+            Self::None => "none",
+        })
+    }
+}
+
+config_field!(DynamicFilterProbes);
+
+impl DynamicFilterProbes {
+    /// Whether a filter whose current expression is `expr` is applied.
+    fn admits(self, expr: &Arc<dyn PhysicalExpr>) -> bool {
+        if self == Self::All {
+            return true;
+        }
+        let (mut probes, mut partitioned) = (false, false);
+        let _ = expr.apply(|e| {
+            if e.is::<HashTableLookupExpr>() {
+                probes = true;
+            } else if e.is::<CaseExpr>() {
+                partitioned = true;
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        match self {
+            Self::All => true,
+            Self::CollectLeft => !(probes && partitioned),
+            Self::None => !probes,
+        }
+    }
 }
 
 /// Rows a dynamic filter is evaluated on before a scan partition judges
@@ -71,6 +141,9 @@ struct LateFilter {
     seen: usize,
     passed: usize,
     active: bool,
+    /// The generation of the filter last judged by the probe setting, and
+    /// whether that generation is evaluated.
+    judged: Option<(u64, bool)>,
 }
 
 /// The policy decision the planner made for one scan, for one session.
@@ -253,12 +326,19 @@ impl ExecutionPlan for MeshScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
+        let input = self.input.execute(partition, Arc::clone(&context))?;
         if self.late.is_empty() {
             return Ok(input);
         }
         let pruned =
             MetricBuilder::new(&self.metrics).counter("dynamic_filter_rows_pruned", partition);
+        let probes = context
+            .session_config()
+            .options()
+            .extensions
+            .get::<ScanOptions>()
+            .map(|o| o.dynamic_filter_probes)
+            .unwrap_or_default();
         let mut filters: Vec<LateFilter> = self
             .late
             .iter()
@@ -267,6 +347,7 @@ impl ExecutionPlan for MeshScanExec {
                 seen: 0,
                 passed: 0,
                 active: true,
+                judged: None,
             })
             .collect();
         let schema = input.schema();
@@ -276,6 +357,24 @@ impl ExecutionPlan for MeshScanExec {
                 let before = batch.num_rows();
                 if before == 0 {
                     break;
+                }
+                if probes != DynamicFilterProbes::All {
+                    let generation = f.expr.snapshot_generation();
+                    let admitted = match f.judged {
+                        Some((g, admitted)) if g == generation => admitted,
+                        _ => {
+                            let current = match f.expr.snapshot()? {
+                                Some(current) => current,
+                                None => Arc::clone(&f.expr),
+                            };
+                            let admitted = probes.admits(&current);
+                            f.judged = Some((generation, admitted));
+                            admitted
+                        }
+                    };
+                    if !admitted {
+                        continue;
+                    }
                 }
                 match f.expr.evaluate(&batch)? {
                     // Not yet known (the join is still building), or

@@ -163,6 +163,16 @@ async fn admins_read_and_write_files_only_in_scratch_and_export() {
         .await
         .unwrap_err();
     assert!(e.contains("as bool"), "{e}");
+    run(&root, "SET meshq_scan.dynamic_filter_probes = 'all'")
+        .await
+        .unwrap();
+    let e = run(&root, "SET meshq_scan.dynamic_filter_probes = 'some'")
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("dynamic_filter_probes") && e.contains("collect_left"),
+        "{e}"
+    );
 }
 
 /// The relative path from `base` to `path`, both absolute.

@@ -284,7 +284,8 @@ async fn a_copy_that_does_not_fit_in_memory_is_refused_by_name() {
 }
 
 /// The bypass corpus, against accelerated tables, with scans applying
-/// joins' dynamic filters off (the default) and on.
+/// joins' dynamic filters off, as by default (`IN` lists and bounds) and
+/// all of them (hash table probes too).
 #[tokio::test]
 async fn accelerated_tables_reveal_nothing_a_policy_hides() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,13 +298,21 @@ async fn accelerated_tables_reveal_nothing_a_policy_hides() {
         "",
     )
     .await;
-    let mut config = fixture_engine_config(dir.path());
-    config
-        .settings
-        .push(("meshq_scan.dynamic_filters".into(), "true".into()));
-    let filtering = Engine::load(config).await.unwrap();
+    let with = |settings: &[(&str, &str)]| {
+        let mut config = fixture_engine_config(dir.path());
+        for (k, v) in settings {
+            config.settings.push((k.to_string(), v.to_string()));
+        }
+        Engine::load(config)
+    };
+    let off = with(&[("meshq_scan.dynamic_filters", "false")])
+        .await
+        .unwrap();
+    let all = with(&[("meshq_scan.dynamic_filter_probes", "all")])
+        .await
+        .unwrap();
     let mesh_path = dir.path().canonicalize().unwrap().display().to_string();
-    for engine in [&default, &filtering] {
+    for engine in [&off, &default, &all] {
         engine.refresh_accelerations().await;
         let (found, answered) =
             crate::bypass::corpus_leaks(&session(engine, "ana"), &mesh_path).await;
@@ -471,7 +480,8 @@ async fn a_memory_copy_gives_the_planner_its_column_bounds() {
 /// A join's dynamic filter reaches a memory copy's scan and drops the rows
 /// the join would drop, there, before they are repartitioned and probed
 /// (DataFusion's memory scan applies no filter); the answer is the same
-/// as without the copy.
+/// as without the copy. A filter that probes the join's hash table is
+/// applied only when `meshq_scan.dynamic_filter_probes` asks for it.
 #[tokio::test]
 async fn a_join_filters_a_memory_copy_at_its_scan() {
     use datafusion::physical_plan::{ExecutionPlan, collect};
@@ -480,35 +490,9 @@ async fn a_join_filters_a_memory_copy_at_its_scan() {
     let plain_dir = tempfile::tempdir().unwrap();
     let plain = mesh(plain_dir.path(), &[(ORDERS, None)], "").await;
     let dir = tempfile::tempdir().unwrap();
-    let engine = mesh(dir.path(), &[(ORDERS, Some("{ engine: memory }"))], "").await;
-    engine.refresh_accelerations().await;
+    mesh(dir.path(), &[(ORDERS, Some("{ engine: memory }"))], "").await;
     let sql = "SELECT count(*) FROM sales.orders o JOIN (SELECT order_id AS k FROM sales.orders WHERE total_amount < 20) s ON o.order_id = s.k";
-    let s = session(&engine, "pat");
-    let run = |s: &MeshSession| {
-        let s = s.clone();
-        async move {
-            let df = s.sql(sql).await.unwrap();
-            let task = Arc::new(df.task_ctx());
-            let plan = df.create_physical_plan().await.unwrap();
-            let got = collect(Arc::clone(&plan), task).await.unwrap();
-            (sorted_rows(&got), plan)
-        }
-    };
     let expected = rows(&session(&plain, "pat"), sql).await.unwrap();
-    // Off by default: the scan passes every row up to the join.
-    let (got, plan_off) = run(&s).await;
-    assert_eq!(got, expected);
-    // On (an admin's `SET meshq_scan.dynamic_filters = true`, here the
-    // engine's own setting).
-    let mut config = fixture_engine_config(dir.path());
-    config
-        .settings
-        .push(("meshq_scan.dynamic_filters".into(), "true".into()));
-    let engine = Engine::load(config).await.unwrap();
-    engine.refresh_accelerations().await;
-    let s = session(&engine, "pat");
-    let (got, plan) = run(&s).await;
-    assert_eq!(got, expected);
     fn pruned(plan: &Arc<dyn ExecutionPlan>) -> usize {
         let here = if plan.name() == "MeshScanExec" {
             plan.metrics()
@@ -519,6 +503,27 @@ async fn a_join_filters_a_memory_copy_at_its_scan() {
         };
         here + plan.children().into_iter().map(pruned).sum::<usize>()
     }
+    // Rows the scan drops, with these engine settings; the answer must
+    // not change.
+    let pruned_with = |settings: &'static [(&'static str, &'static str)]| {
+        let dir = dir.path().to_path_buf();
+        let expected = expected.clone();
+        async move {
+            let mut config = fixture_engine_config(&dir);
+            for (k, v) in settings {
+                config.settings.push((k.to_string(), v.to_string()));
+            }
+            let engine = Engine::load(config).await.unwrap();
+            engine.refresh_accelerations().await;
+            let df = session(&engine, "pat").sql(sql).await.unwrap();
+            let task = Arc::new(df.task_ctx());
+            let plan = df.create_physical_plan().await.unwrap();
+            let got = collect(Arc::clone(&plan), task).await.unwrap();
+            assert_eq!(sorted_rows(&got), expected, "{settings:?}");
+            pruned(&plan)
+        }
+    };
+    let s = session(&plain, "pat");
     let total: usize = rows(&s, "SELECT count(*) FROM sales.orders").await.unwrap()[0]
         .parse()
         .unwrap();
@@ -534,6 +539,32 @@ async fn a_join_filters_a_memory_copy_at_its_scan() {
         kept < total,
         "the filter must select fewer rows: {kept} of {total}"
     );
-    assert_eq!(pruned(&plan), total - kept);
-    assert_eq!(pruned(&plan_off), 0);
+    // By default, a join's few keys become an `IN` list, applied at the
+    // scan. (DataFusion sizes the list by the memory its key arrays hold,
+    // and a copy's string views share larger buffers: the limit is raised
+    // so that two keys are always a list.)
+    const LIST: (&str, &str) = (
+        "datafusion.optimizer.hash_join_inlist_pushdown_max_size",
+        "67108864",
+    );
+    assert_eq!(pruned_with(&[LIST]).await, total - kept);
+    assert_eq!(
+        pruned_with(&[LIST, ("meshq_scan.dynamic_filters", "false")]).await,
+        0
+    );
+    // Keys past DataFusion's `IN` list limit are looked up in the join's
+    // hash table instead: not applied by default, applied with `all`.
+    const PROBE: (&str, &str) = (
+        "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
+        "0",
+    );
+    assert_eq!(pruned_with(&[PROBE]).await, 0);
+    assert_eq!(
+        pruned_with(&[PROBE, ("meshq_scan.dynamic_filter_probes", "collect_left")]).await,
+        total - kept
+    );
+    assert_eq!(
+        pruned_with(&[PROBE, ("meshq_scan.dynamic_filter_probes", "all")]).await,
+        total - kept
+    );
 }
