@@ -48,6 +48,34 @@ impl MemoryCopy {
     }
 }
 
+/// Bytes of memory `batches` hold: every buffer allocation they reference,
+/// counted once. Arrow's `get_array_memory_size` counts a buffer once per
+/// array that references it, and the Parquet reader's string views share
+/// buffers across batches, so summing it over a copy of TPC-H SF1
+/// counted 2.4 GiB where the process grew by 1.6 GiB.
+pub fn held_bytes(batches: &[RecordBatch]) -> usize {
+    use datafusion::arrow::array::{Array, ArrayData};
+    fn visit(data: &ArrayData, seen: &mut std::collections::HashSet<usize>, total: &mut usize) {
+        let nulls = data.nulls().map(|n| n.buffer());
+        for buffer in data.buffers().iter().chain(nulls) {
+            if seen.insert(buffer.data_ptr().as_ptr() as usize) {
+                *total += buffer.capacity();
+            }
+        }
+        for child in data.child_data() {
+            visit(child, seen, total);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for batch in batches {
+        for column in batch.columns() {
+            visit(&column.to_data(), &mut seen, &mut total);
+        }
+    }
+    total
+}
+
 /// `batches` in `n` partitions of consecutive batches, each of about the
 /// same number of rows.
 fn balance(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
@@ -183,6 +211,33 @@ mod tests {
             Precision::Exact(ScalarValue::Utf8View(Some("z".into())))
         );
         assert_eq!(name.null_count, Precision::Exact(1));
+    }
+
+    #[test]
+    fn held_bytes_counts_a_shared_buffer_once() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8View, true),
+        ]));
+        let names: Vec<Option<String>> = (0..1000)
+            .map(|i| Some(format!("a name long enough not to be inlined {i}")))
+            .collect();
+        let whole = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from_iter((0..1000).map(Some))),
+                Arc::new(StringViewArray::from_iter(names)),
+            ],
+        )
+        .unwrap();
+        let one = held_bytes(std::slice::from_ref(&whole));
+        // At least the ids and the strings themselves.
+        assert!(one >= 1000 * 8 + 1000 * 40, "{one}");
+        // Slices share their parent's buffers: the same memory.
+        let halves = [whole.slice(0, 500), whole.slice(500, 500)];
+        assert_eq!(held_bytes(&halves), one);
+        let summed: usize = halves.iter().map(RecordBatch::get_array_memory_size).sum();
+        assert!(summed > one, "{summed} vs {one}");
     }
 
     #[test]

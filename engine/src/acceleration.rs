@@ -555,11 +555,8 @@ async fn build(
                 .collect_partitioned()
                 .await
                 .map_err(|e| format!("cannot read `{name}` to accelerate it: {e}"))?;
-            let bytes: usize = partitions
-                .iter()
-                .flatten()
-                .map(|b| b.get_array_memory_size())
-                .sum();
+            let batches: Vec<_> = partitions.into_iter().flatten().collect();
+            let bytes = meshq_connectors::memory_copy::held_bytes(&batches);
             let pool = &engine.runtime().memory_pool;
             let reservation = MemoryConsumer::new(format!("acceleration of {name}")).register(pool);
             reservation.try_grow(bytes).map_err(|_| {
@@ -570,7 +567,6 @@ async fn build(
                 )
             })?;
             let spread = context.state().config().target_partitions();
-            let batches = partitions.into_iter().flatten().collect();
             let mem = MemoryCopy::try_new(schema, batches, spread)
                 .map_err(|e| format!("cannot keep the copy of `{name}`: {e}"))?;
             Ok(Copy {
