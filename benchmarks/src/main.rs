@@ -692,11 +692,7 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
         "| **total of medians** | **{total_in:.1}** | **{total_flight:.1}** ({:.3}×) | |\n",
         total_flight / total_in
     )?;
-    let (t, (n, bytes)) = measure(args.warmup, args.runs, || {
-        let mut c = client.clone();
-        async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
-    })
-    .await?;
+    let (t, (n, bytes)) = fetch_lineitem(args, &client).await?;
     let mbps = |d: std::time::Duration| bytes as f64 / 1e6 / d.as_secs_f64();
     writeln!(
         out,
@@ -715,11 +711,7 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
         Some(meshq_connectors::flightsql::BULK_FRAME_BYTES),
     )
     .await?;
-    let (t_bulk, _) = measure(args.warmup, args.runs, || {
-        let mut c = bulk.clone();
-        async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
-    })
-    .await?;
+    let (t_bulk, _) = fetch_lineitem(args, &bulk).await?;
     writeln!(
         out,
         "The same fetch by a client advertising 16 MiB HTTP/2 windows and 1 MiB frames (as meshq's own clients do): median {} ms = **{:.0} MB/s**.\n",
@@ -745,17 +737,25 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
     result_cache(ds, partitions, out).await
 }
 
+/// Times the full fetch of `sales.lineitem` by `client`: (rows, Arrow bytes).
+async fn fetch_lineitem(
+    args: &Args,
+    client: &FlightSqlServiceClient<Channel>,
+) -> Result<(Timing, (usize, usize))> {
+    measure(args.warmup, args.runs, || {
+        let mut c = client.clone();
+        async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
+    })
+    .await
+}
+
 /// Only the full fetch of `lineitem` over Flight SQL (arrow-rs client).
 async fn fetch(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
     let engine = runners::engine(&ds.mesh_split(), partitions).await?;
     let server = flight::start(engine, cores())?;
     let (user, password) = PASSWORDS[0];
     let client = flight::client(server.addr, user, password).await?;
-    let (t, (n, bytes)) = measure(args.warmup, args.runs, || {
-        let mut c = client.clone();
-        async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
-    })
-    .await?;
+    let (t, (n, bytes)) = fetch_lineitem(args, &client).await?;
     writeln!(
         out,
         "Full fetch of `sales.lineitem` over Flight SQL: {n} rows, {:.1} MB; median {} ms = **{:.0} MB/s**.\n",
@@ -790,11 +790,7 @@ async fn fetch(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -
     ];
     for (name, window, frame) in tunings {
         let tuned = flight::client_tuned(server.addr, user, password, window, frame).await?;
-        let (t_tuned, _) = measure(args.warmup, args.runs, || {
-            let mut c = tuned.clone();
-            async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
-        })
-        .await?;
+        let (t_tuned, _) = fetch_lineitem(args, &tuned).await?;
         writeln!(
             out,
             "| {name} | {} | {:.0} |",
@@ -831,11 +827,7 @@ async fn fetch(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -
     for (name, window) in clients {
         let frame = window.map(|_| meshq_connectors::flightsql::BULK_FRAME_BYTES);
         let c = flight::client_tuned(server.addr, user, password, window, frame).await?;
-        let (t, (n_copy, bytes_copy)) = measure(args.warmup, args.runs, || {
-            let mut c = c.clone();
-            async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
-        })
-        .await?;
+        let (t, (n_copy, bytes_copy)) = fetch_lineitem(args, &c).await?;
         anyhow::ensure!(
             n_copy == n,
             "the copy returned {n_copy} rows, the files {n}"
@@ -879,11 +871,7 @@ async fn wire_variants(
         for (k, v) in headers {
             c.set_header(*k, *v);
         }
-        let (t, _) = measure(args.warmup, args.runs, || {
-            let mut c = c.clone();
-            async move { flight::query(&mut c, "SELECT * FROM sales.lineitem").await }
-        })
-        .await?;
+        let (t, _) = fetch_lineitem(args, &c).await?;
         eprintln!("wire {name}: {} ms", ms(t.median()));
         writeln!(
             out,
