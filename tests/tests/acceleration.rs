@@ -553,7 +553,8 @@ async fn a_join_filters_a_memory_copy_at_its_scan() {
         0
     );
     // Keys past DataFusion's `IN` list limit are looked up in the join's
-    // hash table instead: not applied by default, applied with `all`.
+    // hash table instead: not applied by default, applied with
+    // `collect_left` (this join builds one table) and `all`.
     const PROBE: (&str, &str) = (
         "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
         "0",
