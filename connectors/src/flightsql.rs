@@ -57,7 +57,7 @@ pub const BULK_FRAME_BYTES: u32 = 1 << 20;
 /// lets the sender run ahead while this side decodes, and 1 MiB frames
 /// cut the per-frame work on both sides. tonic's defaults (2 MiB windows,
 /// HTTP/2's 16 KiB frames) ran a full fetch of TPC-H SF1 `lineitem` over
-/// loopback at 600 MB/s, these at 870–1000 MB/s (BENCHMARKS.md). What the
+/// loopback at 544–617 MB/s, these at 874–1012 MB/s (BENCHMARKS.md). What the
 /// window costs is bounded: a sender can buffer at most 16 MiB here per
 /// connection before this side reads.
 pub fn bulk_transfer(endpoint: Endpoint) -> Endpoint {

@@ -111,9 +111,6 @@ config_field!(DynamicFilterProbes);
 impl DynamicFilterProbes {
     /// Whether a filter whose current expression is `expr` is applied.
     fn admits(self, expr: &Arc<dyn PhysicalExpr>) -> bool {
-        if self == Self::All {
-            return true;
-        }
         let (mut probes, mut partitioned) = (false, false);
         let _ = expr.apply(|e| {
             if e.is::<HashTableLookupExpr>() {
@@ -144,6 +141,29 @@ struct LateFilter {
     /// The generation of the filter last judged by the probe setting, and
     /// whether that generation is evaluated.
     judged: Option<(u64, bool)>,
+}
+
+impl LateFilter {
+    /// Whether the filter as it stands now is applied under `probes`;
+    /// judged again only when the join has changed it.
+    fn admitted(&mut self, probes: DynamicFilterProbes) -> Result<bool> {
+        if probes == DynamicFilterProbes::All {
+            return Ok(true);
+        }
+        let generation = self.expr.snapshot_generation();
+        if let Some((judged, admitted)) = self.judged
+            && judged == generation
+        {
+            return Ok(admitted);
+        }
+        let current = self
+            .expr
+            .snapshot()?
+            .unwrap_or_else(|| Arc::clone(&self.expr));
+        let admitted = probes.admits(&current);
+        self.judged = Some((generation, admitted));
+        Ok(admitted)
+    }
 }
 
 /// The policy decision the planner made for one scan, for one session.
@@ -358,23 +378,8 @@ impl ExecutionPlan for MeshScanExec {
                 if before == 0 {
                     break;
                 }
-                if probes != DynamicFilterProbes::All {
-                    let generation = f.expr.snapshot_generation();
-                    let admitted = match f.judged {
-                        Some((g, admitted)) if g == generation => admitted,
-                        _ => {
-                            let current = match f.expr.snapshot()? {
-                                Some(current) => current,
-                                None => Arc::clone(&f.expr),
-                            };
-                            let admitted = probes.admits(&current);
-                            f.judged = Some((generation, admitted));
-                            admitted
-                        }
-                    };
-                    if !admitted {
-                        continue;
-                    }
+                if !f.admitted(probes)? {
+                    continue;
                 }
                 match f.expr.evaluate(&batch)? {
                     // Not yet known (the join is still building), or
