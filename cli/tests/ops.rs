@@ -283,16 +283,26 @@ async fn kept_plans_run_once_per_ticket_and_are_planned_again_after_ddl_or_a_rel
     let (_, batches) = fetch(&mut pat, info).await;
     assert!(classify(&batches).is_err(), "pat sees phones unmasked");
 
-    // A reload between GetFlightInfo and DoGet: the new policy applies.
+    // A reload between GetFlightInfo and DoGet: the new policy applies,
+    // to an announced query and to a prepared statement (whose plan and
+    // session were made on the old version).
     let info = ana
         .execute("SELECT phone FROM customers.profiles".into(), None)
         .await
         .unwrap();
+    let mut prepared = ana.prepare(sql.into(), None).await.unwrap();
+    let (_, batches) = fetch(&mut ana, prepared.execute().await.unwrap()).await;
+    assert_eq!(classify(&batches), Ok(PhoneMask::Redacted));
     let (contract, new) = phone_mask_nullified(&mesh);
     replace_file(&contract, &new);
     reload_now(&server).await;
     let (_, batches) = fetch(&mut ana, info).await;
     assert_eq!(classify(&batches), Ok(PhoneMask::Null));
+    let before = reused();
+    let (_, batches) = fetch(&mut ana, prepared.execute().await.unwrap()).await;
+    assert_eq!(classify(&batches), Ok(PhoneMask::Null));
+    // Planned again at GetFlightInfo; that plan is the one DoGet runs.
+    assert_eq!(reused(), before + 1.0);
     // Without a reload the announced plan is the one that runs.
     let info = ana
         .execute("SELECT phone FROM customers.profiles".into(), None)

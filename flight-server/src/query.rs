@@ -219,13 +219,16 @@ impl Lifecycle {
     /// Takes the session's mesh version, opens the audit record and plans
     /// the statement; one that cannot be planned is audited here.
     async fn plan(&self, request: &QueryRequest) -> Result<Planned> {
-        let session = request.client.session()?;
-        let mut trace = QueryTrace::new(&self.ops, request, request.client.mesh_version());
-        let id = request.id;
         let kept = request
             .prepared
             .as_deref()
-            .and_then(|handle| request.client.prepared_plan(handle, &request.sql, &session));
+            .and_then(|handle| request.client.prepared_plan(handle, &request.sql));
+        let (session, kept) = match kept {
+            Some((session, plan)) => (session, Some(plan)),
+            None => (request.client.session()?, None),
+        };
+        let mut trace = QueryTrace::new(&self.ops, request, request.client.mesh_version());
+        let id = request.id;
         let planned = match kept {
             Some(plan) => {
                 self.ops.metrics.plan_reused();
@@ -294,7 +297,7 @@ impl Lifecycle {
             KeptPlan {
                 sql: request.sql,
                 params: request.params,
-                engine: planned.session.engine().clone(),
+                session: planned.session,
                 plan: planned.plan,
                 at: std::time::Instant::now(),
             },
@@ -326,13 +329,10 @@ impl Lifecycle {
     /// The plan `GetFlightInfo` kept for the ticket with `nonce`, with the
     /// audit record of this request opened on it.
     fn recall(&self, request: &QueryRequest, nonce: u64) -> Option<Planned> {
-        let session = request.client.session().ok()?;
-        let plan = request.client.take_announced(
-            nonce,
-            &request.sql,
-            request.params.as_ref(),
-            &session,
-        )?;
+        let (session, plan) =
+            request
+                .client
+                .take_announced(nonce, &request.sql, request.params.as_ref())?;
         self.ops.metrics.plan_reused();
         let mut trace = QueryTrace::new(&self.ops, request, request.client.mesh_version());
         trace.planned(&session, &plan);
@@ -374,7 +374,7 @@ impl Lifecycle {
                 KeptPlan {
                     sql: request.sql.clone(),
                     params: None,
-                    engine: planned.session.engine().clone(),
+                    session: planned.session.clone(),
                     plan: planned.plan.clone(),
                     at: std::time::Instant::now(),
                 },

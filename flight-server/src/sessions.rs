@@ -49,26 +49,28 @@ pub(crate) struct KeptPlan {
     /// What the later call must send again: the same SQL and parameters.
     pub sql: String,
     pub params: Option<RecordBatch>,
-    /// The mesh version it was planned on.
-    pub engine: Engine,
+    /// The session that planned it, on its mesh version; the later call
+    /// runs the plan in it rather than building another.
+    pub session: MeshSession,
     /// The admitted plan.
     pub plan: LogicalPlan,
     pub at: Instant,
 }
 
 impl KeptPlan {
-    /// The plan, if `sql` and `params` are the statement's and `current`
-    /// plans on the same mesh version (so the same principal and policies).
+    /// The plan and its session, if `sql` and `params` are the statement's
+    /// and `current` is the same mesh version (so the same principal and
+    /// policies).
     fn valid_for(
         &self,
         sql: &str,
         params: Option<&RecordBatch>,
-        current: &MeshSession,
-    ) -> Option<LogicalPlan> {
+        current: &Engine,
+    ) -> Option<(MeshSession, LogicalPlan)> {
         (self.sql == sql
             && self.params.as_ref() == params
-            && self.engine.same_version(current.engine()))
-        .then(|| self.plan.clone())
+            && self.session.engine().same_version(current))
+        .then(|| (self.session.clone(), self.plan.clone()))
     }
 }
 
@@ -123,8 +125,7 @@ impl ClientSession {
         nonce: u64,
         sql: &str,
         params: Option<&RecordBatch>,
-        current: &MeshSession,
-    ) -> Option<LogicalPlan> {
+    ) -> Option<(MeshSession, LogicalPlan)> {
         let mut announced = self.announced.lock();
         let i = announced.iter().position(|(n, _)| *n == nonce)?;
         let (_, kept) = announced.remove(i)?;
@@ -132,7 +133,7 @@ impl ClientSession {
         if kept.at.elapsed() >= ANNOUNCED_FOR {
             return None;
         }
-        kept.valid_for(sql, params, current)
+        kept.valid_for(sql, params, &self.engine().ok()?)
     }
 
     /// Keeps the plan of the prepared statement `id` (before parameters
@@ -153,14 +154,22 @@ impl ClientSession {
     }
 
     /// The kept plan of the prepared statement `id`; see [`KeptPlan`] for
-    /// when it is valid.
-    pub(crate) fn prepared_plan(
-        &self,
-        id: &str,
-        sql: &str,
-        current: &MeshSession,
-    ) -> Option<LogicalPlan> {
-        self.prepared.lock().get(id)?.valid_for(sql, None, current)
+    /// when it is valid. Each execution of a prepared statement gets a
+    /// session of its own on a coordinator: a distributed statement's
+    /// configuration carries its own lists and ids (see
+    /// `meshq_cluster::Coordinator`), so only a single node runs it in the
+    /// session that prepared it.
+    pub(crate) fn prepared_plan(&self, id: &str, sql: &str) -> Option<(MeshSession, LogicalPlan)> {
+        let current = self.engine().ok()?;
+        let (session, plan) = self
+            .prepared
+            .lock()
+            .get(id)?
+            .valid_for(sql, None, &current)?;
+        if current.distribution().is_some() {
+            return Some((current.session_for(&self.data), plan));
+        }
+        Some((session, plan))
     }
 
     /// Forgets every kept plan: the session ran DDL, DML or `SET`.
@@ -204,6 +213,13 @@ impl ClientSession {
     /// The planning context of one statement, on the mesh version served
     /// now: taken once per call, so one statement never sees two versions.
     pub fn session(&self) -> Result<MeshSession> {
+        Ok(self.engine()?.session_for(&self.data))
+    }
+
+    /// The mesh version served now, with the principal resolved on it:
+    /// after a reload a password login is looked up again, and one whose
+    /// principal is gone (or whose password changed) ends here.
+    fn engine(&self) -> Result<Engine> {
         let current = self.live.current().ok_or(Error::Loading)?;
         let mut seen = self.seen.lock();
         if !seen.as_ref().is_some_and(|e| e.same_version(&current)) {
@@ -218,8 +234,7 @@ impl ClientSession {
             }
             *seen = Some(current.clone());
         }
-        drop(seen);
-        Ok(current.session_for(&self.data))
+        Ok(current)
     }
 }
 
