@@ -6,6 +6,7 @@ pyarrow's own Flight client. Prints a Markdown table on stdout.
 """
 
 import base64
+import os
 import statistics
 import sys
 import time
@@ -73,20 +74,35 @@ def varint(n):
             return out + bytes([b])
 
 
+def cpu_seconds(pid):
+    """User and system CPU time of process `pid` so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     addr, user, password, latency_queries, runs = sys.argv[1:6]
     latency_queries, runs = int(latency_queries), int(runs)
-    print("| client | `SELECT 1` p50 ms | p99 ms | `lineitem` full fetch MB/s (median of %d) | rows |" % runs)
-    print("|---|---:|---:|---:|---:|")
+    # meshq-bench runs this script (through exec), so the parent is the
+    # server's process.
+    server = os.getppid()
+    print(
+        "| client | `SELECT 1` p50 ms | p99 ms | meshq CPU per `SELECT 1`, µs | client CPU per `SELECT 1`, µs "
+        "| `lineitem` full fetch MB/s (median of %d) | rows |" % runs
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, make in [("ADBC Flight SQL driver 1.13 (Python DB-API)", adbc), ("pyarrow.flight (GetFlightInfo + DoGet)", pyarrow_flight)]:
         run = make(addr, user, password)
         for _ in range(10):
             run("SELECT 1")
         lat = []
+        server_cpu, client_cpu = cpu_seconds(server), cpu_seconds(os.getpid())
         for _ in range(latency_queries):
             t = time.perf_counter()
             run("SELECT 1")
             lat.append((time.perf_counter() - t) * 1000)
+        server_cpu = (cpu_seconds(server) - server_cpu) / latency_queries * 1e6
+        client_cpu = (cpu_seconds(os.getpid()) - client_cpu) / latency_queries * 1e6
         speeds = []
         rows = 0
         for _ in range(runs + 1):
@@ -98,7 +114,8 @@ def main():
             del table
         speeds = speeds[1:]
         print(
-            f"| {name} | {statistics.median(lat):.2f} | {percentile(lat, 99):.2f} | {statistics.median(speeds):.0f} | {rows} |"
+            f"| {name} | {statistics.median(lat):.2f} | {percentile(lat, 99):.2f} | {server_cpu:.0f} | {client_cpu:.0f} "
+            f"| {statistics.median(speeds):.0f} | {rows} |"
         )
 
 
