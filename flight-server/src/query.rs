@@ -297,7 +297,8 @@ impl Lifecycle {
             KeptPlan {
                 sql: request.sql,
                 params: request.params,
-                session: planned.session,
+                engine: planned.session.engine().clone(),
+                session: Some(planned.session),
                 plan: planned.plan,
                 at: std::time::Instant::now(),
             },
@@ -374,7 +375,8 @@ impl Lifecycle {
                 KeptPlan {
                     sql: request.sql.clone(),
                     params: None,
-                    session: planned.session.clone(),
+                    engine: planned.session.engine().clone(),
+                    session: None,
                     plan: planned.plan.clone(),
                     at: std::time::Instant::now(),
                 },

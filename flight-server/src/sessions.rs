@@ -49,28 +49,25 @@ pub(crate) struct KeptPlan {
     /// What the later call must send again: the same SQL and parameters.
     pub sql: String,
     pub params: Option<RecordBatch>,
-    /// The session that planned it, on its mesh version; the later call
-    /// runs the plan in it rather than building another.
-    pub session: MeshSession,
+    /// The mesh version it was planned on.
+    pub engine: Engine,
+    /// For a query `GetFlightInfo` announced, the session that planned it:
+    /// its `DoGet` runs the plan there rather than building another
+    /// session. A prepared statement keeps none: it lives until it is
+    /// closed, and a session holds a copy of DataFusion's session state
+    /// (its function registries and settings), tens of kilobytes.
+    pub session: Option<MeshSession>,
     /// The admitted plan.
     pub plan: LogicalPlan,
     pub at: Instant,
 }
 
 impl KeptPlan {
-    /// The plan and its session, if `sql` and `params` are the statement's
-    /// and `current` is the same mesh version (so the same principal and
-    /// policies).
-    fn valid_for(
-        &self,
-        sql: &str,
-        params: Option<&RecordBatch>,
-        current: &Engine,
-    ) -> Option<(MeshSession, LogicalPlan)> {
-        (self.sql == sql
-            && self.params.as_ref() == params
-            && self.session.engine().same_version(current))
-        .then(|| (self.session.clone(), self.plan.clone()))
+    /// Whether a later call may run it: `sql` and `params` are the
+    /// statement's and `current` is the same mesh version (so the same
+    /// principal and policies).
+    fn valid_for(&self, sql: &str, params: Option<&RecordBatch>, current: &Engine) -> bool {
+        self.sql == sql && self.params.as_ref() == params && self.engine.same_version(current)
     }
 }
 
@@ -133,7 +130,14 @@ impl ClientSession {
         if kept.at.elapsed() >= ANNOUNCED_FOR {
             return None;
         }
-        kept.valid_for(sql, params, &self.engine().ok()?)
+        let current = self.engine().ok()?;
+        if !kept.valid_for(sql, params, &current) {
+            return None;
+        }
+        let session = kept
+            .session
+            .unwrap_or_else(|| current.session_for(&self.data));
+        Some((session, kept.plan))
     }
 
     /// Keeps the plan of the prepared statement `id` (before parameters
@@ -153,23 +157,17 @@ impl ClientSession {
         prepared.insert(id.to_string(), kept);
     }
 
-    /// The kept plan of the prepared statement `id`; see [`KeptPlan`] for
-    /// when it is valid. Each execution of a prepared statement gets a
-    /// session of its own on a coordinator: a distributed statement's
-    /// configuration carries its own lists and ids (see
-    /// `meshq_cluster::Coordinator`), so only a single node runs it in the
-    /// session that prepared it.
+    /// The kept plan of the prepared statement `id`, with a new session to
+    /// run it in; see [`KeptPlan`] for when it is valid.
     pub(crate) fn prepared_plan(&self, id: &str, sql: &str) -> Option<(MeshSession, LogicalPlan)> {
         let current = self.engine().ok()?;
-        let (session, plan) = self
-            .prepared
-            .lock()
-            .get(id)?
-            .valid_for(sql, None, &current)?;
-        if current.distribution().is_some() {
-            return Some((current.session_for(&self.data), plan));
-        }
-        Some((session, plan))
+        let plan = {
+            let prepared = self.prepared.lock();
+            let kept = prepared.get(id)?;
+            kept.valid_for(sql, None, &current)
+                .then(|| kept.plan.clone())?
+        };
+        Some((current.session_for(&self.data), plan))
     }
 
     /// Forgets every kept plan: the session ran DDL, DML or `SET`.
