@@ -569,18 +569,20 @@ impl MeshSession {
         memory_limit: Option<usize>,
     ) -> Result<PhysicalQuery> {
         let state = self.query_state(memory_limit)?;
-        let ctx = SessionContext::new_with_state(state.clone());
-        if let Some(df) = self.session_statement(&plan, &ctx)? {
-            let schema = Arc::clone(df.schema().inner());
-            return Ok(PhysicalQuery {
-                plan: Arc::new(EmptyExec::new(schema)),
-                task: state.task_ctx(),
-                fill: None,
-                cached: false,
-                again: None,
-            });
-        }
         if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) {
+            // Only statements need a context of their own (a query runs
+            // on the state alone).
+            let ctx = SessionContext::new_with_state(state.clone());
+            if let Some(df) = self.session_statement(&plan, &ctx)? {
+                let schema = Arc::clone(df.schema().inner());
+                return Ok(PhysicalQuery {
+                    plan: Arc::new(EmptyExec::new(schema)),
+                    task: state.task_ctx(),
+                    fill: None,
+                    cached: false,
+                    again: None,
+                });
+            }
             let df = ctx.execute_logical_plan(plan).await?;
             let physical = df.create_physical_plan().await?;
             return Ok(PhysicalQuery {
