@@ -298,10 +298,10 @@ impl Lifecycle {
                 sql: request.sql,
                 params: request.params,
                 engine: planned.session.engine().clone(),
-                session: Some(planned.session),
                 plan: planned.plan,
                 at: std::time::Instant::now(),
             },
+            planned.session,
         );
         Ok(Announced {
             schema,
@@ -376,7 +376,6 @@ impl Lifecycle {
                     sql: request.sql.clone(),
                     params: None,
                     engine: planned.session.engine().clone(),
-                    session: None,
                     plan: planned.plan.clone(),
                     at: std::time::Instant::now(),
                 },

@@ -51,12 +51,6 @@ pub(crate) struct KeptPlan {
     pub params: Option<RecordBatch>,
     /// The mesh version it was planned on.
     pub engine: Engine,
-    /// For a query `GetFlightInfo` announced, the session that planned it:
-    /// its `DoGet` runs the plan there rather than building another
-    /// session. A prepared statement keeps none: it lives until it is
-    /// closed, and a session holds a copy of DataFusion's session state
-    /// (its function registries and settings), tens of kilobytes.
-    pub session: Option<MeshSession>,
     /// The admitted plan.
     pub plan: LogicalPlan,
     pub at: Instant,
@@ -80,8 +74,13 @@ pub struct ClientSession {
     /// The mesh version the principal was last resolved on.
     seen: Mutex<Option<Engine>>,
     last_used: Mutex<Instant>,
-    /// Queries announced and not fetched yet, by ticket nonce, newest last.
-    announced: Mutex<VecDeque<(u64, KeptPlan)>>,
+    /// Queries announced and not fetched yet, by ticket nonce, newest last,
+    /// each with the session that planned it: its `DoGet` runs the plan
+    /// there rather than building another session. Prepared statements
+    /// keep no session: one lives until it is closed, and a session holds
+    /// a copy of DataFusion's session state (function registries and
+    /// settings), tens of kilobytes.
+    announced: Mutex<VecDeque<(u64, KeptPlan, MeshSession)>>,
     /// Prepared statements' plans, by handle id.
     prepared: Mutex<HashMap<String, KeptPlan>>,
 }
@@ -106,13 +105,13 @@ impl ClientSession {
 
     /// Keeps a query `GetFlightInfo` planned for the `DoGet` of the ticket
     /// with `nonce`.
-    pub(crate) fn keep_announced(&self, nonce: u64, kept: KeptPlan) {
+    pub(crate) fn keep_announced(&self, nonce: u64, kept: KeptPlan, session: MeshSession) {
         let mut announced = self.announced.lock();
-        announced.retain(|(_, k)| k.at.elapsed() < ANNOUNCED_FOR);
+        announced.retain(|(_, k, _)| k.at.elapsed() < ANNOUNCED_FOR);
         while announced.len() >= MAX_ANNOUNCED {
             announced.pop_front();
         }
-        announced.push_back((nonce, kept));
+        announced.push_back((nonce, kept, session));
     }
 
     /// The plan kept for the ticket with `nonce`, taken once, within
@@ -124,20 +123,14 @@ impl ClientSession {
         params: Option<&RecordBatch>,
     ) -> Option<(MeshSession, LogicalPlan)> {
         let mut announced = self.announced.lock();
-        let i = announced.iter().position(|(n, _)| *n == nonce)?;
-        let (_, kept) = announced.remove(i)?;
+        let i = announced.iter().position(|(n, _, _)| *n == nonce)?;
+        let (_, kept, session) = announced.remove(i)?;
         drop(announced);
         if kept.at.elapsed() >= ANNOUNCED_FOR {
             return None;
         }
-        let current = self.engine().ok()?;
-        if !kept.valid_for(sql, params, &current) {
-            return None;
-        }
-        let session = kept
-            .session
-            .unwrap_or_else(|| current.session_for(&self.data));
-        Some((session, kept.plan))
+        kept.valid_for(sql, params, &self.engine().ok()?)
+            .then_some((session, kept.plan))
     }
 
     /// Keeps the plan of the prepared statement `id` (before parameters
