@@ -162,7 +162,11 @@ fn refused(e: datafusion::error::DataFusionError) -> String {
 #[tokio::test]
 async fn a_worker_refuses_requests_without_the_cluster_credential() {
     let mesh = worker_mesh();
-    let worker = start_worker(mesh.path(), SECRET);
+    let worker = start_worker_with(
+        mesh.path(),
+        SECRET,
+        &[("MESHQ_WORKER_METRICS_BIND", "127.0.0.1:0")],
+    );
 
     // Signed with the cluster secret: served.
     let signed = AuthChannelResolver::new(ClusterKey::new(SECRET).unwrap(), None);
@@ -281,16 +285,13 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
     // cancelled): the request ends as CANCELLED, not as a refusal.
     let cut: fn(http::Request<tonic::body::Body>) -> http::Request<tonic::body::Body> =
         |r| FirstFrame::tamper(r, |data| data.slice(..data.len().min(3)), true);
-    let refusals_logged = || {
-        worker
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("refused a request"))
-            .count()
-    };
-    let before = refusals_logged();
+    // Counted from the worker's metrics, which are updated before the
+    // answer is sent (its log is read on another thread, and rate-limited).
+    let before = refusals_counted(&worker).await;
+    assert!(
+        before >= 8,
+        "each refused request above is counted: {before}"
+    );
     let mut c = signed_client(&worker.url, key.clone(), &worker.url, cut).await;
     let e = plan_outcome(&mut c, &worker.url, &plan_bytes, &task_ctx)
         .await
@@ -299,12 +300,31 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
         e.to_string().contains("ended before its first message"),
         "{e}"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(
         before,
-        refusals_logged(),
+        refusals_counted(&worker).await,
         "a request cut short was counted as refused"
     );
+}
+
+/// The refusals a worker has counted, over all reasons, from its metrics.
+async fn refusals_counted(worker: &WorkerProcess) -> u64 {
+    assert!(worker.logs("meshq worker metrics on").await);
+    let address = worker
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("meshq worker metrics on ")
+                .map(str::to_string)
+        })
+        .expect("the worker serves metrics");
+    let text = reqwest::get(&address).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("meshq_worker_refusals_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
 
 /// A worker started with `--advertise` answers only to that name: a
