@@ -207,7 +207,8 @@ impl QueryPlanner for ClusterPlanner {
         let local_files = session
             .config()
             .get_extension::<meshq_engine::engine::LocalFiles>();
-        match every_stage_encodes(&plan, &session.task_ctx(), local_files.as_deref())
+        match tasks_see_whole_inputs(&plan)
+            .and_then(|()| every_stage_encodes(&plan, &session.task_ctx(), local_files.as_deref()))
             .and_then(|()| send_masks(&plan, session))
         {
             // `EXPLAIN ANALYZE`: the library's stages and metrics, and
@@ -342,6 +343,57 @@ fn send_masks(plan: &Arc<dyn ExecutionPlan>, session: &dyn Session) -> Result<()
             "the statement has no list of masks for the workers".into(),
         )),
     }
+}
+
+/// Fails when a stage run by several tasks feeds a scan split between
+/// them into a node that needs all of its input's rows in one place (one
+/// partition, or partitions by key), with no network boundary between
+/// them. Each task would see only its share of the scan, and answer for
+/// that share alone: with one target partition DataFusion aggregates in
+/// one step right above the scan (`AggregateExec: mode=Single`), and
+/// datafusion-distributed 4.0 still splits the scan below it.
+fn tasks_see_whole_inputs(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    check_stage_inputs(plan, 1)
+}
+
+/// [`tasks_see_whole_inputs`] from `node`, in a stage of `tasks` tasks.
+fn check_stage_inputs(node: &Arc<dyn ExecutionPlan>, tasks: usize) -> Result<()> {
+    use datafusion::physical_plan::Distribution;
+    let tasks = node
+        .as_network_boundary()
+        .map_or(tasks, |boundary| boundary.input_stage().task_count());
+    if tasks > 1 && !node.is_network_boundary() {
+        for (child, needs) in node
+            .children()
+            .into_iter()
+            .zip(node.required_input_distribution())
+        {
+            if !matches!(needs, Distribution::UnspecifiedDistribution)
+                && let Some(scan) = split_scan_in_stage(child)
+            {
+                return Err(datafusion::error::DataFusionError::Plan(format!(
+                    "{} needs all of its input ({needs}), but each of the stage's {tasks} tasks would read only its share of {scan}",
+                    node.name()
+                )));
+            }
+        }
+    }
+    for child in node.children() {
+        check_stage_inputs(child, tasks)?;
+    }
+    Ok(())
+}
+
+/// The first scan under `node`, in its stage (not through a network
+/// boundary), that the library split between the stage's tasks.
+fn split_scan_in_stage(node: &Arc<dyn ExecutionPlan>) -> Option<String> {
+    if node.is_network_boundary() {
+        return None;
+    }
+    if let Some(leaf) = node.downcast_ref::<DistributedLeafExec>() {
+        return (leaf.variants().len() > 1).then(|| leaf.original().name().to_string());
+    }
+    node.children().into_iter().find_map(split_scan_in_stage)
 }
 
 /// Encodes what each [`DistributedExec`] would send: its input, whose

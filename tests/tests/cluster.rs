@@ -401,3 +401,47 @@ async fn iceberg_scans_read_by_field_id_run_on_the_workers() {
         assert!(v.accepted() > b, "a worker ran no fragment");
     }
 }
+
+/// With one target partition, DataFusion aggregates in one step
+/// (`AggregateExec: mode=Single`), right above the scan. If the library
+/// split that scan between tasks, each task would aggregate only its
+/// share of the rows: the sums would be partial, and a query comparing a
+/// sum with the maximum of the sums (TPC-H q15's shape) would answer
+/// nothing. Such a plan is never sent; the answers are the single node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_split_scan_never_feeds_an_aggregate_that_needs_all_its_rows() {
+    let dir = fixture_mesh().await;
+    let mut config = meshq_tests::fixture_engine_config(dir.path());
+    config.target_partitions = Some(1);
+    let single = meshq_engine::Engine::load(config.clone()).await.unwrap();
+    let (coordinator, _verifiers) =
+        meshq_cluster::loopback::loopback_cluster(dir.path(), 2, &config.secret_env_fallback)
+            .await
+            .unwrap();
+    config.distribution = Some(std::sync::Arc::new(coordinator));
+    let cluster = meshq_engine::Engine::load(config).await.unwrap();
+    let text = |b: &[arrow::record_batch::RecordBatch]| {
+        arrow::util::pretty::pretty_format_batches(b)
+            .unwrap()
+            .to_string()
+    };
+    let q15 = "WITH r AS (SELECT customer_id, sum(amount) AS s FROM payments.transactions GROUP BY customer_id) \
+               SELECT customer_id, s FROM r WHERE s = (SELECT max(s) FROM r) ORDER BY customer_id";
+    assert!(
+        !distributed(&physical(&cluster, "pat", q15, None).await),
+        "the plan with split scans under one-step aggregates runs on the coordinator"
+    );
+    for sql in [
+        q15,
+        "SELECT count(*) AS n, sum(amount) AS s FROM payments.transactions",
+        "SELECT method, count(*) AS n FROM payments.transactions GROUP BY method ORDER BY method",
+    ] {
+        let pat = |engine: &meshq_engine::Engine| {
+            engine.session(&engine.mesh().config.principal("pat").unwrap())
+        };
+        let expected = run(&pat(&single), sql).await.unwrap();
+        assert!(!expected.is_empty() && expected[0].num_rows() > 0, "{sql}");
+        let got = run(&pat(&cluster), sql).await.unwrap();
+        assert_eq!(text(&got), text(&expected), "{sql}");
+    }
+}
