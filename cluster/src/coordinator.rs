@@ -366,7 +366,7 @@ fn check_stage_inputs(node: &Arc<dyn ExecutionPlan>, tasks: usize) -> Result<()>
         for (child, needs) in node
             .children()
             .into_iter()
-            .zip(node.required_input_distribution())
+            .zip(node.input_distribution_requirements().into_per_child())
         {
             if !matches!(needs, Distribution::UnspecifiedDistribution)
                 && let Some(scan) = split_scan_in_stage(child)
