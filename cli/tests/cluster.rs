@@ -44,6 +44,20 @@ impl WorkerProcess {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// The URL of the worker's metrics (`--metrics-bind`), from its log.
+    async fn metrics_address(&self) -> String {
+        assert!(self.logs("meshq worker metrics on").await);
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("meshq worker metrics on ")
+                    .map(str::to_string)
+            })
+            .expect("the worker serves metrics")
+    }
+
     /// Whether the worker logged `needle` within ten seconds.
     async fn logs(&self, needle: &str) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -309,17 +323,7 @@ async fn a_worker_refuses_requests_without_the_cluster_credential() {
 
 /// The refusals a worker has counted, over all reasons, from its metrics.
 async fn refusals_counted(worker: &WorkerProcess) -> u64 {
-    assert!(worker.logs("meshq worker metrics on").await);
-    let address = worker
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            l.strip_prefix("meshq worker metrics on ")
-                .map(str::to_string)
-        })
-        .expect("the worker serves metrics");
+    let address = worker.metrics_address().await;
     let text = reqwest::get(&address).await.unwrap().text().await.unwrap();
     text.lines()
         .filter(|l| l.starts_with("meshq_worker_refusals_total{"))
@@ -362,17 +366,7 @@ async fn a_worker_counts_what_it_serves_and_refuses() {
         SECRET,
         &[("MESHQ_WORKER_METRICS_BIND", "127.0.0.1:0")],
     );
-    assert!(worker.logs("meshq worker metrics on").await);
-    let address = worker
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| {
-            l.strip_prefix("meshq worker metrics on ")
-                .map(str::to_string)
-        })
-        .unwrap();
+    let address = worker.metrics_address().await;
     let key = ClusterKey::new(SECRET).unwrap();
     let mut c = signed_client(&worker.url, key.clone(), &worker.url, |r| r).await;
     for _ in 0..2 {
