@@ -31,7 +31,15 @@ pub fn fixture_engine_config(dir: &Path) -> EngineConfig {
 pub async fn fixture_cluster_engine(
     dir: &Path,
 ) -> Result<(meshq_engine::Engine, Vec<meshq_cluster::Verifier>)> {
-    let mut config = fixture_engine_config(dir);
+    fixture_cluster_engine_with(dir, fixture_engine_config(dir)).await
+}
+
+/// [`fixture_cluster_engine`] with `config` (the fixture's, changed), its
+/// coordinator planning with `config`'s target partitions.
+pub async fn fixture_cluster_engine_with(
+    dir: &Path,
+    mut config: EngineConfig,
+) -> Result<(meshq_engine::Engine, Vec<meshq_cluster::Verifier>)> {
     let (coordinator, verifiers) =
         meshq_cluster::loopback::loopback_cluster(dir, 2, &config.secret_env_fallback).await?;
     config.distribution = Some(std::sync::Arc::new(coordinator));

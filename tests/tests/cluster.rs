@@ -414,12 +414,9 @@ async fn a_split_scan_never_feeds_an_aggregate_that_needs_all_its_rows() {
     let mut config = meshq_tests::fixture_engine_config(dir.path());
     config.target_partitions = Some(1);
     let single = meshq_engine::Engine::load(config.clone()).await.unwrap();
-    let (coordinator, _verifiers) =
-        meshq_cluster::loopback::loopback_cluster(dir.path(), 2, &config.secret_env_fallback)
-            .await
-            .unwrap();
-    config.distribution = Some(std::sync::Arc::new(coordinator));
-    let cluster = meshq_engine::Engine::load(config).await.unwrap();
+    let (cluster, _verifiers) = meshq_tests::fixture_cluster_engine_with(dir.path(), config)
+        .await
+        .unwrap();
     let text = |b: &[arrow::record_batch::RecordBatch]| {
         arrow::util::pretty::pretty_format_batches(b)
             .unwrap()
