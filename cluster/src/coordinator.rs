@@ -2,7 +2,8 @@
 //! first, then datafusion-distributed's, which cuts the verified plan into
 //! stages for the workers; the plan verifier then checks the stages again,
 //! as each task will run them. A plan with a stage that cannot be encoded,
-//! or that fails the second check, is planned again to run in this
+//! that fails the second check, or in which a task would read only its
+//! share of an input that must be whole, is planned again to run in this
 //! process, never sent in part.
 
 use std::sync::Arc;
