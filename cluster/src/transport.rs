@@ -386,7 +386,10 @@ pub async fn serve_worker(
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Each accepted connection without Nagle's delay, as tonic's own
+    // listener would set (it does not for a listener given to it): a
+    // stage's last small frames must not wait for the peer's delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     server
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
