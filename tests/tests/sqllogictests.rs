@@ -57,9 +57,9 @@ async fn main() -> std::process::ExitCode {
         let (p, f) = run_files(&cluster, &files, &mesh_dir, false, true, "on a cluster: ").await;
         passed += p;
         failed += f;
-        // Again with one target partition: DataFusion then aggregates in
-        // one step above its scans, and no task may answer for its share
-        // of a split scan alone.
+        // Again with one target partition, where DataFusion plans one-step
+        // aggregates right above its scans and the library makes other
+        // stages: the answers must not change.
         let mut one = meshq_tests::fixture_engine_config(dir.path());
         one.target_partitions = Some(1);
         let (cluster_one, verifiers_one) =
