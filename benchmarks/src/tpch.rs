@@ -205,7 +205,8 @@ impl Dataset {
     /// Delta/Iceberg copies and `mesh-split` only when `split` is set.
     pub async fn ensure(&self, split: bool) -> Result<()> {
         if self.done_marker().exists() && (!split || self.mesh_split().exists()) {
-            return Ok(());
+            // The data stays; the mesh files follow this version's contracts.
+            return self.write_meshes(split);
         }
         if self.root.exists() {
             std::fs::remove_dir_all(&self.root)?;
@@ -365,6 +366,22 @@ fn logical_type(t: &DataType) -> &'static str {
     }
 }
 
+/// TPC-H's primary keys, which the contracts declare (meshq orders joins
+/// with them).
+fn primary_key(table: &str) -> &'static [&'static str] {
+    match table {
+        "part" => &["p_partkey"],
+        "supplier" => &["s_suppkey"],
+        "partsupp" => &["ps_partkey", "ps_suppkey"],
+        "customer" => &["c_custkey"],
+        "orders" => &["o_orderkey"],
+        "lineitem" => &["l_orderkey", "l_linenumber"],
+        "nation" => &["n_nationkey"],
+        "region" => &["r_regionkey"],
+        _ => &[],
+    }
+}
+
 fn contract_yaml(
     domain: &str,
     table: &str,
@@ -388,10 +405,16 @@ schema:\n  - name: {table}\n",
         ));
     }
     out.push_str("    properties:\n");
+    let key = primary_key(table);
     for f in schema.fields() {
         let masked = matches!(f.name().as_str(), "c_phone" | "c_address");
+        let in_key = key
+            .iter()
+            .position(|k| k == f.name())
+            .map(|p| format!(", primaryKey: true, primaryKeyPosition: {}", p + 1))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "      - {{ name: {}, logicalType: {}{} }}\n",
+            "      - {{ name: {}, logicalType: {}{in_key}{} }}\n",
             f.name(),
             logical_type(f.data_type()),
             if masked {

@@ -16,6 +16,7 @@ use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::catalog::{ScanArgs, ScanResult};
+use datafusion::common::stats::Precision;
 use datafusion::common::{ColumnStatistics, Constraints, Statistics};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::DataFusionError;
@@ -57,6 +58,9 @@ pub struct ContractTableProvider {
     /// For each exposed column, where it comes from.
     columns: Vec<ContractColumn>,
     constraints: Option<Constraints>,
+    /// Rows of a table whose format states none in its statistics (a
+    /// Parquet listing), read from its footers when it was opened.
+    row_count: std::sync::OnceLock<u64>,
     /// A local folder or file the data must be in when it is read.
     required_path: Option<std::path::PathBuf>,
     /// Read instead of `inner` while it serves: the copy and the version
@@ -90,6 +94,7 @@ impl ContractTableProvider {
             schema,
             columns,
             constraints: None,
+            row_count: std::sync::OnceLock::new(),
             required_path: None,
             copy: None,
         }
@@ -115,6 +120,7 @@ impl ContractTableProvider {
             columns: self.columns.clone(),
             constraints: self.constraints.clone(),
             required_path: self.required_path.clone(),
+            row_count: self.row_count.clone(),
             copy,
         }
     }
@@ -156,6 +162,11 @@ impl ContractTableProvider {
     pub fn with_constraints(mut self, constraints: Constraints) -> Self {
         self.constraints = Some(constraints);
         self
+    }
+
+    /// The table's row count, when its format's statistics state none.
+    pub fn set_row_count(&self, rows: u64) {
+        let _ = self.row_count.set(rows);
     }
 
     /// `domain.name` of the mesh table behind this view.
@@ -316,7 +327,14 @@ impl TableProvider for ContractTableProvider {
             // The source's statistics describe other rows than the copy's.
             return copy.statistics();
         }
-        let stats = self.inner.statistics()?;
+        let Some(stats) = self.inner.statistics() else {
+            let rows = *self.row_count.get()?;
+            return Some(Statistics {
+                num_rows: Precision::Inexact(usize::try_from(rows).ok()?),
+                total_byte_size: Precision::Absent,
+                column_statistics: vec![ColumnStatistics::new_unknown(); self.columns.len()],
+            });
+        };
         let column_statistics = self
             .columns
             .iter()

@@ -159,6 +159,18 @@ pub async fn open_table(
     };
     let mut table = contract_view(def, inner)?;
     table.facts = facts;
+    if table.facts.is_none()
+        && def.source.format == Format::Parquet
+        && matches!(def.source.location, Location::Local(_))
+    {
+        // Local footers are cheap to read; the row count lets the planner
+        // order joins (DataFusion's listing table states none).
+        let facts = crate::facts::listing_facts(state.runtime_env(), def).await;
+        if let Some(rows) = facts.row_count {
+            table.provider.set_row_count(rows);
+        }
+        table.facts = Some(facts);
+    }
     Ok(table)
 }
 

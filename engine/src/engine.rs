@@ -24,6 +24,7 @@ use crate::domain_schema::{DomainSchemaProvider, MeshCatalog, SessionCatalogList
 use crate::error::{Error, Result};
 use crate::files::FileAccess;
 use crate::functions::bounded_functions;
+use crate::join_order::{PlanOptions, ReorderJoins};
 use crate::options::MeshqOptions;
 use crate::policy::PolicyError;
 use crate::policy::barrier::MeshQueryPlanner;
@@ -958,7 +959,8 @@ fn session_config(config: &EngineConfig, memory_bounded: bool) -> Result<Session
         // domain_schema.rs); SHOW TABLES and friends find it there.
         .with_information_schema(false)
         .with_option_extension(MeshqOptions::default())
-        .with_option_extension(meshq_connectors::mesh_scan::ScanOptions::default());
+        .with_option_extension(meshq_connectors::mesh_scan::ScanOptions::default())
+        .with_option_extension(PlanOptions::default());
     // Sessions run in UTC: `TIMESTAMP WITH TIME ZONE '…'` literals and now()
     // keep a zone (clients see a zoned timestamp), while plain `TIMESTAMP`
     // literals stay zone-less as before.
@@ -1356,6 +1358,8 @@ fn template_state(
         if rule.name() == "push_down_filter" {
             optimizer_rules.push(Arc::new(BarrierAwarePushDownFilter::new(rule)));
             optimizer_rules.push(Arc::new(PolicyPushdownRule));
+            // Leaves carry their filters from here on.
+            optimizer_rules.push(Arc::new(ReorderJoins));
         } else {
             optimizer_rules.push(rule);
         }

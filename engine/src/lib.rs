@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod files;
 pub mod functions;
+pub mod join_order;
 pub mod live;
 pub mod memory;
 pub mod meta;

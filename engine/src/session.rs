@@ -688,8 +688,8 @@ fn check_setting(variable: &str) -> Result<()> {
         || key.starts_with("meshq_query.")
     {
         "the coordinator lists what each plan's workers need"
-    } else if key.starts_with("meshq_scan.") {
-        // How scans run; changes no answer.
+    } else if key.starts_with("meshq_scan.") || key.starts_with("meshq_plan.") {
+        // How scans run and joins are ordered; changes no answer.
         return Ok(());
     } else if key.starts_with("meshq") {
         "the principal comes from authentication and limits from meshq.yaml"

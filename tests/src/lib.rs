@@ -101,6 +101,10 @@ pub fn bypass_corpus(mesh: &str) -> Vec<String> {
         "SELECT DISTINCT customer_id, full_name FROM customers.profiles",
         "SELECT o.email, c.email, c.full_name FROM sales.orders o JOIN customers.profiles c ON o.customer_id = c.customer_id",
         "SELECT * FROM sales.orders WHERE customer_id = 'C00001'",
+        // Three inputs named in a poor order: with joins ordered by
+        // estimate, the tree is taken apart and rebuilt around the barriers.
+        "SELECT c.email, c.full_name, o.email, o2.region FROM customers.profiles c JOIN sales.orders o ON o.customer_id = c.customer_id JOIN sales.orders o2 ON o2.order_id = o.order_id WHERE o2.order_id = 'O00001'",
+        "SELECT c.email, o.email FROM customers.profiles c, sales.orders o, sales.orders o2 WHERE o.customer_id = c.customer_id AND o2.order_id = o.order_id AND o2.email LIKE '%@%' AND o2.region = 'AMER'",
         "SELECT * FROM customers.profiles c JOIN sales.orders o ON substr(o.email, 1, 1) = substr(c.email, 1, 1) LIMIT 50",
         "SELECT * FROM information_schema.columns",
         "SELECT * FROM information_schema.tables",

@@ -168,6 +168,11 @@ async fn admins_read_and_write_files_only_in_scratch_and_export() {
             "SET meshq_scan.dynamic_filter_probes = 'some'",
             &["dynamic_filter_probes", "collect_left"][..],
         ),
+        (
+            "SET meshq_plan.reorder_joins = true",
+            "SET meshq_plan.reorder_joins = 'often'",
+            &["as bool"][..],
+        ),
     ] {
         run(&root, good).await.unwrap();
         let e = run(&root, bad).await.unwrap_err();

@@ -326,6 +326,27 @@ async fn restricted_principal_never_sees_a_raw_value() {
     assert!(found.len() >= 10, "the detector found only {found:?}");
 }
 
+/// With inner joins ordered by estimated size (`meshq_plan.reorder_joins`),
+/// which takes join trees apart and builds them again around the policy
+/// barriers: ana still sees no raw value.
+#[tokio::test]
+async fn joins_ordered_by_estimate_serve_no_raw_value_to_a_restricted_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let mut config = meshq_tests::fixture_engine_config(dir.path());
+    config
+        .settings
+        .push(("meshq_plan.reorder_joins".into(), "true".into()));
+    let engine = meshq_engine::Engine::load(config).await.unwrap();
+    let before = meshq_engine::join_order::reordered_trees();
+    corpus_holds(&engine, dir.path(), "joins ordered by estimate").await;
+    // Only this test turns the rule on in this process.
+    assert!(
+        meshq_engine::join_order::reordered_trees() > before,
+        "the corpus reordered no join tree"
+    );
+}
+
 #[tokio::test]
 async fn dataframe_api_is_governed_too() {
     let ana = session_as("ana").await;

@@ -94,6 +94,32 @@ async fn main() -> std::process::ExitCode {
             println!("FAILED: {unverified} distributed plan(s) failed the plan verifier");
             failed += 1;
         }
+        // Again on one node with inner joins ordered by estimated size
+        // (`meshq_plan.reorder_joins`): the answers must not change.
+        let before = meshq_engine::join_order::reordered_trees();
+        let mut config = fixture_engine_config(dir.path());
+        config
+            .settings
+            .push(("meshq_plan.reorder_joins".into(), "true".into()));
+        let ordered = Engine::load(config).await.expect("fixture mesh loads");
+        refresh(&ordered).await;
+        let (p, f) = run_files(
+            &ordered,
+            &files,
+            &mesh_dir,
+            false,
+            false,
+            "joins ordered by estimate: ",
+        )
+        .await;
+        passed += p;
+        failed += f;
+        let reordered = meshq_engine::join_order::reordered_trees() - before;
+        println!("join trees reordered: {reordered}");
+        if reordered == 0 && filters.is_empty() {
+            println!("FAILED: no join tree of the slt suites was reordered");
+            failed += 1;
+        }
     }
     println!("sqllogictests: {passed} passed, {failed} failed");
     if failed > 0 || files.is_empty() {

@@ -1,0 +1,907 @@
+//! [`ReorderJoins`]: orders a query's inner joins by estimated size.
+//!
+//! DataFusion 55 joins tables in the order the query names them and only
+//! swaps the two inputs of each join. TPC-H q7 names `supplier, lineitem,
+//! orders, customer, nation, nation`: the two `nation` filters, the most
+//! selective part of the query, are joined last, and every `orders` row is
+//! put in a hash table on the way. This rule takes a tree of inner
+//! equi-joins apart into its inputs ("leaves") and its conditions and
+//! builds it again greedily: it starts from the smallest leaf that joins
+//! anything, then adds, one at a time, the connected leaf that gives the
+//! smallest estimated result, with the smaller side on the left (the side
+//! DataFusion's hash join builds).
+//!
+//! Estimates come from the tables' row counts (`TableProvider::statistics`,
+//! which meshq fills from Delta logs, Iceberg manifests and Parquet footers),
+//! fixed selectivities of filters, and the contracts' primary keys
+//! (functional dependencies in the plan's schemas): a join on a leaf's
+//! whole key keeps the other side's rows, scaled by how much of the keyed
+//! table is left. A tree with a leaf of unknown size, a join that needs no
+//! key (a cross join), or fewer than three leaves is left as it is.
+//!
+//! Only the order of inner joins changes: every leaf (a policy barrier
+//! with its masked scan, a subquery, an outer join) stays whole, so no
+//! predicate moves into or across one; each condition is evaluated at the
+//! first join that has all its columns. The result is projected back to
+//! the original columns in their order. The rule is off unless a session
+//! turns it on (`SET meshq_plan.reorder_joins = true`): without distinct
+//! counts its estimates do not beat the order of well-written queries.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
+use datafusion::catalog::default_table_source::source_as_provider;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, NullEquality, ScalarValue};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::expr::InList;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Expr, Filter, Join, JoinConstraint, JoinType, Like, LogicalPlan, Operator,
+    Projection,
+};
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+
+datafusion::common::extensions_options! {
+    /// How meshq plans (`SET meshq_plan.reorder_joins = true`).
+    pub struct PlanOptions {
+        /// Order inner joins by estimated size (row counts, filters and
+        /// primary keys) instead of the order the query names the tables.
+        /// Off by default: on TPC-H SF1 it made q7 1.7 times faster but q8
+        /// 12-15 % slower, and the 22 queries only 1.3 % faster
+        /// (BENCHMARKS.md).
+        pub reorder_joins: bool, default = false
+    }
+}
+
+impl datafusion::common::config::ConfigExtension for PlanOptions {
+    const PREFIX: &'static str = "meshq_plan";
+}
+
+/// The optimizer rule; runs after filter pushdown, so leaves carry their
+/// filters.
+#[derive(Debug, Default)]
+pub struct ReorderJoins;
+
+impl OptimizerRule for ReorderJoins {
+    fn name(&self) -> &str {
+        "meshq_reorder_joins"
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        let on = config
+            .options()
+            .extensions
+            .get::<PlanOptions>()
+            .is_some_and(|o| o.reorder_joins);
+        if !on {
+            return Ok(Transformed::no(plan));
+        }
+        reorder(plan)
+    }
+}
+
+static REORDERED: AtomicU64 = AtomicU64::new(0);
+
+/// How many join trees this process has reordered (the suites check that
+/// their reordering pass reorders something).
+pub fn reordered_trees() -> u64 {
+    REORDERED.load(AtomicOrdering::Relaxed)
+}
+
+/// A join this rule may move: inner, on keys that never match NULL.
+fn movable(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Join(j)
+        if j.join_type == JoinType::Inner
+            && j.null_equality == NullEquality::NullEqualsNothing
+            && !j.null_aware)
+}
+
+/// A node inside a tree of movable joins: a movable join, or a projection
+/// of plain columns between two of them (it only drops columns).
+fn inside(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Projection(p) => {
+            movable(&p.input) && p.expr.iter().all(|e| matches!(e, Expr::Column(_)))
+        }
+        other => movable(other),
+    }
+}
+
+fn reorder(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    if !movable(&plan) {
+        return plan.map_children(reorder);
+    }
+    let mut tree = Tree::default();
+    let shape = tree.flatten(&plan);
+    if tree.leaves.len() >= 3
+        && let Some(estimates) = Estimates::of(&tree)
+        && let Some(order) = estimates.choose(&tree)
+        && order != shape
+        && let (Some(new), Some(old)) =
+            (estimates.cost(&tree, &order), estimates.cost(&tree, &shape))
+        && {
+            tracing::debug!(leaves = tree.leaves.len(), old, new, "join order estimated");
+            new * 2.0 < old
+        }
+    {
+        let mut leaves = Vec::with_capacity(tree.leaves.len());
+        for leaf in &tree.leaves {
+            leaves.push(reorder(leaf.clone())?.data);
+        }
+        match tree.build(&order, leaves, &plan) {
+            Ok(p) => {
+                REORDERED.fetch_add(1, AtomicOrdering::Relaxed);
+                return Ok(Transformed::yes(p));
+            }
+            Err(e) => tracing::debug!("join order kept: {e}"),
+        }
+    }
+    descend(plan)
+}
+
+/// Recurses into the leaves of a tree of movable joins, keeping the tree.
+fn descend(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    if inside(&plan) {
+        plan.map_children(descend)
+    } else {
+        reorder(plan)
+    }
+}
+
+/// The shape of a join tree over leaf numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    Leaf(usize),
+    Join(Box<Shape>, Box<Shape>),
+}
+
+impl Shape {
+    fn leaves(&self, out: &mut HashSet<usize>) {
+        match self {
+            Shape::Leaf(i) => {
+                out.insert(*i);
+            }
+            Shape::Join(l, r) => {
+                l.leaves(out);
+                r.leaves(out);
+            }
+        }
+    }
+}
+
+/// A tree of movable joins taken apart.
+#[derive(Default)]
+struct Tree {
+    leaves: Vec<LogicalPlan>,
+    /// Equi-join keys, each side an expression.
+    keys: Vec<(Expr, Expr)>,
+    /// Other conditions (conjuncts of the joins' filters).
+    filters: Vec<Expr>,
+}
+
+impl Tree {
+    fn flatten(&mut self, plan: &LogicalPlan) -> Shape {
+        match plan {
+            LogicalPlan::Join(j) if movable(plan) => {
+                let l = self.flatten(&j.left);
+                let r = self.flatten(&j.right);
+                self.keys.extend(j.on.iter().cloned());
+                if let Some(f) = &j.filter {
+                    self.filters
+                        .extend(split_conjunction(f).into_iter().cloned());
+                }
+                Shape::Join(Box::new(l), Box::new(r))
+            }
+            LogicalPlan::Projection(p) if inside(plan) => self.flatten(&p.input),
+            leaf => {
+                self.leaves.push(leaf.clone());
+                Shape::Leaf(self.leaves.len() - 1)
+            }
+        }
+    }
+
+    /// The leaves an expression's columns come from; `None` when a column
+    /// is in none or in several.
+    fn sources(&self, e: &Expr) -> Option<HashSet<usize>> {
+        let mut out = HashSet::new();
+        for c in e.column_refs() {
+            let mut found = self
+                .leaves
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.schema().has_column(c))
+                .map(|(i, _)| i);
+            let first = found.next()?;
+            if found.next().is_some() {
+                return None;
+            }
+            out.insert(first);
+        }
+        Some(out)
+    }
+
+    /// Builds `order` over `leaves`, each condition at the first join that
+    /// has its columns, then projects the columns of `original`.
+    fn build(
+        &self,
+        order: &Shape,
+        leaves: Vec<LogicalPlan>,
+        original: &LogicalPlan,
+    ) -> Result<LogicalPlan> {
+        let mut builder = Builder {
+            tree: self,
+            leaves: leaves.into_iter().map(Some).collect(),
+            keys: self
+                .keys
+                .iter()
+                .map(|(a, b)| Ok((self.need(a)?, self.need(b)?)))
+                .collect::<Result<_>>()?,
+            filters: self
+                .filters
+                .iter()
+                .map(|f| self.need(f))
+                .collect::<Result<_>>()?,
+            keys_used: vec![false; self.keys.len()],
+            filters_used: vec![false; self.filters.len()],
+        };
+        let joined = builder.build(order)?;
+        if builder
+            .keys_used
+            .iter()
+            .chain(&builder.filters_used)
+            .any(|u| !u)
+        {
+            return Err(DataFusionError::Plan(
+                "a join condition found no join".into(),
+            ));
+        }
+        let columns = original
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        let plan = LogicalPlan::Projection(Projection::try_new(columns, Arc::new(joined))?);
+        if !plan
+            .schema()
+            .logically_equivalent_names_and_types(original.schema())
+        {
+            return Err(DataFusionError::Plan("the columns changed".into()));
+        }
+        Ok(plan)
+    }
+
+    fn need(&self, e: &Expr) -> Result<HashSet<usize>> {
+        self.sources(e)
+            .ok_or_else(|| DataFusionError::Plan(format!("no single input has the columns of {e}")))
+    }
+}
+
+struct Builder<'a> {
+    tree: &'a Tree,
+    leaves: Vec<Option<LogicalPlan>>,
+    keys: Vec<(HashSet<usize>, HashSet<usize>)>,
+    filters: Vec<HashSet<usize>>,
+    keys_used: Vec<bool>,
+    filters_used: Vec<bool>,
+}
+
+impl Builder<'_> {
+    fn build(&mut self, shape: &Shape) -> Result<LogicalPlan> {
+        let (l, r) = match shape {
+            Shape::Leaf(i) => {
+                return self.leaves[*i]
+                    .take()
+                    .ok_or_else(|| DataFusionError::Plan("a leaf used twice".into()));
+            }
+            Shape::Join(l, r) => (l, r),
+        };
+        let left = self.build(l)?;
+        let right = self.build(r)?;
+        let (mut ls, mut rs) = (HashSet::new(), HashSet::new());
+        l.leaves(&mut ls);
+        r.leaves(&mut rs);
+        let both: HashSet<usize> = ls.union(&rs).copied().collect();
+        let mut on = Vec::new();
+        let mut filters = Vec::new();
+        for (k, (a, b)) in self.keys.iter().enumerate() {
+            if self.keys_used[k] || !a.is_subset(&both) || !b.is_subset(&both) {
+                continue;
+            }
+            self.keys_used[k] = true;
+            let (x, y) = &self.tree.keys[k];
+            if !a.is_empty() && !b.is_empty() && a.is_subset(&ls) && b.is_subset(&rs) {
+                on.push((x.clone(), y.clone()));
+            } else if !a.is_empty() && !b.is_empty() && a.is_subset(&rs) && b.is_subset(&ls) {
+                on.push((y.clone(), x.clone()));
+            } else {
+                filters.push(x.clone().eq(y.clone()));
+            }
+        }
+        for (k, f) in self.filters.iter().enumerate() {
+            if !self.filters_used[k] && f.is_subset(&both) {
+                self.filters_used[k] = true;
+                filters.push(self.tree.filters[k].clone());
+            }
+        }
+        if on.is_empty() {
+            return Err(DataFusionError::Plan("a join without keys".into()));
+        }
+        Ok(LogicalPlan::Join(Join::try_new(
+            Arc::new(left),
+            Arc::new(right),
+            on,
+            conjunction(filters),
+            JoinType::Inner,
+            JoinConstraint::On,
+            NullEquality::NullEqualsNothing,
+            false,
+        )?))
+    }
+}
+
+/// What the rule knows about each leaf.
+struct Estimates {
+    /// Estimated rows.
+    rows: Vec<f64>,
+    /// Rows of the table under the leaf before its filters, if one is.
+    base: Vec<Option<f64>>,
+    /// Column sets that are unique in each leaf.
+    keys: Vec<Vec<HashSet<Column>>>,
+    /// A stable name for ties.
+    names: Vec<String>,
+    /// Each key's leaves, per side.
+    key_sources: Vec<(HashSet<usize>, HashSet<usize>)>,
+}
+
+impl Estimates {
+    fn of(tree: &Tree) -> Option<Self> {
+        let rows = tree.leaves.iter().map(rows).collect::<Option<Vec<f64>>>()?;
+        let key_sources = tree
+            .keys
+            .iter()
+            .map(|(a, b)| Some((tree.sources(a)?, tree.sources(b)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            rows,
+            base: tree.leaves.iter().map(base_rows).collect(),
+            keys: tree.leaves.iter().map(unique_keys).collect(),
+            names: tree
+                .leaves
+                .iter()
+                .map(|l| l.display().to_string())
+                .collect(),
+            key_sources,
+        })
+    }
+
+    /// The greedy order, or `None` when the leaves do not all connect
+    /// through keys.
+    fn choose(&self, tree: &Tree) -> Option<Shape> {
+        let n = self.rows.len();
+        let connects = |i: usize, j: usize| {
+            self.key_sources.iter().any(|(a, b)| {
+                (a.len() == 1 && b.len() == 1)
+                    && ((a.contains(&i) && b.contains(&j)) || (a.contains(&j) && b.contains(&i)))
+            })
+        };
+        let start = (0..n)
+            .filter(|&i| (0..n).any(|j| j != i && connects(i, j)))
+            .min_by(|&a, &b| self.rank(a, self.rows[a], b, self.rows[b]))?;
+        let mut set = HashSet::from([start]);
+        let mut shape = Shape::Leaf(start);
+        let mut size = self.rows[start];
+        while set.len() < n {
+            // A join on a whole key first: without distinct counts, a join
+            // on other columns (suppliers and customers of a nation) can
+            // grow far beyond any estimate.
+            let (next, (_, next_size)) = (0..n)
+                .filter(|i| !set.contains(i))
+                .filter_map(|i| Some((i, self.join_size(tree, &set, size, i)?)))
+                .min_by(|&(a, (ka, sa)), &(b, (kb, sb))| {
+                    kb.cmp(&ka).then_with(|| self.rank(a, sa, b, sb))
+                })?;
+            shape = if self.rows[next] < size {
+                Shape::Join(Box::new(Shape::Leaf(next)), Box::new(shape))
+            } else {
+                Shape::Join(Box::new(shape), Box::new(Shape::Leaf(next)))
+            };
+            set.insert(next);
+            size = next_size;
+        }
+        Some(shape)
+    }
+
+    /// The estimated cost of a join tree in which every join has a leaf on
+    /// one side: the rows its joins put out. `None` for other trees, or a
+    /// join without an equi-join condition.
+    fn cost(&self, tree: &Tree, shape: &Shape) -> Option<f64> {
+        fn walk(
+            e: &Estimates,
+            tree: &Tree,
+            shape: &Shape,
+            set: &mut HashSet<usize>,
+        ) -> Option<(f64, f64)> {
+            match shape {
+                Shape::Leaf(i) => {
+                    set.insert(*i);
+                    Some((e.rows[*i], 0.0))
+                }
+                Shape::Join(l, r) => {
+                    let (leaf, other) = match (l.as_ref(), r.as_ref()) {
+                        (Shape::Leaf(i), other) | (other, Shape::Leaf(i)) => (*i, other),
+                        _ => return None,
+                    };
+                    let (size, cost) = walk(e, tree, other, set)?;
+                    let (_, out) = e.join_size(tree, set, size, leaf)?;
+                    set.insert(leaf);
+                    Some((out, cost + out))
+                }
+            }
+        }
+        walk(self, tree, shape, &mut HashSet::new()).map(|(_, c)| c)
+    }
+
+    fn rank(&self, a: usize, sa: f64, b: usize, sb: f64) -> std::cmp::Ordering {
+        sa.total_cmp(&sb)
+            .then_with(|| self.rows[a].total_cmp(&self.rows[b]))
+            .then_with(|| self.names[a].cmp(&self.names[b]))
+            .then_with(|| a.cmp(&b))
+    }
+
+    /// Whether joining the leaves `set` (`size` rows) with leaf `leaf` is
+    /// on a whole unique key of either side, and its estimated rows; `None`
+    /// when no equi-join condition joins them.
+    fn join_size(
+        &self,
+        tree: &Tree,
+        set: &HashSet<usize>,
+        size: f64,
+        leaf: usize,
+    ) -> Option<(bool, f64)> {
+        let just = HashSet::from([leaf]);
+        let mut set_cols: Vec<(usize, Column)> = Vec::new();
+        let mut leaf_cols: HashSet<Column> = HashSet::new();
+        let mut any = false;
+        for ((a, b), (x, y)) in self.key_sources.iter().zip(&tree.keys) {
+            let (s_side, l_side) = if a.is_subset(set) && !a.is_empty() && *b == just {
+                (x, y)
+            } else if b.is_subset(set) && !b.is_empty() && *a == just {
+                (y, x)
+            } else {
+                continue;
+            };
+            any = true;
+            if let Expr::Column(c) = l_side {
+                leaf_cols.insert(c.clone());
+            }
+            if let Expr::Column(c) = s_side
+                && let Some(src) = tree.sources(s_side)
+                && src.len() == 1
+            {
+                set_cols.extend(src.into_iter().map(|i| (i, c.clone())));
+            }
+        }
+        if !any {
+            return None;
+        }
+        let rows = self.rows[leaf];
+        let fraction = |i: usize, r: f64| match self.base[i] {
+            Some(b) if b > 0.0 => r / b,
+            _ => 1.0,
+        };
+        // The leaf's whole key: each row of the set meets at most one of
+        // its rows, if that row survived the leaf's filters.
+        if self.keys[leaf].iter().any(|k| k.is_subset(&leaf_cols)) {
+            return Some((true, (size * fraction(leaf, rows)).min(size * rows)));
+        }
+        // A key of a leaf in the set: each row of the leaf meets the rows
+        // of the set that carry that key.
+        for &i in set {
+            let cols: HashSet<Column> = set_cols
+                .iter()
+                .filter(|(j, _)| *j == i)
+                .map(|(_, c)| c.clone())
+                .collect();
+            if self.keys[i].iter().any(|k| k.is_subset(&cols)) {
+                let per_key = match self.base[i] {
+                    Some(b) if b > 0.0 => size / b,
+                    _ => 1.0,
+                };
+                return Some((true, (rows * per_key).min(size * rows)));
+            }
+        }
+        Some((false, size.max(rows)))
+    }
+}
+
+/// The column sets of a plan's output that are unique (its functional
+/// dependencies that determine every column).
+fn unique_keys(plan: &LogicalPlan) -> Vec<HashSet<Column>> {
+    let schema = plan.schema();
+    let columns = schema.columns();
+    schema
+        .functional_dependencies()
+        .iter()
+        .filter(|d| d.target_indices.len() == columns.len() && !d.source_indices.is_empty())
+        .filter_map(|d| {
+            d.source_indices
+                .iter()
+                .map(|&i| columns.get(i).cloned())
+                .collect::<Option<HashSet<Column>>>()
+        })
+        .collect()
+}
+
+/// The rows of the table a leaf reads, before filters.
+fn base_rows(plan: &LogicalPlan) -> Option<f64> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let provider = source_as_provider(&scan.source).ok()?;
+            provider
+                .statistics()?
+                .num_rows
+                .get_value()
+                .map(|&n| n as f64)
+        }
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Projection(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Extension(_) => match plan.inputs().as_slice() {
+            [one] => base_rows(one),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Estimated rows of a plan; `None` when unknown.
+fn rows(plan: &LogicalPlan) -> Option<f64> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let n = base_rows(plan)?;
+            Some(match scan.fetch {
+                Some(f) => n.min(f as f64),
+                None => n,
+            })
+        }
+        LogicalPlan::Filter(Filter {
+            predicate, input, ..
+        }) => {
+            let n = rows(input)?;
+            Some(n * selectivity(predicate, input, n))
+        }
+        LogicalPlan::Aggregate(a) => {
+            if a.group_expr.is_empty() {
+                Some(1.0)
+            } else {
+                rows(&a.input)
+            }
+        }
+        LogicalPlan::Limit(l) => {
+            let n = rows(&l.input)?;
+            match l.get_fetch_type() {
+                Ok(datafusion::logical_expr::FetchType::Literal(Some(f))) => Some(n.min(f as f64)),
+                _ => Some(n),
+            }
+        }
+        LogicalPlan::Join(j) => {
+            let (l, r) = (rows(&j.left)?, rows(&j.right)?);
+            Some(match j.join_type {
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => l,
+                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => r,
+                _ => l.max(r),
+            })
+        }
+        LogicalPlan::Union(u) => u.inputs.iter().map(|i| rows(i)).sum(),
+        LogicalPlan::Values(v) => Some(v.values.len() as f64),
+        LogicalPlan::EmptyRelation(e) => Some(if e.produce_one_row { 1.0 } else { 0.0 }),
+        LogicalPlan::Projection(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Distinct(_)
+        | LogicalPlan::Repartition(_)
+        | LogicalPlan::Extension(_) => match plan.inputs().as_slice() {
+            [one] => rows(one),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Fixed selectivities, in the manner of System R: an equality 1/10 (one
+/// row for a unique column), a range 1/3 (1/4 for both bounds of a
+/// column), `IN` 1/10 per value, `LIKE` 1/10.
+fn selectivity(predicate: &Expr, input: &LogicalPlan, rows: f64) -> f64 {
+    let conjuncts = split_conjunction(predicate);
+    let mut bounded: Vec<(&Column, bool)> = Vec::new();
+    let mut s = 1.0;
+    for c in conjuncts {
+        match range_bound(c) {
+            Some((col, lower)) => bounded.push((col, lower)),
+            None => s *= one(c, input, rows),
+        }
+    }
+    let mut seen: Vec<&Column> = Vec::new();
+    for (col, _) in &bounded {
+        if seen.contains(col) {
+            continue;
+        }
+        seen.push(col);
+        let lower = bounded.iter().any(|(c, l)| c == col && *l);
+        let upper = bounded.iter().any(|(c, l)| c == col && !*l);
+        s *= if lower && upper { 0.25 } else { 1.0 / 3.0 };
+    }
+    s
+}
+
+/// A column compared with a literal by `<`, `<=`, `>` or `>=`: the column,
+/// and whether it is a lower bound.
+fn range_bound(e: &Expr) -> Option<(&Column, bool)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+        return None;
+    };
+    let lower = match op {
+        Operator::Gt | Operator::GtEq => true,
+        Operator::Lt | Operator::LtEq => false,
+        _ => return None,
+    };
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(..)) => Some((c, lower)),
+        (Expr::Literal(..), Expr::Column(c)) => Some((c, !lower)),
+        _ => None,
+    }
+}
+
+fn one(e: &Expr, input: &LogicalPlan, rows: f64) -> f64 {
+    const EQ: f64 = 0.1;
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+            Operator::And => one(left, input, rows) * one(right, input, rows),
+            Operator::Or => {
+                let (a, b) = (one(left, input, rows), one(right, input, rows));
+                (a + b - a * b).min(1.0)
+            }
+            Operator::Eq => match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(c), Expr::Literal(..)) | (Expr::Literal(..), Expr::Column(c))
+                    if rows >= 1.0
+                        && unique_keys(input)
+                            .iter()
+                            .any(|k| k.len() == 1 && k.contains(c)) =>
+                {
+                    1.0 / rows
+                }
+                _ => EQ,
+            },
+            Operator::NotEq => 1.0 - EQ,
+            Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq => 1.0 / 3.0,
+            _ => 0.5,
+        },
+        Expr::Between(Between { negated, .. }) => {
+            if *negated {
+                0.75
+            } else {
+                0.25
+            }
+        }
+        Expr::InList(InList { list, negated, .. }) => {
+            let s = (list.len() as f64 * EQ).min(0.5);
+            if *negated { 1.0 - s } else { s }
+        }
+        Expr::Like(Like { negated, .. }) => {
+            if *negated {
+                1.0 - EQ
+            } else {
+                EQ
+            }
+        }
+        Expr::Not(inner) => 1.0 - one(inner, input, rows),
+        Expr::IsNull(_) => EQ,
+        Expr::IsNotNull(_) => 1.0 - EQ,
+        Expr::Literal(ScalarValue::Boolean(Some(false)), _) => 0.0,
+        Expr::Literal(ScalarValue::Boolean(Some(true)), _) => 1.0,
+        _ => 0.5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+    use async_trait::async_trait;
+    use datafusion::catalog::{Session, TableProvider};
+    use datafusion::common::stats::Precision;
+    use datafusion::common::{ColumnStatistics, Constraint, Constraints, Statistics};
+    use datafusion::datasource::{MemTable, TableType};
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::optimizer::Optimizer;
+    use datafusion::physical_plan::ExecutionPlan;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    use super::*;
+
+    /// A memory table that states a row count (of the table it stands
+    /// for) and, optionally, a primary key on its first column.
+    #[derive(Debug)]
+    struct Stated {
+        inner: MemTable,
+        rows: Option<usize>,
+        key: Option<Constraints>,
+    }
+
+    #[async_trait]
+    impl TableProvider for Stated {
+        fn schema(&self) -> SchemaRef {
+            self.inner.schema()
+        }
+        fn table_type(&self) -> TableType {
+            TableType::Base
+        }
+        fn constraints(&self) -> Option<&Constraints> {
+            self.key.as_ref()
+        }
+        fn statistics(&self) -> Option<Statistics> {
+            Some(Statistics {
+                num_rows: Precision::Inexact(self.rows?),
+                total_byte_size: Precision::Absent,
+                column_statistics: vec![
+                    ColumnStatistics::new_unknown();
+                    self.inner.schema().fields().len()
+                ],
+            })
+        }
+        async fn scan(
+            &self,
+            state: &dyn Session,
+            projection: Option<&Vec<usize>>,
+            filters: &[Expr],
+            limit: Option<usize>,
+        ) -> Result<Arc<dyn ExecutionPlan>> {
+            self.inner.scan(state, projection, filters, limit).await
+        }
+    }
+
+    /// `big(id, mid_id)` stated as 1,000,000 rows, `mid(id, small_id)` as
+    /// 10,000 and `small(id, name)` as 100, keyed by `id` when `keyed`;
+    /// each holds a few rows that join.
+    fn context(reorder: bool, stated: bool, keyed: bool) -> SessionContext {
+        let mut rules = Optimizer::new().rules;
+        rules.push(Arc::new(ReorderJoins));
+        let mut config = SessionConfig::new().with_option_extension(PlanOptions::default());
+        config
+            .options_mut()
+            .set("meshq_plan.reorder_joins", &reorder.to_string())
+            .unwrap();
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_optimizer_rules(rules)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let int = |name: &str| Field::new(name, DataType::Int64, false);
+        let table = |name: &str, second: Field, rows: usize, values: Vec<RecordBatch>| {
+            let schema = Arc::new(Schema::new(vec![int("id"), second]));
+            let batches = values
+                .into_iter()
+                .map(|b| RecordBatch::try_new(Arc::clone(&schema), b.columns().to_vec()).unwrap())
+                .collect();
+            let provider = Stated {
+                inner: MemTable::try_new(schema, vec![batches]).unwrap(),
+                rows: stated.then_some(rows),
+                key: keyed
+                    .then(|| Constraints::new_unverified(vec![Constraint::PrimaryKey(vec![0])])),
+            };
+            ctx.register_table(name, Arc::new(provider)).unwrap();
+        };
+        let ints = |a: Vec<i64>, b: Vec<i64>| {
+            RecordBatch::try_from_iter(vec![
+                ("id", Arc::new(Int64Array::from(a)) as _),
+                ("x", Arc::new(Int64Array::from(b)) as _),
+            ])
+            .unwrap()
+        };
+        table(
+            "big",
+            int("mid_id"),
+            1_000_000,
+            vec![ints(vec![1, 2, 3, 4], vec![10, 10, 20, 30])],
+        );
+        table(
+            "mid",
+            int("small_id"),
+            10_000,
+            vec![ints(vec![10, 20, 30], vec![100, 200, 200])],
+        );
+        let small = RecordBatch::try_from_iter(vec![
+            ("id", Arc::new(Int64Array::from(vec![100, 200])) as _),
+            ("name", Arc::new(StringArray::from(vec!["x", "y"])) as _),
+        ])
+        .unwrap();
+        table(
+            "small",
+            Field::new("name", DataType::Utf8, false),
+            100,
+            vec![small],
+        );
+        ctx
+    }
+
+    const QUERY: &str = "SELECT big.id, mid.id AS mid, small.name FROM big, mid, small \
+         WHERE big.mid_id = mid.id AND mid.small_id = small.id AND small.name = 'y' \
+         ORDER BY big.id";
+
+    /// The tables of the innermost join of the optimized plan, in order.
+    async fn first_join(ctx: &SessionContext) -> Vec<String> {
+        let plan = ctx.sql(QUERY).await.unwrap().into_optimized_plan().unwrap();
+        let mut deepest = None;
+        plan.apply(|p| {
+            if let LogicalPlan::Join(j) = p {
+                deepest = Some(j.clone());
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        let j = deepest.expect("a join");
+        [&j.left, &j.right]
+            .iter()
+            .map(|side| {
+                let mut name = String::new();
+                side.apply(|p| {
+                    if let LogicalPlan::TableScan(s) = p {
+                        name = s.table_name.to_string();
+                    }
+                    Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+                })
+                .unwrap();
+                name
+            })
+            .collect()
+    }
+
+    async fn answer(ctx: &SessionContext) -> Vec<String> {
+        let batches = ctx.sql(QUERY).await.unwrap().collect().await.unwrap();
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_selective_small_tables_are_joined_first() {
+        // As written, `big` joins `mid` first: a million rows.
+        assert_eq!(
+            first_join(&context(false, true, true)).await,
+            ["big", "mid"]
+        );
+        // Ordered: the filtered `small` (about 10 rows) with `mid`, whose
+        // key it joins, smaller side on the left.
+        assert_eq!(
+            first_join(&context(true, true, true)).await,
+            ["small", "mid"]
+        );
+        let expected = answer(&context(false, true, true)).await;
+        assert_eq!(answer(&context(true, true, true)).await, expected);
+        assert!(
+            expected.iter().any(|l| l.contains("| 3  | 20  | y    |")),
+            "{expected:?}"
+        );
+        assert_eq!(expected.len(), 6, "{expected:?}");
+    }
+
+    #[tokio::test]
+    async fn without_row_counts_the_written_order_stays() {
+        assert_eq!(
+            first_join(&context(true, false, true)).await,
+            ["big", "mid"]
+        );
+    }
+}
