@@ -22,7 +22,9 @@
 //! Only the order of inner joins changes: every leaf (a policy barrier
 //! with its masked scan, a subquery, an outer join) stays whole, so no
 //! predicate moves into or across one; each condition is evaluated at the
-//! first join that has all its columns. The result is projected back to
+//! first join that has all its columns. A leaf behind row filters that
+//! hide rows from the principal has no known size, so the total a policy
+//! hides never steers a plan. The result is projected back to
 //! the original columns in their order. The rule is off unless a session
 //! turns it on (`SET meshq_plan.reorder_joins = true`): without distinct
 //! counts its estimates do not beat the order of well-written queries.
@@ -42,6 +44,8 @@ use datafusion::logical_expr::{
     Projection,
 };
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+
+use crate::policy::barrier::PolicyBarrier;
 
 datafusion::common::extensions_options! {
     /// How meshq plans (`SET meshq_plan.reorder_joins = true`).
@@ -539,8 +543,24 @@ fn unique_keys(plan: &LogicalPlan) -> Vec<HashSet<Column>> {
         .collect()
 }
 
+/// A policy barrier whose row filters hide rows from this principal. The
+/// table's total would tell how many (`meta.tables` withholds it for the
+/// same reason), and a join order chosen from it could be seen in `EXPLAIN`:
+/// such a leaf's size is unknown.
+fn hides_rows(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::Extension(ext)
+        if ext
+            .node
+            .as_any()
+            .downcast_ref::<PolicyBarrier>()
+            .is_some_and(|b| b.applied.iter().any(|a| a.starts_with("filter:"))))
+}
+
 /// The rows of the table a leaf reads, before filters.
 fn base_rows(plan: &LogicalPlan) -> Option<f64> {
+    if hides_rows(plan) {
+        return None;
+    }
     match plan {
         LogicalPlan::TableScan(scan) => {
             let provider = source_as_provider(&scan.source).ok()?;
@@ -564,6 +584,9 @@ fn base_rows(plan: &LogicalPlan) -> Option<f64> {
 
 /// Estimated rows of a plan; `None` when unknown.
 fn rows(plan: &LogicalPlan) -> Option<f64> {
+    if hides_rows(plan) {
+        return None;
+    }
     match plan {
         LogicalPlan::TableScan(scan) => {
             let n = base_rows(plan)?;

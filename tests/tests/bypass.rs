@@ -347,6 +347,51 @@ async fn joins_ordered_by_estimate_serve_no_raw_value_to_a_restricted_principal(
     );
 }
 
+/// A join order chosen from a table's total row count would show in
+/// `EXPLAIN` how many rows a row filter hides: with joins ordered by
+/// estimate, pat (who reads every row) gets a reordered plan (the filtered
+/// `o3` first), ana (whose `sales.orders` rows are filtered to her region)
+/// the written one. Her estimates would reorder it too if the rule used
+/// the table's total.
+#[tokio::test]
+async fn the_rows_a_policy_hides_never_steer_the_join_order() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let off = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let mut config = meshq_tests::fixture_engine_config(dir.path());
+    config
+        .settings
+        .push(("meshq_plan.reorder_joins".into(), "true".into()));
+    let on = meshq_engine::Engine::load(config).await.unwrap();
+    let sql = "EXPLAIN SELECT o.email, o2.region FROM sales.orders o \
+               JOIN sales.orders o2 ON o2.order_id = o.order_id \
+               JOIN sales.orders o3 ON o3.order_id = o2.order_id \
+               WHERE o3.region = 'EMEA'";
+    let plan = |engine: &meshq_engine::Engine, name: &str| {
+        let session = engine.session(&engine.mesh().config.principal(name).unwrap());
+        async move {
+            let batches = run(&session, sql).await.unwrap();
+            let text = arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string();
+            // The logical plan: the physical one names files and partitions.
+            text.split("physical_plan").next().unwrap().to_string()
+        }
+    };
+    assert_ne!(
+        plan(&on, "pat").await,
+        plan(&off, "pat").await,
+        "pat reads every row: the estimates reorder the joins"
+    );
+    assert_eq!(
+        plan(&on, "ana").await,
+        plan(&off, "ana").await,
+        "ana's plan must not depend on the rows her filter hides"
+    );
+}
+
 #[tokio::test]
 async fn dataframe_api_is_governed_too() {
     let ana = session_as("ana").await;
