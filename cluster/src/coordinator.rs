@@ -179,22 +179,42 @@ impl QueryPlanner for ClusterPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let LogicalPlan::Explain(explain) = logical_plan
+            && !self.workers.healthy().is_empty()
+            && !meshq_engine::options::MeshqOptions::of(session.config_options()).local_only
+        {
+            return self.explain(logical_plan, explain, session).await;
+        }
+        Ok(self.place(logical_plan, session).await?.0)
+    }
+}
+
+impl ClusterPlanner {
+    /// The plan a statement runs as: distributed when every stage can
+    /// travel, else the coordinator's own, with the reason when the
+    /// library made stages that could not be sent.
+    async fn place(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<(Arc<dyn ExecutionPlan>, Option<String>)> {
         if self.workers.healthy().is_empty()
             || meshq_engine::options::MeshqOptions::of(session.config_options()).local_only
         {
             // No worker answers, or the plan is one that runs inside
             // another (a product defined by SQL): the coordinator runs it.
-            return self.local.create_physical_plan(logical_plan, session).await;
-        }
-        if let LogicalPlan::Explain(explain) = logical_plan {
-            return self.explain(logical_plan, explain, session).await;
+            let plan = self
+                .local
+                .create_physical_plan(logical_plan, session)
+                .await?;
+            return Ok((plan, None));
         }
         let plan = self
             .distributed
             .create_physical_plan(logical_plan, session)
             .await?;
         if !plan.exists(|p| Ok(p.is::<DistributedExec>()))? {
-            return Ok(plan);
+            return Ok((plan, None));
         }
         let options = meshq_engine::options::MeshqOptions::of(session.config_options());
         if let Err(why) = verify_distributed(&plan, &self.tables, &options) {
@@ -203,7 +223,14 @@ impl QueryPlanner for ClusterPlanner {
             // is verified as always.
             UNVERIFIED.fetch_add(1, Ordering::Relaxed);
             warn!(%why, "a distributed plan failed the plan verifier; the query runs on the coordinator");
-            return self.local.create_physical_plan(logical_plan, session).await;
+            let plan = self
+                .local
+                .create_physical_plan(logical_plan, session)
+                .await?;
+            return Ok((
+                plan,
+                Some(format!("its stages failed the plan verifier: {why}")),
+            ));
         }
         let local_files = session
             .config()
@@ -214,13 +241,22 @@ impl QueryPlanner for ClusterPlanner {
         {
             // `EXPLAIN ANALYZE`: the library's stages and metrics, and
             // the worker each task went to.
-            Ok(()) if plan.name() == "DistributedAnalyzeExec" => {
-                Ok(Arc::new(crate::placement::PlacedAnalyzeExec::new(plan)))
-            }
-            Ok(()) => Ok(plan),
+            Ok(()) if plan.name() == "DistributedAnalyzeExec" => Ok((
+                Arc::new(crate::placement::PlacedAnalyzeExec::new(plan)),
+                None,
+            )),
+            Ok(()) => Ok((plan, None)),
             Err(why) => {
                 debug!(%why, "a stage cannot be sent to workers; the query runs on the coordinator");
-                self.local.create_physical_plan(logical_plan, session).await
+                let plan = self
+                    .local
+                    .create_physical_plan(logical_plan, session)
+                    .await?;
+                let why = match why {
+                    datafusion::error::DataFusionError::Plan(m) => m,
+                    other => other.to_string(),
+                };
+                Ok((plan, Some(why)))
             }
         }
     }
@@ -247,9 +283,29 @@ impl ClusterPlanner {
         let Some(output) = local.downcast_ref::<ExplainExec>() else {
             return Ok(local);
         };
-        let statement = self.create_physical_plan(&explain.plan, session).await?;
+        let (statement, why) = self.place(&explain.plan, session).await?;
         if !statement.is::<DistributedExec>() {
-            return Ok(local);
+            let Some(why) = why else {
+                return Ok(local);
+            };
+            // Stages were made but cannot be sent: say why the
+            // coordinator runs the statement alone.
+            let plans = output
+                .stringified_plans()
+                .iter()
+                .map(|p| match p.plan_type {
+                    PlanType::FinalPhysicalPlan => StringifiedPlan::new(
+                        PlanType::FinalPhysicalPlan,
+                        format!("{}runs on the coordinator: {why}", p.plan),
+                    ),
+                    _ => p.clone(),
+                })
+                .collect();
+            return Ok(Arc::new(ExplainExec::new(
+                output.schema(),
+                plans,
+                output.verbose(),
+            )));
         }
         let urls = self.workers.healthy();
         let list: Vec<&str> = urls.iter().map(|u| u.as_str()).collect();

@@ -428,6 +428,13 @@ async fn a_split_scan_never_feeds_an_aggregate_that_needs_all_its_rows() {
         !distributed(&physical(&cluster, "pat", q15, None).await),
         "the plan with split scans under one-step aggregates runs on the coordinator"
     );
+    // EXPLAIN says why.
+    let session = cluster.session(&cluster.mesh().config.principal("pat").unwrap());
+    let explained = text(&run(&session, &format!("EXPLAIN {q15}")).await.unwrap());
+    assert!(
+        explained.contains("runs on the coordinator: AggregateExec needs all of its input"),
+        "{explained}"
+    );
     for sql in [
         q15,
         "SELECT count(*) AS n, sum(amount) AS s FROM payments.transactions",
