@@ -311,14 +311,23 @@ pub async fn serve_web(
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Without Nagle's algorithm, as the Flight SQL server and the workers:
+    // the last small frame of a streamed answer goes out at once instead
+    // of waiting for the client's delayed acknowledgement.
     match tls {
         Some(config) => {
-            axum::serve(tls::TlsListener::new(listener, config).tap_io(|_| ()), app)
+            let listener = tls::TlsListener::new(listener, config).tap_io(|io| {
+                let _ = io.get_ref().0.set_nodelay(true);
+            });
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         None => {
-            axum::serve(listener.tap_io(|_| ()), app)
+            let listener = listener.tap_io(|io| {
+                let _ = io.set_nodelay(true);
+            });
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
