@@ -36,5 +36,5 @@ pub use contract_table::{ContractColumn, ContractTableProvider, LocalCopy};
 pub use error::{Error, Result, describe};
 pub use facts::TableFacts;
 pub use mesh_scan::{MeshScanExec, ScanToken};
-pub use open::{OpenedTable, Sources, open_table};
+pub use open::{OpenedTable, PlanOptions, Sources, open_table};
 pub use store::StoreRegistry;

@@ -12,7 +12,8 @@
 //! DataFusion's hash join builds).
 //!
 //! Estimates come from the tables' row counts (`TableProvider::statistics`,
-//! which meshq fills from Delta logs, Iceberg manifests and Parquet footers),
+//! which meshq fills from Delta logs, Iceberg manifests and, when the rule
+//! is on for every session, local Parquet footers read at load),
 //! fixed selectivities of filters, and the contracts' primary keys
 //! (functional dependencies in the plan's schemas): a join on a leaf's
 //! whole key keeps the other side's rows, scaled by how much of the keyed
@@ -47,21 +48,7 @@ use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use crate::policy::barrier::PolicyBarrier;
 
-datafusion::common::extensions_options! {
-    /// How meshq plans (`SET meshq_plan.reorder_joins = true`).
-    pub struct PlanOptions {
-        /// Order inner joins by estimated size (row counts, filters and
-        /// primary keys) instead of the order the query names the tables.
-        /// Off by default: on TPC-H SF1 it made q7 1.7 times faster but q8
-        /// 12-15 % slower, and the 22 queries only 1.3 % faster
-        /// (BENCHMARKS.md).
-        pub reorder_joins: bool, default = false
-    }
-}
-
-impl datafusion::common::config::ConfigExtension for PlanOptions {
-    const PREFIX: &'static str = "meshq_plan";
-}
+pub use meshq_connectors::PlanOptions;
 
 /// The optimizer rule; runs after filter pushdown, so leaves carry their
 /// filters.
