@@ -62,6 +62,32 @@ pub struct PlatformConfig {
     /// every node of the cluster shares.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Settings every session of the server starts with (DataFusion's
+    /// `datafusion.*`, meshq's `meshq_scan.*` and `meshq_plan.*`): the
+    /// keys a session could `SET`, before any session sets them.
+    #[serde(default, deserialize_with = "scalar_map")]
+    pub settings: BTreeMap<String, String>,
+}
+
+/// A map whose values may be written as YAML booleans or numbers as well
+/// as strings (`reorder_joins: true`), kept as the text DataFusion parses.
+fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, serde_yaml_ng::Value>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_yaml_ng::Value::Bool(b) => b.to_string(),
+                serde_yaml_ng::Value::Number(n) => n.to_string(),
+                serde_yaml_ng::Value::String(s) => s,
+                _ => {
+                    return Err(D::Error::custom(format!(
+                        "setting `{key}`: write a boolean, a number or a string"
+                    )));
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
 }
 
 impl PlatformConfig {

@@ -320,12 +320,12 @@ impl Engine {
         let mut mesh = outcome.mesh;
         let mut problems = outcome.problems;
         let broken_set = broken_policy_set(&problems);
+        let memory = memory_settings(&config, &mesh);
+        let session_config = session_config(&config, &mesh, memory.0.is_some(), &mut problems)?;
         if previous.is_some() {
             reject_mesh_wide_errors(&problems)?;
         }
-        let memory = memory_settings(&config, &mesh);
         let runtime = runtime_for(&memory, previous)?;
-        let session_config = session_config(&config, memory.0.is_some())?;
         let connections =
             Sources::with_secrets(&mesh.config, &config.secret_env_fallback, &config.mesh_dir);
         let opener = SessionContext::new_with_state(
@@ -951,7 +951,12 @@ fn runtime_for(
     Ok(runtime.build_arc()?)
 }
 
-fn session_config(config: &EngineConfig, memory_bounded: bool) -> Result<SessionConfig> {
+fn session_config(
+    config: &EngineConfig,
+    mesh: &Mesh,
+    memory_bounded: bool,
+    problems: &mut Vec<Problem>,
+) -> Result<SessionConfig> {
     let mut session_config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, SCRATCH_SCHEMA)
         .with_create_default_catalog_and_schema(false)
@@ -972,6 +977,28 @@ fn session_config(config: &EngineConfig, memory_bounded: bool) -> Result<Session
         // Under a memory budget, joins must be able to spill: DataFusion's
         // hash join cannot, its sort-merge join can.
         session_config = session_config.set_bool("datafusion.optimizer.prefer_hash_join", false);
+    }
+    // `meshq.yaml` `settings`: what a session could `SET`, for every
+    // session. A key a session may not set, or a bad value, is an error of
+    // the file (a reload with it is rejected) and is left out.
+    for (key, value) in &mesh.config.settings {
+        let refused = crate::session::refused_setting(key).map(str::to_string);
+        let res = match refused {
+            Some(reason) => Err(reason),
+            None => session_config
+                .options_mut()
+                .set(key, value)
+                .map_err(|e| e.strip_backtrace().replace("\ncaused by\n", ": ")),
+        };
+        if let Err(why) = res {
+            problems.push(Problem::error(
+                meshq_catalog::platform::PLATFORM_FILE,
+                format!(
+                    "settings: `{key}: {value}` is not applied: {why}; remove it or fix the value \
+                     (the keys are those of SQL `SET`, see docs/operating.md)"
+                ),
+            ));
+        }
     }
     for (key, value) in &config.settings {
         session_config.options_mut().set(key, value)?;

@@ -674,33 +674,47 @@ impl MeshSession {
 /// how much memory the server has are the operator's (`meshq.yaml`,
 /// flags), and `meshq.*` is the session's identity.
 fn check_setting(variable: &str) -> Result<()> {
+    match refused_setting(variable) {
+        None => Ok(()),
+        Some(reason) => Err(crate::policy::PolicyError::Setting {
+            variable: variable.to_string(),
+            reason: reason.to_string(),
+        }
+        .into()),
+    }
+}
+
+/// Why `variable` may not be set by a session (nor by `meshq.yaml`
+/// `settings`, which sets what sessions start with); `None` when it may.
+pub(crate) fn refused_setting(variable: &str) -> Option<&'static str> {
     let key = variable.to_ascii_lowercase();
-    let reason = if key.starts_with("datafusion.runtime.") {
-        "memory and spill files are configured in meshq.yaml (limits.memory, limits.spill_dir)"
+    if key.starts_with("datafusion.runtime.") {
+        Some(
+            "memory and spill files are configured in meshq.yaml (limits.memory, limits.spill_dir)",
+        )
     } else if key.starts_with("datafusion.sql_parser.recursion_limit") {
-        "the statement limits (limits.max_expression_depth) assume the parser's own limit"
+        Some("the statement limits (limits.max_expression_depth) assume the parser's own limit")
     } else if key.starts_with("datafusion.catalog.") {
-        "the catalog is the mesh; use the session option `schema` to change the default schema"
+        Some(
+            "the catalog is the mesh; use the session option `schema` to change the default schema",
+        )
     } else if key.starts_with("distributed.") {
-        "how queries are spread over workers is the operator's (cluster.settings in meshq.yaml)"
+        Some(
+            "how queries are spread over workers is the operator's (cluster.settings in meshq.yaml)",
+        )
     } else if key.starts_with("meshq_cluster.")
         || key.starts_with("meshq_session.")
         || key.starts_with("meshq_query.")
     {
-        "the coordinator lists what each plan's workers need"
+        Some("the coordinator lists what each plan's workers need")
     } else if key.starts_with("meshq_scan.") || key.starts_with("meshq_plan.") {
         // How scans run and joins are ordered; changes no answer.
-        return Ok(());
+        None
     } else if key.starts_with("meshq") {
-        "the principal comes from authentication and limits from meshq.yaml"
+        Some("the principal comes from authentication and limits from meshq.yaml")
     } else {
-        return Ok(());
-    };
-    Err(crate::policy::PolicyError::Setting {
-        variable: variable.to_string(),
-        reason: reason.to_string(),
+        None
     }
-    .into())
 }
 
 /// A statement ready to run: its physical plan and the context it runs in.

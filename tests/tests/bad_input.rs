@@ -719,3 +719,88 @@ async fn a_reload_keeps_the_last_good_version_of_a_broken_product() {
     assert!(third.served_tables().is_empty());
     assert!(third.kept().is_empty());
 }
+
+#[tokio::test]
+async fn a_setting_meshq_yaml_cannot_apply_is_named_and_left_out() {
+    let dir = base_mesh();
+    std::fs::write(
+        dir.path().join("meshq.yaml"),
+        "principals: []\n\
+         settings:\n  \
+           datafusion.execution.target_partitions: 3\n  \
+           meshq_plan.reorder_joins: true\n  \
+           datafusion.execution.batch_size: lots\n  \
+           datafusion.runtime.memory_limit: 1G\n  \
+           meshq_plan.often: true\n  \
+           distributed.files_per_task: 2\n",
+    )
+    .unwrap();
+    let errors = errors(dir.path()).await;
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    for (key, why) in [
+        ("datafusion.execution.batch_size: lots", "lots"),
+        ("datafusion.runtime.memory_limit: 1G", "limits.memory"),
+        ("meshq_plan.often: true", "often"),
+        ("distributed.files_per_task: 2", "cluster.settings"),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("meshq.yaml") && e.contains(key) && e.contains(why)),
+            "no error names `{key}` and `{why}`: {errors:?}"
+        );
+    }
+    // The good settings start every session; the bad ones are left out.
+    let engine = load(dir.path()).await;
+    let config = engine.session_config();
+    let options = config.options();
+    assert_eq!(options.execution.target_partitions, 3);
+    assert_eq!(
+        options.execution.batch_size,
+        datafusion::config::ConfigOptions::default()
+            .execution
+            .batch_size
+    );
+    assert!(
+        options
+            .extensions
+            .get::<meshq_connectors::PlanOptions>()
+            .unwrap()
+            .reorder_joins
+    );
+    // The server still answers.
+    let rows = engine
+        .session(&Principal::default())
+        .sql("SELECT 1 AS one")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(rows[0].num_rows(), 1);
+    // A reload with a bad setting is rejected, like any error of meshq.yaml.
+    let good = Engine::load_after(EngineConfig::new(dir.path()), None)
+        .await
+        .unwrap();
+    let err = Engine::load_after(EngineConfig::new(dir.path()), Some(&good))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("reload rejected, the previous mesh is still served: meshq.yaml")
+            && err.contains("datafusion.execution.batch_size"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("meshq.yaml"),
+        "principals: []\nsettings: { datafusion.execution.batch_size: 1024 }\n",
+    )
+    .unwrap();
+    let reloaded = Engine::load_after(EngineConfig::new(dir.path()), Some(&good))
+        .await
+        .unwrap();
+    assert_eq!(
+        usize::from(reloaded.session_config().options().execution.batch_size),
+        1024
+    );
+}

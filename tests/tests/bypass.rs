@@ -390,6 +390,23 @@ async fn the_rows_a_policy_hides_never_steer_the_join_order() {
         plan(&off, "ana").await,
         "ana's plan must not depend on the rows her filter hides"
     );
+    // `meshq.yaml` `settings` turn the rule on for every session, with the
+    // Parquet row counts the load reads for it: the same plans.
+    let yaml = dir.path().join("meshq.yaml");
+    let mut text = std::fs::read_to_string(&yaml).unwrap();
+    text.push_str("\nsettings:\n  meshq_plan.reorder_joins: true\n");
+    std::fs::write(&yaml, text).unwrap();
+    let from_yaml = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    assert!(from_yaml.problems().iter().all(|p| !p.is_error()));
+    for name in ["pat", "ana"] {
+        assert_eq!(
+            plan(&from_yaml, name).await,
+            plan(&on, name).await,
+            "{name}: meshq.yaml settings plan as the engine's own"
+        );
+    }
 }
 
 #[tokio::test]
