@@ -10,6 +10,7 @@ mod catalogs;
 mod predicate;
 mod provider;
 mod schema;
+mod stats;
 mod storage;
 #[cfg(feature = "iceberg-writer")]
 mod write;

@@ -6,7 +6,7 @@
 //! pruning, filter pushdown, parallel reads and plan serialisation are the
 //! same as for any Parquet table. Columns are matched by field id.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -41,6 +41,9 @@ pub struct IcebergTableProvider {
     /// `None`: the table has no snapshot yet (no data).
     snapshot_id: Option<i64>,
     schema: SchemaRef,
+    /// Each data file's statistics from the snapshot's manifests, read at
+    /// the first scan (`stats.rs`).
+    file_stats: tokio::sync::OnceCell<HashMap<String, Arc<Statistics>>>,
 }
 
 impl IcebergTableProvider {
@@ -56,7 +59,22 @@ impl IcebergTableProvider {
             table,
             snapshot_id,
             schema,
+            file_stats: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The statistics of the snapshot's data files; none when the manifests
+    /// cannot be read (the scan's own planning reports that).
+    async fn file_stats(&self, snapshot_id: i64) -> Option<&HashMap<String, Arc<Statistics>>> {
+        self.file_stats
+            .get_or_try_init(|| {
+                super::stats::file_statistics(&self.table, snapshot_id, &self.schema)
+            })
+            .await
+            .inspect_err(|e| {
+                tracing::debug!(table = %self.label, "no file statistics from the manifests: {e}");
+            })
+            .ok()
     }
 
     /// The snapshot read.
@@ -256,6 +274,10 @@ impl TableProvider for IcebergTableProvider {
                 projection,
             )?)));
         }
+        let stats = match self.snapshot_id {
+            Some(id) => self.file_stats(id).await,
+            None => None,
+        };
         // Files grouped by object store; one store in practice.
         let mut by_store: BTreeMap<String, Vec<PartitionedFile>> = BTreeMap::new();
         for task in &tasks {
@@ -266,9 +288,11 @@ impl TableProvider for IcebergTableProvider {
             let mut file = PartitionedFile::new(path, task.file_size_in_bytes);
             if task.start != 0 || task.length != task.file_size_in_bytes {
                 file = file.with_range(task.start as i64, (task.start + task.length) as i64);
+            } else if let Some(file_stats) = stats.and_then(|s| s.get(&task.data_file_path)) {
+                // The manifest's row count, null counts and bounds, for join
+                // planning (a split file's are not known per range).
+                file = file.with_statistics(Arc::clone(file_stats));
             } else if let Some(rows) = task.record_count {
-                // The manifest's row count, for join planning (a split
-                // file's rows are not known per range).
                 let mut stats = Statistics::new_unknown(&self.schema);
                 stats.num_rows = Precision::Inexact(rows as usize);
                 stats.total_byte_size = Precision::Inexact(task.file_size_in_bytes as usize);

@@ -207,7 +207,7 @@ impl IcebergWriter {
                 bounds.update(b)?;
                 writer.write(b)?;
             }
-            let (lower, upper) = bounds.finish()?;
+            let (lower, upper, nulls) = bounds.finish()?;
             writer.close()?;
             let size = std::fs::metadata(&path)?.len();
             let partition = match key {
@@ -225,6 +225,7 @@ impl IcebergWriter {
                     .file_size_in_bytes(size)
                     .lower_bounds(lower)
                     .upper_bounds(upper)
+                    .null_value_counts(nulls)
                     .build()
                     .map_err(|e| WriteError::Unsupported(e.to_string()))?,
             );
@@ -237,10 +238,12 @@ impl IcebergWriter {
     }
 }
 
-/// Per-column minimum and maximum of a data file, for the manifest: they
-/// let planners skip files a filter excludes.
+/// Per-column minimum, maximum and null count of a data file, for the
+/// manifest: they let planners skip files a filter excludes and estimate
+/// joins.
 struct Bounds {
     columns: Vec<Option<(MinAccumulator, MaxAccumulator)>>,
+    nulls: Vec<u64>,
 }
 
 impl Bounds {
@@ -269,12 +272,14 @@ impl Bounds {
             })
             .collect::<datafusion::common::Result<Vec<_>>>()
             .map_err(|e| WriteError::Unsupported(e.to_string()))?;
-        Ok(Self { columns })
+        let nulls = vec![0; columns.len()];
+        Ok(Self { columns, nulls })
     }
 
     fn update(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
         for (i, acc) in self.columns.iter_mut().enumerate() {
             if let Some((min, max)) = acc {
+                self.nulls[i] += batch.column(i).null_count() as u64;
                 let col = [Arc::clone(batch.column(i))];
                 min.update_batch(&col)
                     .and_then(|()| max.update_batch(&col))
@@ -284,15 +289,20 @@ impl Bounds {
         Ok(())
     }
 
+    /// The lower and upper bounds and the null counts, by field id.
     #[allow(clippy::type_complexity)]
-    fn finish(self) -> Result<(HashMap<i32, Datum>, HashMap<i32, Datum>), WriteError> {
+    fn finish(
+        self,
+    ) -> Result<(HashMap<i32, Datum>, HashMap<i32, Datum>, HashMap<i32, u64>), WriteError> {
         let mut lower = HashMap::new();
         let mut upper = HashMap::new();
+        let mut nulls = HashMap::new();
         for (i, acc) in self.columns.into_iter().enumerate() {
             let Some((mut min, mut max)) = acc else {
                 continue;
             };
             let id = i32::try_from(i + 1).expect("few columns");
+            nulls.insert(id, self.nulls[i]);
             let (lo, hi) = min
                 .evaluate()
                 .and_then(|lo| Ok((lo, max.evaluate()?)))
@@ -302,7 +312,7 @@ impl Bounds {
                 upper.insert(id, hi);
             }
         }
-        Ok((lower, upper))
+        Ok((lower, upper, nulls))
     }
 }
 
