@@ -31,7 +31,7 @@ use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
     PushedDown,
 };
-use datafusion::physical_plan::joins::HashTableLookupExpr;
+use datafusion::physical_plan::joins::{HashJoinExec, HashTableLookupExpr};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -60,6 +60,15 @@ datafusion::common::extensions_options! {
         /// repeats the join's own work; on TPC-H SF1 applying them cost
         /// more than it saved (BENCHMARKS.md).
         pub dynamic_filter_probes: DynamicFilterProbes, default = DynamicFilterProbes::None
+        /// How long, in milliseconds, a scan waits before its first batch
+        /// for the dynamic filters of the hash joins above it to be
+        /// complete (0: it does not wait). A scan that starts before a
+        /// join has built its table reads rows the filter would have
+        /// dropped: a small build side read as two byte ranges starts at
+        /// once (BENCHMARKS.md, TPC-H q7). Rows the join has not built
+        /// cannot be joined anyway, so the wait costs little; past the
+        /// limit the scan reads on without the filter.
+        pub join_filter_wait_ms: u64, default = 5000
     }
 }
 
@@ -202,6 +211,11 @@ pub struct MeshScanExec {
     /// a scan (docs/security.md), and a dynamic filter drops only rows its
     /// join would drop.
     late: Vec<Arc<dyn PhysicalExpr>>,
+    /// Expression ids of the filters in `late` made by hash joins of the
+    /// same plan ([`JoinFilterWaits`]): the scan waits for them before it
+    /// reads. Never a TopK's or an aggregate's filter, which is complete
+    /// only once this scan has been read.
+    waits: Vec<u64>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -217,6 +231,7 @@ impl MeshScanExec {
             field_ids: None,
             bounds: None,
             late: Vec::new(),
+            waits: Vec::new(),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -251,6 +266,7 @@ impl MeshScanExec {
             field_ids: self.field_ids.clone(),
             bounds: self.bounds.clone(),
             late: self.late.clone(),
+            waits: self.waits.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -259,6 +275,18 @@ impl MeshScanExec {
     /// produces (pushed down by the physical optimizer).
     pub fn absorbed_filters(&self) -> &[Arc<dyn PhysicalExpr>] {
         &self.absorbed
+    }
+
+    /// The dynamic filters of nodes above (hash joins, TopK) that this
+    /// node applies to the rows its format's scan yields.
+    pub fn dynamic_filters(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.late
+    }
+
+    /// Expression ids of the dynamic filters made by hash joins of the same
+    /// plan, which the scan waits for before it reads ([`JoinFilterWaits`]).
+    pub fn join_filter_waits(&self) -> &[u64] {
+        &self.waits
     }
 
     /// `domain.name` of the table scanned.
@@ -274,6 +302,108 @@ impl MeshScanExec {
     /// The format's own scan.
     pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
         &self.input
+    }
+}
+
+/// `input`, read once the hash joins' `filters` are complete or `limit`
+/// has passed, whichever comes first; `waited` records the time.
+fn after_filters(
+    input: SendableRecordBatchStream,
+    filters: Vec<Arc<dyn PhysicalExpr>>,
+    limit: std::time::Duration,
+    waited: datafusion::physical_plan::metrics::Time,
+) -> SendableRecordBatchStream {
+    let schema = input.schema();
+    let ready = async move {
+        let timer = waited.timer();
+        let complete = futures::future::join_all(
+            filters
+                .iter()
+                .filter_map(|f| f.downcast_ref::<DynamicFilterPhysicalExpr>())
+                .map(DynamicFilterPhysicalExpr::wait_complete),
+        );
+        let _ = tokio::time::timeout(limit, complete).await;
+        timer.done();
+        input
+    };
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::once(ready).flatten(),
+    ))
+}
+
+/// Marks, in each [`MeshScanExec`], the dynamic filters that hash joins of
+/// the same plan produce, so the scan waits for them before it reads
+/// (`meshq_scan.join_filter_wait_ms`). Runs after DataFusion's own
+/// physical rules, when every filter has reached its scan. A filter whose
+/// producer is not in the plan (a TopK, an aggregate, a join on another
+/// node of a cluster) is never waited for: scans on a cluster's workers
+/// carry no dynamic filters at all.
+#[derive(Debug, Default)]
+pub struct JoinFilterWaits;
+
+impl datafusion::physical_optimizer::PhysicalOptimizerRule for JoinFilterWaits {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        use datafusion::common::tree_node::Transformed;
+        let on = config
+            .extensions
+            .get::<ScanOptions>()
+            .is_none_or(|o| o.dynamic_filters && o.join_filter_wait_ms > 0);
+        if !on {
+            return Ok(plan);
+        }
+        let mut produced = std::collections::HashSet::new();
+        plan.apply(|node| {
+            if node.is::<HashJoinExec>() {
+                produced.extend(
+                    node.dynamic_expressions_produced()
+                        .iter()
+                        .filter_map(|e| e.expression_id()),
+                );
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if produced.is_empty() {
+            return Ok(plan);
+        }
+        plan.transform_up(|node| {
+            let Some(scan) = node.downcast_ref::<MeshScanExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let waits: Vec<u64> = scan
+                .late
+                .iter()
+                .filter_map(|f| f.expression_id())
+                .filter(|id| produced.contains(id))
+                .collect();
+            if waits.is_empty() || waits == scan.waits {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(Arc::new(MeshScanExec {
+                table: scan.table.clone(),
+                token: scan.token,
+                input: Arc::clone(&scan.input),
+                absorbed: scan.absorbed.clone(),
+                field_ids: scan.field_ids.clone(),
+                bounds: scan.bounds.clone(),
+                late: scan.late.clone(),
+                waits,
+                metrics: ExecutionPlanMetricsSet::new(),
+            }) as Arc<dyn ExecutionPlan>))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "meshq_join_filter_waits"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
     }
 }
 
@@ -337,6 +467,7 @@ impl ExecutionPlan for MeshScanExec {
             field_ids: self.field_ids.clone(),
             bounds: self.bounds.clone(),
             late: self.late.clone(),
+            waits: self.waits.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }
@@ -352,13 +483,32 @@ impl ExecutionPlan for MeshScanExec {
         }
         let pruned =
             MetricBuilder::new(&self.metrics).counter("dynamic_filter_rows_pruned", partition);
-        let probes = context
+        let options = context
             .session_config()
             .options()
             .extensions
             .get::<ScanOptions>()
-            .map(|o| o.dynamic_filter_probes)
+            .cloned()
             .unwrap_or_default();
+        let probes = options.dynamic_filter_probes;
+        let waits: Vec<Arc<dyn PhysicalExpr>> = self
+            .late
+            .iter()
+            .filter(|f| f.expression_id().is_some_and(|id| self.waits.contains(&id)))
+            .cloned()
+            .collect();
+        let input = if options.join_filter_wait_ms == 0 || waits.is_empty() {
+            input
+        } else {
+            let waited =
+                MetricBuilder::new(&self.metrics).subset_time("join_filter_wait", partition);
+            after_filters(
+                input,
+                waits,
+                std::time::Duration::from_millis(options.join_filter_wait_ms),
+                waited,
+            )
+        };
         let mut filters: Vec<LateFilter> = self
             .late
             .iter()
@@ -532,8 +682,71 @@ impl ExecutionPlan for MeshScanExec {
             field_ids: self.field_ids.clone(),
             bounds: self.bounds.clone(),
             late,
+            waits: self.waits.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
         });
         Ok(propagation.with_updated_node(node))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::logical_expr::Operator;
+    use datafusion::physical_expr::expressions::{BinaryExpr, col, lit};
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use futures::TryStreamExt;
+
+    use super::*;
+
+    /// Rows a scan of 100 rows yields when a join above completes its
+    /// filter (`k < 10`) 200 ms after the scan starts, with this wait.
+    async fn rows_read(wait_ms: u64) -> usize {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from_iter_values(0..100))],
+        )
+        .unwrap();
+        let input =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], Arc::clone(&schema), None).unwrap();
+        let k = col("k", &schema).unwrap();
+        let filter = Arc::new(DynamicFilterPhysicalExpr::new(
+            vec![Arc::clone(&k)],
+            lit(true),
+        ));
+        let mut scan = MeshScanExec::new("t.t", input);
+        scan.late = vec![Arc::clone(&filter) as Arc<dyn PhysicalExpr>];
+        scan.waits = vec![filter.expression_id().unwrap()];
+        let mut config = SessionConfig::new().with_option_extension(ScanOptions::default());
+        config
+            .options_mut()
+            .set("meshq_scan.join_filter_wait_ms", &wait_ms.to_string())
+            .unwrap();
+        let ctx = SessionContext::new_with_config(config);
+        let stream = scan.execute(0, ctx.task_ctx()).unwrap();
+        let producer = Arc::clone(&filter);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            producer
+                .update(Arc::new(BinaryExpr::new(k, Operator::Lt, lit(10i64))))
+                .unwrap();
+            producer.mark_complete();
+        });
+        let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+        batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    #[tokio::test]
+    async fn a_scan_reads_once_the_join_filters_it_waits_for_are_complete() {
+        // It waits, and the filter drops the rows the join would.
+        assert_eq!(rows_read(5_000).await, 10);
+        // Without the wait, or past its limit, it reads on unfiltered.
+        assert_eq!(rows_read(0).await, 100);
+        assert_eq!(rows_read(20).await, 100);
     }
 }

@@ -1397,6 +1397,8 @@ fn template_state(
         .with_default_features()
         .with_analyzer_rules(analyzer_rules)
         .with_optimizer_rules(optimizer_rules)
+        // Scans wait for the filters of the hash joins above them.
+        .with_physical_optimizer_rule(Arc::new(meshq_connectors::mesh_scan::JoinFilterWaits))
         .with_query_planner(Arc::new(MeshQueryPlanner::new(Arc::clone(tables))));
     if let Some(d) = distribution {
         builder = d.apply(builder, tables);

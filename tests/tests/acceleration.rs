@@ -569,3 +569,72 @@ async fn a_join_filters_a_memory_copy_at_its_scan() {
         total - kept
     );
 }
+
+/// A scan waits, before it reads, for the dynamic filters of the hash joins
+/// above it (a scan that started before the join had built its table would
+/// keep every row), and never for a TopK's, which is complete only once the
+/// scan has been read. `meshq.yaml` `settings` can turn the wait off.
+#[tokio::test]
+async fn scans_wait_for_hash_join_filters_and_never_for_a_topk() {
+    use datafusion::physical_plan::ExecutionPlan;
+    use meshq_connectors::MeshScanExec;
+    use std::sync::Arc;
+
+    // (dynamic filters, of which waited for) of each scan of `sql`'s plan.
+    async fn scans(engine: &Engine, sql: &str) -> Vec<(usize, usize)> {
+        fn walk(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<(usize, usize)>) {
+            if let Some(scan) = plan.downcast_ref::<MeshScanExec>() {
+                out.push((scan.dynamic_filters().len(), scan.join_filter_waits().len()));
+            }
+            for child in plan.children() {
+                walk(child, out);
+            }
+        }
+        let plan = session(engine, "pat")
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        walk(&plan, &mut out);
+        out
+    }
+    let join = "SELECT count(*) FROM sales.orders o JOIN (SELECT order_id AS k FROM sales.orders WHERE total_amount < 20) s ON o.order_id = s.k";
+    let topk = "SELECT o.order_id FROM sales.orders o JOIN (SELECT order_id AS k FROM sales.orders WHERE total_amount < 20) s ON o.order_id = s.k ORDER BY o.total_amount DESC LIMIT 3";
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = mesh(dir.path(), &[], "").await;
+    let joined = scans(&engine, join).await;
+    assert!(
+        joined
+            .iter()
+            .any(|&(filters, waits)| filters > 0 && waits == filters),
+        "the probe side's scan waits for the join's filter: {joined:?}"
+    );
+    // A TopK above a join: its filter reaches a scan beside the join's,
+    // and only the join's is waited for.
+    let sorted = scans(&engine, topk).await;
+    assert!(
+        sorted.iter().any(|&(filters, waits)| filters > waits),
+        "the TopK's filter reaches a scan and is not waited for: {sorted:?}"
+    );
+    assert!(
+        sorted.iter().any(|&(_, waits)| waits > 0),
+        "the join's filter is waited for: {sorted:?}"
+    );
+
+    let off_dir = tempfile::tempdir().unwrap();
+    let off = mesh(
+        off_dir.path(),
+        &[],
+        "\nsettings: { meshq_scan.join_filter_wait_ms: 0 }\n",
+    )
+    .await;
+    let joined = scans(&off, join).await;
+    assert!(
+        joined.iter().any(|&(filters, _)| filters > 0) && joined.iter().all(|&(_, w)| w == 0),
+        "{joined:?}"
+    );
+}
