@@ -211,6 +211,18 @@ impl ResultCache {
         &self.stats
     }
 
+    /// Drops every entry and gives their memory back; the next run of each
+    /// query computes its result again.
+    pub fn clear(&self) {
+        let mut e = self.entries.lock();
+        let (entries, bytes) = (e.by_key.len(), e.bytes);
+        e.by_key.clear();
+        e.by_use.clear();
+        e.bytes = 0;
+        drop(e);
+        self.release(entries, bytes);
+    }
+
     fn release(&self, entries: usize, bytes: usize) {
         if let Some(r) = &self.reservation {
             r.shrink(bytes.min(r.size()));

@@ -222,3 +222,23 @@ async fn the_least_recently_used_results_make_room() {
     let held = engine.result_cache().stats().counters().bytes as usize;
     assert!(engine.runtime().memory_pool.reserved() >= held);
 }
+
+#[tokio::test]
+async fn a_cleared_cache_computes_again_and_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = cached_mesh(dir.path(), "cache: { enabled: true }\n").await;
+    let pat = principal(&engine, "pat");
+    let sql = QUERIES[1];
+    let (first, hit) = run_via_cache(&engine.session(&pat), sql).await;
+    assert!(!hit);
+    let (_, hit) = run_via_cache(&engine.session(&pat), sql).await;
+    assert!(hit);
+    let counters = engine.result_cache().stats().counters();
+    assert!(counters.entries > 0 && counters.bytes > 0, "{counters:?}");
+    engine.result_cache().clear();
+    let counters = engine.result_cache().stats().counters();
+    assert_eq!((counters.entries, counters.bytes), (0, 0), "{counters:?}");
+    let (again, hit) = run_via_cache(&engine.session(&pat), sql).await;
+    assert!(!hit, "a cleared cache computes the result again");
+    assert_eq!(again, first);
+}
