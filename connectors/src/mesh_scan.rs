@@ -259,8 +259,17 @@ impl MeshScanExec {
     /// The same scan, stamped with the planner's decision.
     pub fn with_token(&self, token: ScanToken) -> Self {
         Self {
-            table: self.table.clone(),
             token: Some(token),
+            ..self.copy()
+        }
+    }
+
+    /// The same scan with metrics of its own: what a changed node starts
+    /// from.
+    fn copy(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+            token: self.token,
             input: Arc::clone(&self.input),
             absorbed: self.absorbed.clone(),
             field_ids: self.field_ids.clone(),
@@ -384,15 +393,8 @@ impl datafusion::physical_optimizer::PhysicalOptimizerRule for JoinFilterWaits {
                 return Ok(Transformed::no(node));
             }
             Ok(Transformed::yes(Arc::new(MeshScanExec {
-                table: scan.table.clone(),
-                token: scan.token,
-                input: Arc::clone(&scan.input),
-                absorbed: scan.absorbed.clone(),
-                field_ids: scan.field_ids.clone(),
-                bounds: scan.bounds.clone(),
-                late: scan.late.clone(),
                 waits,
-                metrics: ExecutionPlanMetricsSet::new(),
+                ..scan.copy()
             }) as Arc<dyn ExecutionPlan>))
         })
         .map(|t| t.data)
@@ -460,15 +462,8 @@ impl ExecutionPlan for MeshScanExec {
             .filter(|_| children.is_empty())
             .ok_or_else(|| DataFusionError::Internal("MeshScanExec needs one child".into()))?;
         Ok(Arc::new(Self {
-            table: self.table.clone(),
-            token: self.token,
             input,
-            absorbed: self.absorbed.clone(),
-            field_ids: self.field_ids.clone(),
-            bounds: self.bounds.clone(),
-            late: self.late.clone(),
-            waits: self.waits.clone(),
-            metrics: ExecutionPlanMetricsSet::new(),
+            ..self.copy()
         }))
     }
 
@@ -675,15 +670,9 @@ impl ExecutionPlan for MeshScanExec {
         let mut all = self.absorbed.clone();
         all.extend(absorbed);
         let node: Arc<dyn ExecutionPlan> = Arc::new(Self {
-            table: self.table.clone(),
-            token: self.token,
-            input: Arc::clone(&self.input),
             absorbed: all,
-            field_ids: self.field_ids.clone(),
-            bounds: self.bounds.clone(),
             late,
-            waits: self.waits.clone(),
-            metrics: ExecutionPlanMetricsSet::new(),
+            ..self.copy()
         });
         Ok(propagation.with_updated_node(node))
     }

@@ -982,9 +982,8 @@ fn session_config(
     // session. A key a session may not set, or a bad value, is an error of
     // the file (a reload with it is rejected) and is left out.
     for (key, value) in &mesh.config.settings {
-        let refused = crate::session::refused_setting(key).map(str::to_string);
-        let res = match refused {
-            Some(reason) => Err(reason),
+        let res = match crate::session::refused_server_setting(key) {
+            Some(reason) => Err(reason.to_string()),
             None => session_config
                 .options_mut()
                 .set(key, value)

@@ -684,6 +684,22 @@ fn check_setting(variable: &str) -> Result<()> {
     }
 }
 
+/// Why `variable` may not be set in `meshq.yaml` `settings`, which every
+/// session starts with, the sessions of principals who may not `SET`
+/// included; `None` when it may. Besides what no session may set, EXPLAIN's
+/// options: `datafusion.explain.show_statistics` would print, to every
+/// principal, the column bounds of the scans below the policies.
+pub(crate) fn refused_server_setting(variable: &str) -> Option<&'static str> {
+    refused_setting(variable).or_else(|| {
+        variable
+            .to_ascii_lowercase()
+            .starts_with("datafusion.explain.")
+            .then_some(
+                "EXPLAIN's output would show every principal what the scans below the policies read; an admin may SET it in a session",
+            )
+    })
+}
+
 /// Why `variable` may not be set by a session (nor by `meshq.yaml`
 /// `settings`, which sets what sessions start with); `None` when it may.
 pub(crate) fn refused_setting(variable: &str) -> Option<&'static str> {

@@ -347,6 +347,47 @@ async fn joins_ordered_by_estimate_serve_no_raw_value_to_a_restricted_principal(
     );
 }
 
+/// `meshq.yaml` `settings` apply to every session, those of principals who
+/// may not `SET` included: under a mix of planning and execution settings
+/// ana still sees no raw value, and EXPLAIN's options, which would print
+/// the bounds of the scans below the policies, are refused there.
+#[tokio::test]
+async fn settings_for_every_session_serve_no_raw_value_to_a_restricted_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    meshq_tests::write_fixture_mesh(dir.path()).await.unwrap();
+    let yaml = dir.path().join("meshq.yaml");
+    let mut text = std::fs::read_to_string(&yaml).unwrap();
+    text.push_str(
+        "\nsettings:\n  \
+         meshq_plan.reorder_joins: true\n  \
+         meshq_scan.dynamic_filter_probes: all\n  \
+         datafusion.execution.batch_size: 7\n  \
+         datafusion.execution.target_partitions: 3\n  \
+         datafusion.execution.parquet.pushdown_filters: true\n  \
+         datafusion.optimizer.repartition_file_min_size: 1\n  \
+         datafusion.optimizer.prefer_hash_join: false\n  \
+         datafusion.explain.show_statistics: true\n",
+    );
+    std::fs::write(&yaml, text).unwrap();
+    let engine = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let errors: Vec<String> = engine
+        .problems()
+        .iter()
+        .filter(|p| p.is_error())
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("datafusion.explain.show_statistics"),
+        "{errors:?}"
+    );
+    let config = engine.session_config();
+    assert!(!config.options().explain.show_statistics);
+    assert_eq!(config.options().execution.target_partitions, 3);
+    corpus_holds(&engine, dir.path(), "meshq.yaml settings").await;
+}
+
 /// A join order chosen from a table's total row count would show in
 /// `EXPLAIN` how many rows a row filter hides: with joins ordered by
 /// estimate, pat (who reads every row) gets a reordered plan (the filtered
