@@ -1,5 +1,11 @@
 """The 22 TPC-H queries on DuckDB and DataFusion-Python, in-process, over
-the Parquet files meshq-bench generated; a Markdown table on stdout."""
+the Parquet files meshq-bench generated; a Markdown table on stdout.
+
+`peers.py serve PARQUET_DIR` instead keeps one DuckDB connection open and
+answers requests on stdin, one per line: a query name (`q7`) runs that
+query once and prints `MILLISECONDS ROWS`. meshq-bench uses it to time
+DuckDB and meshq in turn, query by query, so that a change in the
+machine's speed during a run reaches both alike."""
 
 import os
 import statistics
@@ -36,7 +42,26 @@ def datafusion_runner(parquet):
     return lambda sql: sum(b.num_rows for b in ctx.sql(sql).collect())
 
 
+def serve(parquet):
+    import duckdb
+
+    run = duckdb_runner(parquet)
+    print(f"ready DuckDB {duckdb.__version__}", flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        if not name:
+            continue
+        with open(os.path.join(QUERIES, f"{name}.sql")) as f:
+            sql = f.read()
+        start = time.perf_counter()
+        rows = run(sql)
+        print(f"{(time.perf_counter() - start) * 1000:.3f} {rows}", flush=True)
+
+
 def main():
+    if sys.argv[1] == "serve":
+        serve(sys.argv[2])
+        return
     parquet, runs, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     import datafusion
     import duckdb

@@ -648,50 +648,108 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
     let server = flight::start(engine, cores())?;
     let (user, password) = PASSWORDS[0];
     let client = flight::client(server.addr, user, password).await?;
+    // With the peers measured too, DuckDB answers each query in turn with
+    // meshq, run by run, so the ratio is not moved by a change in the
+    // machine's speed between two parts of the report.
+    let mut duckdb = if args.only.iter().any(|o| o == "peers") {
+        Some(runners::DuckDb::start(&ds.root.join("data/parquet"))?)
+    } else {
+        None
+    };
     writeln!(
         out,
         "## 3. Flight SQL (exempt principal, Delta/Parquet/Iceberg mesh, loopback)\n"
     )?;
-    writeln!(
-        out,
-        "| query | in-process median (min–max) ms | Flight SQL median (min–max) ms | rows |"
-    )?;
-    writeln!(out, "|---|---:|---:|---:|")?;
-    let (mut total_in, mut total_flight) = (0.0, 0.0);
-    for (name, sql) in QUERIES {
-        let (t_in, batches) = measure(args.warmup, args.runs, || async {
-            Ok(in_process.sql(sql).await?.collect().await?)
-        })
-        .await?;
-        let (t_fl, (n, _)) = measure(args.warmup, args.runs, || {
-            let mut c = client.clone();
-            async move { flight::query(&mut c, sql).await }
-        })
-        .await?;
-        anyhow::ensure!(
-            n == rows(&batches),
-            "{name}: Flight returned {n} rows, in-process {}",
-            rows(&batches)
-        );
-        total_in += t_in.median().as_secs_f64() * 1000.0;
-        total_flight += t_fl.median().as_secs_f64() * 1000.0;
-        eprintln!("{name} flight: {} ms", ms(t_fl.median()));
+    if let Some(d) = &duckdb {
         writeln!(
             out,
-            "| {name} | {} ({}–{}) | {} ({}–{}) | {n} |",
-            ms(t_in.median()),
-            ms(t_in.min()),
-            ms(t_in.max()),
-            ms(t_fl.median()),
-            ms(t_fl.min()),
-            ms(t_fl.max())
+            "Each run times the query in-process, over Flight SQL and on {} (in-process, over the same data as Parquet), one after the other.\n",
+            d.name
+        )?;
+        writeln!(
+            out,
+            "| query | in-process median (min–max) ms | Flight SQL median (min–max) ms | {} median (min–max) ms | Flight SQL / DuckDB | rows |",
+            d.name
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    } else {
+        writeln!(
+            out,
+            "| query | in-process median (min–max) ms | Flight SQL median (min–max) ms | rows |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|")?;
+    }
+    let (mut total_in, mut total_flight, mut total_duckdb) = (0.0, 0.0, 0.0);
+    let range = |t: &Timing| format!("{} ({}–{})", ms(t.median()), ms(t.min()), ms(t.max()));
+    for (name, sql) in QUERIES {
+        let (mut t_in, mut t_fl, mut t_dk) =
+            (Timing::default(), Timing::default(), Timing::default());
+        let mut n = 0;
+        for run in 0..args.warmup + args.runs.max(1) {
+            let measured = run >= args.warmup;
+            let start = Instant::now();
+            let batches = in_process.sql(sql).await?.collect().await?;
+            let elapsed = start.elapsed();
+            if measured {
+                t_in.samples.push(elapsed);
+            }
+            let start = Instant::now();
+            n = flight::query(&mut client.clone(), sql).await?.0;
+            let elapsed = start.elapsed();
+            if measured {
+                t_fl.samples.push(elapsed);
+            }
+            anyhow::ensure!(
+                n == rows(&batches),
+                "{name}: Flight returned {n} rows, in-process {}",
+                rows(&batches)
+            );
+            if let Some(d) = duckdb.as_mut() {
+                let (elapsed, n_dk) = tokio::task::block_in_place(|| d.run(name))?;
+                if measured {
+                    t_dk.samples.push(elapsed);
+                }
+                anyhow::ensure!(n_dk == n, "{name}: DuckDB returned {n_dk} rows, meshq {n}");
+            }
+        }
+        let f = |t: &Timing| t.median().as_secs_f64() * 1000.0;
+        total_in += f(&t_in);
+        total_flight += f(&t_fl);
+        total_duckdb += f(&t_dk);
+        eprintln!("{name} flight: {} ms", ms(t_fl.median()));
+        if duckdb.is_some() {
+            writeln!(
+                out,
+                "| {name} | {} | {} | {} | {:.2}× | {n} |",
+                range(&t_in),
+                range(&t_fl),
+                range(&t_dk),
+                f(&t_fl) / f(&t_dk)
+            )?;
+        } else {
+            writeln!(
+                out,
+                "| {name} | {} | {} | {n} |",
+                range(&t_in),
+                range(&t_fl)
+            )?;
+        }
+    }
+    if duckdb.is_some() {
+        writeln!(
+            out,
+            "| **total of medians** | **{total_in:.1}** | **{total_flight:.1}** ({:.3}×) | **{total_duckdb:.1}** | **{:.3}×** | |\n",
+            total_flight / total_in,
+            total_flight / total_duckdb
+        )?;
+    } else {
+        writeln!(
+            out,
+            "| **total of medians** | **{total_in:.1}** | **{total_flight:.1}** ({:.3}×) | |\n",
+            total_flight / total_in
         )?;
     }
-    writeln!(
-        out,
-        "| **total of medians** | **{total_in:.1}** | **{total_flight:.1}** ({:.3}×) | |\n",
-        total_flight / total_in
-    )?;
+    drop(duckdb.take());
     let (t, (n, bytes)) = fetch_lineitem(args, &client).await?;
     let mbps = |d: std::time::Duration| bytes as f64 / 1e6 / d.as_secs_f64();
     writeln!(

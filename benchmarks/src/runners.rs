@@ -278,3 +278,77 @@ pub fn fingerprint(batches: &[RecordBatch]) -> Vec<String> {
     out.sort();
     out
 }
+
+/// DuckDB in a Python process over the benchmark's Parquet files
+/// (`benchmarks/peers/peers.py serve`), timing one query per request, so
+/// that a measurement can time DuckDB and meshq in turn.
+pub struct DuckDb {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// `DuckDB <version>`, as the process reports it.
+    pub name: String,
+}
+
+impl DuckDb {
+    /// Starts the process (creating the peers' venv on first use) over
+    /// `parquet`, a directory with one folder of files per TPC-H table.
+    pub fn start(parquet: &Path) -> Result<Self> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/python.sh");
+        let mut child = Command::new("bash")
+            .arg(&script)
+            .arg("peers.py")
+            .arg("serve")
+            .arg(parquet)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting benchmarks/peers/python.sh peers.py serve")?;
+        let stdin = child.stdin.take().context("DuckDB peer: no stdin")?;
+        let mut stdout =
+            std::io::BufReader::new(child.stdout.take().context("DuckDB peer: no stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let name = line
+            .trim()
+            .strip_prefix("ready ")
+            .with_context(|| format!("DuckDB peer did not start: {line:?}"))?
+            .to_string();
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+            name,
+        })
+    }
+
+    /// Runs the TPC-H query `name` (`q7`) once: the time DuckDB took, as
+    /// measured in its process, and the rows it returned.
+    pub fn run(&mut self, name: &str) -> Result<(std::time::Duration, usize)> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{name}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let (ms, rows) = line
+            .trim()
+            .split_once(' ')
+            .with_context(|| format!("DuckDB peer, {name}: {line:?}"))?;
+        let ms: f64 = ms
+            .parse()
+            .with_context(|| format!("DuckDB peer: {line:?}"))?;
+        Ok((
+            std::time::Duration::from_secs_f64(ms / 1000.0),
+            rows.parse()?,
+        ))
+    }
+}
+
+impl Drop for DuckDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

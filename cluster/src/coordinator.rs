@@ -143,6 +143,16 @@ impl meshq_engine::engine::Distribution for Coordinator {
         // No limit unless the statement gets one; an id all the same, which
         // ties its requests together (`EXPLAIN ANALYZE` reads it).
         options.extensions.insert(QueryBudget::unlimited());
+        // A shared aggregation's node has no codec: a plan holding one
+        // could not be sent and would run on the coordinator alone. With
+        // workers to send it to, each use is computed in its stages.
+        if !self.workers.healthy().is_empty()
+            && let Some(plan) = options
+                .extensions
+                .get_mut::<meshq_connectors::PlanOptions>()
+        {
+            plan.share_subplans = false;
+        }
     }
 
     fn limit_query(&self, options: &mut datafusion::config::ConfigOptions, memory: usize) {

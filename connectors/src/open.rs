@@ -186,6 +186,12 @@ datafusion::common::extensions_options! {
         /// 12-15 % slower, and the 22 queries only 1.3 % faster
         /// (BENCHMARKS.md).
         pub reorder_joins: bool, default = false
+        /// Compute an aggregation the query names more than once (a
+        /// `WITH` clause used twice) once, and hand its rows to every use.
+        pub share_subplans: bool, default = true
+        /// Share only an aggregation estimated at most this many bytes;
+        /// its rows are held in the query's memory until the query ends.
+        pub shared_subplan_max_bytes: usize, default = 64 * 1024 * 1024
     }
 }
 

@@ -32,6 +32,7 @@ pub mod policy;
 pub mod quality;
 pub mod retry;
 pub mod session;
+pub mod shared_subplan;
 pub mod statement;
 pub mod storage_error;
 

@@ -15,3 +15,4 @@ mod policy_plans;
 mod postgres;
 mod products;
 mod result_cache;
+mod shared_subplans;

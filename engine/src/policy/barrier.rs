@@ -245,6 +245,25 @@ impl ExtensionPlanner for BarrierPlanner {
     }
 }
 
+/// Plans [`crate::shared_subplan::SharedSubplan`] nodes.
+#[derive(Debug)]
+struct SharedPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for SharedPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session_state: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        crate::shared_subplan::plan_shared(node, physical_inputs, session_state)
+    }
+}
+
 /// The query planner of a mesh version: DataFusion's, plus the barrier,
 /// and the plan verifier as the last step of every physical plan.
 #[derive(Debug)]
@@ -266,10 +285,25 @@ impl QueryPlanner for MeshQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let plan = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(BarrierPlanner)])
-            .create_physical_plan(logical_plan, session)
-            .await?;
+        let shares = session
+            .config_options()
+            .extensions
+            .get::<meshq_connectors::PlanOptions>()
+            .is_none_or(|o| o.share_subplans);
+        let shared = if shares {
+            crate::shared_subplan::share_repeated_aggregates(logical_plan)?
+        } else {
+            None
+        };
+        let logical_plan = shared.as_ref().unwrap_or(logical_plan);
+        let plan = DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(BarrierPlanner),
+            Arc::new(SharedPlanner),
+        ])
+        .create_physical_plan(logical_plan, session)
+        .await?;
         let plan = yield_in_joins(plan)?;
+        let plan = crate::shared_subplan::unify(plan)?;
         let options = MeshqOptions::of(session.config_options());
         verify_plan(&plan, &self.tables, &options)?;
         Ok(plan)
