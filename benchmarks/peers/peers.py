@@ -28,7 +28,7 @@ def duckdb_runner(parquet):
         con.execute(f"CREATE SCHEMA {schema}")
         for t in tables:
             con.execute(f"CREATE VIEW {schema}.{t} AS SELECT * FROM read_parquet('{parquet}/{t}/*.parquet')")
-    return lambda sql: con.execute(sql).to_arrow_table().num_rows
+    return lambda sql: con.sql(sql).to_arrow_table().num_rows
 
 
 def datafusion_runner(parquet):
