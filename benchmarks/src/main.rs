@@ -41,7 +41,8 @@ struct Args {
     #[arg(long)]
     partitions: Option<usize>,
     /// Measurements to run: policy, format, flight, clients, accel,
-    /// distributed, catalog, memory, peers; not in the default set:
+    /// distributed, catalog, memory, peers (with `flight`, peers also
+    /// times DuckDB on each query in turn with meshq); not in the default set:
     /// `federation` (PostgreSQL, which needs Debian's `postgresql`
     /// package), `settings` (a sweep
     /// of DataFusion settings) and `fetch` (only the `lineitem` fetch over

@@ -127,11 +127,6 @@ fn reads_a_table(plan: &LogicalPlan) -> Result<bool> {
 /// an occurrence inside another shared one is left as it is. `None` when
 /// no aggregation repeats.
 pub fn share_repeated_aggregates(plan: &LogicalPlan) -> Result<Option<LogicalPlan>> {
-    // A recursive query runs its recursive term again for every step: a
-    // result computed once would be the first step's.
-    if any_node(plan, |n| matches!(n, LogicalPlan::RecursiveQuery(_)))? {
-        return Ok(None);
-    }
     let mut counts: HashMap<LogicalPlan, usize> = HashMap::new();
     plan.apply_with_subqueries(|node| {
         if matches!(node, LogicalPlan::Aggregate(_)) {
@@ -146,7 +141,10 @@ pub fn share_repeated_aggregates(plan: &LogicalPlan) -> Result<Option<LogicalPla
             repeated.insert(node, id);
         }
     }
-    if repeated.is_empty() {
+    // A recursive query runs its recursive term again for every step: a
+    // result computed once would be the first step's. (Checked only when
+    // something repeats, so most queries walk their plan once.)
+    if repeated.is_empty() || any_node(plan, |n| matches!(n, LogicalPlan::RecursiveQuery(_)))? {
         return Ok(None);
     }
     let mut uses: HashMap<usize, usize> = HashMap::new();
