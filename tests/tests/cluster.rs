@@ -449,3 +449,48 @@ async fn a_split_scan_never_feeds_an_aggregate_that_needs_all_its_rows() {
         assert_eq!(text(&got), text(&expected), "{sql}");
     }
 }
+
+/// A shared aggregation's node has no codec: with workers answering, the
+/// coordinator plans each use in its stages instead (the plan is sent, and
+/// holds no `SharedExec`), while a single node computes it once. Both give
+/// the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_computes_an_aggregation_named_twice_in_its_stages() {
+    use datafusion::common::tree_node::TreeNode;
+    use meshq_engine::shared_subplan::SharedExec;
+    let dir = fixture_mesh().await;
+    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
+    let shares = |query: &meshq_engine::PhysicalQuery| {
+        query.plan.exists(|p| Ok(p.is::<SharedExec>())).unwrap()
+    };
+    let sql = "WITH t AS (SELECT region, count(*) AS n, sum(total_amount) AS s FROM sales.orders GROUP BY region) \
+               SELECT a.region, a.n, a.s, b.n, b.s FROM t a JOIN t b ON a.region = b.region ORDER BY a.region";
+    let alone = physical(&single, "pat", sql, None).await;
+    assert!(shares(&alone), "a single node computes the clause once");
+    let spread = physical(&cluster, "pat", sql, None).await;
+    assert!(!shares(&spread), "no shared node in a plan for workers");
+    assert!(distributed(&spread), "the plan runs on the workers");
+
+    let text = |b: &[arrow::record_batch::RecordBatch]| {
+        arrow::util::pretty::pretty_format_batches(b)
+            .unwrap()
+            .to_string()
+    };
+    let pat = |engine: &meshq_engine::Engine| {
+        engine.session(&engine.mesh().config.principal("pat").unwrap())
+    };
+    let expected = run(&pat(&single), sql).await.unwrap();
+    assert!(!expected.is_empty() && expected[0].num_rows() > 0);
+    let before: Vec<u64> = verifiers.iter().map(|v| v.accepted()).collect();
+    let got = run(&pat(&cluster), sql).await.unwrap();
+    assert_eq!(text(&got), text(&expected));
+    assert!(
+        verifiers.iter().zip(before).any(|(v, b)| v.accepted() > b),
+        "a worker ran a fragment"
+    );
+}
