@@ -11,9 +11,13 @@ use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf::PhysicalExprNode;
 use meshq_connectors::{MeshScanExec, ScanToken};
 use meshq_engine::policy::barrier::PolicyBarrierExec;
+use prost::Message;
 use serde::{Deserialize, Serialize};
 
 /// A node as it travels.
@@ -26,6 +30,11 @@ enum Node {
         /// source ids; the adapter is made again here.
         #[serde(default)]
         field_ids: Option<Vec<i32>>,
+        /// The dynamic filters the scan applies, each a datafusion-proto
+        /// expression carrying its id, so that decoding links it again to
+        /// the join of the same stage that completes it.
+        #[serde(default)]
+        dynamic_filters: Vec<Vec<u8>>,
     },
     Barrier {
         table: String,
@@ -136,8 +145,8 @@ impl PhysicalExtensionCodec for MeshCodec {
         &self,
         buf: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
-        _ctx: &TaskContext,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let node: Node = serde_json::from_slice(buf).map_err(codec_error)?;
         let [input] = inputs else {
@@ -149,12 +158,27 @@ impl PhysicalExtensionCodec for MeshCodec {
                 table,
                 token,
                 field_ids,
+                dynamic_filters,
             } => {
                 let input = match &field_ids {
                     Some(ids) => read_by_field_id(input, ids)?,
                     None => input,
                 };
-                let scan = MeshScanExec::new(table, input).with_field_ids(field_ids);
+                // Through the converter the whole stage is decoded with,
+                // which hands out one filter per id.
+                let decode = PhysicalPlanDecodeContext::new(ctx, self);
+                let schema = input.schema();
+                let filters = dynamic_filters
+                    .iter()
+                    .map(|bytes| {
+                        let node =
+                            PhysicalExprNode::decode(bytes.as_slice()).map_err(codec_error)?;
+                        proto_converter.proto_to_physical_expr(&node, &schema, &decode)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let scan = MeshScanExec::new(table, input)
+                    .with_field_ids(field_ids)
+                    .with_dynamic_filters(filters)?;
                 Arc::new(match token {
                     Some(t) => scan.with_token(t.into()),
                     None => scan,
@@ -170,13 +194,22 @@ impl PhysicalExtensionCodec for MeshCodec {
         &self,
         node: Arc<dyn ExecutionPlan>,
         buf: &mut Vec<u8>,
-        _proto_converter: &dyn PhysicalProtoConverterExtension,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
         let n = if let Some(scan) = node.downcast_ref::<MeshScanExec>() {
             Node::Scan {
                 table: scan.table().to_string(),
                 token: scan.token().map(|t| Token::from(*t)),
                 field_ids: scan.field_ids().map(<[i32]>::to_vec),
+                dynamic_filters: scan
+                    .dynamic_filters()
+                    .iter()
+                    .map(|f| {
+                        proto_converter
+                            .physical_expr_to_proto(f, self)
+                            .map(|node| node.encode_to_vec())
+                    })
+                    .collect::<Result<_>>()?,
             }
         } else if let Some(barrier) = node.downcast_ref::<PolicyBarrierExec>() {
             Node::Barrier {

@@ -250,6 +250,27 @@ impl MeshScanExec {
         self
     }
 
+    /// The same scan, applying these dynamic filters of the nodes above it
+    /// to the rows its format yields, without waiting for them: a scan a
+    /// cluster worker decoded, whose filters are linked again to the joins
+    /// of the same stage (a join in another stage never completes its
+    /// copy, which then keeps every row). Anything but a dynamic filter is
+    /// refused.
+    pub fn with_dynamic_filters(mut self, filters: Vec<Arc<dyn PhysicalExpr>>) -> Result<Self> {
+        if let Some(other) = filters
+            .iter()
+            .find(|f| !f.is::<DynamicFilterPhysicalExpr>())
+        {
+            return Err(DataFusionError::Internal(format!(
+                "the scan of {} was given {other}, which is not a dynamic filter",
+                self.table
+            )));
+        }
+        self.late = filters;
+        self.waits = Vec::new();
+        Ok(self)
+    }
+
     /// The identity-partition source ids of an Iceberg scan read by field
     /// id ([`MeshScanExec::with_field_ids`]).
     pub fn field_ids(&self) -> Option<&[i32]> {
@@ -345,9 +366,9 @@ fn after_filters(
 /// the same plan produce, so the scan waits for them before it reads
 /// (`meshq_scan.join_filter_wait_ms`). Runs after DataFusion's own
 /// physical rules, when every filter has reached its scan. A filter whose
-/// producer is not in the plan (a TopK, an aggregate, a join on another
-/// node of a cluster) is never waited for: scans on a cluster's workers
-/// carry no dynamic filters at all.
+/// producer is not in the plan (a TopK, an aggregate) is never waited for,
+/// and a scan on a cluster's worker waits for none
+/// ([`MeshScanExec::with_dynamic_filters`]).
 #[derive(Debug, Default)]
 pub struct JoinFilterWaits;
 
@@ -737,5 +758,32 @@ mod tests {
         // Without the wait, or past its limit, it reads on unfiltered.
         assert_eq!(rows_read(0).await, 100);
         assert_eq!(rows_read(20).await, 100);
+    }
+
+    /// A scan given filters from outside (a worker's decoded scan) takes
+    /// dynamic filters only, and waits for none of them.
+    #[test]
+    fn a_scan_given_filters_takes_dynamic_ones_only() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let input = MemorySourceConfig::try_new_exec(&[vec![]], Arc::clone(&schema), None).unwrap();
+        let k = col("k", &schema).unwrap();
+        let dynamic: Arc<dyn PhysicalExpr> = Arc::new(DynamicFilterPhysicalExpr::new(
+            vec![Arc::clone(&k)],
+            lit(true),
+        ));
+        let scan = MeshScanExec::new("t.t", Arc::clone(&input) as _)
+            .with_dynamic_filters(vec![Arc::clone(&dynamic)])
+            .unwrap();
+        assert_eq!(scan.dynamic_filters().len(), 1);
+        assert!(scan.join_filter_waits().is_empty());
+        let plain: Arc<dyn PhysicalExpr> = Arc::new(BinaryExpr::new(k, Operator::Lt, lit(10i64)));
+        let refused = MeshScanExec::new("t.t", input as _)
+            .with_dynamic_filters(vec![dynamic, plain])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("t.t") && refused.contains("not a dynamic filter"),
+            "{refused}"
+        );
     }
 }

@@ -494,3 +494,56 @@ async fn a_cluster_computes_an_aggregation_named_twice_in_its_stages() {
         "a worker ran a fragment"
     );
 }
+
+/// A join's dynamic filter travels with the scan node of its stage: on a
+/// worker, the scan applies it to the rows its format yields, as a single
+/// node does, and the answer does not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
+    let dir = fixture_mesh().await;
+    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
+    let sql = "SELECT count(*) AS n FROM sales.orders o JOIN (SELECT order_id AS k FROM sales.orders WHERE total_amount < 20) s ON o.order_id = s.k";
+    let text = |b: &[arrow::record_batch::RecordBatch]| {
+        arrow::util::pretty::pretty_format_batches(b)
+            .unwrap()
+            .to_string()
+    };
+    let admin = |engine: &meshq_engine::Engine| {
+        let mut pat = engine.mesh().config.principal("pat").unwrap();
+        pat.roles.insert("admin".into());
+        engine.session(&pat)
+    };
+    let expected = run(&admin(&single), sql).await.unwrap();
+    let before: Vec<u64> = verifiers.iter().map(|v| v.accepted()).collect();
+    let analyzed = text(
+        &run(&admin(&cluster), &format!("EXPLAIN ANALYZE {sql}"))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        verifiers.iter().zip(before).any(|(v, b)| v.accepted() > b),
+        "a worker ran a fragment"
+    );
+    // The probe side's scan, in a worker's stage, drops orders the join's
+    // keys leave out (those its file scan did not prune already).
+    let stage = analyzed
+        .split_once("Stage 2 ──")
+        .and_then(|(_, s)| s.split_once("Stage 1 ──"))
+        .map(|(s, _)| s)
+        .unwrap_or_else(|| panic!("no worker stages: {analyzed}"));
+    let pruned: u64 = stage
+        .split_once("MeshScanExec: table=sales.orders, metrics=[dynamic_filter_rows_pruned=")
+        .and_then(|(_, rest)| rest.split(']').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the scan in the join's stage pruned nothing: {analyzed}"));
+    assert!(pruned > 0, "{analyzed}");
+    assert_eq!(
+        text(&run(&admin(&cluster), sql).await.unwrap()),
+        text(&expected)
+    );
+}
