@@ -145,8 +145,20 @@ impl meshq_engine::engine::Distribution for Coordinator {
         options.extensions.insert(QueryBudget::unlimited());
         // A shared aggregation's node has no codec: a plan holding one
         // could not be sent and would run on the coordinator alone. With
-        // workers to send it to, each use is computed in its stages.
-        if !self.workers.healthy().is_empty()
+        // workers to send it to, each use is computed in its stages. The
+        // library cuts no stage when a stage gets one task (one worker
+        // answering, and no larger task count set): then it stays shared.
+        let healthy = self.workers.healthy().len();
+        let tasks = match options
+            .extensions
+            .get::<datafusion_distributed::DistributedConfig>()
+            .map_or(0, |c| c.max_tasks_per_stage)
+        {
+            0 => healthy,
+            set => set,
+        };
+        if healthy > 0
+            && tasks > 1
             && let Some(plan) = options
                 .extensions
                 .get_mut::<meshq_connectors::PlanOptions>()

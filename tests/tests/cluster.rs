@@ -452,7 +452,8 @@ async fn a_split_scan_never_feeds_an_aggregate_that_needs_all_its_rows() {
 
 /// A shared aggregation's node has no codec: with workers answering, the
 /// coordinator plans each use in its stages instead (the plan is sent, and
-/// holds no `SharedExec`), while a single node computes it once. Both give
+/// holds no `SharedExec`), while a single node, or a coordinator with one
+/// worker (where the library cuts no stage), computes it once. All give
 /// the same answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_computes_an_aggregation_named_twice_in_its_stages() {
@@ -476,6 +477,21 @@ async fn a_cluster_computes_an_aggregation_named_twice_in_its_stages() {
     assert!(!shares(&spread), "no shared node in a plan for workers");
     assert!(distributed(&spread), "the plan runs on the workers");
 
+    // One worker: the library would cut no stage (one task each), so the
+    // plan stays on the coordinator and keeps its shared node.
+    let (one, _) = meshq_cluster::loopback::loopback_cluster(
+        dir.path(),
+        1,
+        &meshq_tests::fixture_engine_config(dir.path()).secret_env_fallback,
+    )
+    .await
+    .unwrap();
+    let mut config = meshq_tests::fixture_engine_config(dir.path());
+    config.distribution = Some(std::sync::Arc::new(one));
+    let one = meshq_engine::Engine::load(config).await.unwrap();
+    let alone_on_one = physical(&one, "pat", sql, None).await;
+    assert!(shares(&alone_on_one) && !distributed(&alone_on_one));
+
     let text = |b: &[arrow::record_batch::RecordBatch]| {
         arrow::util::pretty::pretty_format_batches(b)
             .unwrap()
@@ -486,6 +502,7 @@ async fn a_cluster_computes_an_aggregation_named_twice_in_its_stages() {
     };
     let expected = run(&pat(&single), sql).await.unwrap();
     assert!(!expected.is_empty() && expected[0].num_rows() > 0);
+    assert_eq!(text(&run(&pat(&one), sql).await.unwrap()), text(&expected));
     let before: Vec<u64> = verifiers.iter().map(|v| v.accepted()).collect();
     let got = run(&pat(&cluster), sql).await.unwrap();
     assert_eq!(text(&got), text(&expected));
