@@ -11,7 +11,10 @@ use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{FunctionRegistry, SessionState};
-use datafusion_distributed::{DistributedExt, Worker, WorkerQueryContext, WorkerSessionBuilder};
+use datafusion_distributed::{
+    DistributedExt, NetworkBoundaryExt, Worker, WorkerPlanRewriteEvent,
+    WorkerPlanRewriteEventResponse, WorkerQueryContext, WorkerSessionBuilder,
+};
 use meshq_catalog::platform::PlatformConfig;
 use meshq_connectors::store::StoreRegistry;
 use meshq_engine::memory::QueryMemoryPool;
@@ -352,6 +355,7 @@ impl WorkerSessionBuilder for MeshWorkerSession {
         let mut state = builder
             .with_distributed_channel_resolver(self.resolver.clone())
             .with_distributed_user_codec_arc(Arc::clone(&self.codec) as _)
+            .with_distributed_worker_plan_rewrite_handler(wait_for_stage_join_filters)
             .build();
         let masks = state
             .config()
@@ -373,6 +377,20 @@ impl WorkerSessionBuilder for MeshWorkerSession {
         }
         Ok(state)
     }
+}
+
+/// A decoded stage's scans wait for the dynamic filters of the hash joins
+/// of that stage before they read, as on a single node; never for a join
+/// of another stage, which completes no filter here.
+fn wait_for_stage_join_filters(
+    ev: WorkerPlanRewriteEvent<'_>,
+) -> Result<WorkerPlanRewriteEventResponse, DataFusionError> {
+    let plan = meshq_connectors::mesh_scan::JoinFilterWaits::mark(
+        ev.plan,
+        ev.session_config.options(),
+        &|node| node.is_network_boundary(),
+    )?;
+    Ok(WorkerPlanRewriteEventResponse::new(plan))
 }
 
 #[cfg(test)]

@@ -26,7 +26,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CaseExpr, DynamicFilterPhysicalExpr};
-use datafusion::physical_plan::execution_plan::CardinalityEffect;
+use datafusion::physical_plan::execution_plan::{
+    CardinalityEffect, ChildrenPropertiesMode, ReplaceChildrenOptions,
+};
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
     PushedDown,
@@ -251,11 +253,11 @@ impl MeshScanExec {
     }
 
     /// The same scan, applying these dynamic filters of the nodes above it
-    /// to the rows its format yields, without waiting for them: a scan a
-    /// cluster worker decoded, whose filters are linked again to the joins
-    /// of the same stage (a join in another stage never completes its
-    /// copy, which then keeps every row). Anything but a dynamic filter is
-    /// refused.
+    /// to the rows its format yields, and waiting for none of them until
+    /// [`JoinFilterWaits::mark`] says which: a scan a cluster worker
+    /// decoded, whose filters are linked again to the joins of the same
+    /// stage (a join in another stage never completes its copy, which then
+    /// keeps every row). Anything but a dynamic filter is refused.
     pub fn with_dynamic_filters(mut self, filters: Vec<Arc<dyn PhysicalExpr>>) -> Result<Self> {
         if let Some(other) = filters
             .iter()
@@ -366,19 +368,21 @@ fn after_filters(
 /// the same plan produce, so the scan waits for them before it reads
 /// (`meshq_scan.join_filter_wait_ms`). Runs after DataFusion's own
 /// physical rules, when every filter has reached its scan. A filter whose
-/// producer is not in the plan (a TopK, an aggregate) is never waited for,
-/// and a scan on a cluster's worker waits for none
-/// ([`MeshScanExec::with_dynamic_filters`]).
+/// producer is not in the plan (a TopK, an aggregate) is never waited for.
+/// A cluster worker marks the waits of each stage it decodes
+/// ([`JoinFilterWaits::mark`]), for the joins of that stage only.
 #[derive(Debug, Default)]
 pub struct JoinFilterWaits;
 
-impl datafusion::physical_optimizer::PhysicalOptimizerRule for JoinFilterWaits {
-    fn optimize(
-        &self,
+impl JoinFilterWaits {
+    /// Marks the waits in `plan`, walking no node for which `boundary`
+    /// holds (nor below it): a cluster worker's stage, whose joins are the
+    /// only ones that complete its scans' filters there.
+    pub fn mark(
         plan: Arc<dyn ExecutionPlan>,
         config: &ConfigOptions,
+        boundary: &dyn Fn(&Arc<dyn ExecutionPlan>) -> bool,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        use datafusion::common::tree_node::Transformed;
         let on = config
             .extensions
             .get::<ScanOptions>()
@@ -386,23 +390,52 @@ impl datafusion::physical_optimizer::PhysicalOptimizerRule for JoinFilterWaits {
         if !on {
             return Ok(plan);
         }
-        let mut produced = std::collections::HashSet::new();
-        plan.apply(|node| {
+        fn produced_by(
+            node: &Arc<dyn ExecutionPlan>,
+            boundary: &dyn Fn(&Arc<dyn ExecutionPlan>) -> bool,
+            out: &mut std::collections::HashSet<u64>,
+        ) {
             if node.is::<HashJoinExec>() {
-                produced.extend(
+                out.extend(
                     node.dynamic_expressions_produced()
                         .iter()
                         .filter_map(|e| e.expression_id()),
                 );
             }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        if produced.is_empty() {
-            return Ok(plan);
+            for child in node.children() {
+                if !boundary(child) {
+                    produced_by(child, boundary, out);
+                }
+            }
         }
-        plan.transform_up(|node| {
+        fn marked(
+            node: Arc<dyn ExecutionPlan>,
+            produced: &std::collections::HashSet<u64>,
+            boundary: &dyn Fn(&Arc<dyn ExecutionPlan>) -> bool,
+        ) -> Result<Arc<dyn ExecutionPlan>> {
+            if boundary(&node) {
+                return Ok(node);
+            }
+            let children: Vec<Arc<dyn ExecutionPlan>> =
+                node.children().into_iter().cloned().collect();
+            let mut changed = false;
+            let mut new_children = Vec::with_capacity(children.len());
+            for child in children {
+                let new = marked(Arc::clone(&child), produced, boundary)?;
+                changed |= !Arc::ptr_eq(&new, &child);
+                new_children.push(new);
+            }
+            let node = if changed {
+                // A scan's copy has its properties: the parents' stay.
+                node.replace_children(
+                    new_children,
+                    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+                )?
+            } else {
+                node
+            };
             let Some(scan) = node.downcast_ref::<MeshScanExec>() else {
-                return Ok(Transformed::no(node));
+                return Ok(node);
             };
             let waits: Vec<u64> = scan
                 .late
@@ -411,14 +444,31 @@ impl datafusion::physical_optimizer::PhysicalOptimizerRule for JoinFilterWaits {
                 .filter(|id| produced.contains(id))
                 .collect();
             if waits.is_empty() || waits == scan.waits {
-                return Ok(Transformed::no(node));
+                return Ok(node);
             }
-            Ok(Transformed::yes(Arc::new(MeshScanExec {
+            Ok(Arc::new(MeshScanExec {
                 waits,
                 ..scan.copy()
-            }) as Arc<dyn ExecutionPlan>))
-        })
-        .map(|t| t.data)
+            }))
+        }
+        let mut produced = std::collections::HashSet::new();
+        if !boundary(&plan) {
+            produced_by(&plan, boundary, &mut produced);
+        }
+        if produced.is_empty() {
+            return Ok(plan);
+        }
+        marked(plan, &produced, boundary)
+    }
+}
+
+impl datafusion::physical_optimizer::PhysicalOptimizerRule for JoinFilterWaits {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Self::mark(plan, config, &|_| false)
     }
 
     fn name(&self) -> &str {
@@ -758,6 +808,68 @@ mod tests {
         // Without the wait, or past its limit, it reads on unfiltered.
         assert_eq!(rows_read(0).await, 100);
         assert_eq!(rows_read(20).await, 100);
+    }
+
+    /// A scan waits for the filter of a hash join above it, unless a
+    /// boundary (a cluster's stage edge) lies between them.
+    #[test]
+    fn waits_are_marked_for_joins_on_the_same_side_of_a_boundary() {
+        use datafusion::common::{JoinType, NullEquality};
+        use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+        use datafusion::physical_plan::joins::{HashJoinExecBuilder, PartitionMode};
+
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let source = || {
+            MemorySourceConfig::try_new_exec(&[vec![]], Arc::clone(&schema), None).unwrap()
+                as Arc<dyn ExecutionPlan>
+        };
+        let k = col("k", &schema).unwrap();
+        let filter = Arc::new(DynamicFilterPhysicalExpr::new(
+            vec![Arc::clone(&k)],
+            lit(true),
+        ));
+        let scan = MeshScanExec::new("t.t", source())
+            .with_dynamic_filters(vec![Arc::clone(&filter) as Arc<dyn PhysicalExpr>])
+            .unwrap();
+        let join = |right: Arc<dyn ExecutionPlan>| -> Arc<dyn ExecutionPlan> {
+            Arc::new(
+                HashJoinExecBuilder::new(
+                    source(),
+                    right,
+                    vec![(Arc::clone(&k), Arc::clone(&k))],
+                    JoinType::Inner,
+                )
+                .with_partition_mode(PartitionMode::CollectLeft)
+                .with_null_equality(NullEquality::NullEqualsNothing)
+                .build()
+                .unwrap()
+                .with_dynamic_filter_expr(Arc::clone(&filter))
+                .unwrap(),
+            )
+        };
+        let waits = |plan: &Arc<dyn ExecutionPlan>| {
+            let mut out = Vec::new();
+            plan.apply(|n| {
+                if let Some(s) = n.downcast_ref::<MeshScanExec>() {
+                    out.extend(s.join_filter_waits().iter().copied());
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+            out
+        };
+        let config = ConfigOptions::new();
+        let id = filter.expression_id().unwrap();
+        let plain = join(Arc::new(scan.copy()));
+        let marked = JoinFilterWaits::mark(plain, &config, &|_| false).unwrap();
+        assert_eq!(waits(&marked), vec![id]);
+        let across = join(Arc::new(CoalescePartitionsExec::new(Arc::new(scan.copy()))));
+        let boundary = |n: &Arc<dyn ExecutionPlan>| n.is::<CoalescePartitionsExec>();
+        let marked = JoinFilterWaits::mark(Arc::clone(&across), &config, &boundary).unwrap();
+        assert!(waits(&marked).is_empty());
+        // Without the boundary, the same plan waits.
+        let marked = JoinFilterWaits::mark(across, &config, &|_| false).unwrap();
+        assert_eq!(waits(&marked), vec![id]);
     }
 
     /// A scan given filters from outside (a worker's decoded scan) takes

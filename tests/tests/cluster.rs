@@ -513,8 +513,8 @@ async fn a_cluster_computes_an_aggregation_named_twice_in_its_stages() {
 }
 
 /// A join's dynamic filter travels with the scan node of its stage: on a
-/// worker, the scan applies it to the rows its format yields, as a single
-/// node does, and the answer does not change.
+/// worker, the scan waits for it and applies it to the rows its format
+/// yields, as a single node does, and the answer does not change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
     let dir = fixture_mesh().await;
@@ -553,12 +553,19 @@ async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
         .and_then(|(_, s)| s.split_once("Stage 1 ──"))
         .map(|(s, _)| s)
         .unwrap_or_else(|| panic!("no worker stages: {analyzed}"));
-    let pruned: u64 = stage
+    let metrics = stage
         .split_once("MeshScanExec: table=sales.orders, metrics=[dynamic_filter_rows_pruned=")
         .and_then(|(_, rest)| rest.split(']').next())
-        .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the scan in the join's stage pruned nothing: {analyzed}"));
+    let pruned: u64 = metrics
+        .split(',')
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
     assert!(pruned > 0, "{analyzed}");
+    // It waited for the filter of the join of its stage, as a single node
+    // does.
+    assert!(metrics.contains("join_filter_wait="), "{analyzed}");
     assert_eq!(
         text(&run(&admin(&cluster), sql).await.unwrap()),
         text(&expected)
