@@ -166,6 +166,17 @@ impl PhysicalExtensionCodec for MeshCodec {
                 };
                 // Through the converter the whole stage is decoded with,
                 // which hands out one filter per id.
+                // A scan with policies for its principal sits under a
+                // barrier that lets no filter through: one that carries
+                // filters was not made by a coordinator.
+                if !dynamic_filters.is_empty() && token.is_some_and(|t| t.policies != 0) {
+                    return Err(codec_error(format!(
+                        "the scan of {table} has policies and carries dynamic filters"
+                    )));
+                }
+                // The filters were encoded before the plan ran (a join's
+                // placeholder, or columns and literals): meshq's codec is
+                // all they need.
                 let decode = PhysicalPlanDecodeContext::new(ctx, self);
                 let schema = input.schema();
                 let filters = dynamic_filters
@@ -242,6 +253,66 @@ mod tests {
             .expr_adapter_factory
             .as_ref()
             .map(|f| format!("{f:?}"))
+    }
+
+    /// A scan with policies for its principal never carries dynamic
+    /// filters (its barrier lets none through): a worker refuses one that
+    /// does, and takes the same filter on a scan without policies.
+    #[test]
+    fn a_scan_with_policies_and_dynamic_filters_is_refused() {
+        use datafusion::physical_expr::PhysicalExpr;
+        use datafusion::physical_expr::expressions::{DynamicFilterPhysicalExpr, col, lit};
+
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
+        let bare = DataSourceExec::from_data_source(
+            FileScanConfigBuilder::new(
+                ObjectStoreUrl::local_filesystem(),
+                Arc::new(ParquetSource::new(Arc::clone(&schema))),
+            )
+            .build(),
+        ) as Arc<dyn ExecutionPlan>;
+        let filter: Arc<dyn PhysicalExpr> = Arc::new(DynamicFilterPhysicalExpr::new(
+            vec![col("a", &schema).unwrap()],
+            lit(true),
+        ));
+        let ctx = TaskContext::default();
+        for (policies, refused) in [(7, true), (0, false)] {
+            let token = ScanToken {
+                mesh_version: 1,
+                principal: 2,
+                policies,
+            };
+            let mark = MeshScanExec::new("sales.orders", Arc::clone(&bare))
+                .with_token(token)
+                .with_dynamic_filters(vec![Arc::clone(&filter)])
+                .unwrap();
+            let mut buf = Vec::new();
+            MeshCodec
+                .try_encode(Arc::new(mark), &mut buf, &DefaultPhysicalProtoConverter {})
+                .unwrap();
+            let decoded = MeshCodec.try_decode(
+                &buf,
+                &[Arc::clone(&bare)],
+                &ctx,
+                &DefaultPhysicalProtoConverter {},
+            );
+            match decoded {
+                Err(e) => {
+                    assert!(refused, "{e}");
+                    assert!(e.to_string().contains("carries dynamic filters"), "{e}");
+                }
+                Ok(plan) => {
+                    assert!(!refused, "a scan with policies took dynamic filters");
+                    let scan = plan.downcast_ref::<MeshScanExec>().unwrap();
+                    assert_eq!(scan.dynamic_filters().len(), 1);
+                    assert_eq!(
+                        scan.dynamic_filters()[0].expression_id(),
+                        filter.expression_id(),
+                        "the filter keeps its id"
+                    );
+                }
+            }
+        }
     }
 
     /// What a worker receives: the scan mark with the identity ids, over

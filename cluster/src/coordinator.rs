@@ -6,6 +6,7 @@
 //! share of an input that must be whole, is planned again to run in this
 //! process, never sent in part.
 
+use meshq_connectors::mesh_scan::ScanOptions;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -108,6 +109,14 @@ impl meshq_engine::engine::Distribution for Coordinator {
             // No planner of meshq's to wrap: nothing is distributed.
             return builder;
         };
+        // The scans' settings travel with every request, so that a worker's
+        // scans apply and wait for join filters as the coordinator's would
+        // (the session's values, `meshq.yaml` `settings` or a `SET`).
+        let scan = builder
+            .config()
+            .as_ref()
+            .and_then(|c| c.options().extensions.get::<ScanOptions>().cloned())
+            .unwrap_or_default();
         let mut builder = builder
             .with_distributed_worker_resolver(self.workers.clone())
             .with_distributed_channel_resolver(self.resolver.clone())
@@ -115,6 +124,7 @@ impl meshq_engine::engine::Distribution for Coordinator {
             .with_distributed_option_extension(MaskFunctions::default())
             .with_distributed_option_extension(SessionSettings::default())
             .with_distributed_option_extension(QueryBudget::default())
+            .with_distributed_option_extension(scan)
             .with_distributed_planner();
         if let Some(config) = builder.config() {
             for (key, value) in &self.settings {

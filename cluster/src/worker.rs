@@ -321,7 +321,11 @@ impl WorkerSessionBuilder for MeshWorkerSession {
             )?
             .with_distributed_option_extension_from_headers::<crate::travel::QueryBudget>(
                 &ctx.headers,
-            )?;
+            )?
+            // How scans apply and wait for join filters, as the statement's.
+            .with_distributed_option_extension_from_headers::<
+                meshq_connectors::mesh_scan::ScanOptions,
+            >(&ctx.headers)?;
         let budget = builder.config().as_ref().and_then(|c| {
             c.options()
                 .extensions

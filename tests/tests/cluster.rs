@@ -167,6 +167,30 @@ async fn the_verifier_checks_each_distributed_plan_again() {
             .contains("`email` is not masked below the barrier"),
         "{e}"
     );
+
+    // A dynamic filter on the scan below the barrier (it would see raw
+    // values).
+    let filtered = Arc::clone(&plan)
+        .transform_up(|n| {
+            let Some(scan) = n.downcast_ref::<meshq_connectors::MeshScanExec>() else {
+                return Ok(Transformed::no(n));
+            };
+            let column = Column::new_with_schema("email", &scan.schema()).unwrap();
+            let filter: Arc<dyn datafusion::physical_expr::PhysicalExpr> = Arc::new(
+                datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr::new(
+                    vec![Arc::new(column)],
+                    datafusion::physical_expr::expressions::lit(true),
+                ),
+            );
+            let scan = scan
+                .with_token(*scan.token().unwrap())
+                .with_dynamic_filters(vec![filter])?;
+            Ok(Transformed::yes(Arc::new(scan) as Arc<dyn ExecutionPlan>))
+        })
+        .unwrap()
+        .data;
+    let e = verify_distributed(&filtered, tables, &options).unwrap_err();
+    assert!(e.to_string().contains("carries dynamic filters"), "{e}");
 }
 
 /// A port accelerated as a `parquet` copy lives in the coordinator's own
@@ -564,8 +588,34 @@ async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
         .unwrap();
     assert!(pruned > 0, "{analyzed}");
     // It waited for the filter of the join of its stage, as a single node
-    // does.
-    assert!(metrics.contains("join_filter_wait="), "{analyzed}");
+    // does, and not until the limit (5 s): the join completed it.
+    let waited = metrics
+        .split_once("join_filter_wait=")
+        .map(|(_, w)| w.split(',').next().unwrap().trim())
+        .unwrap_or_else(|| panic!("the scan did not wait: {analyzed}"));
+    assert!(
+        ["ns", "µs", "ms"].iter().any(|unit| waited.ends_with(unit)),
+        "waited {waited}: {analyzed}"
+    );
+
+    // The session's scan settings travel: with the wait off, the worker's
+    // scan still drops rows but does not wait.
+    let session = admin(&cluster);
+    run(&session, "SET meshq_scan.join_filter_wait_ms = 0")
+        .await
+        .unwrap();
+    let next = cluster.session_for(session.data());
+    let analyzed = text(&run(&next, &format!("EXPLAIN ANALYZE {sql}")).await.unwrap());
+    let stage = analyzed
+        .split_once("Stage 2 ──")
+        .and_then(|(_, s)| s.split_once("Stage 1 ──"))
+        .map(|(s, _)| s)
+        .unwrap_or_else(|| panic!("no worker stages: {analyzed}"));
+    assert!(
+        stage.contains("MeshScanExec: table=sales.orders, metrics=[dynamic_filter_rows_pruned=")
+            && !stage.contains("join_filter_wait="),
+        "{analyzed}"
+    );
     assert_eq!(
         text(&run(&admin(&cluster), sql).await.unwrap()),
         text(&expected)

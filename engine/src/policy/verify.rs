@@ -167,6 +167,14 @@ fn check_scan(
     if token.policies == 0 {
         return Ok(());
     }
+    // The barrier lets no filter through to such a scan; a dynamic filter
+    // there would be evaluated on raw values.
+    if !scan.dynamic_filters().is_empty() {
+        return Err(refuse(
+            table,
+            "a scan with policies for the principal carries dynamic filters",
+        ));
+    }
     // The nearest barrier above, and what lies between.
     let mut between: Vec<&dyn ExecutionPlan> = Vec::new();
     let mut barrier = None;
