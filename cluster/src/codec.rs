@@ -255,6 +255,93 @@ mod tests {
             .map(|f| format!("{f:?}"))
     }
 
+    /// A stage holding a hash join and, below it, a scan mark with that
+    /// join's filter, encoded and decoded as a worker does (one
+    /// deduplicating converter for the whole plan): the decoded scan's
+    /// filter is the decoded join's, so what the join builds reaches the
+    /// scan.
+    #[test]
+    fn a_decoded_scans_filter_is_its_decoded_joins() {
+        use datafusion::common::{JoinType, NullEquality};
+        use datafusion::physical_expr::PhysicalExpr;
+        use datafusion::physical_expr::expressions::{DynamicFilterPhysicalExpr, col, lit};
+        use datafusion::physical_plan::joins::{HashJoinExec, HashJoinExecBuilder, PartitionMode};
+        use datafusion_proto::bytes::{
+            physical_plan_from_bytes_with_proto_converter,
+            physical_plan_to_bytes_with_proto_converter,
+        };
+        use datafusion_proto::physical_plan::DeduplicatingProtoConverter;
+
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, true)]));
+        let bare = || {
+            DataSourceExec::from_data_source(
+                FileScanConfigBuilder::new(
+                    ObjectStoreUrl::local_filesystem(),
+                    Arc::new(ParquetSource::new(Arc::clone(&schema))),
+                )
+                .build(),
+            ) as Arc<dyn ExecutionPlan>
+        };
+        let a = col("a", &schema).unwrap();
+        let filter = Arc::new(DynamicFilterPhysicalExpr::new(
+            vec![Arc::clone(&a)],
+            lit(true),
+        ));
+        let scan = MeshScanExec::new("sales.orders", bare())
+            .with_token(ScanToken {
+                mesh_version: 1,
+                principal: 2,
+                policies: 0,
+            })
+            .with_dynamic_filters(vec![Arc::clone(&filter) as Arc<dyn PhysicalExpr>])
+            .unwrap();
+        let join: Arc<dyn ExecutionPlan> = Arc::new(
+            HashJoinExecBuilder::new(
+                bare(),
+                Arc::new(scan),
+                vec![(Arc::clone(&a), Arc::clone(&a))],
+                JoinType::Inner,
+            )
+            .with_partition_mode(PartitionMode::CollectLeft)
+            .with_null_equality(NullEquality::NullEqualsNothing)
+            .build()
+            .unwrap()
+            .with_dynamic_filter_expr(Arc::clone(&filter))
+            .unwrap(),
+        );
+        let ctx = TaskContext::default();
+        let bytes = physical_plan_to_bytes_with_proto_converter(
+            join,
+            &MeshCodec,
+            &DeduplicatingProtoConverter {},
+        )
+        .unwrap();
+        let decoded = physical_plan_from_bytes_with_proto_converter(
+            &bytes,
+            &ctx,
+            &MeshCodec,
+            &DeduplicatingProtoConverter {},
+        )
+        .unwrap();
+        let join = decoded.downcast_ref::<HashJoinExec>().unwrap();
+        let produced = join.dynamic_expressions_produced();
+        let produced = produced[0]
+            .downcast_ref::<DynamicFilterPhysicalExpr>()
+            .unwrap();
+        let scan = join.children()[1].downcast_ref::<MeshScanExec>().unwrap();
+        let taken = scan.dynamic_filters()[0]
+            .downcast_ref::<DynamicFilterPhysicalExpr>()
+            .unwrap();
+        assert_eq!(
+            scan.dynamic_filters()[0].expression_id(),
+            filter.expression_id()
+        );
+        // The join completes its filter; the scan sees it.
+        produced.update(lit(false)).unwrap();
+        produced.mark_complete();
+        assert_eq!(taken.current().unwrap().to_string(), "false");
+    }
+
     /// A scan with policies for its principal never carries dynamic
     /// filters (its barrier lets none through): a worker refuses one that
     /// does, and takes the same filter on a scan without policies.
