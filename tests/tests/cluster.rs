@@ -621,3 +621,60 @@ async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
         text(&expected)
     );
 }
+
+/// A join that partitions both sides runs in a stage above the stages
+/// that scan them: a scan there carries the join's filter, but no join of
+/// its own stage completes it, so it never waits for it (a wait would last
+/// until `meshq_scan.join_filter_wait_ms`), and the answer is the single
+/// node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scan_below_a_shuffle_never_waits_for_the_join_above_it() {
+    let dir = fixture_mesh().await;
+    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let (cluster, _) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
+    let text = |b: &[arrow::record_batch::RecordBatch]| {
+        arrow::util::pretty::pretty_format_batches(b)
+            .unwrap()
+            .to_string()
+    };
+    let partitioned = |engine: &meshq_engine::Engine| {
+        let engine = engine.clone();
+        async move {
+            let mut pat = engine.mesh().config.principal("pat").unwrap();
+            pat.roles.insert("admin".into());
+            let session = engine.session(&pat);
+            for set in [
+                "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
+                "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
+            ] {
+                run(&session, set).await.unwrap();
+            }
+            engine.session_for(session.data())
+        }
+    };
+    let sql = "SELECT count(*) AS n FROM sales.orders o JOIN (SELECT order_id AS k FROM sales.orders WHERE total_amount < 20) s ON o.order_id = s.k";
+    let expected = run(&partitioned(&single).await, sql).await.unwrap();
+    let session = partitioned(&cluster).await;
+    let analyzed = text(
+        &run(&session, &format!("EXPLAIN ANALYZE {sql}"))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        analyzed.contains("HashJoinExec: mode=Partitioned")
+            && analyzed.contains("NetworkShuffleExec"),
+        "the join runs above shuffles: {analyzed}"
+    );
+    // The probe side's scan took the join's filter, in a stage of its own,
+    // and waited for nothing.
+    assert!(
+        analyzed.contains("MeshScanExec: table=sales.orders, metrics=[dynamic_filter_rows_pruned="),
+        "{analyzed}"
+    );
+    assert!(!analyzed.contains("join_filter_wait"), "{analyzed}");
+    assert_eq!(text(&run(&session, sql).await.unwrap()), text(&expected));
+}
