@@ -10,6 +10,47 @@ async fn fixture_mesh() -> tempfile::TempDir {
     dir
 }
 
+/// The fixture mesh (in the returned directory) as a single node and as
+/// the coordinator of two in-process workers, with their verifiers.
+async fn single_and_cluster() -> (
+    tempfile::TempDir,
+    meshq_engine::Engine,
+    meshq_engine::Engine,
+    Vec<meshq_cluster::Verifier>,
+) {
+    let dir = fixture_mesh().await;
+    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
+        .await
+        .unwrap();
+    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
+        .await
+        .unwrap();
+    (dir, single, cluster, verifiers)
+}
+
+/// `batches` as a table.
+fn text(batches: &[arrow::record_batch::RecordBatch]) -> String {
+    arrow::util::pretty::pretty_format_batches(batches)
+        .unwrap()
+        .to_string()
+}
+
+/// A session of pat with the admin role, who may `SET`.
+fn admin_pat(engine: &meshq_engine::Engine) -> meshq_engine::MeshSession {
+    let mut pat = engine.mesh().config.principal("pat").unwrap();
+    pat.roles.insert("admin".into());
+    engine.session(&pat)
+}
+
+/// The text of stage `n` in `EXPLAIN ANALYZE` output `analyzed` (up to the
+/// next stage).
+fn stage(analyzed: &str, n: usize) -> &str {
+    let (_, rest) = analyzed
+        .split_once(&format!("Stage {n} ──"))
+        .unwrap_or_else(|| panic!("no stage {n}: {analyzed}"));
+    rest.split_once(" Stage ").map_or(rest, |(s, _)| s)
+}
+
 /// `who`'s physical plan of `sql` on `engine`, within `memory` bytes.
 async fn physical(
     engine: &meshq_engine::Engine,
@@ -36,18 +77,10 @@ fn distributed(query: &meshq_engine::PhysicalQuery) -> bool {
 /// does, not the worker's default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_runs_a_stage_with_the_sessions_time_zone() {
-    let dir = fixture_mesh().await;
-    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
-        .await
-        .unwrap();
-    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
-        .await
-        .unwrap();
+    let (_dir, single, cluster, verifiers) = single_and_cluster().await;
     // SET is an admin's: pat with the admin role.
     let answer = |engine: meshq_engine::Engine| async move {
-        let mut pat = engine.mesh().config.principal("pat").unwrap();
-        pat.roles.insert("admin".into());
-        let session = engine.session(&pat);
+        let session = admin_pat(&engine);
         run(&session, "SET datafusion.execution.time_zone = '+05:00'")
             .await
             .unwrap();
@@ -55,17 +88,8 @@ async fn a_worker_runs_a_stage_with_the_sessions_time_zone() {
         let next = engine.session_for(session.data());
         let sql = "SELECT region, min(to_timestamp(length(order_id) * 86400)) AS first, arrow_typeof(min(to_timestamp(length(order_id) * 86400))) AS t \
                    FROM sales.orders GROUP BY region ORDER BY region";
-        let plan = run(&next, &format!("EXPLAIN {sql}")).await.unwrap();
-        let plan = arrow::util::pretty::pretty_format_batches(&plan)
-            .unwrap()
-            .to_string();
-        let batches = run(&next, sql).await.unwrap();
-        (
-            arrow::util::pretty::pretty_format_batches(&batches)
-                .unwrap()
-                .to_string(),
-            plan,
-        )
+        let plan = text(&run(&next, &format!("EXPLAIN {sql}")).await.unwrap());
+        (text(&run(&next, sql).await.unwrap()), plan)
     };
     let (expected, _) = answer(single).await;
     assert!(expected.contains("+05:00"), "{expected}");
@@ -234,14 +258,7 @@ async fn plans_reading_a_coordinators_own_copy_stay_on_the_coordinator() {
     };
     let expected = run(&ana(&single), orders).await.unwrap();
     let got = run(&ana(&cluster), orders).await.unwrap();
-    assert_eq!(
-        arrow::util::pretty::pretty_format_batches(&got)
-            .unwrap()
-            .to_string(),
-        arrow::util::pretty::pretty_format_batches(&expected)
-            .unwrap()
-            .to_string()
-    );
+    assert_eq!(text(&got), text(&expected));
 }
 
 /// Answers a name with the addresses it is given (none: the name does not
@@ -378,13 +395,7 @@ async fn a_querys_memory_limit_travels_to_its_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn iceberg_scans_read_by_field_id_run_on_the_workers() {
     use datafusion::common::tree_node::TreeNode;
-    let dir = fixture_mesh().await;
-    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
-        .await
-        .unwrap();
-    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
-        .await
-        .unwrap();
+    let (_dir, single, cluster, verifiers) = single_and_cluster().await;
     let sql = "SELECT s.region, count(*) AS n, count(DISTINCT o.customer_id) AS customers \
                FROM logistics.shipments s JOIN sales.orders o USING (order_id) \
                GROUP BY s.region ORDER BY s.region";
@@ -414,11 +425,6 @@ async fn iceberg_scans_read_by_field_id_run_on_the_workers() {
     let before: Vec<u64> = verifiers.iter().map(|v| v.accepted()).collect();
     let got = run(&session, sql).await.unwrap();
     let expected = run(&ana(&single), sql).await.unwrap();
-    let text = |b: &[arrow::record_batch::RecordBatch]| {
-        arrow::util::pretty::pretty_format_batches(b)
-            .unwrap()
-            .to_string()
-    };
     assert_eq!(text(&got), text(&expected));
     assert!(!got.is_empty());
     for (v, b) in verifiers.iter().zip(before) {
@@ -441,11 +447,6 @@ async fn a_split_scan_never_feeds_an_aggregate_that_needs_all_its_rows() {
     let (cluster, _verifiers) = meshq_tests::fixture_cluster_engine_with(dir.path(), config)
         .await
         .unwrap();
-    let text = |b: &[arrow::record_batch::RecordBatch]| {
-        arrow::util::pretty::pretty_format_batches(b)
-            .unwrap()
-            .to_string()
-    };
     let q15 = "WITH r AS (SELECT customer_id, sum(amount) AS s FROM payments.transactions GROUP BY customer_id) \
                SELECT customer_id, s FROM r WHERE s = (SELECT max(s) FROM r) ORDER BY customer_id";
     assert!(
@@ -483,13 +484,7 @@ async fn a_split_scan_never_feeds_an_aggregate_that_needs_all_its_rows() {
 async fn a_cluster_computes_an_aggregation_named_twice_in_its_stages() {
     use datafusion::common::tree_node::TreeNode;
     use meshq_engine::shared_subplan::SharedExec;
-    let dir = fixture_mesh().await;
-    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
-        .await
-        .unwrap();
-    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
-        .await
-        .unwrap();
+    let (dir, single, cluster, verifiers) = single_and_cluster().await;
     let shares = |query: &meshq_engine::PhysicalQuery| {
         query.plan.exists(|p| Ok(p.is::<SharedExec>())).unwrap()
     };
@@ -516,11 +511,6 @@ async fn a_cluster_computes_an_aggregation_named_twice_in_its_stages() {
     let alone_on_one = physical(&one, "pat", sql, None).await;
     assert!(shares(&alone_on_one) && !distributed(&alone_on_one));
 
-    let text = |b: &[arrow::record_batch::RecordBatch]| {
-        arrow::util::pretty::pretty_format_batches(b)
-            .unwrap()
-            .to_string()
-    };
     let pat = |engine: &meshq_engine::Engine| {
         engine.session(&engine.mesh().config.principal("pat").unwrap())
     };
@@ -536,29 +526,18 @@ async fn a_cluster_computes_an_aggregation_named_twice_in_its_stages() {
     );
 }
 
+/// A join whose build side is the few orders under 20: its dynamic filter
+/// drops most orders on the probe side.
+const JOIN_WITH_FEW_KEYS: &str = "SELECT count(*) AS n FROM sales.orders o JOIN (SELECT order_id AS k FROM sales.orders WHERE total_amount < 20) s ON o.order_id = s.k";
+
 /// A join's dynamic filter travels with the scan node of its stage: on a
 /// worker, the scan waits for it and applies it to the rows its format
 /// yields, as a single node does, and the answer does not change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
-    let dir = fixture_mesh().await;
-    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
-        .await
-        .unwrap();
-    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
-        .await
-        .unwrap();
-    let sql = "SELECT count(*) AS n FROM sales.orders o JOIN (SELECT order_id AS k FROM sales.orders WHERE total_amount < 20) s ON o.order_id = s.k";
-    let text = |b: &[arrow::record_batch::RecordBatch]| {
-        arrow::util::pretty::pretty_format_batches(b)
-            .unwrap()
-            .to_string()
-    };
-    let admin = |engine: &meshq_engine::Engine| {
-        let mut pat = engine.mesh().config.principal("pat").unwrap();
-        pat.roles.insert("admin".into());
-        engine.session(&pat)
-    };
+    let (_dir, single, cluster, verifiers) = single_and_cluster().await;
+    let sql = JOIN_WITH_FEW_KEYS;
+    let admin = admin_pat;
     let expected = run(&admin(&single), sql).await.unwrap();
     let before: Vec<u64> = verifiers.iter().map(|v| v.accepted()).collect();
     let analyzed = text(
@@ -572,12 +551,7 @@ async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
     );
     // The probe side's scan, in a worker's stage, drops orders the join's
     // keys leave out (those its file scan did not prune already).
-    let stage = analyzed
-        .split_once("Stage 2 ──")
-        .and_then(|(_, s)| s.split_once("Stage 1 ──"))
-        .map(|(s, _)| s)
-        .unwrap_or_else(|| panic!("no worker stages: {analyzed}"));
-    let metrics = stage
+    let metrics = stage(&analyzed, 2)
         .split_once("MeshScanExec: table=sales.orders, metrics=[dynamic_filter_rows_pruned=")
         .and_then(|(_, rest)| rest.split(']').next())
         .unwrap_or_else(|| panic!("the scan in the join's stage pruned nothing: {analyzed}"));
@@ -606,11 +580,7 @@ async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
         .unwrap();
     let next = cluster.session_for(session.data());
     let analyzed = text(&run(&next, &format!("EXPLAIN ANALYZE {sql}")).await.unwrap());
-    let stage = analyzed
-        .split_once("Stage 2 ──")
-        .and_then(|(_, s)| s.split_once("Stage 1 ──"))
-        .map(|(s, _)| s)
-        .unwrap_or_else(|| panic!("no worker stages: {analyzed}"));
+    let stage = stage(&analyzed, 2);
     assert!(
         stage.contains("MeshScanExec: table=sales.orders, metrics=[dynamic_filter_rows_pruned=")
             && !stage.contains("join_filter_wait="),
@@ -629,24 +599,11 @@ async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
 /// node's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scan_below_a_shuffle_never_waits_for_the_join_above_it() {
-    let dir = fixture_mesh().await;
-    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
-        .await
-        .unwrap();
-    let (cluster, _) = meshq_tests::fixture_cluster_engine(dir.path())
-        .await
-        .unwrap();
-    let text = |b: &[arrow::record_batch::RecordBatch]| {
-        arrow::util::pretty::pretty_format_batches(b)
-            .unwrap()
-            .to_string()
-    };
+    let (_dir, single, cluster, _) = single_and_cluster().await;
     let partitioned = |engine: &meshq_engine::Engine| {
         let engine = engine.clone();
         async move {
-            let mut pat = engine.mesh().config.principal("pat").unwrap();
-            pat.roles.insert("admin".into());
-            let session = engine.session(&pat);
+            let session = admin_pat(&engine);
             for set in [
                 "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
                 "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
@@ -656,7 +613,7 @@ async fn a_scan_below_a_shuffle_never_waits_for_the_join_above_it() {
             engine.session_for(session.data())
         }
     };
-    let sql = "SELECT count(*) AS n FROM sales.orders o JOIN (SELECT order_id AS k FROM sales.orders WHERE total_amount < 20) s ON o.order_id = s.k";
+    let sql = JOIN_WITH_FEW_KEYS;
     let expected = run(&partitioned(&single).await, sql).await.unwrap();
     let session = partitioned(&cluster).await;
     let analyzed = text(
