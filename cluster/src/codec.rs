@@ -164,8 +164,6 @@ impl PhysicalExtensionCodec for MeshCodec {
                     Some(ids) => read_by_field_id(input, ids)?,
                     None => input,
                 };
-                // Through the converter the whole stage is decoded with,
-                // which hands out one filter per id.
                 // A scan with policies for its principal sits under a
                 // barrier that lets no filter through: one that carries
                 // filters was not made by a coordinator.
@@ -174,9 +172,10 @@ impl PhysicalExtensionCodec for MeshCodec {
                         "the scan of {table} has policies and carries dynamic filters"
                     )));
                 }
-                // The filters were encoded before the plan ran (a join's
-                // placeholder, or columns and literals): meshq's codec is
-                // all they need.
+                // Through the converter the whole stage is decoded with,
+                // which hands out one filter per id. The filters were
+                // encoded before the plan ran (a join's placeholder, or
+                // columns and literals): meshq's codec is all they need.
                 let decode = PhysicalPlanDecodeContext::new(ctx, self);
                 let schema = input.schema();
                 let filters = dynamic_filters

@@ -6,7 +6,6 @@
 //! share of an input that must be whole, is planned again to run in this
 //! process, never sent in part.
 
-use meshq_connectors::mesh_scan::ScanOptions;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,6 +20,7 @@ use datafusion_distributed::{
     DistributedExec, DistributedExt, DistributedLeafExec, MaybeEncoded, NetworkBoundaryExt,
     SessionStateBuilderExt,
 };
+use meshq_connectors::mesh_scan::ScanOptions;
 use meshq_engine::policy::governed::GovernedTables;
 use meshq_engine::policy::verify::{StageReader, verify_stages};
 use std::sync::atomic::{AtomicU64, Ordering};
