@@ -15,8 +15,8 @@ import tempfile
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import meshq_binary
@@ -68,11 +68,29 @@ def browser():
     driver.quit()
 
 
+def replaced(page):
+    """Whether `page` (an element of the old document) is gone. Chrome
+    answers a look at a node of a document it is replacing either with a
+    stale-element error or with an inspector error saying the node does
+    not belong to the document: both mean the next page arrived."""
+    def check(_driver):
+        try:
+            page.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+    return check
+
+
 def click(driver, element):
     """Clicks and waits for the next page to replace this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 10).until(replaced(page))
 
 
 def shot(driver, name):
