@@ -87,13 +87,7 @@ async fn load(root: &Path) -> Engine {
 
 /// Errors only, as `meshq validate` prints them (`file[:line]: error: …`).
 async fn errors(root: &Path) -> Vec<String> {
-    load(root)
-        .await
-        .problems()
-        .iter()
-        .filter(|p| p.is_error())
-        .map(ToString::to_string)
-        .collect()
+    crate::common::error_problems(&load(root).await)
 }
 
 async fn served(root: &Path) -> Vec<String> {
@@ -622,12 +616,7 @@ async fn an_unreadable_global_policy_set_makes_every_table_unreadable() {
         "apiVersion: v1\nkind: GovernancePolicySet\nid: set\npolicies: [\n",
     );
     let engine = load(dir.path()).await;
-    let errors: Vec<String> = engine
-        .problems()
-        .iter()
-        .filter(|p| p.is_error())
-        .map(ToString::to_string)
-        .collect();
+    let errors = crate::common::error_problems(&engine);
     assert!(
         errors.iter().any(|e| e.contains(
             "governance/pii.policy.yaml: error: this global policy set has errors: every table is unreadable until it is fixed (fail closed)"

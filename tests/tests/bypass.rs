@@ -372,12 +372,7 @@ async fn settings_for_every_session_serve_no_raw_value_to_a_restricted_principal
     let engine = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
         .await
         .unwrap();
-    let errors: Vec<String> = engine
-        .problems()
-        .iter()
-        .filter(|p| p.is_error())
-        .map(ToString::to_string)
-        .collect();
+    let errors = crate::common::error_problems(&engine);
     assert!(
         errors.len() == 1 && errors[0].contains("datafusion.explain.show_statistics"),
         "{errors:?}"
