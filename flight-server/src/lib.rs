@@ -20,6 +20,7 @@ pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod cancel;
+pub mod coalesce;
 pub mod error;
 pub mod lineage;
 pub mod metadata;
@@ -45,6 +46,7 @@ use std::time::UNIX_EPOCH;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::common::runtime::SpawnedTask;
+use futures::TryStreamExt;
 use meshq_engine::LiveEngine;
 use tracing::info;
 
@@ -316,7 +318,11 @@ pub async fn serve(
             // No Nagle delay: a Flight SQL call is a few small messages
             // each way, and Nagle's algorithm with delayed ACKs adds tens of
             // milliseconds to each round trip.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // Small HTTP/2 frames are gathered into larger writes
+            // (`coalesce`).
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map_ok(coalesce::CoalescedWrites::new),
             signal,
         );
     tokio::pin!(server);
