@@ -9,9 +9,10 @@
 //!
 //! Invariants:
 //! - Nothing stays buffered once the connection has nothing more to send.
-//!   A flush right after new bytes were accepted is deferred by one poll
-//!   of the connection's task (the task is woken at once); the next flush,
-//!   the next read, or a full buffer writes everything out. h2 reads and
+//!   A flush right after a whole 16 KiB frame was accepted is deferred by
+//!   one poll of the connection's task (the task is woken at once); the
+//!   next flush, the next read, or a full buffer writes everything out. A
+//!   flush after a shorter write (the end of a burst) writes at once. h2 reads and
 //!   flushes on every poll of a connection, and a TLS handshake reads after
 //!   its flush, so the deferred bytes go out on the very next poll.
 //! - Only writes smaller than [`SMALL_WRITE_BYTES`] are gathered. A larger
@@ -31,6 +32,12 @@ use tonic::transport::server::Connected;
 /// HTTP/2's default size.
 pub const COALESCE_BYTES: usize = 256 * 1024;
 
+/// HTTP/2's default frame size: h2 cuts a payload into frames of the
+/// peer's maximum size, so a write this large is most likely followed by
+/// another, and a smaller one (a payload's last frame, a control frame)
+/// ends a burst and is written out at once.
+pub const FULL_FRAME_BYTES: usize = 16 * 1024;
+
 /// Writes at least this large (a frame for a client that advertises large
 /// frames) are not gathered.
 pub const SMALL_WRITE_BYTES: usize = 64 * 1024;
@@ -44,6 +51,9 @@ pub struct CoalescedWrites<T> {
     written: usize,
     /// Bytes were accepted since the last flush was asked for.
     fresh: bool,
+    /// The last write accepted was a whole frame of HTTP/2's default size
+    /// (or a TLS record of one), so more are likely to follow.
+    last_full: bool,
 }
 
 impl<T> CoalescedWrites<T> {
@@ -54,6 +64,7 @@ impl<T> CoalescedWrites<T> {
             buf: Vec::new(),
             written: 0,
             fresh: false,
+            last_full: false,
         }
     }
 
@@ -91,6 +102,7 @@ impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {
             taken += b.len();
         }
         self.fresh = true;
+        self.last_full = taken >= FULL_FRAME_BYTES;
         taken
     }
 
@@ -139,7 +151,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.fresh && this.buf.len() < COALESCE_BYTES {
+        if this.fresh && this.last_full && this.buf.len() < COALESCE_BYTES {
             // More frames may follow within this poll of the connection;
             // the next flush writes them all. Wake the task so that there
             // is a next flush even if nothing else happens.
@@ -243,17 +255,29 @@ mod tests {
     #[tokio::test]
     async fn a_deferred_flush_wakes_the_task_and_the_next_one_writes() {
         let mut io = CoalescedWrites::new(Counting::default());
-        io.write_all(b"trailers").await.unwrap();
+        io.write_all(&frame(1)).await.unwrap();
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
         assert_eq!(
             io.inner.writes, 0,
-            "first flush after new bytes is deferred"
+            "a flush after a whole frame is deferred"
         );
         assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
-        assert_eq!(io.inner.data, b"trailers");
+        assert_eq!(io.inner.data, frame(1));
         assert_eq!(io.buffered(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_short_write_ends_a_burst_and_is_flushed_at_once() {
+        let mut io = CoalescedWrites::new(Counting::default());
+        io.write_all(&frame(1)).await.unwrap();
+        io.flush().await.unwrap();
+        io.write_all(b"last frame of a payload").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(io.buffered(), 0);
+        assert_eq!(io.inner.writes, 1, "both frames in one write");
+        assert_eq!(io.inner.data.len(), frame(1).len() + 23);
     }
 
     #[tokio::test]
@@ -286,14 +310,14 @@ mod tests {
         let server = tokio::spawn(async move {
             let (socket, _) = listener.accept().await.unwrap();
             let mut io = CoalescedWrites::new(socket);
-            io.write_all(b"hello").await.unwrap();
+            io.write_all(&frame(0)).await.unwrap();
             io.flush().await.unwrap();
             let mut answer = [0u8; 6];
             io.read_exact(&mut answer).await.unwrap();
             answer
         });
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut hello = [0u8; 5];
+        let mut hello = vec![0u8; frame(0).len()];
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
             client.read_exact(&mut hello),
@@ -301,7 +325,7 @@ mod tests {
         .await
         .expect("the server's bytes never left its buffer")
         .unwrap();
-        assert_eq!(&hello, b"hello");
+        assert_eq!(hello, frame(0));
         client.write_all(b"answer").await.unwrap();
         assert_eq!(&server.await.unwrap(), b"answer");
     }
