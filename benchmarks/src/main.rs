@@ -244,10 +244,21 @@ type Row = (String, Vec<(Timing, Vec<String>)>);
 
 /// Per-query timings of several runners, in columns.
 async fn run_queries(args: &Args, runners: &[(&str, Runner)]) -> Result<Vec<Row>> {
+    run_queries_with(args, runners, &|_| Ok(())).await
+}
+
+/// [`run_queries`], calling `before(i)` ahead of runner `i`'s runs of each
+/// query, outside the time measured.
+async fn run_queries_with(
+    args: &Args,
+    runners: &[(&str, Runner)],
+    before: &(dyn Fn(usize) -> Result<()> + Sync),
+) -> Result<Vec<Row>> {
     let mut table = Vec::new();
     for (name, sql) in QUERIES {
         let mut cells = Vec::new();
-        for (label, r) in runners {
+        for (i, (label, r)) in runners.iter().enumerate() {
+            before(i)?;
             let (t, batches) = measure(args.warmup, args.runs, || r.run(sql))
                 .await
                 .with_context(|| format!("{name} on {label}"))?;
@@ -444,14 +455,31 @@ async fn distributed(
             "single node (core 0)",
             "1 worker (core 1)",
             "2 workers (cores 0, 1)",
+            "single node (cores 0, 1)",
         ];
-        let table = run_queries(
+        // The last runner is the single node again, on the two workers'
+        // cores: what two cores give one process, the ceiling for two
+        // one-core workers.
+        let both = "0-1";
+        let current = std::sync::Mutex::new("0");
+        let pin = |i: usize| -> Result<()> {
+            let want = if i == 3 { both } else { "0" };
+            let mut current = current.lock().expect("pinning lock");
+            if *current != want {
+                runners::pin_this_process(want)?;
+                *current = want;
+            }
+            Ok(())
+        };
+        let table = run_queries_with(
             args,
             &[
                 (labels[0], Runner::Meshq(runners::session(&single, "exempt")?)),
                 (labels[1], Runner::Meshq(runners::session(&one, "exempt")?)),
                 (labels[2], Runner::Meshq(runners::session(&two, "exempt")?)),
+                (labels[3], Runner::Meshq(runners::session(&single, "exempt")?)),
             ],
+            &pin,
         )
         .await?;
         let total = |i: usize| -> f64 {
@@ -463,19 +491,20 @@ async fn distributed(
         writeln!(
             out,
             "## Distributed (datafusion-distributed; exempt principal, split mesh)\n\n\
-The coordinator is this process, pinned to core 0 with `taskset`; each worker is a process of its own pinned to one core (`meshq-bench --serve-worker`), reached over loopback with the cluster credential. The single node is this process alone on core 0. Coordinator settings: {}.\n",
+The coordinator is this process, pinned to core 0 with `taskset`; each worker is a process of its own pinned to one core (`meshq-bench --serve-worker`), reached over loopback with the cluster credential. The single node is this process alone on core 0, and again on cores 0 and 1 (re-pinned before each of its queries, outside the time measured): what two cores give one process, the ceiling for two one-core workers. Coordinator settings: {}.\n",
             if args.cluster_set.is_empty() {
                 "datafusion-distributed's defaults".to_string()
             } else {
                 args.cluster_set.join(", ")
             }
         )?;
-        let differ = write_table(out, &labels, &table, 0, &[1, 2])?;
+        let differ = write_table(out, &labels, &table, 0, &[1, 2, 3])?;
         writeln!(
             out,
-            "Speed-up of 2 workers over 1 worker (total of medians): **{:.2}×**; a 1-worker cluster against the single node: **{:.3}×**.\n",
+            "Speed-up of 2 workers over 1 worker (total of medians): **{:.2}×**; a 1-worker cluster against the single node: **{:.3}×**; the single node on two cores over one core: **{:.2}×**.\n",
             total(1) / total(2),
             total(1) / total(0),
+            total(0) / total(3),
         )?;
         Ok::<_, anyhow::Error>(differ)
     }
