@@ -11,10 +11,11 @@
 //! - Nothing stays buffered once the connection has nothing more to send.
 //!   A flush right after a whole 16 KiB frame was accepted is deferred by
 //!   one poll of the connection's task (the task is woken at once); the
-//!   next flush, the next read, or a full buffer writes everything out. A
-//!   flush after a shorter write (the end of a burst) writes at once. h2 reads and
-//!   flushes on every poll of a connection, and a TLS handshake reads after
-//!   its flush, so the deferred bytes go out on the very next poll.
+//!   next flush, the next read, or a full buffer writes everything out.
+//!   h2 reads and flushes on every poll of a connection, and a TLS
+//!   handshake reads after its flush, so the deferred bytes go out on the
+//!   very next poll. A flush after a shorter write (the end of a burst)
+//!   writes at once.
 //! - Only writes smaller than [`SMALL_WRITE_BYTES`] are gathered. A larger
 //!   one (a frame for a client that advertises large frames) goes to the
 //!   socket directly, without a copy, after what is buffered.
