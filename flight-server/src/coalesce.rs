@@ -302,14 +302,20 @@ mod tests {
         assert_eq!(io.inner.data, b"last frame");
     }
 
+    /// Both ends of a loopback TCP connection: (accepted, connecting).
+    async fn connected() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        (accepted.unwrap().0, client.unwrap())
+    }
+
     #[tokio::test]
     async fn a_read_after_a_deferred_flush_sends_what_is_buffered() {
         // As a TLS handshake does: write, flush once, then wait for the
         // peer's answer, which it sends only after reading ours.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (socket, mut client) = connected().await;
         let server = tokio::spawn(async move {
-            let (socket, _) = listener.accept().await.unwrap();
             let mut io = CoalescedWrites::new(socket);
             io.write_all(&frame(0)).await.unwrap();
             io.flush().await.unwrap();
@@ -317,7 +323,6 @@ mod tests {
             io.read_exact(&mut answer).await.unwrap();
             answer
         });
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut hello = vec![0u8; frame(0).len()];
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
@@ -333,10 +338,8 @@ mod tests {
 
     #[tokio::test]
     async fn over_a_socket_every_byte_arrives() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (socket, mut client) = connected().await;
         let sender = tokio::spawn(async move {
-            let (socket, _) = listener.accept().await.unwrap();
             let mut io = CoalescedWrites::new(socket);
             for i in 0..100 {
                 io.write_all(&frame(i)).await.unwrap();
@@ -345,7 +348,6 @@ mod tests {
             io.flush().await.unwrap();
             io.shutdown().await.unwrap();
         });
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         sender.await.unwrap();

@@ -19,13 +19,24 @@ async fn single_and_cluster() -> (
     Vec<meshq_cluster::Verifier>,
 ) {
     let dir = fixture_mesh().await;
-    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
-        .await
-        .unwrap();
-    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir.path())
-        .await
-        .unwrap();
+    let (single, cluster, verifiers) = engines_over(dir.path()).await;
     (dir, single, cluster, verifiers)
+}
+
+/// The mesh in `dir` as a single node and as the coordinator of two
+/// in-process workers, with their verifiers.
+async fn engines_over(
+    dir: &std::path::Path,
+) -> (
+    meshq_engine::Engine,
+    meshq_engine::Engine,
+    Vec<meshq_cluster::Verifier>,
+) {
+    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir))
+        .await
+        .unwrap();
+    let (cluster, verifiers) = meshq_tests::fixture_cluster_engine(dir).await.unwrap();
+    (single, cluster, verifiers)
 }
 
 /// `batches` as a table.
@@ -232,12 +243,7 @@ async fn plans_reading_a_coordinators_own_copy_stay_on_the_coordinator() {
         "sales/orders.odps.yaml",
         Some("{ engine: parquet }"),
     );
-    let single = meshq_engine::Engine::load(meshq_tests::fixture_engine_config(dir.path()))
-        .await
-        .unwrap();
-    let (cluster, _) = meshq_tests::fixture_cluster_engine(dir.path())
-        .await
-        .unwrap();
+    let (single, cluster, _) = engines_over(dir.path()).await;
     for engine in [&single, &cluster] {
         engine.refresh_accelerations().await;
         assert!(
