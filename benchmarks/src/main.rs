@@ -91,6 +91,17 @@ struct Args {
     /// beside a second engine with the defaults as a control.
     #[arg(long = "sweep", value_name = "KEY=VALUE")]
     sweep: Vec<String>,
+    /// Run only these TPC-H queries (`q7,q21`) in the measurements that
+    /// time the 22 one by one (policy, format, flight, peers,
+    /// distributed, settings); all 22 by default. Totals are then over
+    /// these queries only.
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<String>,
+    /// Print each query's plan (`EXPLAIN`, as the runner's principal) on
+    /// each runner to standard error before timing it; with workers, the
+    /// stages and where each runs.
+    #[arg(long)]
+    explain: bool,
     /// Serve as a cluster worker over this mesh directory (started by the
     /// `distributed` measurement itself, pinned to a core).
     #[arg(long, hide = true)]
@@ -122,6 +133,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The TPC-H queries `--queries` names, in their order; all 22 without it.
+fn chosen_queries(args: &Args) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+    QUERIES
+        .into_iter()
+        .filter(|(name, _)| args.queries.is_empty() || args.queries.iter().any(|q| q == name))
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -143,10 +161,17 @@ async fn run(args: &Args) -> Result<String> {
     });
     let partitions = args.partitions.unwrap_or_else(cores);
     let want = |m: &str| args.only.iter().any(|o| o == m);
+    if let Some(q) = args
+        .queries
+        .iter()
+        .find(|q| !QUERIES.iter().any(|(name, _)| name == q))
+    {
+        anyhow::bail!("--queries: `{q}` is not a TPC-H query (q1 … q22)");
+    }
     let mut out = String::new();
     writeln!(
         out,
-        "# meshq-bench\n\nscale factor {}, {} measured runs after {} warm-up, target partitions {partitions}, {} cores{}\n",
+        "# meshq-bench\n\nscale factor {}, {} measured runs after {} warm-up, target partitions {partitions}, {} cores{}{}\n",
         args.sf,
         args.runs,
         args.warmup,
@@ -155,6 +180,11 @@ async fn run(args: &Args) -> Result<String> {
             String::new()
         } else {
             format!("; meshq settings: {}", args.set.join(", "))
+        },
+        if args.queries.is_empty() {
+            String::new()
+        } else {
+            format!("; queries {} only", args.queries.join(", "))
         }
     )?;
     let ds = Dataset::new(&root, args.sf);
@@ -255,10 +285,20 @@ async fn run_queries_with(
     before: &(dyn Fn(usize) -> Result<()> + Sync),
 ) -> Result<Vec<Row>> {
     let mut table = Vec::new();
-    for (name, sql) in QUERIES {
+    for (name, sql) in chosen_queries(args) {
         let mut cells = Vec::new();
         for (i, (label, r)) in runners.iter().enumerate() {
             before(i)?;
+            if args.explain {
+                let plan = r
+                    .run(&format!("EXPLAIN {sql}"))
+                    .await
+                    .with_context(|| format!("EXPLAIN {name} on {label}"))?;
+                eprintln!(
+                    "EXPLAIN {name} on {label}:\n{}",
+                    arrow::util::pretty::pretty_format_batches(&plan)?
+                );
+            }
             let (t, batches) = measure(args.warmup, args.runs, || r.run(sql))
                 .await
                 .with_context(|| format!("{name} on {label}"))?;
@@ -402,11 +442,20 @@ async fn distributed(
     out: &mut String,
 ) -> Result<usize> {
     let mesh = ds.mesh_split();
+    // The single node plans as a coordinator does: it orders joins by
+    // estimate unless `--set` says otherwise.
+    const REORDER: &str = "meshq_plan.reorder_joins";
+    let reorder = runners::SETTINGS
+        .get()
+        .and_then(|s| s.iter().rev().find(|(k, _)| k == REORDER))
+        .map_or_else(|| "true".to_string(), |(_, v)| v.clone());
+    let single_settings = [(REORDER, reorder.as_str())];
+    let single_node = || runners::engine_with(&mesh, partitions, None, &single_settings);
     // Before pinning: the count follows this process's affinity.
     let all = cores();
     let pinned = all >= 2 && runners::pin_this_process("0").is_ok();
     if !pinned {
-        let single = runners::engine(&mesh, partitions).await?;
+        let single = single_node().await?;
         let one = runners::cluster_engine(&mesh, partitions, 1).await?;
         let two = runners::cluster_engine(&mesh, partitions, 2).await?;
         let labels = ["single node", "1 worker", "2 workers"];
@@ -431,7 +480,7 @@ async fn distributed(
     let result = async {
         let one_worker = runners::pinned_workers(&mesh, &[1])?;
         let two_workers = runners::pinned_workers(&mesh, &[0, 1])?;
-        let single = runners::engine(&mesh, partitions).await?;
+        let single = single_node().await?;
         let settings = args
             .cluster_set
             .iter()
@@ -491,9 +540,9 @@ async fn distributed(
         writeln!(
             out,
             "## Distributed (datafusion-distributed; exempt principal, split mesh)\n\n\
-The coordinator is this process, pinned to core 0 with `taskset`; each worker is a process of its own pinned to one core (`meshq-bench --serve-worker`), reached over loopback with the cluster credential. The single node is this process alone on core 0, and again on cores 0 and 1 (re-pinned before each of its queries, outside the time measured): what two cores give one process, the ceiling for two one-core workers. Coordinator settings: {}.\n",
+The coordinator is this process, pinned to core 0 with `taskset`; each worker is a process of its own pinned to one core (`meshq-bench --serve-worker`), reached over loopback with the cluster credential. The single node is this process alone on core 0, and again on cores 0 and 1 (re-pinned before each of its queries, outside the time measured): what two cores give one process, the ceiling for two one-core workers. The single node orders joins as the coordinator does (`{REORDER}={reorder}`). Coordinator settings: {}.\n",
             if args.cluster_set.is_empty() {
-                "datafusion-distributed's defaults".to_string()
+                "meshq's defaults".to_string()
             } else {
                 args.cluster_set.join(", ")
             }
@@ -711,7 +760,7 @@ async fn flight_sql(args: &Args, ds: &Dataset, partitions: usize, out: &mut Stri
     }
     let (mut total_in, mut total_flight, mut total_duckdb) = (0.0, 0.0, 0.0);
     let range = |t: &Timing| format!("{} ({}–{})", ms(t.median()), ms(t.min()), ms(t.max()));
-    for (name, sql) in QUERIES {
+    for (name, sql) in chosen_queries(args) {
         let (mut t_in, mut t_fl, mut t_dk) =
             (Timing::default(), Timing::default(), Timing::default());
         let mut n = 0;

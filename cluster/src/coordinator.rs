@@ -30,6 +30,10 @@ use crate::codec::MeshCodec;
 use crate::transport::{AuthChannelResolver, Workers};
 use crate::travel::{MaskFunctions, QueryBudget, SessionSettings};
 
+/// datafusion-distributed's setting of how stages' rows are compressed
+/// between processes; meshq's default is `none`.
+const COMPRESSION: &str = "distributed.compression";
+
 /// Distributes the plans of every mesh version over `workers`.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -55,6 +59,14 @@ impl Coordinator {
         resolver: AuthChannelResolver,
         settings: Vec<(String, String)>,
     ) -> Result<Self, String> {
+        let mut settings = settings;
+        if !settings.iter().any(|(k, _)| k == COMPRESSION) {
+            // Stages' rows cross the network uncompressed unless the
+            // settings ask for LZ4 or ZSTD: compressing costs the CPU
+            // the stages run on, and saves time only on a network
+            // slower than the compressor (BENCHMARKS.md).
+            settings.insert(0, (COMPRESSION.to_string(), "none".to_string()));
+        }
         let check = SessionStateBuilder::new()
             .with_distributed_planner()
             .build();
@@ -68,6 +80,12 @@ impl Coordinator {
             options
                 .set(key, value)
                 .map_err(|e| format!("cluster.settings: `{key}`: {e}"))?;
+            if key == COMPRESSION && !["lz4", "zstd", "none"].contains(&value.trim()) {
+                // The library reads it only on the workers, per stage.
+                return Err(format!(
+                    "cluster.settings: `{key}: {value}` is not a compression: write lz4, zstd or none"
+                ));
+            }
             if key == "distributed.dynamic_task_count" && value.trim() != "false" {
                 // Stages and split scans would be made when the query
                 // runs, after the plan verifier's second check.
@@ -663,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn stages_made_when_the_query_runs_are_refused() {
+    fn settings_default_to_no_compression_and_refuse_stages_made_when_the_query_runs() {
         let coordinator = |settings: &[(&str, &str)]| {
             Coordinator::new(
                 Workers::new(vec![]),
@@ -674,6 +692,20 @@ mod tests {
                     .collect(),
             )
         };
+        // Stages' rows travel uncompressed unless the settings say.
+        let compression = |c: &Coordinator| -> Vec<String> {
+            c.settings
+                .iter()
+                .filter(|(k, _)| k == COMPRESSION)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        assert_eq!(compression(&coordinator(&[]).unwrap()), ["none"]);
+        assert_eq!(
+            compression(&coordinator(&[(COMPRESSION, "lz4")]).unwrap()),
+            ["lz4"]
+        );
+        assert!(coordinator(&[(COMPRESSION, "brotli")]).is_err());
         let e = coordinator(&[("distributed.dynamic_task_count", "true")]).unwrap_err();
         assert!(e.contains("cannot be turned on"), "{e}");
         assert!(coordinator(&[("distributed.dynamic_task_count", "false")]).is_ok());

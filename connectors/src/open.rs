@@ -182,9 +182,10 @@ datafusion::common::extensions_options! {
     pub struct PlanOptions {
         /// Order inner joins by estimated size (row counts, filters and
         /// primary keys) instead of the order the query names the tables.
-        /// Off by default: on TPC-H SF1 it made q7 1.7 times faster but q8
-        /// 12-15 % slower, and the 22 queries only 1.3 % faster
-        /// (BENCHMARKS.md).
+        /// Off by default on a single node: on TPC-H SF1 it made q7 1.7
+        /// times faster but q8 12-15 % slower, and the 22 queries only
+        /// 1.3 % faster. On by default for a coordinator with workers,
+        /// where a bad order's rows cross the network (BENCHMARKS.md).
         pub reorder_joins: bool, default = false
         /// Compute an aggregation the query names more than once (a
         /// `WITH` clause used twice) once, and hand its rows to every use.

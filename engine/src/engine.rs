@@ -973,6 +973,19 @@ fn session_config(
     if let Some(n) = config.target_partitions {
         session_config = session_config.with_target_partitions(n);
     }
+    if config.distribution.is_some() {
+        // A coordinator orders joins by estimate unless `settings` say
+        // otherwise: across workers, every row of a join's intermediate
+        // result that a bad order makes is shuffled over the network
+        // (BENCHMARKS.md, "the cluster orders its joins").
+        if let Some(plan) = session_config
+            .options_mut()
+            .extensions
+            .get_mut::<PlanOptions>()
+        {
+            plan.reorder_joins = true;
+        }
+    }
     if memory_bounded {
         // Under a memory budget, joins must be able to spill: DataFusion's
         // hash join cannot, its sort-merge join can.

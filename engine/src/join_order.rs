@@ -26,9 +26,11 @@
 //! first join that has all its columns. A leaf behind row filters that
 //! hide rows from the principal has no known size, so the total a policy
 //! hides never steers a plan. The result is projected back to
-//! the original columns in their order. The rule is off unless a session
-//! turns it on (`SET meshq_plan.reorder_joins = true`): without distinct
-//! counts its estimates do not beat the order of well-written queries.
+//! the original columns in their order. On a single node the rule is off
+//! unless a session turns it on (`SET meshq_plan.reorder_joins = true`):
+//! without distinct counts its estimates do not beat the order of
+//! well-written queries. A coordinator with workers turns it on by
+//! default, since the rows a bad order makes are shuffled between them.
 
 use std::collections::HashSet;
 use std::sync::Arc;

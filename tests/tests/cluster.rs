@@ -641,3 +641,29 @@ async fn a_scan_below_a_shuffle_never_waits_for_the_join_above_it() {
     assert!(!analyzed.contains("join_filter_wait"), "{analyzed}");
     assert_eq!(text(&run(&session, sql).await.unwrap()), text(&expected));
 }
+
+/// A coordinator orders joins by estimate unless its settings say
+/// otherwise; a single node keeps the order the query names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_orders_joins_by_estimate_unless_told_not_to() {
+    let (dir, single, cluster, _) = single_and_cluster().await;
+    let reorders = |engine: &meshq_engine::Engine| {
+        engine
+            .session_config()
+            .options()
+            .extensions
+            .get::<meshq_engine::join_order::PlanOptions>()
+            .unwrap()
+            .reorder_joins
+    };
+    assert!(!reorders(&single));
+    assert!(reorders(&cluster));
+    let mut config = meshq_tests::fixture_engine_config(dir.path());
+    config
+        .settings
+        .push(("meshq_plan.reorder_joins".into(), "false".into()));
+    let (told, _) = meshq_tests::fixture_cluster_engine_with(dir.path(), config)
+        .await
+        .unwrap();
+    assert!(!reorders(&told));
+}
