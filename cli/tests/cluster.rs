@@ -575,6 +575,21 @@ const SAME_ANSWERS: [&str; 6] = [
 /// node does, and the workers ran fragments of its plans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_answers_each_principal_as_one_node_does() {
+    answers_each_principal_as_one_node_does(2).await;
+}
+
+/// The same over three workers: stages get three tasks, and every worker
+/// runs fragments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_of_three_workers_answers_each_principal_as_one_node_does() {
+    answers_each_principal_as_one_node_does(3).await;
+}
+
+/// A coordinator over `n` worker processes answers ana, ben, gina and pat
+/// as a single node does (answers and refusals), each worker ran
+/// fragments (masked ones among them), and each statement is audited and
+/// counted once.
+async fn answers_each_principal_as_one_node_does(n: usize) {
     use super::flight::{login, start_on, text};
     use super::ops::try_query;
     // The answer, or the refusal (code and message): both must agree.
@@ -588,7 +603,7 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
         }
     }
     let (_dir, mesh) = cluster_demo_mesh();
-    let workers = [start_worker(&mesh, SECRET), start_worker(&mesh, SECRET)];
+    let workers: Vec<_> = (0..n).map(|_| start_worker(&mesh, SECRET)).collect();
     let urls = workers
         .iter()
         .map(|w| w.url.to_string())
@@ -663,7 +678,10 @@ async fn a_cluster_answers_each_principal_as_one_node_does() {
     assert_eq!(counted as usize, statements);
     // The cluster as the coordinator's metrics see it.
     let metrics = super::ops::scrape(&cluster);
-    assert_eq!(metrics.get("meshq_cluster_workers_answering"), Some(&2.0));
+    assert_eq!(
+        metrics.get("meshq_cluster_workers_answering"),
+        Some(&(n as f64))
+    );
     assert_eq!(metrics.get("meshq_cluster_plans_unverified"), Some(&0.0));
     assert_eq!(metrics.get("meshq_queries_run_again"), Some(&0.0));
 }
