@@ -475,7 +475,8 @@ async fn distributed(
             out,
             "## Distributed (datafusion-distributed; exempt principal, split mesh)\n\nNo `taskset` or one core: the coordinator and its workers share this process and its cores, over loopback. These ratios are the cost of going through the cluster, not a speed-up.\n"
         )?;
-        return write_table(out, &labels, &table, 0, &[1, 2]);
+        let differ = write_table(out, &labels, &table, 0, &[1, 2])?;
+        return Ok(differ + check_governed(args, &single, &two, out).await?);
     }
     let result = async {
         let one_worker = runners::pinned_workers(&mesh, &[1])?;
@@ -555,11 +556,45 @@ The coordinator is this process, pinned to core 0 with `taskset`; each worker is
             total(1) / total(0),
             total(0) / total(3),
         )?;
-        Ok::<_, anyhow::Error>(differ)
+        Ok::<_, anyhow::Error>(differ + check_governed(args, &single, &two, out).await?)
     }
     .await;
     runners::pin_this_process(&format!("0-{}", all - 1))?;
     result
+}
+
+/// With `--check`: each query once as the governed principal
+/// (`regional`, whose phones and addresses are hashed and customers
+/// filtered to one nation) on the single node and on the two-worker
+/// cluster; a line in the report, and the number of answers that differ.
+async fn check_governed(
+    args: &Args,
+    single: &meshq_engine::Engine,
+    cluster: &meshq_engine::Engine,
+    out: &mut String,
+) -> Result<usize> {
+    if !args.check {
+        return Ok(0);
+    }
+    let one = Runner::Meshq(runners::session(single, "regional")?);
+    let two = Runner::Meshq(runners::session(cluster, "regional")?);
+    let mut differ = Vec::new();
+    for (name, sql) in chosen_queries(args) {
+        let expected = fingerprint(&one.run(sql).await?);
+        if fingerprint(&two.run(sql).await?) != expected {
+            differ.push(name);
+        }
+    }
+    writeln!(
+        out,
+        "The governed principal (`regional`: hashed phones and addresses, one nation's customers), each query once on the single node and on 2 workers: {}.\n",
+        if differ.is_empty() {
+            "the same answers".to_string()
+        } else {
+            format!("**answers differ**: {}", differ.join(", "))
+        }
+    )?;
+    Ok(differ.len())
 }
 
 /// DataFusion settings tried one at a time against meshq's defaults.

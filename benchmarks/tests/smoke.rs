@@ -43,6 +43,12 @@ fn the_harness_answers_like_raw_datafusion() {
     ] {
         assert!(report.contains(section), "{report}");
     }
+    // The governed principal's answers on two workers were compared with
+    // the single node's, and matched (a difference fails the run).
+    assert!(
+        report.contains("each query once on the single node and on 2 workers: the same answers"),
+        "{report}"
+    );
     // With taskset and two cores, the cluster is worker processes pinned
     // to cores, and the report gives the speed-up.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
