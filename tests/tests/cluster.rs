@@ -658,12 +658,14 @@ async fn a_coordinator_orders_joins_by_estimate_unless_told_not_to() {
     };
     assert!(!reorders(&single));
     assert!(reorders(&cluster));
-    let mut config = meshq_tests::fixture_engine_config(dir.path());
-    config
-        .settings
-        .push(("meshq_plan.reorder_joins".into(), "false".into()));
-    let (told, _) = meshq_tests::fixture_cluster_engine_with(dir.path(), config)
+    // `meshq.yaml` `settings`, as an operator turns it off.
+    let platform = dir.path().join("meshq.yaml");
+    let text = std::fs::read_to_string(&platform).unwrap()
+        + "\nsettings: { meshq_plan.reorder_joins: false }\n";
+    std::fs::write(&platform, text).unwrap();
+    let (told, _) = meshq_tests::fixture_cluster_engine(dir.path())
         .await
         .unwrap();
+    assert_eq!(crate::common::error_problems(&told), Vec::<String>::new());
     assert!(!reorders(&told));
 }
