@@ -82,7 +82,8 @@ struct Args {
     check: bool,
     /// A datafusion-distributed setting of the `distributed` measurement's
     /// coordinator (`KEY=VALUE`; repeatable), e.g.
-    /// `distributed.compression=none`; the library's defaults otherwise.
+    /// `distributed.compression=lz4`; meshq's coordinator defaults
+    /// otherwise (the library's, but rows sent uncompressed).
     #[arg(long = "cluster-set", value_name = "KEY=VALUE")]
     cluster_set: Vec<String>,
     /// The `settings` measurement sweeps these DataFusion settings
@@ -442,14 +443,26 @@ async fn distributed(
     out: &mut String,
 ) -> Result<usize> {
     let mesh = ds.mesh_split();
-    // The single node plans as a coordinator does: it orders joins by
-    // estimate unless `--set` says otherwise.
-    const REORDER: &str = "meshq_plan.reorder_joins";
-    let reorder = runners::SETTINGS
-        .get()
-        .and_then(|s| s.iter().rev().find(|(k, _)| k == REORDER))
-        .map_or_else(|| "true".to_string(), |(_, v)| v.clone());
-    let single_settings = [(REORDER, reorder.as_str())];
+    // The single node plans as a coordinator does (it orders joins by
+    // estimate and broadcasts larger build sides), except where `--set`
+    // says otherwise: each ratio then compares the same plans.
+    let set = runners::SETTINGS.get().cloned().unwrap_or_default();
+    let single_settings: Vec<(&str, &str)> = meshq_engine::COORDINATOR_SETTINGS
+        .into_iter()
+        .filter(|(k, _)| !set.iter().any(|(s, _)| s == k))
+        .collect();
+    let as_coordinator = meshq_engine::COORDINATOR_SETTINGS
+        .iter()
+        .map(|(k, default)| {
+            let v = set
+                .iter()
+                .rev()
+                .find(|(s, _)| s == k)
+                .map_or(*default, |(_, v)| v.as_str());
+            format!("`{k}={v}`")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let single_node = || runners::engine_with(&mesh, partitions, None, &single_settings);
     // Before pinning: the count follows this process's affinity.
     let all = cores();
@@ -541,7 +554,7 @@ async fn distributed(
         writeln!(
             out,
             "## Distributed (datafusion-distributed; exempt principal, split mesh)\n\n\
-The coordinator is this process, pinned to core 0 with `taskset`; each worker is a process of its own pinned to one core (`meshq-bench --serve-worker`), reached over loopback with the cluster credential. The single node is this process alone on core 0, and again on cores 0 and 1 (re-pinned before each of its queries, outside the time measured): what two cores give one process, the ceiling for two one-core workers. The single node orders joins as the coordinator does (`{REORDER}={reorder}`). Coordinator settings: {}.\n",
+The coordinator is this process, pinned to core 0 with `taskset`; each worker is a process of its own pinned to one core (`meshq-bench --serve-worker`), reached over loopback with the cluster credential. The single node is this process alone on core 0, and again on cores 0 and 1 (re-pinned before each of its queries, outside the time measured): what two cores give one process, the ceiling for two one-core workers. The single node plans with the coordinator's settings ({as_coordinator}; `--set` changes them for both), so each ratio compares the same plans. Coordinator's datafusion-distributed settings: {}.\n",
             if args.cluster_set.is_empty() {
                 "meshq's defaults".to_string()
             } else {

@@ -40,6 +40,32 @@ use crate::storage_error::SourceInfo;
 pub const CATALOG: &str = "mesh";
 /// Per-session scratch schema (the default schema).
 pub const SCRATCH_SCHEMA: &str = "public";
+/// What a coordinator (an engine with workers) plans with before
+/// `meshq.yaml` `settings`, which can set each back. Across workers every
+/// row a join moves between partitions is a row sent over the network, so
+/// a coordinator
+/// - orders joins by estimate: a bad order makes large intermediate
+///   results that are shuffled;
+/// - collects a hash join's build side estimated under 32 MiB (2 M rows
+///   when no size is known), which across workers broadcasts it to every
+///   task, instead of shuffling both sides by the key; a single node
+///   keeps DataFusion's 1 MiB / 128 Ki rows, since its repartitions move
+///   rows between threads only.
+///
+/// BENCHMARKS.md, "the cluster orders its joins" and "broadcasts build
+/// sides up to 32 MiB", has the measurements.
+pub const COORDINATOR_SETTINGS: [(&str, &str); 3] = [
+    ("meshq_plan.reorder_joins", "true"),
+    (
+        "datafusion.optimizer.hash_join_single_partition_threshold",
+        "33554432",
+    ),
+    (
+        "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+        "2000000",
+    ),
+];
+
 /// Schema names no domain may take.
 pub const RESERVED_SCHEMAS: [&str; 3] = ["meta", SCRATCH_SCHEMA, "information_schema"];
 
@@ -974,16 +1000,8 @@ fn session_config(
         session_config = session_config.with_target_partitions(n);
     }
     if config.distribution.is_some() {
-        // A coordinator orders joins by estimate unless `settings` say
-        // otherwise: across workers, every row of a join's intermediate
-        // result that a bad order makes is shuffled over the network
-        // (BENCHMARKS.md, "the cluster orders its joins").
-        if let Some(plan) = session_config
-            .options_mut()
-            .extensions
-            .get_mut::<PlanOptions>()
-        {
-            plan.reorder_joins = true;
+        for (key, value) in COORDINATOR_SETTINGS {
+            session_config.options_mut().set(key, value)?;
         }
     }
     if memory_bounded {

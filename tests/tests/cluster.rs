@@ -645,7 +645,7 @@ async fn a_scan_below_a_shuffle_never_waits_for_the_join_above_it() {
 /// A coordinator orders joins by estimate unless its settings say
 /// otherwise; a single node keeps the order the query names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_coordinator_orders_joins_by_estimate_unless_told_not_to() {
+async fn a_coordinator_orders_joins_and_broadcasts_larger_build_sides_unless_told_not_to() {
     let (dir, single, cluster, _) = single_and_cluster().await;
     let reorders = |engine: &meshq_engine::Engine| {
         engine
@@ -656,16 +656,36 @@ async fn a_coordinator_orders_joins_by_estimate_unless_told_not_to() {
             .unwrap()
             .reorder_joins
     };
+    // The largest build side (bytes, rows) a join collects into one
+    // partition, which across workers is broadcast to every task.
+    let collects = |engine: &meshq_engine::Engine| {
+        let options = engine.session_config().options();
+        (
+            options.optimizer.hash_join_single_partition_threshold,
+            options.optimizer.hash_join_single_partition_threshold_rows,
+        )
+    };
     assert!(!reorders(&single));
     assert!(reorders(&cluster));
-    // `meshq.yaml` `settings`, as an operator turns it off.
+    assert_eq!(collects(&single), (1024 * 1024, 128 * 1024));
+    assert_eq!(collects(&cluster), (32 * 1024 * 1024, 2_000_000));
+    // A session of the coordinator plans with them too.
+    let session = cluster.session(&cluster.mesh().config.principal("ana").unwrap());
+    let state = session.context().state();
+    assert_eq!(
+        state.config().options().optimizer.hash_join_single_partition_threshold,
+        32 * 1024 * 1024
+    );
+    // `meshq.yaml` `settings`, as an operator turns them back.
     let platform = dir.path().join("meshq.yaml");
     let text = std::fs::read_to_string(&platform).unwrap()
-        + "\nsettings: { meshq_plan.reorder_joins: false }\n";
+        + "\nsettings: { meshq_plan.reorder_joins: false, \
+           datafusion.optimizer.hash_join_single_partition_threshold: 1048576 }\n";
     std::fs::write(&platform, text).unwrap();
     let (told, _) = meshq_tests::fixture_cluster_engine(dir.path())
         .await
         .unwrap();
     assert_eq!(crate::common::error_problems(&told), Vec::<String>::new());
     assert!(!reorders(&told));
+    assert_eq!(collects(&told), (1024 * 1024, 2_000_000));
 }
