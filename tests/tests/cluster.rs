@@ -659,10 +659,11 @@ async fn a_coordinator_orders_joins_and_broadcasts_larger_build_sides_unless_tol
     // The largest build side (bytes, rows) a join collects into one
     // partition, which across workers is broadcast to every task.
     let collects = |engine: &meshq_engine::Engine| {
-        let options = engine.session_config().options();
+        let config = engine.session_config();
+        let optimizer = &config.options().optimizer;
         (
-            options.optimizer.hash_join_single_partition_threshold,
-            options.optimizer.hash_join_single_partition_threshold_rows,
+            optimizer.hash_join_single_partition_threshold,
+            optimizer.hash_join_single_partition_threshold_rows,
         )
     };
     assert!(!reorders(&single));
@@ -673,7 +674,11 @@ async fn a_coordinator_orders_joins_and_broadcasts_larger_build_sides_unless_tol
     let session = cluster.session(&cluster.mesh().config.principal("ana").unwrap());
     let state = session.context().state();
     assert_eq!(
-        state.config().options().optimizer.hash_join_single_partition_threshold,
+        state
+            .config()
+            .options()
+            .optimizer
+            .hash_join_single_partition_threshold,
         32 * 1024 * 1024
     );
     // `meshq.yaml` `settings`, as an operator turns them back.
