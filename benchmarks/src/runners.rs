@@ -12,9 +12,14 @@ use meshq_engine::{Engine, EngineConfig, MeshSession};
 use crate::tpch::{Dataset, KEY_ENV, KEY_VALUE, TABLES};
 
 /// Raw DataFusion over the dataset's Parquet files: no meshq code at all,
-/// default settings but for the partition count.
+/// DataFusion's defaults but for the partition count and the settings
+/// every meshq engine starts from ([`meshq_engine::DEFAULT_SETTINGS`]), so
+/// that meshq's ratio to it is what meshq's own code costs.
 pub async fn raw_datafusion(ds: &Dataset, target_partitions: usize) -> Result<SessionContext> {
-    let config = SessionConfig::new().with_target_partitions(target_partitions);
+    let mut config = SessionConfig::new().with_target_partitions(target_partitions);
+    for (key, value) in meshq_engine::DEFAULT_SETTINGS {
+        config.options_mut().set(key, value)?;
+    }
     let ctx = SessionContext::new_with_config(config);
     for schema in ["sales", "customers", "supply"] {
         ctx.sql(&format!("CREATE SCHEMA {schema}")).await?;

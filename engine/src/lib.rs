@@ -37,8 +37,8 @@ pub mod statement;
 pub mod storage_error;
 
 pub use engine::{
-    AppliedPolicies, CATALOG, COORDINATOR_SETTINGS, Engine, EngineConfig, RESERVED_SCHEMAS,
-    SCRATCH_SCHEMA, ServedTable,
+    AppliedPolicies, CATALOG, COORDINATOR_SETTINGS, DEFAULT_SETTINGS, Engine, EngineConfig,
+    RESERVED_SCHEMAS, SCRATCH_SCHEMA, ServedTable,
 };
 pub use error::{Error, ErrorKind, Result, error_kind, error_message};
 pub use live::{LiveEngine, ReloadOutcome, ReloadStatus};
