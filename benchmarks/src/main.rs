@@ -444,8 +444,8 @@ async fn distributed(
 ) -> Result<usize> {
     let mesh = ds.mesh_split();
     // The single node plans as a coordinator does (it orders joins by
-    // estimate and broadcasts larger build sides), except where `--set`
-    // says otherwise: each ratio then compares the same plans.
+    // estimate), except where `--set` says otherwise: each ratio then
+    // compares the same plans.
     let set = runners::SETTINGS.get().cloned().unwrap_or_default();
     let single_settings: Vec<(&str, &str)> = meshq_engine::COORDINATOR_SETTINGS
         .into_iter()

@@ -643,7 +643,8 @@ async fn a_scan_below_a_shuffle_never_waits_for_the_join_above_it() {
 }
 
 /// A coordinator orders joins by estimate unless its settings say
-/// otherwise; a single node keeps the order the query names.
+/// otherwise; a single node keeps the order the query names. Both collect
+/// build sides up to 32 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coordinator_orders_joins_and_collects_build_sides_up_to_32_mib_unless_told_not_to() {
     let (dir, single, cluster, _) = single_and_cluster().await;
