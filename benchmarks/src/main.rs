@@ -103,6 +103,11 @@ struct Args {
     /// stages and where each runs.
     #[arg(long)]
     explain: bool,
+    /// Print each query's plan with its metrics (`EXPLAIN ANALYZE`, as
+    /// the runner's principal with the `admin` role: one more run, not
+    /// timed) on each runner to standard error after timing it.
+    #[arg(long)]
+    analyze: bool,
     /// Serve as a cluster worker over this mesh directory (started by the
     /// `distributed` measurement itself, pinned to a core).
     #[arg(long, hide = true)]
@@ -308,6 +313,16 @@ async fn run_queries_with(
                 ms(t.median()),
                 rows(&batches)
             );
+            if args.analyze {
+                let plan = r
+                    .analyze(sql)
+                    .await
+                    .with_context(|| format!("EXPLAIN ANALYZE {name} on {label}"))?;
+                eprintln!(
+                    "EXPLAIN ANALYZE {name} on {label}:\n{}",
+                    arrow::util::pretty::pretty_format_batches(&plan)?
+                );
+            }
             cells.push((t, fingerprint(&batches)));
         }
         table.push((name.to_string(), cells));

@@ -252,6 +252,25 @@ impl Runner {
             Self::Meshq(s) => s.sql(sql).await?.collect().await?,
         })
     }
+
+    /// `EXPLAIN ANALYZE` of `sql`: for meshq, as the same principal with
+    /// the `admin` role that statement asks for, on the same engine.
+    pub async fn analyze(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let sql = format!("EXPLAIN ANALYZE {sql}");
+        Ok(match self {
+            Self::Raw(ctx) => ctx.sql(&sql).await?.collect().await?,
+            Self::Meshq(s) => {
+                let mut admin = s.principal().clone();
+                admin.roles.insert("admin".into());
+                s.engine()
+                    .session(&admin)
+                    .sql(&sql)
+                    .await?
+                    .collect()
+                    .await?
+            }
+        })
+    }
 }
 
 /// Row count of a result.

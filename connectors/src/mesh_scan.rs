@@ -62,6 +62,10 @@ datafusion::common::extensions_options! {
         /// repeats the join's own work; on TPC-H SF1 applying them cost
         /// more than it saved (BENCHMARKS.md).
         pub dynamic_filter_probes: DynamicFilterProbes, default = DynamicFilterProbes::None
+        /// Under `dynamic_filter_probes = selective`, the share of the rows
+        /// it has seen (0 to 1) from which a scan partition stops applying
+        /// a filter that probes a hash table.
+        pub dynamic_filter_probe_max_kept: f64, default = 0.01
         /// How long, in milliseconds, a scan waits before its first batch
         /// for the dynamic filters of the hash joins above it to be
         /// complete (0: it does not wait). A scan that starts before a
@@ -90,6 +94,12 @@ pub enum DynamicFilterProbes {
     /// No filter that probes a hash table: `IN` lists, bounds, TopK.
     #[default]
     None,
+    /// Every filter, but a scan partition stops applying one that probes
+    /// a hash table once it keeps `meshq_scan.
+    /// dynamic_filter_probe_max_kept` of the rows it has seen
+    /// ([`LATE_FILTER_SAMPLE_ROWS`] at least): a probe repeats the join's
+    /// own work, which pays only when it drops nearly every row.
+    Selective,
 }
 
 impl std::str::FromStr for DynamicFilterProbes {
@@ -100,8 +110,9 @@ impl std::str::FromStr for DynamicFilterProbes {
             "all" => Ok(Self::All),
             "collect_left" => Ok(Self::CollectLeft),
             "none" => Ok(Self::None),
+            "selective" => Ok(Self::Selective),
             other => Err(DataFusionError::Configuration(format!(
-                "meshq_scan.dynamic_filter_probes: {other:?} is not none, collect_left or all"
+                "meshq_scan.dynamic_filter_probes: {other:?} is not none, collect_left, selective or all"
             ))),
         }
     }
@@ -113,6 +124,7 @@ impl fmt::Display for DynamicFilterProbes {
             Self::All => "all",
             Self::CollectLeft => "collect_left",
             Self::None => "none",
+            Self::Selective => "selective",
         })
     }
 }
@@ -120,8 +132,9 @@ impl fmt::Display for DynamicFilterProbes {
 config_field!(DynamicFilterProbes);
 
 impl DynamicFilterProbes {
-    /// Whether a filter whose current expression is `expr` is applied.
-    fn admits(self, expr: &Arc<dyn PhysicalExpr>) -> bool {
+    /// Whether a filter whose current expression is `expr` is applied, and
+    /// whether that expression probes a hash table.
+    fn admits(self, expr: &Arc<dyn PhysicalExpr>) -> (bool, bool) {
         let (mut probes, mut partitioned) = (false, false);
         let _ = expr.apply(|e| {
             if e.is::<HashTableLookupExpr>() {
@@ -131,16 +144,19 @@ impl DynamicFilterProbes {
             }
             Ok(TreeNodeRecursion::Continue)
         });
-        match self {
-            Self::All => true,
+        let admitted = match self {
+            Self::All | Self::Selective => true,
             Self::CollectLeft => !(probes && partitioned),
             Self::None => !probes,
-        }
+        };
+        (admitted, probes)
     }
 }
 
 /// Rows a dynamic filter is evaluated on before a scan partition judges
-/// whether it is worth evaluating (it stops when it keeps 95 % or more).
+/// whether it is worth evaluating (it stops when it keeps 95 % or more;
+/// a probe under [`DynamicFilterProbes::Selective`], `meshq_scan.
+/// dynamic_filter_probe_max_kept` or more).
 const LATE_FILTER_SAMPLE_ROWS: usize = 65_536;
 
 /// A dynamic filter applied to one partition's rows.
@@ -152,6 +168,8 @@ struct LateFilter {
     /// The generation of the filter last judged by the probe setting, and
     /// whether that generation is evaluated.
     judged: Option<(u64, bool)>,
+    /// Whether the generation last judged probes a hash table.
+    probing: bool,
 }
 
 impl LateFilter {
@@ -171,9 +189,24 @@ impl LateFilter {
             .expr
             .snapshot()?
             .unwrap_or_else(|| Arc::clone(&self.expr));
-        let admitted = probes.admits(&current);
+        let (admitted, probing) = probes.admits(&current);
         self.judged = Some((generation, admitted));
+        self.probing = probing;
         Ok(admitted)
+    }
+
+    /// Whether the filter keeps too many of the rows it has seen to be
+    /// worth evaluating in this partition.
+    fn keeps_too_many(&self, options: &ScanOptions) -> bool {
+        if self.seen < LATE_FILTER_SAMPLE_ROWS {
+            return false;
+        }
+        let kept = self.passed as f64 / self.seen as f64;
+        if self.probing && options.dynamic_filter_probes == DynamicFilterProbes::Selective {
+            kept >= options.dynamic_filter_probe_max_kept
+        } else {
+            kept >= 0.95
+        }
     }
 }
 
@@ -584,6 +617,7 @@ impl ExecutionPlan for MeshScanExec {
                 passed: 0,
                 active: true,
                 judged: None,
+                probing: false,
             })
             .collect();
         let schema = input.schema();
@@ -615,9 +649,10 @@ impl ExecutionPlan for MeshScanExec {
                 }
                 f.seen += before;
                 f.passed += batch.num_rows();
-                // A filter that keeps nearly every row costs more than it
+                // A filter that keeps nearly every row (a probe under
+                // `selective`: more than it may keep) costs more than it
                 // saves: stop evaluating it for this partition.
-                if f.seen >= LATE_FILTER_SAMPLE_ROWS && f.passed * 100 >= f.seen * 95 {
+                if f.keeps_too_many(&options) {
                     f.active = false;
                 }
                 pruned.add(before - batch.num_rows());
@@ -753,7 +788,7 @@ impl ExecutionPlan for MeshScanExec {
 mod tests {
     use std::time::Duration;
 
-    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::logical_expr::Operator;
@@ -870,6 +905,90 @@ mod tests {
         // Without the boundary, the same plan waits.
         let marked = JoinFilterWaits::mark(across, &config, &|_| false).unwrap();
         assert_eq!(waits(&marked), vec![id]);
+    }
+
+    /// Rows a scan of 200 000 keys (batches of 8192) yields under these
+    /// scan settings, below a complete join filter that probes a hash
+    /// table of the keys divisible by `every`.
+    async fn rows_probed(settings: &[(&str, &str)], every: i64) -> usize {
+        use datafusion::common::hash_utils::create_hashes;
+        use datafusion::physical_plan::joins::join_hash_map::{JoinHashMapType, JoinHashMapU32};
+        use datafusion::physical_plan::joins::{Map, SeededRandomState};
+
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let batches: Vec<RecordBatch> = (0..200_000i64)
+            .step_by(8192)
+            .map(|start| {
+                let keys = Int64Array::from_iter_values(start..(start + 8192).min(200_000));
+                RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(keys)]).unwrap()
+            })
+            .collect();
+        let input =
+            MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&schema), None).unwrap();
+        let state = SeededRandomState::with_seed(7);
+        let built: ArrayRef = Arc::new(Int64Array::from_iter_values(
+            (0..200_000i64).filter(|k| k % every == 0),
+        ));
+        let mut hashes = vec![0; built.len()];
+        create_hashes([&built], state.random_state(), &mut hashes).unwrap();
+        let mut map = JoinHashMapU32::with_capacity(hashes.len());
+        map.update_from_iter(Box::new(hashes.iter().enumerate()), 0);
+        let k = col("k", &schema).unwrap();
+        let filter = Arc::new(DynamicFilterPhysicalExpr::new(
+            vec![Arc::clone(&k)],
+            lit(true),
+        ));
+        filter
+            .update(Arc::new(HashTableLookupExpr::new(
+                vec![k],
+                state,
+                Arc::new(Map::HashMap(Box::new(map))),
+                "hash_lookup".into(),
+            )))
+            .unwrap();
+        filter.mark_complete();
+        let mut scan = MeshScanExec::new("t.t", input);
+        scan.late = vec![filter as Arc<dyn PhysicalExpr>];
+        let mut config = SessionConfig::new().with_option_extension(ScanOptions::default());
+        for (key, value) in settings {
+            config
+                .options_mut()
+                .set(&format!("meshq_scan.{key}"), value)
+                .unwrap();
+        }
+        let ctx = SessionContext::new_with_config(config);
+        let batches: Vec<RecordBatch> = scan
+            .execute(0, ctx.task_ctx())
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    #[tokio::test]
+    async fn a_probe_is_applied_while_it_drops_nearly_every_row() {
+        const PROBES: &str = "dynamic_filter_probes";
+        // A probe that keeps one key in a thousand (under the 1 % a probe
+        // may keep by default): applied to every row under `selective`,
+        // as under `all`; never under `none`.
+        assert_eq!(rows_probed(&[(PROBES, "all")], 1000).await, 200);
+        assert_eq!(rows_probed(&[(PROBES, "selective")], 1000).await, 200);
+        assert_eq!(rows_probed(&[(PROBES, "none")], 1000).await, 200_000);
+        // One that keeps a tenth: `all` applies it throughout; `selective`
+        // stops after the first 65 536 rows (8 batches), of which it kept
+        // 6554, and passes the rest as they are...
+        assert_eq!(rows_probed(&[(PROBES, "all")], 10).await, 20_000);
+        assert_eq!(
+            rows_probed(&[(PROBES, "selective")], 10).await,
+            6554 + (200_000 - 65_536)
+        );
+        // ...unless a probe may keep more.
+        let more = [
+            (PROBES, "selective"),
+            ("dynamic_filter_probe_max_kept", "0.5"),
+        ];
+        assert_eq!(rows_probed(&more, 10).await, 20_000);
     }
 
     /// A scan given filters from outside (a worker's decoded scan) takes
