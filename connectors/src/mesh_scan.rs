@@ -56,12 +56,15 @@ datafusion::common::extensions_options! {
         pub dynamic_filters: bool, default = true
         /// Which of those filters that probe a join's hash table (a large
         /// build side; a small one becomes an `IN` list) are applied:
-        /// `none` (the default), `collect_left` (those of joins that build
-        /// one table for every partition, not the `CASE` over hash
-        /// partitions of a partitioned join) or `all`. A probe at the scan
-        /// repeats the join's own work; on TPC-H SF1 applying them cost
-        /// more than it saved (BENCHMARKS.md).
-        pub dynamic_filter_probes: DynamicFilterProbes, default = DynamicFilterProbes::None
+        /// `selective` (the default: each while it keeps under
+        /// `dynamic_filter_probe_max_kept` of the rows), `none`,
+        /// `collect_left` (those of joins that build one table for every
+        /// partition, not the `CASE` over hash partitions of a partitioned
+        /// join) or `all`. A probe at the scan repeats the join's own
+        /// work: on TPC-H SF10 it paid for the queries whose probes drop
+        /// more than 99 % of the rows, and cost up to a fifth more on
+        /// those whose probes drop 80–98 % (BENCHMARKS.md).
+        pub dynamic_filter_probes: DynamicFilterProbes, default = DynamicFilterProbes::Selective
         /// Under `dynamic_filter_probes = selective`, the share of the rows
         /// it has seen (0 to 1) from which a scan partition stops applying
         /// a filter that probes a hash table.
@@ -92,13 +95,13 @@ pub enum DynamicFilterProbes {
     /// of a partitioned join.
     CollectLeft,
     /// No filter that probes a hash table: `IN` lists, bounds, TopK.
-    #[default]
     None,
     /// Every filter, but a scan partition stops applying one that probes
     /// a hash table once it keeps `meshq_scan.
     /// dynamic_filter_probe_max_kept` of the rows it has seen
     /// ([`LATE_FILTER_SAMPLE_ROWS`] at least): a probe repeats the join's
     /// own work, which pays only when it drops nearly every row.
+    #[default]
     Selective,
 }
 

@@ -481,7 +481,7 @@ async fn a_memory_copy_gives_the_planner_its_column_bounds() {
 /// the join would drop, there, before they are repartitioned and probed
 /// (DataFusion's memory scan applies no filter); the answer is the same
 /// as without the copy. A filter that probes the join's hash table is
-/// applied only when `meshq_scan.dynamic_filter_probes` asks for it.
+/// applied as `meshq_scan.dynamic_filter_probes` says.
 #[tokio::test]
 async fn a_join_filters_a_memory_copy_at_its_scan() {
     use datafusion::physical_plan::{ExecutionPlan, collect};
@@ -553,13 +553,19 @@ async fn a_join_filters_a_memory_copy_at_its_scan() {
         0
     );
     // Keys past DataFusion's `IN` list limit are looked up in the join's
-    // hash table instead: not applied by default, applied with
-    // `collect_left` (this join builds one table) and `all`.
+    // hash table instead: applied by default (`selective`: the table has
+    // fewer rows than a scan partition samples before it judges a probe),
+    // not with `none`, applied with `collect_left` (this join builds one
+    // table) and `all`.
     const PROBE: (&str, &str) = (
         "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
         "0",
     );
-    assert_eq!(pruned_with(&[PROBE]).await, 0);
+    assert_eq!(pruned_with(&[PROBE]).await, total - kept);
+    assert_eq!(
+        pruned_with(&[PROBE, ("meshq_scan.dynamic_filter_probes", "none")]).await,
+        0
+    );
     assert_eq!(
         pruned_with(&[PROBE, ("meshq_scan.dynamic_filter_probes", "collect_left")]).await,
         total - kept

@@ -552,12 +552,11 @@ async fn a_workers_scan_applies_the_join_filters_of_its_stage() {
     let waiting = admin(&cluster);
     for set in [
         format!("SET meshq_scan.join_filter_wait_ms = {}", limit.as_millis()),
-        // The join pushes its two keys as a list the scan applies, never
-        // as a probe of its hash table (which `meshq_scan.
-        // dynamic_filter_probes` leaves out): DataFusion chooses the list
-        // up to a size of the build side's arrays, 128 KiB by default,
-        // which two string keys reach or not depending on the buffers they
-        // were read into.
+        // The join pushes its two keys as a list, never as a probe of its
+        // hash table (which `meshq_scan.dynamic_filter_probes = none`
+        // would leave out): DataFusion chooses the list up to a size of
+        // the build side's arrays, 128 KiB by default, which two string
+        // keys reach or not depending on the buffers they were read into.
         "SET datafusion.optimizer.hash_join_inlist_pushdown_max_size = 1048576".to_string(),
     ] {
         run(&waiting, &set).await.unwrap();
