@@ -208,13 +208,24 @@ fn batch_bytes(batch: &RecordBatch) -> u64 {
         .sum()
 }
 
-/// Casts a batch to the wire schema (views → plain types).
+/// Casts a batch to the wire schema (views → plain types), and compacts
+/// the view columns a client receives as views.
 fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> arrow::error::Result<RecordBatch> {
     if batch.schema().fields() == target.fields() {
+        let columns = batch
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                DataType::Utf8View => compact_strings(c),
+                DataType::BinaryView => compact_binaries(c),
+                _ => Arc::clone(c),
+            })
+            .collect();
+        let batch = RecordBatch::try_new(batch.schema(), columns)?;
         return Ok(batch
             .clone()
             .with_schema(Arc::clone(target))
-            .unwrap_or_else(|_| batch.clone()));
+            .unwrap_or(batch));
     }
     let columns = batch
         .columns()
@@ -226,6 +237,42 @@ fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> arrow::error::Result<R
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(Arc::clone(target), columns)
+}
+
+/// Whether a view array's data buffers hold more than twice the bytes its
+/// views point at. A scan's batch points into the pages it was decoded
+/// from, which its neighbours share: sent as they are, each message would
+/// carry those whole buffers (the IPC writer writes every buffer an array
+/// holds).
+fn holds_too_much(views: &[u128], buffers: &[Buffer]) -> bool {
+    let held: usize = buffers.iter().map(Buffer::len).sum();
+    let used: usize = views
+        .iter()
+        .map(|v| *v as u32 as usize)
+        .filter(|len| *len > 12)
+        .sum();
+    held > 2 * used
+}
+
+/// A `Utf8View` column as it is sent: with its values copied into buffers
+/// of their own when it holds too much ([`holds_too_much`]).
+fn compact_strings(column: &ArrayRef) -> ArrayRef {
+    let array = column.as_string_view();
+    if holds_too_much(array.views(), array.data_buffers()) {
+        Arc::new(array.gc())
+    } else {
+        Arc::clone(column)
+    }
+}
+
+/// [`compact_strings`] for `BinaryView`.
+fn compact_binaries(column: &ArrayRef) -> ArrayRef {
+    let array = column.as_binary_view();
+    if holds_too_much(array.views(), array.data_buffers()) {
+        Arc::new(array.gc())
+    } else {
+        Arc::clone(column)
+    }
 }
 
 /// `Utf8View` → `Utf8`, the cast every string column of a result takes on
@@ -399,5 +446,62 @@ mod tests {
         let plain = plain_strings(&masked).unwrap();
         assert!(plain.is_null(3) && plain.is_valid(4));
         assert_eq!(plain.as_string::<i32>().value(3), "");
+    }
+
+    /// A client that receives views gets a slice of a scan's batch with
+    /// only the bytes its views point at; a column that holds what it
+    /// points at is sent as it is.
+    #[test]
+    fn view_columns_are_sent_compacted() {
+        use arrow::array::{BinaryViewArray, StringViewBuilder};
+        use arrow::datatypes::{Field, Schema};
+
+        let mut builder = StringViewBuilder::new();
+        for i in 0..10_000 {
+            builder.append_value(format!("a value longer than twelve bytes {i}"));
+        }
+        let strings = builder.finish();
+        let binaries = BinaryViewArray::from_iter_values(
+            (0..10_000).map(|i| format!("some bytes longer than twelve {i}").into_bytes()),
+        );
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("s", DataType::Utf8View, false),
+            Field::new("b", DataType::BinaryView, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(strings), Arc::new(binaries)],
+        )
+        .unwrap();
+        let held = |b: &RecordBatch| -> usize {
+            b.columns()
+                .iter()
+                .map(|c| match c.data_type() {
+                    DataType::Utf8View => c
+                        .as_string_view()
+                        .data_buffers()
+                        .iter()
+                        .map(Buffer::len)
+                        .sum::<usize>(),
+                    _ => c
+                        .as_binary_view()
+                        .data_buffers()
+                        .iter()
+                        .map(Buffer::len)
+                        .sum(),
+                })
+                .sum()
+        };
+        // Whole: sent as it is, the same buffers.
+        let whole = cast_batch(&batch, &schema).unwrap();
+        assert_eq!(held(&whole), held(&batch));
+        assert_eq!(whole, batch);
+        // Ten rows of it: the same values, in a few hundred bytes instead
+        // of the whole batch's.
+        let slice = batch.slice(5000, 10);
+        let sent = cast_batch(&slice, &schema).unwrap();
+        assert_eq!(sent, slice);
+        assert!(held(&slice) > 300_000, "{}", held(&slice));
+        assert!(held(&sent) < 1_000, "{}", held(&sent));
     }
 }
