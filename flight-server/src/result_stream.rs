@@ -16,8 +16,12 @@ use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, AsArray, ByteView, RecordBatch, StringArray, StringViewArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, ByteView, GenericByteViewArray, RecordBatch, StringArray,
+    StringViewArray,
+};
 use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use arrow::datatypes::ByteViewType;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::error::DataFusionError;
@@ -216,8 +220,8 @@ fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> arrow::error::Result<R
             .columns()
             .iter()
             .map(|c| match c.data_type() {
-                DataType::Utf8View => compact_strings(c),
-                DataType::BinaryView => compact_binaries(c),
+                DataType::Utf8View => compact(c, c.as_string_view()),
+                DataType::BinaryView => compact(c, c.as_binary_view()),
                 _ => Arc::clone(c),
             })
             .collect();
@@ -254,20 +258,12 @@ fn holds_too_much(views: &[u128], buffers: &[Buffer]) -> bool {
     held > 2 * used
 }
 
-/// A `Utf8View` column as it is sent: with its values copied into buffers
-/// of their own when it holds too much ([`holds_too_much`]).
-fn compact_strings(column: &ArrayRef) -> ArrayRef {
-    let array = column.as_string_view();
-    if holds_too_much(array.views(), array.data_buffers()) {
-        Arc::new(array.gc())
-    } else {
-        Arc::clone(column)
-    }
-}
-
-/// [`compact_strings`] for `BinaryView`.
-fn compact_binaries(column: &ArrayRef) -> ArrayRef {
-    let array = column.as_binary_view();
+/// A view column as it is sent: with its values copied into buffers of
+/// their own when it holds too much ([`holds_too_much`]).
+fn compact<T: ByteViewType + ?Sized>(
+    column: &ArrayRef,
+    array: &GenericByteViewArray<T>,
+) -> ArrayRef {
     if holds_too_much(array.views(), array.data_buffers()) {
         Arc::new(array.gc())
     } else {
