@@ -62,7 +62,7 @@ datafusion::common::extensions_options! {
         /// partition, not the `CASE` over hash partitions of a partitioned
         /// join) or `all`. A probe at the scan repeats the join's own
         /// work: on TPC-H SF10 it paid for the queries whose probes drop
-        /// more than 99 % of the rows, and cost up to a fifth more on
+        /// more than 99 % of the rows, and cost up to 23 % more on
         /// those whose probes drop 80–98 % (BENCHMARKS.md).
         pub dynamic_filter_probes: DynamicFilterProbes, default = DynamicFilterProbes::Selective
         /// Under `dynamic_filter_probes = selective`, the share of the rows
@@ -169,9 +169,16 @@ struct LateFilter {
     passed: usize,
     active: bool,
     /// The generation of the filter last judged by the probe setting, and
-    /// whether that generation is evaluated.
-    judged: Option<(u64, bool)>,
-    /// Whether the generation last judged probes a hash table.
+    /// what was found.
+    judged: Option<(u64, Judged)>,
+}
+
+/// What the probe setting found of one generation of a filter.
+#[derive(Clone, Copy)]
+struct Judged {
+    /// It is evaluated.
+    admitted: bool,
+    /// It probes a hash table.
     probing: bool,
 }
 
@@ -183,18 +190,17 @@ impl LateFilter {
             return Ok(true);
         }
         let generation = self.expr.snapshot_generation();
-        if let Some((judged, admitted)) = self.judged
+        if let Some((judged, found)) = self.judged
             && judged == generation
         {
-            return Ok(admitted);
+            return Ok(found.admitted);
         }
         let current = self
             .expr
             .snapshot()?
             .unwrap_or_else(|| Arc::clone(&self.expr));
         let (admitted, probing) = probes.admits(&current);
-        self.judged = Some((generation, admitted));
-        self.probing = probing;
+        self.judged = Some((generation, Judged { admitted, probing }));
         Ok(admitted)
     }
 
@@ -205,7 +211,8 @@ impl LateFilter {
             return false;
         }
         let kept = self.passed as f64 / self.seen as f64;
-        if self.probing && options.dynamic_filter_probes == DynamicFilterProbes::Selective {
+        let probing = self.judged.is_some_and(|(_, found)| found.probing);
+        if probing && options.dynamic_filter_probes == DynamicFilterProbes::Selective {
             kept >= options.dynamic_filter_probe_max_kept
         } else {
             kept >= 0.95
@@ -620,7 +627,6 @@ impl ExecutionPlan for MeshScanExec {
                 passed: 0,
                 active: true,
                 judged: None,
-                probing: false,
             })
             .collect();
         let schema = input.schema();
@@ -653,7 +659,7 @@ impl ExecutionPlan for MeshScanExec {
                 f.seen += before;
                 f.passed += batch.num_rows();
                 // A filter that keeps nearly every row (a probe under
-                // `selective`: more than it may keep) costs more than it
+                // `selective`: as many as it may keep) costs more than it
                 // saves: stop evaluating it for this partition.
                 if f.keeps_too_many(&options) {
                     f.active = false;

@@ -216,7 +216,7 @@ fn batch_bytes(batch: &RecordBatch) -> u64 {
 /// the view columns a client receives as views.
 fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> arrow::error::Result<RecordBatch> {
     if batch.schema().fields() == target.fields() {
-        let columns = batch
+        let columns: Vec<ArrayRef> = batch
             .columns()
             .iter()
             .map(|c| match c.data_type() {
@@ -225,7 +225,15 @@ fn cast_batch(batch: &RecordBatch, target: &SchemaRef) -> arrow::error::Result<R
                 _ => Arc::clone(c),
             })
             .collect();
-        let batch = RecordBatch::try_new(batch.schema(), columns)?;
+        let unchanged = columns
+            .iter()
+            .zip(batch.columns())
+            .all(|(sent, read)| Arc::ptr_eq(sent, read));
+        let batch = if unchanged {
+            batch.clone()
+        } else {
+            RecordBatch::try_new(batch.schema(), columns)?
+        };
         return Ok(batch
             .clone()
             .with_schema(Arc::clone(target))
