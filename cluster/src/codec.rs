@@ -20,6 +20,8 @@ use meshq_engine::policy::barrier::PolicyBarrierExec;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::join_filters::JoinFilterExportExec;
+
 /// A node as it travels.
 #[derive(Debug, Serialize, Deserialize)]
 enum Node {
@@ -35,10 +37,23 @@ enum Node {
         /// the join of the same stage that completes it.
         #[serde(default)]
         dynamic_filters: Vec<Vec<u8>>,
+        /// Ids of those filters that a join of the stage above sends to
+        /// the worker ([`crate::join_filters`]): the scan waits for them.
+        #[serde(default)]
+        remote_filters: Vec<u64>,
     },
     Barrier {
         table: String,
         token: Token,
+    },
+    /// A shuffle or coalesce below a hash join whose filter is sent to
+    /// the stage below ([`JoinFilterExportExec`]).
+    JoinFilterExport {
+        /// The join's dynamic filter, a datafusion-proto expression
+        /// carrying its id (decoding links it to the join again).
+        filter: Vec<u8>,
+        /// The join's probe-side schema, a datafusion-proto schema.
+        probe_schema: Vec<u8>,
     },
 }
 
@@ -159,6 +174,7 @@ impl PhysicalExtensionCodec for MeshCodec {
                 token,
                 field_ids,
                 dynamic_filters,
+                remote_filters,
             } => {
                 let input = match &field_ids {
                     Some(ids) => read_by_field_id(input, ids)?,
@@ -188,7 +204,8 @@ impl PhysicalExtensionCodec for MeshCodec {
                     .collect::<Result<Vec<_>>>()?;
                 let scan = MeshScanExec::new(table, input)
                     .with_field_ids(field_ids)
-                    .with_dynamic_filters(filters)?;
+                    .with_dynamic_filters(filters)?
+                    .with_remote_filters(&remote_filters);
                 Arc::new(match token {
                     Some(t) => scan.with_token(t.into()),
                     None => scan,
@@ -196,6 +213,24 @@ impl PhysicalExtensionCodec for MeshCodec {
             }
             Node::Barrier { table, token } => {
                 Arc::new(PolicyBarrierExec::new(table, token.into(), input))
+            }
+            Node::JoinFilterExport {
+                filter,
+                probe_schema,
+            } => {
+                let schema = datafusion_proto::protobuf::Schema::decode(probe_schema.as_slice())
+                    .map_err(codec_error)?;
+                let schema = Arc::new(
+                    datafusion::arrow::datatypes::Schema::try_from(&schema).map_err(codec_error)?,
+                );
+                let decode = PhysicalPlanDecodeContext::new(ctx, self);
+                let node = PhysicalExprNode::decode(filter.as_slice()).map_err(codec_error)?;
+                let filter = proto_converter.proto_to_physical_expr(&node, &schema, &decode)?;
+                if !filter.is::<datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr>()
+                {
+                    return Err(codec_error("a join filter export without a dynamic filter"));
+                }
+                Arc::new(JoinFilterExportExec::new(input, filter, schema))
             }
         })
     }
@@ -220,6 +255,18 @@ impl PhysicalExtensionCodec for MeshCodec {
                             .map(|node| node.encode_to_vec())
                     })
                     .collect::<Result<_>>()?,
+                remote_filters: scan.remote_filters().to_vec(),
+            }
+        } else if let Some(export) = node.downcast_ref::<JoinFilterExportExec>() {
+            Node::JoinFilterExport {
+                filter: proto_converter
+                    .physical_expr_to_proto(export.filter(), self)?
+                    .encode_to_vec(),
+                probe_schema: datafusion_proto::protobuf::Schema::try_from(
+                    export.probe_schema().as_ref(),
+                )
+                .map_err(codec_error)?
+                .encode_to_vec(),
             }
         } else if let Some(barrier) = node.downcast_ref::<PolicyBarrierExec>() {
             Node::Barrier {

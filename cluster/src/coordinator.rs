@@ -145,6 +145,9 @@ impl meshq_engine::engine::Distribution for Coordinator {
             .with_distributed_option_extension(scan)
             .with_distributed_planner();
         if let Some(config) = builder.config() {
+            // A join of the head stage sends its filter to the workers of
+            // the stage below with these signed connections.
+            config.set_extension(Arc::new(self.resolver.clone()));
             for (key, value) in &self.settings {
                 // Checked when the coordinator was made.
                 let _ = config.options_mut().set(key, value);
@@ -282,6 +285,18 @@ impl ClusterPlanner {
                 Some(format!("its stages failed the plan verifier: {why}")),
             ));
         }
+        // Joins send their filters to the scans of the stages below their
+        // shuffles (after the verifier: a pass-through node, and a wait).
+        let remote_filters = session
+            .config_options()
+            .extensions
+            .get::<ScanOptions>()
+            .is_none_or(|o| o.dynamic_filters && o.remote_join_filters);
+        let plan = if remote_filters {
+            crate::join_filters::export_join_filters(plan)?
+        } else {
+            plan
+        };
         let local_files = session
             .config()
             .get_extension::<meshq_engine::engine::LocalFiles>();

@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod codec;
 pub mod coordinator;
+pub mod join_filters;
 pub mod loopback;
 pub mod metrics;
 pub mod placement;

@@ -49,6 +49,7 @@ pub fn rpc_name(path: &str) -> &'static str {
         Some("CoordinatorChannel") => "CoordinatorChannel",
         Some("ExecuteTask") => "ExecuteTask",
         Some("GetWorkerInfo") => "GetWorkerInfo",
+        Some("PublishJoinFilter") => "PublishJoinFilter",
         _ => "other",
     }
 }

@@ -94,6 +94,16 @@ impl AuthChannelResolver {
         Ok(channel)
     }
 
+    /// A connection to the worker at `url` that signs each request, for
+    /// meshq's own RPCs between nodes ([`crate::join_filters`]).
+    pub(crate) fn signed(&self, url: &Url) -> Result<Signing<Channel>, DataFusionError> {
+        let channel = self.channel(url)?;
+        let authority = authority(url).ok_or_else(|| {
+            DataFusionError::External(format!("worker URL {url} names no host").into())
+        })?;
+        Ok(Signing::new(channel, self.key.clone(), &authority))
+    }
+
     /// Forgets the connection to `url` (it failed).
     pub fn forget(&self, url: &Url) {
         self.channels.lock().remove(url);
@@ -378,6 +388,13 @@ pub async fn serve_worker(
     tls: Option<ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    // meshq's own RPC beside the library's: a join's filter sent by a task
+    // of another stage, checked the same way.
+    let filters = Checked::new(
+        crate::join_filters::JoinFilterService,
+        verifier.clone(),
+        Arc::clone(&metrics),
+    );
     let service = Checked::new(worker.into_worker_server(), verifier, metrics);
     // The statement's settings and mask list travel in headers: room for
     // them beyond HTTP/2's usual 16 KiB (they are signed, so only the
@@ -392,6 +409,7 @@ pub async fn serve_worker(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     server
         .add_service(service)
+        .add_service(filters)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

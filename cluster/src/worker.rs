@@ -356,6 +356,11 @@ impl WorkerSessionBuilder for MeshWorkerSession {
                 .unwrap_or_default();
             settings.apply(config.options_mut())?;
         }
+        if let Some(config) = builder.config() {
+            // A stage's join sends its filter to the workers of the stage
+            // below with this resolver's signed connections.
+            config.set_extension(Arc::new(self.resolver.clone()));
+        }
         let mut state = builder
             .with_distributed_channel_resolver(self.resolver.clone())
             .with_distributed_user_codec_arc(Arc::clone(&self.codec) as _)
@@ -384,8 +389,9 @@ impl WorkerSessionBuilder for MeshWorkerSession {
 }
 
 /// A decoded stage's scans wait for the dynamic filters of the hash joins
-/// of that stage before they read, as on a single node; never for a join
-/// of another stage, which completes no filter here.
+/// of that stage before they read, as on a single node, and for those the
+/// coordinator marked as sent by a join of the stage above
+/// ([`crate::join_filters`]), which are registered here to receive them.
 fn wait_for_stage_join_filters(
     ev: WorkerPlanRewriteEvent<'_>,
 ) -> Result<WorkerPlanRewriteEventResponse, DataFusionError> {
@@ -394,6 +400,7 @@ fn wait_for_stage_join_filters(
         ev.session_config.options(),
         &|node| node.is_network_boundary(),
     )?;
+    crate::join_filters::expect_in_stage(&plan, ev.session_config)?;
     Ok(WorkerPlanRewriteEventResponse::new(plan))
 }
 

@@ -78,6 +78,10 @@ datafusion::common::extensions_options! {
         /// cannot be joined anyway, so the wait costs little; past the
         /// limit the scan reads on without the filter.
         pub join_filter_wait_ms: u64, default = 5000
+        /// In a cluster: a hash join whose probe side reads a stage below
+        /// a shuffle sends its filter, once complete, to the workers of that
+        /// stage, whose scans wait for it as for a join of their own stage.
+        pub remote_join_filters: bool, default = true
     }
 }
 
@@ -261,6 +265,10 @@ pub struct MeshScanExec {
     /// reads. Never a TopK's or an aggregate's filter, which is complete
     /// only once this scan has been read.
     waits: Vec<u64>,
+    /// Expression ids of the filters in `late` that a hash join of
+    /// another stage completes and sends to this node's worker (a cluster's
+    /// scan below a shuffle): the scan waits for them as for `waits`.
+    remote: Vec<u64>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -277,6 +285,7 @@ impl MeshScanExec {
             bounds: None,
             late: Vec::new(),
             waits: Vec::new(),
+            remote: Vec::new(),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -313,7 +322,30 @@ impl MeshScanExec {
         }
         self.late = filters;
         self.waits = Vec::new();
+        self.remote = Vec::new();
         Ok(self)
+    }
+
+    /// The same scan, waiting also for those of its dynamic filters (by
+    /// expression id) that a join of another stage completes and sends
+    /// here; ids of no filter of the scan are left out.
+    pub fn with_remote_filters(&self, ids: &[u64]) -> Self {
+        let remote = self
+            .late
+            .iter()
+            .filter_map(|f| f.expression_id())
+            .filter(|id| ids.contains(id))
+            .collect();
+        Self {
+            remote,
+            ..self.copy()
+        }
+    }
+
+    /// Expression ids of the dynamic filters a join of another stage
+    /// completes and sends to this scan ([`MeshScanExec::with_remote_filters`]).
+    pub fn remote_filters(&self) -> &[u64] {
+        &self.remote
     }
 
     /// The identity-partition source ids of an Iceberg scan read by field
@@ -342,6 +374,7 @@ impl MeshScanExec {
             bounds: self.bounds.clone(),
             late: self.late.clone(),
             waits: self.waits.clone(),
+            remote: self.remote.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -603,7 +636,10 @@ impl ExecutionPlan for MeshScanExec {
         let waits: Vec<Arc<dyn PhysicalExpr>> = self
             .late
             .iter()
-            .filter(|f| f.expression_id().is_some_and(|id| self.waits.contains(&id)))
+            .filter(|f| {
+                f.expression_id()
+                    .is_some_and(|id| self.waits.contains(&id) || self.remote.contains(&id))
+            })
             .cloned()
             .collect();
         let input = if options.join_filter_wait_ms == 0 || waits.is_empty() {

@@ -632,47 +632,83 @@ fn duration(shown: &str) -> std::time::Duration {
 }
 
 /// A join that partitions both sides runs in a stage above the stages
-/// that scan them: a scan there carries the join's filter, but no join of
-/// its own stage completes it, so it never waits for it (a wait would last
-/// until `meshq_scan.join_filter_wait_ms`), and the answer is the single
-/// node's.
+/// that scan them. Its tasks send their filters to the workers of the
+/// probe side's stage: the scan there waits for them, well inside the
+/// limit, and drops the rows no task's keys match. With
+/// `meshq_scan.remote_join_filters = false` nothing is sent: the scan
+/// neither waits (a wait would last until `meshq_scan.join_filter_wait_ms`)
+/// nor drops a row. The answer is the single node's either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_scan_below_a_shuffle_never_waits_for_the_join_above_it() {
+async fn a_scan_below_a_shuffle_applies_the_filter_the_join_above_sends() {
     let (_dir, single, cluster, _) = single_and_cluster().await;
-    let partitioned = |engine: &meshq_engine::Engine| {
+    let limit = std::time::Duration::from_secs(60);
+    let partitioned = |engine: &meshq_engine::Engine, send: bool| {
         let engine = engine.clone();
         async move {
             let session = admin_pat(&engine);
             for set in [
-                "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
-                "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
+                "SET datafusion.optimizer.hash_join_single_partition_threshold = 0".to_string(),
+                "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0"
+                    .to_string(),
+                // The keys travel as lists (a probe of a hash table cannot
+                // travel, and arrives as a filter that keeps every row).
+                "SET datafusion.optimizer.hash_join_inlist_pushdown_max_size = 1048576".to_string(),
+                format!("SET meshq_scan.join_filter_wait_ms = {}", limit.as_millis()),
+                format!("SET meshq_scan.remote_join_filters = {send}"),
             ] {
-                run(&session, set).await.unwrap();
+                run(&session, &set).await.unwrap();
             }
             engine.session_for(session.data())
         }
     };
     let sql = JOIN_WITH_FEW_KEYS;
-    let expected = run(&partitioned(&single).await, sql).await.unwrap();
-    let session = partitioned(&cluster).await;
+    let expected = run(&partitioned(&single, true).await, sql).await.unwrap();
+    // The orders scan's metrics: rows dropped, and the wait if any.
+    let scan = |analyzed: &str| -> (u64, Option<std::time::Duration>) {
+        let metrics = analyzed
+            .split("MeshScanExec: table=sales.orders, metrics=[")
+            .skip(1)
+            .map(|rest| rest.split(']').next().unwrap())
+            .find(|m| m.contains("dynamic_filter_rows_pruned"))
+            .unwrap_or_else(|| panic!("no scan of orders took the join's filter: {analyzed}"));
+        let pruned = metrics
+            .split_once("dynamic_filter_rows_pruned=")
+            .and_then(|(_, n)| n.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{metrics}"));
+        let waited = metrics
+            .split_once("join_filter_wait=")
+            .map(|(_, w)| duration(w.split(',').next().unwrap().trim()));
+        (pruned, waited)
+    };
+
+    let sending = partitioned(&cluster, true).await;
     let analyzed = text(
-        &run(&session, &format!("EXPLAIN ANALYZE {sql}"))
+        &run(&sending, &format!("EXPLAIN ANALYZE {sql}"))
             .await
             .unwrap(),
     );
     assert!(
         analyzed.contains("HashJoinExec: mode=Partitioned")
+            && analyzed.contains("JoinFilterExportExec")
             && analyzed.contains("NetworkShuffleExec"),
-        "the join runs above shuffles: {analyzed}"
+        "the join runs above shuffles and sends its filter below: {analyzed}"
     );
-    // The probe side's scan took the join's filter, in a stage of its own,
-    // and waited for nothing.
-    assert!(
-        analyzed.contains("MeshScanExec: table=sales.orders, metrics=[dynamic_filter_rows_pruned="),
-        "{analyzed}"
+    let (pruned, waited) = scan(&analyzed);
+    assert!(pruned > 0, "the scan dropped no row: {analyzed}");
+    let waited = waited.unwrap_or_else(|| panic!("the scan did not wait: {analyzed}"));
+    assert!(waited < limit, "waited {waited:?}: {analyzed}");
+    assert_eq!(text(&run(&sending, sql).await.unwrap()), text(&expected));
+
+    let silent = partitioned(&cluster, false).await;
+    let analyzed = text(
+        &run(&silent, &format!("EXPLAIN ANALYZE {sql}"))
+            .await
+            .unwrap(),
     );
-    assert!(!analyzed.contains("join_filter_wait"), "{analyzed}");
-    assert_eq!(text(&run(&session, sql).await.unwrap()), text(&expected));
+    assert!(!analyzed.contains("JoinFilterExportExec"), "{analyzed}");
+    assert_eq!(scan(&analyzed), (0, None), "{analyzed}");
+    assert_eq!(text(&run(&silent, sql).await.unwrap()), text(&expected));
 }
 
 /// A coordinator orders joins by estimate unless its settings say
