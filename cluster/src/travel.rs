@@ -338,8 +338,20 @@ fn travels(key: &str) -> bool {
         "spill",
         "memory",
     ];
-    key.strip_prefix("datafusion.execution.")
-        .is_some_and(|rest| !OWN.iter().any(|own| rest.contains(own)))
+    // Optimizer settings a hash join reads when it runs: whether it
+    // computes its dynamic filter, and up to which size its keys go as a
+    // list (which can travel to another stage) rather than a probe of its
+    // hash table (which cannot).
+    const JOIN_FILTERS: [&str; 4] = [
+        "datafusion.optimizer.enable_dynamic_filter_pushdown",
+        "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+        "datafusion.optimizer.hash_join_inlist_pushdown_max_size",
+        "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
+    ];
+    JOIN_FILTERS.contains(&key)
+        || key
+            .strip_prefix("datafusion.execution.")
+            .is_some_and(|rest| !OWN.iter().any(|own| rest.contains(own)))
 }
 
 const SETTINGS_KEY: &str = "settings";
@@ -588,13 +600,27 @@ mod tests {
             .set("datafusion.execution.target_partitions", "7")
             .unwrap();
         options.set("datafusion.optimizer.max_passes", "9").unwrap();
+        // A join reads this one when it runs, on the worker.
+        options
+            .set(
+                "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
+                "4096",
+            )
+            .unwrap();
         let sent = SessionSettings::of(&options);
         assert_eq!(
             sent.settings(),
-            [(
-                "datafusion.execution.time_zone".to_string(),
-                "+02:00".to_string()
-            )]
+            [
+                (
+                    "datafusion.execution.time_zone".to_string(),
+                    "+02:00".to_string()
+                ),
+                (
+                    "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values"
+                        .to_string(),
+                    "4096".to_string()
+                )
+            ]
         );
         let value = sent.entries().pop().unwrap().value.unwrap();
         let mut received = SessionSettings::default();
@@ -602,6 +628,12 @@ mod tests {
         let mut worker = datafusion::config::ConfigOptions::default();
         received.apply(&mut worker).unwrap();
         assert_eq!(worker.execution.time_zone.as_deref(), Some("+02:00"));
+        assert_eq!(
+            worker
+                .optimizer
+                .hash_join_inlist_pushdown_max_distinct_values,
+            4096
+        );
         // A forged list cannot reach the worker's own resources.
         let forged = hex::encode(r#"[["datafusion.execution.memory_pool","x"]]"#);
         let mut received = SessionSettings::default();
