@@ -63,8 +63,22 @@ pub const DEFAULT_SETTINGS: [(&str, &str); 2] = [
 /// What a coordinator (an engine with workers) also plans with before
 /// `meshq.yaml` `settings`: joins ordered by estimate, since across
 /// workers the large intermediate results a bad order makes are shuffled
-/// over the network (BENCHMARKS.md, "the cluster orders its joins").
-pub const COORDINATOR_SETTINGS: [(&str, &str); 1] = [("meshq_plan.reorder_joins", "true")];
+/// over the network (BENCHMARKS.md, "the cluster orders its joins"); and
+/// a join's keys pushed as a list up to 4096 per partition (1 MiB), not
+/// DataFusion's 150 (128 KiB): a list can travel to the scans of a stage
+/// below a shuffle, a probe of the join's hash table cannot
+/// (BENCHMARKS.md, "join filters across stages").
+pub const COORDINATOR_SETTINGS: [(&str, &str); 3] = [
+    ("meshq_plan.reorder_joins", "true"),
+    (
+        "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
+        "4096",
+    ),
+    (
+        "datafusion.optimizer.hash_join_inlist_pushdown_max_size",
+        "1048576",
+    ),
+];
 
 /// Schema names no domain may take.
 pub const RESERVED_SCHEMAS: [&str; 3] = ["meta", SCRATCH_SCHEMA, "information_schema"];
