@@ -269,6 +269,19 @@ impl ClusterPlanner {
         if !plan.exists(|p| Ok(p.is::<DistributedExec>()))? {
             return Ok((plan, None));
         }
+        // Joins send their filters to the scans of the stages below their
+        // shuffles: a node passing rows through, and a wait in the scans.
+        // The verifier then checks the plan as it is sent.
+        let remote_filters = session
+            .config_options()
+            .extensions
+            .get::<ScanOptions>()
+            .is_none_or(|o| o.dynamic_filters && o.remote_join_filters);
+        let plan = if remote_filters {
+            crate::join_filters::export_join_filters(plan)?
+        } else {
+            plan
+        };
         let options = meshq_engine::options::MeshqOptions::of(session.config_options());
         if let Err(why) = verify_distributed(&plan, &self.tables, &options) {
             // The verified plan lost a policy property when it was cut
@@ -285,18 +298,6 @@ impl ClusterPlanner {
                 Some(format!("its stages failed the plan verifier: {why}")),
             ));
         }
-        // Joins send their filters to the scans of the stages below their
-        // shuffles (after the verifier: a pass-through node, and a wait).
-        let remote_filters = session
-            .config_options()
-            .extensions
-            .get::<ScanOptions>()
-            .is_none_or(|o| o.dynamic_filters && o.remote_join_filters);
-        let plan = if remote_filters {
-            crate::join_filters::export_join_filters(plan)?
-        } else {
-            plan
-        };
         let local_files = session
             .config()
             .get_extension::<meshq_engine::engine::LocalFiles>();

@@ -274,7 +274,12 @@ impl JoinFilterExportExec {
         }
         let resolver = config.get_extension::<AuthChannelResolver>()?;
         let query = config.options().extensions.get::<QueryBudget>()?.id.clone();
-        let Stage::Remote(below) = self.input.as_network_boundary()?.input_stage() else {
+        // Below this node: the boundary, or another join's export of it.
+        let mut boundary = &self.input;
+        while let Some(export) = boundary.downcast_ref::<JoinFilterExportExec>() {
+            boundary = &export.input;
+        }
+        let Stage::Remote(below) = boundary.as_network_boundary()?.input_stage() else {
             return None;
         };
         let mut targets = below.workers.clone();
