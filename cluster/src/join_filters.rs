@@ -260,6 +260,16 @@ impl JoinFilterExportExec {
         &self.probe_schema
     }
 
+    /// The node below this one and any other join's export of the same
+    /// boundary: the boundary whose stage the filter is sent to.
+    fn boundary(&self) -> &Arc<dyn ExecutionPlan> {
+        let mut node = &self.input;
+        while let Some(export) = node.downcast_ref::<JoinFilterExportExec>() {
+            node = &export.input;
+        }
+        node
+    }
+
     /// Starts the task that sends the filter, when this node runs in a
     /// distributed stage whose session can sign requests to workers.
     fn start(&self, ctx: &Arc<TaskContext>) -> Option<Sender> {
@@ -274,12 +284,7 @@ impl JoinFilterExportExec {
         }
         let resolver = config.get_extension::<AuthChannelResolver>()?;
         let query = config.options().extensions.get::<QueryBudget>()?.id.clone();
-        // Below this node: the boundary, or another join's export of it.
-        let mut boundary = &self.input;
-        while let Some(export) = boundary.downcast_ref::<JoinFilterExportExec>() {
-            boundary = &export.input;
-        }
-        let Stage::Remote(below) = boundary.as_network_boundary()?.input_stage() else {
+        let Stage::Remote(below) = self.boundary().as_network_boundary()?.input_stage() else {
             return None;
         };
         let mut targets = below.workers.clone();
@@ -794,6 +799,33 @@ mod tests {
         assert!(take(&travelled(query2, later_id, 0, 1, &[3])).is_ok());
         expect(query2, &later);
         assert_eq!(kept(&later, &rows), [3]);
+    }
+
+    /// Two joins whose filters reach the same stage export the same
+    /// shuffle: each finds it, below the other's export.
+    #[test]
+    fn exports_of_one_shuffle_each_find_it() {
+        use datafusion::physical_plan::Partitioning;
+        use datafusion::physical_plan::empty::EmptyExec;
+        use datafusion::physical_plan::repartition::RepartitionExec;
+        let scan: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(schema()));
+        let hashed = Partitioning::Hash(vec![Arc::new(Column::new("k", 0))], 4);
+        let repartition = Arc::new(RepartitionExec::try_new(scan, hashed).unwrap());
+        let shuffle: Arc<dyn ExecutionPlan> =
+            Arc::new(NetworkShuffleExec::try_new(repartition, 2).unwrap());
+        let inner = Arc::new(JoinFilterExportExec::new(
+            Arc::clone(&shuffle),
+            scan_filter(),
+            schema(),
+        ));
+        let outer = JoinFilterExportExec::new(
+            Arc::clone(&inner) as Arc<dyn ExecutionPlan>,
+            scan_filter(),
+            schema(),
+        );
+        assert!(Arc::ptr_eq(inner.boundary(), &shuffle));
+        assert!(Arc::ptr_eq(outer.boundary(), &shuffle));
+        assert!(outer.boundary().is_network_boundary());
     }
 
     /// Pieces of another query, or that disagree on the task count, never
