@@ -66,8 +66,13 @@ pub const JOIN_FILTER_PATH: &str = "/meshq.cluster.JoinFilters/PublishJoinFilter
 /// gives up sending it (the query was cancelled, or the join never built).
 const PUBLISH_WAIT: Duration = Duration::from_secs(600);
 
-/// How long a worker keeps the filters it was sent for a query.
+/// How long a worker keeps what it was sent for a filter that never
+/// completed (a task of the join's stage failed, or the query ended).
 const KEPT_FOR: Duration = Duration::from_secs(900);
+
+/// How long a worker keeps a completed filter, for a scan of the same
+/// stage whose task registers after the filter arrived.
+const KEPT_COMPLETE_FOR: Duration = Duration::from_secs(60);
 
 /// One task's filter, as it travels.
 #[derive(Clone, PartialEq, Message)]
@@ -596,6 +601,8 @@ struct Entry {
     /// Pieces disagreed on the task count: the filter is never applied.
     broken: bool,
     since: Instant,
+    /// When `complete` was made.
+    completed_at: Option<Instant>,
 }
 
 impl Entry {
@@ -607,6 +614,7 @@ impl Entry {
             complete: None,
             broken: false,
             since: Instant::now(),
+            completed_at: None,
         }
     }
 }
@@ -616,7 +624,15 @@ static FILTERS: LazyLock<Mutex<HashMap<(String, u64), Entry>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn sweep(map: &mut HashMap<(String, u64), Entry>) {
-    map.retain(|_, e| e.since.elapsed() < KEPT_FOR);
+    sweep_at(map, Instant::now());
+}
+
+/// Drops what is kept past its time, as of `now`.
+fn sweep_at(map: &mut HashMap<(String, u64), Entry>, now: Instant) {
+    map.retain(|_, e| match e.completed_at {
+        Some(at) => now.saturating_duration_since(at) < KEPT_COMPLETE_FOR,
+        None => now.saturating_duration_since(e.since) < KEPT_FOR,
+    });
 }
 
 /// A scan's copy of filter `filter` of query `query` is completed when
@@ -667,6 +683,7 @@ fn deliver(query: &str, id: u64, task: u64, tasks: u64, expr: Arc<dyn PhysicalEx
         complete(&target, &all);
     }
     entry.complete = Some(all);
+    entry.completed_at = Some(Instant::now());
 }
 
 /// Completes a scan's copy of a filter with `expr`.
@@ -799,6 +816,31 @@ mod tests {
         assert!(take(&travelled(query2, later_id, 0, 1, &[3])).is_ok());
         expect(query2, &later);
         assert_eq!(kept(&later, &rows), [3]);
+    }
+
+    /// A completed filter is kept a minute (for a late task of the scan's
+    /// stage), one still waiting for pieces a quarter of an hour.
+    #[test]
+    fn completed_filters_are_kept_a_minute_and_others_longer() {
+        let start = Instant::now();
+        let mut map = HashMap::new();
+        let mut done = Entry::new();
+        done.completed_at = Some(start);
+        map.insert(("q".to_string(), 1), done);
+        map.insert(("q".to_string(), 2), Entry::new());
+        let kept = |map: &HashMap<(String, u64), Entry>| {
+            let mut ids: Vec<u64> = map.keys().map(|(_, id)| *id).collect();
+            ids.sort();
+            ids
+        };
+        sweep_at(&mut map, start + Duration::from_secs(30));
+        assert_eq!(kept(&map), [1, 2]);
+        sweep_at(&mut map, start + Duration::from_secs(61));
+        assert_eq!(kept(&map), [2]);
+        sweep_at(&mut map, start + Duration::from_secs(899));
+        assert_eq!(kept(&map), [2]);
+        sweep_at(&mut map, start + Duration::from_secs(901));
+        assert!(map.is_empty());
     }
 
     /// Two joins whose filters reach the same stage export the same
