@@ -353,14 +353,9 @@ impl ExecutionPlan for JoinFilterExportExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children
-            .pop()
-            .filter(|_| children.is_empty())
-            .ok_or_else(|| {
-                DataFusionError::Internal("JoinFilterExportExec needs one child".into())
-            })?;
+        let input = meshq_connectors::one_child(children, "JoinFilterExportExec")?;
         Ok(Arc::new(Self::new(
             input,
             Arc::clone(&self.filter),

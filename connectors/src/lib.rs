@@ -35,6 +35,6 @@ pub mod types;
 pub use contract_table::{ContractColumn, ContractTableProvider, LocalCopy};
 pub use error::{Error, Result, describe};
 pub use facts::TableFacts;
-pub use mesh_scan::{MeshScanExec, ScanToken};
+pub use mesh_scan::{MeshScanExec, ScanToken, one_child};
 pub use open::{OpenedTable, PlanOptions, Sources, open_table};
 pub use store::StoreRegistry;

@@ -236,6 +236,18 @@ pub struct ScanToken {
     pub policies: u64,
 }
 
+/// The one child given to a node of one input (`with_new_children`); an
+/// error naming `node` for any other number.
+pub fn one_child(
+    mut children: Vec<Arc<dyn ExecutionPlan>>,
+    node: &str,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    match (children.pop(), children.is_empty()) {
+        (Some(child), true) => Ok(child),
+        _ => Err(DataFusionError::Internal(format!("{node} needs one child"))),
+    }
+}
+
 /// A scan of a mesh table: passes its input through.
 #[derive(Debug)]
 pub struct MeshScanExec {
@@ -602,12 +614,9 @@ impl ExecutionPlan for MeshScanExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children
-            .pop()
-            .filter(|_| children.is_empty())
-            .ok_or_else(|| DataFusionError::Internal("MeshScanExec needs one child".into()))?;
+        let input = one_child(children, "MeshScanExec")?;
         Ok(Arc::new(Self {
             input,
             ..self.copy()

@@ -431,12 +431,9 @@ impl ExecutionPlan for SharedExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children
-            .pop()
-            .filter(|_| children.is_empty())
-            .ok_or_else(|| DataFusionError::Internal("SharedExec needs one child".into()))?;
+        let input = meshq_connectors::one_child(children, "SharedExec")?;
         let properties = Self::properties_of(&input);
         Ok(Arc::new(Self {
             id: self.id,

@@ -197,11 +197,9 @@ impl ExecutionPlan for PolicyBarrierExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children
-            .pop()
-            .ok_or_else(|| DataFusionError::Internal("PolicyBarrierExec needs one child".into()))?;
+        let input = meshq_connectors::one_child(children, "PolicyBarrierExec")?;
         Ok(Arc::new(Self::new(self.table.clone(), self.token, input)))
     }
 
