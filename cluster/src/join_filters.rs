@@ -530,7 +530,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for JoinFilterService {
                 ))
                 .into_http());
             }
-            Ok(match request.into_body().collect().await {
+            // One message, as large at most as a plan fragment may be.
+            let limit = usize::try_from(crate::wire::MAX_FIRST_MESSAGE).unwrap_or(usize::MAX);
+            let body = http_body_util::Limited::new(request.into_body(), limit.saturating_add(5));
+            Ok(match body.collect().await {
                 Ok(body) => receive(&body.to_bytes()),
                 Err(e) => tonic::Status::invalid_argument(format!(
                     "the join filter could not be read: {e}"
