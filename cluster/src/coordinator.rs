@@ -272,12 +272,7 @@ impl ClusterPlanner {
         // Joins send their filters to the scans of the stages below their
         // shuffles: a node passing rows through, and a wait in the scans.
         // The verifier then checks the plan as it is sent.
-        let remote_filters = session
-            .config_options()
-            .extensions
-            .get::<ScanOptions>()
-            .is_none_or(|o| o.dynamic_filters && o.remote_join_filters);
-        let plan = if remote_filters {
+        let plan = if crate::join_filters::sends_join_filters(session.config_options()) {
             crate::join_filters::export_join_filters(plan)?
         } else {
             plan

@@ -76,7 +76,7 @@ const KEPT_COMPLETE_FOR: Duration = Duration::from_secs(60);
 
 /// One task's filter, as it travels.
 #[derive(Clone, PartialEq, Message)]
-pub struct JoinFilterPiece {
+pub(crate) struct JoinFilterPiece {
     /// The statement's id (`meshq_query.id`), which each of its tasks has.
     #[prost(string, tag = "1")]
     pub query: String,
@@ -97,6 +97,15 @@ pub struct JoinFilterPiece {
     /// hash table cannot travel and arrives as `true` (keeps every row).
     #[prost(bytes = "vec", tag = "6")]
     pub expr: Vec<u8>,
+}
+
+/// Whether joins send their filters to the stages below
+/// (`meshq_scan.remote_join_filters`, with dynamic filters on).
+pub(crate) fn sends_join_filters(options: &datafusion::config::ConfigOptions) -> bool {
+    options
+        .extensions
+        .get::<ScanOptions>()
+        .is_none_or(|o| o.dynamic_filters && o.remote_join_filters)
 }
 
 /// Finds, in a distributed plan, the hash joins whose dynamic filter a
@@ -139,38 +148,30 @@ fn export_below(
     id: u64,
     schema: &SchemaRef,
 ) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
-    if node.is::<NetworkShuffleExec>() || node.is::<NetworkCoalesceExec>() {
+    node.transform_down(|node| {
+        if !(node.is::<NetworkShuffleExec>() || node.is::<NetworkCoalesceExec>()) {
+            // Another boundary (a broadcast) ends the probe side's stage.
+            let recursion = match node.is_network_boundary() {
+                true => TreeNodeRecursion::Jump,
+                false => TreeNodeRecursion::Continue,
+            };
+            return Ok(Transformed::new(node, false, recursion));
+        }
         let Some(stage) = node.children().first().map(|c| Arc::clone(c)) else {
-            return Ok(Transformed::no(node));
+            return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
         };
         let marked = wait_in_stage(stage, id)?;
         if !marked.transformed {
-            return Ok(Transformed::no(node));
+            return Ok(Transformed::new(node, false, TreeNodeRecursion::Jump));
         }
         let boundary = node.replace_children(vec![marked.data], keep())?;
-        return Ok(Transformed::yes(Arc::new(JoinFilterExportExec::new(
-            boundary,
-            Arc::clone(filter),
-            Arc::clone(schema),
-        ))));
-    }
-    if node.is_network_boundary() {
-        return Ok(Transformed::no(node));
-    }
-    let children: Vec<Arc<dyn ExecutionPlan>> = node.children().into_iter().cloned().collect();
-    let mut changed = false;
-    let mut new_children = Vec::with_capacity(children.len());
-    for child in children {
-        let t = export_below(child, filter, id, schema)?;
-        changed |= t.transformed;
-        new_children.push(t.data);
-    }
-    if !changed {
-        return Ok(Transformed::no(node));
-    }
-    Ok(Transformed::yes(
-        node.replace_children(new_children, keep())?,
-    ))
+        let export = JoinFilterExportExec::new(boundary, Arc::clone(filter), Arc::clone(schema));
+        Ok(Transformed::new(
+            Arc::new(export),
+            true,
+            TreeNodeRecursion::Jump,
+        ))
+    })
 }
 
 /// Children replaced by nodes of the same properties: an export passes
@@ -279,12 +280,7 @@ impl JoinFilterExportExec {
     /// distributed stage whose session can sign requests to workers.
     fn start(&self, ctx: &Arc<TaskContext>) -> Option<Sender> {
         let config = ctx.session_config();
-        let on = config
-            .options()
-            .extensions
-            .get::<ScanOptions>()
-            .is_none_or(|o| o.dynamic_filters && o.remote_join_filters);
-        if !on {
+        if !sends_join_filters(config.options()) {
             return None;
         }
         let resolver = config.get_extension::<AuthChannelResolver>()?;
