@@ -98,6 +98,11 @@ struct Args {
     /// these queries only.
     #[arg(long, value_delimiter = ',')]
     queries: Vec<String>,
+    /// Time the SQL in this file in place of TPC-H query `qN`
+    /// (`qN=PATH`; repeatable), to try a rewriting of it; the report
+    /// names the replaced queries.
+    #[arg(long = "query-file", value_name = "qN=PATH")]
+    query_file: Vec<String>,
     /// Print each query's plan (`EXPLAIN`, as the runner's principal) on
     /// each runner to standard error before timing it; with workers, the
     /// stages and where each runs.
@@ -144,6 +149,29 @@ fn chosen_queries(args: &Args) -> impl Iterator<Item = (&'static str, &'static s
     QUERIES
         .into_iter()
         .filter(|(name, _)| args.queries.is_empty() || args.queries.iter().any(|q| q == name))
+        .map(|(name, sql)| {
+            let replaced = REPLACED.get().and_then(|r| r.get(name));
+            (name, replaced.map_or(sql, |s| s.as_str()))
+        })
+}
+
+/// The queries `--query-file` replaces, read once at start.
+static REPLACED: std::sync::OnceLock<BTreeMap<&'static str, String>> = std::sync::OnceLock::new();
+
+fn read_replacements(args: &Args) -> Result<BTreeMap<&'static str, String>> {
+    let mut out = BTreeMap::new();
+    for kv in &args.query_file {
+        let (q, path) = kv
+            .split_once('=')
+            .with_context(|| format!("--query-file {kv}: write qN=PATH"))?;
+        let Some((name, _)) = QUERIES.iter().find(|(name, _)| *name == q.trim()) else {
+            anyhow::bail!("--query-file {kv}: `{q}` is not a TPC-H query (q1 … q22)");
+        };
+        let sql = std::fs::read_to_string(path.trim())
+            .with_context(|| format!("--query-file {kv}: cannot read {}", path.trim()))?;
+        out.insert(*name, sql);
+    }
+    Ok(out)
 }
 
 fn cores() -> usize {
@@ -174,10 +202,11 @@ async fn run(args: &Args) -> Result<String> {
     {
         anyhow::bail!("--queries: `{q}` is not a TPC-H query (q1 … q22)");
     }
+    let _ = REPLACED.set(read_replacements(args)?);
     let mut out = String::new();
     writeln!(
         out,
-        "# meshq-bench\n\nscale factor {}, {} measured runs after {} warm-up, target partitions {partitions}, {} cores{}{}\n",
+        "# meshq-bench\n\nscale factor {}, {} measured runs after {} warm-up, target partitions {partitions}, {} cores{}{}{}\n",
         args.sf,
         args.runs,
         args.warmup,
@@ -191,6 +220,11 @@ async fn run(args: &Args) -> Result<String> {
             String::new()
         } else {
             format!("; queries {} only", args.queries.join(", "))
+        },
+        if args.query_file.is_empty() {
+            String::new()
+        } else {
+            format!("; rewritten queries: {}", args.query_file.join(", "))
         }
     )?;
     let ds = Dataset::new(&root, args.sf);
