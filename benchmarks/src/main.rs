@@ -1130,15 +1130,51 @@ async fn wire_variants(
 async fn clients(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
     let engine = runners::engine(&ds.mesh_split(), partitions).await?;
     let server = flight::start(engine, cores())?;
+    let table = python_clients(args, &server.addr.to_string(), args.latency_queries)?;
+    writeln!(
+        out,
+        "### Through the clients users run (exempt principal, split mesh, loopback)\n"
+    )?;
+    out.push_str(&table);
+    out.push('\n');
+    drop(server);
+    // The same clients against a server that keeps every port in memory
+    // (`acceleration: { engine: memory }`): the fetch without the
+    // server's Parquet decoding, which shares the two cores with the
+    // client.
+    let engine = runners::engine(&ds.mesh_split_accelerated("memory")?, partitions).await?;
+    for (table, outcome) in engine.refresh_accelerations().await {
+        anyhow::ensure!(
+            matches!(
+                outcome,
+                meshq_engine::acceleration::RefreshOutcome::Built { .. }
+            ),
+            "{table} was not accelerated: {outcome:?}"
+        );
+    }
+    let server = flight::start(engine, cores())?;
+    let table = python_clients(args, &server.addr.to_string(), args.latency_queries)?;
+    writeln!(
+        out,
+        "From a memory copy of every port (`acceleration: {{ engine: memory }}`), the same clients:\n"
+    )?;
+    out.push_str(&table);
+    out.push('\n');
+    drop(server);
+    Ok(())
+}
+
+/// Runs the ADBC and pyarrow clients (`benchmarks/peers/clients.sh`)
+/// against the server at `addr`; their Markdown table.
+fn python_clients(args: &Args, addr: &str, latency_queries: usize) -> Result<String> {
     let (user, password) = PASSWORDS[0];
-    let addr = server.addr.to_string();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/clients.sh");
     let output = std::process::Command::new("bash")
         .arg(&script)
-        .arg(&addr)
+        .arg(addr)
         .arg(user)
         .arg(password)
-        .arg(args.latency_queries.to_string())
+        .arg(latency_queries.to_string())
         .arg(args.runs.to_string())
         .output()
         .context("running benchmarks/peers/clients.sh")?;
@@ -1147,14 +1183,7 @@ async fn clients(args: &Args, ds: &Dataset, partitions: usize, out: &mut String)
         "the Python clients failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    writeln!(
-        out,
-        "### Through the clients users run (exempt principal, split mesh, loopback)\n"
-    )?;
-    out.push_str(&String::from_utf8_lossy(&output.stdout));
-    out.push('\n');
-    drop(server);
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The 22 queries over Flight SQL twice on the split mesh with the result
