@@ -1036,16 +1036,7 @@ async fn fetch(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -
     wire_variants(args, &client, bytes, t.median(), out).await?;
     drop(server);
     // The same table served from a memory copy: no Parquet decoding.
-    let engine = runners::engine(&ds.mesh_split_accelerated("memory")?, partitions).await?;
-    for (table, outcome) in engine.refresh_accelerations().await {
-        anyhow::ensure!(
-            matches!(
-                outcome,
-                meshq_engine::acceleration::RefreshOutcome::Built { .. }
-            ),
-            "{table} was not accelerated: {outcome:?}"
-        );
-    }
+    let engine = memory_copy_engine(ds, partitions).await?;
     let server = flight::start(engine, cores())?;
     writeln!(
         out,
@@ -1142,16 +1133,7 @@ async fn clients(args: &Args, ds: &Dataset, partitions: usize, out: &mut String)
     // (`acceleration: { engine: memory }`): the fetch without the
     // server's Parquet decoding, which shares the two cores with the
     // client.
-    let engine = runners::engine(&ds.mesh_split_accelerated("memory")?, partitions).await?;
-    for (table, outcome) in engine.refresh_accelerations().await {
-        anyhow::ensure!(
-            matches!(
-                outcome,
-                meshq_engine::acceleration::RefreshOutcome::Built { .. }
-            ),
-            "{table} was not accelerated: {outcome:?}"
-        );
-    }
+    let engine = memory_copy_engine(ds, partitions).await?;
     let server = flight::start(engine, cores())?;
     let table = python_clients(args, &server.addr.to_string(), args.latency_queries)?;
     writeln!(
@@ -1162,6 +1144,22 @@ async fn clients(args: &Args, ds: &Dataset, partitions: usize, out: &mut String)
     out.push('\n');
     drop(server);
     Ok(())
+}
+
+/// An engine over the split mesh with every port copied into memory
+/// (`acceleration: { engine: memory }`), the copies built.
+async fn memory_copy_engine(ds: &Dataset, partitions: usize) -> Result<meshq_engine::Engine> {
+    let engine = runners::engine(&ds.mesh_split_accelerated("memory")?, partitions).await?;
+    for (table, outcome) in engine.refresh_accelerations().await {
+        anyhow::ensure!(
+            matches!(
+                outcome,
+                meshq_engine::acceleration::RefreshOutcome::Built { .. }
+            ),
+            "{table} was not accelerated: {outcome:?}"
+        );
+    }
+    Ok(engine)
 }
 
 /// Runs the ADBC and pyarrow clients (`benchmarks/peers/clients.sh`)

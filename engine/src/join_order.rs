@@ -1231,6 +1231,19 @@ mod tests {
         assert_eq!(expected.len(), 6, "{expected:?}");
     }
 
+    /// The last node of `plan` (in pre-order) that `pick` picks.
+    fn find(plan: &LogicalPlan, pick: impl Fn(&LogicalPlan) -> bool) -> Option<LogicalPlan> {
+        let mut found = None;
+        plan.apply(|p| {
+            if pick(p) {
+                found = Some(p.clone());
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        found
+    }
+
     /// An alias renames its input's columns: what is read of the alias is
     /// read of the input, by position.
     #[tokio::test]
@@ -1241,15 +1254,7 @@ mod tests {
             .await
             .unwrap()
             .into_unoptimized_plan();
-        let mut alias = None;
-        plan.apply(|p| {
-            if matches!(p, LogicalPlan::SubqueryAlias(_)) {
-                alias = Some(p.clone());
-            }
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        })
-        .unwrap();
-        let alias = alias.expect("an alias");
+        let alias = find(&plan, |p| matches!(p, LogicalPlan::SubqueryAlias(_))).expect("an alias");
         let needed = HashSet::from([Column::new(Some("s"), "name")]);
         assert_eq!(
             needed_by_inputs(&alias, &needed),
@@ -1269,17 +1274,11 @@ mod tests {
             .unwrap()
             .into_optimized_plan()
             .unwrap();
-        let mut semi = None;
-        plan.apply(|p| {
-            if let LogicalPlan::Join(j) = p
-                && j.join_type == JoinType::LeftSemi
-            {
-                semi = Some(p.clone());
-            }
-            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-        })
-        .unwrap();
-        let semi = semi.expect("a semi join");
+        let semi = find(
+            &plan,
+            |p| matches!(p, LogicalPlan::Join(j) if j.join_type == JoinType::LeftSemi),
+        )
+        .expect("a semi join");
         assert_eq!(rows(&semi), Some(1000.0));
         assert_eq!(base_rows(&semi), Some(10_000.0));
     }
