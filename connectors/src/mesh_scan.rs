@@ -68,7 +68,7 @@ datafusion::common::extensions_options! {
         /// Under `dynamic_filter_probes = selective`, the share of the rows
         /// it has seen (0 to 1) from which a scan partition stops applying
         /// a filter that probes a hash table.
-        pub dynamic_filter_probe_max_kept: f64, default = 0.01
+        pub dynamic_filter_probe_max_kept: Share, default = Share::default()
         /// How long, in milliseconds, a scan waits before its first batch
         /// for the dynamic filters of the hash joins above it to be
         /// complete (0: it does not wait). A scan that starts before a
@@ -137,6 +137,39 @@ impl fmt::Display for DynamicFilterProbes {
 }
 
 config_field!(DynamicFilterProbes);
+
+/// A share from 0 to 1 (`meshq_scan.dynamic_filter_probe_max_kept`); any
+/// other value is refused where it is set.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Share(pub f64);
+
+impl std::str::FromStr for Share {
+    type Err = DataFusionError;
+
+    fn from_str(value: &str) -> Result<Self> {
+        match value.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(Self(v)),
+            _ => Err(DataFusionError::Configuration(format!(
+                "meshq_scan.dynamic_filter_probe_max_kept: {value:?} is not a share from 0 to 1 (0.01 is 1 %)"
+            ))),
+        }
+    }
+}
+
+impl Default for Share {
+    /// The setting's default: 1 %.
+    fn default() -> Self {
+        Self(0.01)
+    }
+}
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+config_field!(Share);
 
 impl DynamicFilterProbes {
     /// Whether a filter whose current expression is `expr` is applied, and
@@ -217,7 +250,7 @@ impl LateFilter {
         let kept = self.passed as f64 / self.seen as f64;
         let probing = self.judged.is_some_and(|(_, found)| found.probing);
         if probing && options.dynamic_filter_probes == DynamicFilterProbes::Selective {
-            kept >= options.dynamic_filter_probe_max_kept
+            kept >= options.dynamic_filter_probe_max_kept.0
         } else {
             kept >= 0.95
         }
@@ -1043,6 +1076,27 @@ mod tests {
             ("dynamic_filter_probe_max_kept", "0.5"),
         ];
         assert_eq!(rows_probed(&more, 10).await, 20_000);
+    }
+
+    /// The share a probe may keep is refused outside 0 to 1, with the
+    /// setting's name.
+    #[test]
+    fn a_share_outside_zero_to_one_is_refused() {
+        let mut config =
+            datafusion::prelude::SessionConfig::new().with_option_extension(ScanOptions::default());
+        let key = "meshq_scan.dynamic_filter_probe_max_kept";
+        for bad in ["1.5", "-0.1", "NaN", "inf", "often"] {
+            let refused = config.options_mut().set(key, bad).unwrap_err().to_string();
+            assert!(
+                refused.contains(key) && refused.contains("0 to 1"),
+                "{bad}: {refused}"
+            );
+        }
+        for good in ["0", "0.25", "1"] {
+            config.options_mut().set(key, good).unwrap();
+        }
+        let options = config.options().extensions.get::<ScanOptions>().unwrap();
+        assert_eq!(options.dynamic_filter_probe_max_kept, Share(1.0));
     }
 
     /// A scan given filters from outside (a worker's decoded scan) takes
