@@ -99,8 +99,10 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     queries: Vec<String>,
     /// Time the SQL in this file in place of TPC-H query `qN`
-    /// (`qN=PATH`; repeatable), to try a rewriting of it; the report
-    /// names the replaced queries.
+    /// (`qN=PATH`; repeatable), to try a rewriting of it, on every meshq
+    /// and DataFusion runner of the measurements `--queries` applies to
+    /// (DuckDB, timed in turn under `flight,peers`, runs its own `qN`);
+    /// the report names the replaced queries.
     #[arg(long = "query-file", value_name = "qN=PATH")]
     query_file: Vec<String>,
     /// Print each query's plan (`EXPLAIN`, as the runner's principal) on
@@ -1119,30 +1121,29 @@ async fn wire_variants(
 /// ADBC Flight SQL driver and pyarrow's Flight client, from PyPI
 /// (benchmarks/peers/clients.sh).
 async fn clients(args: &Args, ds: &Dataset, partitions: usize, out: &mut String) -> Result<()> {
-    let engine = runners::engine(&ds.mesh_split(), partitions).await?;
-    let server = flight::start(engine, cores())?;
-    let table = python_clients(args, &server.addr.to_string(), args.latency_queries)?;
-    writeln!(
-        out,
-        "### Through the clients users run (exempt principal, split mesh, loopback)\n"
-    )?;
-    out.push_str(&table);
-    out.push('\n');
-    drop(server);
-    // The same clients against a server that keeps every port in memory
-    // (`acceleration: { engine: memory }`): the fetch without the
-    // server's Parquet decoding, which shares the two cores with the
-    // client.
-    let engine = memory_copy_engine(ds, partitions).await?;
-    let server = flight::start(engine, cores())?;
-    let table = python_clients(args, &server.addr.to_string(), args.latency_queries)?;
-    writeln!(
-        out,
-        "From a memory copy of every port (`acceleration: {{ engine: memory }}`), the same clients:\n"
-    )?;
-    out.push_str(&table);
-    out.push('\n');
-    drop(server);
+    // Against a server reading the files, then against one that keeps
+    // every port in memory (`acceleration: { engine: memory }`): the
+    // fetch without the server's Parquet decoding, which shares the two
+    // cores with the client.
+    for from_memory in [false, true] {
+        let (engine, heading) = if from_memory {
+            (
+                memory_copy_engine(ds, partitions).await?,
+                "From a memory copy of every port (`acceleration: { engine: memory }`), the same clients:\n",
+            )
+        } else {
+            (
+                runners::engine(&ds.mesh_split(), partitions).await?,
+                "### Through the clients users run (exempt principal, split mesh, loopback)\n",
+            )
+        };
+        let server = flight::start(engine, cores())?;
+        let table = python_clients(args, &server.addr.to_string())?;
+        writeln!(out, "{heading}")?;
+        out.push_str(&table);
+        out.push('\n');
+        drop(server);
+    }
     Ok(())
 }
 
@@ -1164,7 +1165,7 @@ async fn memory_copy_engine(ds: &Dataset, partitions: usize) -> Result<meshq_eng
 
 /// Runs the ADBC and pyarrow clients (`benchmarks/peers/clients.sh`)
 /// against the server at `addr`; their Markdown table.
-fn python_clients(args: &Args, addr: &str, latency_queries: usize) -> Result<String> {
+fn python_clients(args: &Args, addr: &str) -> Result<String> {
     let (user, password) = PASSWORDS[0];
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/clients.sh");
     let output = std::process::Command::new("bash")
@@ -1172,7 +1173,7 @@ fn python_clients(args: &Args, addr: &str, latency_queries: usize) -> Result<Str
         .arg(addr)
         .arg(user)
         .arg(password)
-        .arg(latency_queries.to_string())
+        .arg(args.latency_queries.to_string())
         .arg(args.runs.to_string())
         .output()
         .context("running benchmarks/peers/clients.sh")?;

@@ -421,10 +421,9 @@ struct Estimates {
     names: Vec<String>,
     /// Each key's leaves, per side.
     key_sources: Vec<(HashSet<usize>, HashSet<usize>)>,
-    /// Each leaf's columns with their estimated widths in bytes.
-    columns: Vec<Vec<(Column, f64)>>,
-    /// The columns the plans above the tree read.
-    needed: Needed,
+    /// Each leaf's columns: the column, its estimated width in bytes, and
+    /// whether the plans above the tree read it.
+    columns: Vec<Vec<(Column, f64, bool)>>,
     /// Each join condition (key or filter): the leaves it joins and the
     /// columns it reads. A column stays in a join's output while a
     /// condition still to come reads it.
@@ -469,6 +468,12 @@ impl Estimates {
                     .map(|f| (tree.sources(f).unwrap_or_else(|| every.clone()), refs(f))),
             )
             .collect();
+        let above = |c: &Column| {
+            needed.contains(c)
+                || needed
+                    .iter()
+                    .any(|n| n.relation.is_none() && n.name == c.name)
+        };
         Some(Self {
             columns: tree
                 .leaves
@@ -476,11 +481,14 @@ impl Estimates {
                 .map(|l| {
                     l.schema()
                         .iter()
-                        .map(|(q, f)| (Column::new(q.cloned(), f.name()), width(f.data_type())))
+                        .map(|(q, f)| {
+                            let c = Column::new(q.cloned(), f.name());
+                            let read = above(&c);
+                            (c, width(f.data_type()), read)
+                        })
                         .collect()
                 })
                 .collect(),
-            needed: needed.clone(),
             conditions,
             rows,
             base: tree.leaves.iter().map(base_rows).collect(),
@@ -499,20 +507,14 @@ impl Estimates {
     /// outside `set` still needs.
     fn width(&self, set: &HashSet<usize>) -> f64 {
         let kept = |c: &Column| {
-            self.needed.contains(c)
-                || self
-                    .needed
-                    .iter()
-                    .any(|n| n.relation.is_none() && n.name == c.name)
-                || self
-                    .conditions
-                    .iter()
-                    .any(|(leaves, cols)| cols.contains(c) && !leaves.is_subset(set))
+            self.conditions
+                .iter()
+                .any(|(leaves, cols)| cols.contains(c) && !leaves.is_subset(set))
         };
         set.iter()
             .flat_map(|&i| &self.columns[i])
-            .filter(|(c, _)| kept(c))
-            .map(|(_, w)| w)
+            .filter(|(c, _, above)| *above || kept(c))
+            .map(|(_, w, _)| w)
             .sum::<f64>()
             .max(1.0)
     }
