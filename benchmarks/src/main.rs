@@ -1138,13 +1138,83 @@ async fn clients(args: &Args, ds: &Dataset, partitions: usize, out: &mut String)
             )
         };
         let server = flight::start(engine, cores())?;
-        let table = python_clients(args, &server.addr.to_string())?;
+        let (user, password) = PASSWORDS[0];
+        let table = python_clients(
+            &server.addr.to_string(),
+            Some((user, password)),
+            args.latency_queries,
+            args.runs,
+            None,
+        )?;
         writeln!(out, "{heading}")?;
         out.push_str(&table);
         out.push('\n');
         drop(server);
     }
+    // The same fetch from pyarrow's own Flight server (Arrow C++, gRPC
+    // C++) holding the same `lineitem` in memory: what the clients reach
+    // on this machine against a server that spends next to nothing.
+    let reference = ReferenceServer::start(&ds.parquet_dir("lineitem"))?;
+    let table = python_clients(
+        &reference.addr,
+        None,
+        0,
+        args.runs,
+        Some(reference.child.id()),
+    )?;
+    drop(reference);
+    writeln!(
+        out,
+        "The same fetch from pyarrow's Flight server (Arrow C++) holding the same `lineitem` in memory \
+(benchmarks/peers/flight_reference_server.py):\n"
+    )?;
+    out.push_str(&table);
+    out.push('\n');
     Ok(())
+}
+
+/// pyarrow's Flight server holding one table in memory
+/// (`benchmarks/peers/flight_reference_server.sh`); stopped when dropped.
+struct ReferenceServer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl ReferenceServer {
+    fn start(parquet_dir: &std::path::Path) -> Result<Self> {
+        use std::io::BufRead;
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/flight_reference_server.sh");
+        let mut child = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(parquet_dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("running benchmarks/peers/flight_reference_server.sh")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the reference server's output")?;
+        // Drops (and so stops) the child if it never says it is ready.
+        let mut server = Self {
+            child,
+            addr: String::new(),
+        };
+        for line in std::io::BufReader::new(stdout).lines() {
+            if let Some(port) = line?.strip_prefix("ready ") {
+                server.addr = format!("127.0.0.1:{}", port.trim());
+                return Ok(server);
+            }
+        }
+        anyhow::bail!("the reference Flight server stopped before it served (its errors are above)")
+    }
+}
+
+impl Drop for ReferenceServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// An engine over the split mesh with every port copied into memory
@@ -1164,17 +1234,30 @@ async fn memory_copy_engine(ds: &Dataset, partitions: usize) -> Result<meshq_eng
 }
 
 /// Runs the ADBC and pyarrow clients (`benchmarks/peers/clients.sh`)
-/// against the server at `addr`; their Markdown table.
-fn python_clients(args: &Args, addr: &str) -> Result<String> {
-    let (user, password) = PASSWORDS[0];
+/// against the server at `addr` (as `credentials`, or without any); their
+/// Markdown table. `latency_queries` 0 measures only the fetch; the CPU
+/// time of `server_pid` is read, this process's by default.
+fn python_clients(
+    addr: &str,
+    credentials: Option<(&str, &str)>,
+    latency_queries: usize,
+    runs: usize,
+    server_pid: Option<u32>,
+) -> Result<String> {
+    let (user, password) = credentials.unwrap_or(("-", "-"));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/clients.sh");
-    let output = std::process::Command::new("bash")
+    let mut command = std::process::Command::new("bash");
+    command
         .arg(&script)
         .arg(addr)
         .arg(user)
         .arg(password)
-        .arg(args.latency_queries.to_string())
-        .arg(args.runs.to_string())
+        .arg(latency_queries.to_string())
+        .arg(runs.to_string());
+    if let Some(pid) = server_pid {
+        command.arg(pid.to_string());
+    }
+    let output = command
         .output()
         .context("running benchmarks/peers/clients.sh")?;
     anyhow::ensure!(

@@ -428,6 +428,11 @@ mod tests {
                 0 => builder.append_null(),
                 1 => builder.append_value(""),
                 2 => builder.append_value(format!("s{i}")),
+                // Lengths of 16 to 51 bytes, the last value of each data
+                // buffer ending it.
+                3 => builder.append_value(
+                    &"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTU"[..13 + i % 40],
+                ),
                 _ => builder.append_value(format!("{long} {i}")),
             }
         }
