@@ -1,8 +1,9 @@
 """A reference for the `lineitem` fetch: pyarrow's own Flight server (Arrow
 C++ and gRPC C++) serving one table from memory, answering just enough of
-Flight SQL for the ADBC driver and pyarrow's client to fetch it. Every
-statement query is answered with that table, whatever its text, so only
-the fetch is measured against it, never `SELECT 1`.
+Flight SQL for the ADBC driver and pyarrow's client. A statement whose text
+names `lineitem` is answered with that table; any other statement with one
+row of one column (as `SELECT 1`), so a client's round trips can be timed
+against a server that does next to nothing.
 
 The table is read from a folder of Parquet files and kept in the form meshq
 sends it: `string_view` columns as `string`, in batches of 8192 rows
@@ -43,23 +44,37 @@ class Server(flight.FlightServerBase):
         self.schema = table.schema
         self.rows = table.num_rows
         self.batches = table.to_batches(max_chunksize=BATCH_ROWS)
-        self.schema_ipc = table.schema.serialize().to_pybytes()
+        self.one = pa.table({"Int64(1)": pa.array([1], pa.int64())})
+
+    def answer(self, text):
+        """(ticket, table schema, rows) of the statement `text` names."""
+        if b"lineitem" in text:
+            return b"table", self.schema, self.rows
+        return b"one", self.one.schema, 1
 
     def get_flight_info(self, context, descriptor):
         command = descriptor.command or b""
+        # The statement's text, or the prepared statement's handle (the
+        # ticket named at its preparation), is in the command.
         if SQL + b"CommandStatementQuery" not in command and SQL + b"CommandPreparedStatementQuery" not in command:
             raise flight.FlightUnimplementedError("this reference answers statement queries only")
-        endpoint = flight.FlightEndpoint(b"table", [])
-        return flight.FlightInfo(self.schema, descriptor, [endpoint], self.rows, -1)
+        ticket, schema, rows = self.answer(command)
+        endpoint = flight.FlightEndpoint(ticket, [])
+        return flight.FlightInfo(schema, descriptor, [endpoint], rows, -1)
 
     def do_get(self, context, ticket):
+        if ticket.ticket == b"one":
+            return flight.RecordBatchStream(self.one)
         return flight.RecordBatchStream(pa.RecordBatchReader.from_batches(self.schema, self.batches))
 
     def do_action(self, context, action):
         if action.type == "CreatePreparedStatement":
             # ActionCreatePreparedStatementResult { handle, dataset_schema }
-            # packed in google.protobuf.Any.
-            result = bytes_field(1, b"h") + bytes_field(2, self.schema_ipc)
+            # packed in google.protobuf.Any; the handle names what the
+            # statement answers.
+            ticket, schema, _ = self.answer(action.body.to_pybytes())
+            handle = b"lineitem" if ticket == b"table" else b"one"
+            result = bytes_field(1, handle) + bytes_field(2, schema.serialize().to_pybytes())
             packed = bytes_field(1, SQL + b"ActionCreatePreparedStatementResult") + bytes_field(2, result)
             return [flight.Result(pa.py_buffer(packed))]
         if action.type == "ClosePreparedStatement":

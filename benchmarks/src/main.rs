@@ -1151,22 +1151,23 @@ async fn clients(args: &Args, ds: &Dataset, partitions: usize, out: &mut String)
         out.push('\n');
         drop(server);
     }
-    // The same fetch from pyarrow's own Flight server (Arrow C++, gRPC
-    // C++) holding the same `lineitem` in memory: what the clients reach
-    // on this machine against a server that spends next to nothing.
+    // The same clients against pyarrow's own Flight server (Arrow C++,
+    // gRPC C++) holding the same `lineitem` in memory and answering
+    // `SELECT 1` with one row: what the clients reach on this machine
+    // against a server that does next to nothing.
     let reference = ReferenceServer::start(&ds.parquet_dir("lineitem"))?;
     let table = python_clients(
         &reference.addr,
         None,
-        0,
+        args.latency_queries,
         args.runs,
         Some(reference.child.id()),
     )?;
     drop(reference);
     writeln!(
         out,
-        "The same fetch from pyarrow's Flight server (Arrow C++) holding the same `lineitem` in memory \
-(benchmarks/peers/flight_reference_server.py):\n"
+        "The same clients against pyarrow's Flight server (Arrow C++) holding the same `lineitem` in memory \
+and answering `SELECT 1` with one row (benchmarks/peers/flight_reference_server.py):\n"
     )?;
     out.push_str(&table);
     out.push('\n');
@@ -1235,7 +1236,7 @@ async fn memory_copy_engine(ds: &Dataset, partitions: usize) -> Result<meshq_eng
 
 /// Runs the ADBC and pyarrow clients (`benchmarks/peers/clients.sh`)
 /// against the server at `addr` (as `credentials`, or without any); their
-/// Markdown table. `latency_queries` 0 measures only the fetch; the CPU
+/// Markdown table. `latency_queries` 0 measures only the fetch. The CPU
 /// time of `server_pid` is read, this process's by default.
 fn python_clients(
     addr: &str,
