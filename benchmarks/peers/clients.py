@@ -9,7 +9,6 @@ fetch. SERVER_PID is the serving process whose CPU time is read (by default
 the parent, meshq-bench, which serves).
 """
 
-import base64
 import os
 import statistics
 import sys
@@ -42,15 +41,11 @@ def pyarrow_flight(addr, user, password):
     import pyarrow.flight as flight
     from pyarrow.flight import FlightDescriptor
 
-    # Flight SQL's CommandStatementQuery, packed as google.protobuf.Any by
-    # hand (field 1: the query text) so no generated code is needed.
+    from flightsql_messages import any_message, bytes_field
+
+    # Flight SQL's CommandStatementQuery (field 1: the query text).
     def command(sql):
-        body = sql.encode()
-        inner = b"\x0a" + varint(len(body)) + body
-        type_url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
-        return (
-            b"\x0a" + varint(len(type_url)) + type_url + b"\x12" + varint(len(inner)) + inner
-        )
+        return any_message(b"CommandStatementQuery", bytes_field(1, sql.encode()))
 
     client = flight.FlightClient(f"grpc://{addr}")
     headers = [] if user == "-" else [client.authenticate_basic_token(user, password)]
@@ -61,17 +56,6 @@ def pyarrow_flight(addr, user, password):
         return client.do_get(info.endpoints[0].ticket, options).read_all()
 
     return run
-
-
-def varint(n):
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out += bytes([b | 0x80])
-        else:
-            return out + bytes([b])
 
 
 def cpu_seconds(pid):

@@ -18,24 +18,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pyarrow.parquet as pq
 
+from flightsql_messages import SQL, any_message, bytes_field
+
 BATCH_ROWS = 8192
-SQL = b"type.googleapis.com/arrow.flight.protocol.sql."
-
-
-def varint(n):
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out += bytes([b | 0x80])
-        else:
-            return out + bytes([b])
-
-
-def bytes_field(number, data):
-    """A length-delimited protobuf field."""
-    return varint(number << 3 | 2) + varint(len(data)) + data
 
 
 class Server(flight.FlightServerBase):
@@ -69,13 +54,12 @@ class Server(flight.FlightServerBase):
 
     def do_action(self, context, action):
         if action.type == "CreatePreparedStatement":
-            # ActionCreatePreparedStatementResult { handle, dataset_schema }
-            # packed in google.protobuf.Any; the handle names what the
-            # statement answers.
+            # ActionCreatePreparedStatementResult { handle, dataset_schema };
+            # the handle names what the statement answers.
             ticket, schema, _ = self.answer(action.body.to_pybytes())
             handle = b"lineitem" if ticket == b"table" else b"one"
             result = bytes_field(1, handle) + bytes_field(2, schema.serialize().to_pybytes())
-            packed = bytes_field(1, SQL + b"ActionCreatePreparedStatementResult") + bytes_field(2, result)
+            packed = any_message(b"ActionCreatePreparedStatementResult", result)
             return [flight.Result(pa.py_buffer(packed))]
         if action.type == "ClosePreparedStatement":
             return []
