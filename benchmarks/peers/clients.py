@@ -1,6 +1,8 @@
-"""Flight SQL clients as users run them, against a meshq server that
-meshq-bench started: the ADBC Flight SQL driver (through its DB-API) and
-pyarrow's own Flight client. Prints a Markdown table on stdout.
+"""Flight SQL clients as users run them, against a server meshq-bench
+started (meshq, or the reference in flight_reference_server.py): the ADBC
+Flight SQL driver (through its DB-API) and pyarrow's own Flight client.
+Prints a Markdown table on stdout; GB fetched are GB of Arrow data
+(`nbytes` of the tables received).
 
     clients.py HOST:PORT USER PASSWORD LATENCY_QUERIES RUNS [SERVER_PID]
 
@@ -67,6 +69,8 @@ def cpu_seconds(pid):
 def main():
     addr, user, password, latency_queries, runs = sys.argv[1:6]
     latency_queries, runs = int(latency_queries), int(runs)
+    if runs < 1:
+        sys.exit("clients.py: RUNS must be at least 1")
     # meshq-bench runs this script (through exec), so by default the parent
     # is the server's process.
     server = int(sys.argv[6]) if len(sys.argv) > 6 else os.getppid()

@@ -2,8 +2,8 @@
 C++ and gRPC C++) serving one table from memory, answering just enough of
 Flight SQL for the ADBC driver and pyarrow's client. A statement whose text
 names `lineitem` is answered with that table; any other statement with one
-row of one column (as `SELECT 1`), so a client's round trips can be timed
-against a server that does next to nothing.
+row of one column (as `SELECT 1`). The fetch is served without copies in
+Python; each call still runs a Python handler, which costs CPU per call.
 
 The table is read from a folder of Parquet files and kept in the form meshq
 sends it: `string_view` columns as `string`, in batches of 8192 rows

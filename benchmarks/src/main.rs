@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arrow_flight::sql::client::FlightSqlServiceClient;
@@ -1154,7 +1154,8 @@ async fn clients(args: &Args, ds: &Dataset, partitions: usize, out: &mut String)
     // The same clients against pyarrow's own Flight server (Arrow C++,
     // gRPC C++) holding the same `lineitem` in memory and answering
     // `SELECT 1` with one row: what the clients reach on this machine
-    // against a server that does next to nothing.
+    // against a server that copies next to nothing (its Python handlers
+    // still cost CPU per call).
     let reference = ReferenceServer::start(&ds.parquet_dir("lineitem"))?;
     let table = python_clients(
         &reference.addr,
@@ -1182,6 +1183,10 @@ struct ReferenceServer {
 }
 
 impl ReferenceServer {
+    /// How long the server may take to say it serves: the first run
+    /// creates the peers' venv and installs its packages.
+    const READY_WITHIN: Duration = Duration::from_secs(600);
+
     fn start(parquet_dir: &std::path::Path) -> Result<Self> {
         use std::io::BufRead;
         let script =
@@ -1196,18 +1201,36 @@ impl ReferenceServer {
             .stdout
             .take()
             .context("the reference server's output")?;
-        // Drops (and so stops) the child if it never says it is ready.
+        // Dropped (and so stopped) if it does not say it is ready in time.
         let mut server = Self {
             child,
             addr: String::new(),
         };
-        for line in std::io::BufReader::new(stdout).lines() {
-            if let Some(port) = line?.strip_prefix("ready ") {
-                server.addr = format!("127.0.0.1:{}", port.trim());
-                return Ok(server);
+        // The server's output is read on a thread of its own, which keeps
+        // reading (so the server never writes into a full pipe) until the
+        // server stops.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(port) = line.strip_prefix("ready ") {
+                    let _ = ready_tx.send(port.trim().to_string());
+                }
             }
+        });
+        match ready_rx.recv_timeout(Self::READY_WITHIN) {
+            Ok(port) => {
+                server.addr = format!("127.0.0.1:{port}");
+                Ok(server)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => anyhow::bail!(
+                "the reference Flight server did not serve within {:?}",
+                Self::READY_WITHIN
+            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!(
+                "the reference Flight server stopped before it served (its errors are above)"
+            ),
         }
-        anyhow::bail!("the reference Flight server stopped before it served (its errors are above)")
     }
 }
 
