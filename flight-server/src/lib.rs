@@ -21,6 +21,7 @@ pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod coalesce;
+pub mod direct_get;
 pub mod error;
 pub mod lineage;
 pub mod metadata;
@@ -228,9 +229,16 @@ pub async fn serve(
         }
         None => None,
     };
-    let service = FlightServiceServer::new(flight)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let flight = Arc::new(flight);
+    // Statement results are streamed without copying their Arrow data
+    // (`direct_get`); every other call goes to the generated service.
+    let service = direct_get::DirectDoGet::new(
+        FlightServiceServer::from_arc(Arc::clone(&flight))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        flight,
+        MAX_MESSAGE_BYTES,
+    );
     // grpc.health.v1: NOT_SERVING until the first load completes.
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -177,19 +177,100 @@ impl MeshFlightService {
         params: Option<RecordBatch>,
         nonce: Option<u64>,
         prepared: Option<String>,
-    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
+    ) -> Result<Results, Status> {
         let client = self.client(&request).await?;
         let ticket = request.get_ref().ticket.to_vec();
         let mut req = self.request(client, &request, call, sql, params)?;
         req.prepared = prepared;
         let wire = req.wire;
         let stream = self.queries.stream(req, ticket, nonce).await?;
-        Ok(Response::new(encode_stream(stream, wire)))
+        Ok(Results::Running(stream, wire))
+    }
+
+    /// The result a `DoGet` of a statement's ticket or of a prepared
+    /// statement asks for (`None` for any other ticket), before it is
+    /// put in Flight form: what the service's `DoGet` sends, and what
+    /// [`crate::direct_get::DirectDoGet`] streams without copying.
+    pub(crate) async fn statement_results(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Results, Status> {
+        let any = arrow_flight::sql::Any::decode(request.get_ref().ticket.as_ref())
+            .map_err(|_| Error::malformed("ticket"))?;
+        match arrow_flight::sql::Command::try_from(any).map_err(|_| Error::malformed("ticket"))? {
+            arrow_flight::sql::Command::TicketStatementQuery(ticket) => {
+                self.statement_ticket_results(ticket, request).await
+            }
+            arrow_flight::sql::Command::CommandPreparedStatementQuery(cmd) => {
+                self.prepared_results(cmd, request).await
+            }
+            _ => Err(Error::malformed("ticket").into()),
+        }
+    }
+
+    async fn statement_ticket_results(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Results, Status> {
+        let t = StatementTicket::decode(&ticket.statement_handle)?;
+        if let Some(result) = &t.result {
+            // Ran when it was announced: its result, in the announced schema.
+            self.client(&request).await?;
+            let wire = WireOptions::from_headers(request.metadata())?;
+            let (schema, batches) = batches_from_ipc(result)?;
+            return Ok(Results::Done(schema, batches, wire));
+        }
+        let params = t.params.as_deref().map(params_from_ipc).transpose()?;
+        let call = if params.is_some() {
+            Call::Prepared
+        } else {
+            Call::Statement
+        };
+        self.stream(request, call, t.sql, params, Some(t.nonce), None)
+            .await
+    }
+
+    async fn prepared_results(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Results, Status> {
+        let client = self.client(&request).await?;
+        let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
+        let params = self.bound(&client, &handle);
+        self.stream(
+            request,
+            Call::Prepared,
+            handle.sql,
+            params,
+            None,
+            Some(handle.id),
+        )
+        .await
     }
 
     /// The parameters `client` bound to `handle`.
     fn bound(&self, client: &ClientSession, handle: &PreparedHandle) -> Option<RecordBatch> {
         self.params.get(client.principal().display_name(), handle)
+    }
+}
+
+/// A statement's result for `DoGet`, before it is put in Flight form.
+pub(crate) enum Results {
+    /// Running: its batches as they come.
+    Running(crate::result_stream::ResultStream, WireOptions),
+    /// Ran when it was announced: its batches, in the announced schema.
+    Done(arrow::datatypes::SchemaRef, Vec<RecordBatch>, WireOptions),
+}
+
+impl Results {
+    /// The result in Flight form, as the generated service sends it.
+    fn encode(self) -> BoxStream<arrow_flight::FlightData> {
+        match self {
+            Self::Running(stream, wire) => encode_stream(stream, wire),
+            Self::Done(schema, batches, wire) => encode_batches(schema, batches, wire),
+        }
     }
 }
 
@@ -234,22 +315,11 @@ impl FlightSqlService for MeshFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         tracing::debug!(rpc = "do_get_statement");
-        let t = StatementTicket::decode(&ticket.statement_handle)?;
-        if let Some(result) = &t.result {
-            // Ran when it was announced: its result, in the announced schema.
-            self.client(&request).await?;
-            let wire = WireOptions::from_headers(request.metadata())?;
-            let (schema, batches) = batches_from_ipc(result)?;
-            return Ok(Response::new(encode_batches(schema, batches, wire)));
-        }
-        let params = t.params.as_deref().map(params_from_ipc).transpose()?;
-        let call = if params.is_some() {
-            Call::Prepared
-        } else {
-            Call::Statement
-        };
-        self.stream(request, call, t.sql, params, Some(t.nonce), None)
-            .await
+        Ok(Response::new(
+            self.statement_ticket_results(ticket, request)
+                .await?
+                .encode(),
+        ))
     }
 
     async fn do_action_create_prepared_statement(
@@ -335,18 +405,9 @@ impl FlightSqlService for MeshFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
         tracing::debug!(rpc = "do_get_prepared_statement");
-        let client = self.client(&request).await?;
-        let handle = PreparedHandle::decode(&cmd.prepared_statement_handle)?;
-        let params = self.bound(&client, &handle);
-        self.stream(
-            request,
-            Call::Prepared,
-            handle.sql,
-            params,
-            None,
-            Some(handle.id),
-        )
-        .await
+        Ok(Response::new(
+            self.prepared_results(cmd, request).await?.encode(),
+        ))
     }
 
     async fn do_put_statement_update(

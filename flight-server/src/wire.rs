@@ -70,7 +70,7 @@ impl WireOptions {
         Ok(Self { views, compression })
     }
 
-    fn ipc(&self) -> Result<IpcWriteOptions, Error> {
+    pub(crate) fn ipc(&self) -> Result<IpcWriteOptions, Error> {
         IpcWriteOptions::default()
             .try_with_compression(self.compression)
             .map_err(|e| Error::encode("a result", e))

@@ -1,0 +1,628 @@
+//! `DoGet` of a statement's result without copying its Arrow data.
+//!
+//! tonic sends a `FlightData` by encoding it with prost into a buffer of
+//! its own, and arrow-flight builds each `FlightData` by writing the
+//! batch's Arrow buffers into one body: two copies of every byte before
+//! the socket's. A profile of a full `lineitem` fetch put them at a fifth
+//! of the server's time (BENCHMARKS.md, 2026-11-28).
+//!
+//! [`DirectDoGet`] stands in front of the generated Flight service and
+//! answers the `DoGet` calls that stream a statement's result (a
+//! statement's ticket, a prepared statement's). It
+//! - decodes the call's ticket and runs the same code as the service
+//!   ([`MeshFlightService::statement_results`]: the caller's session, its
+//!   policies, admission, audit);
+//! - encodes each batch with arrow's IPC [`StreamEncoder`], which hands
+//!   out the batch's own buffers, and sends them as the body of a gRPC
+//!   message, header and framing written by hand ([`Messages`]);
+//! - ends with gRPC's trailers: `grpc-status` 0, or the error's status
+//!   and message.
+//!
+//! Every other call, and a `DoGet` whose ticket names anything else (the
+//! metadata calls' results), goes to the generated service unchanged,
+//! with the request body it was sent.
+//!
+//! Small pieces (the message's header, padding, validity bitmaps) are
+//! copied into one chunk, so the HTTP/2 layer is not handed a frame per
+//! padding byte; pieces of [`SHARE_BYTES`] or more are passed on as they
+//! are.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arrow::array::RecordBatch;
+use arrow::buffer::Buffer;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::writer::StreamEncoder;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::{Any, Command};
+use arrow_flight::{SchemaAsIpc, Ticket};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use prost::Message;
+use tonic::Status;
+use tonic::server::NamedService;
+
+use crate::error::Error;
+use crate::service::{MeshFlightService, Results};
+use crate::wire::WireOptions;
+
+/// The path of Flight's `DoGet`.
+const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
+
+/// A batch whose Arrow data is larger is sent in several messages, as
+/// arrow-flight's encoder does (gRPC clients refuse messages over 4 MiB by
+/// default).
+const MESSAGE_DATA_BYTES: usize = 2 * 1024 * 1024;
+
+/// Pieces of a message this large are sent without a copy.
+const SHARE_BYTES: usize = 4096;
+
+/// The generated Flight service, with statement results streamed by
+/// [`DirectDoGet`].
+#[derive(Clone)]
+pub struct DirectDoGet {
+    inner: FlightServiceServer<MeshFlightService>,
+    service: Arc<MeshFlightService>,
+    max_request_bytes: usize,
+}
+
+impl DirectDoGet {
+    /// `inner` serves every call `service` does not stream directly.
+    pub fn new(
+        inner: FlightServiceServer<MeshFlightService>,
+        service: Arc<MeshFlightService>,
+        max_request_bytes: usize,
+    ) -> Self {
+        Self {
+            inner,
+            service,
+            max_request_bytes,
+        }
+    }
+}
+
+impl NamedService for DirectDoGet {
+    const NAME: &'static str = <FlightServiceServer<MeshFlightService> as NamedService>::NAME;
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for DirectDoGet {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let mut inner = self.inner.clone();
+        if request.uri().path() != DO_GET {
+            return Box::pin(async move { inner.call(request).await });
+        }
+        let service = Arc::clone(&self.service);
+        let limit = self.max_request_bytes;
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    return Ok(Status::invalid_argument(format!(
+                        "cannot read the DoGet request: {e}"
+                    ))
+                    .into_http());
+                }
+            };
+            let ticket = match statement_ticket(&bytes) {
+                Some(ticket) => ticket,
+                None => {
+                    // Not a statement's result (or not a message this
+                    // reads): the generated service answers, with the body
+                    // it was sent.
+                    let request = http::Request::from_parts(
+                        parts,
+                        tonic::body::Body::new(http_body_util::Full::new(bytes)),
+                    );
+                    return inner.call(request).await;
+                }
+            };
+            let request = tonic::Request::from_http(http::Request::from_parts(parts, ticket));
+            match service.statement_results(request).await {
+                Ok(results) => Ok(response(results)),
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// The ticket of a gRPC `DoGet` request, when it names a statement's
+/// result; `None` for anything else.
+fn statement_ticket(request: &[u8]) -> Option<Ticket> {
+    // gRPC's message frame: an uncompressed flag, the length, the message.
+    let (&[0], rest) = request.split_first_chunk::<1>()? else {
+        return None;
+    };
+    let (len, message) = rest.split_first_chunk::<4>()?;
+    if u32::from_be_bytes(*len) as usize != message.len() {
+        return None;
+    }
+    let ticket = Ticket::decode(message).ok()?;
+    let command = Any::decode(ticket.ticket.as_ref()).ok()?;
+    match Command::try_from(command).ok()? {
+        Command::TicketStatementQuery(_) | Command::CommandPreparedStatementQuery(_) => {
+            Some(ticket)
+        }
+        _ => None,
+    }
+}
+
+/// The HTTP response that streams `results`.
+fn response(results: Results) -> http::Response<tonic::body::Body> {
+    let body = match results {
+        Results::Running(stream, wire) => {
+            let schema = Arc::clone(stream.schema());
+            ResultBody::new(
+                schema,
+                stream.map(|b| b.map_err(Status::from)).boxed(),
+                wire,
+            )
+        }
+        Results::Done(schema, batches, wire) => ResultBody::new(
+            schema,
+            futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
+            wire,
+        ),
+    };
+    http::Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(tonic::body::Body::new(body))
+        .expect("a response of constant parts")
+}
+
+type Batches = futures::stream::BoxStream<'static, Result<RecordBatch, Status>>;
+
+/// A statement's result as the body of a gRPC response: the schema's
+/// message, a message per batch (or per part of a large batch), then the
+/// trailers.
+struct ResultBody {
+    batches: Batches,
+    messages: Option<Messages>,
+    /// Chunks ready to send.
+    ready: VecDeque<Bytes>,
+    /// The trailers, once the batches ended.
+    end: Option<Status>,
+    done: bool,
+}
+
+impl ResultBody {
+    fn new(schema: SchemaRef, batches: Batches, wire: WireOptions) -> Self {
+        let mut ready = VecDeque::new();
+        let (messages, end) = match Messages::new(&schema, wire, &mut ready) {
+            Ok(m) => (Some(m), None),
+            Err(status) => (None, Some(status)),
+        };
+        Self {
+            batches,
+            messages,
+            ready,
+            end,
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for ResultBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        loop {
+            if let Some(chunk) = self.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if let Some(status) = self.end.take() {
+                self.done = true;
+                let mut trailers = http::HeaderMap::new();
+                if status.code() == tonic::Code::Ok {
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                } else if let Err(e) = status.add_header(&mut trailers) {
+                    trailers.insert("grpc-status", http::HeaderValue::from(e.code() as i32));
+                }
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
+            let this = &mut *self;
+            let Some(messages) = this.messages.as_mut() else {
+                // Ended (the end was set with it).
+                this.done = true;
+                return Poll::Ready(None);
+            };
+            match this.batches.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(batch))) => {
+                    if let Err(e) = messages.batch(&batch, &mut this.ready) {
+                        // What was written of this batch is not sent: the
+                        // client gets the error instead of a cut message.
+                        this.ready.clear();
+                        this.messages = None;
+                        this.end = Some(e.into());
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    this.messages = None;
+                    this.end = Some(status);
+                }
+                Poll::Ready(None) => {
+                    this.messages = None;
+                    this.end = Some(Status::ok(""));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a result's gRPC messages: `FlightData` with the IPC message's
+/// header in `data_header` and its body, the batch's own buffers, in
+/// `data_body`.
+struct Messages {
+    encoder: StreamEncoder,
+    /// Small pieces waiting to be sent as one chunk.
+    small: BytesMut,
+}
+
+impl Messages {
+    /// Writes the schema's message (sent before any batch, also for a
+    /// result without rows).
+    fn new(
+        schema: &SchemaRef,
+        wire: WireOptions,
+        out: &mut VecDeque<Bytes>,
+    ) -> Result<Self, Status> {
+        let options = wire.ipc()?;
+        let schema_data: arrow_flight::FlightData = SchemaAsIpc::new(schema, &options).into();
+        let mut messages = Self {
+            encoder: StreamEncoder::try_new_with_options(schema, options)
+                .map_err(|e| Error::encode("a result", e))?,
+            small: BytesMut::new(),
+        };
+        let encoded = schema_data.encode_to_vec();
+        messages.frame_header(encoded.len());
+        messages.small.extend_from_slice(&encoded);
+        messages.flush(out);
+        Ok(messages)
+    }
+
+    /// Writes `batch`'s messages.
+    fn batch(&mut self, batch: &RecordBatch, out: &mut VecDeque<Bytes>) -> Result<(), Error> {
+        let bytes: usize = batch
+            .columns()
+            .iter()
+            .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+            .sum();
+        let parts = bytes.div_ceil(MESSAGE_DATA_BYTES).max(1);
+        let rows = batch.num_rows().div_ceil(parts).max(1);
+        let mut offset = 0;
+        loop {
+            let len = rows.min(batch.num_rows() - offset);
+            let part = batch.slice(offset, len);
+            let buffers = self
+                .encoder
+                .encode(&part)
+                .map_err(|e| Error::encode("a result", e))?;
+            self.ipc_messages(buffers, out)?;
+            offset += len;
+            if offset >= batch.num_rows() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Turns the IPC stream `buffers` (continuation, length, header, body,
+    /// per message) into gRPC messages. The schema's message, which the
+    /// encoder writes before its first batch, was sent already.
+    fn ipc_messages(
+        &mut self,
+        buffers: Vec<Buffer>,
+        out: &mut VecDeque<Bytes>,
+    ) -> Result<(), Error> {
+        let malformed = |what: &str| Error::encode("a result", format!("IPC stream: {what}"));
+        let mut stream = Pieces::new(buffers);
+        while stream.remaining() > 0 {
+            let mut word = [0u8; 4];
+            stream
+                .read(&mut word)
+                .ok_or_else(|| malformed("cut short"))?;
+            if word == [0xff; 4] {
+                stream
+                    .read(&mut word)
+                    .ok_or_else(|| malformed("cut short"))?;
+            }
+            let header_len = i32::from_le_bytes(word);
+            let header_len =
+                usize::try_from(header_len).map_err(|_| malformed("negative length"))?;
+            if header_len == 0 {
+                // The end-of-stream marker.
+                continue;
+            }
+            let mut header = vec![0u8; header_len];
+            stream
+                .read(&mut header)
+                .ok_or_else(|| malformed("cut short"))?;
+            let message = arrow::ipc::root_as_message(&header)
+                .map_err(|e| malformed(&format!("header: {e}")))?;
+            let body_len = usize::try_from(message.bodyLength())
+                .map_err(|_| malformed("negative body length"))?;
+            if message.header_type() == arrow::ipc::MessageHeader::Schema {
+                stream
+                    .skip(body_len)
+                    .ok_or_else(|| malformed("cut short"))?;
+                continue;
+            }
+            // FlightData: data_header (field 2), data_body (field 1000).
+            let mut head = Vec::with_capacity(header_len + 16);
+            prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut head);
+            prost::encoding::encode_varint(header_len as u64, &mut head);
+            head.extend_from_slice(&header);
+            let mut body_key = Vec::with_capacity(12);
+            if body_len > 0 {
+                prost::encoding::encode_key(
+                    1000,
+                    prost::encoding::WireType::LengthDelimited,
+                    &mut body_key,
+                );
+                prost::encoding::encode_varint(body_len as u64, &mut body_key);
+            }
+            self.frame_header(head.len() + body_key.len() + body_len);
+            self.small.extend_from_slice(&head);
+            self.small.extend_from_slice(&body_key);
+            for piece in stream
+                .take(body_len)
+                .ok_or_else(|| malformed("cut short"))?
+            {
+                if piece.len() >= SHARE_BYTES {
+                    self.flush(out);
+                    out.push_back(piece);
+                } else {
+                    self.small.extend_from_slice(&piece);
+                }
+            }
+        }
+        self.flush(out);
+        Ok(())
+    }
+
+    /// gRPC's frame of a message `len` bytes long: uncompressed, the length.
+    fn frame_header(&mut self, len: usize) {
+        self.small.extend_from_slice(&[0]);
+        // Within u32: a message holds at most a few MiB (MESSAGE_DATA_BYTES).
+        self.small.extend_from_slice(&(len as u32).to_be_bytes());
+    }
+
+    fn flush(&mut self, out: &mut VecDeque<Bytes>) {
+        if !self.small.is_empty() {
+            out.push_back(self.small.split().freeze());
+        }
+    }
+}
+
+/// A run of Arrow buffers read front to back, handing out pieces of them
+/// without a copy.
+struct Pieces {
+    buffers: VecDeque<Buffer>,
+}
+
+/// An Arrow buffer as `Bytes`, sharing its memory.
+struct Shared(Buffer);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+impl Pieces {
+    fn new(buffers: Vec<Buffer>) -> Self {
+        Self {
+            buffers: buffers.into_iter().filter(|b| !b.is_empty()).collect(),
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buffers.iter().map(Buffer::len).sum()
+    }
+
+    /// The next `n` bytes as pieces of the buffers; `None` if fewer are
+    /// left.
+    fn take(&mut self, mut n: usize) -> Option<Vec<Bytes>> {
+        let mut pieces = Vec::new();
+        while n > 0 {
+            let front = self.buffers.pop_front()?;
+            if front.len() <= n {
+                n -= front.len();
+                pieces.push(Bytes::from_owner(Shared(front)));
+            } else {
+                pieces.push(Bytes::from_owner(Shared(front.slice_with_length(0, n))));
+                self.buffers.push_front(front.slice(n));
+                n = 0;
+            }
+        }
+        Some(pieces)
+    }
+
+    /// Copies the next bytes into `out`.
+    fn read(&mut self, out: &mut [u8]) -> Option<()> {
+        let mut at = 0;
+        for piece in self.take(out.len())? {
+            out[at..at + piece.len()].copy_from_slice(&piece);
+            at += piece.len();
+        }
+        Some(())
+    }
+
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow_flight::FlightData;
+    use arrow_flight::decode::FlightRecordBatchStream;
+    use arrow_flight::sql::{CommandGetCatalogs, ProstMessageExt, TicketStatementQuery};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("flag", DataType::Boolean, true),
+        ]))
+    }
+
+    fn batch(rows: usize, from: i64) -> RecordBatch {
+        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(from..from + rows as i64));
+        let names: ArrayRef = Arc::new(StringArray::from_iter((0..rows).map(|i| {
+            (i % 7 != 3).then(|| format!("a name longer than twelve bytes, {}", from + i as i64))
+        })));
+        let flags: ArrayRef = Arc::new(BooleanArray::from_iter(
+            (0..rows).map(|i| (i % 5 != 0).then_some(i % 2 == 0)),
+        ));
+        RecordBatch::try_new(schema(), vec![ids, names, flags]).unwrap()
+    }
+
+    /// The body's gRPC messages, decoded, and its trailers.
+    async fn send(
+        batches: Vec<Result<RecordBatch, Status>>,
+        wire: WireOptions,
+    ) -> (Vec<FlightData>, http::HeaderMap) {
+        let body = ResultBody::new(schema(), futures::stream::iter(batches).boxed(), wire);
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        let mut bytes = collected.to_bytes();
+        let mut messages = Vec::new();
+        while !bytes.is_empty() {
+            assert_eq!(bytes[0], 0, "uncompressed");
+            let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+            assert!(len <= 4 * 1024 * 1024, "a message of {len} bytes");
+            let message = bytes.split_to(5 + len).split_off(5);
+            messages.push(FlightData::decode(message).unwrap());
+        }
+        (messages, trailers)
+    }
+
+    async fn decode(messages: Vec<FlightData>) -> Vec<RecordBatch> {
+        FlightRecordBatchStream::new_from_flight_data(futures::stream::iter(
+            messages.into_iter().map(Ok),
+        ))
+        .map(|b| b.unwrap())
+        .collect()
+        .await
+    }
+
+    /// What arrives is what was sent, value for value: small and large
+    /// batches (the large one in several messages under 4 MiB), a slice,
+    /// an empty batch, with and without LZ4.
+    #[tokio::test]
+    async fn a_result_arrives_as_it_was_sent() {
+        let large = batch(150_000, 0);
+        let sent = vec![
+            batch(1000, 0),
+            large.clone(),
+            batch(1000, 7).slice(13, 500),
+            batch(0, 0),
+        ];
+        for compression in [None, Some(arrow::ipc::CompressionType::LZ4_FRAME)] {
+            let wire = WireOptions {
+                views: false,
+                compression,
+            };
+            let (messages, trailers) = send(sent.iter().cloned().map(Ok).collect(), wire).await;
+            assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+            // The schema, then more messages than batches: the large one
+            // was cut.
+            assert!(
+                messages.len() > sent.len() + 1,
+                "{} messages",
+                messages.len()
+            );
+            let received = decode(messages).await;
+            assert!(received.iter().all(|b| b.schema() == schema()));
+            let all = |b: &[RecordBatch]| arrow::compute::concat_batches(&schema(), b).unwrap();
+            assert_eq!(all(&received), all(&sent));
+        }
+    }
+
+    /// An error after some batches ends the body with its status; what
+    /// came before it arrives whole.
+    #[tokio::test]
+    async fn an_error_ends_the_result_with_its_status() {
+        let first = batch(100, 0);
+        let (messages, trailers) = send(
+            vec![
+                Ok(first.clone()),
+                Err(Status::permission_denied("no access to sales.orders")),
+            ],
+            WireOptions::default(),
+        )
+        .await;
+        // As a gRPC client reads it (the message is percent-encoded).
+        let status = Status::from_header_map(&trailers).unwrap();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(status.message(), "no access to sales.orders");
+        assert_eq!(decode(messages).await, vec![first]);
+    }
+
+    /// A result without rows still sends its schema.
+    #[tokio::test]
+    async fn a_result_without_rows_sends_its_schema() {
+        let (messages, trailers) = send(vec![], WireOptions::default()).await;
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+        assert_eq!(messages.len(), 1);
+        let sent = Schema::try_from(&messages[0]).unwrap();
+        assert_eq!(&sent, schema().as_ref());
+    }
+
+    /// Only statements' results are streamed here; anything else (or a
+    /// request this does not read) goes to the generated service.
+    #[test]
+    fn only_statement_tickets_are_taken() {
+        let framed = |ticket: Ticket| {
+            let message = ticket.encode_to_vec();
+            let mut request = vec![0];
+            request.extend_from_slice(&(message.len() as u32).to_be_bytes());
+            request.extend_from_slice(&message);
+            request
+        };
+        let statement = Ticket::new(
+            TicketStatementQuery {
+                statement_handle: Bytes::from_static(b"handle"),
+            }
+            .as_any()
+            .encode_to_vec(),
+        );
+        let catalogs = Ticket::new(CommandGetCatalogs {}.as_any().encode_to_vec());
+        assert!(statement_ticket(&framed(statement.clone())).is_some());
+        assert!(statement_ticket(&framed(catalogs)).is_none());
+        assert!(statement_ticket(&framed(Ticket::new(b"not a command".to_vec()))).is_none());
+        // Compressed, or cut short: not read here.
+        let mut compressed = framed(statement.clone());
+        compressed[0] = 1;
+        assert!(statement_ticket(&compressed).is_none());
+        let whole = framed(statement);
+        assert!(statement_ticket(&whole[..whole.len() - 1]).is_none());
+    }
+}
