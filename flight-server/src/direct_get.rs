@@ -22,10 +22,11 @@
 //! metadata calls' results), goes to the generated service unchanged,
 //! with the request body it was sent.
 //!
-//! Small pieces (the message's header, padding, validity bitmaps) are
-//! copied into one chunk, so the HTTP/2 layer is not handed a frame per
-//! padding byte; pieces of [`SHARE_BYTES`] or more are passed on as they
-//! are.
+//! The body is handed to HTTP/2 in chunks of whole 16 KiB frames
+//! ([`Messages::piece`]): the frames of the batch's buffers are passed on
+//! as they are, and what lies between them (the message's header,
+//! padding, small buffers, the ends of large ones) is copied into chunks
+//! of its own, at most two frames per buffer.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -60,8 +61,9 @@ const DO_GET: &str = "/arrow.flight.protocol.FlightService/DoGet";
 /// default).
 const MESSAGE_DATA_BYTES: usize = 2 * 1024 * 1024;
 
-/// Pieces of a message this large are sent without a copy.
-const SHARE_BYTES: usize = 4096;
+/// HTTP/2's default frame size, which gRPC-Go clients (the ADBC driver's)
+/// cannot raise: the body is sent in chunks of whole frames.
+const FRAME_BYTES: usize = 16 * 1024;
 
 /// The generated Flight service, with statement results streamed by
 /// [`DirectDoGet`].
@@ -391,16 +393,33 @@ impl Messages {
                 .take(body_len)
                 .ok_or_else(|| malformed("cut short"))?
             {
-                if piece.len() >= SHARE_BYTES {
-                    self.flush(out);
-                    out.push_back(piece);
-                } else {
-                    self.small.extend_from_slice(&piece);
-                }
+                self.piece(piece, out);
             }
         }
         self.flush(out);
         Ok(())
+    }
+
+    /// Sends `piece` of a message body in chunks of whole HTTP/2 frames:
+    /// HTTP/2 sends each chunk in frames of its own, and a client pays
+    /// per frame, so a chunk that ended in a short frame would cost as
+    /// much as a full one. What is gathered is topped up to whole frames
+    /// from the piece's head, the piece's whole frames are passed on
+    /// without a copy, and its tail is gathered.
+    fn piece(&mut self, mut piece: Bytes, out: &mut VecDeque<Bytes>) {
+        let short = (FRAME_BYTES - self.small.len() % FRAME_BYTES) % FRAME_BYTES;
+        self.small
+            .extend_from_slice(&piece.split_to(short.min(piece.len())));
+        if self.small.len() % FRAME_BYTES == 0 {
+            self.flush(out);
+        }
+        let whole = piece.len() / FRAME_BYTES * FRAME_BYTES;
+        if whole > 0 {
+            // Only whole frames were gathered, and they were sent.
+            debug_assert!(self.small.is_empty());
+            out.push_back(piece.split_to(whole));
+        }
+        self.small.extend_from_slice(&piece);
     }
 
     /// gRPC's frame of a message `len` bytes long: uncompressed, the length.
@@ -594,6 +613,36 @@ mod tests {
         assert_eq!(messages.len(), 1);
         let sent = Schema::try_from(&messages[0]).unwrap();
         assert_eq!(&sent, schema().as_ref());
+    }
+
+    /// A body is handed on in chunks of whole frames, whatever the sizes
+    /// of its pieces, and arrives unchanged.
+    #[test]
+    fn pieces_go_out_in_whole_frames() {
+        let mut messages = Messages {
+            encoder: StreamEncoder::try_new(&schema()).unwrap(),
+            small: BytesMut::new(),
+        };
+        let sizes = [5, 40_000, 3, 70_000, 16_384, 100, 33_000];
+        let pieces: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Bytes::from(vec![i as u8 + 1; *n]))
+            .collect();
+        let mut out = VecDeque::new();
+        for piece in pieces.iter().cloned() {
+            messages.piece(piece, &mut out);
+        }
+        messages.flush(&mut out);
+        let chunks: Vec<Bytes> = out.into_iter().collect();
+        let (last, whole) = chunks.split_last().unwrap();
+        assert!(
+            whole.iter().all(|c| c.len() % FRAME_BYTES == 0),
+            "{:?}",
+            chunks.iter().map(Bytes::len).collect::<Vec<_>>()
+        );
+        assert!(last.len() < FRAME_BYTES + 1);
+        assert_eq!(chunks.concat(), pieces.concat());
     }
 
     /// Only statements' results are streamed here; anything else (or a
