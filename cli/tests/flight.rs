@@ -941,3 +941,134 @@ async fn metadata_replies_hold_no_data_values() {
         panic!("a metadata reply holds the data value {leak:?}");
     }
 }
+
+/// Every statement of the bypass corpus through Flight SQL's `DoGet` as
+/// it serves results (`direct_get`: a statement's ticket, a prepared
+/// statement's, and the prepared statement's own command as the ticket):
+/// nothing pat sees raw shows in ana's results or errors. As a control,
+/// pat's results hold those values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bypass_corpus_through_do_get_leaks_nothing() {
+    use arrow_flight::sql::{
+        ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+        CommandPreparedStatementQuery, ProstMessageExt,
+    };
+    use arrow_flight::{Action, Ticket};
+    use prost::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("mesh");
+    meshq_tests::write_fixture_mesh(&mesh).await.unwrap();
+    let server = start_on(&mesh, &[], &[]);
+    let mut ana = login(&server, "ana").await;
+    let mut pat = login(&server, "pat").await;
+    let values = |batches: &[RecordBatch]| {
+        let mut out = std::collections::BTreeSet::new();
+        for b in batches {
+            for c in b.columns() {
+                let c = arrow::compute::cast(c, &DataType::Utf8).unwrap();
+                out.extend(
+                    c.as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .filter(|v| v.len() > 4)
+                        .map(str::to_string),
+                );
+            }
+        }
+        out
+    };
+    let mut secrets = std::collections::BTreeSet::new();
+    for sql in [
+        "SELECT customer_id, email, full_name, phone FROM customers.profiles",
+        "SELECT email FROM sales.orders WHERE email IS NOT NULL",
+        "SELECT order_id FROM sales.orders WHERE region <> 'EMEA'",
+        "SELECT card_number, payment_id FROM payments.transactions WHERE card_number IS NOT NULL",
+    ] {
+        secrets.extend(values(&query(&mut pat, sql).await));
+    }
+    assert!(secrets.len() > 300, "{}", secrets.len());
+
+    // A statement's answer, or its error's text, by one of the three tickets.
+    async fn answer(
+        c: &mut FlightSqlServiceClient<Channel>,
+        sql: &str,
+        how: usize,
+    ) -> Result<Vec<RecordBatch>, String> {
+        let failed = |e: arrow_flight::error::FlightError| e.to_string();
+        let ticket = match how {
+            0 => {
+                let info = c.execute(sql.to_string(), None).await.map_err(failed)?;
+                info.endpoint[0].ticket.clone().unwrap()
+            }
+            1 => {
+                let mut prepared = c.prepare(sql.to_string(), None).await.map_err(failed)?;
+                let info = prepared.execute().await.map_err(failed)?;
+                info.endpoint[0].ticket.clone().unwrap()
+            }
+            _ => {
+                let action = Action {
+                    r#type: "CreatePreparedStatement".into(),
+                    body: ActionCreatePreparedStatementRequest {
+                        query: sql.to_string(),
+                        transaction_id: None,
+                    }
+                    .as_any()
+                    .encode_to_vec()
+                    .into(),
+                };
+                let mut results = c.do_action(action).await.map_err(failed)?;
+                let result = results
+                    .try_next()
+                    .await
+                    .map_err(|s| s.to_string())?
+                    .expect("a prepared statement");
+                let prepared: ActionCreatePreparedStatementResult = Any::decode(&*result.body)
+                    .unwrap()
+                    .unpack()
+                    .unwrap()
+                    .unwrap();
+                let command = CommandPreparedStatementQuery {
+                    prepared_statement_handle: prepared.prepared_statement_handle,
+                };
+                Ticket::new(command.as_any().encode_to_vec())
+            }
+        };
+        let stream = c.do_get(ticket).await.map_err(failed)?;
+        stream.try_collect().await.map_err(failed)
+    }
+
+    let corpus = meshq_tests::bypass_corpus(&mesh.display().to_string());
+    let mut answered = 0;
+    for (i, sql) in corpus.iter().enumerate() {
+        let shown = match answer(&mut ana, sql, i % 3).await {
+            Ok(batches) => {
+                answered += batches.iter().any(|b| b.num_rows() > 0) as usize;
+                let mut shown = values(&batches);
+                shown.insert(text(&batches));
+                shown
+            }
+            Err(e) => [e].into(),
+        };
+        for s in &shown {
+            if let Some(secret) = secrets.iter().find(|v| s.contains(v.as_str())) {
+                panic!("`{sql}` shows ana the raw value {secret}");
+            }
+        }
+    }
+    assert!(answered > 20, "only {answered} answered");
+    // The detector finds what it looks for, by each ticket.
+    for how in 0..3 {
+        let rows = answer(
+            &mut pat,
+            "SELECT email FROM customers.profiles LIMIT 5",
+            how,
+        )
+        .await
+        .unwrap();
+        assert!(
+            values(&rows).iter().any(|v| secrets.contains(v)),
+            "ticket {how}"
+        );
+    }
+}
