@@ -410,7 +410,7 @@ impl Messages {
         let short = (FRAME_BYTES - self.small.len() % FRAME_BYTES) % FRAME_BYTES;
         self.small
             .extend_from_slice(&piece.split_to(short.min(piece.len())));
-        if self.small.len() % FRAME_BYTES == 0 {
+        if self.small.len().is_multiple_of(FRAME_BYTES) {
             self.flush(out);
         }
         let whole = piece.len() / FRAME_BYTES * FRAME_BYTES;
@@ -637,7 +637,7 @@ mod tests {
         let chunks: Vec<Bytes> = out.into_iter().collect();
         let (last, whole) = chunks.split_last().unwrap();
         assert!(
-            whole.iter().all(|c| c.len() % FRAME_BYTES == 0),
+            whole.iter().all(|c| c.len().is_multiple_of(FRAME_BYTES)),
             "{:?}",
             chunks.iter().map(Bytes::len).collect::<Vec<_>>()
         );
