@@ -1072,3 +1072,31 @@ async fn the_bypass_corpus_through_do_get_leaks_nothing() {
         );
     }
 }
+
+/// A statement's ticket carries the statement, never a principal: `DoGet`
+/// with no token is refused, and another user's `DoGet` of it runs as that
+/// user, with that user's policies, not as the user who asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_ticket_runs_as_whoever_fetches_it() {
+    let server = start();
+    let sql = "SELECT count(*) AS n FROM sales.orders";
+    let mut ana = login(&server, "ana").await;
+    let info = ana.execute(sql.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut anonymous = client(&server).await;
+    let status = status_of(anonymous.do_get(ticket.clone()).await.unwrap_err());
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let fetch = |c: &mut FlightSqlServiceClient<Channel>, t: arrow_flight::Ticket| {
+        let mut c = c.clone();
+        async move {
+            let rows: Vec<RecordBatch> = c.do_get(t).await.unwrap().try_collect().await.unwrap();
+            text(&rows)
+        }
+    };
+    let mut gina = login(&server, "gina").await;
+    let as_gina = fetch(&mut gina, ticket.clone()).await;
+    let as_ana = fetch(&mut ana, ticket).await;
+    assert_eq!(as_gina, text(&query(&mut gina, sql).await));
+    assert_eq!(as_ana, text(&query(&mut ana, sql).await));
+    assert_ne!(as_gina, as_ana, "ana's row filter leaves fewer orders");
+}

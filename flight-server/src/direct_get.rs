@@ -300,7 +300,7 @@ impl Messages {
             small: BytesMut::new(),
         };
         let encoded = schema_data.encode_to_vec();
-        messages.frame_header(encoded.len());
+        messages.frame_header(encoded.len())?;
         messages.small.extend_from_slice(&encoded);
         messages.flush(out);
         Ok(messages)
@@ -386,7 +386,7 @@ impl Messages {
                 );
                 prost::encoding::encode_varint(body_len as u64, &mut body_key);
             }
-            self.frame_header(head.len() + body_key.len() + body_len);
+            self.frame_header(head.len() + body_key.len() + body_len)?;
             self.small.extend_from_slice(&head);
             self.small.extend_from_slice(&body_key);
             for piece in stream
@@ -422,11 +422,28 @@ impl Messages {
         self.small.extend_from_slice(&piece);
     }
 
-    /// gRPC's frame of a message `len` bytes long: uncompressed, the length.
-    fn frame_header(&mut self, len: usize) {
+    /// gRPC's frame of a message `len` bytes long: uncompressed, the
+    /// length. Batches are cut by rows to about [`MESSAGE_DATA_BYTES`], but
+    /// a single row can be larger: a message over the server's limit
+    /// ([`crate::MAX_MESSAGE_BYTES`], as tonic enforces for the other
+    /// calls) is refused with an error instead of being sent.
+    fn frame_header(&mut self, len: usize) -> Result<(), Error> {
+        let framed = u32::try_from(len)
+            .ok()
+            .filter(|_| len <= crate::MAX_MESSAGE_BYTES)
+            .ok_or_else(|| {
+                Error::encode(
+                    "a result",
+                    format!(
+                        "one message of the result would be {len} bytes, over the limit of {} bytes; \
+                         select fewer or narrower columns",
+                        crate::MAX_MESSAGE_BYTES
+                    ),
+                )
+            })?;
         self.small.extend_from_slice(&[0]);
-        // Within u32: a message holds at most a few MiB (MESSAGE_DATA_BYTES).
-        self.small.extend_from_slice(&(len as u32).to_be_bytes());
+        self.small.extend_from_slice(&framed.to_be_bytes());
+        Ok(())
     }
 
     fn flush(&mut self, out: &mut VecDeque<Bytes>) {
@@ -664,7 +681,15 @@ mod tests {
             .encode_to_vec(),
         );
         let catalogs = Ticket::new(CommandGetCatalogs {}.as_any().encode_to_vec());
+        let prepared = Ticket::new(
+            arrow_flight::sql::CommandPreparedStatementQuery {
+                prepared_statement_handle: Bytes::from_static(b"handle"),
+            }
+            .as_any()
+            .encode_to_vec(),
+        );
         assert!(statement_ticket(&framed(statement.clone())).is_some());
+        assert!(statement_ticket(&framed(prepared)).is_some());
         assert!(statement_ticket(&framed(catalogs)).is_none());
         assert!(statement_ticket(&framed(Ticket::new(b"not a command".to_vec()))).is_none());
         // Compressed, or cut short: not read here.
