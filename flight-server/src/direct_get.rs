@@ -195,29 +195,50 @@ type Batches = futures::stream::BoxStream<'static, Result<RecordBatch, Status>>;
 /// trailers.
 struct ResultBody {
     batches: Batches,
-    messages: Option<Messages>,
-    /// Chunks ready to send.
+    state: State,
+    /// Chunks ready to send, before anything else.
     ready: VecDeque<Bytes>,
-    /// The trailers, once the batches ended.
-    end: Option<Status>,
-    done: bool,
+}
+
+enum State {
+    /// Sending the batches' messages.
+    Sending(Box<Messages>),
+    /// The batches ended: the trailers are next, with the error that
+    /// ended them, if any.
+    Ending(Option<Status>),
+    /// The trailers were sent.
+    Done,
 }
 
 impl ResultBody {
     fn new(schema: SchemaRef, batches: Batches, wire: WireOptions) -> Self {
         let mut ready = VecDeque::new();
-        let (messages, end) = match Messages::new(&schema, wire, &mut ready) {
-            Ok(m) => (Some(m), None),
-            Err(status) => (None, Some(status)),
+        let state = match Messages::new(&schema, wire, &mut ready) {
+            Ok(m) => State::Sending(Box::new(m)),
+            Err(status) => State::Ending(Some(status)),
         };
         Self {
             batches,
-            messages,
+            state,
             ready,
-            end,
-            done: false,
         }
     }
+}
+
+/// gRPC's trailers: status 0, or `error`'s code and message.
+fn trailers(error: Option<Status>) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    match error {
+        None => {
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        }
+        Some(status) => {
+            if let Err(e) = status.add_header(&mut trailers) {
+                trailers.insert("grpc-status", http::HeaderValue::from(e.code() as i32));
+            }
+        }
+    }
+    trailers
 }
 
 impl http_body::Body for ResultBody {
@@ -228,49 +249,36 @@ impl http_body::Body for ResultBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
         loop {
-            if let Some(chunk) = self.ready.pop_front() {
+            if let Some(chunk) = this.ready.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
-            if self.done {
-                return Poll::Ready(None);
-            }
-            if let Some(status) = self.end.take() {
-                self.done = true;
-                let mut trailers = http::HeaderMap::new();
-                if status.code() == tonic::Code::Ok {
-                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                } else if let Err(e) = status.add_header(&mut trailers) {
-                    trailers.insert("grpc-status", http::HeaderValue::from(e.code() as i32));
+            let messages = match &mut this.state {
+                State::Sending(messages) => messages,
+                State::Ending(error) => {
+                    let trailers = trailers(error.take());
+                    this.state = State::Done;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
-                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-            }
-            let this = &mut *self;
-            let Some(messages) = this.messages.as_mut() else {
-                // Ended (the end was set with it).
-                this.done = true;
-                return Poll::Ready(None);
+                State::Done => return Poll::Ready(None),
             };
-            match this.batches.poll_next_unpin(cx) {
+            // Batches are read only once what was ready went out, so
+            // `ready` holds only this batch's messages.
+            this.state = match this.batches.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(batch))) => {
-                    if let Err(e) = messages.batch(&batch, &mut this.ready) {
+                Poll::Ready(Some(Ok(batch))) => match messages.batch(&batch, &mut this.ready) {
+                    Ok(()) => continue,
+                    Err(e) => {
                         // What was written of this batch is not sent: the
                         // client gets the error instead of a cut message.
                         this.ready.clear();
-                        this.messages = None;
-                        this.end = Some(e.into());
+                        State::Ending(Some(e.into()))
                     }
-                }
-                Poll::Ready(Some(Err(status))) => {
-                    this.messages = None;
-                    this.end = Some(status);
-                }
-                Poll::Ready(None) => {
-                    this.messages = None;
-                    this.end = Some(Status::ok(""));
-                }
-            }
+                },
+                Poll::Ready(Some(Err(status))) => State::Ending(Some(status)),
+                Poll::Ready(None) => State::Ending(None),
+            };
         }
     }
 }
@@ -308,11 +316,7 @@ impl Messages {
 
     /// Writes `batch`'s messages.
     fn batch(&mut self, batch: &RecordBatch, out: &mut VecDeque<Bytes>) -> Result<(), Error> {
-        let bytes: usize = batch
-            .columns()
-            .iter()
-            .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-            .sum();
+        let bytes = crate::result_stream::batch_bytes(batch) as usize;
         let parts = bytes.div_ceil(MESSAGE_DATA_BYTES).max(1);
         let rows = batch.num_rows().div_ceil(parts).max(1);
         let mut offset = 0;
@@ -341,7 +345,7 @@ impl Messages {
     ) -> Result<(), Error> {
         let malformed = |what: &str| Error::encode("a result", format!("IPC stream: {what}"));
         let mut stream = Pieces::new(buffers);
-        while stream.remaining() > 0 {
+        while !stream.is_empty() {
             let mut word = [0u8; 4];
             stream
                 .read(&mut word)
@@ -372,23 +376,26 @@ impl Messages {
                     .ok_or_else(|| malformed("cut short"))?;
                 continue;
             }
-            // FlightData: data_header (field 2), data_body (field 1000).
-            let mut head = Vec::with_capacity(header_len + 16);
-            prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut head);
-            prost::encoding::encode_varint(header_len as u64, &mut head);
-            head.extend_from_slice(&header);
-            let mut body_key = Vec::with_capacity(12);
+            // FlightData: data_header (field 2), data_body (field 1000,
+            // left out when empty, as prost does).
+            use prost::encoding::{
+                WireType, encode_key, encode_varint, encoded_len_varint, key_len,
+            };
+            let field_len =
+                |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
+            let body_field_len = if body_len > 0 {
+                field_len(1000, body_len)
+            } else {
+                0
+            };
+            self.frame_header(field_len(2, header_len) + body_field_len)?;
+            encode_key(2, WireType::LengthDelimited, &mut self.small);
+            encode_varint(header_len as u64, &mut self.small);
+            self.small.extend_from_slice(&header);
             if body_len > 0 {
-                prost::encoding::encode_key(
-                    1000,
-                    prost::encoding::WireType::LengthDelimited,
-                    &mut body_key,
-                );
-                prost::encoding::encode_varint(body_len as u64, &mut body_key);
+                encode_key(1000, WireType::LengthDelimited, &mut self.small);
+                encode_varint(body_len as u64, &mut self.small);
             }
-            self.frame_header(head.len() + body_key.len() + body_len)?;
-            self.small.extend_from_slice(&head);
-            self.small.extend_from_slice(&body_key);
             for piece in stream
                 .take(body_len)
                 .ok_or_else(|| malformed("cut short"))?
@@ -475,8 +482,9 @@ impl Pieces {
         }
     }
 
-    fn remaining(&self) -> usize {
-        self.buffers.iter().map(Buffer::len).sum()
+    fn is_empty(&self) -> bool {
+        // Empty buffers are never kept.
+        self.buffers.is_empty()
     }
 
     /// The next `n` bytes as pieces of the buffers; `None` if fewer are

@@ -204,7 +204,7 @@ impl ResultStream {
 }
 
 /// Arrow bytes of a batch, counting only the slices it uses.
-fn batch_bytes(batch: &RecordBatch) -> u64 {
+pub(crate) fn batch_bytes(batch: &RecordBatch) -> u64 {
     batch
         .columns()
         .iter()
